@@ -1,0 +1,101 @@
+# taper — build, test, demo. `make help` lists the targets.
+# Switches (printed at build time): SANITIZE=1 (ASan+UBSan), OPENMP=0, BLAS=0, NATIVE=0, CC=clang.
+
+CC      ?= cc
+SANITIZE ?= 0
+OPENMP  ?= 1
+BLAS    ?= 1
+NATIVE  ?= 1
+TAPER_CACHE ?= $(HOME)/.cache/taper
+TAPER_DATA  ?= $(abspath ../shared/data)
+export TAPER_CACHE TAPER_DATA
+
+BUILD   ?= build$(if $(filter 1,$(SANITIZE)),-san,)
+CFLAGS  := -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude -MMD -MP
+LDLIBS  := -lm -lcjson -lpcre2-8 -lpthread
+
+ifeq ($(NATIVE),1)
+  CFLAGS += -march=native
+endif
+ifeq ($(SANITIZE),1)
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+# --- detection (results printed by `make config` and before every build) ---
+HAVE_OPENMP := $(shell [ "$(OPENMP)" = 1 ] && echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1 || echo 0)
+HAVE_BLAS   := $(shell [ "$(BLAS)" = 1 ] && CC="$(CC)" scripts/have-blas.sh || echo 0)
+HAVE_CUDA   := $(shell command -v nvcc >/dev/null 2>&1 && echo 1 || echo 0)
+HAVE_MPI    := $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
+
+ifeq ($(HAVE_OPENMP),1)
+  CFLAGS  += -fopenmp
+  LDFLAGS += -fopenmp
+endif
+ifeq ($(HAVE_BLAS),1)
+  CFLAGS  += -DTP_HAVE_BLAS -I/usr/include/x86_64-linux-gnu/openblas-pthread
+  LDLIBS  += -lopenblas
+endif
+
+LIB_SRC  := $(shell find src -name '*.c' | sort)
+CLI_SRC  := $(wildcard cli/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+LIB      := $(BUILD)/libtaper.a
+BIN      := $(BUILD)/taper
+TESTBIN  := $(BUILD)/taper-tests
+
+.PHONY: all config deps test test-long test-ref demo bench clean help
+
+all: config $(BIN)
+
+config:
+	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS(OpenBLAS)=$(HAVE_BLAS) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) [not used yet] -> $(BUILD)/"
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(CLI_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	@ln -sf $(BUILD)/taper taper 2>/dev/null || true
+
+$(TESTBIN): $(TEST_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+deps:
+	@scripts/deps.sh
+
+# The whole C suite: needs the default model (fetched by deps) and reads ../shared/data.
+test: deps
+	@$(MAKE) --no-print-directory all $(TESTBIN)
+	TAPER_BIN=$(abspath $(BIN)) $(TESTBIN) $(T)
+
+# Regenerates reference values with transformers/tokenizers/gguf (Python venv in the cache)
+# and checks the fixtures committed under tests/fixtures still agree.
+test-ref: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/ref.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo.sh
+
+clean:
+	rm -rf build build-san taper
+
+help:
+	@echo "make          build ./taper (prints what it detected)"
+	@echo "make deps     install Debian packages and fetch the default model into $(TAPER_CACHE)"
+	@echo "make test     build and run the whole C test suite (T=name filters)"
+	@echo "make test-ref regenerate reference values with Python (transformers etc.) and compare"
+	@echo "make demo     run the main job on the default model and print a short report"
+	@echo "make SANITIZE=1 test   the suite under ASan+UBSan"
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

@@ -1,0 +1,99 @@
+/* Llama-family model: configuration, fp32 weights in HF layout (one allocation, named views),
+ * loading from GGUF or an HF folder, forward pass, and export. */
+#ifndef TAPER_MODEL_H
+#define TAPER_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "taper/status.h"
+#include "taper/tokenizer.h"
+
+typedef enum { TP_ARCH_LLAMA = 0, TP_ARCH_MISTRAL, TP_ARCH_QWEN2 } tp_arch;
+typedef enum { TP_ROPE_NONE = 0, TP_ROPE_LLAMA3, TP_ROPE_LINEAR } tp_rope_scaling;
+
+typedef struct {
+    tp_arch arch;
+    int n_layers;
+    int d_model;        /* hidden_size */
+    int n_heads;        /* query heads */
+    int n_kv_heads;     /* key/value heads (GQA groups) */
+    int head_dim;
+    int d_ff;           /* intermediate_size */
+    int vocab;
+    int max_pos;        /* max_position_embeddings */
+    float rope_theta;
+    float norm_eps;     /* rms_norm_eps */
+    tp_rope_scaling rope_scaling;
+    float rope_factor, rope_low_freq, rope_high_freq; /* llama3 scaling */
+    int rope_orig_max_pos;
+    int tie_embeddings;
+    int attn_bias;      /* q/k/v biases (Qwen2) */
+    int32_t bos_id, eos_id; /* -1 if unknown */
+} tp_config;
+
+typedef struct {
+    float *attn_norm;   /* (d_model) */
+    float *wq;          /* (n_heads*head_dim, d_model) */
+    float *wk;          /* (n_kv_heads*head_dim, d_model) */
+    float *wv;          /* (n_kv_heads*head_dim, d_model) */
+    float *bq, *bk, *bv;/* (n_heads*head_dim), (n_kv*head_dim) x2; NULL without attn_bias */
+    float *wo;          /* (d_model, n_heads*head_dim) */
+    float *mlp_norm;    /* (d_model) */
+    float *w_gate;      /* (d_ff, d_model) */
+    float *w_up;        /* (d_ff, d_model) */
+    float *w_down;      /* (d_model, d_ff) */
+} tp_layer;
+
+typedef struct {
+    tp_config cfg;
+    float *params;      /* every parameter, one allocation */
+    size_t n_params;
+    float *tok_emb;     /* (vocab, d_model) */
+    tp_layer *layers;   /* n_layers views into params */
+    float *final_norm;  /* (d_model) */
+    float *lm_head;     /* (vocab, d_model); == tok_emb when tied */
+    tp_tokenizer *tok;  /* owned; may be NULL */
+    char *source;       /* path it was loaded from */
+    char *source_format;/* "gguf" or "hf" */
+    char *chat_template;/* may be NULL */
+} tp_model;
+
+/* Validates a config (positive sizes, heads divisible by kv heads, ...). */
+tp_status tp_config_validate(const tp_config *c);
+/* Parameter count of a config (tied embeddings counted once). */
+size_t tp_config_n_params(const tp_config *c);
+
+/* Allocates a model of config c with zeroed weights and views set. */
+tp_status tp_model_alloc(const tp_config *c, tp_model **out);
+void tp_model_free(tp_model *m);
+/* Path may be a .gguf file or an HF folder (config.json + safetensors + tokenizer.json). */
+tp_status tp_model_load(const char *path, tp_model **out);
+tp_status tp_model_load_gguf(const char *path, tp_model **out);
+tp_status tp_model_load_hf(const char *dir, tp_model **out);
+/* Export. dtype for HF: "F32", "F16", "BF16"; for GGUF: a tp_ggml_type. */
+tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype);
+tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type);
+
+/* Parse config.json text into c. */
+tp_status tp_config_from_json(const char *json, const char *path_for_errors, tp_config *c);
+/* config.json text (malloc'd) that transformers loads with no custom code. */
+tp_status tp_config_to_json(const tp_config *c, char **out);
+
+/* ---- forward ---- */
+/* Key/value cache for incremental decoding of B sequences up to cap positions. */
+typedef struct {
+    int B, cap, n_layers, kv_dim;
+    int *len;           /* (B) positions filled per sequence */
+    float *k, *v;       /* (n_layers, B, cap, kv_dim) */
+} tp_kvcache;
+tp_status tp_kvcache_alloc(const tp_config *c, int B, int cap, tp_kvcache **out);
+void tp_kvcache_free(tp_kvcache *kv);
+
+/* Full causal forward of B sequences of T tokens each (tokens: (B,T)), starting at
+ * position 0 without a cache, or appending to cache (positions cache->len[b]...) when
+ * cache != NULL. logits: (B,T,vocab), or NULL to skip the lm_head. When last_only is set,
+ * logits is (B,vocab) holding only each sequence's last position. */
+tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T,
+                     tp_kvcache *cache, float *logits, int last_only);
+
+#endif

@@ -1,0 +1,47 @@
+/* Byte-level BPE tokenizer, token-exact with HF `tokenizers` for the GPT-2-style
+ * byte-level family (SmolLM2, Llama 3, Qwen2, GPT-2), loaded from tokenizer.json or from
+ * GGUF metadata, and written back out as tokenizer.json or GGUF metadata. */
+#ifndef TAPER_TOKENIZER_H
+#define TAPER_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "taper/status.h"
+#include "taper/gguf.h"
+
+typedef struct tp_tokenizer tp_tokenizer;
+
+/* tokenizer.json (HF `tokenizers` format). If tokenizer_config.json sits beside it, its
+ * add_bos_token / bos/eos token fields are honoured as transformers honours them. */
+tp_status tp_tok_load_json(const char *path, tp_tokenizer **out);
+/* tokenizer.ggml.* metadata (model "gpt2"; pre in {default/gpt2, smollm, llama-bpe,
+ * qwen2, ...}; tokens, merges, token_type, bos/eos/pad ids, add_bos_token). */
+tp_status tp_tok_load_gguf(const tp_gguf *g, tp_tokenizer **out);
+void tp_tok_free(tp_tokenizer *t);
+
+int tp_tok_vocab_size(const tp_tokenizer *t);
+int32_t tp_tok_bos(const tp_tokenizer *t);      /* -1 if none */
+int32_t tp_tok_eos(const tp_tokenizer *t);      /* -1 if none */
+int tp_tok_adds_bos(const tp_tokenizer *t);     /* 1 if encode(add_special=1) prepends BOS */
+const char *tp_tok_pre_name(const tp_tokenizer *t); /* e.g. "smollm" */
+/* The vocabulary string of id (byte-level encoded, as in tokenizer.json), NULL if out of range. */
+const char *tp_tok_piece(const tp_tokenizer *t, int32_t id);
+int tp_tok_is_special(const tp_tokenizer *t, int32_t id);
+int32_t tp_tok_find(const tp_tokenizer *t, const char *piece); /* -1 if absent */
+
+/* Encode UTF-8 text (len bytes; invalid UTF-8 is handled as HF does). Added/special tokens
+ * in the text are matched first, as HF does by default. add_special: prepend BOS etc. as the
+ * tokenizer's post-processor / add_bos says. *ids is malloc'd. */
+tp_status tp_tok_encode(const tp_tokenizer *t, const char *text, size_t len, int add_special,
+                        int32_t **ids, size_t *n_ids);
+/* Decode ids to UTF-8 (malloc'd, NUL-terminated), skipping special tokens if asked. */
+tp_status tp_tok_decode(const tp_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
+                        char **out, size_t *out_len);
+
+/* HF folder files: tokenizer.json, tokenizer_config.json, special_tokens_map.json in dir,
+ * such that HF tokenizers/transformers load them and tokenize exactly as this tokenizer. */
+tp_status tp_tok_save_hf(const tp_tokenizer *t, const char *dir);
+/* tokenizer.ggml.* keys into a GGUF being written. */
+tp_status tp_tok_to_gguf(const tp_tokenizer *t, tp_gguf_writer *w);
+
+#endif

@@ -1,0 +1,44 @@
+/* Small shared utilities: file reading, mmap, fp16/bf16 conversion, progress bar, timers. */
+#ifndef TAPER_UTIL_H
+#define TAPER_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "taper/status.h"
+
+/* Read a whole file into a malloc'd NUL-terminated buffer. */
+tp_status tp_read_file(const char *path, char **data, size_t *len);
+/* Write a buffer to path atomically (tmp name, fsync, rename). */
+tp_status tp_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Read-only mapping of a whole file. */
+typedef struct {
+    const uint8_t *data;
+    size_t size;
+} tp_mmap;
+tp_status tp_mmap_open(const char *path, tp_mmap *m);
+void tp_mmap_close(tp_mmap *m);
+
+float tp_fp16_to_fp32(uint16_t h);
+uint16_t tp_fp32_to_fp16(float f);   /* round to nearest even */
+float tp_bf16_to_fp32(uint16_t h);
+uint16_t tp_fp32_to_bf16(float f);   /* round to nearest even, NaN kept */
+
+double tp_time_s(void);              /* monotonic seconds */
+
+/* Progress bar on stderr: "label  [#####.....]  42% 1234/5000  ETA 0:31  812 tok/s".
+ * Draws at most ~10 times a second; silent when stderr is not a terminal unless
+ * TAPER_PROGRESS=1; TAPER_PROGRESS=0 silences it always. */
+typedef struct {
+    const char *label;
+    const char *unit;      /* e.g. "tok" */
+    double total;
+    double done;
+    double t0, last_draw;
+    int enabled;
+} tp_progress;
+void tp_progress_begin(tp_progress *p, const char *label, double total, const char *unit);
+void tp_progress_update(tp_progress *p, double done);
+void tp_progress_end(tp_progress *p);
+
+#endif

@@ -1,0 +1,210 @@
+/* File helpers (read, atomic write, mmap), half-precision conversion, timers, progress bar. */
+#include "taper/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+tp_status tp_read_file(const char *path, char **data, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return tp_fail(TP_ERR_IO, "%s: cannot seek", path); }
+    long n = ftell(f);
+    if (n < 0) { fclose(f); return tp_fail(TP_ERR_IO, "%s: cannot tell size", path); }
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf) { fclose(f); return tp_fail(TP_ERR_NOMEM, "%s: cannot allocate %ld bytes", path, n); }
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf); fclose(f);
+        return tp_fail(TP_ERR_IO, "%s: short read", path);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *data = buf;
+    if (len) *len = (size_t)n;
+    return TP_OK;
+}
+
+static tp_status fsync_dir_of(const char *path) {
+    char *copy = strdup(path);
+    if (!copy) return TP_ERR_NOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    free(copy);
+    if (fd >= 0) { fsync(fd); close(fd); }
+    return TP_OK;
+}
+
+tp_status tp_write_file_atomic(const char *path, const void *data, size_t len) {
+    size_t plen = strlen(path) + 32;
+    char *tmp = malloc(plen);
+    if (!tmp) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        tp_status s = tp_fail(TP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
+        return s;
+    }
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            tp_status s = tp_fail(TP_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+            close(fd); unlink(tmp); free(tmp);
+            return s;
+        }
+        p += w; left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        tp_status s = tp_fail(TP_ERR_IO, "%s: fsync/close failed: %s", tmp, strerror(errno));
+        unlink(tmp); free(tmp);
+        return s;
+    }
+    if (rename(tmp, path) != 0) {
+        tp_status s = tp_fail(TP_ERR_IO, "%s: rename to %s failed: %s", tmp, path, strerror(errno));
+        unlink(tmp); free(tmp);
+        return s;
+    }
+    free(tmp);
+    return fsync_dir_of(path);
+}
+
+tp_status tp_mmap_open(const char *path, tp_mmap *m) {
+    m->data = NULL; m->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); return tp_fail(TP_ERR_IO, "%s: cannot stat", path); }
+    if (!S_ISREG(st.st_mode)) { close(fd); return tp_fail(TP_ERR_IO, "%s: not a regular file", path); }
+    if (st.st_size == 0) { close(fd); m->data = (const uint8_t *)""; m->size = 0; return TP_OK; }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return tp_fail(TP_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    m->data = p;
+    m->size = (size_t)st.st_size;
+    return TP_OK;
+}
+
+void tp_mmap_close(tp_mmap *m) {
+    if (m->data && m->size) munmap((void *)m->data, m->size);
+    m->data = NULL; m->size = 0;
+}
+
+float tp_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { /* subnormal: value = man * 2^-24 */
+            float f = (float)man * 5.9604644775390625e-08f;
+            return sign ? -f : f;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t tp_fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: inf */
+    if (ax < 0x38800000u) { /* below smallest normal half: subnormal or zero */
+        float a;
+        memcpy(&a, &ax, 4);
+        /* a * 2^24 rounded to nearest even gives the subnormal mantissa */
+        float r = nearbyintf(a * 16777216.0f);
+        return (uint16_t)(sign | (uint16_t)r);
+    }
+    uint32_t mant = ax & 0x7fffff, exp = (ax >> 23) - 112;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+float tp_bf16_to_fp32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t tp_fp32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+double tp_time_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fmt_hms(char *buf, size_t n, double s) {
+    if (!(s >= 0) || s > 1e7) { snprintf(buf, n, "--:--"); return; }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+void tp_progress_begin(tp_progress *p, const char *label, double total, const char *unit) {
+    const char *env = getenv("TAPER_PROGRESS");
+    p->label = label; p->unit = unit ? unit : "it";
+    p->total = total; p->done = 0;
+    p->t0 = tp_time_s(); p->last_draw = 0;
+    if (env && env[0] == '0') p->enabled = 0;
+    else if (env && env[0] == '1') p->enabled = 1;
+    else p->enabled = isatty(2);
+}
+
+static void progress_draw(tp_progress *p, int final) {
+    double el = tp_time_s() - p->t0;
+    double frac = p->total > 0 ? p->done / p->total : 0;
+    if (frac > 1) frac = 1;
+    char bar[31];
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    char eta[32], ela[32];
+    fmt_hms(eta, sizeof eta, frac > 0 ? el * (1 - frac) / frac : -1);
+    fmt_hms(ela, sizeof ela, el);
+    double rate = el > 0 ? p->done / el : 0;
+    fprintf(stderr, "\r%s [%s] %3.0f%% %.0f/%.0f %s %s %.1f %s/s ", p->label, bar, 100 * frac,
+            p->done, p->total, final ? "took" : "ETA", final ? ela : eta, rate, p->unit);
+    if (final) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void tp_progress_update(tp_progress *p, double done) {
+    p->done = done;
+    if (!p->enabled) return;
+    double now = tp_time_s();
+    if (now - p->last_draw < 0.1 && done < p->total) return;
+    p->last_draw = now;
+    progress_draw(p, 0);
+}
+
+void tp_progress_end(tp_progress *p) {
+    if (p->enabled) progress_draw(p, 1);
+}

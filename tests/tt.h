@@ -1,0 +1,39 @@
+/* Minimal test harness: TT_TEST registers a test (constructor); TT_CHECK records a failure
+ * with file:line and a message; tt_skip marks the running test skipped with a reason.
+ * The runner (tests/tt_main.c) prints one line per test and "N passed, N failed, N skipped". */
+#ifndef TAPER_TT_H
+#define TAPER_TT_H
+
+#include <math.h>
+#include <stddef.h>
+
+typedef void (*tt_fn)(void);
+void tt_register(const char *name, const char *file, tt_fn fn);
+int tt_check(int ok, const char *file, int line, const char *expr, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+void tt_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void tt_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Paths: $TAPER_DATA (default ../shared/data), $TAPER_MODEL (default
+ * $TAPER_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf, TAPER_CACHE default ~/.cache/taper),
+ * tests/fixtures, and a per-run scratch directory (created, removed at exit if all passed). */
+const char *tt_data_dir(void);
+const char *tt_model_path(void);   /* NULL if the file does not exist */
+const char *tt_fixtures_dir(void);
+const char *tt_tmp_dir(void);
+/* Returns a malloc'd "dir/name". */
+char *tt_path(const char *dir, const char *name);
+
+#define TT_TEST(name)                                                            \
+    static void name(void);                                                      \
+    __attribute__((constructor)) static void name##__reg(void) {                 \
+        tt_register(#name, __FILE__, name);                                      \
+    }                                                                            \
+    static void name(void)
+
+#define TT_CHECK(cond, ...) tt_check(!!(cond), __FILE__, __LINE__, #cond, __VA_ARGS__)
+/* |a-b| <= atol + rtol*|b| */
+#define TT_NEAR(a, b, atol, rtol)                                                \
+    tt_check(fabs((double)(a) - (double)(b)) <= (atol) + (rtol) * fabs((double)(b)), \
+             __FILE__, __LINE__, #a " ~ " #b, "%.9g vs %.9g", (double)(a), (double)(b))
+
+#endif

@@ -1,0 +1,131 @@
+/* Test runner: runs every registered test (or those whose name contains argv[1]) and
+ * ends with the line "N passed, N failed, N skipped". */
+#include "tt.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct { const char *name, *file; tt_fn fn; } tt_case;
+static tt_case *cases;
+static int n_cases, cap_cases;
+static int cur_failed, cur_skipped, cur_checks;
+static char skip_reason[512];
+
+void tt_register(const char *name, const char *file, tt_fn fn) {
+    if (n_cases == cap_cases) {
+        cap_cases = cap_cases ? 2 * cap_cases : 64;
+        cases = realloc(cases, (size_t)cap_cases * sizeof *cases);
+        if (!cases) abort();
+    }
+    cases[n_cases++] = (tt_case){name, file, fn};
+}
+
+int tt_check(int ok, const char *file, int line, const char *expr, const char *fmt, ...) {
+    cur_checks++;
+    if (ok) return 1;
+    if (cur_failed < 20) {
+        fprintf(stderr, "    FAIL %s:%d: %s: ", file, line, expr);
+        va_list ap;
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+    }
+    cur_failed++;
+    return 0;
+}
+
+void tt_skip(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(skip_reason, sizeof skip_reason, fmt, ap);
+    va_end(ap);
+    cur_skipped = 1;
+}
+
+void tt_note(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "    note: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+const char *tt_data_dir(void) {
+    const char *d = getenv("TAPER_DATA");
+    return d && *d ? d : "../shared/data";
+}
+
+static char model_buf[4096];
+const char *tt_model_path(void) {
+    const char *m = getenv("TAPER_MODEL");
+    if (m && *m) snprintf(model_buf, sizeof model_buf, "%s", m);
+    else {
+        const char *c = getenv("TAPER_CACHE");
+        const char *h = getenv("HOME");
+        if (c && *c) snprintf(model_buf, sizeof model_buf, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", c);
+        else snprintf(model_buf, sizeof model_buf, "%s/.cache/taper/SmolLM2-135M-Instruct.Q4_1.gguf", h ? h : ".");
+    }
+    return access(model_buf, R_OK) == 0 ? model_buf : NULL;
+}
+
+const char *tt_fixtures_dir(void) {
+    const char *d = getenv("TAPER_FIXTURES");
+    return d && *d ? d : "tests/fixtures";
+}
+
+static char tmp_buf[256];
+const char *tt_tmp_dir(void) {
+    if (!tmp_buf[0]) {
+        snprintf(tmp_buf, sizeof tmp_buf, "/tmp/taper-test-XXXXXX");
+        if (!mkdtemp(tmp_buf)) { perror("mkdtemp"); abort(); }
+    }
+    return tmp_buf;
+}
+
+char *tt_path(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (!p) abort();
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+static int cmp_case(const void *a, const void *b) {
+    const tt_case *x = a, *y = b;
+    int c = strcmp(x->file, y->file);
+    return c ? c : strcmp(x->name, y->name);
+}
+
+int main(int argc, char **argv) {
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    qsort(cases, (size_t)n_cases, sizeof *cases, cmp_case);
+    int passed = 0, failed = 0, skipped = 0;
+    for (int i = 0; i < n_cases; i++) {
+        if (filter && !strstr(cases[i].name, filter) && !strstr(cases[i].file, filter)) continue;
+        cur_failed = cur_skipped = cur_checks = 0;
+        skip_reason[0] = 0;
+        fprintf(stderr, "  %-44s ...\n", cases[i].name);
+        cases[i].fn();
+        const char *res;
+        if (cur_failed) { res = "FAIL"; failed++; }
+        else if (cur_skipped) { res = "SKIP"; skipped++; }
+        else if (cur_checks == 0) { res = "FAIL (no checks ran)"; failed++; }
+        else { res = "ok"; passed++; }
+        printf("%-5s %s (%d checks)%s%s\n", res, cases[i].name, cur_checks,
+               cur_skipped ? ": " : "", cur_skipped ? skip_reason : "");
+        fflush(stdout);
+    }
+    if (tmp_buf[0] && failed == 0) {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_buf);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_buf);
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
