@@ -21,7 +21,13 @@ typedef enum {
     TP_GGML_F32 = 0, TP_GGML_F16 = 1, TP_GGML_Q4_0 = 2, TP_GGML_Q4_1 = 3,
     TP_GGML_Q5_0 = 6, TP_GGML_Q5_1 = 7, TP_GGML_Q8_0 = 8, TP_GGML_Q8_1 = 9,
     TP_GGML_Q2_K = 10, TP_GGML_Q3_K = 11, TP_GGML_Q4_K = 12, TP_GGML_Q5_K = 13,
-    TP_GGML_Q6_K = 14, TP_GGML_Q8_K = 15, TP_GGML_BF16 = 30
+    TP_GGML_Q6_K = 14, TP_GGML_Q8_K = 15, TP_GGML_BF16 = 30,
+    /* Known to ggml: a file holding these opens (sizes are known) but they do not dequantise. */
+    TP_GGML_IQ2_XXS = 16, TP_GGML_IQ2_XS = 17, TP_GGML_IQ3_XXS = 18, TP_GGML_IQ1_S = 19,
+    TP_GGML_IQ4_NL = 20, TP_GGML_IQ3_S = 21, TP_GGML_IQ2_S = 22, TP_GGML_IQ4_XS = 23,
+    TP_GGML_I8 = 24, TP_GGML_I16 = 25, TP_GGML_I32 = 26, TP_GGML_I64 = 27, TP_GGML_F64 = 28,
+    TP_GGML_IQ1_M = 29, TP_GGML_TQ1_0 = 34, TP_GGML_TQ2_0 = 35, TP_GGML_MXFP4 = 39,
+    TP_GGML_NVFP4 = 40, TP_GGML_Q1_0 = 41
 } tp_ggml_type;
 
 typedef struct {
@@ -55,6 +61,7 @@ typedef struct {
     const uint8_t *data;    /* points into the mapping */
     size_t nbytes;
     uint64_t n_elem;
+    const char *path;       /* the owning reader's file path, for error messages */
 } tp_gguf_tensor;
 
 typedef struct {
@@ -78,6 +85,14 @@ void tp_gguf_close(tp_gguf *g);
 
 const tp_gguf_kv *tp_gguf_find(const tp_gguf *g, const char *key);
 const tp_gguf_tensor *tp_gguf_find_tensor(const tp_gguf *g, const char *name);
+/* Name of a metadata value type ("uint32", "string", ...). */
+const char *tp_gguf_vtype_name(tp_gguf_vtype t);
+/* Element i (< kv->v.arr.n, unchecked) of a scalar array, converted; the elements in the
+ * mapping may be unaligned, so read them through these. */
+uint64_t tp_gguf_arr_u64(const tp_gguf_kv *kv, uint64_t i);
+int64_t tp_gguf_arr_i64(const tp_gguf_kv *kv, uint64_t i);
+double tp_gguf_arr_f64(const tp_gguf_kv *kv, uint64_t i);
+
 /* Typed getters: TP_ERR_FORMAT if the key is present with an incompatible type,
  * TP_ERR_ARG if missing (callers that have a default check tp_gguf_find first).
  * Integer getters accept any integer type whose value fits. */
@@ -91,6 +106,9 @@ tp_status tp_gguf_get_str(const tp_gguf *g, const char *key, char **out);
 size_t tp_ggml_block_size(tp_ggml_type t);
 size_t tp_ggml_type_size(tp_ggml_type t);
 const char *tp_ggml_type_name(tp_ggml_type t);
+/* 1 if tp_dequantize / tp_quantize handle type t. */
+int tp_ggml_can_dequantize(tp_ggml_type t);
+int tp_ggml_can_quantize(tp_ggml_type t);
 /* Dequantise n elements (n a multiple of the block size) of type t from src to dst. */
 tp_status tp_dequantize(tp_ggml_type t, const void *src, float *dst, size_t n);
 /* Whole tensor to fp32 (n_elem floats). */
@@ -98,7 +116,10 @@ tp_status tp_gguf_tensor_to_f32(const tp_gguf_tensor *t, float *dst);
 /* Quantise fp32 to t (F32, F16, BF16, Q8_0 supported); n a multiple of the block size. */
 tp_status tp_quantize(tp_ggml_type t, const float *src, void *dst, size_t n);
 
-/* ---- writer ---- */
+/* ---- writer ----
+ * Keys keep the order they were first set in; setting a key again replaces its value.
+ * The data alignment is taken from a "general.alignment" key if one is set (an unsigned
+ * integer, power of two), else 32. */
 typedef struct tp_gguf_writer tp_gguf_writer;
 tp_status tp_gguf_writer_new(tp_gguf_writer **out);
 void tp_gguf_writer_free(tp_gguf_writer *w);
@@ -111,12 +132,18 @@ tp_status tp_gguf_set_str(tp_gguf_writer *w, const char *key, const char *v);
 tp_status tp_gguf_set_str_arr(tp_gguf_writer *w, const char *key, const char *const *v, uint64_t n);
 /* Array of n scalars of element type et, raw little-endian bytes (copied). */
 tp_status tp_gguf_set_arr(tp_gguf_writer *w, const char *key, tp_gguf_vtype et, const void *data, uint64_t n);
+/* Scalar of any type except STRING and ARRAY, from its little-endian bytes. */
+tp_status tp_gguf_set_val(tp_gguf_writer *w, const char *key, tp_gguf_vtype t, const void *v);
 /* Copy an existing kv (any type) from a reader. */
 tp_status tp_gguf_copy_kv(tp_gguf_writer *w, const tp_gguf_kv *kv);
 /* Add a tensor from fp32 data, stored as type t. ne in ggml order (ne[0] contiguous).
  * The data is converted immediately and owned by the writer. */
 tp_status tp_gguf_add_tensor_f32(tp_gguf_writer *w, const char *name, uint32_t n_dims,
                                  const uint64_t *ne, const float *data, tp_ggml_type t);
+/* Add a tensor already in its stored form (e.g. a Q4_1 tensor passed through unchanged):
+ * nbytes must match the shape and type; the bytes are copied. */
+tp_status tp_gguf_add_tensor_raw(tp_gguf_writer *w, const char *name, uint32_t n_dims,
+                                 const uint64_t *ne, tp_ggml_type t, const void *data, size_t nbytes);
 /* Write header, metadata, tensor infos, aligned data; atomically (tmp + fsync + rename). */
 tp_status tp_gguf_write(tp_gguf_writer *w, const char *path);
 
