@@ -24,7 +24,8 @@ endif
 
 # --- detection (results printed by `make config` and before every build) ---
 HAVE_OPENMP := $(shell [ "$(OPENMP)" = 1 ] && echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1 || echo 0)
-HAVE_BLAS   := $(shell [ "$(BLAS)" = 1 ] && CC="$(CC)" scripts/have-blas.sh || echo 0)
+BLAS_INFO   := $(shell [ "$(BLAS)" = 1 ] && CC="$(CC)" scripts/have-blas.sh)
+HAVE_BLAS   := $(if $(BLAS_INFO),1,0)
 HAVE_CUDA   := $(shell command -v nvcc >/dev/null 2>&1 && echo 1 || echo 0)
 HAVE_MPI    := $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
 
@@ -33,8 +34,8 @@ ifeq ($(HAVE_OPENMP),1)
   LDFLAGS += -fopenmp
 endif
 ifeq ($(HAVE_BLAS),1)
-  CFLAGS  += -DTP_HAVE_BLAS -I/usr/include/x86_64-linux-gnu/openblas-pthread
-  LDLIBS  += -lopenblas
+  CFLAGS  += -DTP_HAVE_BLAS $(filter -I%,$(word 2,$(subst |, ,$(BLAS_INFO))))
+  LDLIBS  += $(filter-out -I%,$(wordlist 2,99,$(subst |, ,$(BLAS_INFO))))
 endif
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
@@ -52,7 +53,7 @@ TESTBIN  := $(BUILD)/taper-tests
 all: config $(BIN)
 
 config:
-	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS(OpenBLAS)=$(HAVE_BLAS) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) [not used yet] -> $(BUILD)/"
+	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS=$(HAVE_BLAS) ($(firstword $(subst |, ,$(BLAS_INFO)))) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) [not used yet] -> $(BUILD)/"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -87,6 +88,16 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh
 
+# Speed side by side with the peer (transformers); results go into bench/RESULTS.md by hand.
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bench/run.sh
+
+# The suite with the long checks on (whole WikiText-2 file, ...).
+test-long: deps
+	@$(MAKE) --no-print-directory all $(TESTBIN)
+	TAPER_LONG=1 TAPER_BIN=$(abspath $(BIN)) $(TESTBIN) $(T)
+
 clean:
 	rm -rf build build-san taper
 
@@ -94,6 +105,8 @@ help:
 	@echo "make          build ./taper (prints what it detected)"
 	@echo "make deps     install Debian packages and fetch the default model into $(TAPER_CACHE)"
 	@echo "make test     build and run the whole C test suite (T=name filters)"
+	@echo "make test-long  the suite with the long checks (whole WikiText-2 perplexity, ...)"
+	@echo "make bench    speed of taper vs transformers on this machine (see bench/RESULTS.md)"
 	@echo "make test-ref regenerate reference values with Python (transformers etc.) and compare"
 	@echo "make demo     run the main job on the default model and print a short report"
 	@echo "make SANITIZE=1 test   the suite under ASan+UBSan"

@@ -1,8 +1,48 @@
-/* taper command-line entry point: dispatches to cmd_*.c. */
+/* taper command-line entry point: dispatches to the cmd_*.c subcommands. */
 #include <stdio.h>
 #include <string.h>
+
+#include "cli.h"
+
+#define TAPER_VERSION "0.1.0"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *what;
+} commands[] = {
+    {"info", cmd_info, "architecture, parameter counts and tensor table of a model"},
+    {"generate", cmd_generate, "generate text from a prompt (greedy or sampled)"},
+    {"ppl", cmd_ppl, "perplexity of a text file under stated protocols"},
+    {"convert", cmd_convert, "convert between GGUF and HF folders (safetensors)"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "taper %s — structured pruning + distillation for LLMs\n\n"
+               "usage: taper <command> [options]   (taper <command> --help for details)\n\ncommands:\n",
+            TAPER_VERSION);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].what);
+    fprintf(f, "\nMODEL is a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).\n"
+               "Exit codes: 0 ok, 1 failure, 2 usage error. Progress goes to stderr, results to stdout.\n");
+}
+
 int main(int argc, char **argv) {
-    (void)argc; (void)argv;
-    puts("taper: under construction");
-    return 0;
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return CLI_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("taper %s\n", TAPER_VERSION);
+        return CLI_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "taper: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return CLI_USAGE;
 }

@@ -567,7 +567,7 @@ TT_TEST(gguf_model_smollm2) {
     if (f) fclose(f);
     TT_CHECK(n_checked == 5, "%d model tensors checked, want 5", n_checked);
 
-    /* speed: every tensor to fp32 */
+    /* every tensor to fp32 (time reported, not asserted: speed targets live in make bench) */
     double t0 = tp_time_s();
     uint64_t total = 0;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -582,7 +582,6 @@ TT_TEST(gguf_model_smollm2) {
     TT_CHECK(total == 134515008ull, "total elements %" PRIu64, total);
     tt_note("dequantised %" PRIu64 " elements in %.3f s (%.3f s per 100M)%s", total, dt, dt * 1e8 / (double)total,
             TT_SANITIZED ? " [sanitized build]" : "");
-    if (!TT_SANITIZED) TT_CHECK(dt * 1e8 / (double)total < 2.0, "dequantisation too slow: %.2f s per 100M", dt * 1e8 / (double)total);
     tp_gguf_close(g);
 }
 

@@ -37,6 +37,8 @@ typedef struct {
 tp_status tp_st_open(const char *path, tp_safetensors **out);
 void tp_st_close(tp_safetensors *st);
 const tp_st_tensor *tp_st_find(const tp_safetensors *st, const char *name);
+/* Value of key in the "__metadata__" of the first file (shard 0), or NULL. */
+const char *tp_st_meta(const tp_safetensors *st, const char *key);
 /* Convert a F32/F16/BF16 tensor to fp32 (n_elem floats). */
 tp_status tp_st_to_f32(const tp_st_tensor *t, float *dst);
 
