@@ -78,6 +78,8 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
 tp_status tp_config_from_json(const char *json, const char *path_for_errors, tp_config *c);
 /* config.json text (malloc'd) that transformers loads with no custom code. */
 tp_status tp_config_to_json(const tp_config *c, char **out);
+/* Same, with the stored dtype named ("float32", "float16", "bfloat16"; "F32", "F16", "BF16" too). */
+tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **out);
 
 /* ---- forward ---- */
 /* Key/value cache for incremental decoding of B sequences up to cap positions. */

@@ -1,0 +1,580 @@
+/* Model configuration: validation, parameter count, and HF config.json parse / write for
+ * Llama, Mistral and Qwen2 (the architectures taper computes exactly). Weights, loading and the
+ * forward pass live in the other files of src/model/.
+ *
+ * Reading follows transformers 5.24 (and still reads what 4.x wrote):
+ *  - the architecture comes from model_type (what AutoConfig uses), else architectures[0];
+ *    when both are present they must agree;
+ *  - RoPE: a non-empty "rope_scaling" object wins over "rope_parameters" (as in 5.24's
+ *    convert_rope_params_to_dict); rope_theta is taken from that object, else top level, else
+ *    10000; the type from "rope_type", else "type", else "default". Supported: default, linear,
+ *    llama3 (original_max_position_embeddings defaults to max_position_embeddings);
+ *  - Llama's attention_bias adds an o_proj bias as well, which tp_layer does not hold: refused.
+ *    Qwen2 always has q/k/v biases (its attention_bias key is ignored by transformers, as here);
+ *  - sliding windows that would actually cut attention (window < max_position_embeddings on
+ *    some layer) are refused; Mistral's default window when the key is absent is 4096;
+ *  - sizes are required (hidden_size, intermediate_size, num_hidden_layers,
+ *    num_attention_heads, vocab_size); other keys default as in transformers, except
+ *    bos/eos_token_id which are -1 when absent (a list gives its first id);
+ *  - duplicate keys are refused (Python keeps the last, cJSON the first);
+ *  - RoPE scaling fields the type does not use are left 0.
+ *
+ * Writing: model_type, architectures, every size, head_dim explicitly, rope settings both as
+ * 5.x "rope_parameters" and (for pre-5 readers) top-level rope_theta plus "rope_scaling" when
+ * scaled. transformers 5.24's LlamaConfig refuses hidden_size % num_attention_heads != 0 even
+ * with an explicit head_dim; such a Llama config (no biases) is written as Mistral with
+ * sliding_window null, which transformers computes identically. */
+#include "taper/model.h"
+
+#include <cjson/cJSON.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CFG_MAX_DIM (1 << 20)        /* hidden, intermediate, head_dim, heads*head_dim */
+#define CFG_MAX_HEADS (1 << 14)
+#define CFG_MAX_LAYERS (1 << 14)
+#define CFG_MAX_VOCAB (1 << 24)
+#define CFG_MAX_POS (1 << 30)
+
+typedef struct { tp_arch arch; const char *cls, *type; } cfg_arch_name;
+static const cfg_arch_name cfg_archs[] = {
+    {TP_ARCH_LLAMA, "LlamaForCausalLM", "llama"},
+    {TP_ARCH_MISTRAL, "MistralForCausalLM", "mistral"},
+    {TP_ARCH_QWEN2, "Qwen2ForCausalLM", "qwen2"},
+};
+#define CFG_N_ARCHS ((int)(sizeof cfg_archs / sizeof cfg_archs[0]))
+
+/* ------------------------------------------------------------------------------------------ */
+/* validation and parameter count */
+
+/* NULL when c is valid, else a description written into buf. */
+static const char *cfg_problem(const tp_config *c, char *buf, size_t n) {
+#define BAD(...) do { snprintf(buf, n, __VA_ARGS__); return buf; } while (0)
+#define RANGE(v, lo, hi, what) \
+    if ((v) < (lo) || (v) > (hi)) BAD("%s = %d is out of range [%d, %d]", what, (int)(v), (int)(lo), (int)(hi))
+    if ((int)c->arch < 0 || (int)c->arch >= CFG_N_ARCHS) BAD("unknown architecture id %d", (int)c->arch);
+    RANGE(c->n_layers, 1, CFG_MAX_LAYERS, "num_hidden_layers");
+    RANGE(c->d_model, 1, CFG_MAX_DIM, "hidden_size");
+    RANGE(c->n_heads, 1, CFG_MAX_HEADS, "num_attention_heads");
+    RANGE(c->n_kv_heads, 1, c->n_heads, "num_key_value_heads");
+    if (c->n_heads % c->n_kv_heads != 0)
+        BAD("num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", c->n_heads,
+            c->n_kv_heads);
+    RANGE(c->head_dim, 2, CFG_MAX_DIM, "head_dim");
+    if (c->head_dim % 2 != 0) BAD("head_dim = %d is odd; RoPE needs pairs", c->head_dim);
+    if ((long long)c->n_heads * c->head_dim > CFG_MAX_DIM)
+        BAD("num_attention_heads * head_dim = %lld is over %d", (long long)c->n_heads * c->head_dim,
+            CFG_MAX_DIM);
+    RANGE(c->d_ff, 1, CFG_MAX_DIM, "intermediate_size");
+    RANGE(c->vocab, 1, CFG_MAX_VOCAB, "vocab_size");
+    RANGE(c->max_pos, 1, CFG_MAX_POS, "max_position_embeddings");
+    if (!isfinite(c->rope_theta) || c->rope_theta <= 0) BAD("rope_theta = %g must be > 0", c->rope_theta);
+    if (!isfinite(c->norm_eps) || c->norm_eps <= 0 || c->norm_eps >= 1)
+        BAD("rms_norm_eps = %g must be in (0, 1)", c->norm_eps);
+    switch (c->rope_scaling) {
+    case TP_ROPE_NONE: break;
+    case TP_ROPE_LINEAR:
+        if (!isfinite(c->rope_factor) || c->rope_factor <= 0)
+            BAD("rope scaling factor = %g must be > 0", c->rope_factor);
+        break;
+    case TP_ROPE_LLAMA3:
+        if (!isfinite(c->rope_factor) || c->rope_factor <= 0)
+            BAD("rope scaling factor = %g must be > 0", c->rope_factor);
+        if (!isfinite(c->rope_low_freq) || c->rope_low_freq <= 0)
+            BAD("rope low_freq_factor = %g must be > 0", c->rope_low_freq);
+        if (!isfinite(c->rope_high_freq) || c->rope_high_freq <= c->rope_low_freq)
+            BAD("rope high_freq_factor = %g must be > low_freq_factor = %g", c->rope_high_freq,
+                c->rope_low_freq);
+        RANGE(c->rope_orig_max_pos, 1, CFG_MAX_POS, "original_max_position_embeddings");
+        break;
+    default: BAD("unknown rope scaling id %d", (int)c->rope_scaling);
+    }
+    if (c->tie_embeddings != 0 && c->tie_embeddings != 1)
+        BAD("tie_embeddings = %d must be 0 or 1", c->tie_embeddings);
+    if (c->attn_bias != (c->arch == TP_ARCH_QWEN2))
+        BAD("attn_bias = %d, but %s %s q/k/v biases", c->attn_bias, cfg_archs[c->arch].cls,
+            c->arch == TP_ARCH_QWEN2 ? "always has" : "has no");
+    if (c->bos_id < -1) BAD("bos_token_id = %d must be >= 0 (or -1 for unknown)", (int)c->bos_id);
+    if (c->eos_id < -1) BAD("eos_token_id = %d must be >= 0 (or -1 for unknown)", (int)c->eos_id);
+    return NULL;
+#undef RANGE
+#undef BAD
+}
+
+tp_status tp_config_validate(const tp_config *c) {
+    char buf[256];
+    const char *p = cfg_problem(c, buf, sizeof buf);
+    return p ? tp_fail(TP_ERR_ARG, "invalid model config: %s", p) : TP_OK;
+}
+
+size_t tp_config_n_params(const tp_config *c) {
+    char buf[256];
+    if (cfg_problem(c, buf, sizeof buf)) return 0;
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t kv = (size_t)c->n_kv_heads * (size_t)c->head_dim, ff = (size_t)c->d_ff;
+    size_t emb = (size_t)c->vocab * d;
+    size_t layer = 2 * d                 /* input and post-attention RMSNorm weights */
+                 + d * q + 2 * d * kv    /* q, k, v projections */
+                 + q * d                 /* o projection */
+                 + (c->attn_bias ? q + 2 * kv : 0)
+                 + 3 * d * ff;           /* gate, up, down */
+    return emb + (c->tie_embeddings ? 0 : emb) + (size_t)c->n_layers * layer + d;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* config.json -> tp_config */
+
+static const char *json_kind(const cJSON *j) {
+    if (cJSON_IsString(j)) return "a string";
+    if (cJSON_IsBool(j)) return "a boolean";
+    if (cJSON_IsNull(j)) return "null";
+    if (cJSON_IsArray(j)) return "an array";
+    if (cJSON_IsObject(j)) return "an object";
+    if (cJSON_IsNumber(j)) return "a number";
+    return "invalid";
+}
+
+static int absent(const cJSON *j) { return !j || cJSON_IsNull(j); }
+
+/* An integer field of obj in [lo, hi]; def when absent/null unless required. */
+static tp_status get_int(const char *path, const cJSON *obj, const char *key, int required,
+                         long long def, long long lo, long long hi, long long *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (absent(j)) {
+        if (required) return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" is missing", path, key);
+        *out = def;
+        return TP_OK;
+    }
+    if (!cJSON_IsNumber(j))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" must be an integer, got %s", path, key, json_kind(j));
+    double v = j->valuedouble;
+    if (v != floor(v) || !isfinite(v))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" = %g must be an integer", path, key, v);
+    if (v < (double)lo || v > (double)hi)
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" = %.0f is out of range [%lld, %lld]", path, key, v,
+                       lo, hi);
+    *out = (long long)v;
+    return TP_OK;
+}
+
+static tp_status get_int32(const char *path, const cJSON *obj, const char *key, int required,
+                           int def, int lo, int hi, int *out) {
+    long long v;
+    tp_status s = get_int(path, obj, key, required, def, lo, hi, &v);
+    if (!s) *out = (int)v;
+    return s;
+}
+
+/* A finite positive number (field named `what` in messages). */
+static tp_status get_pos_float(const char *path, const cJSON *j, const char *what, float *out) {
+    if (!cJSON_IsNumber(j))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" must be a number, got %s", path, what, json_kind(j));
+    double v = j->valuedouble;
+    if (!isfinite(v) || v <= 0 || v > FLT_MAX || (float)v == 0)
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" = %g must be a positive finite float32", path,
+                       what, v);
+    *out = (float)v;
+    return TP_OK;
+}
+
+static tp_status get_bool(const char *path, const cJSON *obj, const char *key, int def, int *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (absent(j)) { *out = def; return TP_OK; }
+    if (!cJSON_IsBool(j))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" must be true or false, got %s", path, key,
+                       json_kind(j));
+    *out = cJSON_IsTrue(j);
+    return TP_OK;
+}
+
+/* bos/eos: an integer, a list of integers (first one taken), or absent/null/[] -> -1. */
+static tp_status get_token_id(const char *path, const cJSON *obj, const char *key, int32_t *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = -1;
+    if (cJSON_IsArray(j)) j = j->child;
+    if (absent(j)) return TP_OK;
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < 0 ||
+        j->valuedouble > 2147483647.0)
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer (or a list of them)",
+                       path, key);
+    *out = (int32_t)j->valuedouble;
+    return TP_OK;
+}
+
+static int cmp_key(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Python's json keeps the last of duplicate keys, cJSON the first: refuse them. */
+static tp_status unique_keys(const char *path, const cJSON *obj, const char *where) {
+    size_t n = 0;
+    for (const cJSON *e = obj ? obj->child : NULL; e; e = e->next) n++;
+    if (n < 2) return TP_OK;
+    const char **k = malloc(n * sizeof *k);
+    if (!k) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    n = 0;
+    for (const cJSON *e = obj->child; e; e = e->next) k[n++] = e->string ? e->string : "";
+    qsort(k, n, sizeof *k, cmp_key);
+    tp_status s = TP_OK;
+    for (size_t i = 1; i < n && !s; i++)
+        if (strcmp(k[i - 1], k[i]) == 0)
+            s = tp_fail(TP_ERR_FORMAT, "%s: key \"%.100s\" appears twice%s%s", path, k[i],
+                        where ? " in " : "", where ? where : "");
+    free(k);
+    return s;
+}
+
+static tp_status cfg_arch(const char *path, const cJSON *root, tp_arch *arch) {
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    int from_type = -1, from_cls = -1;
+    if (!absent(mt)) {
+        if (!cJSON_IsString(mt))
+            return tp_fail(TP_ERR_FORMAT, "%s: \"model_type\" must be a string, got %s", path,
+                           json_kind(mt));
+        for (int i = 0; i < CFG_N_ARCHS; i++)
+            if (strcmp(mt->valuestring, cfg_archs[i].type) == 0) from_type = i;
+        if (from_type < 0)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: model_type \"%.100s\" is not supported (llama, "
+                           "mistral, qwen2)", path, mt->valuestring);
+    }
+    if (!absent(ar)) {
+        if (!cJSON_IsArray(ar))
+            return tp_fail(TP_ERR_FORMAT, "%s: \"architectures\" must be a list, got %s", path,
+                           json_kind(ar));
+        const cJSON *a0 = ar->child;
+        if (a0 && !cJSON_IsString(a0))
+            return tp_fail(TP_ERR_FORMAT, "%s: \"architectures\"[0] must be a string, got %s", path,
+                           json_kind(a0));
+        if (a0) {
+            for (int i = 0; i < CFG_N_ARCHS; i++)
+                if (strcmp(a0->valuestring, cfg_archs[i].cls) == 0) from_cls = i;
+            if (from_cls < 0)
+                return tp_fail(TP_ERR_UNSUPPORTED, "%s: architectures[0] \"%.100s\" is not supported "
+                               "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)", path,
+                               a0->valuestring);
+        }
+    }
+    if (from_type < 0 && from_cls < 0)
+        return tp_fail(TP_ERR_FORMAT, "%s: neither \"model_type\" nor \"architectures\" is given",
+                       path);
+    if (from_type >= 0 && from_cls >= 0 && from_type != from_cls)
+        return tp_fail(TP_ERR_FORMAT, "%s: architectures[0] \"%s\" disagrees with model_type \"%s\"",
+                       path, cfg_archs[from_cls].cls, cfg_archs[from_type].type);
+    *arch = cfg_archs[from_type >= 0 ? from_type : from_cls].arch;
+    return TP_OK;
+}
+
+static tp_status cfg_rope(const char *path, const cJSON *root, tp_config *c) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (!absent(rs) && !cJSON_IsObject(rs))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"rope_scaling\" must be an object or null, got %s", path,
+                       json_kind(rs));
+    if (!absent(rp) && !cJSON_IsObject(rp))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"rope_parameters\" must be an object or null, got %s",
+                       path, json_kind(rp));
+    const cJSON *d = NULL;
+    const char *dname = NULL;
+    if (cJSON_IsObject(rs) && rs->child) { d = rs; dname = "rope_scaling"; }
+    else if (cJSON_IsObject(rp) && rp->child) { d = rp; dname = "rope_parameters"; }
+    char field[64];
+    tp_status s = unique_keys(path, d, dname);
+    if (s) return s;
+
+    for (const cJSON *e = d ? d->child : NULL; e; e = e->next)
+        if (cJSON_IsObject(e))
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: \"%s\" holds per-layer-type settings (\"%.40s\"); "
+                           "only one RoPE for all layers is supported", path, dname,
+                           e->string ? e->string : "");
+
+    const cJSON *th = d ? cJSON_GetObjectItemCaseSensitive(d, "rope_theta") : NULL;
+    const char *thname = "rope_theta";
+    if (absent(th)) th = cJSON_GetObjectItemCaseSensitive(root, "rope_theta");
+    else { snprintf(field, sizeof field, "%s.rope_theta", dname); thname = field; }
+    c->rope_theta = 10000.0f;
+    if (!absent(th) && (s = get_pos_float(path, th, thname, &c->rope_theta))) return s;
+
+    for (int k = 0; k < 2; k++) {
+        const cJSON *prf = cJSON_GetObjectItemCaseSensitive(k ? root : d, "partial_rotary_factor");
+        if (!absent(prf) && !(cJSON_IsNumber(prf) && prf->valuedouble == 1.0))
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: \"partial_rotary_factor\" other than 1 is not "
+                           "supported", path);
+    }
+
+    /* fields a scaling type does not use stay 0, as the GGUF loader leaves them */
+    c->rope_scaling = TP_ROPE_NONE;
+    c->rope_factor = c->rope_low_freq = c->rope_high_freq = 0.0f;
+    c->rope_orig_max_pos = 0;
+    if (!d) return TP_OK;
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(d, "rope_type");
+    const char *tyname = "rope_type";
+    if (absent(ty)) { ty = cJSON_GetObjectItemCaseSensitive(d, "type"); tyname = "type"; }
+    if (absent(ty)) return TP_OK; /* transformers: "default" */
+    if (!cJSON_IsString(ty))
+        return tp_fail(TP_ERR_FORMAT, "%s: \"%s.%s\" must be a string, got %s", path, dname, tyname,
+                       json_kind(ty));
+    const char *t = ty->valuestring;
+    if (strcmp(t, "default") == 0) return TP_OK;
+    int llama3 = strcmp(t, "llama3") == 0;
+    if (!llama3 && strcmp(t, "linear") != 0)
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: %s.%s \"%.40s\" is not supported (default, linear, "
+                       "llama3)", path, dname, tyname, t);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(d, "factor");
+    snprintf(field, sizeof field, "%s.factor", dname);
+    if (absent(f)) return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" is missing", path, field);
+    if ((s = get_pos_float(path, f, field, &c->rope_factor))) return s;
+    if (!llama3) { c->rope_scaling = TP_ROPE_LINEAR; return TP_OK; }
+
+    c->rope_scaling = TP_ROPE_LLAMA3;
+    static const char *const keys[2] = {"low_freq_factor", "high_freq_factor"};
+    float *dst[2] = {&c->rope_low_freq, &c->rope_high_freq};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(d, keys[k]);
+        snprintf(field, sizeof field, "%s.%s", dname, keys[k]);
+        if (absent(j)) return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" is missing", path, field);
+        if ((s = get_pos_float(path, j, field, dst[k]))) return s;
+    }
+    if (!(c->rope_high_freq > c->rope_low_freq))
+        return tp_fail(TP_ERR_FORMAT, "%s: %s.high_freq_factor (%g) must exceed low_freq_factor (%g)",
+                       path, dname, c->rope_high_freq, c->rope_low_freq);
+    long long om;
+    snprintf(field, sizeof field, "%s.original_max_position_embeddings", dname);
+    const cJSON *omj = cJSON_GetObjectItemCaseSensitive(d, "original_max_position_embeddings");
+    if (absent(omj)) om = c->max_pos;
+    else if ((s = get_int(path, d, "original_max_position_embeddings", 1, 0, 1, CFG_MAX_POS, &om)))
+        return tp_fail_ctx(s, "in %s: ", dname);
+    c->rope_orig_max_pos = (int)om;
+    return TP_OK;
+}
+
+/* Refuses sliding-window attention that would cut the context on some layer. */
+static tp_status cfg_sliding(const char *path, const cJSON *root, tp_config *c) {
+    if (c->arch == TP_ARCH_LLAMA) return TP_OK;
+    if (c->arch == TP_ARCH_QWEN2) {
+        int use = 0;
+        tp_status s = get_bool(path, root, "use_sliding_window", 0, &use);
+        if (s || !use) return s;
+    }
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+    if (cJSON_IsNull(sw)) return TP_OK;
+    long long w;
+    tp_status s = get_int(path, root, "sliding_window", 0, 4096, 0, (long long)1 << 53, &w);
+    if (s) return s;
+    if (w >= c->max_pos) return TP_OK;
+    int sliding_layers = c->arch == TP_ARCH_MISTRAL;
+    if (c->arch == TP_ARCH_QWEN2) {
+        const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+        if (cJSON_IsArray(lt)) {
+            for (const cJSON *e = lt->child; e; e = e->next)
+                if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0)
+                    sliding_layers = 1;
+        } else {
+            long long mwl;
+            if ((s = get_int(path, root, "max_window_layers", 0, 28, 0, 1 << 30, &mwl))) return s;
+            sliding_layers = mwl < c->n_layers;
+        }
+    }
+    if (sliding_layers)
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: \"sliding_window\" = %lld is shorter than "
+                       "max_position_embeddings = %d; sliding-window attention is not supported",
+                       path, w, c->max_pos);
+    return TP_OK;
+}
+
+static tp_status cfg_parse(const char *path, const cJSON *root, tp_config *c) {
+    tp_status s;
+    if ((s = unique_keys(path, root, NULL)) || (s = cfg_arch(path, root, &c->arch))) return s;
+    static const int def_max_pos[] = {2048, 131072, 32768}; /* transformers 5.24 defaults */
+    if ((s = get_int32(path, root, "hidden_size", 1, 0, 1, CFG_MAX_DIM, &c->d_model)) ||
+        (s = get_int32(path, root, "intermediate_size", 1, 0, 1, CFG_MAX_DIM, &c->d_ff)) ||
+        (s = get_int32(path, root, "num_hidden_layers", 1, 0, 1, CFG_MAX_LAYERS, &c->n_layers)) ||
+        (s = get_int32(path, root, "num_attention_heads", 1, 0, 1, CFG_MAX_HEADS, &c->n_heads)) ||
+        (s = get_int32(path, root, "num_key_value_heads", 0, c->n_heads, 1, CFG_MAX_HEADS,
+                       &c->n_kv_heads)) ||
+        (s = get_int32(path, root, "head_dim", 0, 0, 1, CFG_MAX_DIM, &c->head_dim)) ||
+        (s = get_int32(path, root, "vocab_size", 1, 0, 1, CFG_MAX_VOCAB, &c->vocab)) ||
+        (s = get_int32(path, root, "max_position_embeddings", 0, def_max_pos[c->arch], 1,
+                       CFG_MAX_POS, &c->max_pos)))
+        return s;
+    if (c->n_heads % c->n_kv_heads != 0)
+        return tp_fail(TP_ERR_FORMAT, "%s: num_attention_heads (%d) is not a multiple of "
+                       "num_key_value_heads (%d)", path, c->n_heads, c->n_kv_heads);
+    if (c->head_dim == 0) {
+        if (c->d_model % c->n_heads != 0)
+            return tp_fail(TP_ERR_FORMAT, "%s: no \"head_dim\" and hidden_size (%d) is not a multiple "
+                           "of num_attention_heads (%d)", path, c->d_model, c->n_heads);
+        c->head_dim = c->d_model / c->n_heads;
+    }
+
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "rms_norm_eps");
+    c->norm_eps = 1e-6f;
+    if (!absent(eps) && (s = get_pos_float(path, eps, "rms_norm_eps", &c->norm_eps))) return s;
+    if ((s = cfg_rope(path, root, c))) return s;
+    if ((s = get_bool(path, root, "tie_word_embeddings", 0, &c->tie_embeddings))) return s;
+
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (!absent(act)) {
+        if (!cJSON_IsString(act))
+            return tp_fail(TP_ERR_FORMAT, "%s: \"hidden_act\" must be a string, got %s", path,
+                           json_kind(act));
+        if (strcmp(act->valuestring, "silu") != 0 && strcmp(act->valuestring, "swish") != 0)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: hidden_act \"%.40s\" is not supported (silu)",
+                           path, act->valuestring);
+    }
+    c->attn_bias = c->arch == TP_ARCH_QWEN2;
+    if (c->arch == TP_ARCH_LLAMA) {
+        int ab, mb;
+        if ((s = get_bool(path, root, "attention_bias", 0, &ab)) ||
+            (s = get_bool(path, root, "mlp_bias", 0, &mb)))
+            return s;
+        if (ab)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: attention_bias true (Llama: biases on q, k, v "
+                           "and o_proj) is not supported", path);
+        if (mb)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported", path);
+    }
+    if ((s = cfg_sliding(path, root, c))) return s;
+    if ((s = get_token_id(path, root, "bos_token_id", &c->bos_id)) ||
+        (s = get_token_id(path, root, "eos_token_id", &c->eos_id)))
+        return s;
+    char buf[256];
+    const char *p = cfg_problem(c, buf, sizeof buf);
+    if (p) return tp_fail(TP_ERR_FORMAT, "%s: %s", path, p);
+    return TP_OK;
+}
+
+tp_status tp_config_from_json(const char *json, const char *path_for_errors, tp_config *c) {
+    const char *path = path_for_errors ? path_for_errors : "config.json";
+    if (!json) return tp_fail(TP_ERR_ARG, "%s: no text", path);
+    cJSON *root = cJSON_Parse(json);
+    if (!root) return tp_fail(TP_ERR_FORMAT, "%s: not valid JSON", path);
+    tp_config tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tp_status s = cJSON_IsObject(root) ? cfg_parse(path, root, &tmp)
+                                       : tp_fail(TP_ERR_FORMAT, "%s: top level is not an object", path);
+    cJSON_Delete(root);
+    if (!s) *c = tmp;
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* tp_config -> config.json */
+
+/* Shortest decimal that reads back as the same float32, always with '.' or an exponent so
+ * Python reads a float. */
+static void fmt_f32(float v, char *buf, size_t n) {
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(buf, n, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v) break;
+    }
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", n - strlen(buf) - 1);
+}
+
+static int add_float(cJSON *o, const char *key, float v) {
+    char buf[48];
+    fmt_f32(v, buf, sizeof buf);
+    return cJSON_AddRawToObject(o, key, buf) != NULL;
+}
+
+static int add_int_or_null(cJSON *o, const char *key, long long v) {
+    return (v < 0 ? cJSON_AddNullToObject(o, key) : cJSON_AddNumberToObject(o, key, (double)v)) != NULL;
+}
+
+/* The RoPE object: with rope_theta for "rope_parameters", without for "rope_scaling". */
+static cJSON *rope_object(const tp_config *c, int with_theta) {
+    cJSON *r = cJSON_CreateObject();
+    if (!r) return NULL;
+    int ok = 1;
+    const char *type = c->rope_scaling == TP_ROPE_LLAMA3 ? "llama3"
+                     : c->rope_scaling == TP_ROPE_LINEAR ? "linear" : "default";
+    if (with_theta) ok &= add_float(r, "rope_theta", c->rope_theta);
+    ok &= cJSON_AddStringToObject(r, "rope_type", type) != NULL;
+    if (c->rope_scaling != TP_ROPE_NONE) ok &= add_float(r, "factor", c->rope_factor);
+    if (c->rope_scaling == TP_ROPE_LLAMA3) {
+        ok &= add_float(r, "low_freq_factor", c->rope_low_freq);
+        ok &= add_float(r, "high_freq_factor", c->rope_high_freq);
+        ok &= cJSON_AddNumberToObject(r, "original_max_position_embeddings",
+                                      c->rope_orig_max_pos) != NULL;
+    }
+    if (!ok) { cJSON_Delete(r); return NULL; }
+    return r;
+}
+
+/* Adds item (NULL: allocation failed) to o, or frees it. */
+static int add_object(cJSON *o, const char *key, cJSON *item) {
+    if (item && cJSON_AddItemToObject(o, key, item)) return 1;
+    cJSON_Delete(item);
+    return 0;
+}
+
+tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **out) {
+    *out = NULL;
+    tp_status s = tp_config_validate(c);
+    if (s) return s;
+    const char *dt = NULL;
+    static const char *const dts[][2] = {{"float32", "F32"}, {"float16", "F16"}, {"bfloat16", "BF16"}};
+    for (int i = 0; i < 3; i++)
+        if (dtype && (strcmp(dtype, dts[i][0]) == 0 || strcmp(dtype, dts[i][1]) == 0)) dt = dts[i][0];
+    if (!dt) return tp_fail(TP_ERR_ARG, "config.json dtype \"%s\" is not one of float32, float16, "
+                            "bfloat16", dtype ? dtype : "(null)");
+
+    tp_arch arch = c->arch;
+    if (arch == TP_ARCH_LLAMA && c->d_model % c->n_heads != 0) arch = TP_ARCH_MISTRAL;
+    cJSON *o = cJSON_CreateObject(), *a = cJSON_CreateArray();
+    int ok = o && a;
+    if (ok) {
+        ok &= cJSON_AddItemToArray(a, cJSON_CreateString(cfg_archs[arch].cls));
+        ok &= cJSON_AddItemToObject(o, "architectures", a);
+        if (!ok) cJSON_Delete(a);
+    } else
+        cJSON_Delete(a);
+    if (ok) {
+        ok &= cJSON_AddStringToObject(o, "model_type", cfg_archs[arch].type) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "hidden_size", c->d_model) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "intermediate_size", c->d_ff) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layers) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "num_attention_heads", c->n_heads) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "num_key_value_heads", c->n_kv_heads) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "head_dim", c->head_dim) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "vocab_size", c->vocab) != NULL;
+        ok &= cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos) != NULL;
+        ok &= add_float(o, "rms_norm_eps", c->norm_eps);
+        ok &= add_float(o, "rope_theta", c->rope_theta);
+        ok &= add_object(o, "rope_parameters", rope_object(c, 1));
+        if (c->rope_scaling != TP_ROPE_NONE) ok &= add_object(o, "rope_scaling", rope_object(c, 0));
+        ok &= cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_embeddings) != NULL;
+        ok &= cJSON_AddStringToObject(o, "hidden_act", "silu") != NULL;
+        if (arch == TP_ARCH_LLAMA) {
+            ok &= cJSON_AddFalseToObject(o, "attention_bias") != NULL;
+            ok &= cJSON_AddFalseToObject(o, "mlp_bias") != NULL;
+        }
+        if (arch != TP_ARCH_LLAMA) ok &= cJSON_AddNullToObject(o, "sliding_window") != NULL;
+        if (arch == TP_ARCH_QWEN2) ok &= cJSON_AddFalseToObject(o, "use_sliding_window") != NULL;
+        ok &= cJSON_AddRawToObject(o, "attention_dropout", "0.0") != NULL;
+        ok &= add_int_or_null(o, "bos_token_id", c->bos_id);
+        ok &= add_int_or_null(o, "eos_token_id", c->eos_id);
+        ok &= cJSON_AddStringToObject(o, "dtype", dt) != NULL;        /* transformers >= 4.56 */
+        ok &= cJSON_AddStringToObject(o, "torch_dtype", dt) != NULL;  /* older readers */
+        ok &= cJSON_AddTrueToObject(o, "use_cache") != NULL;
+    }
+    char *text = ok ? cJSON_Print(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory while writing config.json");
+    size_t n = strlen(text);
+    char *res = malloc(n + 2);
+    if (!res) { cJSON_free(text); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
+    memcpy(res, text, n);
+    res[n] = '\n';
+    res[n + 1] = 0;
+    cJSON_free(text);
+    *out = res;
+    return TP_OK;
+}
+
+tp_status tp_config_to_json(const tp_config *c, char **out) {
+    return tp_config_to_json_dtype(c, "float32", out);
+}
