@@ -12,7 +12,10 @@
 typedef struct tp_tokenizer tp_tokenizer;
 
 /* tokenizer.json (HF `tokenizers` format). If tokenizer_config.json sits beside it, its
- * add_bos_token / bos/eos token fields are honoured as transformers honours them. */
+ * add_bos_token / bos/eos token fields are honoured as transformers honours them: the
+ * bos/eos/unk/pad tokens are taken from it; whether BOS/EOS are added is the post-processor's
+ * (transformers 5 ignores add_bos_token for a tokenizer.json-backed tokenizer). Only the byte-level
+ * BPE family loads; other models, normalizers, pre-tokenizers or decoders are TP_ERR_UNSUPPORTED. */
 tp_status tp_tok_load_json(const char *path, tp_tokenizer **out);
 /* tokenizer.ggml.* metadata (model "gpt2"; pre in {default/gpt2, smollm, llama-bpe,
  * qwen2, ...}; tokens, merges, token_type, bos/eos/pad ids, add_bos_token). */
@@ -22,6 +25,8 @@ void tp_tok_free(tp_tokenizer *t);
 int tp_tok_vocab_size(const tp_tokenizer *t);
 int32_t tp_tok_bos(const tp_tokenizer *t);      /* -1 if none */
 int32_t tp_tok_eos(const tp_tokenizer *t);      /* -1 if none */
+int32_t tp_tok_unk(const tp_tokenizer *t);      /* -1 if none (from the metadata) */
+int32_t tp_tok_pad(const tp_tokenizer *t);      /* -1 if none */
 int tp_tok_adds_bos(const tp_tokenizer *t);     /* 1 if encode(add_special=1) prepends BOS */
 const char *tp_tok_pre_name(const tp_tokenizer *t); /* e.g. "smollm" */
 /* The vocabulary string of id (byte-level encoded, as in tokenizer.json), NULL if out of range. */
@@ -29,12 +34,15 @@ const char *tp_tok_piece(const tp_tokenizer *t, int32_t id);
 int tp_tok_is_special(const tp_tokenizer *t, int32_t id);
 int32_t tp_tok_find(const tp_tokenizer *t, const char *piece); /* -1 if absent */
 
-/* Encode UTF-8 text (len bytes; invalid UTF-8 is handled as HF does). Added/special tokens
+/* Encode UTF-8 text (len bytes; bytes that are not UTF-8 are read as U+FFFD, as Python's
+ * bytes.decode(errors="replace") would hand them to HF). Added/special tokens
  * in the text are matched first, as HF does by default. add_special: prepend BOS etc. as the
  * tokenizer's post-processor / add_bos says. *ids is malloc'd. */
 tp_status tp_tok_encode(const tp_tokenizer *t, const char *text, size_t len, int add_special,
                         int32_t **ids, size_t *n_ids);
-/* Decode ids to UTF-8 (malloc'd, NUL-terminated), skipping special tokens if asked. */
+/* Decode ids to UTF-8 (malloc'd, NUL-terminated), skipping special tokens if asked. Bytes that
+ * do not form UTF-8 become U+FFFD as in HF. An id outside the vocabulary is TP_ERR_ARG (HF
+ * silently drops it). Safe to call from several threads on one tokenizer, as is encode. */
 tp_status tp_tok_decode(const tp_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
                         char **out, size_t *out_len);
 
