@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# make test-ref: regenerate every reference value with the Python references (transformers,
+# tokenizers, gguf-py, safetensors — pinned in tests/ref/requirements.txt), run the C suite
+# against the fresh values (with every logits row, and the whole WikiText-2 file), then let the
+# references load what taper wrote (HF folder, GGUF, tokenizer, safetensors, config).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=$(scripts/ref-env.sh)
+OUT=$(mktemp -d /tmp/taper-ref-XXXXXX)
+export TAPER_EXPORT_DIR="$OUT/exports"
+mkdir -p "$TAPER_EXPORT_DIR"
+echo "ref: writing fresh reference values to $OUT"
+"$PY" tests/ref/gguf_ref.py --out "$OUT"
+"$PY" tests/ref/st_ref.py --out "$OUT"
+"$PY" tests/ref/tok_ref.py --out "$OUT"
+"$PY" tests/ref/model_ref.py --out "$OUT" --full
+echo "ref: C suite against the fresh values"
+TAPER_GGUF_WRITTEN="$TAPER_EXPORT_DIR/rt.gguf" TAPER_TOK_SAVED_DIR="$TAPER_EXPORT_DIR/tok" TAPER_FIXTURES="$OUT" TAPER_LONG=1 TAPER_BIN="$PWD/build/taper" build/taper-tests
+echo "ref: references load taper's exports"
+"$PY" tests/ref/model_ref.py --check-hf "$TAPER_EXPORT_DIR/smollm2-hf" --check-gguf "$TAPER_EXPORT_DIR/smollm2-f32.gguf"
+"$PY" tests/ref/tok_ref.py --check-saved "$TAPER_EXPORT_DIR/tok"
+"$PY" tests/ref/gguf_ref.py --check-written "$TAPER_EXPORT_DIR/rt.gguf"
+"$PY" tests/ref/st_ref.py --check-written "$TAPER_EXPORT_DIR/st"
+echo "ref: all reference checks passed"
+rm -rf "$OUT"

@@ -1,0 +1,220 @@
+/* Forward pass of the Llama family (Llama, Mistral, Qwen2) in fp32, batched, with an optional
+ * KV cache for incremental decoding. Matches HF transformers' LlamaForCausalLM numerics up to
+ * float summation order. Kernels are in kernels.c. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels.h"
+#include "model_internal.h"
+#include "taper/model.h"
+
+void tp_rope_inv_freq(const tp_config *c, float *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        /* HF: 1 / base ** (arange(0, dim, 2).float() / dim), in fp32 */
+        float e = (float)(2 * j) / (float)c->head_dim;
+        float f = 1.0f / powf(c->rope_theta, e);
+        if (c->rope_scaling == TP_ROPE_LINEAR) {
+            f = f / c->rope_factor;
+        } else if (c->rope_scaling == TP_ROPE_LLAMA3) {
+            float old = (float)c->rope_orig_max_pos;
+            float low_wl = old / c->rope_low_freq, high_wl = old / c->rope_high_freq;
+            float wl = 2.0f * (float)M_PI / f;
+            float g = wl > low_wl ? f / c->rope_factor : f;
+            if (!(wl < high_wl) && !(wl > low_wl)) {
+                float sm = (old / wl - c->rope_low_freq) / (c->rope_high_freq - c->rope_low_freq);
+                g = (1.0f - sm) * g / c->rope_factor + sm * g;
+            }
+            f = g;
+        }
+        inv_freq[j] = f;
+    }
+}
+
+tp_status tp_kvcache_alloc(const tp_config *c, int B, int cap, tp_kvcache **out) {
+    *out = NULL;
+    if (B <= 0 || cap <= 0) return tp_fail(TP_ERR_ARG, "KV cache: batch %d and capacity %d must be > 0", B, cap);
+    tp_kvcache *kv = calloc(1, sizeof *kv);
+    if (!kv) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    kv->B = B;
+    kv->cap = cap;
+    kv->n_layers = c->n_layers;
+    kv->kv_dim = c->n_kv_heads * c->head_dim;
+    size_t n;
+    if (tp_mul_overflow((size_t)c->n_layers * (size_t)B, (size_t)cap * (size_t)kv->kv_dim, &n)) n = SIZE_MAX / 8;
+    kv->len = calloc((size_t)B, sizeof *kv->len);
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    if (!kv->len || !kv->k || !kv->v) {
+        tp_kvcache_free(kv);
+        return tp_fail(TP_ERR_NOMEM, "KV cache: cannot allocate %zu floats", 2 * n);
+    }
+    *out = kv;
+    return TP_OK;
+}
+
+void tp_kvcache_free(tp_kvcache *kv) {
+    if (!kv) return;
+    free(kv->len);
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+typedef struct {
+    float *x;      /* (N, d) residual stream */
+    float *h;      /* (N, d) normed input */
+    float *q;      /* (N, nh*hd) */
+    float *k, *v;  /* (N, nkv*hd) */
+    float *att;    /* (N, nh*hd) attention output before o_proj */
+    float *proj;   /* (N, d) o_proj / down_proj output */
+    float *g, *u;  /* (N, ff) */
+    float *scores; /* (threads, T*Tk) */
+    int *pos;      /* (N) */
+    float *inv_freq;
+} fwd_buf;
+
+static void free_buf(fwd_buf *b) {
+    free(b->x); free(b->h); free(b->q); free(b->k); free(b->v); free(b->att); free(b->proj);
+    free(b->g); free(b->u); free(b->scores); free(b->pos); free(b->inv_freq);
+}
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* One attention block for all B sequences: q/k/v projections, RoPE, cache append, per-head
+ * causal attention, o_proj into b->proj. */
+static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *b, int B, int T,
+                      tp_kvcache *cache, int Tk_max) {
+    const tp_config *c = &m->cfg;
+    size_t N = (size_t)B * T, d = (size_t)c->d_model;
+    int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
+    tp_matmul_wt(b->h, L->wq, L->bq, b->q, N, d, qd);
+    tp_matmul_wt(b->h, L->wk, L->bk, b->k, N, d, kvd);
+    tp_matmul_wt(b->h, L->wv, L->bv, b->v, N, d, kvd);
+    tp_rope_apply(b->q, N, nh, hd, b->pos, b->inv_freq);
+    tp_rope_apply(b->k, N, nkv, hd, b->pos, b->inv_freq);
+    if (cache) {
+        for (int s = 0; s < B; s++) {
+            size_t base = (((size_t)layer * cache->B + s) * cache->cap + (size_t)cache->len[s]) * kvd;
+            memcpy(cache->k + base, b->k + (size_t)s * T * kvd, (size_t)T * kvd * sizeof(float));
+            memcpy(cache->v + base, b->v + (size_t)s * T * kvd, (size_t)T * kvd * sizeof(float));
+        }
+    }
+    float scale = 1.0f / sqrtf((float)hd);
+    int rep = nh / nkv;
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    for (int s = 0; s < B; s++)
+        for (int h = 0; h < nh; h++) {
+            int p0 = cache ? cache->len[s] : 0;
+            const float *K, *V;
+            if (cache) {
+                size_t base = (((size_t)layer * cache->B + s) * cache->cap) * kvd + (size_t)(h / rep) * hd;
+                K = cache->k + base;
+                V = cache->v + base;
+            } else {
+                K = b->k + (size_t)s * T * kvd + (size_t)(h / rep) * hd;
+                V = b->v + (size_t)s * T * kvd + (size_t)(h / rep) * hd;
+            }
+            float *S = b->scores + (size_t)thread_id() * (size_t)T * (size_t)Tk_max;
+            tp_attention_head(b->q + (size_t)s * T * qd + (size_t)h * hd, qd, K, V, kvd,
+                              b->att + (size_t)s * T * qd + (size_t)h * hd, qd, T, p0, hd, scale, S);
+        }
+    tp_matmul_wt(b->att, L->wo, NULL, b->proj, N, qd, d);
+}
+
+static void add_inplace(float *x, const float *y, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
+                     float *logits, int last_only) {
+    const tp_config *c = &m->cfg;
+    if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
+    if (cache && cache->B != B)
+        return tp_fail(TP_ERR_ARG, "forward: KV cache holds %d sequences, batch is %d", cache->B, B);
+    int Tk_max = T;
+    for (int s = 0; cache && s < B; s++) {
+        if (cache->len[s] + T > cache->cap)
+            return tp_fail(TP_ERR_ARG, "forward: sequence %d would reach %d positions, KV cache holds %d", s,
+                           cache->len[s] + T, cache->cap);
+        if (cache->len[s] + T > Tk_max) Tk_max = cache->len[s] + T;
+    }
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, V = (size_t)c->vocab;
+    for (size_t i = 0; i < N; i++)
+        if (tokens[i] < 0 || (size_t)tokens[i] >= V)
+            return tp_fail(TP_ERR_ARG, "forward: token id %d at index %zu is outside the vocabulary (0..%zu)",
+                           tokens[i], i, V - 1);
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim,
+           ff = (size_t)c->d_ff;
+    fwd_buf b = {0};
+    b.x = malloc(N * d * sizeof(float));
+    b.h = malloc(N * d * sizeof(float));
+    b.q = malloc(N * qd * sizeof(float));
+    b.k = malloc(N * kvd * sizeof(float));
+    b.v = malloc(N * kvd * sizeof(float));
+    b.att = malloc(N * qd * sizeof(float));
+    b.proj = malloc(N * d * sizeof(float));
+    b.g = malloc(N * ff * sizeof(float));
+    b.u = malloc(N * ff * sizeof(float));
+    b.scores = malloc((size_t)max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
+    b.pos = malloc(N * sizeof(int));
+    b.inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
+    if (!b.x || !b.h || !b.q || !b.k || !b.v || !b.att || !b.proj || !b.g || !b.u || !b.scores || !b.pos ||
+        !b.inv_freq) {
+        free_buf(&b);
+        return tp_fail(TP_ERR_NOMEM, "forward: out of memory for %d x %d tokens", B, T);
+    }
+    tp_rope_inv_freq(c, b.inv_freq);
+    for (int s = 0; s < B; s++)
+        for (int t = 0; t < T; t++) b.pos[(size_t)s * T + t] = (cache ? cache->len[s] : 0) + t;
+    for (size_t i = 0; i < N; i++) memcpy(b.x + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const tp_layer *L = &m->layers[l];
+        tp_rmsnorm(b.x, L->attn_norm, b.h, N, d, c->norm_eps);
+        attention(m, L, l, &b, B, T, cache, Tk_max);
+        add_inplace(b.x, b.proj, N * d);
+        tp_rmsnorm(b.x, L->mlp_norm, b.h, N, d, c->norm_eps);
+        tp_matmul_wt(b.h, L->w_gate, NULL, b.g, N, d, ff);
+        tp_matmul_wt(b.h, L->w_up, NULL, b.u, N, d, ff);
+        tp_silu_mul(b.g, b.u, N * ff);
+        tp_matmul_wt(b.g, L->w_down, NULL, b.proj, N, ff, d);
+        add_inplace(b.x, b.proj, N * d);
+    }
+    if (cache)
+        for (int s = 0; s < B; s++) cache->len[s] += T;
+    if (logits) {
+        if (last_only) {
+            for (int s = 0; s < B; s++)
+                memcpy(b.proj + (size_t)s * d, b.x + ((size_t)s * T + (size_t)(T - 1)) * d, d * sizeof(float));
+            tp_rmsnorm(b.proj, m->final_norm, b.h, (size_t)B, d, c->norm_eps);
+            tp_matmul_wt(b.h, m->lm_head, NULL, logits, (size_t)B, d, V);
+        } else {
+            tp_rmsnorm(b.x, m->final_norm, b.h, N, d, c->norm_eps);
+            tp_matmul_wt(b.h, m->lm_head, NULL, logits, N, d, V);
+        }
+    }
+    free_buf(&b);
+    return TP_OK;
+}

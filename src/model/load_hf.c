@@ -1,0 +1,115 @@
+/* HF folder -> tp_model: config.json, safetensors (single or sharded), tokenizer.json and the
+ * chat template from tokenizer_config.json. Tensor names are the transformers Llama names. */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "taper/model.h"
+#include "taper/safetensors.h"
+#include "taper/util.h"
+
+static tp_status load_st(const tp_safetensors *st, const char *dir, const char *name, float *dst, size_t rows,
+                         size_t cols) {
+    const tp_st_tensor *t = tp_st_find(st, name);
+    if (!t) return tp_fail(TP_ERR_FORMAT, "%s: tensor %s is missing", dir, name);
+    int ok = rows == 1 ? (t->n_dims == 1 && t->shape[0] == cols)
+                       : (t->n_dims == 2 && t->shape[0] == rows && t->shape[1] == cols);
+    if (!ok)
+        return tp_fail(TP_ERR_FORMAT, "%s: tensor %s has %d dims [%llu, %llu, ...], expected [%zu, %zu]", dir,
+                       name, t->n_dims, (unsigned long long)(t->n_dims > 0 ? t->shape[0] : 0),
+                       (unsigned long long)(t->n_dims > 1 ? t->shape[1] : 0), rows, cols);
+    tp_status s = tp_st_to_f32(t, dst);
+    if (s) return tp_fail_ctx(s, "%s: tensor %s: ", dir, name);
+    return TP_OK;
+}
+
+static tp_status load_layers(const tp_safetensors *st, const char *dir, tp_model *m) {
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
+           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff;
+    char name[128];
+    tp_status s;
+    for (int l = 0; l < c->n_layers; l++) {
+        tp_layer *L = &m->layers[l];
+#define LOAD(suffix, dst, rows, cols)                                            \
+    do {                                                                         \
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);            \
+        if ((s = load_st(st, dir, name, dst, rows, cols))) return s;             \
+    } while (0)
+        LOAD("input_layernorm.weight", L->attn_norm, 1, d);
+        LOAD("self_attn.q_proj.weight", L->wq, q, d);
+        LOAD("self_attn.k_proj.weight", L->wk, kv, d);
+        LOAD("self_attn.v_proj.weight", L->wv, kv, d);
+        if (c->attn_bias) {
+            LOAD("self_attn.q_proj.bias", L->bq, 1, q);
+            LOAD("self_attn.k_proj.bias", L->bk, 1, kv);
+            LOAD("self_attn.v_proj.bias", L->bv, 1, kv);
+        }
+        LOAD("self_attn.o_proj.weight", L->wo, d, q);
+        LOAD("post_attention_layernorm.weight", L->mlp_norm, 1, d);
+        LOAD("mlp.gate_proj.weight", L->w_gate, ff, d);
+        LOAD("mlp.up_proj.weight", L->w_up, ff, d);
+        LOAD("mlp.down_proj.weight", L->w_down, d, ff);
+#undef LOAD
+    }
+    return TP_OK;
+}
+
+static char *join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+/* chat_template from tokenizer_config.json, if there is one (a missing or odd file is not an error:
+ * the template is only carried along to exports). */
+static char *read_chat_template(const char *dir) {
+    char *path = join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
+    if (path && access(path, R_OK) == 0 && tp_read_file(path, &text, NULL) == TP_OK) {
+        cJSON *j = cJSON_Parse(text);
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
+        if (cJSON_IsString(t)) out = strdup(t->valuestring);
+        cJSON_Delete(j);
+    }
+    tp_clear_error();
+    free(text);
+    free(path);
+    return out;
+}
+
+tp_status tp_model_load_hf(const char *dir, tp_model **out) {
+    *out = NULL;
+    char *cfg_path = join(dir, "config.json"), *json = NULL, *tok_path = NULL;
+    tp_safetensors *st = NULL;
+    tp_model *m = NULL;
+    tp_config c;
+    tp_status s;
+    if (!cfg_path) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    if ((s = tp_read_file(cfg_path, &json, NULL))) goto done;
+    if ((s = tp_config_from_json(json, cfg_path, &c))) goto done;
+    if ((s = tp_st_open(dir, &st))) goto done;
+    if ((s = tp_model_alloc(&c, &m))) goto done;
+    if ((s = load_st(st, dir, "model.embed_tokens.weight", m->tok_emb, (size_t)c.vocab, (size_t)c.d_model)))
+        goto done;
+    if ((s = load_st(st, dir, "model.norm.weight", m->final_norm, 1, (size_t)c.d_model))) goto done;
+    if (!c.tie_embeddings &&
+        (s = load_st(st, dir, "lm_head.weight", m->lm_head, (size_t)c.vocab, (size_t)c.d_model)))
+        goto done;
+    if ((s = load_layers(st, dir, m))) goto done;
+    tok_path = join(dir, "tokenizer.json");
+    if (tok_path && access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
+    m->chat_template = read_chat_template(dir);
+    m->source = strdup(dir);
+    m->source_format = strdup("hf");
+done:
+    tp_st_close(st);
+    free(cfg_path);
+    free(json);
+    free(tok_path);
+    if (s) tp_model_free(m);
+    else *out = m;
+    return s;
+}

@@ -1,0 +1,124 @@
+/* tp_model: one allocation for every parameter with named per-layer views, and the
+ * dispatch of tp_model_load to the GGUF or HF loader. Config parsing is in config.c,
+ * loaders in load_gguf.c / load_hf.c, writers in save.c, the forward pass in forward.c. */
+#include "taper/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include "model_internal.h"
+
+typedef struct {
+    float *base; /* NULL while only counting */
+    size_t off;
+} cursor;
+
+static float *take(cursor *cu, size_t n) {
+    float *p = cu->base ? cu->base + cu->off : NULL;
+    cu->off += n;
+    return p;
+}
+
+/* Sets every view in a fixed order (embeddings, layers, final norm, lm_head) and returns
+ * the number of floats used; with base == NULL the views are NULL and only the count matters. */
+static size_t layout(tp_model *m, float *base) {
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
+           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff, V = (size_t)c->vocab;
+    cursor cu = {base, 0};
+    m->tok_emb = take(&cu, V * d);
+    for (int l = 0; l < c->n_layers; l++) {
+        tp_layer *L = &m->layers[l];
+        L->attn_norm = take(&cu, d);
+        L->wq = take(&cu, q * d);
+        L->wk = take(&cu, kv * d);
+        L->wv = take(&cu, kv * d);
+        L->bq = c->attn_bias ? take(&cu, q) : NULL;
+        L->bk = c->attn_bias ? take(&cu, kv) : NULL;
+        L->bv = c->attn_bias ? take(&cu, kv) : NULL;
+        L->wo = take(&cu, d * q);
+        L->mlp_norm = take(&cu, d);
+        L->w_gate = take(&cu, ff * d);
+        L->w_up = take(&cu, ff * d);
+        L->w_down = take(&cu, d * ff);
+    }
+    m->final_norm = take(&cu, d);
+    m->lm_head = c->tie_embeddings ? m->tok_emb : take(&cu, V * d);
+    return cu.off;
+}
+
+tp_status tp_model_alloc(const tp_config *c, tp_model **out) {
+    *out = NULL;
+    tp_status s = tp_config_validate(c);
+    if (s) return s;
+    tp_model *m = calloc(1, sizeof *m);
+    if (!m) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    m->cfg = *c;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        free(m);
+        return tp_fail(TP_ERR_NOMEM, "out of memory");
+    }
+    size_t n = layout(m, NULL);
+    m->n_params = n;
+    m->params = calloc(n, sizeof(float));
+    if (!m->params) {
+        tp_model_free(m);
+        return tp_fail(TP_ERR_NOMEM, "cannot allocate %zu parameters (%.1f GiB)", n,
+                       (double)n * 4 / (1u << 30));
+    }
+    layout(m, m->params);
+    *out = m;
+    return TP_OK;
+}
+
+void tp_model_free(tp_model *m) {
+    if (!m) return;
+    free(m->params);
+    free(m->layers);
+    tp_tok_free(m->tok);
+    free(m->source);
+    free(m->source_format);
+    free(m->chat_template);
+    free(m);
+}
+
+tp_status tp_model_load(const char *path, tp_model **out) {
+    struct stat st;
+    if (stat(path, &st) != 0) return tp_fail(TP_ERR_IO, "%s: no such file or directory", path);
+    if (S_ISDIR(st.st_mode)) return tp_model_load_hf(path, out);
+    size_t n = strlen(path);
+    if (n >= 5 && strcmp(path + n - 5, ".gguf") == 0) return tp_model_load_gguf(path, out);
+    /* No extension hint: sniff the magic. */
+    FILE *f = fopen(path, "rb");
+    if (!f) return tp_fail(TP_ERR_IO, "%s: cannot open", path);
+    char magic[4] = {0};
+    size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    if (got == 4 && memcmp(magic, "GGUF", 4) == 0) return tp_model_load_gguf(path, out);
+    return tp_fail(TP_ERR_FORMAT,
+                   "%s: not a GGUF file (no GGUF magic) and not an HF model folder", path);
+}
+
+void tp_rope_rows_unpermute(const float *gguf_rows, float *hf_rows, int n_heads, int head_dim, size_t cols) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++)
+        for (int j = 0; j < half; j++)
+            for (int t = 0; t < 2; t++) {
+                size_t src = (size_t)h * head_dim + 2 * (size_t)j + (size_t)t;
+                size_t dst = (size_t)h * head_dim + (size_t)t * half + (size_t)j;
+                memcpy(hf_rows + dst * cols, gguf_rows + src * cols, cols * sizeof(float));
+            }
+}
+
+void tp_rope_rows_permute(const float *hf_rows, float *gguf_rows, int n_heads, int head_dim, size_t cols) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++)
+        for (int j = 0; j < half; j++)
+            for (int t = 0; t < 2; t++) {
+                size_t dst = (size_t)h * head_dim + 2 * (size_t)j + (size_t)t;
+                size_t src = (size_t)h * head_dim + (size_t)t * half + (size_t)j;
+                memcpy(gguf_rows + dst * cols, hf_rows + src * cols, cols * sizeof(float));
+            }
+}

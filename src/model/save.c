@@ -1,0 +1,250 @@
+/* tp_model -> HF folder (config.json, generation_config.json, model.safetensors, tokenizer files)
+ * and -> GGUF (llama.cpp's names and metadata keys, Q/K rows permuted back to its layout). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model_internal.h"
+#include "taper/gguf.h"
+#include "taper/model.h"
+#include "taper/safetensors.h"
+#include "taper/util.h"
+
+static tp_status make_dir(const char *dir) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return tp_fail(TP_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return tp_fail(TP_ERR_IO, "%s: not a directory", dir);
+    return TP_OK;
+}
+
+static char *join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+static tp_status write_text(const char *dir, const char *name, const char *text) {
+    char *p = join(dir, name);
+    if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = tp_write_file_atomic(p, text, strlen(text));
+    free(p);
+    return s;
+}
+
+static tp_status write_generation_config(const tp_model *m, const char *dir) {
+    cJSON *j = cJSON_CreateObject();
+    if (m->cfg.bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", m->cfg.bos_id);
+    if (m->cfg.eos_id >= 0) cJSON_AddNumberToObject(j, "eos_token_id", m->cfg.eos_id);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = write_text(dir, "generation_config.json", text);
+    free(text);
+    return s;
+}
+
+/* Adds the chat template to the tokenizer_config.json the tokenizer wrote. */
+static tp_status add_chat_template(const tp_model *m, const char *dir) {
+    if (!m->chat_template) return TP_OK;
+    char *path = join(dir, "tokenizer_config.json"), *text = NULL;
+    if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    cJSON *j = NULL;
+    if (tp_read_file(path, &text, NULL) == TP_OK) j = cJSON_Parse(text);
+    tp_clear_error();
+    if (!j) j = cJSON_CreateObject();
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "chat_template");
+    cJSON_AddStringToObject(j, "chat_template", m->chat_template);
+    char *out = cJSON_Print(j);
+    cJSON_Delete(j);
+    tp_status s = out ? tp_write_file_atomic(path, out, strlen(out)) : tp_fail(TP_ERR_NOMEM, "out of memory");
+    free(out);
+    free(text);
+    free(path);
+    return s;
+}
+
+tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype) {
+    const tp_config *c = &m->cfg;
+    tp_st_dtype dt;
+    if (!dtype || strcmp(dtype, "F32") == 0) dt = TP_ST_F32;
+    else if (strcmp(dtype, "F16") == 0) dt = TP_ST_F16;
+    else if (strcmp(dtype, "BF16") == 0) dt = TP_ST_BF16;
+    else return tp_fail(TP_ERR_ARG, "HF export: dtype \"%s\" is not one of F32, F16, BF16", dtype);
+    tp_status s = make_dir(dir);
+    if (s) return s;
+    char *cfg = NULL;
+    if ((s = tp_config_to_json_dtype(c, dtype ? dtype : "F32", &cfg))) return s;
+    s = write_text(dir, "config.json", cfg);
+    free(cfg);
+    if (s || (s = write_generation_config(m, dir))) return s;
+
+    tp_st_writer *w = NULL;
+    if ((s = tp_st_writer_new(&w))) return s;
+    uint64_t d = (uint64_t)c->d_model, q = (uint64_t)c->n_heads * c->head_dim,
+             kv = (uint64_t)c->n_kv_heads * c->head_dim, ff = (uint64_t)c->d_ff, V = (uint64_t)c->vocab;
+    char name[128];
+#define ADD(nm, data, r, cl)                                                                   \
+    do {                                                                                       \
+        uint64_t shape[2] = {(r), (cl)};                                                       \
+        int nd = (r) == 0 ? 1 : 2;                                                             \
+        if (nd == 1) shape[0] = (cl);                                                          \
+        if (!s) s = tp_st_writer_add(w, nm, dt, nd, shape, data);                              \
+    } while (0)
+    ADD("model.embed_tokens.weight", m->tok_emb, V, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        const tp_layer *L = &m->layers[l];
+        static const char *const fields[] = {"input_layernorm.weight", "self_attn.q_proj.weight",
+                                             "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                             "self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                                             "self_attn.v_proj.bias", "self_attn.o_proj.weight",
+                                             "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                                             "mlp.up_proj.weight", "mlp.down_proj.weight"};
+        const float *data[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv,
+                               L->wo, L->mlp_norm, L->w_gate, L->w_up, L->w_down};
+        const uint64_t rows[] = {0, q, kv, kv, 0, 0, 0, d, 0, ff, ff, d};
+        const uint64_t cols[] = {d, d, d, d, q, kv, kv, q, d, d, d, ff};
+        for (int f = 0; f < 12; f++) {
+            if (!data[f]) continue; /* biases without attn_bias */
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, fields[f]);
+            ADD(name, data[f], rows[f], cols[f]);
+        }
+    }
+    ADD("model.norm.weight", m->final_norm, 0, d);
+    if (!c->tie_embeddings) ADD("lm_head.weight", m->lm_head, V, d);
+#undef ADD
+    char *st_path = join(dir, "model.safetensors");
+    if (!s) s = st_path ? tp_st_write(w, st_path) : tp_fail(TP_ERR_NOMEM, "out of memory");
+    free(st_path);
+    tp_st_writer_free(w);
+    if (s) return s;
+    if (m->tok) {
+        if ((s = tp_tok_save_hf(m->tok, dir))) return s;
+        if ((s = add_chat_template(m, dir))) return s;
+    }
+    return TP_OK;
+}
+
+/* ---- GGUF ---- */
+
+static int ftype_of(tp_ggml_type t) {
+    switch (t) {
+    case TP_GGML_F32: return 0;
+    case TP_GGML_F16: return 1;
+    case TP_GGML_Q8_0: return 7;
+    case TP_GGML_BF16: return 32;
+    default: return -1;
+    }
+}
+
+/* Matrices whose rows are not a multiple of the block size cannot be block-quantised: F16. */
+static tp_ggml_type matrix_type(tp_ggml_type want, uint64_t row) {
+    size_t bs = tp_ggml_block_size(want);
+    return bs > 1 && row % bs ? TP_GGML_F16 : want;
+}
+
+static tp_status add_t(tp_gguf_writer *w, const char *name, const float *data, uint64_t rows, uint64_t cols,
+                       tp_ggml_type t) {
+    uint64_t ne[2] = {cols, rows};
+    if (rows == 0) return tp_gguf_add_tensor_f32(w, name, 1, ne, data, TP_GGML_F32); /* vectors stay F32 */
+    return tp_gguf_add_tensor_f32(w, name, 2, ne, data, matrix_type(t, cols));
+}
+
+static tp_status gguf_metadata(const tp_model *m, tp_gguf_writer *w, const char *arch, tp_ggml_type t) {
+    const tp_config *c = &m->cfg;
+    char k[128];
+    tp_status s = TP_OK;
+#define U32(key, val)                                               \
+    do {                                                            \
+        snprintf(k, sizeof k, "%s.%s", arch, key);                  \
+        if (!s) s = tp_gguf_set_u32(w, k, (uint32_t)(val));         \
+    } while (0)
+    if (!s) s = tp_gguf_set_str(w, "general.architecture", arch);
+    if (!s) s = tp_gguf_set_str(w, "general.name", "taper export");
+    if (!s) s = tp_gguf_set_u32(w, "general.file_type", (uint32_t)ftype_of(t));
+    U32("block_count", c->n_layers);
+    U32("context_length", c->max_pos);
+    U32("embedding_length", c->d_model);
+    U32("feed_forward_length", c->d_ff);
+    U32("attention.head_count", c->n_heads);
+    U32("attention.head_count_kv", c->n_kv_heads);
+    U32("attention.key_length", c->head_dim);
+    U32("attention.value_length", c->head_dim);
+    U32("rope.dimension_count", c->head_dim);
+    U32("vocab_size", c->vocab);
+#undef U32
+    snprintf(k, sizeof k, "%s.rope.freq_base", arch);
+    if (!s) s = tp_gguf_set_f32(w, k, c->rope_theta);
+    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
+    if (!s) s = tp_gguf_set_f32(w, k, c->norm_eps);
+    if (c->rope_scaling == TP_ROPE_LINEAR) {
+        snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+        if (!s) s = tp_gguf_set_str(w, k, "linear");
+        snprintf(k, sizeof k, "%s.rope.scaling.factor", arch);
+        if (!s) s = tp_gguf_set_f32(w, k, c->rope_factor);
+    }
+    if (!s && m->tok) s = tp_tok_to_gguf(m->tok, w);
+    if (!s && m->chat_template) s = tp_gguf_set_str(w, "tokenizer.chat_template", m->chat_template);
+    return s;
+}
+
+tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type) {
+    const tp_config *c = &m->cfg;
+    tp_ggml_type t = (tp_ggml_type)ggml_type;
+    if (ftype_of(t) < 0)
+        return tp_fail(TP_ERR_ARG, "GGUF export: type %s is not one of F32, F16, BF16, Q8_0", tp_ggml_type_name(t));
+    if (c->rope_scaling == TP_ROPE_LLAMA3)
+        return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export of llama3 RoPE scaling is not supported yet; "
+                                           "export to an HF folder instead");
+    if (c->arch == TP_ARCH_QWEN2 && !c->attn_bias)
+        return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: qwen2 without attention biases has no GGUF form");
+    const char *arch = c->arch == TP_ARCH_QWEN2 ? "qwen2" : "llama";
+    int permute = c->arch != TP_ARCH_QWEN2;
+    tp_gguf_writer *w = NULL;
+    tp_status s = tp_gguf_writer_new(&w);
+    if (s) return s;
+    uint64_t d = (uint64_t)c->d_model, q = (uint64_t)c->n_heads * c->head_dim,
+             kv = (uint64_t)c->n_kv_heads * c->head_dim, ff = (uint64_t)c->d_ff, V = (uint64_t)c->vocab;
+    float *tmp = malloc((size_t)q * (size_t)d * sizeof(float));
+    if (!tmp) { tp_gguf_writer_free(w); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
+    s = gguf_metadata(m, w, arch, t);
+    if (!s) s = add_t(w, "token_embd.weight", m->tok_emb, V, d, t);
+    char name[96];
+    for (int l = 0; l < c->n_layers && !s; l++) {
+        const tp_layer *L = &m->layers[l];
+#define ADD(suffix, data, r, cl)                                       \
+    do {                                                               \
+        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);           \
+        if (!s) s = add_t(w, name, data, r, cl, t);                    \
+    } while (0)
+        ADD("attn_norm.weight", L->attn_norm, 0, d);
+        if (permute) tp_rope_rows_permute(L->wq, tmp, c->n_heads, c->head_dim, (size_t)d);
+        ADD("attn_q.weight", permute ? tmp : L->wq, q, d);
+        if (permute) tp_rope_rows_permute(L->wk, tmp, c->n_kv_heads, c->head_dim, (size_t)d);
+        ADD("attn_k.weight", permute ? tmp : L->wk, kv, d);
+        ADD("attn_v.weight", L->wv, kv, d);
+        if (c->attn_bias) {
+            if (permute) tp_rope_rows_permute(L->bq, tmp, c->n_heads, c->head_dim, 1);
+            ADD("attn_q.bias", permute ? tmp : L->bq, 0, q);
+            if (permute) tp_rope_rows_permute(L->bk, tmp, c->n_kv_heads, c->head_dim, 1);
+            ADD("attn_k.bias", permute ? tmp : L->bk, 0, kv);
+            ADD("attn_v.bias", L->bv, 0, kv);
+        }
+        ADD("attn_output.weight", L->wo, d, q);
+        ADD("ffn_norm.weight", L->mlp_norm, 0, d);
+        ADD("ffn_gate.weight", L->w_gate, ff, d);
+        ADD("ffn_up.weight", L->w_up, ff, d);
+        ADD("ffn_down.weight", L->w_down, d, ff);
+#undef ADD
+    }
+    if (!s) s = add_t(w, "output_norm.weight", m->final_norm, 0, d, t);
+    if (!s && !c->tie_embeddings) s = add_t(w, "output.weight", m->lm_head, V, d, t);
+    free(tmp);
+    if (!s) s = tp_gguf_write(w, path);
+    tp_gguf_writer_free(w);
+    return s;
+}
