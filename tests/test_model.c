@@ -375,3 +375,60 @@ TT_TEST(convert_to_reduced_precision_stays_close) {
 }
 
 __attribute__((destructor)) static void free_default_model(void) { tp_model_free(g_model); }
+
+typedef struct {
+    int calls[TP_HOOK_COUNT];
+    float *layer_out_prev; /* copy of the last LAYER_OUT */
+    size_t n;
+    int chain_ok, widths_ok;
+    int qd, ff, d;
+} hook_state;
+
+static void record_hook(void *user, tp_hook_point p, int layer, const float *x, int B, int T, int width) {
+    hook_state *h = user;
+    (void)layer;
+    h->calls[p]++;
+    size_t n = (size_t)B * T * (size_t)width;
+    int want = p == TP_HOOK_ATTN_OUT ? h->qd : (p >= TP_HOOK_MLP_GATE && p <= TP_HOOK_MLP_ACT) ? h->ff : h->d;
+    if (width != want) h->widths_ok = 0;
+    if (p == TP_HOOK_LAYER_IN && h->layer_out_prev && memcmp(h->layer_out_prev, x, n * 4) != 0) h->chain_ok = 0;
+    if (p == TP_HOOK_LAYER_OUT) {
+        free(h->layer_out_prev);
+        h->layer_out_prev = malloc(n * 4);
+        memcpy(h->layer_out_prev, x, n * 4);
+    }
+}
+
+TT_TEST(forward_hooks_and_layer_skipping) {
+    tp_model *m = default_model();
+    if (!m) { tt_skip("default model not found (run make deps)"); return; }
+    size_t V = (size_t)m->cfg.vocab;
+    int T = 9, L = m->cfg.n_layers;
+    int32_t ids[9] = {504, 3458, 28, 314, 253, 1345, 30, 2030, 17};
+    float *a = malloc((size_t)T * V * 4), *b = malloc((size_t)T * V * 4);
+    hook_state h = {{0}, NULL, 0, 1, 1, m->cfg.n_heads * m->cfg.head_dim, m->cfg.d_ff, m->cfg.d_model};
+    tp_forward_opts o = {record_hook, &h, NULL};
+    TT_CHECK(tp_forward(m, ids, 1, T, NULL, a, 0) == TP_OK, "plain forward");
+    TT_CHECK(tp_forward_ex(m, ids, 1, T, NULL, b, 0, &o) == TP_OK, "forward with hooks");
+    TT_CHECK(memcmp(a, b, (size_t)T * V * 4) == 0, "hooks do not change the logits");
+    for (int p = 0; p < TP_HOOK_FINAL_NORM; p++) TT_CHECK(h.calls[p] == L, "hook %d called once per layer (%d)", p, h.calls[p]);
+    TT_CHECK(h.calls[TP_HOOK_FINAL_NORM] == 1, "final norm hook once");
+    TT_CHECK(h.chain_ok, "LAYER_OUT of layer l is LAYER_IN of layer l+1");
+    TT_CHECK(h.widths_ok, "hook widths");
+    free(h.layer_out_prev);
+    /* skipping layers 3 and 7 equals a model whose layer list lacks them */
+    unsigned char *skip = calloc((size_t)L, 1);
+    skip[3] = skip[7] = 1;
+    tp_forward_opts o2 = {NULL, NULL, skip};
+    TT_CHECK(tp_forward_ex(m, ids, 1, T, NULL, a, 0, &o2) == TP_OK, "forward with skipped layers");
+    tp_layer *saved = m->layers;
+    tp_layer *fewer = malloc((size_t)(L - 2) * sizeof *fewer);
+    for (int l = 0, k = 0; l < L; l++) if (!skip[l]) fewer[k++] = saved[l];
+    m->layers = fewer;
+    m->cfg.n_layers = L - 2;
+    TT_CHECK(tp_forward(m, ids, 1, T, NULL, b, 0) == TP_OK, "forward of the shallower model");
+    m->layers = saved;
+    m->cfg.n_layers = L;
+    TT_CHECK(memcmp(a, b, (size_t)T * V * 4) == 0, "skip_layer equals removing the layers");
+    free(fewer); free(skip); free(a); free(b);
+}

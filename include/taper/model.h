@@ -98,4 +98,35 @@ void tp_kvcache_free(tp_kvcache *kv);
 tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T,
                      tp_kvcache *cache, float *logits, int last_only);
 
+/* Observation points inside the forward pass (importance estimation, distillation losses).
+ * x is row-major (B*T, width), rows ordered sequence-major (row = b*T + t). */
+typedef enum {
+    TP_HOOK_LAYER_IN = 0, /* (N, d_model) residual stream entering layer l */
+    TP_HOOK_ATTN_NORM,    /* (N, d_model) RMSNorm output feeding attention */
+    TP_HOOK_ATTN_OUT,     /* (N, n_heads*head_dim) attention output before o_proj; head h is
+                             columns h*head_dim .. (h+1)*head_dim-1 */
+    TP_HOOK_MLP_NORM,     /* (N, d_model) RMSNorm output feeding the MLP */
+    TP_HOOK_MLP_GATE,     /* (N, d_ff) gate projection before the activation, X W_gate^T */
+    TP_HOOK_MLP_UP,       /* (N, d_ff) up projection, X W_up^T */
+    TP_HOOK_MLP_ACT,      /* (N, d_ff) silu(gate) * up, entering down_proj */
+    TP_HOOK_LAYER_OUT,    /* (N, d_model) residual stream leaving layer l */
+    TP_HOOK_FINAL_NORM,   /* (N, d_model) final RMSNorm output, layer = n_layers (all positions,
+                             also when last_only is set) */
+    TP_HOOK_COUNT
+} tp_hook_point;
+
+typedef void (*tp_hook_fn)(void *user, tp_hook_point p, int layer, const float *x, int B, int T, int width);
+
+typedef struct {
+    tp_hook_fn hook;                 /* NULL: no observation */
+    void *user;
+    const unsigned char *skip_layer; /* NULL, or n_layers flags: 1 = the layer is skipped (identity),
+                                        as if removed by depth pruning */
+} tp_forward_opts;
+
+/* tp_forward with hooks and layer skipping; opts may be NULL. With a KV cache, skipped layers
+ * leave their cache rows untouched. */
+tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
+                        float *logits, int last_only, const tp_forward_opts *opts);
+
 #endif

@@ -149,6 +149,18 @@ static void add_inplace(float *x, const float *y, size_t n) {
 
 tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
                      float *logits, int last_only) {
+    return tp_forward_ex(m, tokens, B, T, cache, logits, last_only, NULL);
+}
+
+tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
+                        float *logits, int last_only, const tp_forward_opts *opts) {
+    tp_hook_fn hook = opts ? opts->hook : NULL;
+    void *user = opts ? opts->user : NULL;
+    const unsigned char *skip = opts ? opts->skip_layer : NULL;
+#define HOOK(point, layer, x, width)                                        \
+    do {                                                                    \
+        if (hook) hook(user, point, layer, x, B, T, (int)(width));          \
+    } while (0)
     const tp_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
     if (cache && cache->B != B)
@@ -192,18 +204,32 @@ tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T, tp_
 
     for (int l = 0; l < c->n_layers; l++) {
         const tp_layer *L = &m->layers[l];
+        if (skip && skip[l]) continue;
+        HOOK(TP_HOOK_LAYER_IN, l, b.x, d);
         tp_rmsnorm(b.x, L->attn_norm, b.h, N, d, c->norm_eps);
+        HOOK(TP_HOOK_ATTN_NORM, l, b.h, d);
         attention(m, L, l, &b, B, T, cache, Tk_max);
+        HOOK(TP_HOOK_ATTN_OUT, l, b.att, qd);
         add_inplace(b.x, b.proj, N * d);
         tp_rmsnorm(b.x, L->mlp_norm, b.h, N, d, c->norm_eps);
+        HOOK(TP_HOOK_MLP_NORM, l, b.h, d);
         tp_matmul_wt(b.h, L->w_gate, NULL, b.g, N, d, ff);
         tp_matmul_wt(b.h, L->w_up, NULL, b.u, N, d, ff);
+        HOOK(TP_HOOK_MLP_GATE, l, b.g, ff);
+        HOOK(TP_HOOK_MLP_UP, l, b.u, ff);
         tp_silu_mul(b.g, b.u, N * ff);
+        HOOK(TP_HOOK_MLP_ACT, l, b.g, ff);
         tp_matmul_wt(b.g, L->w_down, NULL, b.proj, N, ff, d);
         add_inplace(b.x, b.proj, N * d);
+        HOOK(TP_HOOK_LAYER_OUT, l, b.x, d);
     }
     if (cache)
         for (int s = 0; s < B; s++) cache->len[s] += T;
+    if (hook) {
+        tp_rmsnorm(b.x, m->final_norm, b.h, N, d, c->norm_eps);
+        HOOK(TP_HOOK_FINAL_NORM, c->n_layers, b.h, d);
+    }
+#undef HOOK
     if (logits) {
         if (last_only) {
             for (int s = 0; s < B; s++)
