@@ -14,7 +14,7 @@ $T info "$MODEL"
 echo; echo "== taper generate (greedy, chat format)"
 $T generate "$MODEL" --chat --prompt "What is the capital of France? Answer in one sentence." --max-tokens 40
 echo; echo "== taper ppl on $TEXT (ctx 512)"
-$T ppl "$MODEL" --data "$TEXT" --ctx 512 --json="$OUT/ppl.json"
+$T ppl "$MODEL" --data "$TEXT" --ctx 512 --max-chunks 8 --json="$OUT/ppl.json"
 echo; echo "== taper convert -> HF folder (F32) and back to GGUF (Q8_0)"
 $T convert "$MODEL" --to hf "$OUT/smollm2-hf"
 $T convert "$OUT/smollm2-hf" --to gguf "$OUT/smollm2-q8_0.gguf" --dtype q8_0

@@ -19,7 +19,7 @@ const char *tp_ppl_protocol_desc(tp_ppl_protocol p) {
 }
 
 void tp_nll_rows(const float *logits, const int32_t *targets, size_t n, size_t vocab, double *nll) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 1)
     for (size_t i = 0; i < n; i++) {
         const float *r = logits + i * vocab;
         float mx = r[0];

@@ -122,7 +122,7 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
     }
     float scale = 1.0f / sqrtf((float)hd);
     int rep = nh / nkv;
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) if ((size_t)B * T * Tk_max * nh * hd >= TP_PAR_MIN_WORK)
     for (int s = 0; s < B; s++)
         for (int h = 0; h < nh; h++) {
             int p0 = cache ? cache->len[s] : 0;
@@ -143,7 +143,7 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
 }
 
 static void add_inplace(float *x, const float *y, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 

@@ -10,7 +10,7 @@
 
 void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in,
                       size_t out) {
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if (N * out * in >= TP_PAR_MIN_WORK)
     for (size_t n = 0; n < N; n++)
         for (size_t o = 0; o < out; o++) {
             const float *x = X + n * in, *w = W + o * in;
@@ -26,7 +26,7 @@ void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, s
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)out, (int)in, 1.0f, X, (int)in, W,
                 (int)in, 0.0f, Y, (int)out);
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * out >= TP_PAR_MIN_WORK)
         for (size_t n = 0; n < N; n++)
             for (size_t o = 0; o < out; o++) Y[n * out + o] += bias[o];
     }
@@ -36,7 +36,7 @@ void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, s
 }
 
 void tp_rmsnorm(const float *x, const float *w, float *out, size_t N, size_t d, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * d;
         float *o = out + n * d;
@@ -49,7 +49,7 @@ void tp_rmsnorm(const float *x, const float *w, float *out, size_t N, size_t d, 
 
 void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, const float *inv_freq) {
     int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * (size_t)n_heads * (size_t)hd >= TP_PAR_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
         float c[512], s[512]; /* head_dim <= 1024 is enforced by config validation */
         for (int j = 0; j < half; j++) {
@@ -69,7 +69,7 @@ void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, cons
 }
 
 void tp_silu_mul(float *g, const float *u, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float a = g[i];
         g[i] = a / (1.0f + expf(-a)) * u[i];

@@ -5,6 +5,10 @@
 
 #include <stddef.h>
 
+/* Work (in elements touched) below which a kernel runs on one thread: an OpenMP region costs a
+ * barrier, which is slow when the cores are shared (one-token decoding, small batches). */
+#define TP_PAR_MIN_WORK 65536
+
 /* Y(N,out) = X(N,in) * W(out,in)^T (+ bias(out) if bias != NULL). BLAS when built with it. */
 void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in, size_t out);
 void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in, size_t out);
