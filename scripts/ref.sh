@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$(scripts/ref-env.sh)
+# sleeping OpenMP threads: torch and taper both crawl with spinning threads on shared cores
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 OUT=$(mktemp -d /tmp/taper-ref-XXXXXX)
 export TAPER_EXPORT_DIR="$OUT/exports"
 mkdir -p "$TAPER_EXPORT_DIR"

@@ -129,7 +129,7 @@ def write_ppl(model, tok, out, ctx=512):
         tgt = x[0, 1:]
         nll = -lp[:-1].gather(1, tgt[:, None])[:, 0]
         chunks_nll.append(float(nll.sum()))
-        llama_nll.append(float(nll[ctx // 2 - 1:].sum()))  # positions ctx/2..ctx-2 predict ctx/2+1..ctx-1
+        llama_nll.append(float(nll[ctx // 2:].sum()))  # nll[i]: position i predicts token i+1; llama.cpp scores positions ctx/2..ctx-2
         if c % 50 == 0:
             print(f"model_ref: ppl chunk {c}/{n_chunks} {time.time() - t0:.0f}s", flush=True)
     el = time.time() - t0
@@ -165,6 +165,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--full", action="store_true", help="also dump every logits row (large)")
     ap.add_argument("--no-ppl", action="store_true")
+    ap.add_argument("--only-ppl", action="store_true")
     ap.add_argument("--check-hf")
     ap.add_argument("--check-gguf")
     a = ap.parse_args()
@@ -186,8 +187,9 @@ def main():
         out = os.path.join(a.out, "model")
         os.makedirs(out, exist_ok=True)
         tok = tokenizer(a.out)
-        write_prompts(model, tok, out, a.full)
-        write_greedy(model, tok, out)
+        if not a.only_ppl:
+            write_prompts(model, tok, out, a.full)
+            write_greedy(model, tok, out)
         if not a.no_ppl:
             write_ppl(model, tok, out)
 
