@@ -21,5 +21,8 @@ int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_importance(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
 
 #endif

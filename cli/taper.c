@@ -17,6 +17,9 @@ static const struct {
     {"generate", cmd_generate, "generate text from a prompt (greedy or sampled)"},
     {"ppl", cmd_ppl, "perplexity of a text file under stated protocols"},
     {"convert", cmd_convert, "convert between GGUF and HF folders (safetensors)"},
+    {"eval", cmd_eval, "zero-shot benchmarks scored as lm-evaluation-harness does"},
+    {"importance", cmd_importance, "score heads, neurons, channels and layers on calibration text"},
+    {"prune", cmd_prune, "structured pruning (width and depth) to target sizes or a parameter budget"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,211 @@
+/* Structured compression (Minitron): activation-based importance of attention heads, KV groups,
+ * MLP neurons, embedding channels and layers over a calibration set; pruning plans (target
+ * shapes, explicit layer lists, a parameter-budget search); applying a plan to a model; and the
+ * two files these write: the importance scores ("taper-importance" JSON) and prune_plan.json.
+ * Definitions of every score are in docs/pruning.md and next to the fields below. */
+#ifndef TAPER_COMPRESS_H
+#define TAPER_COMPRESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "taper/model.h"
+#include "taper/status.h"
+#include "taper/util.h"
+
+/* ---- calibration data ---- */
+
+/* Tokenizes a calibration file and cuts it into samples of seq_len tokens: a text file is
+ * tokenized whole (no BOS); a .jsonl file (one JSON object per line with a string field "text")
+ * is the concatenation of its texts joined by "\n\n", tokenized the same way. The stream is cut
+ * into non-overlapping seq_len-token samples, the last partial one dropped. ids: malloc'd
+ * (n_samples, seq_len). Fails naming the file when it is missing or yields no sample. */
+tp_status tp_calib_load(const tp_tokenizer *tok, const char *path, int seq_len, int32_t **ids,
+                        size_t *n_samples);
+
+/* Mean next-token NLL (natural log) of n samples of seq_len tokens (each scored on its own, all
+ * seq_len-1 predictions), with the layers flagged in skip (may be NULL) removed. Sums in double.
+ * progress (may be NULL) advances by n*seq_len tokens from its current value. */
+tp_status tp_lm_loss(const tp_model *m, const int32_t *ids, size_t n, int seq_len,
+                     const unsigned char *skip, tp_progress *progress, double *loss);
+
+/* ---- aggregations ---- */
+
+/* Reductions over the sequence (positions of one sample) and over the batch (samples):
+ *   mean: mean(|v|)    l2: sqrt(sum v^2) (sum, not mean, under the root)
+ *   var: population variance, mean((v - mean v)^2). */
+typedef enum { TP_AGG_MEAN = 0, TP_AGG_L2, TP_AGG_VAR, TP_AGG_COUNT } tp_agg;
+#define TP_AGG_PAIRS 9 /* (batch, seq) pairs; pair index = batch*3 + seq */
+#define TP_AGG_DEFAULT_PAIR (TP_AGG_L2 * 3 + TP_AGG_MEAN) /* batch = l2, seq = mean */
+
+const char *tp_agg_name(tp_agg a); /* "mean", "l2", "var" */
+/* "BATCH,SEQ" (e.g. "l2,mean"; "mean" may be written "mean_abs") -> pair index. */
+tp_status tp_agg_pair_parse(const char *s, int *pair);
+/* "batch=l2,seq=mean" for messages (static storage). */
+const char *tp_agg_pair_name(int pair);
+
+/* ---- importance ---- */
+
+/* Source of the per-neuron MLP activation. */
+typedef enum {
+    TP_NEURON_ACT = 0, /* silu(gate) * up, the input of down_proj (TP_HOOK_MLP_ACT) */
+    TP_NEURON_GATE     /* X W_gate^T before the activation (the paper's X W1^T; TP_HOOK_MLP_GATE) */
+} tp_neuron_source;
+
+/* A downstream score of the model with the flagged layers removed (e.g. a task accuracy), for
+ * scoring contiguous layer blocks. skip may be NULL (the full model). */
+typedef tp_status (*tp_layer_metric_fn)(void *user, const tp_model *m, const unsigned char *skip, double *value);
+typedef struct {
+    const char *name;      /* e.g. "winogrande" */
+    int higher_is_better;
+    tp_layer_metric_fn fn;
+    void *user;
+} tp_layer_metric;
+
+typedef struct {
+    int batch;                       /* samples per forward (default 4); results do not depend on it */
+    tp_neuron_source neuron_source;  /* default TP_NEURON_ACT */
+    int depth_samples;               /* samples (the first ones) for the layer-removal losses; 0 = none */
+    int block_size;                  /* > 0: also score removing each block of this many contiguous layers */
+    const tp_layer_metric *block_metric; /* NULL, or a downstream metric also scored for each block */
+    tp_progress *progress;           /* NULL, or a begun progress bar: its total is set here (tokens) */
+} tp_importance_opts;
+
+void tp_importance_opts_default(tp_importance_opts *o);
+
+/* Scores of one model over one calibration set. For a channel, per sample s the sequence
+ * aggregate a_s = agg_seq over the sample's positions of the per-position value, and the score
+ * is agg_batch over samples of a_s. Per-position values: for a head, the L2 norm of the head's
+ * attention output (before o_proj); for a neuron, its activation; for an embedding channel, each
+ * RMSNorm output (attention and MLP input norms of every layer, and the final norm) separately,
+ * the 2*n_layers+1 scores then summed. Every pair is kept. */
+typedef struct {
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff; /* shape of the scored model */
+    int n_samples, seq_len, batch, depth_samples, block_size;
+    tp_neuron_source neuron_source;
+    char *model;                 /* path of the scored model, or NULL */
+    char *data;                  /* calibration file, or NULL */
+    int default_pair;            /* pair prune uses unless told otherwise */
+    double *heads;               /* (TP_AGG_PAIRS, n_layers, n_heads) */
+    double *kv_groups;           /* (TP_AGG_PAIRS, n_layers, n_kv_heads) sum of the group's query heads */
+    double *neurons;             /* (TP_AGG_PAIRS, n_layers, d_ff) */
+    double *channels;            /* (TP_AGG_PAIRS, d_model) summed over the 2*n_layers+1 norm outputs */
+    double *block_influence;     /* (n_layers) 1 - mean over all positions of cos(layer input, output) */
+    double base_loss;            /* mean NLL of the full model on the depth samples; NAN if none */
+    double *layer_loss;          /* (n_layers) mean NLL with layer l removed; NULL if not scored */
+    double *block_loss;          /* (n_layers - block_size + 1) NLL with layers i..i+block_size-1
+                                    removed; NULL if not scored */
+    char *block_metric_name;     /* NULL if no downstream block metric */
+    int block_metric_higher_is_better;
+    double block_metric_base;    /* the metric of the full model */
+    double *block_metric;        /* (n_layers - block_size + 1) */
+    double seconds;              /* importance pass (forwards with hooks) */
+    double tokens_per_s;         /* importance-pass tokens per second */
+    double depth_seconds;        /* layer-removal scoring */
+} tp_importance;
+
+/* Runs the importance pass over n samples of seq_len tokens (ids: (n, seq_len)) and, when asked,
+ * the layer-removal losses on the first depth_samples of them. */
+tp_status tp_importance_compute(const tp_model *m, const int32_t *ids, size_t n, int seq_len,
+                                const tp_importance_opts *o, tp_importance **out);
+void tp_importance_free(tp_importance *imp);
+
+/* Score file: JSON {"format":"taper-importance","version":1, "model":{sizes}, "settings":{...},
+ * "default_agg":{"batch","seq"}, "aggregations":[{"batch","seq","heads","kv_groups","neurons",
+ * "channels"}], "depth":{...}}. Load validates every field and array size. */
+tp_status tp_importance_save(const tp_importance *imp, const char *path);
+tp_status tp_importance_load(const char *path, tp_importance **out);
+/* Fails, naming the field, when imp was not computed on a model of config c's shape. */
+tp_status tp_importance_check_model(const tp_importance *imp, const tp_config *c, const char *what);
+
+/* ---- pruning ---- */
+
+/* Target sizes; 0 keeps the axis at the model's size. */
+typedef struct {
+    int d_model, d_ff, n_heads, n_kv_heads, n_layers;
+} tp_prune_shape;
+
+/* How layers to drop are chosen when depth is reduced without an explicit list. */
+typedef enum {
+    TP_DEPTH_AUTO = 0,   /* block if scored for exactly this many layers, else loss, else bi */
+    TP_DEPTH_BLOCK,      /* the contiguous block whose removal raises the LM loss least */
+    TP_DEPTH_BLOCK_METRIC, /* the contiguous block with the best downstream metric */
+    TP_DEPTH_LOSS,       /* the layers whose single removal raises the LM loss least */
+    TP_DEPTH_BI,         /* the layers with the lowest Block Influence */
+    TP_DEPTH_LIST        /* an explicit list */
+} tp_depth_rule;
+const char *tp_depth_rule_name(tp_depth_rule r); /* "auto", "block", "block-metric", "loss", "bi", "list" */
+tp_status tp_depth_rule_parse(const char *s, tp_depth_rule *r);
+
+/* Exactly which parts of the source model a pruned model keeps (all lists ascending). Query
+ * heads keep GQA groups equal in size: heads[l] lists n_heads/n_kv_heads heads of each kept
+ * group, group by group. */
+typedef struct {
+    tp_config src;        /* config of the model the plan applies to */
+    tp_config cfg;        /* config of the pruned model (head_dim unchanged) */
+    size_t src_params, n_params;
+    int *layers;          /* (cfg.n_layers) kept source layers */
+    int *channels;        /* (cfg.d_model) kept embedding channels, shared by every tensor */
+    int *kv_groups;       /* (cfg.n_layers, cfg.n_kv_heads) kept KV groups per kept layer */
+    int *heads;           /* (cfg.n_layers, cfg.n_heads) kept query heads (source indices) */
+    int *neurons;         /* (cfg.n_layers, cfg.d_ff) kept MLP neurons */
+    tp_depth_rule depth_rule;
+    int agg_pair;         /* -1 when no scores were used */
+    char *scores;         /* score file the plan came from, or NULL */
+} tp_prune_plan;
+
+/* Builds a plan from scores (imp may be NULL only when every width axis is kept and the depth
+ * comes from an explicit list). drop: n_drop source layer indices to remove (rule TP_DEPTH_LIST),
+ * or NULL. Fails naming the option for impossible targets. */
+tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int agg_pair,
+                             const tp_prune_shape *shape, tp_depth_rule rule, const int *drop, int n_drop,
+                             tp_prune_plan **out);
+/* Checks every index of p against the model config src (sizes, ranges, ascending, GQA rule). */
+tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src);
+/* The pruned model: gathered rows/columns of m (tied lm_head stays tied). out->tok is NULL (the
+ * vocabulary is unchanged, so the caller may move m->tok over); the chat template is copied. */
+tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **out);
+/* prune_plan.json: {"format":"taper-prune-plan","version":1, "source":{config}, "target":{config},
+ * "rules":{...}, "layers":[...], "channels":[...], "per_layer":[{"source_layer","kv_groups","heads",
+ * "neurons"}]}. */
+tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path);
+tp_status tp_prune_plan_load(const char *path, tp_prune_plan **out);
+void tp_prune_plan_free(tp_prune_plan *p);
+
+/* ---- parameter-budget search ---- */
+
+typedef struct {
+    tp_prune_shape shape;
+    size_t n_params;
+    double loss;          /* held-out mean NLL; NAN when not evaluated */
+} tp_prune_candidate;
+
+typedef struct {
+    size_t target;        /* parameters */
+    double tolerance;     /* fraction, default 0.05 */
+    tp_prune_shape fixed; /* nonzero axes are held at that size */
+    int max_candidates;   /* evaluate at most this many, spread over the grid (0 = all; default 12) */
+    int agg_pair;
+    tp_depth_rule depth_rule;
+    const int32_t *eval_ids; /* (eval_samples, seq_len) held-out text; NULL: only enumerate
+                                (the selected candidates come back unevaluated, loss NAN) */
+    size_t eval_samples;
+    int seq_len;
+    tp_progress *progress;   /* NULL, or begun: total is set here (candidates) */
+} tp_search_opts;
+void tp_search_opts_default(tp_search_opts *o);
+
+/* Grid: hidden in multiples of 64, ffn in multiples of 128 (64 when d_ff is not a multiple of
+ * 128), every (kv groups, heads per group) with at most the model's, layers from ceil(L/2) to L;
+ * each axis also at its full size. Candidates with params within target*(1 +- tolerance) are
+ * evaluated (spread evenly when more than max_candidates) and returned sorted by loss (best
+ * first). n_total: how many qualified. Fails with the closest shape named when none qualifies. */
+tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_search_opts *o,
+                          tp_prune_candidate **cands, int *n_cands, int *n_total);
+
+/* Parameter count of the model m pruned to shape (0 axes kept). */
+size_t tp_prune_shape_params(const tp_config *src, const tp_prune_shape *shape);
+
+/* Parses "90M", "1.5B", "350k", "90000000", "9e7" into a parameter count. */
+tp_status tp_parse_count(const char *s, size_t *out);
+
+#endif
