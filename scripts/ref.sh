@@ -16,6 +16,7 @@ echo "ref: writing fresh reference values to $OUT"
 "$PY" tests/ref/st_ref.py --out "$OUT"
 "$PY" tests/ref/tok_ref.py --out "$OUT"
 "$PY" tests/ref/model_ref.py --out "$OUT" --full
+"$PY" tests/ref/tiny_ref.py --out "$OUT"
 "$PY" tests/ref/importance_ref.py --out "$OUT"
 echo "ref: C suite against the fresh values"
 TAPER_GGUF_WRITTEN="$TAPER_EXPORT_DIR/rt.gguf" TAPER_TOK_SAVED_DIR="$TAPER_EXPORT_DIR/tok" TAPER_FIXTURES="$OUT" TAPER_LONG=1 TAPER_BIN="$PWD/build/taper" build/taper-tests

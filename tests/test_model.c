@@ -432,3 +432,44 @@ TT_TEST(forward_hooks_and_layer_skipping) {
     TT_CHECK(memcmp(a, b, (size_t)T * V * 4) == 0, "skip_layer equals removing the layers");
     free(fewer); free(skip); free(a); free(b);
 }
+
+/* Architecture paths SmolLM2 does not take (llama3 and linear RoPE scaling past the original
+ * context, explicit head_dim, Qwen2 q/k/v biases, Mistral, tied/untied), on tiny random models
+ * saved by transformers (tests/ref/tiny_ref.py): taper's logits must equal transformers'. */
+TT_TEST(forward_tiny_architectures_match_transformers) {
+    static const char *names[] = {"llama3", "llama_linear", "qwen2", "mistral"};
+    char *tiny = tt_path(tt_fixtures_dir(), "tiny");
+    const int T = 96;
+    for (int k = 0; k < 4; k++) {
+        char *dir = tt_path(tiny, names[k]);
+        tp_model *m = NULL;
+        if (!TT_CHECK(tp_model_load_hf(dir, &m) == TP_OK, "%s: %s", names[k], tp_errmsg())) {
+            free(dir);
+            continue;
+        }
+        size_t V = (size_t)m->cfg.vocab;
+        char name[64];
+        snprintf(name, sizeof name, "%s.logits.f32", names[k]);
+        char *p = tt_path(tiny, name), *data = NULL;
+        size_t len = 0;
+        TT_CHECK(tp_read_file(p, &data, &len) == TP_OK && len == (size_t)T * V * 4, "%s fixture", name);
+        int32_t ids[96];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 7) % (int)V);
+        float *lg = malloc((size_t)T * V * 4);
+        TT_CHECK(tp_forward(m, ids, 1, T, NULL, lg, 0) == TP_OK, "forward %s", names[k]);
+        double worst = 0;
+        for (size_t i = 0; data && len == (size_t)T * V * 4 && i < (size_t)T * V; i++) {
+            float ref;
+            memcpy(&ref, data + 4 * i, 4);
+            double d = fabs(lg[i] - ref);
+            if (d > worst) worst = d;
+        }
+        tt_note("%s (%s rope, %s, %s): max |dlogit| %.3g over %d positions", names[k],
+                m->cfg.rope_scaling == TP_ROPE_LLAMA3 ? "llama3" : m->cfg.rope_scaling == TP_ROPE_LINEAR ? "linear" : "plain",
+                m->cfg.attn_bias ? "qkv bias" : "no bias", m->cfg.tie_embeddings ? "tied" : "untied", worst, T);
+        TT_CHECK(worst <= 1e-4, "%s: max |dlogit| %g <= 1e-4", names[k], worst);
+        free(lg); free(data); free(p); free(dir);
+        tp_model_free(m);
+    }
+    free(tiny);
+}
