@@ -20,6 +20,9 @@ static const struct {
     {"eval", cmd_eval, "zero-shot benchmarks scored as lm-evaluation-harness does"},
     {"importance", cmd_importance, "score heads, neurons, channels and layers on calibration text"},
     {"prune", cmd_prune, "structured pruning (width and depth) to target sizes or a parameter budget"},
+    {"sparsify", cmd_sparsify, "unstructured and N:M sparsity (magnitude, Wanda, SparseGPT)"},
+    {"tokenize", cmd_tokenize, "turn text / jsonl / directories into binary token shards"},
+    {"train", cmd_train, "causal-LM training with AdamW, checkpoints and exact resume"},
 };
 
 static void usage(FILE *f) {
