@@ -1,0 +1,290 @@
+/* Distillation losses (include/taper/distill.h): KL / reverse KL / JSD between softmax
+ * distributions over the full vocabulary or over the teacher's top-k plus a "rest" bin, and
+ * cosine / MSE between hidden states with an optional projection.
+ *
+ * All divergences are written as a loss over bins b (single tokens, or the top-k tokens and the
+ * rest) with teacher masses P_b and student masses Q_b = sum of q_j in the bin. With g_b = dL/dQ_b,
+ * the gradient with respect to the student's tempered logits z_j is
+ *     dL/dz_j = q_j g_bin(j) - q_j S,   S = sum_b Q_b g_b,
+ * (softmax backward), and d/ds = d/dz / tau. Per-row work is done in double where it sums. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef TP_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+#include "taper/distill.h"
+
+#define REST_FLOOR 1e-12
+
+/* log-sum-exp of z = x / tau over n values */
+static double lse_tempered(const float *x, size_t n, double inv_tau) {
+    float mx = x[0];
+    for (size_t j = 1; j < n; j++)
+        if (x[j] > mx) mx = x[j];
+    double acc = 0;
+    for (size_t j = 0; j < n; j++) acc += exp(((double)x[j] - mx) * inv_tau);
+    return (double)mx * inv_tau + log(acc);
+}
+
+static double kd_factor(const tp_kd_cfg *c) { return c->tau2 ? (double)c->tau * c->tau : 1.0; }
+
+double tp_kd_rows(const tp_kd_cfg *c, float *s, const float *t, size_t R, size_t V, float scale) {
+    const double inv_tau = 1.0 / c->tau, f = kd_factor(c);
+    const double beta = c->beta;
+    double total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (R * V >= 65536)
+    for (size_t r = 0; r < R; r++) {
+        float *sr = s + r * V;
+        const float *tr = t + r * V;
+        double ls = lse_tempered(sr, V, inv_tau), lt = lse_tempered(tr, V, inv_tau);
+        double loss = 0, S = 0;
+        /* first pass: loss and S; second pass: gradient (needs S) */
+        for (size_t j = 0; j < V; j++) {
+            double lq = sr[j] * inv_tau - ls, lp = tr[j] * inv_tau - lt;
+            double q = exp(lq), p = exp(lp);
+            if (c->kind == TP_KD_FKL) {
+                if (p > 0) loss += p * (lp - lq);
+            } else if (c->kind == TP_KD_RKL) {
+                if (q > 0) {
+                    loss += q * (lq - lp);
+                    S += q * (lq - lp + 1.0);
+                }
+            } else {
+                double m = beta * p + (1 - beta) * q;
+                if (m > 0) {
+                    double lm = log(m);
+                    if (p > 0) loss += beta * p * (lp - lm);
+                    if (q > 0) {
+                        loss += (1 - beta) * q * (lq - lm);
+                        S += q * (1 - beta) * (lq - lm);
+                    }
+                }
+            }
+        }
+        double gs = f * inv_tau * scale;
+        for (size_t j = 0; j < V; j++) {
+            double lq = sr[j] * inv_tau - ls, lp = tr[j] * inv_tau - lt;
+            double q = exp(lq), p = exp(lp), dz;
+            if (c->kind == TP_KD_FKL) {
+                dz = q - p; /* q g = -p, S = -1 */
+            } else if (c->kind == TP_KD_RKL) {
+                dz = q > 0 ? q * (lq - lp + 1.0 - S) : 0.0;
+            } else {
+                double m = beta * p + (1 - beta) * q;
+                dz = (q > 0 && m > 0) ? q * ((1 - beta) * (lq - log(m)) - S) : 0.0;
+            }
+            sr[j] = (float)(dz * gs);
+        }
+        total += loss * f;
+    }
+    return total;
+}
+
+/* ---- top-k ---- */
+
+/* min-heap on (value, -index): the root is the weakest of the kept entries */
+static int weaker(float va, int32_t ia, float vb, int32_t ib) { return va < vb || (va == vb && ia > ib); }
+
+static void sift_down(float *v, int32_t *ix, int k, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < k && weaker(v[l], ix[l], v[m], ix[m])) m = l;
+        if (r < k && weaker(v[r], ix[r], v[m], ix[m])) m = r;
+        if (m == i) return;
+        float tv = v[i]; v[i] = v[m]; v[m] = tv;
+        int32_t ti = ix[i]; ix[i] = ix[m]; ix[m] = ti;
+        i = m;
+    }
+}
+
+void tp_kd_topk(const float *logits, size_t V, int k, float tau, int32_t *idx, float *logp) {
+    if (k <= 0) return;
+    if ((size_t)k > V) k = (int)V;
+    float *hv = logp; /* use logp as the heap's value storage */
+    for (int i = 0; i < k; i++) {
+        hv[i] = logits[i];
+        idx[i] = i;
+    }
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(hv, idx, k, i);
+    for (size_t j = (size_t)k; j < V; j++)
+        if (weaker(hv[0], idx[0], logits[j], (int32_t)j)) {
+            hv[0] = logits[j];
+            idx[0] = (int32_t)j;
+            sift_down(hv, idx, k, 0);
+        }
+    /* heap-sort into descending order (strongest first) */
+    for (int n = k - 1; n > 0; n--) {
+        float tv = hv[0]; hv[0] = hv[n]; hv[n] = tv;
+        int32_t ti = idx[0]; idx[0] = idx[n]; idx[n] = ti;
+        sift_down(hv, idx, n, 0);
+    }
+    double inv_tau = 1.0 / tau, l = lse_tempered(logits, V, inv_tau);
+    for (int i = 0; i < k; i++) logp[i] = (float)(logits[idx[i]] * inv_tau - l);
+}
+
+double tp_kd_rows_topk(const tp_kd_cfg *c, float *s, const int32_t *idx, const float *logp, int k, size_t R,
+                       size_t V, float scale) {
+    const double inv_tau = 1.0 / c->tau, f = kd_factor(c), beta = c->beta;
+    double total = 0;
+#pragma omp parallel reduction(+ : total) if (R * V >= 65536)
+    {
+        unsigned char *in_top = calloc(V, 1);
+        double *gb = malloc(((size_t)k + 1) * sizeof *gb); /* g_b for the k bins and the rest */
+#pragma omp for schedule(static)
+        for (size_t r = 0; r < R; r++) {
+            float *sr = s + r * V;
+            const int32_t *ir = idx + r * (size_t)k;
+            const float *lpr = logp + r * (size_t)k;
+            if (!in_top || !gb) continue; /* out of memory: leaves the row untouched */
+            double ls = lse_tempered(sr, V, inv_tau);
+            double Ptop = 0, Qrest = 0;
+            for (int i = 0; i < k; i++) {
+                in_top[ir[i]] = 1;
+                Ptop += exp((double)lpr[i]);
+            }
+            for (size_t j = 0; j < V; j++)
+                if (!in_top[j]) Qrest += exp(sr[j] * inv_tau - ls);
+            double Prest = 1.0 - Ptop;
+            if (Prest < REST_FLOOR) Prest = REST_FLOOR;
+            double lPr = log(Prest), lQr = log(Qrest > 1e-300 ? Qrest : 1e-300);
+            double loss = 0, S = 0;
+            for (int b = 0; b <= k; b++) {
+                double lp = b < k ? (double)lpr[b] : lPr;
+                double lq = b < k ? sr[ir[b]] * inv_tau - ls : lQr;
+                double P = exp(lp), Q = exp(lq);
+                if (c->kind == TP_KD_FKL) {
+                    loss += P * (lp - lq);
+                    gb[b] = -P; /* stores Q_b g_b */
+                    S += -P;
+                } else if (c->kind == TP_KD_RKL) {
+                    loss += Q * (lq - lp);
+                    gb[b] = lq - lp + 1.0;
+                    S += Q * gb[b];
+                } else {
+                    double lm = log(beta * P + (1 - beta) * Q);
+                    loss += beta * P * (lp - lm) + (1 - beta) * Q * (lq - lm);
+                    gb[b] = (1 - beta) * (lq - lm);
+                    S += Q * gb[b];
+                }
+            }
+            double gs = f * inv_tau * scale;
+            /* rest tokens first (top-k entries are overwritten below) */
+            for (size_t j = 0; j < V; j++) {
+                if (in_top[j]) continue;
+                double q = exp(sr[j] * inv_tau - ls), dz;
+                if (c->kind == TP_KD_FKL)
+                    dz = gb[k] * exp(sr[j] * inv_tau - ls - lQr) - q * S;
+                else
+                    dz = q * (gb[k] - S);
+                sr[j] = (float)(dz * gs);
+            }
+            for (int b = 0; b < k; b++) {
+                double q = exp(sr[ir[b]] * inv_tau - ls), dz;
+                dz = c->kind == TP_KD_FKL ? gb[b] - q * S : q * (gb[b] - S);
+                sr[ir[b]] = (float)(dz * gs);
+            }
+            for (int i = 0; i < k; i++) in_top[ir[i]] = 0;
+            total += loss * f;
+        }
+        free(in_top);
+        free(gb);
+    }
+    return total;
+}
+
+/* ---- hidden-state losses ---- */
+
+/* C(M,N) (+)= A(M,K) B(K,N), row-major; trans_a: A stored (K,M) */
+static void gemm(int trans_a, size_t M, size_t N, size_t K, const float *A, const float *B, float *C, float beta) {
+#ifdef TP_HAVE_BLAS
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
+                trans_a ? (int)M : (int)K, B, (int)N, beta, C, (int)N);
+#else
+#pragma omp parallel for schedule(static) if (M * N * K >= 65536)
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            double acc = 0;
+            for (size_t l = 0; l < K; l++) acc += (double)(trans_a ? A[l * M + i] : A[i * K + l]) * B[l * N + j];
+            C[i * N + j] = (float)acc + (beta != 0.0f ? beta * C[i * N + j] : 0.0f);
+        }
+#endif
+}
+
+double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
+                      const float *P, float *dxs, float *dP, float scale) {
+    const float *y = xs;
+    float *ybuf = NULL, *dy = NULL;
+    if (P) {
+        ybuf = malloc(N * dt * sizeof(float));
+        if (!ybuf) return NAN;
+        /* y(N,dt) = xs(N,ds) P^T: P is (dt, ds) */
+#ifdef TP_HAVE_BLAS
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)dt, (int)ds, 1.0f, xs, (int)ds, P, (int)ds,
+                    0.0f, ybuf, (int)dt);
+#else
+        for (size_t n = 0; n < N; n++)
+            for (size_t o = 0; o < dt; o++) {
+                double acc = 0;
+                for (size_t i = 0; i < ds; i++) acc += (double)xs[n * ds + i] * P[o * ds + i];
+                ybuf[n * dt + o] = (float)acc;
+            }
+#endif
+        y = ybuf;
+    } else if (ds != dt) {
+        return NAN;
+    }
+    if (P && (dxs || dP)) {
+        dy = malloc(N * dt * sizeof(float));
+        if (!dy) {
+            free(ybuf);
+            return NAN;
+        }
+    }
+    float *g = P ? dy : dxs; /* NULL: loss only; without P the gradient of y is the gradient of xs: add directly */
+    double total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (N * dt >= 65536)
+    for (size_t n = 0; n < N; n++) {
+        const float *yr = y + n * dt, *tr = xt + n * dt;
+        float *gr = g ? g + n * dt : NULL;
+        if (kind == TP_HID_COSINE) {
+            double yy = 0, tt = 0, yt = 0;
+            for (size_t i = 0; i < dt; i++) {
+                yy += (double)yr[i] * yr[i];
+                tt += (double)tr[i] * tr[i];
+                yt += (double)yr[i] * tr[i];
+            }
+            if (yy <= 0 || tt <= 0) {
+                total += 1.0;
+                if (gr && P)
+                    for (size_t i = 0; i < dt; i++) gr[i] = 0.0f;
+                continue;
+            }
+            double ny = sqrt(yy), nt = sqrt(tt), cs = yt / (ny * nt);
+            total += 1.0 - cs;
+            if (gr)
+                for (size_t i = 0; i < dt; i++) {
+                    double d = -(tr[i] / (ny * nt) - cs * yr[i] / yy) * scale;
+                    gr[i] = P ? (float)d : gr[i] + (float)d;
+                }
+        } else {
+            double acc = 0;
+            for (size_t i = 0; i < dt; i++) {
+                double e = (double)yr[i] - tr[i];
+                acc += e * e;
+                if (gr) {
+                    double d = 2.0 * e / (double)dt * scale;
+                    gr[i] = P ? (float)d : gr[i] + (float)d;
+                }
+            }
+            total += acc / (double)dt;
+        }
+    }
+    if (dy && dxs) gemm(0, N, ds, dt, dy, P, dxs, 1.0f); /* dxs(N,ds) += dy(N,dt) P(dt,ds) */
+    if (dy && dP) gemm(1, dt, ds, N, dy, xs, dP, 1.0f);   /* dP(dt,ds) += dy^T(dt,N) xs(N,ds) */
+    free(ybuf);
+    free(dy);
+    return total;
+}

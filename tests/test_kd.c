@@ -1,0 +1,281 @@
+/* Distillation losses (src/train/kd_loss.c) against PyTorch autograd (tests/ref/kd_ref.py ->
+ * tests/fixtures/kd/kd.json), central finite differences, and exact properties (identical
+ * distributions give zero loss and zero gradient, top-k with k = V equals the full divergence). */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "taper/distill.h"
+#include "taper/rng.h"
+#include "taper/util.h"
+#include "tt.h"
+
+static cJSON *load_ref(void) {
+    char *p = tt_path(tt_fixtures_dir(), "kd/kd.json"), *text = NULL;
+    cJSON *j = NULL;
+    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
+    free(text);
+    free(p);
+    return j;
+}
+
+static float *floats(const cJSON *j, const char *name, size_t n) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, name);
+    if (!cJSON_IsArray(a) || (size_t)cJSON_GetArraySize(a) != n) return NULL;
+    float *v = malloc(n * sizeof *v);
+    size_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) v[i++] = (float)e->valuedouble;
+    return v;
+}
+
+static double num(const cJSON *j, const char *name) {
+    return cJSON_GetObjectItemCaseSensitive(j, name)->valuedouble;
+}
+
+static tp_kd_kind kind_of(const char *s) {
+    return !strcmp(s, "fkl") ? TP_KD_FKL : !strcmp(s, "rkl") ? TP_KD_RKL : TP_KD_JSD;
+}
+
+/* max |a-b| / max(max|b|, tiny) */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double md = 0, mb = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > md || isnan(d)) md = isnan(d) ? INFINITY : d;
+        if (fabs(b[i]) > mb) mb = fabs(b[i]);
+    }
+    return md / mb;
+}
+
+TT_TEST(kd_logit_losses_vs_torch) {
+    cJSON *j = load_ref();
+    if (!j) {
+        tt_skip("no fixture kd/kd.json (run tests/ref/kd_ref.py)");
+        return;
+    }
+    size_t R = (size_t)num(j, "R"), V = (size_t)num(j, "V");
+    float *s = floats(j, "s", R * V), *t = floats(j, "t", R * V);
+    TT_CHECK(s && t, "fixture arrays");
+    float *g = malloc(R * V * sizeof *g);
+    double worst_l = 0, worst_g = 0;
+    int n = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "cases")) {
+        tp_kd_cfg cfg = {kind_of(cJSON_GetObjectItemCaseSensitive(c, "kind")->valuestring), (float)num(c, "tau"),
+                         (int)num(c, "tau2"), (float)num(c, "beta")};
+        int k = (int)num(c, "k");
+        memcpy(g, s, R * V * sizeof *g);
+        double loss;
+        if (k == 0) {
+            loss = tp_kd_rows(&cfg, g, t, R, V, 1.0f);
+        } else {
+            /* the teacher's top-k from our own selection must equal torch.topk's */
+            int32_t *idx = malloc(R * (size_t)k * sizeof *idx);
+            float *lp = malloc(R * (size_t)k * sizeof *lp);
+            for (size_t r = 0; r < R; r++) tp_kd_topk(t + r * V, V, k, cfg.tau, idx + r * k, lp + r * k);
+            float *ref_lp = floats(c, "logp", R * (size_t)k);
+            const cJSON *ri = cJSON_GetObjectItemCaseSensitive(c, "idx");
+            int same = 1;
+            for (size_t i = 0; i < R * (size_t)k; i++)
+                if (idx[i] != cJSON_GetArrayItem(ri, (int)i)->valueint) same = 0;
+            TT_CHECK(same, "top-%d indices equal torch.topk", k);
+            TT_CHECK(rel_err(lp, ref_lp, R * (size_t)k) < 1e-6, "top-k log-probs");
+            loss = tp_kd_rows_topk(&cfg, g, idx, lp, k, R, V, 1.0f);
+            free(idx);
+            free(lp);
+            free(ref_lp);
+        }
+        float *ref = floats(c, "grad", R * V);
+        double ref_loss = num(c, "loss");
+        double el = fabs(loss - ref_loss) / fmax(fabs(ref_loss), 1e-12), eg = rel_err(g, ref, R * V);
+        TT_CHECK(el < 1e-5 && eg < 1e-4, "%s tau %.1f tau2 %d k %d: loss %.8g vs %.8g (rel %.2e), grad rel %.2e",
+                 cJSON_GetObjectItemCaseSensitive(c, "kind")->valuestring, cfg.tau, cfg.tau2, k, loss, ref_loss, el,
+                 eg);
+        if (el > worst_l) worst_l = el;
+        if (eg > worst_g) worst_g = eg;
+        free(ref);
+        n++;
+    }
+    tt_note("%d cases (fkl/rkl/jsd x 3 temperatures x full/top-5): worst loss rel %.2e, worst grad rel %.2e", n,
+            worst_l, worst_g);
+    free(s);
+    free(t);
+    free(g);
+    cJSON_Delete(j);
+}
+
+TT_TEST(kd_hidden_losses_vs_torch) {
+    cJSON *j = load_ref();
+    if (!j) {
+        tt_skip("no fixture kd/kd.json (run tests/ref/kd_ref.py)");
+        return;
+    }
+    size_t N = (size_t)num(j, "N"), ds = (size_t)num(j, "ds"), dt = (size_t)num(j, "dt");
+    float *xs = floats(j, "xs", N * ds), *xt = floats(j, "xt", N * dt), *xts = floats(j, "xt_same", N * ds),
+          *P = floats(j, "P", dt * ds);
+    TT_CHECK(xs && xt && xts && P, "fixture arrays");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "hidden")) {
+        const char *kn = cJSON_GetObjectItemCaseSensitive(c, "kind")->valuestring;
+        tp_hid_kind kind = !strcmp(kn, "cosine") ? TP_HID_COSINE : TP_HID_MSE;
+        int proj = (int)num(c, "proj");
+        float *dx = calloc(N * ds, sizeof *dx), *dP = calloc(dt * ds, sizeof *dP);
+        /* gradients accumulate: start from 1 and subtract it afterwards */
+        for (size_t i = 0; i < N * ds; i++) dx[i] = 1.0f;
+        double loss = proj ? tp_hidden_loss(kind, xs, ds, xt, dt, N, P, dx, dP, 1.0f)
+                           : tp_hidden_loss(kind, xs, ds, xts, ds, N, NULL, dx, NULL, 1.0f);
+        for (size_t i = 0; i < N * ds; i++) dx[i] -= 1.0f;
+        float *rdx = floats(c, "dxs", N * ds);
+        double ref_loss = num(c, "loss");
+        double el = fabs(loss - ref_loss) / fabs(ref_loss), eg = rel_err(dx, rdx, N * ds);
+        TT_CHECK(el < 1e-5 && eg < 1e-4, "%s proj %d: loss %.8g vs %.8g, dxs rel %.2e", kn, proj, loss, ref_loss,
+                 eg);
+        if (proj) {
+            float *rdP = floats(c, "dP", dt * ds);
+            double ep = rel_err(dP, rdP, dt * ds);
+            TT_CHECK(ep < 1e-4, "%s: dP rel %.2e", kn, ep);
+            free(rdP);
+        }
+        tt_note("%s%s: loss rel %.1e, dxs rel %.1e", kn, proj ? " + projection" : "", el, eg);
+        free(rdx);
+        free(dx);
+        free(dP);
+    }
+    free(xs);
+    free(xt);
+    free(xts);
+    free(P);
+    cJSON_Delete(j);
+}
+
+static void fill(float *x, size_t n, tp_rng *r, float sd) {
+    for (size_t i = 0; i < n; i++) x[i] = sd * tp_rng_normal(r);
+}
+
+TT_TEST(kd_identical_is_zero) {
+    enum { R = 4, V = 301, K = 7 };
+    tp_rng r;
+    tp_rng_seed(&r, 7);
+    float *t = malloc(R * V * sizeof *t), *s = malloc(R * V * sizeof *s);
+    fill(t, R * V, &r, 3.0f);
+    tp_kd_kind kinds[3] = {TP_KD_FKL, TP_KD_RKL, TP_KD_JSD};
+    for (int ki = 0; ki < 3; ki++) {
+        tp_kd_cfg c = {kinds[ki], 1.5f, 1, 0.5f};
+        memcpy(s, t, sizeof(float) * R * V);
+        double l = tp_kd_rows(&c, s, t, R, V, 1.0f);
+        float mg = 0;
+        for (int i = 0; i < R * V; i++) mg = fmaxf(mg, fabsf(s[i]));
+        TT_CHECK(fabs(l) < 1e-9 && mg < 1e-8f, "kind %d: identical logits give loss %.3g, max |grad| %.3g", ki, l,
+                 mg);
+        /* top-k: the student equals the teacher, so every bin matches */
+        int32_t idx[R * K];
+        float lp[R * K];
+        for (int rr = 0; rr < R; rr++) tp_kd_topk(t + rr * V, V, K, c.tau, idx + rr * K, lp + rr * K);
+        memcpy(s, t, sizeof(float) * R * V);
+        l = tp_kd_rows_topk(&c, s, idx, lp, K, R, V, 1.0f);
+        mg = 0;
+        for (int i = 0; i < R * V; i++) mg = fmaxf(mg, fabsf(s[i]));
+        TT_CHECK(fabs(l) < 1e-6 && mg < 1e-6f, "kind %d top-%d: identical logits give loss %.3g, max |grad| %.3g",
+                 ki, K, l, mg);
+    }
+    free(t);
+    free(s);
+}
+
+TT_TEST(kd_topk_all_equals_full) {
+    enum { R = 3, V = 40 };
+    tp_rng r;
+    tp_rng_seed(&r, 11);
+    float t[R * V], s[R * V], a[R * V], b[R * V];
+    fill(t, R * V, &r, 2.0f);
+    fill(s, R * V, &r, 2.0f);
+    tp_kd_kind kinds[3] = {TP_KD_FKL, TP_KD_RKL, TP_KD_JSD};
+    for (int ki = 0; ki < 3; ki++) {
+        tp_kd_cfg c = {kinds[ki], 0.8f, 0, 0.4f};
+        int32_t idx[R * V];
+        float lp[R * V];
+        for (int rr = 0; rr < R; rr++) tp_kd_topk(t + rr * V, V, V, c.tau, idx + rr * V, lp + rr * V);
+        memcpy(a, s, sizeof a);
+        memcpy(b, s, sizeof b);
+        double lf = tp_kd_rows(&c, a, t, R, V, 0.5f);
+        double lk = tp_kd_rows_topk(&c, b, idx, lp, V, R, V, 0.5f);
+        /* the rest bin is empty: teacher rest clamped to 1e-12, student rest 0 -> tiny difference */
+        TT_CHECK(fabs(lf - lk) < 1e-5 * fabs(lf) + 1e-9, "kind %d: full %.9g vs top-V %.9g", ki, lf, lk);
+        TT_CHECK(rel_err(b, a, R * V) < 1e-5, "kind %d: gradients equal (rel %.2e)", ki, rel_err(b, a, R * V));
+    }
+}
+
+/* central finite differences of the loss in double against the analytic gradient */
+TT_TEST(kd_finite_differences) {
+    enum { R = 2, V = 23, K = 4 };
+    tp_rng r;
+    tp_rng_seed(&r, 5);
+    float t[R * V], s[R * V], g[R * V], w[R * V];
+    fill(t, R * V, &r, 1.5f);
+    fill(s, R * V, &r, 1.5f);
+    tp_kd_kind kinds[3] = {TP_KD_FKL, TP_KD_RKL, TP_KD_JSD};
+    for (int ki = 0; ki < 3; ki++)
+        for (int topk = 0; topk < 2; topk++) {
+            tp_kd_cfg c = {kinds[ki], 1.3f, 0, 0.35f};
+            int32_t idx[R * K];
+            float lp[R * K];
+            for (int rr = 0; rr < R; rr++) tp_kd_topk(t + rr * V, V, K, c.tau, idx + rr * K, lp + rr * K);
+            memcpy(g, s, sizeof g);
+            if (topk)
+                tp_kd_rows_topk(&c, g, idx, lp, K, R, V, 1.0f);
+            else
+                tp_kd_rows(&c, g, t, R, V, 1.0f);
+            double worst = 0;
+            for (int i = 0; i < R * V; i += 3) {
+                const float h = 1e-2f;
+                double lpv, lmv;
+                memcpy(w, s, sizeof w);
+                w[i] += h;
+                lpv = topk ? tp_kd_rows_topk(&c, w, idx, lp, K, R, V, 1.0f) : tp_kd_rows(&c, w, t, R, V, 1.0f);
+                memcpy(w, s, sizeof w);
+                w[i] -= h;
+                lmv = topk ? tp_kd_rows_topk(&c, w, idx, lp, K, R, V, 1.0f) : tp_kd_rows(&c, w, t, R, V, 1.0f);
+                double fd = (lpv - lmv) / (2.0 * h), e = fabs(fd - g[i]);
+                if (e > worst) worst = e;
+            }
+            TT_CHECK(worst < 2e-4, "kind %d topk %d: max |fd - grad| %.2e", ki, topk, worst);
+        }
+}
+
+TT_TEST(kd_hidden_finite_differences) {
+    enum { N = 3, DS = 5, DT = 6 };
+    tp_rng r;
+    tp_rng_seed(&r, 9);
+    float xs[N * DS], xt[N * DT], P[DT * DS], dx[N * DS], dP[DT * DS];
+    fill(xs, N * DS, &r, 1.0f);
+    fill(xt, N * DT, &r, 1.0f);
+    fill(P, DT * DS, &r, 0.5f);
+    for (int kind = 0; kind < 2; kind++) {
+        memset(dx, 0, sizeof dx);
+        memset(dP, 0, sizeof dP);
+        tp_hidden_loss((tp_hid_kind)kind, xs, DS, xt, DT, N, P, dx, dP, 1.0f);
+        double worst = 0;
+        const float h = 1e-2f;
+        for (int i = 0; i < N * DS; i++) {
+            float o = xs[i];
+            xs[i] = o + h;
+            double a = tp_hidden_loss((tp_hid_kind)kind, xs, DS, xt, DT, N, P, NULL, NULL, 1.0f);
+            xs[i] = o - h;
+            double b = tp_hidden_loss((tp_hid_kind)kind, xs, DS, xt, DT, N, P, NULL, NULL, 1.0f);
+            xs[i] = o;
+            worst = fmax(worst, fabs((a - b) / (2 * h) - dx[i]));
+        }
+        for (int i = 0; i < DT * DS; i++) {
+            float o = P[i];
+            P[i] = o + h;
+            double a = tp_hidden_loss((tp_hid_kind)kind, xs, DS, xt, DT, N, P, NULL, NULL, 1.0f);
+            P[i] = o - h;
+            double b = tp_hidden_loss((tp_hid_kind)kind, xs, DS, xt, DT, N, P, NULL, NULL, 1.0f);
+            P[i] = o;
+            worst = fmax(worst, fabs((a - b) / (2 * h) - dP[i]));
+        }
+        TT_CHECK(worst < 1e-3, "%s: max |fd - grad| %.2e", kind ? "mse" : "cosine", worst);
+    }
+}
