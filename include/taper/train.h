@@ -74,7 +74,10 @@ typedef struct {
 } tp_adamw_cfg;
 
 void tp_adamw_defaults(tp_adamw_cfg *c); /* lr 3e-4, min_lr 3e-5, betas 0.9/0.95, eps 1e-8, wd 0.1, clip 1 */
-double tp_lr_at(const tp_adamw_cfg *c, long step); /* learning rate of update `step` (0-based) */
+/* Learning rate of update s (0-based), W = warmup_steps, S = total_steps, in double:
+ *   s < W: lr*(s+1)/W;  S == 0: lr (no decay);  W <= s < S: min_lr + (lr-min_lr)*0.5*(1+cos(pi*(s-W)/(S-W)));
+ *   s >= S: min_lr. */
+double tp_lr_at(const tp_adamw_cfg *c, long step);
 
 typedef struct {
     tp_adamw_cfg cfg;
@@ -97,7 +100,7 @@ tp_status tp_adamw_step(tp_adamw *o, tp_model *m, const tp_model *grad, double *
 
 /* ======================= data (src/train/data.c) ======================= */
 
-/* Token shard file (.tpt, versioned, see docs/training.md): uint32 token ids with document
+/* Token shard file (.tpt, versioned, see docs/data.md): uint32 token ids with document
  * boundaries, plus the vocabulary size and BOS/EOS ids of the tokenizer that wrote it. */
 typedef struct tp_dataset tp_dataset;
 /* Writes one shard: tokens (n_tokens) and the start offset of each of n_docs documents
@@ -105,11 +108,27 @@ typedef struct tp_dataset tp_dataset;
  * temporary name and renamed. */
 tp_status tp_shard_write(const char *path, const uint32_t *tokens, size_t n_tokens, const uint64_t *doc_start,
                          size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos);
+/* tp_shard_write plus a fingerprint of the tokenizer (tp_shard_tok_fingerprint; 0 = unknown) and a
+ * free-text description of where the tokens came from (source may be NULL). */
+tp_status tp_shard_write_ex(const char *path, const uint32_t *tokens, size_t n_tokens, const uint64_t *doc_start,
+                            size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos, uint64_t tok_fingerprint,
+                            const char *source);
+/* 64-bit fingerprint of what a tokenizer does (its pieces, pre-tokenizer and the encoding of a fixed
+ * probe text); never 0. Shards of one dataset must agree on it. */
+uint64_t tp_shard_tok_fingerprint(const tp_tokenizer *t);
 /* path: one shard, a directory of *.tpt shards (sorted by name), or a comma-separated list. */
 tp_status tp_dataset_open(const char *path, tp_dataset **out);
 void tp_dataset_close(tp_dataset *d);
 size_t tp_dataset_tokens(const tp_dataset *d);
 size_t tp_dataset_docs(const tp_dataset *d);
+/* Header fields every shard of the dataset shares. */
+typedef struct {
+    size_t n_shards;
+    uint32_t vocab;
+    int32_t bos, eos;           /* inserted around each document by the loader; -1 = none */
+    uint64_t tok_fingerprint;   /* 0 = unknown */
+} tp_dataset_info;
+void tp_dataset_get_info(const tp_dataset *d, tp_dataset_info *out);
 
 /* Where the loader stands; saved in checkpoints. */
 typedef struct {
@@ -122,7 +141,10 @@ typedef struct {
  * after each document (those of the shard header; none when -1), holds out val_frac of the windows for validation (a fixed, seed-independent
  * choice), shuffles the training windows by seed, reshuffling every epoch. */
 typedef struct tp_loader tp_loader;
+/* d must outlive the loader. Exact rules (window split, validation choice, shuffles): docs/data.md. */
 tp_status tp_loader_open(const tp_dataset *d, int T, double val_frac, uint64_t seed, tp_loader **out);
+/* One line saying what the loader serves (tokens, windows, train/val split), for logs. */
+void tp_loader_describe(const tp_loader *L, char *buf, size_t n);
 void tp_loader_free(tp_loader *L);
 size_t tp_loader_n_train(const tp_loader *L); /* training windows */
 size_t tp_loader_n_val(const tp_loader *L);   /* validation windows */
@@ -147,7 +169,8 @@ typedef struct {
 
 /* Writes DIR/ckpt-<step>.tpc: to a temporary name, fsync, rename, fsync of DIR; the file ends
  * with a checksum and a completion marker written last. Keeps the newest keep_last
- * checkpoints (0 = keep all). */
+ * checkpoints (0 = keep all). Test hook: TAPER_TEST_CKPT_DIE_AFTER=<n> in the environment makes
+ * the writer SIGKILL its own process after n bytes of the temporary file (crash tests only). */
 tp_status tp_ckpt_save(const char *dir, const tp_model *m, const tp_adamw *o, const tp_ckpt_state *st,
                        int keep_last);
 /* Loads the newest complete, checksum-valid checkpoint of DIR into m (same config required),
