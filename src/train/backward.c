@@ -1,19 +1,558 @@
-/* Stub: replaced by the backward-pass implementation. */
+/* One training step of the Llama family: forward with a tape of saved activations, the loss over
+ * the logits in row chunks (built-in cross-entropy or a user loss), and the full backward pass
+ * into a gradient model; plus tp_ce_eval (validation cross-entropy without gradients).
+ * The forward mirrors src/model/forward.c operation for operation, with the same kernels
+ * (attention additionally keeps each row's log-sum-exp). Kernels and their naive twins live in
+ * src/model/kernels.c. The internal gradient flow is the true gradient of the loss (what the
+ * grad hooks see); grad_scale is applied only where parameter gradients are accumulated. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../model/kernels.h"
+#include "../model/model_internal.h"
 #include "taper/train.h"
-struct tp_tape { int unused; };
-tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape **out) {
-    (void)c; (void)B; (void)T; (void)recompute; *out = NULL;
-    return tp_fail(TP_ERR_UNSUPPORTED, "training is not built yet");
+#include "train_internal.h"
+
+#define LOGIT_CHUNK 256 /* rows of logits alive at once */
+
+/* What one layer's backward needs besides its input. */
+typedef struct {
+    float *rstd1;  /* (N) 1/rms of the layer input (attention RMSNorm) */
+    float *q;      /* (N, nh*hd) after RoPE */
+    float *k, *v;  /* (N, nkv*hd), k after RoPE */
+    float *att;    /* (N, nh*hd) attention output before o_proj */
+    float *lse;    /* (B, nh, T) log-sum-exp of each query row's scaled scores */
+    float *x_mid;  /* (N, d) residual stream after attention */
+    float *rstd2;  /* (N) 1/rms of x_mid (MLP RMSNorm) */
+    float *g, *u;  /* (N, ff) gate and up projections */
+} layer_tape;
+
+struct tp_tape {
+    tp_config cfg;
+    int B, T, recompute, n_thr;
+    size_t N;           /* B*T rows of capacity */
+    float *x_in;        /* (L+1, N, d) input of each layer; [L] is the last layer's output */
+    layer_tape *lt;     /* (L) views; all the same one slot when recompute is set */
+    float *rstd_f;      /* (N) final RMSNorm */
+    /* workspace of one step */
+    float *h;           /* (N, d) normed input; the final norm output during the loss */
+    float *proj;        /* (N, d) o_proj / down_proj output */
+    float *dres;        /* (N, d) gradient of the residual stream */
+    float *dh;          /* (N, d) gradient of a norm output */
+    float *act;         /* (N, ff) silu(g) * u */
+    float *dact;        /* (N, ff) gradient of act, then of g */
+    float *du;          /* (N, ff) gradient of u */
+    float *datt;        /* (N, nh*hd) gradient of att */
+    float *dq;          /* (N, nh*hd) */
+    float *dk, *dv;     /* (N, nkv*hd) */
+    float *dkh, *dvh;   /* (N, nh*hd) per query head dK/dV before the GQA group sum; NULL without GQA */
+    float *logits;      /* (LOGIT_CHUNK, vocab) one chunk of logits, then its gradient */
+    float *att_scratch; /* (n_thr, 2*TP_ATT_BLOCK*T) */
+    float *inv_freq;    /* (hd/2) */
+    double *row_loss;   /* (LOGIT_CHUNK) */
+    int *pos;           /* (N) */
+    float *block;       /* the allocation every float view above points into */
+    size_t bytes;
+};
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
-void tp_tape_free(tp_tape *t) { (void)t; }
-size_t tp_tape_bytes(const tp_tape *t) { (void)t; return 0; }
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---------------------------------- tape ---------------------------------- */
+
+/* The float views of a tape live in one block: tape_layout runs once without a block to count
+ * (in size_t and, to catch overflow, in double) and once to set the pointers. */
+typedef struct {
+    float *base; /* NULL while counting */
+    size_t n;    /* floats so far, each view rounded up to 64 bytes */
+    double dn;
+} layout;
+
+static float *place(layout *ly, size_t rows, size_t cols) {
+    float *p = ly->base ? ly->base + ly->n : NULL;
+    ly->n += (rows * cols + 15) & ~(size_t)15;
+    ly->dn += (double)rows * (double)cols + 15;
+    return p;
+}
+
+static void tape_layout(tp_tape *t, layout *ly) {
+    const tp_config *c = &t->cfg;
+    int L = c->n_layers;
+    size_t N = t->N, d = (size_t)c->d_model, ff = (size_t)c->d_ff, nh = (size_t)c->n_heads;
+    size_t qd = nh * (size_t)c->head_dim, kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    t->x_in = place(ly, N, ((size_t)L + 1) * d); /* factors that fit size_t alone */
+    for (int l = 0; l < L; l++) {
+        layer_tape *s = &t->lt[l];
+        if (t->recompute && l > 0) { /* one slot, recomputed layer by layer */
+            *s = t->lt[0];
+            continue;
+        }
+        s->rstd1 = place(ly, N, 1);
+        s->q = place(ly, N, qd);
+        s->k = place(ly, N, kvd);
+        s->v = place(ly, N, kvd);
+        s->att = place(ly, N, qd);
+        s->lse = place(ly, N, nh);
+        s->x_mid = place(ly, N, d);
+        s->rstd2 = place(ly, N, 1);
+        s->g = place(ly, N, ff);
+        s->u = place(ly, N, ff);
+    }
+    t->rstd_f = place(ly, N, 1);
+    t->h = place(ly, N, d);
+    t->proj = place(ly, N, d);
+    t->dres = place(ly, N, d);
+    t->dh = place(ly, N, d);
+    t->act = place(ly, N, ff);
+    t->dact = place(ly, N, ff);
+    t->du = place(ly, N, ff);
+    t->datt = place(ly, N, qd);
+    t->dq = place(ly, N, qd);
+    t->dk = place(ly, N, kvd);
+    t->dv = place(ly, N, kvd);
+    int gqa = c->n_heads != c->n_kv_heads;
+    t->dkh = gqa ? place(ly, N, qd) : NULL;
+    t->dvh = gqa ? place(ly, N, qd) : NULL;
+    t->logits = place(ly, N < LOGIT_CHUNK ? N : LOGIT_CHUNK, (size_t)c->vocab);
+    t->att_scratch = place(ly, (size_t)t->n_thr * 2 * TP_ATT_BLOCK, (size_t)t->T);
+    t->inv_freq = place(ly, (size_t)c->head_dim / 2, 1);
+}
+
+tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape **out) {
+    *out = NULL;
+    tp_status s = tp_config_validate(c);
+    if (s) return tp_fail_ctx(s, "tape: ");
+    if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "tape: batch %d x length %d must be > 0", B, T);
+    tp_tape *t = calloc(1, sizeof *t);
+    if (!t) return tp_fail(TP_ERR_NOMEM, "tape: out of memory");
+    t->cfg = *c;
+    t->B = B;
+    t->T = T;
+    t->recompute = recompute ? 1 : 0;
+    t->n_thr = max_threads();
+    t->N = (size_t)B * (size_t)T;
+    size_t chunk = t->N < LOGIT_CHUNK ? t->N : LOGIT_CHUNK;
+    t->lt = calloc((size_t)c->n_layers, sizeof *t->lt);
+    t->row_loss = malloc(chunk * sizeof *t->row_loss);
+    t->pos = malloc(t->N * sizeof *t->pos);
+    if (!t->lt || !t->row_loss || !t->pos) {
+        tp_tape_free(t);
+        return tp_fail(TP_ERR_NOMEM, "tape: out of memory for %d x %d tokens", B, T);
+    }
+    layout ly = {0};
+    tape_layout(t, &ly);
+    if (ly.dn * sizeof(float) > (double)(SIZE_MAX / 2)) {
+        tp_tape_free(t);
+        return tp_fail(TP_ERR_NOMEM, "tape: size overflow for %d x %d tokens", B, T);
+    }
+    size_t nbytes = ly.n * sizeof(float); /* a multiple of 64 */
+    t->block = aligned_alloc(64, nbytes);
+    if (!t->block) {
+        tp_tape_free(t);
+        return tp_fail(TP_ERR_NOMEM, "tape: cannot allocate %.1f MiB for %d x %d tokens (recompute=%d)",
+                       (double)nbytes / 1048576.0, B, T, recompute);
+    }
+    ly = (layout){t->block, 0, 0};
+    tape_layout(t, &ly);
+    t->bytes = nbytes + chunk * sizeof *t->row_loss + t->N * sizeof *t->pos + (size_t)c->n_layers * sizeof *t->lt;
+    tp_rope_inv_freq(c, t->inv_freq);
+    *out = t;
+    return TP_OK;
+}
+
+void tp_tape_free(tp_tape *t) {
+    if (!t) return;
+    free(t->block);
+    free(t->lt);
+    free(t->row_loss);
+    free(t->pos);
+    free(t);
+}
+
+size_t tp_tape_bytes(const tp_tape *t) { return t ? t->bytes : 0; }
+
+/* ------------------------------ small helpers ------------------------------ */
+
+/* out = w * (x * rstd) row by row: the norm output rebuilt bit for bit from the saved rstd. */
+static void norm_apply(const float *x, const float *w, const float *rstd, float *out, size_t N, size_t d) {
+#pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
+    for (size_t n = 0; n < N; n++)
+        for (size_t i = 0; i < d; i++) out[n * d + i] = w[i] * (x[n * d + i] * rstd[n]);
+}
+
+static void add_to(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void silu_mul_to(float *act, const float *g, const float *u, size_t n) {
+    memcpy(act, g, n * sizeof *act);
+    tp_silu_mul(act, u, n);
+}
+
+/* grad->tok_emb[tokens[n]] += alpha * dx[n]: column blocks in parallel, rows in order. */
+static void embed_bwd(const int32_t *tokens, const float *dx, float *gemb, size_t N, size_t d, float alpha) {
+    size_t nb = (d + 63) / 64;
+#pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
+    for (size_t b = 0; b < nb; b++) {
+        size_t i0 = b * 64, i1 = i0 + 64 < d ? i0 + 64 : d;
+        for (size_t n = 0; n < N; n++) {
+            float *row = gemb + (size_t)tokens[n] * d;
+            for (size_t i = i0; i < i1; i++) row[i] += alpha * dx[n * d + i];
+        }
+    }
+}
+
+double tp_ce_rows(float *logits, const int32_t *tg, size_t nr, size_t V, double *rl, int grad, float inv_count) {
+#pragma omp parallel for schedule(static) if (nr * V >= TP_PAR_MIN_WORK)
+    for (size_t i = 0; i < nr; i++) {
+        float *row = logits + i * V;
+        int32_t t = tg[i];
+        if (t == TP_IGNORE_INDEX) {
+            rl[i] = 0;
+            if (grad) memset(row, 0, V * sizeof *row);
+            continue;
+        }
+        float mx = -INFINITY, xt = row[t];
+        for (size_t j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        double sum = 0;
+        if (grad) {
+            for (size_t j = 0; j < V; j++) sum += (row[j] = expf(row[j] - mx));
+            float k = (float)(1.0 / sum) * inv_count;
+            for (size_t j = 0; j < V; j++) row[j] *= k;
+            row[t] -= inv_count;
+        } else {
+            for (size_t j = 0; j < V; j++) sum += expf(row[j] - mx);
+        }
+        rl[i] = (double)mx + log(sum) - (double)xt;
+    }
+    double s = 0;
+    for (size_t i = 0; i < nr; i++) s += rl[i];
+    return s;
+}
+
+static int same_shape(const tp_config *a, const tp_config *b) {
+    return a->n_layers == b->n_layers && a->d_model == b->d_model && a->n_heads == b->n_heads &&
+           a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim && a->d_ff == b->d_ff &&
+           a->vocab == b->vocab && !a->tie_embeddings == !b->tie_embeddings && !a->attn_bias == !b->attn_bias;
+}
+
+/* ------------------------------- the step ------------------------------- */
+
+typedef struct {
+    const tp_model *m;
+    tp_tape *tp;
+    int B, T, nthr;
+    size_t N;
+    float alpha;
+    const tp_step_opts *o;
+} step_ctx;
+
+/* The caller's forward hook and grad hook, when set. */
+static void fhook(const step_ctx *cx, tp_hook_point p, int layer, const float *x, size_t width) {
+    if (cx->o->hook) cx->o->hook(cx->o->hook_user, p, layer, x, cx->B, cx->T, (int)width);
+}
+static void ghook(const step_ctx *cx, tp_hook_point p, int layer, const float *x, float *dx, size_t width) {
+    if (cx->o->grad_hook) cx->o->grad_hook(cx->o->grad_hook_user, p, layer, x, dx, cx->B, cx->T, (int)width);
+}
+
+static float *layer_x(const step_ctx *cx, int l) {
+    return cx->tp->x_in + (size_t)l * cx->tp->N * (size_t)cx->m->cfg.d_model;
+}
+
+/* Forward of layer l from x_in[l] into its tape slot; x_out (N,d) receives the layer output
+ * (NULL: not needed, when recomputing). hooks: call the forward hooks. */
+static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
+    const tp_config *c = &cx->m->cfg;
+    const tp_layer *L = &cx->m->layers[l];
+    tp_tape *tp = cx->tp;
+    layer_tape *s = &tp->lt[l];
+    int B = cx->B, T = cx->T, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, rep = nh / nkv;
+    size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)c->d_ff;
+    size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
+    const float *x = layer_x(cx, l);
+    if (hooks) fhook(cx, TP_HOOK_LAYER_IN, l, x, d);
+    tp_rmsnorm_fwd(x, L->attn_norm, tp->h, s->rstd1, N, d, c->norm_eps);
+    if (hooks) fhook(cx, TP_HOOK_ATTN_NORM, l, tp->h, d);
+    tp_matmul_wt(tp->h, L->wq, L->bq, s->q, N, d, qd);
+    tp_matmul_wt(tp->h, L->wk, L->bk, s->k, N, d, kvd);
+    tp_matmul_wt(tp->h, L->wv, L->bv, s->v, N, d, kvd);
+    tp_rope_apply(s->q, N, nh, hd, tp->pos, tp->inv_freq);
+    tp_rope_apply(s->k, N, nkv, hd, tp->pos, tp->inv_freq);
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t scr = 2 * (size_t)TP_ATT_BLOCK * (size_t)tp->T;
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) num_threads(cx->nthr) \
+    if ((size_t)B * T * T * nh * hd >= TP_PAR_MIN_WORK)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < nh; h++) {
+            size_t r0 = (size_t)b * T;
+            tp_attention_head_lse(s->q + r0 * qd + (size_t)h * hd, qd, s->k + r0 * kvd + (size_t)(h / rep) * hd,
+                                  s->v + r0 * kvd + (size_t)(h / rep) * hd, kvd, s->att + r0 * qd + (size_t)h * hd,
+                                  qd, s->lse + ((size_t)b * nh + h) * T, T, 0, hd, scale,
+                                  tp->att_scratch + (size_t)thread_id() * scr);
+        }
+    if (hooks) fhook(cx, TP_HOOK_ATTN_OUT, l, s->att, qd);
+    tp_matmul_wt(s->att, L->wo, NULL, tp->proj, N, qd, d);
+    add_to(s->x_mid, x, tp->proj, N * d);
+    tp_rmsnorm_fwd(s->x_mid, L->mlp_norm, tp->h, s->rstd2, N, d, c->norm_eps);
+    if (hooks) fhook(cx, TP_HOOK_MLP_NORM, l, tp->h, d);
+    tp_matmul_wt(tp->h, L->w_gate, NULL, s->g, N, d, ff);
+    tp_matmul_wt(tp->h, L->w_up, NULL, s->u, N, d, ff);
+    if (hooks) fhook(cx, TP_HOOK_MLP_GATE, l, s->g, ff);
+    if (hooks) fhook(cx, TP_HOOK_MLP_UP, l, s->u, ff);
+    if (!x_out) return; /* recomputing: the rest is rebuilt by the backward itself */
+    silu_mul_to(tp->act, s->g, s->u, N * ff);
+    if (hooks) fhook(cx, TP_HOOK_MLP_ACT, l, tp->act, ff);
+    tp_matmul_wt(tp->act, L->w_down, NULL, tp->proj, N, ff, d);
+    add_to(x_out, s->x_mid, tp->proj, N * d);
+    if (hooks) fhook(cx, TP_HOOK_LAYER_OUT, l, x_out, d);
+}
+
+/* dq, dk, dv of all heads from datt. One task per (sequence, query head), so that a batch of
+ * one still has n_heads tasks; with GQA each head's dK/dV goes to its own columns of dkh/dvh,
+ * then each KV head sums its group's heads in head order (deterministic, independent of the
+ * thread count). */
+static void attention_backward(const step_ctx *cx, const layer_tape *s) {
+    const tp_config *c = &cx->m->cfg;
+    tp_tape *tp = cx->tp;
+    int B = cx->B, T = cx->T, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, rep = nh / nkv;
+    size_t N = cx->N, qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
+    float *dK = rep > 1 ? tp->dkh : tp->dk, *dV = rep > 1 ? tp->dvh : tp->dv; /* (N, nh*hd) either way */
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t scr = 2 * (size_t)TP_ATT_BLOCK * (size_t)tp->T;
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) num_threads(cx->nthr) \
+    if ((size_t)B * T * T * nh * hd >= TP_PAR_MIN_WORK)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < nh; h++) {
+            size_t r0 = (size_t)b * T, qo = r0 * qd + (size_t)h * hd, ko = r0 * kvd + (size_t)(h / rep) * hd;
+            for (int t = 0; t < T; t++) {
+                memset(dK + qo + (size_t)t * qd, 0, (size_t)hd * sizeof(float));
+                memset(dV + qo + (size_t)t * qd, 0, (size_t)hd * sizeof(float));
+            }
+            tp_attention_head_bwd(s->q + qo, qd, s->k + ko, s->v + ko, kvd, s->att + qo, tp->datt + qo, qd,
+                                  s->lse + ((size_t)b * nh + h) * T, tp->dq + qo, qd, dK + qo, dV + qo, qd, T, 0, hd,
+                                  scale, tp->att_scratch + (size_t)thread_id() * scr);
+        }
+    if (rep == 1) return;
+#pragma omp parallel for schedule(static) if (N * qd >= TP_PAR_MIN_WORK)
+    for (size_t n = 0; n < N; n++)
+        for (int kh = 0; kh < nkv; kh++)
+            for (int e = 0; e < hd; e++) {
+                size_t o = n * qd + (size_t)kh * rep * hd + e;
+                const float *a = tp->dkh + o, *b = tp->dvh + o;
+                float sk = a[0], sv = b[0];
+                for (int j = 1; j < rep; j++) sk += a[(size_t)j * hd], sv += b[(size_t)j * hd];
+                tp->dk[n * kvd + (size_t)kh * hd + e] = sk;
+                tp->dv[n * kvd + (size_t)kh * hd + e] = sv;
+            }
+}
+
+/* Backward of layer l: on entry tp->dres holds d(loss)/d(layer output), on exit d(loss)/d(layer
+ * input). Parameter gradients are added into G scaled by alpha. */
+static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
+    const tp_config *c = &cx->m->cfg;
+    const tp_layer *L = &cx->m->layers[l];
+    tp_tape *tp = cx->tp;
+    const layer_tape *s = &tp->lt[l];
+    int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)c->d_ff;
+    size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
+    float a = cx->alpha;
+    const float *x = layer_x(cx, l);
+
+    /* MLP: x_out = x_mid + down(silu(gate(h2)) * up(h2)), h2 = norm(x_mid) */
+    norm_apply(s->x_mid, L->mlp_norm, s->rstd2, tp->h, N, d);
+    silu_mul_to(tp->act, s->g, s->u, N * ff);
+    tp_matmul_dx(tp->dres, L->w_down, tp->dact, N, ff, d, 0);
+    tp_matmul_dw(tp->dres, tp->act, G->w_down, NULL, N, ff, d, a);
+    ghook(cx, TP_HOOK_MLP_ACT, l, tp->act, tp->dact, ff);
+    tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
+    ghook(cx, TP_HOOK_MLP_UP, l, s->u, tp->du, ff);
+    ghook(cx, TP_HOOK_MLP_GATE, l, s->g, tp->dact, ff);
+    tp_matmul_dx(tp->dact, L->w_gate, tp->dh, N, d, ff, 0);
+    tp_matmul_dx(tp->du, L->w_up, tp->dh, N, d, ff, 1);
+    tp_matmul_dw(tp->dact, tp->h, G->w_gate, NULL, N, d, ff, a);
+    tp_matmul_dw(tp->du, tp->h, G->w_up, NULL, N, d, ff, a);
+    ghook(cx, TP_HOOK_MLP_NORM, l, tp->h, tp->dh, d);
+    tp_rmsnorm_bwd(s->x_mid, L->mlp_norm, s->rstd2, tp->dh, tp->dres, G->mlp_norm, a, N, d);
+
+    /* attention: x_mid = x + o_proj(attn(rope(q), rope(k), v)), q/k/v = proj(h1), h1 = norm(x) */
+    tp_matmul_dx(tp->dres, L->wo, tp->datt, N, qd, d, 0);
+    tp_matmul_dw(tp->dres, s->att, G->wo, NULL, N, qd, d, a);
+    ghook(cx, TP_HOOK_ATTN_OUT, l, s->att, tp->datt, qd);
+    attention_backward(cx, s);
+    tp_rope_bwd(tp->dq, N, nh, hd, tp->pos, tp->inv_freq);
+    tp_rope_bwd(tp->dk, N, nkv, hd, tp->pos, tp->inv_freq);
+    norm_apply(x, L->attn_norm, s->rstd1, tp->h, N, d);
+    tp_matmul_dx(tp->dq, L->wq, tp->dh, N, d, qd, 0);
+    tp_matmul_dx(tp->dk, L->wk, tp->dh, N, d, kvd, 1);
+    tp_matmul_dx(tp->dv, L->wv, tp->dh, N, d, kvd, 1);
+    tp_matmul_dw(tp->dq, tp->h, G->wq, G->bq, N, d, qd, a);
+    tp_matmul_dw(tp->dk, tp->h, G->wk, G->bk, N, d, kvd, a);
+    tp_matmul_dw(tp->dv, tp->h, G->wv, G->bv, N, d, kvd, a);
+    ghook(cx, TP_HOOK_ATTN_NORM, l, tp->h, tp->dh, d);
+    tp_rmsnorm_bwd(x, L->attn_norm, s->rstd1, tp->dh, tp->dres, G->attn_norm, a, N, d);
+}
+
+/* Logits in row chunks: loss, d(loss)/d(final norm output) into tp->dh, lm_head gradient.
+ * Returns the summed loss. */
+static double loss_and_head(const step_ctx *cx, tp_model *grad, const int32_t *targets, float inv_count) {
+    const tp_model *m = cx->m;
+    tp_tape *tp = cx->tp;
+    size_t N = cx->N, d = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab;
+    double total = 0;
+    for (size_t r0 = 0; r0 < N; r0 += LOGIT_CHUNK) {
+        size_t r1 = r0 + LOGIT_CHUNK < N ? r0 + LOGIT_CHUNK : N, nr = r1 - r0;
+        const float *h = tp->h + r0 * d;
+        tp_matmul_wt(h, m->lm_head, NULL, tp->logits, nr, d, V);
+        if (cx->o->loss)
+            total += cx->o->loss(cx->o->loss_user, r0, r1, tp->logits, V);
+        else
+            total += tp_ce_rows(tp->logits, targets + r0, nr, V, tp->row_loss, 1, inv_count);
+        tp_matmul_dx(tp->logits, m->lm_head, tp->dh + r0 * d, nr, d, V, 0);
+        tp_matmul_dw(tp->logits, h, grad->lm_head, NULL, nr, d, V, cx->alpha);
+    }
+    return total;
+}
+
+static tp_status check_tokens(const char *what, const int32_t *tokens, const int32_t *targets, size_t N,
+                              int vocab) {
+    for (size_t i = 0; i < N; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab)
+            return tp_fail(TP_ERR_ARG, "%s: token id %d at index %zu is outside the vocabulary (0..%d)", what,
+                           tokens[i], i, vocab - 1);
+    for (size_t i = 0; targets && i < N; i++)
+        if (targets[i] != TP_IGNORE_INDEX && (targets[i] < 0 || targets[i] >= vocab))
+            return tp_fail(TP_ERR_ARG, "%s: target %d at index %zu is outside the vocabulary (0..%d) and not %d",
+                           what, targets[i], i, vocab - 1, TP_IGNORE_INDEX);
+    return TP_OK;
+}
+
 tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const int32_t *tokens, int B, int T,
                         const tp_step_opts *opts, double *loss, size_t *n_counted) {
-    (void)m; (void)grad; (void)tape; (void)tokens; (void)B; (void)T; (void)opts; (void)loss; (void)n_counted;
-    return tp_fail(TP_ERR_UNSUPPORTED, "training is not built yet");
+    if (loss) *loss = 0;
+    if (n_counted) *n_counted = 0;
+    if (!m || !grad || !tape || !tokens || !opts)
+        return tp_fail(TP_ERR_ARG, "train step: model, gradient, tape, tokens and options are required");
+    const tp_config *c = &m->cfg;
+    if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "train step: batch %d x length %d must be > 0", B, T);
+    if (T > tape->T || (size_t)B * (size_t)T > tape->N)
+        return tp_fail(TP_ERR_ARG, "train step: %d x %d tokens do not fit the tape (allocated for %d x %d)", B, T,
+                       tape->B, tape->T);
+    if (!same_shape(c, &grad->cfg) || !same_shape(c, &tape->cfg))
+        return tp_fail(TP_ERR_ARG, "train step: the gradient model or the tape was made for another config");
+    if (grad == m || grad->params == m->params)
+        return tp_fail(TP_ERR_ARG, "train step: the gradient model must not be the model itself");
+    if (!opts->loss && !opts->targets)
+        return tp_fail(TP_ERR_ARG, "train step: the built-in cross-entropy needs targets (or set a loss)");
+    size_t N = (size_t)B * T, d = (size_t)c->d_model;
+    tp_status st = check_tokens("train step", tokens, opts->targets, N, c->vocab);
+    if (st) return st;
+    size_t counted = N;
+    if (opts->targets) {
+        counted = 0;
+        for (size_t i = 0; i < N; i++) counted += opts->targets[i] != TP_IGNORE_INDEX;
+    }
+    int nthr = max_threads();
+    if (nthr > tape->n_thr) nthr = tape->n_thr;
+    step_ctx cx = {m, tape, B, T, nthr, N, opts->grad_scale != 0.0f ? opts->grad_scale : 1.0f, opts};
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) tape->pos[(size_t)b * T + t] = t;
+
+    /* forward */
+    float *x0 = layer_x(&cx, 0);
+#pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
+    for (size_t i = 0; i < N; i++) memcpy(x0 + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
+    int L = c->n_layers;
+    for (int l = 0; l < L; l++) layer_forward(&cx, l, layer_x(&cx, l + 1), 1);
+    float *xL = layer_x(&cx, L);
+    tp_rmsnorm_fwd(xL, m->final_norm, tape->h, tape->rstd_f, N, d, c->norm_eps);
+    fhook(&cx, TP_HOOK_FINAL_NORM, L, tape->h, d);
+
+    /* loss and lm_head */
+    float inv_count = counted ? 1.0f / (float)counted : 0.0f;
+    double total = loss_and_head(&cx, grad, opts->targets, inv_count);
+    ghook(&cx, TP_HOOK_FINAL_NORM, L, tape->h, tape->dh, d);
+
+    /* backward */
+    memset(tape->dres, 0, N * d * sizeof(float));
+    tp_rmsnorm_bwd(xL, m->final_norm, tape->rstd_f, tape->dh, tape->dres, grad->final_norm, cx.alpha, N, d);
+    for (int l = L - 1; l >= 0; l--) {
+        ghook(&cx, TP_HOOK_LAYER_OUT, l, layer_x(&cx, l + 1), tape->dres, d);
+        if (tape->recompute) layer_forward(&cx, l, NULL, 0);
+        layer_backward(&cx, &grad->layers[l], l);
+        ghook(&cx, TP_HOOK_LAYER_IN, l, layer_x(&cx, l), tape->dres, d);
+    }
+    embed_bwd(tokens, tape->dres, grad->tok_emb, N, d, cx.alpha);
+
+    if (loss) *loss = opts->loss ? total : (counted ? total / (double)counted : 0.0);
+    if (n_counted) *n_counted = counted;
+    return TP_OK;
 }
+
+/* ------------------------------- validation ------------------------------- */
+
+typedef struct {
+    float *h;
+    size_t n;
+} final_capture;
+
+static void capture_final(void *user, tp_hook_point p, int layer, const float *x, int B, int T, int width) {
+    (void)layer; (void)B; (void)T; (void)width;
+    final_capture *fc = user;
+    if (p == TP_HOOK_FINAL_NORM) memcpy(fc->h, x, fc->n * sizeof(float));
+}
+
 tp_status tp_ce_eval(const tp_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                      double *sum_loss, size_t *n_counted) {
-    (void)m; (void)tokens; (void)targets; (void)B; (void)T; (void)sum_loss; (void)n_counted;
-    return tp_fail(TP_ERR_UNSUPPORTED, "training is not built yet");
+    if (sum_loss) *sum_loss = 0;
+    if (n_counted) *n_counted = 0;
+    if (!m || !tokens || !targets) return tp_fail(TP_ERR_ARG, "ce eval: model, tokens and targets are required");
+    if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "ce eval: batch %d x length %d must be > 0", B, T);
+    const tp_config *c = &m->cfg;
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, V = (size_t)c->vocab;
+    tp_status st = check_tokens("ce eval", tokens, targets, N, c->vocab);
+    if (st) return st;
+    size_t chunk = N < LOGIT_CHUNK ? N : LOGIT_CHUNK;
+    final_capture fc = {malloc(N * d * sizeof(float)), N * d};
+    float *logits = malloc(chunk * V * sizeof(float));
+    double *rl = malloc(chunk * sizeof *rl);
+    if (!fc.h || !logits || !rl) {
+        free(fc.h); free(logits); free(rl);
+        return tp_fail(TP_ERR_NOMEM, "ce eval: out of memory for %d x %d tokens", B, T);
+    }
+    tp_forward_opts fo = {capture_final, &fc, NULL};
+    st = tp_forward_ex(m, tokens, B, T, NULL, NULL, 0, &fo);
+    double total = 0;
+    for (size_t r0 = 0; !st && r0 < N; r0 += LOGIT_CHUNK) {
+        size_t r1 = r0 + LOGIT_CHUNK < N ? r0 + LOGIT_CHUNK : N;
+        tp_matmul_wt(fc.h + r0 * d, m->lm_head, NULL, logits, r1 - r0, d, V);
+        total += tp_ce_rows(logits, targets + r0, r1 - r0, V, rl, 0, 0.0f);
+    }
+    size_t counted = 0;
+    for (size_t i = 0; i < N; i++) counted += targets[i] != TP_IGNORE_INDEX;
+    free(fc.h); free(logits); free(rl);
+    if (st) return st;
+    if (sum_loss) *sum_loss = total;
+    if (n_counted) *n_counted = counted;
+    return TP_OK;
 }

@@ -1,0 +1,15 @@
+/* Pieces of the training engine shared with the tests; not public API. */
+#ifndef TAPER_TRAIN_INTERNAL_H
+#define TAPER_TRAIN_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Cross-entropy of nr rows of logits (nr, V) against targets (TP_IGNORE_INDEX = no loss): the
+ * loss of each row into row_loss (nr); with grad set, logits are overwritten with
+ * d(sum of losses * inv_count)/d(logits) (zero rows for ignored targets). Returns the summed
+ * loss, added in row order. */
+double tp_ce_rows(float *logits, const int32_t *targets, size_t nr, size_t V, double *row_loss, int grad,
+                  float inv_count);
+
+#endif
