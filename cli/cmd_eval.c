@@ -139,7 +139,7 @@ static cJSON *task_json(const tp_task *t, const tp_task_result *r) {
 static void print_row(const tp_task *t, const tp_task_result *r) {
     char tm[32];
     fmt_time(tm, sizeof tm, r->seconds);
-    printf("%-16s %7zu", t->name, t->n_items);
+    printf("%-18s %7zu", t->name, t->n_items);
     if (t->kind == TP_TASK_ROLLING) {
         printf("  word_perplexity %.4f  byte_perplexity %.4f  bits_per_byte %.4f", r->word_perplexity,
                r->byte_perplexity, r->bits_per_byte);
@@ -272,7 +272,7 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddStringToObject(set, "target_delimiter", " ");
     cJSON_AddStringToObject(set, "acc_norm", "argmax of ll / len(choice) in characters");
     cJSON *jt = cJSON_AddArrayToObject(root, "tasks");
-    printf("%-16s %7s %9s %9s %9s %9s  %10s\n", "task", "items", "acc", "stderr", "acc_norm", "stderr", "time");
+    printf("%-18s %7s %9s %9s %9s %9s  %10s\n", "task", "items", "acc", "stderr", "acc_norm", "stderr", "time");
     double sum_acc = 0, sum_best = 0;
     int n_mc = 0;
     for (int k = 0; k < n_tasks && !s; k++) {
@@ -290,7 +290,7 @@ int cmd_eval(int argc, char **argv) {
         for (int c = 0; c < r.n_cats; c++) { /* MMLU: its categories, as lm_eval's groups */
             char nm[64];
             snprintf(nm, sizeof nm, " - %s", r.cats[c].name);
-            printf("%-16s %7zu", nm, r.cats[c].n);
+            printf("%-18s %7zu", nm, r.cats[c].n);
             print_num(r.cats[c].acc, 4);
             print_num(r.cats[c].acc_stderr, 4);
             printf("\n");
@@ -305,7 +305,7 @@ int cmd_eval(int argc, char **argv) {
         tp_task_result_free(&r);
     }
     if (!s && n_mc > 1) {
-        printf("%-16s %7d", "macro average", n_mc);
+        printf("%-18s %7d", "macro average", n_mc);
         print_num(sum_acc / n_mc, 4);
         printf(" %9s", "");
         print_num(sum_best / n_mc, 4);

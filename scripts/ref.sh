@@ -17,9 +17,18 @@ echo "ref: writing fresh reference values to $OUT"
 "$PY" tests/ref/tok_ref.py --out "$OUT"
 "$PY" tests/ref/model_ref.py --out "$OUT" --full
 "$PY" tests/ref/tiny_ref.py --out "$OUT"
+"$PY" tests/ref/grad_ref.py --out "$OUT"
+"$PY" tests/ref/optim_ref.py --out "$OUT" --tiny "$OUT/tiny/llama3"
 "$PY" tests/ref/importance_ref.py --out "$OUT"
+"$PY" tests/ref/sparsify_ref.py --out "$OUT"
+"$PY" tests/ref/train_ref.py --out "$OUT"
+# lm-evaluation-harness on the same items as tests/fixtures/eval (about 70 minutes here)
+"$PY" tests/ref/eval_ref.py --out "$OUT"
+"$PY" tests/ref/eval_ref.py --out "$OUT" --formats-only
 echo "ref: C suite against the fresh values"
 TAPER_GGUF_WRITTEN="$TAPER_EXPORT_DIR/rt.gguf" TAPER_TOK_SAVED_DIR="$TAPER_EXPORT_DIR/tok" TAPER_FIXTURES="$OUT" TAPER_LONG=1 TAPER_BIN="$PWD/build/taper" build/taper-tests
+echo "ref: every prompt of every eval item against the harness's requests"
+TAPER_FIXTURES="$OUT/eval_formats" TAPER_BIN="$PWD/build/taper" build/taper-tests eval_format
 echo "ref: references load taper's exports"
 "$PY" tests/ref/model_ref.py --check-hf "$TAPER_EXPORT_DIR/smollm2-hf" --check-gguf "$TAPER_EXPORT_DIR/smollm2-f32.gguf"
 "$PY" tests/ref/tok_ref.py --check-saved "$TAPER_EXPORT_DIR/tok"

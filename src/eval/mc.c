@@ -350,59 +350,162 @@ static void score_row(const float *r, size_t V, int32_t target, double *nll, int
     *greedy = am == (size_t)target;
 }
 
-/* Runs the units u[0..nu) together: their shared prefixes as one padded batch (no logits), then
- * one row per distinct tail (seqs whose tail input is a prefix of another's share its row, e.g. the
- * " A"/" B"/" C"/" D" of MMLU), each row starting from a copy of its unit's prefix cache (or in
- * the prefix cache itself when every unit has one row), as one padded batch chunked along time.
- * Sets each seq's ll and greedy flag. */
-static tp_status run_units(engine *e, unit_t *u, int nu) {
-    const tp_model *m = e->m;
-    size_t V = (size_t)m->cfg.vocab;
-    tp_status s = TP_OK;
-    int maxp = 0, nseq = 0, maxt = 0;
-    for (int i = 0; i < nu; i++) {
-        if (u[i].shared > maxp) maxp = u[i].shared;
-        nseq += u[i].n_seq;
-    }
-    /* rows: longest tails first within a unit; a seq reuses a row whose tail extends its own */
-    seq_t **sq = malloc((size_t)nseq * sizeof *sq);
-    int *sq_unit = malloc((size_t)nseq * sizeof *sq_unit), *sq_row = malloc((size_t)nseq * sizeof *sq_row);
-    int *row_unit = malloc((size_t)nseq * sizeof *row_unit);
-    seq_t **row_seq = malloc((size_t)nseq * sizeof *row_seq);
-    double *nll = NULL;
-    unsigned char *grd = NULL;
-    if (!sq || !sq_unit || !sq_row || !row_unit || !row_seq) {
-        s = tp_fail(TP_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    int nrow = 0;
+/* The rows of a group of units: one per distinct tail (a seq whose tail input is a prefix of
+ * another's shares that seq's row, e.g. MMLU's " A"/" B"/" C"/" D"). */
+typedef struct {
+    int nseq, nrow;
+    seq_t **sq;      /* (nseq) every seq of the group */
+    int *sq_unit;    /* (nseq) its unit */
+    int *sq_row;     /* (nseq) the row giving its logits */
+    int *row_unit;   /* (nrow) */
+    seq_t **row_seq; /* (nrow) the seq whose tokens the row runs */
+    double *nll;     /* (nseq * chunk) scratch */
+    unsigned char *grd;
+} rows_t;
+
+static void rows_free(rows_t *r) {
+    free(r->sq);
+    free(r->sq_unit);
+    free(r->sq_row);
+    free(r->row_unit);
+    free(r->row_seq);
+    free(r->nll);
+    free(r->grd);
+}
+
+static tp_status rows_build(unit_t *u, int nu, int chunk, rows_t *r) {
+    memset(r, 0, sizeof *r);
+    for (int i = 0; i < nu; i++) r->nseq += u[i].n_seq;
+    size_t n = (size_t)r->nseq;
+    r->sq = malloc(n * sizeof *r->sq);
+    r->sq_unit = malloc(n * sizeof *r->sq_unit);
+    r->sq_row = malloc(n * sizeof *r->sq_row);
+    r->row_unit = malloc(n * sizeof *r->row_unit);
+    r->row_seq = malloc(n * sizeof *r->row_seq);
+    r->nll = malloc(n * (size_t)chunk * sizeof *r->nll);
+    r->grd = malloc(n * (size_t)chunk);
+    if (!r->sq || !r->sq_unit || !r->sq_row || !r->row_unit || !r->row_seq || !r->nll || !r->grd)
+        return tp_fail(TP_ERR_NOMEM, "out of memory");
     for (int i = 0, j = 0; i < nu; i++) {
         int j0 = j;
         for (int k = 0; k < u[i].n_seq; k++, j++) {
-            sq[j] = &u[i].seq[k];
-            sq_unit[j] = i;
-            sq[j]->ll = 0;
-            sq[j]->greedy = 1;
+            r->sq[j] = &u[i].seq[k];
+            r->sq_unit[j] = i;
+            r->sq[j]->ll = 0;
+            r->sq[j]->greedy = 1;
         }
         for (int a = j0 + 1; a < j; a++) /* insertion sort by tail length, longest first */
-            for (int b = a; b > j0 && tail_len(&u[i], sq[b]) > tail_len(&u[i], sq[b - 1]); b--) {
-                seq_t *t = sq[b];
-                sq[b] = sq[b - 1];
-                sq[b - 1] = t;
+            for (int b = a; b > j0 && tail_len(&u[i], r->sq[b]) > tail_len(&u[i], r->sq[b - 1]); b--) {
+                seq_t *t = r->sq[b];
+                r->sq[b] = r->sq[b - 1];
+                r->sq[b - 1] = t;
             }
-        int r0 = nrow;
+        int r0 = r->nrow;
         for (int a = j0; a < j; a++) {
-            int r = r0;
-            while (r < nrow && !tail_prefix_of(&u[i], sq[a], row_seq[r])) r++;
-            if (r == nrow) {
-                row_seq[nrow] = sq[a];
-                row_unit[nrow++] = i;
-                if (tail_len(&u[i], sq[a]) > maxt) maxt = tail_len(&u[i], sq[a]);
+            int x = r0;
+            while (x < r->nrow && !tail_prefix_of(&u[i], r->sq[a], r->row_seq[x])) x++;
+            if (x == r->nrow) {
+                r->row_seq[r->nrow] = r->sq[a];
+                r->row_unit[r->nrow++] = i;
             }
-            sq_row[a] = r;
+            r->sq_row[a] = x;
         }
     }
-    int in_place = nrow == nu; /* one row per unit: the tails continue in the prefix cache */
+    return TP_OK;
+}
+
+/* Runs rows ids[0..nb) as one padded batch in kv, row ids[b] in slot b (its prefix already there
+ * and kv->len[b] = its unit's shared length), chunked along time; adds the log-likelihood of
+ * every seq whose row is among them. */
+static tp_status run_rows(engine *e, unit_t *u, rows_t *R, const int *ids, int nb, tp_kvcache *kv) {
+    const tp_model *m = e->m;
+    size_t V = (size_t)m->cfg.vocab;
+    tp_status s;
+    int maxt = 0;
+    for (int b = 0; b < nb; b++) {
+        int t = tail_len(&u[R->row_unit[ids[b]]], R->row_seq[ids[b]]);
+        if (t > maxt) maxt = t;
+    }
+    /* the seqs scored from these rows, and the slot of each */
+    int *js = malloc((size_t)R->nseq * sizeof *js), *slot = malloc((size_t)R->nseq * sizeof *slot), nj = 0;
+    if (!js || !slot) {
+        free(js);
+        free(slot);
+        return tp_fail(TP_ERR_NOMEM, "out of memory");
+    }
+    for (int j = 0; j < R->nseq; j++)
+        for (int b = 0; b < nb; b++)
+            if (R->sq_row[j] == ids[b]) {
+                js[nj] = j;
+                slot[nj++] = b;
+                break;
+            }
+    int step = e->chunk / nb > 0 ? e->chunk / nb : 1;
+    s = ensure_tok(e, (size_t)nb * (size_t)step);
+    if (!s && (size_t)nb * (size_t)step > e->logits_cap) {
+        free(e->logits);
+        e->logits_cap = (size_t)nb * (size_t)step;
+        e->logits = malloc(e->logits_cap * V * sizeof(float));
+        if (!e->logits) {
+            e->logits_cap = 0;
+            s = tp_fail(TP_ERR_NOMEM, "out of memory for %d x %d logits rows", nb, step);
+        }
+    }
+    for (int t0 = 0; !s && t0 < maxt; t0 += step) {
+        int T = maxt - t0 < step ? maxt - t0 : step;
+        for (int b = 0; b < nb; b++) {
+            const unit_t *ur = &u[R->row_unit[ids[b]]];
+            const seq_t *q = R->row_seq[ids[b]];
+            for (int t = 0; t < T; t++) {
+                int p = ur->shared + t0 + t; /* absolute position */
+                e->tok[(size_t)b * T + t] = p < q->len - 1 ? q->toks[p] : 0;
+            }
+        }
+        if ((s = tp_forward(m, e->tok, nb, T, kv, e->logits, 0))) break;
+        int n_pairs = nj * T;
+        double *nll = R->nll;
+        unsigned char *grd = R->grd;
+#pragma omp parallel for schedule(dynamic, 4)
+        for (int x = 0; x < n_pairs; x++) {
+            int c = x / T, t = x % T, j = js[c];
+            const seq_t *q = R->sq[j];
+            int p = u[R->sq_unit[j]].shared + t0 + t;
+            grd[x] = 2; /* not a scored position */
+            if (p + 1 < q->first || p + 1 >= q->len) continue;
+            int g;
+            score_row(e->logits + ((size_t)slot[c] * T + t) * V, V, q->toks[p + 1], &nll[x], &g);
+            grd[x] = (unsigned char)g;
+        }
+        for (int x = 0; x < n_pairs; x++) {
+            if (grd[x] == 2) continue;
+            seq_t *q = R->sq[js[x / T]];
+            q->ll -= nll[x];
+            if (!grd[x]) q->greedy = 0;
+        }
+    }
+    for (int b = 0; !s && b < nb; b++) e->tokens += (size_t)tail_len(&u[R->row_unit[ids[b]]], R->row_seq[ids[b]]);
+    free(js);
+    free(slot);
+    return s;
+}
+
+/* Runs the units u[0..nu) together and sets each seq's ll and greedy flag. Their shared prefixes
+ * go as one padded batch without logits. When every unit has a single row, the tails continue
+ * in that same cache as one batch. Otherwise the rows, longest tail first, go in batches of at
+ * most `chunk` tokens (padding only up to the longest tail of each batch), each row starting from
+ * a copy of its unit's prefix cache. */
+static tp_status run_units(engine *e, unit_t *u, int nu) {
+    const tp_model *m = e->m;
+    tp_status s;
+    rows_t R;
+    int *ids = NULL;
+    if ((s = rows_build(u, nu, e->chunk, &R))) goto done;
+    int maxp = 0, maxt = 0;
+    for (int i = 0; i < nu; i++)
+        if (u[i].shared > maxp) maxp = u[i].shared;
+    for (int r = 0; r < R.nrow; r++)
+        if (tail_len(&u[R.row_unit[r]], R.row_seq[r]) > maxt) maxt = tail_len(&u[R.row_unit[r]], R.row_seq[r]);
+    int in_place = R.nrow == nu;
     /* 1. shared prefixes, no logits */
     if (maxp > 0 || in_place) {
         if ((s = cache_view(&m->cfg, &e->pc, nu, maxp + (in_place ? maxt : 0)))) goto done;
@@ -421,85 +524,54 @@ static tp_status run_units(engine *e, unit_t *u, int nu) {
         for (int i = 0; i < nu; i++) e->tokens += (size_t)u[i].shared;
     }
     if (maxt <= 0) goto done;
-    /* 2. the rows' caches start at their unit's prefix */
-    tp_kvcache *kv;
-    if (in_place) {
-        kv = &e->pc.view;
-        for (int i = 0; i < nu; i++) kv->len[i] = u[i].shared;
-    } else {
-        if ((s = cache_view(&m->cfg, &e->sc, nrow, maxp + maxt))) goto done;
-        tp_kvcache *pc = &e->pc.view;
-        kv = &e->sc.view;
+    if (!(ids = malloc((size_t)R.nrow * sizeof *ids))) {
+        s = tp_fail(TP_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (in_place) { /* row i is unit i's only row: continue in the prefix cache */
+        for (int i = 0; i < nu; i++) { /* rows are made unit by unit: row i belongs to unit i */
+            e->pc.len[i] = u[i].shared;
+            ids[i] = i;
+        }
+        s = run_rows(e, u, &R, ids, nu, &e->pc.view);
+        goto done;
+    }
+    /* 2. rows by tail length, longest first, in batches of about chunk tokens */
+    for (int r = 0; r < R.nrow; r++) ids[r] = r;
+    for (int a = 1; a < R.nrow; a++)
+        for (int b = a; b > 0 && tail_len(&u[R.row_unit[ids[b]]], R.row_seq[ids[b]]) >
+                                     tail_len(&u[R.row_unit[ids[b - 1]]], R.row_seq[ids[b - 1]]);
+             b--) {
+            int t = ids[b];
+            ids[b] = ids[b - 1];
+            ids[b - 1] = t;
+        }
+    tp_kvcache *pc = &e->pc.view;
+    for (int r0 = 0; r0 < R.nrow && !s;) {
+        int tb = tail_len(&u[R.row_unit[ids[r0]]], R.row_seq[ids[r0]]), nb = 1;
+        while (r0 + nb < R.nrow && (nb + 1) * tb <= e->chunk) nb++;
+        int cap = 0;
+        for (int b = 0; b < nb; b++)
+            if (u[R.row_unit[ids[r0 + b]]].shared + tb > cap) cap = u[R.row_unit[ids[r0 + b]]].shared + tb;
+        if ((s = cache_view(&m->cfg, &e->sc, nb, cap))) break;
+        tp_kvcache *kv = &e->sc.view;
         size_t kvd = (size_t)kv->kv_dim;
-        for (int r = 0; r < nrow; r++) {
-            int i = row_unit[r], L = u[i].shared;
-            kv->len[r] = L;
+        for (int b = 0; b < nb; b++) {
+            int i = R.row_unit[ids[r0 + b]], L = u[i].shared;
+            kv->len[b] = L;
             for (int l = 0; L > 0 && l < m->cfg.n_layers; l++) {
                 size_t src = (((size_t)l * pc->B + i) * pc->cap) * kvd;
-                size_t dst = (((size_t)l * kv->B + r) * kv->cap) * kvd;
+                size_t dst = (((size_t)l * kv->B + b) * kv->cap) * kvd;
                 memcpy(kv->k + dst, pc->k + src, (size_t)L * kvd * sizeof(float));
                 memcpy(kv->v + dst, pc->v + src, (size_t)L * kvd * sizeof(float));
             }
         }
+        s = run_rows(e, u, &R, ids + r0, nb, kv);
+        r0 += nb;
     }
-    /* 3. tails with logits, chunked along time; every (seq, position) scored from its row */
-    int step = e->chunk / nrow > 0 ? e->chunk / nrow : 1;
-    if ((s = ensure_tok(e, (size_t)nrow * (size_t)step))) goto done;
-    if ((size_t)nrow * (size_t)step > e->logits_cap) {
-        free(e->logits);
-        e->logits_cap = (size_t)nrow * (size_t)step;
-        e->logits = malloc(e->logits_cap * V * sizeof(float));
-        if (!e->logits) {
-            e->logits_cap = 0;
-            s = tp_fail(TP_ERR_NOMEM, "out of memory for %d x %d logits rows", nrow, step);
-            goto done;
-        }
-    }
-    nll = malloc((size_t)nseq * (size_t)step * sizeof *nll);
-    grd = malloc((size_t)nseq * (size_t)step);
-    if (!nll || !grd) {
-        s = tp_fail(TP_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    for (int t0 = 0; t0 < maxt; t0 += step) {
-        int T = maxt - t0 < step ? maxt - t0 : step;
-        for (int r = 0; r < nrow; r++) {
-            const unit_t *ur = &u[row_unit[r]];
-            const seq_t *q = row_seq[r];
-            for (int t = 0; t < T; t++) {
-                int p = ur->shared + t0 + t; /* absolute position */
-                e->tok[(size_t)r * T + t] = p < q->len - 1 ? q->toks[p] : 0;
-            }
-        }
-        if ((s = tp_forward(m, e->tok, nrow, T, kv, e->logits, 0))) goto done;
-        int n_pairs = nseq * T;
-#pragma omp parallel for schedule(dynamic, 4)
-        for (int x = 0; x < n_pairs; x++) {
-            int j = x / T, t = x % T;
-            const seq_t *q = sq[j];
-            int p = u[sq_unit[j]].shared + t0 + t;
-            grd[x] = 2; /* not scored */
-            if (p + 1 < q->first || p + 1 >= q->len) continue;
-            int g;
-            score_row(e->logits + ((size_t)sq_row[j] * T + t) * V, V, q->toks[p + 1], &nll[x], &g);
-            grd[x] = (unsigned char)g;
-        }
-        for (int x = 0; x < n_pairs; x++) {
-            if (grd[x] == 2) continue;
-            seq_t *q = sq[x / T];
-            q->ll -= nll[x];
-            if (!grd[x]) q->greedy = 0;
-        }
-    }
-    for (int r = 0; r < nrow; r++) e->tokens += (size_t)tail_len(&u[row_unit[r]], row_seq[r]);
 done:
-    free(sq);
-    free(sq_unit);
-    free(sq_row);
-    free(row_unit);
-    free(row_seq);
-    free(nll);
-    free(grd);
+    free(ids);
+    rows_free(&R);
     return s;
 }
 

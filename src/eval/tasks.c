@@ -520,8 +520,8 @@ static tp_status oom(tp_task *t) {
 /* Reads a data file; a missing file is a clear error naming the path expected and the task. */
 static tp_status read_data(const char *task, const char *path, char **text, size_t *len) {
     tp_status s = tp_read_file(path, text, len);
-    if (s) return tp_fail(s, "task %s: cannot read %s (expected there; set --data-dir or TAPER_DATA): %s", task,
-                          path, tp_errmsg());
+    if (s) return tp_fail_ctx(s, "task %s: data file missing or unreadable (expected %s; set --data-dir or TAPER_DATA): ",
+                              task, path);
     return TP_OK;
 }
 
@@ -1170,7 +1170,7 @@ tp_status tp_task_load_file(const char *path, size_t limit, tp_task **out) {
     char *text = NULL, *line = NULL;
     size_t len = 0, pos = 0, lineno = 0, cap = 0;
     tp_status s = tp_read_file(path, &text, &len);
-    if (s) return tp_fail(s, "task file %s: %s", path, tp_errmsg());
+    if (s) return tp_fail_ctx(s, "task file: ");
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     char *name = xstrdup(base);
