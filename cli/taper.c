@@ -22,7 +22,10 @@ static const struct {
     {"prune", cmd_prune, "structured pruning (width and depth) to target sizes or a parameter budget"},
     {"sparsify", cmd_sparsify, "unstructured and N:M sparsity (magnitude, Wanda, SparseGPT)"},
     {"tokenize", cmd_tokenize, "turn text / jsonl / directories into binary token shards"},
+    {"generate-data", cmd_generate_data, "synthetic training data sampled from a teacher (SDG)"},
     {"train", cmd_train, "causal-LM training with AdamW, checkpoints and exact resume"},
+    {"distill", cmd_distill, "knowledge distillation of a student from a teacher (train + KD losses)"},
+    {"compress", cmd_compress, "the whole recipe: importance, prune, distil, evaluate, export, report"},
 };
 
 static void usage(FILE *f) {
@@ -30,7 +33,7 @@ static void usage(FILE *f) {
                "usage: taper <command> [options]   (taper <command> --help for details)\n\ncommands:\n",
             TAPER_VERSION);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].what);
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].what);
     fprintf(f, "\nMODEL is a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).\n"
                "Exit codes: 0 ok, 1 failure, 2 usage error. Progress goes to stderr, results to stdout.\n");
 }

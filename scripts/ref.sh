@@ -22,6 +22,8 @@ echo "ref: writing fresh reference values to $OUT"
 "$PY" tests/ref/importance_ref.py --out "$OUT"
 "$PY" tests/ref/sparsify_ref.py --out "$OUT"
 "$PY" tests/ref/train_ref.py --out "$OUT"
+"$PY" tests/ref/kd_ref.py --out "$OUT"
+"$PY" tests/ref/distill_ref.py --out "$OUT"
 # lm-evaluation-harness on the same items as tests/fixtures/eval (about 70 minutes here)
 "$PY" tests/ref/eval_ref.py --out "$OUT"
 "$PY" tests/ref/eval_ref.py --out "$OUT" --formats-only

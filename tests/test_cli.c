@@ -28,21 +28,27 @@ static int run(const char *args, char **out) {
 
 TT_TEST(cli_help_and_usage_errors) {
     if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
-    const char *cmds[] = {"info", "generate", "ppl", "convert"};
-    char *out;
-    TT_CHECK(run("--help", &out) == 0 && strstr(out, "commands:"), "taper --help");
-    free(out);
+    char *out, *help;
+    TT_CHECK(run("--help", &help) == 0 && strstr(help, "commands:"), "taper --help");
     TT_CHECK(run("frobnicate", &out) == 2 && strstr(out, "unknown command"), "unknown command -> 2");
     free(out);
-    for (size_t i = 0; i < 4; i++) {
-        char a[64];
-        snprintf(a, sizeof a, "%s --help", cmds[i]);
-        TT_CHECK(run(a, &out) == 0 && strstr(out, "usage: taper"), "%s --help exits 0 with usage", cmds[i]);
+    /* every command listed by taper --help: --help exits 0, an unknown option exits 2 */
+    int n = 0;
+    const char *p = strstr(help, "commands:");
+    for (p = p ? strchr(p, '\n') : NULL; p && p[1] == ' ' && p[2] == ' '; p = strchr(p + 1, '\n')) {
+        char name[32];
+        if (sscanf(p + 1, " %31s", name) != 1) break;
+        char a[96];
+        snprintf(a, sizeof a, "%s --help", name);
+        TT_CHECK(run(a, &out) == 0 && strstr(out, "usage: taper"), "%s --help exits 0 with usage", name);
         free(out);
-        snprintf(a, sizeof a, "%s --no-such-option x", cmds[i]);
-        TT_CHECK(run(a, &out) == 2, "%s with an unknown option exits 2", cmds[i]);
+        snprintf(a, sizeof a, "%s --no-such-option x", name);
+        TT_CHECK(run(a, &out) == 2, "%s with an unknown option exits 2", name);
         free(out);
+        n++;
     }
+    TT_CHECK(n >= 13, "taper --help lists %d commands", n);
+    free(help);
     TT_CHECK(run("ppl model.gguf --data x --ctx abc", &out) == 2 && strstr(out, "--ctx"), "bad --ctx names it");
     free(out);
     TT_CHECK(run("convert a b --to onnx", &out) == 2 && strstr(out, "--to"), "bad --to -> 2");

@@ -51,4 +51,54 @@ typedef enum { TP_HID_COSINE = 0, TP_HID_MSE } tp_hid_kind;
 double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
                       const float *P, float *dxs, float *dP, float scale);
 
+/* ---- the distillation step (src/train/distill.c) ----
+ * A teacher forward per micro-batch (no gradients; only its final-norm output and the mapped
+ * hidden states are kept), the logits loss computed chunk by chunk against the teacher's logits
+ * (recomputed per chunk from its final-norm output, so no (N, vocab) matrix is ever stored),
+ * optional CE on the labels, and intermediate-state losses injected into the student's backward
+ * through grad hooks. Plugs into tp_train_run (trainer.h) through its hooks. */
+#include "taper/model.h"
+#include "taper/train.h"
+#include "taper/trainer.h"
+
+#define TP_DISTILL_MAX_PAIRS 128
+
+typedef struct {
+    tp_kd_cfg kd;        /* logits divergence */
+    int topk;            /* 0: full vocabulary; k: the teacher's top-k + rest */
+    float w_logits;      /* weight of the logits loss (default 1; 0 = off) */
+    float w_ce;          /* weight of CE on the labels (default 0) */
+    tp_hid_kind hid;     /* intermediate-state loss */
+    int n_pairs;         /* mapped (student layer, teacher layer) pairs of LAYER_OUT states */
+    int s_layer[TP_DISTILL_MAX_PAIRS], t_layer[TP_DISTILL_MAX_PAIRS];
+    int emb;             /* 1: also the embedding outputs (LAYER_IN of layer 0) */
+    float alpha;         /* weight of the intermediate losses; < 0: dynamic, alpha = L_logits / L_inter
+                            (detached), the Minitron balancing */
+    const int32_t *proj_init; /* NULL, or the d_model_student teacher channels the student's channels
+                                 came from (width pruning): projections start as that selection */
+} tp_distill_cfg;
+
+void tp_distill_defaults(tp_distill_cfg *c); /* forward KL, tau 1, full vocab, w_logits 1, cosine, dynamic alpha */
+/* Parses "29:23,28:22" (student:teacher) into c's pairs; checks the layer ranges. */
+tp_status tp_distill_parse_map(tp_distill_cfg *c, const char *map, int student_layers, int teacher_layers);
+/* Automatic map: every student layer i to teacher layer kept[i] when kept (the depth-pruning plan's
+ * kept layers, n = student layers) is given, else proportionally: round((i+1) Lt / Ls) - 1. */
+void tp_distill_auto_map(tp_distill_cfg *c, int student_layers, int teacher_layers, const int *kept);
+
+typedef struct tp_distiller tp_distiller;
+/* Checks the pair (same vocabulary, layer ranges) and allocates buffers for micro-batches of B x T.
+ * teacher and student must outlive the distiller. opt: the student's optimizer settings, used for
+ * the projections too (may be NULL when no projection is needed). */
+tp_status tp_distiller_new(const tp_model *teacher, const tp_model *student, const tp_distill_cfg *c, int B, int T,
+                           const tp_adamw_cfg *opt, tp_distiller **out);
+void tp_distiller_free(tp_distiller *d);
+/* Fills hooks so that tp_train_run runs distillation steps. */
+void tp_distiller_hooks(tp_distiller *d, tp_train_hooks *hooks);
+/* Last update's loss parts (means over the update's micro-batches). */
+typedef struct { double logits, ce, inter, alpha; } tp_distill_losses;
+tp_distill_losses tp_distiller_last(const tp_distiller *d);
+/* The projections (n_states, d_teacher, d_student) and their gradients summed since the last
+ * update (NULL when the widths are equal); *n_states receives the state count. */
+const float *tp_distiller_proj(const tp_distiller *d, const float **grad, int *n_states);
+
 #endif

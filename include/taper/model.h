@@ -129,4 +129,11 @@ typedef struct {
 tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
                         float *logits, int last_only, const tp_forward_opts *opts);
 
+/* One decoder layer l of the model applied in place to a residual stream x (B*T, d_model),
+ * rows sequence-major, every sequence at positions 0..T-1 (no KV cache); opts->hook (if any) is
+ * called at the layer's points as in tp_forward_ex, skip_layer is ignored. Running it for
+ * l = 0..n_layers-1 on the token embeddings gives exactly tp_forward_ex's residual stream (the
+ * same code): calibration passes keep hidden states between layers with it. */
+tp_status tp_forward_layer(const tp_model *m, int l, float *x, int B, int T, const tp_forward_opts *opts);
+
 #endif

@@ -152,15 +152,84 @@ tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T, tp_
     return tp_forward_ex(m, tokens, B, T, cache, logits, last_only, NULL);
 }
 
+/* Allocates the work buffers of a forward over B sequences of T tokens (attention over at most
+ * Tk_max keys); x too unless the caller provides the residual stream (own_x = 0). */
+static tp_status alloc_buf(const tp_config *c, int B, int T, int Tk_max, int own_x, fwd_buf *b) {
+    size_t N = (size_t)B * T, d = (size_t)c->d_model;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff;
+    memset(b, 0, sizeof *b);
+    if (own_x) b->x = malloc(N * d * sizeof(float));
+    b->h = malloc(N * d * sizeof(float));
+    b->q = malloc(N * qd * sizeof(float));
+    b->k = malloc(N * kvd * sizeof(float));
+    b->v = malloc(N * kvd * sizeof(float));
+    b->att = malloc(N * qd * sizeof(float));
+    b->proj = malloc(N * d * sizeof(float));
+    b->g = malloc(N * ff * sizeof(float));
+    b->u = malloc(N * ff * sizeof(float));
+    b->scores = malloc((size_t)max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
+    b->pos = malloc(N * sizeof(int));
+    b->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
+    if ((own_x && !b->x) || !b->h || !b->q || !b->k || !b->v || !b->att || !b->proj || !b->g || !b->u ||
+        !b->scores || !b->pos || !b->inv_freq) {
+        free_buf(b);
+        return tp_fail(TP_ERR_NOMEM, "forward: out of memory for %d x %d tokens", B, T);
+    }
+    tp_rope_inv_freq(c, b->inv_freq);
+    return TP_OK;
+}
+
+/* Decoder layer l on the residual stream b->x (B*T rows), in place, with its hooks. */
+static void layer_forward(const tp_model *m, int l, fwd_buf *b, int B, int T, tp_kvcache *cache, int Tk_max,
+                          tp_hook_fn hook, void *user) {
+#define HOOK(point, x, width)                                               \
+    do {                                                                    \
+        if (hook) hook(user, point, l, x, B, T, (int)(width));              \
+    } while (0)
+    const tp_config *c = &m->cfg;
+    const tp_layer *L = &m->layers[l];
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim, ff = (size_t)c->d_ff;
+    HOOK(TP_HOOK_LAYER_IN, b->x, d);
+    tp_rmsnorm(b->x, L->attn_norm, b->h, N, d, c->norm_eps);
+    HOOK(TP_HOOK_ATTN_NORM, b->h, d);
+    attention(m, L, l, b, B, T, cache, Tk_max);
+    HOOK(TP_HOOK_ATTN_OUT, b->att, qd);
+    add_inplace(b->x, b->proj, N * d);
+    tp_rmsnorm(b->x, L->mlp_norm, b->h, N, d, c->norm_eps);
+    HOOK(TP_HOOK_MLP_NORM, b->h, d);
+    tp_matmul_wt(b->h, L->w_gate, NULL, b->g, N, d, ff);
+    tp_matmul_wt(b->h, L->w_up, NULL, b->u, N, d, ff);
+    HOOK(TP_HOOK_MLP_GATE, b->g, ff);
+    HOOK(TP_HOOK_MLP_UP, b->u, ff);
+    tp_silu_mul(b->g, b->u, N * ff);
+    HOOK(TP_HOOK_MLP_ACT, b->g, ff);
+    tp_matmul_wt(b->g, L->w_down, NULL, b->proj, N, ff, d);
+    add_inplace(b->x, b->proj, N * d);
+    HOOK(TP_HOOK_LAYER_OUT, b->x, d);
+#undef HOOK
+}
+
+tp_status tp_forward_layer(const tp_model *m, int l, float *x, int B, int T, const tp_forward_opts *opts) {
+    if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
+    if (l < 0 || l >= m->cfg.n_layers)
+        return tp_fail(TP_ERR_ARG, "forward: layer %d is outside the model's %d layers", l, m->cfg.n_layers);
+    fwd_buf b;
+    tp_status s = alloc_buf(&m->cfg, B, T, T, 0, &b);
+    if (s) return s;
+    b.x = x;
+    for (int sq = 0; sq < B; sq++)
+        for (int t = 0; t < T; t++) b.pos[(size_t)sq * T + t] = t;
+    layer_forward(m, l, &b, B, T, NULL, T, opts ? opts->hook : NULL, opts ? opts->user : NULL);
+    b.x = NULL;
+    free_buf(&b);
+    return TP_OK;
+}
+
 tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
                         float *logits, int last_only, const tp_forward_opts *opts) {
     tp_hook_fn hook = opts ? opts->hook : NULL;
     void *user = opts ? opts->user : NULL;
     const unsigned char *skip = opts ? opts->skip_layer : NULL;
-#define HOOK(point, layer, x, width)                                        \
-    do {                                                                    \
-        if (hook) hook(user, point, layer, x, B, T, (int)(width));          \
-    } while (0)
     const tp_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
     if (cache && cache->B != B)
@@ -177,59 +246,23 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
         if (tokens[i] < 0 || (size_t)tokens[i] >= V)
             return tp_fail(TP_ERR_ARG, "forward: token id %d at index %zu is outside the vocabulary (0..%zu)",
                            tokens[i], i, V - 1);
-    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim,
-           ff = (size_t)c->d_ff;
-    fwd_buf b = {0};
-    b.x = malloc(N * d * sizeof(float));
-    b.h = malloc(N * d * sizeof(float));
-    b.q = malloc(N * qd * sizeof(float));
-    b.k = malloc(N * kvd * sizeof(float));
-    b.v = malloc(N * kvd * sizeof(float));
-    b.att = malloc(N * qd * sizeof(float));
-    b.proj = malloc(N * d * sizeof(float));
-    b.g = malloc(N * ff * sizeof(float));
-    b.u = malloc(N * ff * sizeof(float));
-    b.scores = malloc((size_t)max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
-    b.pos = malloc(N * sizeof(int));
-    b.inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
-    if (!b.x || !b.h || !b.q || !b.k || !b.v || !b.att || !b.proj || !b.g || !b.u || !b.scores || !b.pos ||
-        !b.inv_freq) {
-        free_buf(&b);
-        return tp_fail(TP_ERR_NOMEM, "forward: out of memory for %d x %d tokens", B, T);
-    }
-    tp_rope_inv_freq(c, b.inv_freq);
+    fwd_buf b;
+    tp_status st = alloc_buf(c, B, T, Tk_max, 1, &b);
+    if (st) return st;
     for (int s = 0; s < B; s++)
         for (int t = 0; t < T; t++) b.pos[(size_t)s * T + t] = (cache ? cache->len[s] : 0) + t;
     for (size_t i = 0; i < N; i++) memcpy(b.x + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
 
     for (int l = 0; l < c->n_layers; l++) {
-        const tp_layer *L = &m->layers[l];
         if (skip && skip[l]) continue;
-        HOOK(TP_HOOK_LAYER_IN, l, b.x, d);
-        tp_rmsnorm(b.x, L->attn_norm, b.h, N, d, c->norm_eps);
-        HOOK(TP_HOOK_ATTN_NORM, l, b.h, d);
-        attention(m, L, l, &b, B, T, cache, Tk_max);
-        HOOK(TP_HOOK_ATTN_OUT, l, b.att, qd);
-        add_inplace(b.x, b.proj, N * d);
-        tp_rmsnorm(b.x, L->mlp_norm, b.h, N, d, c->norm_eps);
-        HOOK(TP_HOOK_MLP_NORM, l, b.h, d);
-        tp_matmul_wt(b.h, L->w_gate, NULL, b.g, N, d, ff);
-        tp_matmul_wt(b.h, L->w_up, NULL, b.u, N, d, ff);
-        HOOK(TP_HOOK_MLP_GATE, l, b.g, ff);
-        HOOK(TP_HOOK_MLP_UP, l, b.u, ff);
-        tp_silu_mul(b.g, b.u, N * ff);
-        HOOK(TP_HOOK_MLP_ACT, l, b.g, ff);
-        tp_matmul_wt(b.g, L->w_down, NULL, b.proj, N, ff, d);
-        add_inplace(b.x, b.proj, N * d);
-        HOOK(TP_HOOK_LAYER_OUT, l, b.x, d);
+        layer_forward(m, l, &b, B, T, cache, Tk_max, hook, user);
     }
     if (cache)
         for (int s = 0; s < B; s++) cache->len[s] += T;
     if (hook) {
         tp_rmsnorm(b.x, m->final_norm, b.h, N, d, c->norm_eps);
-        HOOK(TP_HOOK_FINAL_NORM, c->n_layers, b.h, d);
+        hook(user, TP_HOOK_FINAL_NORM, c->n_layers, b.h, B, T, (int)d);
     }
-#undef HOOK
     if (logits) {
         if (last_only) {
             for (int s = 0; s < B; s++)

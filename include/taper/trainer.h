@@ -1,0 +1,120 @@
+/* The training loop as a library call: micro-batches with gradient accumulation, AdamW with the
+ * warmup + cosine schedule, validation, a JSONL metrics log, crash-safe checkpoints, exact resume
+ * and a clean stop on request. `taper train` is a thin CLI around tp_train_run; distillation
+ * reuses it by plugging its logits loss (and hooks) into each micro-step through tp_train_hooks.
+ *
+ * What does not live here: the forward/backward (tp_train_step), the optimizer and checkpoint
+ * file format (train.h), argument parsing and signal handlers (cli/cmd_train.c). */
+#ifndef TAPER_TRAINER_H
+#define TAPER_TRAINER_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "taper/model.h"
+#include "taper/rng.h"
+#include "taper/status.h"
+#include "taper/train.h"
+
+typedef struct {
+    long steps;           /* stop once this many optimizer updates are done (resumed ones count) */
+    int B;                /* sequences per micro-batch */
+    int T;                /* tokens per sequence */
+    int accum;            /* micro-batches per update (gradients averaged: each scaled by 1/accum) */
+    tp_adamw_cfg opt;     /* lr schedule horizon = opt.total_steps (may differ from steps) */
+    uint64_t seed;        /* seeds the trainer RNG handed to hooks (the loader has its own seed) */
+    int val_every;        /* validation every K updates, plus before the first update of a fresh run
+                             and after the last; 0 = only those two; -1 = never */
+    int val_batches;      /* validation batches of B held-out windows (0 = all held-out windows) */
+    int ckpt_every;       /* checkpoint every K updates; one is always written at the end and on a
+                             stop request; 0 = only those */
+    int keep;             /* checkpoints kept in run_dir (0 = all) */
+    int recompute;        /* recompute layer activations in the backward (less memory) */
+    const char *run_dir;  /* metrics.jsonl + ckpt-*.tpc go here; NULL = write nothing */
+    const char *args_json;/* the run's settings, stored in every checkpoint (may be NULL) */
+    const char *const *resume_keys; /* NULL-terminated keys of args_json that must equal the
+                                       checkpoint's on resume (settings that change the trajectory) */
+    int resume;           /* continue from run_dir's newest valid checkpoint (fresh start if none) */
+    int quiet;            /* no progress bar, no log lines on stderr */
+    volatile sig_atomic_t *stop; /* when it becomes nonzero: finish the current update, write a
+                                    checkpoint, return with res->stopped = 1 (may be NULL) */
+} tp_train_cfg;
+
+/* Sensible defaults: B 4, T 256, accum 1, tp_adamw_defaults, val_every 0, val_batches 8,
+ * ckpt_every 100, keep 2; steps must be set by the caller. */
+void tp_train_cfg_defaults(tp_train_cfg *c);
+
+/* Where micro-batches come from: a loader (its cursor is saved in checkpoints and restored with
+ * tp_loader_seek), or a function of (update, micro-batch) that must return the same batch for the
+ * same arguments (then resume needs no cursor). Validation needs the loader. */
+typedef tp_status (*tp_batch_fn)(void *user, long step, int micro, int32_t *tokens, int32_t *targets, int B,
+                                 int T);
+typedef struct {
+    tp_loader *loader;    /* used when batch is NULL */
+    tp_batch_fn batch;
+    void *batch_user;
+} tp_train_data;
+
+/* Per micro-batch context handed to hooks. */
+typedef struct {
+    long step;            /* 0-based index of the update being computed */
+    int micro;            /* 0 .. accum-1 */
+    const int32_t *tokens, *targets; /* (B,T) */
+    int B, T;
+    tp_rng *rng;          /* the trainer RNG: saved in checkpoints, so its use resumes exactly */
+} tp_train_micro;
+
+typedef struct {
+    /* Called before each micro-step's tp_train_step; may set the loss, hook and grad_hook fields
+     * of opts (the loop has set targets and grad_scale). A nonzero status aborts the run. */
+    tp_status (*prepare)(void *user, const tp_train_micro *mb, tp_step_opts *opts);
+    /* Called after each update; may return extra JSON members (`"kd":1.5,"ce":2.1`, no braces)
+     * appended to that step's metrics line, or NULL. The text is copied. */
+    const char *(*metrics)(void *user, long step);
+    void *user;
+} tp_train_hooks;
+
+typedef struct {
+    long step_start;      /* updates done when this call began (0, or the checkpoint's step) */
+    long step;            /* updates done when it returned */
+    int stopped;          /* 1: ended early on *cfg->stop */
+    double loss;          /* training loss of the last update (NAN if none ran) */
+    double val_loss_first, val_loss; /* first and last validation losses of this call (NAN if none) */
+    double tokens;        /* tokens trained on in this call */
+    double seconds;       /* wall time of this call's loop (validation and checkpoints included) */
+    double train_seconds; /* time inside the updates only */
+    double tokens_seen;   /* over the whole run, resumed parts included */
+    double elapsed_s;     /* training wall time of the whole run */
+    size_t tape_bytes;    /* activation memory */
+    size_t state_bytes;   /* gradients + Adam moments */
+    char *resumed_from;   /* checkpoint loaded (malloc'd) or NULL */
+    char *last_ckpt;      /* checkpoint written last (malloc'd) or NULL */
+} tp_train_result;
+void tp_train_result_free(tp_train_result *r);
+
+/* Trains m in place. On a NaN/inf loss or gradient it stops before the bad update touches the
+ * weights, writes no checkpoint of that state and returns TP_ERR_NUMERIC naming the step; the
+ * run dir keeps its last good checkpoint. res may be NULL. */
+tp_status tp_train_run(tp_model *m, const tp_train_cfg *cfg, const tp_train_data *data, const tp_train_hooks *hooks,
+                       tp_train_result *res);
+
+/* Compares the JSON objects saved and now on the listed keys (NULL-terminated); a key missing
+ * from both is equal. Returns TP_OK when all agree, else TP_ERR_ARG with a message naming every
+ * differing key with both values. */
+tp_status tp_train_args_compare(const char *saved, const char *now, const char *const *keys);
+
+/* Keeps the complete lines of path whose "step" is <= step (drops a torn last line and anything
+ * logged after the checkpoint being resumed); a missing file is fine. Rewritten atomically. */
+tp_status tp_metrics_truncate(const char *path, long step);
+
+/* Complete-looking checkpoint files (ckpt-<step>.tpc) in dir: their count (0 when dir does not
+ * exist, -1 when it cannot be read) and the newest name into newest (may be NULL). */
+int tp_run_dir_ckpts(const char *dir, char *newest, size_t cap);
+
+/* 64-bit fingerprint of the parameters (bits, in order): detects a different model on resume. */
+uint64_t tp_params_hash(const tp_model *m);
+
+/* Random init for training from scratch: matrices N(0, std), norms 1, biases 0, from seed. */
+void tp_model_init_random(tp_model *m, uint64_t seed, float std);
+
+#endif

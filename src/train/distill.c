@@ -1,0 +1,426 @@
+/* The distillation step (include/taper/distill.h): per micro-batch a teacher forward that keeps
+ * only what the losses need, the logits loss against teacher logits recomputed chunk by chunk,
+ * optional CE, intermediate-state losses through the student's forward and grad hooks, learned
+ * projections where the widths differ. The training loop itself is tp_train_run's.
+ *
+ * Losses are means over the micro-batch's tokens: logits/CE are summed over rows and divided by
+ * N = B*T; an intermediate loss is the mean over rows of its per-row loss (cosine: 1 - cos; MSE:
+ * mean squared error over the columns of RMS-normalised states), averaged over the pairs. */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../model/kernels.h"
+#include "taper/distill.h"
+
+struct tp_distiller {
+    const tp_model *teacher, *student;
+    tp_distill_cfg cfg;
+    tp_adamw_cfg opt;
+    int B, T;
+    size_t N, ds, dt, V;
+    int n_states;          /* pairs + (emb ? 1 : 0); state n_pairs is the embedding output */
+    float *t_h;            /* (N, dt) teacher final-norm output of the current micro-batch */
+    float *t_states;       /* (n_states, N, dt) teacher hidden states */
+    float *tlog;           /* (chunk rows, V) teacher logits of the current chunk */
+    size_t tlog_rows;
+    float *ce_grad;        /* (chunk rows, V) */
+    int32_t *topk_idx;     /* (chunk rows, k) */
+    float *topk_lp;
+    float *nbuf;           /* (N, ds) scratch for normalised student states */
+    float *nbuf_t;         /* (N, dt) scratch for normalised teacher states */
+    float *ngrad;          /* (N, ds) */
+    /* projections, one per state when ds != dt: (dt, ds) each, with gradients and Adam moments */
+    float *P, *dP, *Pm, *Pv;
+    long p_step;
+    const int32_t *targets;/* current micro-batch */
+    int micro;
+    double pair_loss[TP_DISTILL_MAX_PAIRS + 1];
+    double mb_logits, mb_ce, mb_inter, mb_alpha;  /* current micro-batch */
+    double acc_logits, acc_ce, acc_inter, acc_alpha; int acc_n;
+    tp_distill_losses last;
+    char metrics_buf[256];
+};
+
+void tp_distill_defaults(tp_distill_cfg *c) {
+    memset(c, 0, sizeof *c);
+    c->kd.kind = TP_KD_FKL;
+    c->kd.tau = 1.0f;
+    c->kd.beta = 0.5f;
+    c->w_logits = 1.0f;
+    c->hid = TP_HID_COSINE;
+    c->alpha = -1.0f;
+}
+
+tp_status tp_distill_parse_map(tp_distill_cfg *c, const char *map, int student_layers, int teacher_layers) {
+    c->n_pairs = 0;
+    const char *p = map;
+    while (*p) {
+        char *end;
+        long s = strtol(p, &end, 10);
+        if (end == p || *end != ':')
+            return tp_fail(TP_ERR_ARG, "--map \"%s\": expected student:teacher pairs like 29:23,28:22", map);
+        p = end + 1;
+        long t = strtol(p, &end, 10);
+        if (end == p || (*end && *end != ','))
+            return tp_fail(TP_ERR_ARG, "--map \"%s\": expected student:teacher pairs like 29:23,28:22", map);
+        if (s < 0 || s >= student_layers || t < 0 || t >= teacher_layers)
+            return tp_fail(TP_ERR_ARG, "--map pair %ld:%ld: the student has layers 0..%d, the teacher 0..%d", s, t,
+                           student_layers - 1, teacher_layers - 1);
+        if (c->n_pairs >= TP_DISTILL_MAX_PAIRS)
+            return tp_fail(TP_ERR_ARG, "--map: more than %d pairs", TP_DISTILL_MAX_PAIRS);
+        c->s_layer[c->n_pairs] = (int)s;
+        c->t_layer[c->n_pairs] = (int)t;
+        c->n_pairs++;
+        p = *end ? end + 1 : end;
+    }
+    return TP_OK;
+}
+
+void tp_distill_auto_map(tp_distill_cfg *c, int student_layers, int teacher_layers, const int *kept) {
+    c->n_pairs = 0;
+    for (int i = 0; i < student_layers && i < TP_DISTILL_MAX_PAIRS; i++) {
+        int t = kept ? kept[i] : (int)lround((double)(i + 1) * teacher_layers / student_layers) - 1;
+        if (t < 0) t = 0;
+        if (t >= teacher_layers) t = teacher_layers - 1;
+        c->s_layer[c->n_pairs] = i;
+        c->t_layer[c->n_pairs] = t;
+        c->n_pairs++;
+    }
+}
+
+void tp_distiller_free(tp_distiller *d) {
+    if (!d) return;
+    free(d->t_h); free(d->t_states); free(d->tlog); free(d->ce_grad); free(d->topk_idx); free(d->topk_lp);
+    free(d->nbuf); free(d->nbuf_t); free(d->ngrad); free(d->P); free(d->dP); free(d->Pm); free(d->Pv);
+    free(d);
+}
+
+tp_status tp_distiller_new(const tp_model *teacher, const tp_model *student, const tp_distill_cfg *c, int B, int T,
+                           const tp_adamw_cfg *opt, tp_distiller **out) {
+    *out = NULL;
+    const tp_config *tc = &teacher->cfg, *sc = &student->cfg;
+    if (tc->vocab != sc->vocab)
+        return tp_fail(TP_ERR_ARG, "distillation: teacher vocabulary %d differs from the student's %d", tc->vocab,
+                       sc->vocab);
+    if (c->kd.tau <= 0 || !(c->kd.beta > 0 && c->kd.beta < 1))
+        return tp_fail(TP_ERR_ARG, "distillation: temperature %g must be > 0 and JSD beta %g in (0, 1)", c->kd.tau,
+                       c->kd.beta);
+    if (c->topk < 0 || c->topk > tc->vocab)
+        return tp_fail(TP_ERR_ARG, "distillation: top-k %d outside 0..%d", c->topk, tc->vocab);
+    if (c->n_pairs < 0 || c->n_pairs > TP_DISTILL_MAX_PAIRS) return tp_fail(TP_ERR_ARG, "distillation: bad pair count");
+    for (int i = 0; i < c->n_pairs; i++)
+        if (c->s_layer[i] < 0 || c->s_layer[i] >= sc->n_layers || c->t_layer[i] < 0 || c->t_layer[i] >= tc->n_layers)
+            return tp_fail(TP_ERR_ARG, "distillation: layer pair %d:%d outside the student's 0..%d / teacher's 0..%d",
+                           c->s_layer[i], c->t_layer[i], sc->n_layers - 1, tc->n_layers - 1);
+    tp_distiller *d = calloc(1, sizeof *d);
+    if (!d) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    d->teacher = teacher;
+    d->student = student;
+    d->cfg = *c;
+    if (opt) d->opt = *opt;
+    d->B = B;
+    d->T = T;
+    d->N = (size_t)B * T;
+    d->ds = (size_t)sc->d_model;
+    d->dt = (size_t)tc->d_model;
+    d->V = (size_t)tc->vocab;
+    d->n_states = c->n_pairs + (c->emb ? 1 : 0);
+    int inter = d->n_states > 0;
+    d->t_h = malloc(d->N * d->dt * sizeof(float));
+    if (inter) {
+        d->t_states = malloc((size_t)d->n_states * d->N * d->dt * sizeof(float));
+        d->nbuf = malloc(d->N * d->ds * sizeof(float));
+        d->nbuf_t = malloc(d->N * d->dt * sizeof(float));
+        d->ngrad = malloc(d->N * d->ds * sizeof(float));
+    }
+    int ok = d->t_h && (!inter || (d->t_states && d->nbuf && d->nbuf_t && d->ngrad));
+    if (inter && d->ds != d->dt) {
+        if (!opt) {
+            tp_distiller_free(d);
+            return tp_fail(TP_ERR_ARG, "distillation: widths differ (%zu vs %zu): projections need optimizer settings",
+                           d->ds, d->dt);
+        }
+        size_t np = (size_t)d->n_states * d->dt * d->ds;
+        d->P = calloc(np, sizeof(float));
+        d->dP = calloc(np, sizeof(float));
+        d->Pm = calloc(np, sizeof(float));
+        d->Pv = calloc(np, sizeof(float));
+        ok = ok && d->P && d->dP && d->Pm && d->Pv;
+        if (ok)
+            for (int s = 0; s < d->n_states; s++) {
+                /* start as the channel selection the student came from (or the leading channels) */
+                float *P = d->P + (size_t)s * d->dt * d->ds;
+                for (size_t i = 0; i < d->ds; i++) {
+                    size_t t = c->proj_init ? (size_t)c->proj_init[i] : i;
+                    if (t < d->dt) P[t * d->ds + i] = 1.0f;
+                }
+            }
+    }
+    if (!ok) {
+        tp_distiller_free(d);
+        return tp_fail(TP_ERR_NOMEM, "distillation: out of memory for %d x %d tokens", B, T);
+    }
+    *out = d;
+    return TP_OK;
+}
+
+/* ---- teacher forward ---- */
+
+static void teacher_hook(void *user, tp_hook_point p, int layer, const float *x, int B, int T, int width) {
+    tp_distiller *d = user;
+    size_t n = (size_t)B * T * (size_t)width;
+    if (p == TP_HOOK_FINAL_NORM) {
+        memcpy(d->t_h, x, n * sizeof(float));
+        return;
+    }
+    for (int i = 0; i < d->cfg.n_pairs; i++)
+        if (p == TP_HOOK_LAYER_OUT && d->cfg.t_layer[i] == layer)
+            memcpy(d->t_states + (size_t)i * d->N * d->dt, x, n * sizeof(float));
+    if (d->cfg.emb && p == TP_HOOK_LAYER_IN && layer == 0)
+        memcpy(d->t_states + (size_t)d->cfg.n_pairs * d->N * d->dt, x, n * sizeof(float));
+}
+
+/* ---- logits loss, chunk by chunk ---- */
+
+static int grow_chunk(tp_distiller *d, size_t rows) {
+    if (rows <= d->tlog_rows) return 1;
+    free(d->tlog);
+    free(d->ce_grad);
+    free(d->topk_idx);
+    free(d->topk_lp);
+    d->tlog = malloc(rows * d->V * sizeof(float));
+    d->ce_grad = d->cfg.w_ce != 0 ? malloc(rows * d->V * sizeof(float)) : NULL;
+    size_t k = d->cfg.topk > 0 ? (size_t)d->cfg.topk : 1;
+    d->topk_idx = malloc(rows * k * sizeof(int32_t));
+    d->topk_lp = malloc(rows * k * sizeof(float));
+    d->tlog_rows = d->tlog && d->topk_idx && d->topk_lp && (d->cfg.w_ce == 0 || d->ce_grad) ? rows : 0;
+    return d->tlog_rows > 0;
+}
+
+/* CE rows: loss summed, gradient (softmax - onehot) * scale into g */
+static double ce_rows(const float *s, const int32_t *targets, size_t R, size_t V, float *g, double scale) {
+    double total = 0;
+    for (size_t r = 0; r < R; r++) {
+        const float *sr = s + r * V;
+        float *gr = g + r * V;
+        int32_t y = targets[r];
+        if (y == TP_IGNORE_INDEX) {
+            memset(gr, 0, V * sizeof(float));
+            continue;
+        }
+        float mx = sr[0];
+        for (size_t j = 1; j < V; j++) mx = sr[j] > mx ? sr[j] : mx;
+        double z = 0;
+        for (size_t j = 0; j < V; j++) z += exp((double)sr[j] - mx);
+        double lz = mx + log(z);
+        total += lz - sr[y];
+        for (size_t j = 0; j < V; j++) gr[j] = (float)(exp((double)sr[j] - lz) * scale);
+        gr[y] -= (float)scale;
+    }
+    return total;
+}
+
+static double logits_loss(void *user, size_t r0, size_t r1, float *logits, size_t V) {
+    tp_distiller *d = user;
+    size_t R = r1 - r0;
+    if (!grow_chunk(d, R)) return NAN;
+    double invN = 1.0 / (double)d->N, ce = 0, kd = 0;
+    if (d->cfg.w_ce != 0 && d->targets) ce = ce_rows(logits, d->targets + r0, R, V, d->ce_grad, d->cfg.w_ce * invN);
+    if (d->cfg.w_logits != 0) {
+        tp_matmul_wt(d->t_h + r0 * d->dt, d->teacher->lm_head, NULL, d->tlog, R, d->dt, V);
+        if (d->cfg.topk > 0) {
+            int k = d->cfg.topk;
+#pragma omp parallel for schedule(static) if (R * V >= 65536)
+            for (size_t r = 0; r < R; r++)
+                tp_kd_topk(d->tlog + r * V, V, k, d->cfg.kd.tau, d->topk_idx + r * k, d->topk_lp + r * k);
+            kd = tp_kd_rows_topk(&d->cfg.kd, logits, d->topk_idx, d->topk_lp, k, R, V, (float)(d->cfg.w_logits * invN));
+        } else {
+            kd = tp_kd_rows(&d->cfg.kd, logits, d->tlog, R, V, (float)(d->cfg.w_logits * invN));
+        }
+    } else {
+        memset(logits, 0, R * V * sizeof(float));
+    }
+    if (d->cfg.w_ce != 0)
+        for (size_t i = 0; i < R * V; i++) logits[i] += d->ce_grad[i];
+    d->mb_logits += kd * invN;
+    d->mb_ce += ce * invN;
+    return (d->cfg.w_logits * kd + d->cfg.w_ce * ce) * invN;
+}
+
+/* ---- intermediate states ---- */
+
+/* which state a student hook point carries: pair index, n_pairs for the embedding, -1 none.
+ * Several pairs may share a student layer: *next continues the search. */
+static int state_of(const tp_distiller *d, tp_hook_point p, int layer, int from) {
+    for (int i = from; i < d->cfg.n_pairs; i++)
+        if (p == TP_HOOK_LAYER_OUT && d->cfg.s_layer[i] == layer) return i;
+    if (d->cfg.emb && p == TP_HOOK_LAYER_IN && layer == 0 && from <= d->cfg.n_pairs) return d->cfg.n_pairs;
+    return -1;
+}
+
+/* rows of x (N, w) divided by their RMS into y */
+static void rms_normalise(const float *x, float *y, size_t N, size_t w) {
+    for (size_t n = 0; n < N; n++) {
+        double ss = 0;
+        for (size_t i = 0; i < w; i++) ss += (double)x[n * w + i] * x[n * w + i];
+        double inv = ss > 0 ? 1.0 / sqrt(ss / (double)w) : 0.0;
+        for (size_t i = 0; i < w; i++) y[n * w + i] = (float)(x[n * w + i] * inv);
+    }
+}
+
+/* the loss of state s (mean over rows), and with dx != NULL its gradient * scale added to dx */
+static double state_loss(tp_distiller *d, int s, const float *xs, float *dx, double scale) {
+    size_t N = d->N, ds = d->ds, dt = d->dt;
+    const float *xt = d->t_states + (size_t)s * N * dt;
+    const float *P = d->P ? d->P + (size_t)s * dt * ds : NULL;
+    float *dP = d->P && dx ? d->dP + (size_t)s * dt * ds : NULL;
+    double invN = 1.0 / (double)N;
+    if (d->cfg.hid == TP_HID_COSINE) /* scale-invariant: no normalisation needed */
+        return tp_hidden_loss(TP_HID_COSINE, xs, ds, xt, dt, N, P, dx, dP, (float)(scale * invN)) * invN;
+    /* MSE between RMS-normalised states: y = x / rms(x); dx = (dy - y mean(dy . y)) / rms(x) */
+    rms_normalise(xs, d->nbuf, N, ds);
+    rms_normalise(xt, d->nbuf_t, N, dt);
+    if (!dx) return tp_hidden_loss(TP_HID_MSE, d->nbuf, ds, d->nbuf_t, dt, N, P, NULL, NULL, 1.0f) * invN;
+    memset(d->ngrad, 0, N * ds * sizeof(float));
+    double l = tp_hidden_loss(TP_HID_MSE, d->nbuf, ds, d->nbuf_t, dt, N, P, d->ngrad, dP, (float)(scale * invN));
+    for (size_t n = 0; n < N; n++) {
+        const float *x = xs + n * ds, *y = d->nbuf + n * ds, *g = d->ngrad + n * ds;
+        double ss = 0, dot = 0;
+        for (size_t i = 0; i < ds; i++) {
+            ss += (double)x[i] * x[i];
+            dot += (double)g[i] * y[i];
+        }
+        if (ss <= 0) continue;
+        double inv = 1.0 / sqrt(ss / (double)ds), m = dot / (double)ds;
+        for (size_t i = 0; i < ds; i++) dx[n * ds + i] += (float)((g[i] - y[i] * m) * inv);
+    }
+    return l * invN;
+}
+
+static void student_hook(void *user, tp_hook_point p, int layer, const float *x, int B, int T, int width) {
+    (void)B; (void)T; (void)width;
+    tp_distiller *d = user;
+    for (int s = state_of(d, p, layer, 0); s >= 0; s = state_of(d, p, layer, s + 1))
+        d->pair_loss[s] = state_loss(d, s, x, NULL, 0);
+}
+
+static double alpha_now(const tp_distiller *d) {
+    if (d->cfg.alpha >= 0) return d->cfg.alpha;
+    double li = 0;
+    for (int s = 0; s < d->n_states; s++) li += d->pair_loss[s];
+    li /= d->n_states;
+    return li > 0 ? (d->mb_logits * d->cfg.w_logits + d->mb_ce * d->cfg.w_ce) / li : 0.0;
+}
+
+static void student_grad_hook(void *user, tp_hook_point p, int layer, const float *x, float *dx, int B, int T,
+                              int width) {
+    (void)B; (void)T; (void)width;
+    tp_distiller *d = user;
+    double scale = d->mb_alpha / d->n_states;
+    for (int s = state_of(d, p, layer, 0); s >= 0; s = state_of(d, p, layer, s + 1))
+        if (scale != 0) state_loss(d, s, x, dx, scale);
+}
+
+/* ---- trainer hooks ---- */
+
+/* the loss fn runs before the backward: alpha is fixed there from this micro-batch's values */
+static double logits_loss_then_alpha(void *user, size_t r0, size_t r1, float *logits, size_t V) {
+    tp_distiller *d = user;
+    double l = logits_loss(user, r0, r1, logits, V);
+    if (r1 == d->N && d->n_states > 0) {
+        double li = 0;
+        for (int s = 0; s < d->n_states; s++) li += d->pair_loss[s];
+        d->mb_inter = li / d->n_states;
+        d->mb_alpha = alpha_now(d);
+    }
+    return l;
+}
+
+static void accumulate(tp_distiller *d) {
+    d->acc_logits += d->mb_logits;
+    d->acc_ce += d->mb_ce;
+    d->acc_inter += d->mb_inter;
+    d->acc_alpha += d->mb_alpha;
+    d->acc_n++;
+}
+
+static tp_status prepare(void *user, const tp_train_micro *mb, tp_step_opts *o) {
+    tp_distiller *d = user;
+    if (mb->B != d->B || mb->T != d->T)
+        return tp_fail(TP_ERR_ARG, "distillation: micro-batch %d x %d, distiller made for %d x %d", mb->B, mb->T, d->B,
+                       d->T);
+    d->targets = mb->targets;
+    d->micro = mb->micro;
+    if (mb->micro == 0) {
+        d->acc_logits = d->acc_ce = d->acc_inter = d->acc_alpha = 0;
+        d->acc_n = 0;
+    } else {
+        accumulate(d);
+    }
+    d->mb_logits = d->mb_ce = d->mb_inter = d->mb_alpha = 0;
+    if (d->cfg.w_logits != 0 || d->n_states > 0) { /* CE alone needs no teacher */
+        tp_forward_opts fo = {teacher_hook, d, NULL};
+        tp_status s = tp_forward_ex(d->teacher, mb->tokens, mb->B, mb->T, NULL, NULL, 0, &fo);
+        if (s) return tp_fail_ctx(s, "teacher forward: ");
+    }
+    o->loss = logits_loss_then_alpha;
+    o->loss_user = d;
+    if (d->n_states > 0) {
+        o->hook = student_hook;
+        o->hook_user = d;
+        o->grad_hook = student_grad_hook;
+        o->grad_hook_user = d;
+    }
+    return TP_OK;
+}
+
+/* AdamW on the projections (same settings and schedule as the student, no clipping), after
+ * every update; their gradients were summed over the update's micro-batches. */
+static void step_projections(tp_distiller *d, long step, int accum) {
+    if (!d->P) return;
+    const tp_adamw_cfg *c = &d->opt;
+    size_t n = (size_t)d->n_states * d->dt * d->ds;
+    double lr = tp_lr_at(c, step - 1);
+    long t = ++d->p_step;
+    double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
+    for (size_t i = 0; i < n; i++) {
+        float g = d->dP[i] / (float)accum;
+        d->P[i] *= (float)(1.0 - lr * c->weight_decay);
+        d->Pm[i] = c->beta1 * d->Pm[i] + (1 - c->beta1) * g;
+        d->Pv[i] = c->beta2 * d->Pv[i] + (1 - c->beta2) * g * g;
+        double den = sqrt(d->Pv[i]) / sqrt(bc2) + c->eps;
+        d->P[i] -= (float)(lr / bc1 * d->Pm[i] / den);
+    }
+    memset(d->dP, 0, n * sizeof(float));
+}
+
+static const char *metrics(void *user, long step) {
+    tp_distiller *d = user;
+    accumulate(d); /* the last micro-batch; means over the update's micro-batches */
+    d->last.logits = d->acc_logits / d->acc_n;
+    d->last.ce = d->acc_ce / d->acc_n;
+    d->last.inter = d->acc_inter / d->acc_n;
+    d->last.alpha = d->acc_alpha / d->acc_n;
+    step_projections(d, step, d->micro + 1);
+    snprintf(d->metrics_buf, sizeof d->metrics_buf, "\"kd\":%.9g,\"ce\":%.9g,\"inter\":%.9g,\"alpha\":%.6g",
+             d->last.logits, d->last.ce, d->last.inter, d->last.alpha);
+    return d->metrics_buf;
+}
+
+void tp_distiller_hooks(tp_distiller *d, tp_train_hooks *h) {
+    memset(h, 0, sizeof *h);
+    h->prepare = prepare;
+    h->metrics = metrics;
+    h->user = d;
+}
+
+tp_distill_losses tp_distiller_last(const tp_distiller *d) { return d->last; }
+
+const float *tp_distiller_proj(const tp_distiller *d, const float **grad, int *n_states) {
+    if (grad) *grad = d->dP;
+    if (n_states) *n_states = d->n_states;
+    return d->P;
+}

@@ -1,0 +1,235 @@
+/* The distillation step (src/train/distill.c) on tiny models against PyTorch autograd
+ * (tests/ref/distill_ref.py -> tests/fixtures/distill): loss parts and every student gradient,
+ * the projection's gradient, dynamic alpha, and a student identical to its teacher (zero loss and
+ * zero gradient). */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "taper/distill.h"
+#include "taper/trainer.h"
+#include "taper/util.h"
+#include "tt.h"
+
+static char *fx(const char *name) {
+    char *dir = tt_path(tt_fixtures_dir(), "distill"), *p = tt_path(dir, name);
+    free(dir);
+    return p;
+}
+
+static tp_model *load(const char *name) {
+    char *p = fx(name);
+    tp_model *m = NULL;
+    if (tp_model_load_hf(p, &m) != TP_OK) TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
+    free(p);
+    return m;
+}
+
+/* tensor of m by HF name */
+static float *tensor(tp_model *m, const char *name, size_t *n) {
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, V = (size_t)c->vocab, ff = (size_t)c->d_ff;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    if (!strcmp(name, "model.embed_tokens.weight")) return *n = V * d, m->tok_emb;
+    if (!strcmp(name, "lm_head.weight")) return *n = V * d, m->lm_head;
+    if (!strcmp(name, "model.norm.weight")) return *n = d, m->final_norm;
+    int l, off = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &off) != 1 || !off || l < 0 || l >= c->n_layers) return NULL;
+    tp_layer *L = &m->layers[l];
+    const char *f = name + off;
+    if (!strcmp(f, "input_layernorm.weight")) return *n = d, L->attn_norm;
+    if (!strcmp(f, "post_attention_layernorm.weight")) return *n = d, L->mlp_norm;
+    if (!strcmp(f, "self_attn.q_proj.weight")) return *n = qd * d, L->wq;
+    if (!strcmp(f, "self_attn.k_proj.weight")) return *n = kvd * d, L->wk;
+    if (!strcmp(f, "self_attn.v_proj.weight")) return *n = kvd * d, L->wv;
+    if (!strcmp(f, "self_attn.o_proj.weight")) return *n = d * qd, L->wo;
+    if (!strcmp(f, "mlp.gate_proj.weight")) return *n = ff * d, L->w_gate;
+    if (!strcmp(f, "mlp.up_proj.weight")) return *n = ff * d, L->w_up;
+    if (!strcmp(f, "mlp.down_proj.weight")) return *n = d * ff, L->w_down;
+    return NULL;
+}
+
+static double num(const cJSON *j, const char *k) { return cJSON_GetObjectItemCaseSensitive(j, k)->valuedouble; }
+
+static int32_t *ints(const cJSON *a, size_t n) {
+    int32_t *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = (int32_t)cJSON_GetArrayItem(a, (int)i)->valuedouble;
+    return v;
+}
+
+/* worst max|diff| / max|ref| of one tensor */
+static double rel(const float *a, const cJSON *ref, size_t n) {
+    if (!cJSON_IsArray(ref) || (size_t)cJSON_GetArraySize(ref) != n) return INFINITY;
+    double md = 0, mr = 1e-30;
+    size_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, ref) {
+        double d = fabs(a[i] - e->valuedouble);
+        md = d > md || isnan(d) ? (isnan(d) ? INFINITY : d) : md;
+        mr = fmax(mr, fabs(e->valuedouble));
+        i++;
+    }
+    return md / mr;
+}
+
+TT_TEST(distill_step_vs_torch) {
+    char *p = fx("distill.json"), *text = NULL;
+    cJSON *j = NULL;
+    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
+    free(text);
+    free(p);
+    if (!j) {
+        tt_skip("no fixture distill/distill.json (run tests/ref/distill_ref.py)");
+        return;
+    }
+    int B = (int)num(j, "B"), T = (int)num(j, "T");
+    int32_t *tokens = ints(cJSON_GetObjectItem(j, "tokens"), (size_t)B * T);
+    int32_t *targets = ints(cJSON_GetObjectItem(j, "targets"), (size_t)B * T);
+    tp_model *teacher = load("teacher");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases")) {
+        const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
+        tp_model *st = load(cJSON_GetObjectItem(c, "student")->valuestring), *grad = NULL;
+        if (!teacher || !st || tp_model_alloc(&st->cfg, &grad) != TP_OK) break;
+        tp_distill_cfg cfg;
+        tp_distill_defaults(&cfg);
+        const char *kind = cJSON_GetObjectItem(c, "kind")->valuestring;
+        cfg.kd.kind = !strcmp(kind, "fkl") ? TP_KD_FKL : !strcmp(kind, "rkl") ? TP_KD_RKL : TP_KD_JSD;
+        cfg.kd.tau = (float)num(c, "tau");
+        cfg.kd.tau2 = (int)num(c, "tau2");
+        cfg.kd.beta = (float)num(c, "beta");
+        cfg.topk = (int)num(c, "topk");
+        cfg.w_logits = (float)num(c, "w_logits");
+        cfg.w_ce = (float)num(c, "w_ce");
+        cfg.hid = !strcmp(cJSON_GetObjectItem(c, "hid")->valuestring, "mse") ? TP_HID_MSE : TP_HID_COSINE;
+        const cJSON *pr;
+        cJSON_ArrayForEach(pr, cJSON_GetObjectItem(c, "pairs")) {
+            cfg.s_layer[cfg.n_pairs] = cJSON_GetArrayItem(pr, 0)->valueint;
+            cfg.t_layer[cfg.n_pairs++] = cJSON_GetArrayItem(pr, 1)->valueint;
+        }
+        cfg.emb = (int)num(c, "emb");
+        cfg.alpha = (float)num(c, "alpha");
+        tp_adamw_cfg opt;
+        tp_adamw_defaults(&opt);
+        tp_distiller *d = NULL;
+        tp_tape *tape = NULL;
+        TT_CHECK(tp_distiller_new(teacher, st, &cfg, B, T, &opt, &d) == TP_OK, "%s: distiller: %s", name, tp_errmsg());
+        TT_CHECK(tp_tape_alloc(&st->cfg, B, T, 0, &tape) == TP_OK, "tape: %s", tp_errmsg());
+        if (!d || !tape) break;
+        tp_train_hooks h;
+        tp_distiller_hooks(d, &h);
+        tp_rng rng;
+        tp_rng_seed(&rng, 1);
+        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng};
+        tp_step_opts o;
+        memset(&o, 0, sizeof o);
+        o.targets = targets;
+        TT_CHECK(h.prepare(h.user, &mb, &o) == TP_OK, "prepare: %s", tp_errmsg());
+        double loss = 0;
+        size_t nc = 0;
+        TT_CHECK(tp_train_step(st, grad, tape, tokens, B, T, &o, &loss, &nc) == TP_OK, "step: %s", tp_errmsg());
+        const float *dP = NULL;
+        int ns = 0;
+        if (tp_distiller_proj(d, &dP, &ns)) {
+            double e = rel(dP, cJSON_GetObjectItem(c, "dP"), (size_t)ns * teacher->cfg.d_model * st->cfg.d_model);
+            TT_CHECK(e <= 1e-4, "%s: projection gradient rel %.2e", name, e);
+            tt_note("%s: %d projections, gradient rel %.2e", name, ns, e);
+        }
+        h.metrics(h.user, 1);
+        tp_distill_losses L = tp_distiller_last(d);
+        double kd = num(c, "kd"), ce = num(c, "ce"), inter = num(c, "inter"), alpha = num(c, "alpha");
+        TT_CHECK(fabs(L.logits - kd) <= 1e-5 * fabs(kd) && fabs(L.ce * cfg.w_ce - ce * cfg.w_ce) <= 1e-5 * fabs(ce) &&
+                     fabs(L.inter - inter) <= 1e-5 * fabs(inter) + 1e-9 && fabs(L.alpha - alpha) <= 1e-4 * fabs(alpha),
+                 "%s: kd %.8g/%.8g ce %.8g/%.8g inter %.8g/%.8g alpha %.6g/%.6g", name, L.logits, kd, L.ce, ce, L.inter,
+                 inter, L.alpha, alpha);
+        double worst = 0;
+        const char *wn = "";
+        const cJSON *g;
+        int n_t = 0;
+        cJSON_ArrayForEach(g, cJSON_GetObjectItem(c, "grads")) {
+            size_t n = 0;
+            float *t = tensor(grad, g->string, &n);
+            double e = t ? rel(t, g, n) : INFINITY;
+            if (e > worst) worst = e, wn = g->string;
+            n_t++;
+        }
+        TT_CHECK(worst <= 1e-4, "%s: worst gradient %s rel %.2e", name, wn, worst);
+        tt_note("%s: %d student tensors, worst gradient rel %.2e (%s); kd %.6f inter %.6f alpha %.4f", name, n_t,
+                worst, wn, L.logits, L.inter, L.alpha);
+        tp_distiller_free(d);
+        tp_tape_free(tape);
+        tp_model_free(grad);
+        tp_model_free(st);
+    }
+    tp_model_free(teacher);
+    free(tokens);
+    free(targets);
+    cJSON_Delete(j);
+}
+
+/* A student equal to its teacher: every divergence and state loss is 0, and so is the gradient. */
+TT_TEST(distill_identical_student_zero) {
+    tp_model *teacher = load("teacher"), *st = load("teacher"), *grad = NULL;
+    if (!teacher || !st || tp_model_alloc(&st->cfg, &grad) != TP_OK) return;
+    enum { B = 2, T = 9 };
+    int32_t tokens[B * T], targets[B * T];
+    for (int i = 0; i < B * T; i++) tokens[i] = (i * 37 + 5) % 97, targets[i] = TP_IGNORE_INDEX;
+    tp_kd_kind kinds[3] = {TP_KD_FKL, TP_KD_RKL, TP_KD_JSD};
+    for (int k = 0; k < 3; k++) {
+        tp_distill_cfg cfg;
+        tp_distill_defaults(&cfg);
+        cfg.kd.kind = kinds[k];
+        cfg.kd.tau = 2.0f;
+        cfg.hid = k == 1 ? TP_HID_MSE : TP_HID_COSINE;
+        cfg.alpha = 1.0f;
+        tp_distill_auto_map(&cfg, st->cfg.n_layers, teacher->cfg.n_layers, NULL);
+        cfg.emb = 1;
+        tp_distiller *d = NULL;
+        tp_tape *tape = NULL;
+        if (tp_distiller_new(teacher, st, &cfg, B, T, NULL, &d) || tp_tape_alloc(&st->cfg, B, T, 0, &tape)) {
+            TT_CHECK(0, "setup: %s", tp_errmsg());
+            return;
+        }
+        tp_train_hooks h;
+        tp_distiller_hooks(d, &h);
+        tp_rng rng;
+        tp_rng_seed(&rng, 1);
+        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng};
+        tp_step_opts o;
+        memset(&o, 0, sizeof o);
+        memset(grad->params, 0, grad->n_params * sizeof(float));
+        h.prepare(h.user, &mb, &o);
+        double loss = 1;
+        tp_train_step(st, grad, tape, tokens, B, T, &o, &loss, NULL);
+        h.metrics(h.user, 1);
+        tp_distill_losses L = tp_distiller_last(d);
+        float mg = 0;
+        for (size_t i = 0; i < grad->n_params; i++) mg = fmaxf(mg, fabsf(grad->params[i]));
+        TT_CHECK(fabs(loss) < 1e-6 && fabs(L.inter) < 1e-6 && mg < 1e-5f,
+                 "kind %d: loss %.3g inter %.3g max |grad| %.3g", k, loss, L.inter, mg);
+        tp_distiller_free(d);
+        tp_tape_free(tape);
+    }
+    tp_model_free(grad);
+    tp_model_free(st);
+    tp_model_free(teacher);
+}
+
+TT_TEST(distill_map_parsing) {
+    tp_distill_cfg c;
+    tp_distill_defaults(&c);
+    TT_CHECK(tp_distill_parse_map(&c, "29:23,28:22", 30, 30) == TP_OK && c.n_pairs == 2 && c.s_layer[0] == 29 &&
+                 c.t_layer[1] == 22,
+             "29:23,28:22");
+    TT_CHECK(tp_distill_parse_map(&c, "30:1", 30, 30) == TP_ERR_ARG && strstr(tp_errmsg(), "0..29"), "range: %s",
+             tp_errmsg());
+    TT_CHECK(tp_distill_parse_map(&c, "3-4", 30, 30) == TP_ERR_ARG, "syntax");
+    tp_distill_auto_map(&c, 20, 30, NULL);
+    TT_CHECK(c.n_pairs == 20 && c.t_layer[19] == 29 && c.t_layer[0] == 1 && c.t_layer[9] == 14,
+             "proportional map: last %d first %d mid %d", c.t_layer[19], c.t_layer[0], c.t_layer[9]);
+    int kept[3] = {0, 5, 9};
+    tp_distill_auto_map(&c, 3, 10, kept);
+    TT_CHECK(c.n_pairs == 3 && c.t_layer[1] == 5 && c.t_layer[2] == 9, "map from kept layers");
+}
