@@ -160,6 +160,9 @@ static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const t
     if (s) return s;
     st->student = m;
     if (st->mask && (s = tp_mask_apply(m, st->mask))) return s;
+    if (tp_distiller_proj(st->d, NULL, NULL))
+        fprintf(stderr, "taper distill: note: the learned projections (student and teacher widths differ) are not "
+                        "stored in checkpoints yet: a resumed run starts them again from the channel selection\n");
     tp_distiller_hooks(st->d, &st->inner);
     st->outer.prepare = prepare;
     st->outer.metrics = metrics;

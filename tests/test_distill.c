@@ -233,3 +233,110 @@ TT_TEST(distill_map_parsing) {
     tp_distill_auto_map(&c, 3, 10, kept);
     TT_CHECK(c.n_pairs == 3 && c.t_layer[1] == 5 && c.t_layer[2] == 9, "map from kept layers");
 }
+
+/* taper distill --keep-mask: a sparse student stays exactly sparse through distillation
+ * (masked weights zero after every update and in the export) while the others train. */
+#include <sys/wait.h>
+#include <unistd.h>
+#include "taper/sparsify.h"
+
+static int sh(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TT_TEST(distill_cli_keep_mask) {
+    const char *bin = getenv("TAPER_BIN");
+    if (!bin) {
+        tt_skip("TAPER_BIN not set (run through make test)");
+        return;
+    }
+    char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *mask = tt_path(tt_fixtures_dir(), "sparsify/wanda_50.tpmask");
+    char *dir = tt_path(tt_tmp_dir(), "keepmask"), *text = tt_path(dir, "text.txt"), cmd[4096];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    sh(cmd);
+    FILE *f = fopen(text, "w");
+    for (int i = 0; f && i < 40; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
+    if (f) fclose(f);
+    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards' '%s' > '%s/log' 2>&1", bin, model, dir,
+             text, dir);
+    TT_CHECK(sh(cmd) == 0, "tokenize");
+    snprintf(cmd, sizeof cmd,
+             "TAPER_PROGRESS=0 '%s' distill '%s' --teacher '%s' --data '%s/shards' --steps 4 --seq 16 --batch 2 "
+             "--lr 1e-2 --warmup 0 --run-dir '%s/run' --keep-mask '%s' --export-hf '%s/out' --threads 1 >> '%s/log' 2>&1",
+             bin, model, model, dir, dir, mask, dir, dir);
+    TT_CHECK(sh(cmd) == 0, "distill --keep-mask (log in %s/log)", dir);
+    char *out = tt_path(dir, "out");
+    tp_model *m = NULL, *orig = NULL;
+    tp_mask *mk = NULL;
+    if (tp_model_load_hf(out, &m) == TP_OK && tp_model_load_hf(model, &orig) == TP_OK && tp_mask_load(mask, &mk) == TP_OK) {
+        long long viol = tp_mask_violations(m, mk);
+        size_t pruned = 0, changed = 0;
+        for (int i = 0; i < mk->n; i++) pruned += mk->t[i].n_pruned;
+        for (size_t i = 0; i < m->n_params; i++) changed += m->params[i] != orig->params[i];
+        TT_CHECK(viol == 0, "exported student: %lld masked weights are not zero", viol);
+        TT_CHECK(changed > pruned + 1000, "training changed %zu weights beyond the %zu masked ones", changed - pruned,
+                 pruned);
+        tt_note("%zu weights masked and zero after 4 KD steps at lr 1e-2; %zu others changed", pruned, changed - pruned);
+    } else {
+        TT_CHECK(0, "loading the export / mask: %s", tp_errmsg());
+    }
+    tp_model_free(m);
+    tp_model_free(orig);
+    tp_mask_free(mk);
+    free(out);
+    free(model);
+    free(mask);
+    free(dir);
+    free(text);
+}
+
+/* taper compress end to end on a tiny model (depth axis: 2 -> 1 layer), then the same command
+ * again: every stage is skipped and the report is rebuilt. */
+TT_TEST(distill_cli_compress_pipeline) {
+    const char *bin = getenv("TAPER_BIN");
+    if (!bin) {
+        tt_skip("TAPER_BIN not set (run through make test)");
+        return;
+    }
+    char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *dir = tt_path(tt_tmp_dir(), "compress");
+    char *text = tt_path(dir, "text.txt"), cmd[8192], run_cmd[4096];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    sh(cmd);
+    FILE *f = fopen(text, "w");
+    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
+    if (f) fclose(f);
+    snprintf(run_cmd, sizeof run_cmd,
+             "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 43152 --axes depth -o '%s/run' --sdg-samples 8 "
+             "--sdg-tokens 40 --calib-samples 4 --calib-seq 16 --depth-samples 2 --steps 3 --seq 16 --batch 2 "
+             "--ckpt-every 2 --eval-text '%s' --eval-chunks 2 --eval-ctx 16 --tasks '' --threads 1",
+             bin, model, dir, text);
+    snprintf(cmd, sizeof cmd, "%s > '%s/out1' 2>&1", run_cmd, dir);
+    TT_CHECK(sh(cmd) == 0, "compress runs (output in %s/out1)", dir);
+    const char *files[] = {"run/report.md", "run/importance.json", "run/pruned/prune_plan.json", "run/student/config.json",
+                           "run/teacher-ppl.json", "run/student-ppl.json", "run/distill/metrics.jsonl", "run/sdg/sdg-00000.tpt"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char *p = tt_path(dir, files[i]);
+        TT_CHECK(access(p, F_OK) == 0, "%s written", files[i]);
+        free(p);
+    }
+    char *st = tt_path(dir, "run/student");
+    tp_model *m = NULL;
+    TT_CHECK(tp_model_load_hf(st, &m) == TP_OK && m->cfg.n_layers == 1, "the student has 1 layer");
+    tp_model_free(m);
+    free(st);
+    snprintf(cmd, sizeof cmd, "%s > '%s/out2' 2>&1", run_cmd, dir);
+    TT_CHECK(sh(cmd) == 0, "the same command again");
+    char *o2 = tt_path(dir, "out2"), *t2 = NULL;
+    if (tp_read_file(o2, &t2, NULL) == TP_OK) {
+        int skipped = 0;
+        for (const char *p = t2; (p = strstr(p, "done earlier, skipped")); p++) skipped++;
+        TT_CHECK(skipped == 7 && !strstr(t2, "compress: [distill] taper"), "rerun: %d stages skipped, nothing rerun",
+                 skipped);
+    }
+    free(t2);
+    free(o2);
+    free(model);
+    free(dir);
+    free(text);
+}

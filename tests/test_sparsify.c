@@ -59,6 +59,20 @@ static int fixture_load(fixture *f) {
     return n == (size_t)f->n_samples * f->seq_len;
 }
 
+/* SmolLM2, loaded once; tests may sparsify it in place (the forward check holds for any weights). */
+static tp_model *g_default;
+
+static tp_model *default_model(void) {
+    if (g_default) return g_default;
+    const char *p = tt_model_path();
+    if (!p) return NULL;
+    if (tp_model_load(p, &g_default)) {
+        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
+        g_default = NULL;
+    }
+    return g_default;
+}
+
 static tp_model *tiny(const fixture *f) {
     tp_model *m = NULL;
     if (tp_model_load_hf(f->model_dir, &m)) {
@@ -251,12 +265,9 @@ TT_TEST(sparsify_forward_layer_matches_forward) {
         TT_CHECK(0, "fixtures/sparsify missing");
     }
     fixture_free(&f);
-    const char *p = tt_model_path();
-    if (!p) { tt_note("default model not found: SmolLM2 part skipped"); return; }
-    tp_model *m = NULL;
-    if (tp_model_load(p, &m)) { TT_CHECK(0, "%s", tp_errmsg()); return; }
+    tp_model *m = default_model();
+    if (!m) { tt_note("default model not found: SmolLM2 part skipped"); return; }
     layer_by_layer(m, 2, 24, "SmolLM2");
-    tp_model_free(m);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -319,11 +330,9 @@ TT_TEST(sparsify_does_not_depend_on_batching) {
 
 /* SmolLM2-135M: exact 2:4 (Wanda) and 50% per-matrix (magnitude) patterns on real-size matrices. */
 TT_TEST(sparsify_default_model_patterns) {
-    const char *p = tt_model_path();
-    if (!p) { tt_skip("default model not found (run make deps)"); return; }
-    tp_model *m = NULL;
-    if (tp_model_load(p, &m)) { TT_CHECK(0, "%s", tp_errmsg()); return; }
-    size_t T = 16, n = 2;
+    tp_model *m = default_model();
+    if (!m) { tt_skip("default model not found (run make deps)"); return; }
+    size_t T = 8, n = 1;
     int32_t *ids = malloc(n * T * sizeof *ids);
     for (size_t i = 0; i < n * T; i++) ids[i] = (int32_t)((i * 104729 + 7) % (size_t)m->cfg.vocab);
     tp_sparsify_opts o;
@@ -347,7 +356,6 @@ TT_TEST(sparsify_default_model_patterns) {
     if (mk) check_pattern(m, mk, &o, "SmolLM2 magnitude 37% gate,down");
     tp_mask_free(mk);
     free(ids);
-    tp_model_free(m);
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -336,8 +336,8 @@ tp_status tp_mask_apply(tp_model *m, const tp_mask *mk) {
         const tp_mask_tensor *t = &mk->t[i];
         int r, c;
         float *w = tp_sparse_matrix_data(m, t->layer, t->matrix, &r, &c);
-        size_t ne = (size_t)t->rows * t->cols, nb = bit_bytes(t->rows, t->cols);
-#pragma omp parallel for schedule(static) if (ne >= 65536)
+        size_t nb = bit_bytes(t->rows, t->cols);
+#pragma omp parallel for schedule(static) if (nb >= 8192)
         for (size_t j = 0; j < nb; j++) {
             uint8_t v = t->bits[j];
             for (int bit = 0; v && bit < 8; bit++)
