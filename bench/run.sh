@@ -24,3 +24,7 @@ print(f"| taper | {tt:.0f} tok/s | ppl {tp:.4f} |")
 print(f"| {peer['peer']} | {peer['tokens_per_s']:.0f} tok/s | ppl {peer['ppl_chunks']:.4f} |")
 print(f"ratio taper/peer: {tt / peer['tokens_per_s']:.2f}x")
 PYEOF
+
+echo
+echo "training step (SmolLM2-135M, seq 512; bench/train.sh throughput):"
+bench/train.sh throughput
