@@ -18,6 +18,8 @@ int cli_float(const char *cmd, const char *opt, const char *val, double lo, doub
 /* Writes obj (pretty) to stdout when dest is "-", else to the file dest. Frees obj. */
 int cli_json_out(cJSON *obj, const char *dest);
 void cli_set_threads(int n);
+/* --precision fp32|bf16 (tp_set_precision); CLI_OK or a usage error naming cmd. */
+int cli_precision(const char *cmd, const char *arg);
 
 /* A training variant (distillation) riding on `taper train`'s plumbing; see cli/cmd_distill.c. */
 typedef struct {
@@ -43,5 +45,6 @@ int cmd_train(int argc, char **argv);
 int cmd_generate_data(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
+int cmd_teacher_cache(int argc, char **argv);
 
 #endif

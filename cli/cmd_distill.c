@@ -1,5 +1,5 @@
 /* taper distill STUDENT --teacher TEACHER --data SHARDS --steps N --run-dir DIR: knowledge
- * distillation. Takes every option of `taper train` (same loop, checkpoints, exact resume, export)
+ * distillation (or --teacher-cache CACHE: the teacher's top-k precomputed by taper teacher-cache). Takes every option of `taper train` (same loop, checkpoints, exact resume, export)
  * plus the distillation options below, which it removes from the command line before handing the
  * rest to cmd_train with an extension (cli_train_ext) that loads the teacher and plugs the
  * distiller's hooks into the loop. The losses are src/train/distill.c's. */
@@ -15,12 +15,18 @@
 #include "taper/trainer.h"
 
 static const char *HELP =
-    "usage: taper distill STUDENT --teacher TEACHER --data SHARDS --steps N --run-dir DIR [options]\n\n"
+    "usage: taper distill STUDENT --teacher TEACHER --data SHARDS --steps N --run-dir DIR [options]\n"
+    "       taper distill STUDENT --teacher-cache CACHE --data SHARDS --steps N --run-dir DIR [options]\n\n"
     "Trains STUDENT (e.g. a pruned model from taper prune) to match TEACHER's next-token\n"
     "distributions (and optionally intermediate states) on token shards. Every option of\n"
     "`taper train` applies (see taper train --help: schedule, batch, checkpoints, --resume, export);\n"
     "the loss options are:\n\n"
     "  --teacher MODEL     the teacher (GGUF or HF folder; same vocabulary as the student)\n"
+    "  --teacher-cache F   train from the teacher's top-k precomputed by `taper teacher-cache` (same\n"
+    "                      --data, --seq and --val-frac) instead of running the teacher: logits losses\n"
+    "                      only (no --inter/--emb-loss), --topk at most the cache's K (default: K),\n"
+    "                      --tau one of its temperatures. With --teacher too, the teacher is only\n"
+    "                      checked against the one the cache was made with\n"
     "  --kd K              logits divergence: fkl = KL(teacher||student) (default), rkl =\n"
     "                      KL(student||teacher), jsd (see --beta), none (no logits loss)\n"
     "  --tau T             temperature on both sides (default 1)\n"
@@ -31,6 +37,11 @@ static const char *HELP =
     "  --kd-weight W       weight of the logits loss (default 1)\n"
     "  --ce-weight W       add W x cross-entropy on the data's next tokens (default 0; --kd none\n"
     "                      --ce-weight 1 is plain CE training with the same loop)\n"
+    "  --contrastive-weight W  add W x the contrastive loss (default 0): per position, -log softmax\n"
+    "                      over {y*, negatives} of the student's logits / tau at y*, y* = the\n"
+    "                      teacher's top token, negatives drawn without replacement from the\n"
+    "                      teacher's distribution without y* (its top-k with --topk); docs/distillation.md\n"
+    "  --negatives N       negatives per position (default 16; at most vocab-1, or topk-1)\n"
     "  --inter L           intermediate-state loss: none (default), cosine, or mse (between\n"
     "                      RMS-normalised states)\n"
     "  --map M             layer pairs student:teacher, e.g. 29:23,28:22, or auto (default: each\n"
@@ -44,13 +55,15 @@ static const char *HELP =
     "  --keep-mask FILE    a sparsity mask (taper sparsify --mask-out): masked weights are zeroed at\n"
     "                      the start and after every update, so the student stays sparse\n"
     "  -h, --help          this help\n\n"
-    "The metrics log adds kd, ce, inter and alpha to every step; validation is the student's CE.\n";
+    "The metrics log adds kd, ce, inter and alpha (and contrast) to every step; validation is the\n"
+    "student's CE.\n";
 
 typedef struct {
-    const char *teacher_path, *kd, *inter, *map, *plan, *alpha, *mask_path;
-    float tau, beta, kd_weight, ce_weight;
-    int tau2, topk, emb;
+    const char *teacher_path, *kd, *inter, *map, *plan, *alpha, *mask_path, *cache_path;
+    float tau, beta, kd_weight, ce_weight, con_weight;
+    int tau2, topk, emb, negatives;
     tp_model *teacher;
+    tp_tcache *cache;
     tp_prune_plan *pp;
     tp_mask *mask;
     tp_distiller *d;
@@ -74,6 +87,9 @@ static tp_status build_cfg(distill_state *st, const tp_model *student) {
     c->topk = st->topk;
     c->w_ce = st->ce_weight;
     c->emb = st->emb;
+    c->w_contrast = st->con_weight;
+    c->negatives = st->negatives;
+    c->cache = st->cache;
     if (!strcmp(st->alpha, "dynamic")) {
         c->alpha = -1;
     } else {
@@ -82,7 +98,7 @@ static tp_status build_cfg(distill_state *st, const tp_model *student) {
         if (*end || a < 0) return tp_fail(TP_ERR_ARG, "--alpha %s: expected dynamic or a number >= 0", st->alpha);
         c->alpha = (float)a;
     }
-    int Ls = student->cfg.n_layers, Lt = st->teacher->cfg.n_layers;
+    int Ls = student->cfg.n_layers, Lt = st->teacher ? st->teacher->cfg.n_layers : 0;
     if (!strcmp(st->inter, "none")) {
         c->n_pairs = 0;
     } else {
@@ -98,17 +114,66 @@ static tp_status build_cfg(distill_state *st, const tp_model *student) {
         }
     }
     if (c->n_pairs == 0 && c->emb) return tp_fail(TP_ERR_ARG, "--emb-loss needs --inter cosine or mse");
-    if (st->pp && st->pp->cfg.d_model == student->cfg.d_model && st->pp->src.d_model == st->teacher->cfg.d_model)
+    if (st->pp && st->teacher && st->pp->cfg.d_model == student->cfg.d_model &&
+        st->pp->src.d_model == st->teacher->cfg.d_model)
         c->proj_init = st->pp->channels;
-    if (c->w_logits == 0 && c->w_ce == 0 && c->n_pairs == 0)
-        return tp_fail(TP_ERR_ARG, "no loss: --kd none needs --ce-weight > 0 or --inter");
+    if (c->w_logits == 0 && c->w_ce == 0 && c->n_pairs == 0 && c->w_contrast == 0)
+        return tp_fail(TP_ERR_ARG, "no loss: --kd none needs --ce-weight, --contrastive-weight or --inter");
+    return TP_OK;
+}
+
+/* --teacher-cache: the cache must fit this run (data, seq, split, settings) before anything trains. */
+static tp_status open_cache(distill_state *st, const tp_model *m, const cJSON *args) {
+    tp_status s = tp_tcache_open(st->cache_path, &st->cache);
+    if (s) return tp_fail_ctx(s, "--teacher-cache: ");
+    const tp_tcache_info *in = tp_tcache_get_info(st->cache);
+    if (strcmp(st->inter, "none") || st->emb)
+        return tp_fail(TP_ERR_ARG, "--teacher-cache: --inter and --emb-loss need the teacher's hidden states, which "
+                                   "the cache does not hold: use --teacher");
+    if (st->teacher_path) { /* the teacher is only checked: the cache must be its own */
+        if ((s = tp_model_load(st->teacher_path, &st->teacher))) return tp_fail_ctx(s, "teacher: ");
+        uint64_t h = tp_params_hash(st->teacher);
+        tp_model_free(st->teacher);
+        st->teacher = NULL;
+        if (h != in->teacher_fp)
+            return tp_fail(TP_ERR_ARG, "--teacher-cache %s was made by another teacher (fingerprint %016llx) than %s "
+                                       "(%016llx)", st->cache_path, (unsigned long long)in->teacher_fp,
+                           st->teacher_path, (unsigned long long)h);
+    }
+    if (in->vocab != m->cfg.vocab)
+        return tp_fail(TP_ERR_ARG, "--teacher-cache %s: its teacher has %d tokens, the student %d", st->cache_path,
+                       in->vocab, m->cfg.vocab);
+    if (st->topk == 0) {
+        st->topk = in->K;
+        fprintf(stderr, "taper distill: --topk %d (all the teacher cache holds)\n", in->K);
+    }
+    if (st->topk > in->K)
+        return tp_fail(TP_ERR_ARG, "--teacher-cache %s holds the teacher's top %d tokens: --topk %d needs a cache "
+                                   "made with --topk %d or more", st->cache_path, in->K, st->topk, st->topk);
+    /* the windows this run will be served: the same shards, seq and split as the cache's */
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(args, "data");
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(args, "seq");
+    const cJSON *vf = cJSON_GetObjectItemCaseSensitive(args, "val_frac");
+    if (!cJSON_IsString(data) || !cJSON_IsNumber(seq) || !cJSON_IsNumber(vf))
+        return tp_fail(TP_ERR_ARG, "--teacher-cache: the run's data settings are missing");
+    tp_dataset *ds = NULL;
+    tp_loader *L = NULL;
+    if (!(s = tp_dataset_open(data->valuestring, &ds)) && !(s = tp_loader_open(ds, seq->valueint, vf->valuedouble, 1, &L)))
+        s = tp_tcache_check_data(st->cache, L);
+    tp_loader_free(L);
+    tp_dataset_close(ds);
+    if (s) return tp_fail_ctx(s, "--teacher-cache: ");
     return TP_OK;
 }
 
 static tp_status add_args(void *user, const tp_model *m, cJSON *args) {
     distill_state *st = user;
-    tp_status s = tp_model_load(st->teacher_path, &st->teacher);
-    if (s) return tp_fail_ctx(s, "teacher: ");
+    tp_status s;
+    if (st->cache_path) {
+        if ((s = open_cache(st, m, args))) return s;
+    } else if ((s = tp_model_load(st->teacher_path, &st->teacher))) {
+        return tp_fail_ctx(s, "teacher: ");
+    }
     if (st->plan && (s = tp_prune_plan_load(st->plan, &st->pp))) return tp_fail_ctx(s, "--plan: ");
     if ((s = build_cfg(st, m))) return s;
     if (st->mask_path) {
@@ -116,10 +181,12 @@ static tp_status add_args(void *user, const tp_model *m, cJSON *args) {
             return tp_fail_ctx(s, "--keep-mask: ");
     }
     char hash[32];
-    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)tp_params_hash(st->teacher));
+    uint64_t th = st->cache ? tp_tcache_get_info(st->cache)->teacher_fp : tp_params_hash(st->teacher);
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)th);
     cJSON *d = cJSON_CreateObject();
-    cJSON_AddStringToObject(d, "teacher", st->teacher_path);
+    cJSON_AddStringToObject(d, "teacher", st->teacher_path ? st->teacher_path : "(teacher cache)");
     cJSON_AddStringToObject(d, "teacher_hash", hash);
+    if (st->cache) cJSON_AddStringToObject(d, "teacher_cache", st->cache_path);
     cJSON_AddStringToObject(d, "kd", st->kd);
     cJSON_AddNumberToObject(d, "tau", st->tau);
     cJSON_AddBoolToObject(d, "tau2", st->tau2);
@@ -127,6 +194,10 @@ static tp_status add_args(void *user, const tp_model *m, cJSON *args) {
     cJSON_AddNumberToObject(d, "topk", st->topk);
     cJSON_AddNumberToObject(d, "kd_weight", st->dc.w_logits);
     cJSON_AddNumberToObject(d, "ce_weight", st->ce_weight);
+    if (st->con_weight != 0) { /* only when on: runs without it resume as before */
+        cJSON_AddNumberToObject(d, "contrastive_weight", st->con_weight);
+        cJSON_AddNumberToObject(d, "negatives", st->negatives);
+    }
     cJSON_AddStringToObject(d, "inter", st->inter);
     cJSON *pairs = cJSON_AddArrayToObject(d, "pairs");
     for (int i = 0; i < st->dc.n_pairs; i++) {
@@ -156,7 +227,9 @@ static const char *metrics(void *user, long step) {
 
 static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const tp_train_hooks **hooks) {
     distill_state *st = user;
-    tp_status s = tp_distiller_new(st->teacher, m, &st->dc, cfg->B, cfg->T, &cfg->opt, &st->d);
+    tp_status s = st->teacher ? tp_model_prepare_precision(st->teacher, 1) : TP_OK; /* bf16 copies, made once */
+    if (s) return s;
+    s = tp_distiller_new(st->teacher, m, &st->dc, cfg->B, cfg->T, &cfg->opt, &st->d);
     if (s) return s;
     st->student = m;
     if (st->mask && (s = tp_mask_apply(m, st->mask))) return s;
@@ -168,11 +241,19 @@ static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const t
     st->outer.metrics = metrics;
     st->outer.user = st;
     *hooks = &st->outer;
-    fprintf(stderr, "taper distill: teacher %s (%zu params); logits %s (tau %g%s, %s), CE weight %g, %d state "
-                    "pair%s%s, alpha %s%s\n",
-            st->teacher_path, st->teacher->n_params, st->kd, st->tau, st->tau2 ? ", x tau^2" : "",
-            st->topk ? "top-k" : "full vocabulary", st->ce_weight, st->dc.n_pairs, st->dc.n_pairs == 1 ? "" : "s",
-            st->emb ? " + embeddings" : "", st->alpha, st->mask ? ", mask kept" : "");
+    char who[512];
+    if (st->cache)
+        snprintf(who, sizeof who, "teacher cache %s (top-%d of %d, %llu windows)", st->cache_path, st->topk,
+                 tp_tcache_get_info(st->cache)->K, (unsigned long long)tp_tcache_get_info(st->cache)->n_windows);
+    else
+        snprintf(who, sizeof who, "teacher %s (%zu params)", st->teacher_path, st->teacher->n_params);
+    char con[96] = "";
+    if (st->con_weight != 0)
+        snprintf(con, sizeof con, ", contrastive weight %g with %d negatives", st->con_weight, st->negatives);
+    fprintf(stderr, "taper distill: %s; logits %s (tau %g%s, %s), CE weight %g%s, %d state pair%s%s, alpha %s%s\n",
+            who, st->kd, st->tau, st->tau2 ? ", x tau^2" : "", st->topk ? "top-k" : "full vocabulary", st->ce_weight,
+            con, st->dc.n_pairs, st->dc.n_pairs == 1 ? "" : "s", st->emb ? " + embeddings" : "", st->alpha,
+            st->mask ? ", mask kept" : "");
     return TP_OK;
 }
 
@@ -185,6 +266,7 @@ int cmd_distill(int argc, char **argv) {
     st.tau = 1.0f;
     st.beta = 0.5f;
     st.kd_weight = 1.0f;
+    st.negatives = 16;
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     if (!rest) return cli_error(tp_fail(TP_ERR_NOMEM, "out of memory"));
     int n = 0, rc = CLI_OK;
@@ -202,7 +284,8 @@ int cmd_distill(int argc, char **argv) {
             snprintf(name, sizeof name, "%s", o);
         }
         static const char *with_value[] = {"--teacher", "--kd", "--tau", "--beta", "--topk", "--kd-weight",
-                                           "--ce-weight", "--inter", "--map", "--plan", "--alpha", "--keep-mask"};
+                                           "--ce-weight", "--inter", "--map", "--plan", "--alpha", "--keep-mask",
+                                           "--teacher-cache", "--contrastive-weight", "--negatives"};
         int takes = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++) takes |= !strcmp(name, with_value[k]);
         if (!strcmp(name, "-h") || !strcmp(name, "--help")) {
@@ -235,8 +318,13 @@ int cmd_distill(int argc, char **argv) {
         else if (!strcmp(name, "--plan")) st.plan = v;
         else if (!strcmp(name, "--alpha")) st.alpha = v;
         else if (!strcmp(name, "--keep-mask")) st.mask_path = v;
+        else if (!strcmp(name, "--teacher-cache")) st.cache_path = v;
+        else if (!strcmp(name, "--contrastive-weight"))
+            rc = cli_float(cmd, "--contrastive-weight", v, 0, 1e6, &st.con_weight);
+        else if (!strcmp(name, "--negatives")) rc = cli_int(cmd, "--negatives", v, 1, TP_KD_MAX_NEG, &st.negatives);
     }
-    if (rc == CLI_OK && !st.teacher_path) rc = cli_usage(cmd, "--teacher MODEL is required (see taper distill --help)");
+    if (rc == CLI_OK && !st.teacher_path && !st.cache_path)
+        rc = cli_usage(cmd, "--teacher MODEL or --teacher-cache CACHE is required (see taper distill --help)");
     if (rc == CLI_OK) {
         rest[n] = NULL;
         cli_train_ext ext = {"distill", add_args, setup, &st};
@@ -246,6 +334,7 @@ int cmd_distill(int argc, char **argv) {
     }
     tp_distiller_free(st.d);
     tp_model_free(st.teacher);
+    tp_tcache_close(st.cache);
     tp_prune_plan_free(st.pp);
     tp_mask_free(st.mask);
     free(rest);

@@ -25,6 +25,7 @@ static const struct {
     {"generate-data", cmd_generate_data, "synthetic training data sampled from a teacher (SDG)"},
     {"train", cmd_train, "causal-LM training with AdamW, checkpoints and exact resume"},
     {"distill", cmd_distill, "knowledge distillation of a student from a teacher (train + KD losses)"},
+    {"teacher-cache", cmd_teacher_cache, "precompute a teacher's top-k logits over the training windows"},
     {"compress", cmd_compress, "the whole recipe: importance, prune, distil, evaluate, export, report"},
 };
 

@@ -122,7 +122,7 @@ TT_TEST(distill_step_vs_torch) {
         tp_distiller_hooks(d, &h);
         tp_rng rng;
         tp_rng_seed(&rng, 1);
-        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng};
+        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng, NULL};
         tp_step_opts o;
         memset(&o, 0, sizeof o);
         o.targets = targets;
@@ -196,7 +196,7 @@ TT_TEST(distill_identical_student_zero) {
         tp_distiller_hooks(d, &h);
         tp_rng rng;
         tp_rng_seed(&rng, 1);
-        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng};
+        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng, NULL};
         tp_step_opts o;
         memset(&o, 0, sizeof o);
         memset(grad->params, 0, grad->n_params * sizeof(float));
@@ -339,4 +339,96 @@ TT_TEST(distill_cli_compress_pipeline) {
     free(model);
     free(dir);
     free(text);
+}
+
+/* The contrastive term inside the distillation step: its loss equals tp_kd_contrastive of the
+ * student's logits with the candidates tp_kd_pick draws from the teacher's top-k under the
+ * micro-batch seed (the first draw of the trainer RNG, rows b*T+t), and the gradient that reaches
+ * the weights matches central finite differences of the step's loss. */
+static double contrastive_step(tp_model *teacher, tp_model *st, tp_model *grad, const tp_distill_cfg *cfg,
+                               const int32_t *tokens, const int32_t *targets, int B, int T) {
+    tp_distiller *d = NULL;
+    tp_tape *tape = NULL;
+    double loss = NAN;
+    if (tp_distiller_new(teacher, st, cfg, B, T, NULL, &d) == TP_OK && tp_tape_alloc(&st->cfg, B, T, 0, &tape) == TP_OK) {
+        tp_train_hooks h;
+        tp_distiller_hooks(d, &h);
+        tp_rng rng;
+        tp_rng_seed(&rng, 21);
+        tp_train_micro mb = {0, 0, tokens, targets, B, T, &rng, NULL};
+        tp_step_opts o;
+        memset(&o, 0, sizeof o);
+        memset(grad->params, 0, grad->n_params * sizeof(float));
+        if (h.prepare(h.user, &mb, &o) != TP_OK || tp_train_step(st, grad, tape, tokens, B, T, &o, &loss, NULL) != TP_OK)
+            loss = NAN;
+    }
+    tp_distiller_free(d);
+    tp_tape_free(tape);
+    return loss;
+}
+
+TT_TEST(distill_contrastive_step) {
+    tp_model *teacher = load("teacher"), *st = load("shallow"), *grad = NULL, *scratch = NULL;
+    if (!teacher || !st || tp_model_alloc(&st->cfg, &grad) || tp_model_alloc(&st->cfg, &scratch)) return;
+    enum { B = 2, T = 7, K = 8, NEG = 4 };
+    const size_t N = (size_t)B * T, V = (size_t)st->cfg.vocab;
+    int32_t tokens[B * T], targets[B * T];
+    for (int i = 0; i < B * T; i++) tokens[i] = (i * 29 + 3) % 97, targets[i] = (i * 31 + 1) % 97;
+    tp_distill_cfg cfg;
+    tp_distill_defaults(&cfg);
+    cfg.w_logits = 0;
+    cfg.w_contrast = 1;
+    cfg.negatives = NEG;
+    cfg.topk = K;
+    cfg.kd.tau = 1.5f;
+    cfg.kd.tau2 = 1;
+    double loss = contrastive_step(teacher, st, grad, &cfg, tokens, targets, B, T);
+    /* independent: both models' logits, the same seed, the documented draws */
+    float *tl = malloc(N * V * sizeof *tl), *sl = malloc(N * V * sizeof *sl);
+    tp_forward(teacher, tokens, B, T, NULL, tl, 0);
+    tp_forward(st, tokens, B, T, NULL, sl, 0);
+    tp_rng rng;
+    tp_rng_seed(&rng, 21);
+    uint64_t seed = tp_rng_u64(&rng);
+    int32_t idx[K], cand[N * (NEG + 1)];
+    float lp[K];
+    for (size_t r = 0; r < N; r++) {
+        tp_kd_topk(tl + r * V, V, K, cfg.kd.tau, idx, lp);
+        tp_kd_pick(lp, idx, K, 1.0, NEG, seed, r, cand + r * (NEG + 1));
+    }
+    double ref = tp_kd_contrastive(&cfg.kd, sl, V, cand, NEG + 1, N, 1.0f, NULL) / (double)N;
+    TT_CHECK(isfinite(loss) && fabs(loss - ref) <= 1e-5 * fabs(ref), "step loss %.9g vs independent %.9g", loss, ref);
+    /* finite differences on 16 weights spread over the model */
+    double worst = 0, gmax = 0;
+    for (int i = 0; i < 16; i++) {
+        size_t p = ((size_t)i * 104729u + 17u) % st->n_params;
+        float w = st->params[p], h = 1e-2f;
+        st->params[p] = w + h;
+        double lp_ = contrastive_step(teacher, st, scratch, &cfg, tokens, targets, B, T);
+        st->params[p] = w - h;
+        double lm_ = contrastive_step(teacher, st, scratch, &cfg, tokens, targets, B, T);
+        st->params[p] = w;
+        double fd = (lp_ - lm_) / (2.0 * h);
+        worst = fmax(worst, fabs(fd - grad->params[p]));
+        gmax = fmax(gmax, fabs(grad->params[p]));
+    }
+    TT_CHECK(worst < 5e-4 && gmax > 1e-3, "max |fd - grad| %.2e over 16 weights (max |grad| %.2e)", worst, gmax);
+    tt_note("contrastive step (top-8, 4 negatives, tau 1.5, tau^2): loss %.6f = independent %.6f; fd vs grad %.1e "
+            "(max |grad| %.1e)", loss, ref, worst, gmax);
+    /* more negatives than the pool has */
+    tp_distiller *d = NULL;
+    cfg.topk = 0;
+    cfg.negatives = 97;
+    TT_CHECK(tp_distiller_new(teacher, st, &cfg, B, T, NULL, &d) == TP_ERR_ARG && strstr(tp_errmsg(), "1..96"),
+             "97 negatives of a 97-token vocabulary refused: %s", tp_errmsg());
+    cfg.topk = 8;
+    cfg.negatives = 8;
+    TT_CHECK(tp_distiller_new(teacher, st, &cfg, B, T, NULL, &d) == TP_ERR_ARG && strstr(tp_errmsg(), "--topk"),
+             "8 negatives from a top-8 refused: %s", tp_errmsg());
+    free(tl);
+    free(sl);
+    tp_model_free(grad);
+    tp_model_free(scratch);
+    tp_model_free(st);
+    tp_model_free(teacher);
 }

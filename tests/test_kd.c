@@ -279,3 +279,168 @@ TT_TEST(kd_hidden_finite_differences) {
         TT_CHECK(worst < 1e-3, "%s: max |fd - grad| %.2e", kind ? "mse" : "cosine", worst);
     }
 }
+
+/* ---- contrastive loss ---- */
+
+static int32_t *ints_of(const cJSON *j, const char *name, size_t n) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, name);
+    if (!cJSON_IsArray(a) || (size_t)cJSON_GetArraySize(a) != n) return NULL;
+    int32_t *v = malloc(n * sizeof *v);
+    size_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) v[i++] = (int32_t)e->valueint;
+    return v;
+}
+
+/* loss and gradient of fixed candidates against torch autograd, random and saturated logits */
+TT_TEST(kd_contrastive_vs_torch) {
+    cJSON *j = load_ref();
+    const cJSON *cj = j ? cJSON_GetObjectItemCaseSensitive(j, "contrastive") : NULL;
+    if (!cj) {
+        tt_skip("no contrastive cases in kd/kd.json (run tests/ref/kd_ref.py)");
+        cJSON_Delete(j);
+        return;
+    }
+    size_t R = (size_t)num(j, "R"), V = (size_t)num(j, "V");
+    int nc = (int)num(cj, "N") + 1;
+    float *s = floats(j, "s", R * V), *sat = floats(cj, "s_saturated", R * V), *dense = malloc(R * V * sizeof(float));
+    float *g = malloc(R * (size_t)nc * sizeof(float));
+    int32_t *cand = ints_of(cj, "cand", R * (size_t)nc);
+    TT_CHECK(s && sat && cand, "fixture arrays");
+    double worst_l = 0, worst_g = 0;
+    int n = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(cj, "cases")) {
+        const char *name = cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring;
+        tp_kd_cfg cfg = {TP_KD_FKL, (float)num(c, "tau"), (int)num(c, "tau2"), 0.5f};
+        const float *x = !strcmp(name, "random") ? s : sat;
+        double loss = tp_kd_contrastive(&cfg, x, V, cand, nc, R, 1.0f, g);
+        memset(dense, 0, R * V * sizeof(float));
+        int finite = isfinite(loss);
+        for (size_t r = 0; r < R; r++)
+            for (int i = 0; i < nc; i++) {
+                dense[r * V + (size_t)cand[r * (size_t)nc + (size_t)i]] += g[r * (size_t)nc + (size_t)i];
+                finite &= isfinite(g[r * (size_t)nc + (size_t)i]) != 0;
+            }
+        float *ref = floats(c, "grad", R * V);
+        double ref_loss = num(c, "loss");
+        double el = fabs(loss - ref_loss) / fmax(fabs(ref_loss), 1e-12), eg = rel_err(dense, ref, R * V);
+        TT_CHECK(finite && el < 1e-5 && eg < 1e-4, "%s tau %.1f tau2 %d: loss %.9g vs %.9g (rel %.2e), grad rel %.2e",
+                 name, cfg.tau, cfg.tau2, loss, ref_loss, el, eg);
+        worst_l = fmax(worst_l, el);
+        worst_g = fmax(worst_g, eg);
+        free(ref);
+        n++;
+    }
+    tt_note("%d cases (random and saturated student logits x 3 temperatures, 4 negatives): worst loss rel %.2e, "
+            "worst grad rel %.2e", n, worst_l, worst_g);
+    free(s);
+    free(sat);
+    free(dense);
+    free(g);
+    free(cand);
+    cJSON_Delete(j);
+}
+
+/* The sampler: y* is the argmax, negatives are distinct, never y*, reproducible from (seed, row),
+ * and for one negative each token comes with probability p_j / (1 - p(y*)). */
+TT_TEST(kd_contrastive_sampling) {
+    enum { V = 6 };
+    const float t[V] = {2.0f, 0.5f, 1.0f, -1.0f, 0.0f, 1.5f};
+    const float tau = 1.25f;
+    double p[V], z = 0;
+    for (int j = 0; j < V; j++) z += p[j] = exp(t[j] / tau);
+    int32_t cand[V];
+    long count[V] = {0};
+    const long n = 200000;
+    for (long r = 0; r < n; r++) {
+        tp_kd_pick(t, NULL, V, 1.0 / tau, 1, 77, (uint64_t)r, cand);
+        count[cand[1]]++;
+    }
+    double worst_sigma = 0;
+    for (int j = 1; j < V; j++) {
+        double q = p[j] / (z - p[0]), sd = sqrt(n * q * (1 - q)), dev = fabs(count[j] - n * q) / sd;
+        worst_sigma = fmax(worst_sigma, dev);
+    }
+    TT_CHECK(count[0] == 0 && worst_sigma < 4.5, "one negative: y* never drawn (%ld), worst deviation %.2f sigma",
+             count[0], worst_sigma);
+    tt_note("200000 draws of 1 negative over 5 tokens: frequencies within %.2f sigma of p_j/(1-p*)", worst_sigma);
+
+    /* larger pools: distinct, not y*, reproducible, seed-dependent; N = V-1 takes every other token */
+    enum { VB = 300, N = 12, R = 64 };
+    float *tb = malloc(VB * R * sizeof *tb);
+    tp_rng rng;
+    tp_rng_seed(&rng, 3);
+    fill(tb, VB * R, &rng, 2.0f);
+    int ok_distinct = 1, ok_repro = 1, n_differ = 0, ok_topk = 1;
+    for (int r = 0; r < R; r++) {
+        const float *row = tb + (size_t)r * VB;
+        int32_t a[N + 1], b[N + 1], c[N + 1];
+        tp_kd_pick(row, NULL, VB, 1.0 / 0.8, N, 5, (uint64_t)r, a);
+        tp_kd_pick(row, NULL, VB, 1.0 / 0.8, N, 5, (uint64_t)r, b);
+        tp_kd_pick(row, NULL, VB, 1.0 / 0.8, N, 6, (uint64_t)r, c);
+        int32_t am = 0;
+        for (int j = 1; j < VB; j++)
+            if (row[j] > row[am]) am = j;
+        ok_distinct &= a[0] == am;
+        for (int i = 1; i <= N; i++) {
+            ok_distinct &= a[i] != am && a[i] >= 0 && a[i] < VB;
+            for (int k = 1; k < i; k++) ok_distinct &= a[i] != a[k];
+        }
+        ok_repro &= !memcmp(a, b, sizeof a);
+        n_differ += memcmp(a + 1, c + 1, N * sizeof(int32_t)) != 0;
+        /* the pool as the teacher's top-V log-probs gives the same draws as the raw logits */
+        int32_t idx[VB], d[N + 1];
+        float lp[VB];
+        tp_kd_topk(row, VB, VB, 0.8f, idx, lp);
+        tp_kd_pick(lp, idx, VB, 1.0, N, 5, (uint64_t)r, d);
+        ok_topk &= !memcmp(a, d, sizeof a);
+    }
+    TT_CHECK(ok_distinct, "y* is the argmax; negatives distinct, in range, never y*");
+    TT_CHECK(ok_repro, "same seed and row: same draws");
+    TT_CHECK(n_differ > R / 2, "another seed changes the draws (%d of %d rows)", n_differ, R);
+    TT_CHECK(ok_topk, "top-V pool of log-probs draws what the full logits draw");
+    int32_t all[VB];
+    TT_CHECK(tp_kd_pick(tb, NULL, VB, 1.0, VB - 1, 1, 0, all) == TP_OK, "N = V-1 allowed");
+    long sum = 0;
+    for (int i = 0; i < VB; i++) sum += all[i];
+    TT_CHECK(sum == (long)VB * (VB - 1) / 2, "N = V-1: every token exactly once");
+    TT_CHECK(tp_kd_pick(tb, NULL, VB, 1.0, VB, 1, 0, all) == TP_ERR_ARG && strstr(tp_errmsg(), "299"),
+             "N = V refused: %s", tp_errmsg());
+    TT_CHECK(tp_kd_pick(tb, NULL, VB, 1.0, 0, 1, 0, all) == TP_ERR_ARG, "N = 0 refused");
+    free(tb);
+}
+
+/* All the teacher's mass on y* (its other tokens have probability exp(-1000) = 0 in double): the
+ * draws stay valid (Gumbel keys on the finite log-probs), and the loss and gradient are finite, also
+ * when the student agrees completely (loss 0, gradient 0) or disagrees completely. */
+TT_TEST(kd_contrastive_edge_cases) {
+    enum { V = 50, N = 7 };
+    float t[V], s[V];
+    for (int j = 0; j < V; j++) t[j] = 0.0f;
+    t[17] = 1000.0f;
+    int32_t cand[N + 1], idx[10];
+    float lp[10], g[N + 1];
+    TT_CHECK(tp_kd_pick(t, NULL, V, 1.0, N, 9, 4, cand) == TP_OK && cand[0] == 17, "y* = 17");
+    int ok = 1;
+    for (int i = 1; i <= N; i++) ok &= cand[i] != 17 && cand[i] >= 0 && cand[i] < V;
+    tp_kd_topk(t, V, 10, 1.0f, idx, lp);
+    TT_CHECK(tp_kd_pick(lp, idx, 10, 1.0, N, 9, 4, cand) == TP_OK && cand[0] == 17, "top-10 pool: y* = 17");
+    for (int i = 1; i <= N; i++) ok &= cand[i] != 17;
+    TT_CHECK(ok, "negatives valid when all mass is on y*");
+    tp_kd_cfg c = {TP_KD_FKL, 0.5f, 1, 0.5f};
+    for (int j = 0; j < V; j++) s[j] = -1000.0f;
+    s[17] = 1000.0f; /* the student agrees */
+    double l = tp_kd_contrastive(&c, s, V, cand, N + 1, 1, 1.0f, g);
+    float mg = 0;
+    for (int i = 0; i <= N; i++) mg = fmaxf(mg, fabsf(g[i]));
+    TT_CHECK(l == 0 && mg == 0, "agreeing student: loss %.3g, max |grad| %.3g", l, mg);
+    s[17] = -1000.0f;
+    s[cand[1]] = 1000.0f; /* the student prefers a negative */
+    l = tp_kd_contrastive(&c, s, V, cand, N + 1, 1, 1.0f, g);
+    double want = 2000.0 / 0.5 * 0.25; /* (z_neg - z_pos) tau^2 */
+    TT_CHECK(fabs(l - want) < 1e-9 * want && fabs(g[0] + 0.5f) < 1e-6f && fabs(g[1] - 0.5f) < 1e-6f,
+             "disagreeing student: loss %.9g (want %.9g), grads %.6g %.6g (want -/+ tau = 0.5)", l, want, g[0], g[1]);
+    TT_CHECK(tp_kd_pick(lp, idx, 10, 1.0, 10, 9, 4, cand) == TP_ERR_ARG, "10 negatives from a top-10 pool refused: %s",
+             tp_errmsg());
+}

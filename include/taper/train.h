@@ -154,6 +154,22 @@ tp_status tp_loader_next(tp_loader *L, int B, int32_t *tokens, int32_t *targets)
 tp_status tp_loader_val(const tp_loader *L, size_t i, int B, int32_t *tokens, int32_t *targets, int *got);
 tp_data_cursor tp_loader_cursor(const tp_loader *L);
 tp_status tp_loader_seek(tp_loader *L, tp_data_cursor c);
+/* tp_loader_next that also returns, in ids (B; may be NULL), the training index j of each window
+ * served (0 <= j < n_train: the j-th training window in stream order, window w = j + floor(j/(k-1)),
+ * docs/data.md rule 4). The id names the window's content whatever the epoch, shuffle or resume. */
+tp_status tp_loader_next_ids(tp_loader *L, int B, int32_t *tokens, int32_t *targets, uint64_t *ids);
+/* Training windows j .. j+B-1 in stream order (clamped: *got tells how many were filled); the
+ * window with id j is exactly what tp_loader_next_ids serves under that id. */
+tp_status tp_loader_train(const tp_loader *L, uint64_t j, int B, int32_t *tokens, int32_t *targets, int *got);
+/* What the loader was opened with and the split it made. */
+typedef struct {
+    const tp_dataset *d;
+    int T;
+    double val_frac;
+    uint64_t k;          /* every k-th window held out (0 = none) */
+    uint64_t n_windows, n_train, n_val;
+} tp_loader_info;
+void tp_loader_get_info(const tp_loader *L, tp_loader_info *out);
 
 /* ======================= checkpoints (src/train/checkpoint.c) ======================= */
 

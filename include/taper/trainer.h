@@ -62,6 +62,8 @@ typedef struct {
     const int32_t *tokens, *targets; /* (B,T) */
     int B, T;
     tp_rng *rng;          /* the trainer RNG: saved in checkpoints, so its use resumes exactly */
+    const uint64_t *windows; /* (B) the loader's training-window id of each row (tp_loader_next_ids);
+                                NULL when the batches come from a batch function */
 } tp_train_micro;
 
 typedef struct {

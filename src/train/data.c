@@ -665,3 +665,45 @@ tp_status tp_loader_seek(tp_loader *L, tp_data_cursor c) {
     L->cur = c;
     return TP_OK;
 }
+
+/* ---------------------------------------------------------------- window ids --- */
+
+tp_status tp_loader_next_ids(tp_loader *L, int B, int32_t *tokens, int32_t *targets, uint64_t *ids) {
+    if (!L || !tokens || !targets) return tp_fail(TP_ERR_ARG, "tp_loader_next_ids: NULL argument");
+    if (B < 1) return tp_fail(TP_ERR_ARG, "tp_loader_next_ids: batch B = %d must be at least 1", B);
+    for (int b = 0; b < B; b++) {
+        make_perm(L, L->cur.epoch);
+        uint64_t j = L->perm[L->cur.index];
+        if (ids) ids[b] = j;
+        fill_window(L, train_window(L, j), tokens + (size_t)b * (size_t)L->T, targets + (size_t)b * (size_t)L->T);
+        if (++L->cur.index == L->n_train) {
+            L->cur.index = 0;
+            L->cur.epoch++;
+        }
+    }
+    return TP_OK;
+}
+
+tp_status tp_loader_train(const tp_loader *L, uint64_t j, int B, int32_t *tokens, int32_t *targets, int *got) {
+    if (got) *got = 0;
+    if (!L || !tokens || !targets || !got) return tp_fail(TP_ERR_ARG, "tp_loader_train: NULL argument");
+    if (B < 1) return tp_fail(TP_ERR_ARG, "tp_loader_train: batch B = %d must be at least 1", B);
+    int n = 0;
+    for (; n < B && j + (uint64_t)n < L->n_train; n++)
+        fill_window(L, train_window(L, j + (uint64_t)n), tokens + (size_t)n * (size_t)L->T,
+                    targets + (size_t)n * (size_t)L->T);
+    *got = n;
+    return TP_OK;
+}
+
+void tp_loader_get_info(const tp_loader *L, tp_loader_info *out) {
+    memset(out, 0, sizeof *out);
+    if (!L) return;
+    out->d = L->d;
+    out->T = L->T;
+    out->val_frac = L->val_frac;
+    out->k = L->k;
+    out->n_windows = L->n_windows;
+    out->n_train = L->n_train;
+    out->n_val = L->n_val;
+}

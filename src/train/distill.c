@@ -5,7 +5,12 @@
  *
  * Losses are means over the micro-batch's tokens: logits/CE are summed over rows and divided by
  * N = B*T; an intermediate loss is the mean over rows of its per-row loss (cosine: 1 - cos; MSE:
- * mean squared error over the columns of RMS-normalised states), averaged over the pairs. */
+ * mean squared error over the columns of RMS-normalised states), averaged over the pairs.
+ *
+ * The teacher's side comes from its forward in this process, or, with a teacher cache, from the
+ * cached top-k of the windows the loader served (their ids arrive with the micro-batch). The
+ * contrastive loss draws its negatives per row from a seed taken from the trainer RNG once per
+ * micro-batch, so a resumed run draws the same ones. */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -29,6 +34,11 @@ struct tp_distiller {
     float *ce_grad;        /* (chunk rows, V) */
     int32_t *topk_idx;     /* (chunk rows, k) */
     float *topk_lp;
+    int32_t *c_idx;        /* (N, k) the micro-batch's top-k from the teacher cache */
+    float *c_lp;
+    int32_t *cand;         /* (chunk rows, 1 + negatives) contrastive candidates */
+    float *cgrad;          /* (chunk rows, 1 + negatives) their gradients */
+    uint64_t seed;         /* contrastive draws of the current micro-batch */
     float *nbuf;           /* (N, ds) scratch for normalised student states */
     float *nbuf_t;         /* (N, dt) scratch for normalised teacher states */
     float *ngrad;          /* (N, ds) */
@@ -38,8 +48,8 @@ struct tp_distiller {
     const int32_t *targets;/* current micro-batch */
     int micro;
     double pair_loss[TP_DISTILL_MAX_PAIRS + 1];
-    double mb_logits, mb_ce, mb_inter, mb_alpha;  /* current micro-batch */
-    double acc_logits, acc_ce, acc_inter, acc_alpha; int acc_n;
+    double mb_logits, mb_ce, mb_inter, mb_alpha, mb_con;  /* current micro-batch */
+    double acc_logits, acc_ce, acc_inter, acc_alpha, acc_con; int acc_n;
     tp_distill_losses last;
     char metrics_buf[256];
 };
@@ -52,6 +62,7 @@ void tp_distill_defaults(tp_distill_cfg *c) {
     c->w_logits = 1.0f;
     c->hid = TP_HID_COSINE;
     c->alpha = -1.0f;
+    c->negatives = 16;
 }
 
 tp_status tp_distill_parse_map(tp_distill_cfg *c, const char *map, int student_layers, int teacher_layers) {
@@ -94,17 +105,61 @@ void tp_distill_auto_map(tp_distill_cfg *c, int student_layers, int teacher_laye
 void tp_distiller_free(tp_distiller *d) {
     if (!d) return;
     free(d->t_h); free(d->t_states); free(d->tlog); free(d->ce_grad); free(d->topk_idx); free(d->topk_lp);
+    free(d->c_idx); free(d->c_lp); free(d->cand); free(d->cgrad);
     free(d->nbuf); free(d->nbuf_t); free(d->ngrad); free(d->P); free(d->dP); free(d->Pm); free(d->Pv);
     free(d);
+}
+
+/* What a run from a teacher cache can do: logits losses over the cached top-k only. */
+static tp_status check_cache_cfg(const tp_distill_cfg *c, const tp_config *sc, int T) {
+    const tp_tcache_info *in = tp_tcache_get_info(c->cache);
+    if (c->n_pairs > 0 || c->emb)
+        return tp_fail(TP_ERR_ARG, "distillation from a teacher cache: intermediate-state losses (--inter, --emb-loss) "
+                                   "need the teacher's hidden states, which the cache does not hold: use --teacher");
+    if (in->vocab != sc->vocab)
+        return tp_fail(TP_ERR_ARG, "teacher cache: made by a teacher with %d tokens, the student has %d", in->vocab,
+                       sc->vocab);
+    if (in->T != T)
+        return tp_fail(TP_ERR_ARG, "teacher cache: made for sequences of %d tokens, this run uses %d", in->T, T);
+    if (c->topk < 1 || c->topk > in->K)
+        return tp_fail(TP_ERR_ARG, "teacher cache: holds the teacher's top %d tokens, this run asks for top-%d%s", in->K,
+                       c->topk, c->topk < 1 ? " (the full vocabulary needs the teacher: --teacher)" : "");
+    if (tp_tcache_tau_index(c->cache, c->kd.tau) < 0) {
+        char list[128] = "";
+        for (int i = 0, o = 0; i < in->n_tau && o < (int)sizeof list - 16; i++)
+            o += snprintf(list + o, sizeof list - (size_t)o, "%s%g", i ? ", " : "", in->tau[i]);
+        return tp_fail(TP_ERR_ARG, "teacher cache: holds temperatures %s, this run uses --tau %g (rebuild the cache "
+                                   "with --tau)", list, c->kd.tau);
+    }
+    return TP_OK;
 }
 
 tp_status tp_distiller_new(const tp_model *teacher, const tp_model *student, const tp_distill_cfg *c, int B, int T,
                            const tp_adamw_cfg *opt, tp_distiller **out) {
     *out = NULL;
-    const tp_config *tc = &teacher->cfg, *sc = &student->cfg;
+    const tp_config *sc = &student->cfg;
+    if (c->cache) {
+        tp_status s = check_cache_cfg(c, sc, T);
+        if (s) return s;
+    } else if (!teacher) {
+        return tp_fail(TP_ERR_ARG, "distillation: no teacher and no teacher cache");
+    }
+    const tp_config *tc = teacher ? &teacher->cfg : sc; /* cache only: the widths and depths are the student's */
     if (tc->vocab != sc->vocab)
         return tp_fail(TP_ERR_ARG, "distillation: teacher vocabulary %d differs from the student's %d", tc->vocab,
                        sc->vocab);
+    if (c->w_contrast < 0 || !isfinite(c->w_contrast))
+        return tp_fail(TP_ERR_ARG, "distillation: contrastive weight %g must be >= 0", c->w_contrast);
+    if (c->w_contrast != 0) {
+        size_t pool = c->topk > 0 ? (size_t)c->topk : (size_t)sc->vocab;
+        if (c->negatives < 1 || (size_t)c->negatives > pool - 1 || c->negatives > TP_KD_MAX_NEG)
+            return tp_fail(TP_ERR_ARG,
+                           "distillation: %d negatives per position: they are drawn from %s without the teacher's top "
+                           "token, so 1..%zu are possible%s",
+                           c->negatives, c->topk > 0 ? "the teacher's top-k" : "the vocabulary",
+                           pool - 1 < TP_KD_MAX_NEG ? pool - 1 : (size_t)TP_KD_MAX_NEG,
+                           c->topk > 0 ? " (raise --topk or lower --negatives)" : "");
+    }
     if (c->kd.tau <= 0 || !(c->kd.beta > 0 && c->kd.beta < 1))
         return tp_fail(TP_ERR_ARG, "distillation: temperature %g must be > 0 and JSD beta %g in (0, 1)", c->kd.tau,
                        c->kd.beta);
@@ -129,14 +184,19 @@ tp_status tp_distiller_new(const tp_model *teacher, const tp_model *student, con
     d->V = (size_t)tc->vocab;
     d->n_states = c->n_pairs + (c->emb ? 1 : 0);
     int inter = d->n_states > 0;
-    d->t_h = malloc(d->N * d->dt * sizeof(float));
+    d->t_h = c->cache ? NULL : malloc(d->N * d->dt * sizeof(float));
+    if (c->cache) {
+        d->c_idx = malloc(d->N * (size_t)c->topk * sizeof(int32_t));
+        d->c_lp = malloc(d->N * (size_t)c->topk * sizeof(float));
+    }
     if (inter) {
         d->t_states = malloc((size_t)d->n_states * d->N * d->dt * sizeof(float));
         d->nbuf = malloc(d->N * d->ds * sizeof(float));
         d->nbuf_t = malloc(d->N * d->dt * sizeof(float));
         d->ngrad = malloc(d->N * d->ds * sizeof(float));
     }
-    int ok = d->t_h && (!inter || (d->t_states && d->nbuf && d->nbuf_t && d->ngrad));
+    int ok = (c->cache ? d->c_idx && d->c_lp : d->t_h != NULL) &&
+             (!inter || (d->t_states && d->nbuf && d->nbuf_t && d->ngrad));
     if (inter && d->ds != d->dt) {
         if (!opt) {
             tp_distiller_free(d);
@@ -191,13 +251,39 @@ static int grow_chunk(tp_distiller *d, size_t rows) {
     free(d->ce_grad);
     free(d->topk_idx);
     free(d->topk_lp);
-    d->tlog = malloc(rows * d->V * sizeof(float));
+    free(d->cand);
+    free(d->cgrad);
+    int cache = d->cfg.cache != NULL, con = d->cfg.w_contrast != 0;
+    d->tlog = cache ? NULL : malloc(rows * d->V * sizeof(float));
     d->ce_grad = d->cfg.w_ce != 0 ? malloc(rows * d->V * sizeof(float)) : NULL;
-    size_t k = d->cfg.topk > 0 ? (size_t)d->cfg.topk : 1;
-    d->topk_idx = malloc(rows * k * sizeof(int32_t));
-    d->topk_lp = malloc(rows * k * sizeof(float));
-    d->tlog_rows = d->tlog && d->topk_idx && d->topk_lp && (d->cfg.w_ce == 0 || d->ce_grad) ? rows : 0;
+    size_t k = d->cfg.topk > 0 ? (size_t)d->cfg.topk : 1, nc = (size_t)d->cfg.negatives + 1;
+    d->topk_idx = cache ? NULL : malloc(rows * k * sizeof(int32_t));
+    d->topk_lp = cache ? NULL : malloc(rows * k * sizeof(float));
+    d->cand = con ? malloc(rows * nc * sizeof(int32_t)) : NULL;
+    d->cgrad = con ? malloc(rows * nc * sizeof(float)) : NULL;
+    int ok = (cache || (d->tlog && d->topk_idx && d->topk_lp)) && (d->cfg.w_ce == 0 || d->ce_grad) &&
+             (!con || (d->cand && d->cgrad));
+    d->tlog_rows = ok ? rows : 0;
     return d->tlog_rows > 0;
+}
+
+/* Contrastive loss of rows [r0, r0+R): candidates from the teacher's top-k (idx, lp) or, without
+ * top-k, from its full logits (tlog); the loss summed, gradients (scaled) into d->cgrad. */
+static double contrast_rows(tp_distiller *d, size_t r0, size_t R, const float *logits, const int32_t *idx,
+                            const float *lp, double scale) {
+    int k = d->cfg.topk, N = d->cfg.negatives;
+    size_t nc = (size_t)N + 1;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (R * (k > 0 ? (size_t)k : d->V) >= 65536)
+    for (size_t r = 0; r < R; r++) {
+        tp_status s = k > 0 ? tp_kd_pick(lp + r * (size_t)k, idx + r * (size_t)k, (size_t)k, 1.0, N, d->seed, r0 + r,
+                                         d->cand + r * nc)
+                            : tp_kd_pick(d->tlog + r * d->V, NULL, d->V, 1.0 / d->cfg.kd.tau, N, d->seed, r0 + r,
+                                         d->cand + r * nc);
+        bad |= s != TP_OK;
+    }
+    if (bad) return NAN; /* refused by tp_distiller_new already; kept as a guard */
+    return tp_kd_contrastive(&d->cfg.kd, logits, d->V, d->cand, (int)nc, R, (float)scale, d->cgrad);
 }
 
 /* CE rows: loss summed, gradient (softmax - onehot) * scale into g */
@@ -227,27 +313,47 @@ static double logits_loss(void *user, size_t r0, size_t r1, float *logits, size_
     tp_distiller *d = user;
     size_t R = r1 - r0;
     if (!grow_chunk(d, R)) return NAN;
-    double invN = 1.0 / (double)d->N, ce = 0, kd = 0;
-    if (d->cfg.w_ce != 0 && d->targets) ce = ce_rows(logits, d->targets + r0, R, V, d->ce_grad, d->cfg.w_ce * invN);
-    if (d->cfg.w_logits != 0) {
-        tp_matmul_wt(d->t_h + r0 * d->dt, d->teacher->lm_head, NULL, d->tlog, R, d->dt, V);
-        if (d->cfg.topk > 0) {
-            int k = d->cfg.topk;
-#pragma omp parallel for schedule(static) if (R * V >= 65536)
-            for (size_t r = 0; r < R; r++)
-                tp_kd_topk(d->tlog + r * V, V, k, d->cfg.kd.tau, d->topk_idx + r * k, d->topk_lp + r * k);
-            kd = tp_kd_rows_topk(&d->cfg.kd, logits, d->topk_idx, d->topk_lp, k, R, V, (float)(d->cfg.w_logits * invN));
+    double invN = 1.0 / (double)d->N, ce = 0, kd = 0, con = 0;
+    int k = d->cfg.topk;
+    const int32_t *idx = NULL;
+    const float *lp = NULL;
+    if (d->cfg.w_logits != 0 || d->cfg.w_contrast != 0) { /* the teacher's side of these rows */
+        if (d->cfg.cache) {
+            idx = d->c_idx + r0 * (size_t)k;
+            lp = d->c_lp + r0 * (size_t)k;
         } else {
-            kd = tp_kd_rows(&d->cfg.kd, logits, d->tlog, R, V, (float)(d->cfg.w_logits * invN));
+            tp_matmul_wt(d->t_h + r0 * d->dt, d->teacher->lm_head, NULL, d->tlog, R, d->dt, V);
+            if (k > 0) {
+#pragma omp parallel for schedule(static) if (R * V >= 65536)
+                for (size_t r = 0; r < R; r++)
+                    tp_kd_topk(d->tlog + r * V, V, k, d->cfg.kd.tau, d->topk_idx + r * k, d->topk_lp + r * k);
+                idx = d->topk_idx;
+                lp = d->topk_lp;
+            }
         }
+    }
+    /* losses that read the student's logits before the divergence overwrites them with its gradient */
+    if (d->cfg.w_ce != 0 && d->targets) ce = ce_rows(logits, d->targets + r0, R, V, d->ce_grad, d->cfg.w_ce * invN);
+    if (d->cfg.w_contrast != 0) con = contrast_rows(d, r0, R, logits, idx, lp, d->cfg.w_contrast * invN);
+    if (d->cfg.w_logits != 0) {
+        if (k > 0)
+            kd = tp_kd_rows_topk(&d->cfg.kd, logits, idx, lp, k, R, V, (float)(d->cfg.w_logits * invN));
+        else
+            kd = tp_kd_rows(&d->cfg.kd, logits, d->tlog, R, V, (float)(d->cfg.w_logits * invN));
     } else {
         memset(logits, 0, R * V * sizeof(float));
     }
     if (d->cfg.w_ce != 0)
         for (size_t i = 0; i < R * V; i++) logits[i] += d->ce_grad[i];
+    if (d->cfg.w_contrast != 0) {
+        size_t nc = (size_t)d->cfg.negatives + 1;
+        for (size_t r = 0; r < R; r++)
+            for (size_t i = 0; i < nc; i++) logits[r * V + (size_t)d->cand[r * nc + i]] += d->cgrad[r * nc + i];
+    }
     d->mb_logits += kd * invN;
     d->mb_ce += ce * invN;
-    return (d->cfg.w_logits * kd + d->cfg.w_ce * ce) * invN;
+    d->mb_con += con * invN;
+    return (d->cfg.w_logits * kd + d->cfg.w_ce * ce + d->cfg.w_contrast * con) * invN;
 }
 
 /* ---- intermediate states ---- */
@@ -312,7 +418,8 @@ static double alpha_now(const tp_distiller *d) {
     double li = 0;
     for (int s = 0; s < d->n_states; s++) li += d->pair_loss[s];
     li /= d->n_states;
-    return li > 0 ? (d->mb_logits * d->cfg.w_logits + d->mb_ce * d->cfg.w_ce) / li : 0.0;
+    return li > 0 ? (d->mb_logits * d->cfg.w_logits + d->mb_ce * d->cfg.w_ce + d->mb_con * d->cfg.w_contrast) / li
+                  : 0.0;
 }
 
 static void student_grad_hook(void *user, tp_hook_point p, int layer, const float *x, float *dx, int B, int T,
@@ -344,6 +451,7 @@ static void accumulate(tp_distiller *d) {
     d->acc_ce += d->mb_ce;
     d->acc_inter += d->mb_inter;
     d->acc_alpha += d->mb_alpha;
+    d->acc_con += d->mb_con;
     d->acc_n++;
 }
 
@@ -355,13 +463,26 @@ static tp_status prepare(void *user, const tp_train_micro *mb, tp_step_opts *o) 
     d->targets = mb->targets;
     d->micro = mb->micro;
     if (mb->micro == 0) {
-        d->acc_logits = d->acc_ce = d->acc_inter = d->acc_alpha = 0;
+        d->acc_logits = d->acc_ce = d->acc_inter = d->acc_alpha = d->acc_con = 0;
         d->acc_n = 0;
     } else {
         accumulate(d);
     }
-    d->mb_logits = d->mb_ce = d->mb_inter = d->mb_alpha = 0;
-    if (d->cfg.w_logits != 0 || d->n_states > 0) { /* CE alone needs no teacher */
+    d->mb_logits = d->mb_ce = d->mb_inter = d->mb_alpha = d->mb_con = 0;
+    if (d->cfg.w_contrast != 0) d->seed = mb->rng ? tp_rng_u64(mb->rng) : 0;
+    int need_teacher = d->cfg.w_logits != 0 || d->cfg.w_contrast != 0 || d->n_states > 0; /* CE alone needs none */
+    if (need_teacher && d->cfg.cache) {
+        if (!mb->windows)
+            return tp_fail(TP_ERR_ARG, "distillation from a teacher cache needs the loader's window ids (these "
+                                       "batches come from a batch function)");
+        size_t T = (size_t)d->T, k = (size_t)d->cfg.topk;
+        for (int b = 0; b < d->B; b++) {
+            tp_status s = tp_tcache_read(d->cfg.cache, mb->windows[b], mb->tokens + (size_t)b * T,
+                                         mb->targets[(size_t)b * T + T - 1], d->cfg.topk, d->cfg.kd.tau,
+                                         d->c_idx + (size_t)b * T * k, d->c_lp + (size_t)b * T * k);
+            if (s) return tp_fail_ctx(s, "teacher cache: ");
+        }
+    } else if (need_teacher) {
         tp_forward_opts fo = {teacher_hook, d, NULL};
         tp_status s = tp_forward_ex(d->teacher, mb->tokens, mb->B, mb->T, NULL, NULL, 0, &fo);
         if (s) return tp_fail_ctx(s, "teacher forward: ");
@@ -404,9 +525,12 @@ static const char *metrics(void *user, long step) {
     d->last.ce = d->acc_ce / d->acc_n;
     d->last.inter = d->acc_inter / d->acc_n;
     d->last.alpha = d->acc_alpha / d->acc_n;
+    d->last.contrast = d->acc_con / d->acc_n;
     step_projections(d, step, d->micro + 1);
-    snprintf(d->metrics_buf, sizeof d->metrics_buf, "\"kd\":%.9g,\"ce\":%.9g,\"inter\":%.9g,\"alpha\":%.6g",
-             d->last.logits, d->last.ce, d->last.inter, d->last.alpha);
+    int w = snprintf(d->metrics_buf, sizeof d->metrics_buf, "\"kd\":%.9g,\"ce\":%.9g,\"inter\":%.9g,\"alpha\":%.6g",
+                     d->last.logits, d->last.ce, d->last.inter, d->last.alpha);
+    if (d->cfg.w_contrast != 0 && w > 0 && (size_t)w < sizeof d->metrics_buf)
+        snprintf(d->metrics_buf + w, sizeof d->metrics_buf - (size_t)w, ",\"contrast\":%.9g", d->last.contrast);
     return d->metrics_buf;
 }
 

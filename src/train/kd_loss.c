@@ -11,11 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef TP_HAVE_BLAS
-#include <cblas.h>
-#endif
 
 #include "taper/distill.h"
+#include "../model/kernels.h"
 
 #define REST_FLOOR 1e-12
 
@@ -39,6 +37,10 @@ double tp_kd_rows(const tp_kd_cfg *c, float *s, const float *t, size_t R, size_t
     for (size_t r = 0; r < R; r++) {
         float *sr = s + r * V;
         const float *tr = t + r * V;
+        if (c->kind == TP_KD_FKL) { /* the default: one fused, vectorised pass (kernels.c) */
+            total += f * tp_fkl_row(tr, sr, V, (float)inv_tau, (float)(f * inv_tau * scale));
+            continue;
+        }
         double ls = lse_tempered(sr, V, inv_tau), lt = lse_tempered(tr, V, inv_tau);
         double loss = 0, S = 0;
         /* first pass: loss and S; second pass: gradient (needs S) */
@@ -100,10 +102,10 @@ static void sift_down(float *v, int32_t *ix, int k, int i) {
     }
 }
 
-void tp_kd_topk(const float *logits, size_t V, int k, float tau, int32_t *idx, float *logp) {
+void tp_kd_topk_logits(const float *logits, size_t V, int k, int32_t *idx, float *top) {
     if (k <= 0) return;
     if ((size_t)k > V) k = (int)V;
-    float *hv = logp; /* use logp as the heap's value storage */
+    float *hv = top; /* the heap's values, sorted in place at the end */
     for (int i = 0; i < k; i++) {
         hv[i] = logits[i];
         idx[i] = i;
@@ -121,8 +123,18 @@ void tp_kd_topk(const float *logits, size_t V, int k, float tau, int32_t *idx, f
         int32_t ti = idx[0]; idx[0] = idx[n]; idx[n] = ti;
         sift_down(hv, idx, n, 0);
     }
-    double inv_tau = 1.0 / tau, l = lse_tempered(logits, V, inv_tau);
-    for (int i = 0; i < k; i++) logp[i] = (float)(logits[idx[i]] * inv_tau - l);
+}
+
+double tp_kd_lse(const float *logits, size_t V, float tau) { return lse_tempered(logits, V, 1.0 / tau); }
+
+float tp_kd_logp(float logit, float tau, double lse) { return (float)(logit * (1.0 / tau) - lse); }
+
+void tp_kd_topk(const float *logits, size_t V, int k, float tau, int32_t *idx, float *logp) {
+    if (k <= 0) return;
+    if ((size_t)k > V) k = (int)V;
+    tp_kd_topk_logits(logits, V, k, idx, logp);
+    double l = tp_kd_lse(logits, V, tau);
+    for (int i = 0; i < k; i++) logp[i] = tp_kd_logp(logp[i], tau, l);
 }
 
 double tp_kd_rows_topk(const tp_kd_cfg *c, float *s, const int32_t *idx, const float *logp, int k, size_t R,
@@ -199,18 +211,7 @@ double tp_kd_rows_topk(const tp_kd_cfg *c, float *s, const int32_t *idx, const f
 
 /* C(M,N) (+)= A(M,K) B(K,N), row-major; trans_a: A stored (K,M) */
 static void gemm(int trans_a, size_t M, size_t N, size_t K, const float *A, const float *B, float *C, float beta) {
-#ifdef TP_HAVE_BLAS
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
-                trans_a ? (int)M : (int)K, B, (int)N, beta, C, (int)N);
-#else
-#pragma omp parallel for schedule(static) if (M * N * K >= 65536)
-    for (size_t i = 0; i < M; i++)
-        for (size_t j = 0; j < N; j++) {
-            double acc = 0;
-            for (size_t l = 0; l < K; l++) acc += (double)(trans_a ? A[l * M + i] : A[i * K + l]) * B[l * N + j];
-            C[i * N + j] = (float)acc + (beta != 0.0f ? beta * C[i * N + j] : 0.0f);
-        }
-#endif
+    tp_sgemm_prec(trans_a, 0, (int)M, (int)N, (int)K, 1.0f, A, trans_a ? (int)M : (int)K, B, (int)N, beta, C, (int)N);
 }
 
 double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
@@ -221,17 +222,7 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
         ybuf = malloc(N * dt * sizeof(float));
         if (!ybuf) return NAN;
         /* y(N,dt) = xs(N,ds) P^T: P is (dt, ds) */
-#ifdef TP_HAVE_BLAS
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)dt, (int)ds, 1.0f, xs, (int)ds, P, (int)ds,
-                    0.0f, ybuf, (int)dt);
-#else
-        for (size_t n = 0; n < N; n++)
-            for (size_t o = 0; o < dt; o++) {
-                double acc = 0;
-                for (size_t i = 0; i < ds; i++) acc += (double)xs[n * ds + i] * P[o * ds + i];
-                ybuf[n * dt + o] = (float)acc;
-            }
-#endif
+        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt);
         y = ybuf;
     } else if (ds != dt) {
         return NAN;
@@ -286,5 +277,98 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
     if (dy && dP) gemm(1, dt, ds, N, dy, xs, dP, 1.0f);   /* dP(dt,ds) += dy^T(dt,N) xs(N,ds) */
     free(ybuf);
     free(dy);
+    return total;
+}
+
+/* ---- contrastive loss ---- */
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double tp_kd_gumbel(uint64_t seed, uint64_t row, int32_t token) {
+    uint64_t h = mix64(seed ^ mix64(row + 0x9e3779b97f4a7c15ull) ^ mix64(((uint64_t)(uint32_t)token << 1) | 1u));
+    double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0); /* in (0, 1), never 0 or 1 */
+    return -log(-log(u));
+}
+
+/* a beats b as a negative: larger key, ties to the earlier pool entry */
+static int key_better(double ka, size_t pa, double kb, size_t pb) { return ka > kb || (ka == kb && pa < pb); }
+
+static void key_sift(double *key, size_t *pos, int n, int i) { /* min-heap: the root is the weakest */
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && key_better(key[m], pos[m], key[l], pos[l])) m = l;
+        if (r < n && key_better(key[m], pos[m], key[r], pos[r])) m = r;
+        if (m == i) return;
+        double tk = key[i]; key[i] = key[m]; key[m] = tk;
+        size_t tp = pos[i]; pos[i] = pos[m]; pos[m] = tp;
+        i = m;
+    }
+}
+
+tp_status tp_kd_pick(const float *score, const int32_t *ids, size_t n, double mult, int N, uint64_t seed, uint64_t row,
+                     int32_t *cand) {
+    if (N < 1 || (size_t)N > n - (n > 0)) /* N <= n - 1 */
+        return tp_fail(TP_ERR_ARG, "contrastive loss: %d negatives need at least %d candidate tokens besides the "
+                                   "teacher's top token, the pool has %zu", N, N, n > 0 ? n - 1 : 0);
+    /* y*: the largest score, ties to the earliest entry (for a top-k pool: entry 0) */
+    size_t best = 0;
+    for (size_t j = 1; j < n; j++)
+        if (score[j] > score[best]) best = j;
+    cand[0] = ids ? ids[best] : (int32_t)best;
+    double key[TP_KD_MAX_NEG];
+    size_t pos[TP_KD_MAX_NEG];
+    if (N > TP_KD_MAX_NEG)
+        return tp_fail(TP_ERR_ARG, "contrastive loss: %d negatives, at most %d supported", N, TP_KD_MAX_NEG);
+    int h = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (j == best) continue;
+        int32_t id = ids ? ids[j] : (int32_t)j;
+        double k = (double)score[j] * mult + tp_kd_gumbel(seed, row, id);
+        if (isnan(k)) k = -INFINITY;
+        if (h < N) {
+            key[h] = k;
+            pos[h] = j;
+            h++;
+            if (h == N)
+                for (int i = N / 2 - 1; i >= 0; i--) key_sift(key, pos, N, i);
+        } else if (key_better(k, j, key[0], pos[0])) {
+            key[0] = k;
+            pos[0] = j;
+            key_sift(key, pos, N, 0);
+        }
+    }
+    /* heap-sort: strongest first */
+    for (int m = N - 1; m > 0; m--) {
+        double tk = key[0]; key[0] = key[m]; key[m] = tk;
+        size_t tp = pos[0]; pos[0] = pos[m]; pos[m] = tp;
+        key_sift(key, pos, m, 0);
+    }
+    for (int i = 0; i < N; i++) cand[1 + i] = ids ? ids[pos[N - 1 - i]] : (int32_t)pos[N - 1 - i];
+    return TP_OK;
+}
+
+double tp_kd_contrastive(const tp_kd_cfg *c, const float *s, size_t V, const int32_t *cand, int n_cand, size_t R,
+                         float scale, float *g) {
+    const double inv_tau = 1.0 / c->tau, f = kd_factor(c);
+    double total = 0;
+    for (size_t r = 0; r < R; r++) {
+        const float *sr = s + r * V;
+        const int32_t *cr = cand + r * (size_t)n_cand;
+        double mx = -INFINITY;
+        for (int i = 0; i < n_cand; i++) mx = fmax(mx, sr[cr[i]] * inv_tau);
+        double acc = 0;
+        for (int i = 0; i < n_cand; i++) acc += exp(sr[cr[i]] * inv_tau - mx);
+        double lse = mx + log(acc);
+        total += (lse - sr[cr[0]] * inv_tau) * f;
+        if (g) {
+            float *gr = g + r * (size_t)n_cand;
+            double gs = f * inv_tau * scale;
+            for (int i = 0; i < n_cand; i++) gr[i] = (float)((exp(sr[cr[i]] * inv_tau - lse) - (i == 0)) * gs);
+        }
+    }
     return total;
 }

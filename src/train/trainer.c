@@ -229,6 +229,7 @@ typedef struct {
     tp_adamw opt;
     tp_rng rng;
     int32_t *tokens, *targets;  /* (B,T) each */
+    uint64_t *windows;          /* (B) window ids of the loader's rows */
     FILE *metrics;              /* NULL without run_dir */
     double tokens_seen, elapsed0, t0;
     tp_progress prog;
@@ -332,7 +333,7 @@ static tp_status get_batch(trainer *t, long step, int micro) {
     const tp_train_cfg *c = t->cfg;
     if (t->data->batch)
         return t->data->batch(t->data->batch_user, step, micro, t->tokens, t->targets, c->B, c->T);
-    return tp_loader_next(t->data->loader, c->B, t->tokens, t->targets);
+    return tp_loader_next_ids(t->data->loader, c->B, t->tokens, t->targets, t->windows);
 }
 
 /* One optimizer update (0-based index step). Weights change only if everything was finite. */
@@ -348,7 +349,8 @@ static tp_status one_update(trainer *t, long step, double *loss_out, double *gno
         o.targets = t->targets;
         o.grad_scale = 1.0f / (float)c->accum;
         if (t->hooks && t->hooks->prepare) {
-            tp_train_micro mb = {step, j, t->tokens, t->targets, c->B, c->T, &t->rng};
+            tp_train_micro mb = {step, j, t->tokens, t->targets, c->B, c->T, &t->rng,
+                                 t->data->batch ? NULL : t->windows};
             if ((s = t->hooks->prepare(t->hooks->user, &mb, &o))) return tp_fail_ctx(s, "step %ld: ", step + 1);
         }
         double loss = 0;
@@ -436,6 +438,7 @@ static void trainer_free(trainer *t) {
     tp_adamw_free(&t->opt);
     free(t->tokens);
     free(t->targets);
+    free(t->windows);
 }
 
 static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
@@ -521,7 +524,8 @@ tp_status tp_train_run(tp_model *m, const tp_train_cfg *cfg, const tp_train_data
     size_t bt = (size_t)cfg->B * (size_t)cfg->T;
     t.tokens = malloc(bt * sizeof(int32_t));
     t.targets = malloc(bt * sizeof(int32_t));
-    if (!t.tokens || !t.targets) s = tp_fail(TP_ERR_NOMEM, "train: out of memory for a %d x %d batch", cfg->B, cfg->T);
+    t.windows = malloc((size_t)cfg->B * sizeof(uint64_t));
+    if (!t.tokens || !t.targets || !t.windows) s = tp_fail(TP_ERR_NOMEM, "train: out of memory for a %d x %d batch", cfg->B, cfg->T);
     if (!s) s = tp_model_alloc(&m->cfg, &t.grad);
     if (!s) s = tp_adamw_init(&t.opt, m, &cfg->opt);
     if (!s) s = tp_tape_alloc(&m->cfg, cfg->B, cfg->T, cfg->recompute, &t.tape);

@@ -4,6 +4,7 @@ Writes OUT/kd/kd.json: random student/teacher logits and hidden states (float32)
 the loss and the gradient with respect to the student-side inputs, computed in float64 from the
 float32 inputs. The losses are written here from their definitions in include/taper/distill.h:
   fkl  = sum_rows KL(p || q),   rkl = sum_rows KL(q || p),
+  contrastive = sum_rows -log softmax_i(s[cand_i] / tau)[0] (cand_0 = the teacher's argmax) [* tau^2],
   jsd  = sum_rows beta KL(p || m) + (1-beta) KL(q || m),  m = beta p + (1-beta) q,
 with p = softmax(t / tau), q = softmax(s / tau), times tau^2 when tau2; top-k: the same over k+1
 bins (the teacher's top-k tokens and the rest); hidden: cosine (sum of 1 - cos) and mse (sum over
@@ -87,7 +88,34 @@ def main():
             if proj:
                 rec["dP"] = p.grad.float().flatten().tolist()
             hidden.append(rec)
+    # contrastive: the candidates (teacher argmax first, then 4 others) are fixed here; the C side's
+    # sampler is tested on its own (tests/test_kd.c). Drawn after everything above, so the arrays
+    # above keep their values.
+    NEG = 4
+    cand = []
+    for r in range(R):
+        ystar = int(t32[r].argmax())
+        others = [j for j in torch.randperm(V, generator=g).tolist() if j != ystar][:NEG]
+        cand.append([ystar] + others)
+    candt = torch.tensor(cand)
+    s_sat = s32.clone()
+    s_sat[:, :] = -60.0
+    for r in range(R):
+        s_sat[r, cand[r][0]] = 60.0  # the student already puts all its mass on y*
+    con = []
+    for name, base in (("random", s32), ("saturated", s_sat)):
+        for tau, tau2 in ((1.0, 0), (2.0, 1), (0.5, 0)):
+            s = base.double().clone().requires_grad_(True)
+            z = torch.gather(s, -1, candt) / tau
+            loss = -torch.log_softmax(z, -1)[:, 0].sum()
+            if tau2:
+                loss = loss * tau * tau
+            loss.backward()
+            con.append({"name": name, "tau": tau, "tau2": tau2, "loss": loss.item(),
+                        "grad": s.grad.float().flatten().tolist()})
     out = {"R": R, "V": V, "s": s32.flatten().tolist(), "t": t32.flatten().tolist(), "cases": cases,
+           "contrastive": {"N": NEG, "cand": candt.flatten().tolist(), "s_saturated": s_sat.flatten().tolist(),
+                           "cases": con},
            "N": N, "ds": ds, "dt": dt, "xs": xs.flatten().tolist(), "xt": xt.flatten().tolist(),
            "xt_same": xt_same.flatten().tolist(), "P": P.flatten().tolist(), "hidden": hidden,
            "torch": torch.__version__}
