@@ -1,10 +1,11 @@
 # taper — build, test, demo. `make help` lists the targets.
-# Switches (printed at build time): SANITIZE=1 (ASan+UBSan), OPENMP=0, BLAS=0, NATIVE=0, CC=clang.
+# Switches (printed at build time): SANITIZE=1 (ASan+UBSan), OPENMP=0, BLAS=0, DNNL=0, NATIVE=0, CC=clang.
 
 CC      ?= cc
 SANITIZE ?= 0
 OPENMP  ?= 1
 BLAS    ?= 1
+DNNL    ?= 1
 NATIVE  ?= 1
 TAPER_CACHE ?= $(HOME)/.cache/taper
 TAPER_DATA  ?= $(abspath ../shared/data)
@@ -28,6 +29,7 @@ endif
 HAVE_OPENMP := $(shell [ "$(OPENMP)" = 1 ] && echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1 || echo 0)
 BLAS_INFO   := $(shell [ "$(BLAS)" = 1 ] && CC="$(CC)" scripts/have-blas.sh)
 HAVE_BLAS   := $(if $(BLAS_INFO),1,0)
+HAVE_DNNL   := $(shell [ "$(DNNL)" = 1 ] && printf '#include <dnnl.h>\nint main(void){dnnl_engine_t e;return dnnl_engine_create(&e,dnnl_cpu,0)!=dnnl_success;}\n' | $(CC) -x c - -ldnnl -o /dev/null 2>/dev/null && echo 1 || echo 0)
 HAVE_CUDA   := $(shell command -v nvcc >/dev/null 2>&1 && echo 1 || echo 0)
 HAVE_MPI    := $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
 
@@ -38,6 +40,11 @@ endif
 ifeq ($(HAVE_BLAS),1)
   CFLAGS  += -DTP_HAVE_BLAS $(filter -I%,$(word 2,$(subst |, ,$(BLAS_INFO))))
   LDLIBS  += $(filter-out -I%,$(wordlist 2,99,$(subst |, ,$(BLAS_INFO))))
+endif
+
+ifeq ($(HAVE_DNNL),1)
+  CFLAGS  += -DTP_HAVE_DNNL
+  LDLIBS  += -ldnnl
 endif
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
@@ -55,7 +62,7 @@ TESTBIN  := $(BUILD)/taper-tests
 all: config $(BIN)
 
 config:
-	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS=$(HAVE_BLAS) ($(firstword $(subst |, ,$(BLAS_INFO)))) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) [not used yet] -> $(BUILD)/"
+	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS=$(HAVE_BLAS) ($(firstword $(subst |, ,$(BLAS_INFO)))) oneDNN=$(HAVE_DNNL) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) [not used yet] -> $(BUILD)/"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -64,6 +64,11 @@ int cli_json_out(cJSON *obj, const char *dest) {
     return rc;
 }
 
+int cli_precision(const char *cmd, const char *arg) {
+    if (tp_set_precision(arg)) return cli_usage(cmd, "--precision: %s", tp_errmsg());
+    return CLI_OK;
+}
+
 void cli_set_threads(int n) {
 #ifdef _OPENMP
     if (n > 0) omp_set_num_threads(n);

@@ -13,7 +13,8 @@
 
 static const char *HELP =
     "usage: taper eval MODEL [--tasks LIST] [--task-file FILE]... [--limit N] [--data-dir DIR]\n"
-    "                  [--batch N] [--max-length N] [--threads N] [--json[=FILE]]\n\n"
+    "                  [--batch N] [--max-length N] [--precision P] [--threads N]\n"
+    "                  [--json[=FILE]]\n\n"
     "Zero-shot log-likelihood benchmarks, scored as lm-evaluation-harness (HF models) scores them:\n"
     "same prompts, target delimiter, tokenization of context/continuation (HFLM._encode_pair),\n"
     "acc = argmax of the continuations' log-likelihoods, acc_norm = argmax of ll / len(choice in\n"
@@ -28,6 +29,7 @@ static const char *HELP =
     "  --batch N          items scored per forward pass (default 8)\n"
     "  --max-length N     context for truncation and rolling windows (default: the model's\n"
     "                     max_position_embeddings, as the harness uses for HF models)\n"
+    "  --precision P      fp32 (default) or bf16 weight products (bf16 inputs, fp32 accumulation)\n"
     "  --threads N        OpenMP threads (default: all cores)\n"
     "  --json[=FILE]      also write every number, per item too, and the settings as JSON\n"
     "                     (stdout, or FILE)\n"
@@ -162,6 +164,7 @@ int cmd_eval(int argc, char **argv) {
                                          {"batch", required_argument, 0, 'b'},
                                          {"max-length", required_argument, 0, 'm'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"precision", required_argument, 0, 'P'},
                                          {"json", optional_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -182,6 +185,7 @@ int cmd_eval(int argc, char **argv) {
         case 'b': if ((rc = cli_int("eval", "--batch", optarg, 1, 4096, &batch))) return rc; break;
         case 'm': if ((rc = cli_int("eval", "--max-length", optarg, 1, 1 << 24, &max_len))) return rc; break;
         case 't': if ((rc = cli_int("eval", "--threads", optarg, 1, 1024, &threads))) return rc; break;
+        case 'P': if ((rc = cli_precision("eval", optarg))) return rc; break;
         case 'j':
             json = optarg ? optarg : "-";
             /* also accept "--json out.json" */
@@ -246,6 +250,7 @@ int cmd_eval(int argc, char **argv) {
     free(list);
     tp_model *m = NULL;
     if (!s) s = tp_model_load(model_path, &m);
+    if (!s) s = tp_model_prepare_precision(m, 1);
     if (!s && !m->tok) s = tp_fail(TP_ERR_ARG, "%s has no tokenizer (tokenizer.json)", model_path);
     if (s) {
         for (int k = 0; k < n_tasks; k++) tp_task_free(tasks[k]);

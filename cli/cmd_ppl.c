@@ -10,7 +10,8 @@
 #include "taper/util.h"
 
 static const char *HELP =
-    "usage: taper ppl MODEL --data FILE [--ctx 512] [--max-chunks N] [--threads N] [--json[=FILE]]\n\n"
+    "usage: taper ppl MODEL --data FILE [--ctx 512] [--max-chunks N] [--precision P] [--threads N]\n"
+    "                 [--json[=FILE]]\n\n"
     "Tokenizes the whole text file (as bytes, no BOS) and reports perplexity under two protocols:\n"
     "  chunks     non-overlapping ctx-token chunks, last partial chunk dropped, every token after the\n"
     "             first of each chunk scored (GPTQ / Wanda / SparseGPT papers)\n"
@@ -19,6 +20,7 @@ static const char *HELP =
     "  --data FILE      text to score (e.g. wikitext2/wiki.test.raw)\n"
     "  --ctx N          tokens per chunk (default 512)\n"
     "  --max-chunks N   score only the first N chunks (default: all)\n"
+    "  --precision P    fp32 (default) or bf16 (weight products with bf16 inputs, fp32 accumulation)\n"
     "  --threads N      OpenMP threads (default: all cores)\n"
     "  --json[=FILE]    also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help       this help\n";
@@ -28,6 +30,7 @@ int cmd_ppl(int argc, char **argv) {
                                          {"ctx", required_argument, 0, 'c'},
                                          {"max-chunks", required_argument, 0, 'm'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"precision", required_argument, 0, 'P'},
                                          {"json", optional_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -41,6 +44,7 @@ int cmd_ppl(int argc, char **argv) {
         case 'c': if ((rc = cli_int("ppl", "--ctx", optarg, 4, 1 << 20, &ctx))) return rc; break;
         case 'm': if ((rc = cli_int("ppl", "--max-chunks", optarg, 0, 1 << 30, &max_chunks))) return rc; break;
         case 't': if ((rc = cli_int("ppl", "--threads", optarg, 1, 1024, &threads))) return rc; break;
+        case 'P': if ((rc = cli_precision("ppl", optarg))) return rc; break;
         case 'j': json = optarg ? optarg : "-"; break;
         default: return cli_usage("ppl", "unknown option");
         }
@@ -50,7 +54,11 @@ int cmd_ppl(int argc, char **argv) {
     cli_set_threads(threads);
     tp_model *m = NULL;
     tp_status s = tp_model_load(argv[optind], &m);
-    if (s) return cli_error(s);
+    if (!s) s = tp_model_prepare_precision(m, 1);
+    if (s) {
+        tp_model_free(m);
+        return cli_error(s);
+    }
     if (!m->tok) {
         tp_model_free(m);
         return cli_error(tp_fail(TP_ERR_ARG, "%s has no tokenizer (tokenizer.json)", argv[optind]));
@@ -102,6 +110,7 @@ int cmd_ppl(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "chunks", (double)r[p].n_chunks);
         cJSON_AddNumberToObject(o, "seconds", r[p].seconds);
         cJSON_AddNumberToObject(o, "tokens_per_s", r[p].tokens_per_s);
+        cJSON_AddStringToObject(o, "precision", tp_precision_name());
         cJSON_AddItemToArray(arr, o);
     }
     tp_model_free(m);

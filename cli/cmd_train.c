@@ -74,7 +74,7 @@ static const char *HELP =
     "2 usage error, 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.\n";
 
 typedef struct {
-    const char *model, *data, *run_dir, *init_config, *export_hf, *export_gguf, *dtype, *gguf_type;
+    const char *model, *data, *run_dir, *init_config, *export_hf, *export_gguf, *dtype, *gguf_type, *precision;
     int steps, schedule_steps, seq, batch, accum, warmup, val_every, val_batches, ckpt_every, keep;
     int resume, recompute, threads, quiet;
     long seed;
@@ -84,7 +84,8 @@ typedef struct {
 /* Settings that change what the run computes: a resume must match them exactly. */
 static const char *const TRAJECTORY_KEYS[] = {"model_hash", "vocab", "data_tokens", "data_docs", "seq", "batch",
                                               "accum", "lr", "min_lr", "warmup", "schedule_steps", "weight_decay",
-                                              "beta1", "beta2", "eps", "clip", "seed", "val_frac", "distill", NULL};
+                                              "beta1", "beta2", "eps", "clip", "seed", "val_frac", "distill",
+                                              "precision", NULL};
 
 /* Set by `taper distill` (cli/cmd_distill.c) before it calls cmd_train: adds its settings to
  * args.json (key "distill") and plugs its hooks into the loop. NULL for plain training. */
@@ -236,6 +237,8 @@ static cJSON *make_args(const train_args *a, const tp_model *m, const tp_dataset
     cJSON_AddNumberToObject(j, "ckpt_every", a->ckpt_every);
     cJSON_AddNumberToObject(j, "keep", a->keep);
     cJSON_AddBoolToObject(j, "recompute", a->recompute);
+    if (strcmp(tp_precision_name(), "fp32")) /* absent for fp32: runs from before the option resume */
+        cJSON_AddStringToObject(j, "precision", tp_precision_name());
     cJSON_AddNumberToObject(j, "threads", n_threads());
     return j;
 }
@@ -345,7 +348,7 @@ static tp_status export_model(const train_args *a, const tp_model *m, cJSON *sum
 static int parse(int argc, char **argv, train_args *a) {
     enum { O_STEPS = 256, O_SEQ, O_BATCH, O_ACCUM, O_LR, O_MINLR, O_WARMUP, O_SCHED, O_WD, O_B1, O_B2, O_EPS, O_CLIP,
            O_SEED, O_VALFRAC, O_VALEVERY, O_VALB, O_CKPT, O_KEEP, O_RUNDIR, O_RESUME, O_RECOMP, O_THREADS, O_INIT,
-           O_EXHF, O_EXDT, O_EXGG, O_EXGT, O_QUIET, O_DATA };
+           O_EXHF, O_EXDT, O_EXGG, O_EXGT, O_QUIET, O_DATA, O_PREC };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},          {"steps", required_argument, 0, O_STEPS},
         {"seq", required_argument, 0, O_SEQ},            {"batch", required_argument, 0, O_BATCH},
@@ -362,6 +365,7 @@ static int parse(int argc, char **argv, train_args *a) {
         {"init-config", required_argument, 0, O_INIT},   {"export-hf", required_argument, 0, O_EXHF},
         {"export-dtype", required_argument, 0, O_EXDT},  {"export-gguf", required_argument, 0, O_EXGG},
         {"export-gguf-type", required_argument, 0, O_EXGT}, {"quiet", no_argument, 0, O_QUIET},
+        {"precision", required_argument, 0, O_PREC},
         {"help", no_argument, 0, 'h'},                   {0, 0, 0, 0}};
     const char *C = "train";
     int c, rc = CLI_OK, seed = 1;
@@ -399,6 +403,7 @@ static int parse(int argc, char **argv, train_args *a) {
         case O_EXGG: a->export_gguf = optarg; break;
         case O_EXGT: a->gguf_type = optarg; break;
         case O_QUIET: a->quiet = 1; break;
+        case O_PREC: a->precision = optarg; break;
         default: return cli_usage(C, "unknown option");
         }
     }
@@ -409,6 +414,7 @@ static int parse(int argc, char **argv, train_args *a) {
     if (!a->data) return cli_usage(C, "--data SHARDS is required (write shards with `taper tokenize`)");
     if (a->steps < 0) return cli_usage(C, "--steps N is required");
     if (!a->run_dir) return cli_usage(C, "--run-dir DIR is required");
+    if (a->precision && tp_set_precision(a->precision)) return cli_usage(C, "--precision: %s", tp_errmsg());
     if (a->min_lr > a->lr) return cli_usage(C, "--min-lr %g exceeds --lr %g", a->min_lr, a->lr);
     if (strcasecmp(a->dtype, "f32") && strcasecmp(a->dtype, "f16") && strcasecmp(a->dtype, "bf16"))
         return cli_usage(C, "--export-dtype must be f32, f16 or bf16, got '%s'", a->dtype);
@@ -507,6 +513,7 @@ int cmd_train(int argc, char **argv) {
                         tp_dataset_tokens(ds));
     }
     if (!s) s = check_data_fits(&a, m, ds);
+    if (!s) s = tp_model_prepare_precision(m, 0);
     if (!s) {
         args = make_args(&a, m, ds, a.schedule_steps);
         if (cli_train_extension) {
@@ -558,8 +565,8 @@ int cmd_train(int argc, char **argv) {
         if (!a.quiet) {
             char desc[1024];
             tp_loader_describe(L, desc, sizeof desc);
-            fprintf(stderr, "taper train: %zu params; %d x %d x %d = %d tokens per step; %d threads\n%s\n", m->n_params,
-                    a.batch, a.seq, a.accum, a.batch * a.seq * a.accum, n_threads(), desc);
+            fprintf(stderr, "taper train: %zu params; %d x %d x %d = %d tokens per step; %d threads; products: %s\n%s\n",
+                    m->n_params, a.batch, a.seq, a.accum, a.batch * a.seq * a.accum, n_threads(), tp_gemm_info(), desc);
         }
         if (!s) s = tp_train_run(m, &cfg, &data, hooks, &r);
         signal(SIGINT, SIG_DFL);

@@ -81,6 +81,20 @@ tp_status tp_config_to_json(const tp_config *c, char **out);
 /* Same, with the stored dtype named ("float32", "float16", "bfloat16"; "F32", "F16", "BF16" too). */
 tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **out);
 
+/* ---- precision of the matrix products (every model of the process) ----
+ * "fp32" (default; the TAPER_PRECISION environment variable may set "bf16"): plain fp32.
+ * "bf16": both inputs of every weight product (projections, lm_head, their gradients) are rounded
+ * to bf16 and multiplied with fp32 accumulation into fp32 results; weights, gradients, optimizer
+ * state, norms, softmax, attention and losses stay fp32 ("fp32 master weights"). */
+tp_status tp_set_precision(const char *name);
+const char *tp_precision_name(void);
+/* One line naming the matrix-product backend and precision in use, for logs. */
+const char *tp_gemm_info(void);
+/* Under bf16, keeps bf16 copies of m's weight matrices so they are not converted at every product
+ * (frozen: m never changes, e.g. a teacher; otherwise they follow optimizer updates). No-op under
+ * fp32. tp_model_free releases them. */
+tp_status tp_model_prepare_precision(const tp_model *m, int frozen);
+
 /* ---- forward ---- */
 /* Key/value cache for incremental decoding of B sequences up to cap positions. */
 typedef struct {

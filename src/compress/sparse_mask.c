@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "taper/sparsify.h"
+#include "../model/kernels.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* names */
@@ -344,6 +345,7 @@ tp_status tp_mask_apply(tp_model *m, const tp_mask *mk) {
                 if ((v >> bit) & 1) w[j * 8 + (size_t)bit] = 0.0f;
         }
     }
+    tp_gemm_bf16_refresh(); /* bf16 copies of the weights, if any, follow */
     return TP_OK;
 }
 

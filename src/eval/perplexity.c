@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "taper/eval.h"
+#include "../model/kernels.h"
 
 const char *tp_ppl_protocol_name(tp_ppl_protocol p) {
     return p == TP_PPL_LLAMACPP ? "llama.cpp" : "chunks";
@@ -22,10 +23,8 @@ void tp_nll_rows(const float *logits, const int32_t *targets, size_t n, size_t v
 #pragma omp parallel for schedule(static) if (n > 1)
     for (size_t i = 0; i < n; i++) {
         const float *r = logits + i * vocab;
-        float mx = r[0];
-        for (size_t j = 1; j < vocab; j++) mx = r[j] > mx ? r[j] : mx;
-        double sum = 0;
-        for (size_t j = 0; j < vocab; j++) sum += exp((double)r[j] - mx);
+        float mx = tp_vmax(r, vocab);
+        double sum = tp_exp_shift_sum(r, mx, NULL, vocab);
         nll[i] = (double)mx + log(sum) - (double)r[targets[i]];
     }
 }

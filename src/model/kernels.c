@@ -8,6 +8,89 @@
 #ifdef TP_HAVE_BLAS
 #include <cblas.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* ---------------------------------------------------------------- vector exp, max, sums
+ * exp(x) = 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 (two-part ln 2, |r| <= 0.347), p the
+ * degree-7 Taylor polynomial (truncation < 6e-9 relative), 2^n applied by VSCALEFPS (which
+ * overflows to inf and underflows through the denormals to 0 like expf). x is clamped to
+ * [-104, 89] first, keeping NaN. Measured against expf over [-104, 89]: <= 2 ulp (tests). */
+#if defined(__AVX512F__)
+static inline __m512 v_exp(__m512 x) {
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x)); /* NaN stays */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 tail_mask(size_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
+#endif
+
+void tp_vexp(const float *x, float *y, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, v_exp(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+#else
+    for (; i < n; i++) y[i] = expf(x[i]);
+#endif
+}
+
+float tp_vmax(const float *x, size_t n) {
+#if defined(__AVX512F__)
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, x + i));
+    }
+    return _mm512_reduce_max_ps(mx);
+#else
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+#endif
+}
+
+double tp_exp_shift_sum(const float *x, float sub, float *y, size_t n) { return tp_exp_affine_sum(x, sub, 1.0f, y, n); }
+
+double tp_exp_affine_sum(const float *x, float sub, float mul, float *y, size_t n) {
+#if defined(__AVX512F__)
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    __m512 vs = _mm512_set1_ps(sub), vm = _mm512_set1_ps(mul);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 a = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vs);
+        if (mul != 1.0f) a = _mm512_mul_ps(a, vm);
+        __m512 e = _mm512_maskz_mov_ps(m, v_exp(a));
+        if (y) _mm512_mask_storeu_ps(y + i, m, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+#else
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        float a = x[i] - sub, e = expf(mul != 1.0f ? a * mul : a);
+        if (y) y[i] = e;
+        sum += e;
+    }
+    return sum;
+#endif
+}
 
 void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in,
                       size_t out) {
@@ -23,9 +106,8 @@ void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *
 
 void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in,
                   size_t out) {
-#ifdef TP_HAVE_BLAS
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)out, (int)in, 1.0f, X, (int)in, W,
-                (int)in, 0.0f, Y, (int)out);
+#if defined(TP_HAVE_BLAS) || defined(TP_HAVE_DNNL)
+    tp_sgemm_prec(0, 1, (int)N, (int)out, (int)in, 1.0f, X, (int)in, W, (int)in, 0.0f, Y, (int)out);
     if (bias) {
 #pragma omp parallel for schedule(static) if (N * out >= TP_PAR_MIN_WORK)
         for (size_t n = 0; n < N; n++)
@@ -70,10 +152,23 @@ void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, cons
 }
 
 void tp_silu_mul(float *g, const float *u, size_t n) {
+    size_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) {
-        float a = g[i];
-        g[i] = a / (1.0f + expf(-a)) * u[i];
+    for (size_t b = 0; b < nb; b++) {
+        size_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+#if defined(__AVX512F__)
+        for (size_t i = i0; i < i1; i += 16) {
+            __mmask16 m = tail_mask(i1 - i);
+            __m512 a = _mm512_maskz_loadu_ps(m, g + i), e = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), a));
+            __m512 y = _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_maskz_loadu_ps(m, u + i));
+            _mm512_mask_storeu_ps(g + i, m, y);
+        }
+#else
+        for (size_t i = i0; i < i1; i++) {
+            float a = g[i];
+            g[i] = a / (1.0f + expf(-a)) * u[i];
+        }
+#endif
     }
 }
 
@@ -81,14 +176,8 @@ static void softmax_causal_rows(float *S, int T, int Tk, int p0) {
     for (int i = 0; i < T; i++) {
         float *r = S + (size_t)i * Tk;
         int nvis = p0 + i + 1;
-        float mx = -INFINITY;
-        for (int j = 0; j < nvis; j++) mx = r[j] > mx ? r[j] : mx;
-        float sum = 0;
-        for (int j = 0; j < nvis; j++) {
-            r[j] = expf(r[j] - mx);
-            sum += r[j];
-        }
-        float inv = 1.0f / sum;
+        float mx = tp_vmax(r, (size_t)nvis);
+        float inv = (float)(1.0 / tp_exp_shift_sum(r, mx, r, (size_t)nvis));
         for (int j = 0; j < nvis; j++) r[j] *= inv;
         for (int j = nvis; j < Tk; j++) r[j] = 0;
     }
@@ -97,6 +186,11 @@ static void softmax_causal_rows(float *S, int T, int Tk, int p0) {
 void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                        size_t ldo, int T, int p0, int hd, float scale, float *S) {
     int Tk = p0 + T;
+    if (T > TP_ATT_BLOCK) { /* blocks of query rows: only the causal part is computed (about half) */
+        float *lse = S + (size_t)TP_ATT_BLOCK * (size_t)Tk; /* fits: (T - 64) * Tk >= Tk >= T */
+        tp_attention_head_lse(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, hd, scale, S);
+        return;
+    }
 #ifdef TP_HAVE_BLAS
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, Tk, hd, scale, Q, (int)ldq, K, (int)ldk, 0.0f, S,
                 Tk);
@@ -153,27 +247,15 @@ void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const flo
 
 /* C(M,N) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when ta / tb is set. With
  * beta == 0, C is not read. BLAS when built with it, plain loops otherwise. */
+/* fp32 product (attention blocks, small and inside parallel regions): see tp_sgemm. */
 static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                  int ldb, float beta, float *C, int ldc) {
-#ifdef TP_HAVE_BLAS
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
-                lda, B, ldb, beta, C, ldc);
-#else
-#pragma omp parallel for schedule(static) if ((size_t)M * N * K >= TP_PAR_MIN_WORK)
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            float acc = 0;
-            for (int k = 0; k < K; k++)
-                acc += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
-                       (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
-            float *c = C + (size_t)i * ldc + j;
-            *c = alpha * acc + (beta == 0.0f ? 0.0f : beta * *c);
-        }
-#endif
+    tp_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void tp_matmul_dx(const float *dY, const float *W, float *dX, size_t N, size_t in, size_t out, int accumulate) {
-    gemm(0, 0, (int)N, (int)in, (int)out, 1.0f, dY, (int)out, W, (int)in, accumulate ? 1.0f : 0.0f, dX, (int)in);
+    tp_sgemm_prec(0, 0, (int)N, (int)in, (int)out, 1.0f, dY, (int)out, W, (int)in, accumulate ? 1.0f : 0.0f, dX,
+                  (int)in);
 }
 
 void tp_matmul_dx_ref(const float *dY, const float *W, float *dX, size_t N, size_t in, size_t out, int accumulate) {
@@ -200,7 +282,7 @@ static void bias_grad(const float *dY, float *db, size_t N, size_t out, float al
 
 void tp_matmul_dw(const float *dY, const float *X, float *dW, float *db, size_t N, size_t in, size_t out,
                   float alpha) {
-    gemm(1, 0, (int)out, (int)in, (int)N, alpha, dY, (int)out, X, (int)in, 1.0f, dW, (int)in);
+    tp_sgemm_prec(1, 0, (int)out, (int)in, (int)N, alpha, dY, (int)out, X, (int)in, 1.0f, dW, (int)in);
     if (db) bias_grad(dY, db, N, out, alpha);
 }
 
@@ -292,12 +374,29 @@ void tp_rope_bwd(float *dx, size_t N, int n_heads, int hd, const int *pos, const
 }
 
 void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n) {
+    size_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) {
-        float x = g[i], s = 1.0f / (1.0f + expf(-x)), d = da[i];
-        float gu = d * u[i] * (s * (1.0f + x * (1.0f - s)));
-        du[i] = d * (x * s);
-        dg[i] = gu;
+    for (size_t b = 0; b < nb; b++) {
+        size_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+#if defined(__AVX512F__)
+        const __m512 one = _mm512_set1_ps(1.0f);
+        for (size_t i = i0; i < i1; i += 16) {
+            __mmask16 m = tail_mask(i1 - i);
+            __m512 x = _mm512_maskz_loadu_ps(m, g + i), d = _mm512_maskz_loadu_ps(m, da + i);
+            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+            __m512 gu = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_maskz_loadu_ps(m, u + i)),
+                                      _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one)));
+            _mm512_mask_storeu_ps(du + i, m, _mm512_mul_ps(d, _mm512_mul_ps(x, s)));
+            _mm512_mask_storeu_ps(dg + i, m, gu); /* after du: dg may alias da */
+        }
+#else
+        for (size_t i = i0; i < i1; i++) {
+            float x = g[i], s = 1.0f / (1.0f + expf(-x)), d = da[i];
+            float gu = d * u[i] * (s * (1.0f + x * (1.0f - s)));
+            du[i] = d * (x * s);
+            dg[i] = gu;
+        }
+#endif
     }
 }
 
@@ -309,13 +408,8 @@ void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const flo
         for (int r = 0; r < bq; r++) {
             float *row = S + (size_t)r * kmax;
             int nvis = p0 + i0 + r + 1;
-            float mx = -INFINITY;
-            for (int j = 0; j < nvis; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0;
-            for (int j = 0; j < nvis; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
+            float mx = tp_vmax(row, (size_t)nvis);
+            float sum = (float)tp_exp_shift_sum(row, mx, row, (size_t)nvis);
             float inv = 1.0f / sum;
             for (int j = 0; j < nvis; j++) row[j] *= inv;
             for (int j = nvis; j < kmax; j++) row[j] = 0;
@@ -361,7 +455,7 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
         for (int r = 0; r < bq; r++) {
             float *row = P + (size_t)r * kmax, l = lse[i0 + r];
             int nvis = p0 + i0 + r + 1;
-            for (int j = 0; j < nvis; j++) row[j] = expf(row[j] - l);
+            tp_exp_shift_sum(row, l, row, (size_t)nvis);
             for (int j = nvis; j < kmax; j++) row[j] = 0;
         }
         gemm(1, 0, kmax, hd, bq, 1.0f, P, kmax, dOb, (int)ldo, 1.0f, dV, (int)lddk); /* dV += P^T dO */
@@ -426,4 +520,39 @@ void tp_attention_head_bwd_ref(const float *Q, size_t ldq, const float *K, const
             dV[(size_t)j * lddk + e] = (float)(dV[(size_t)j * lddk + e] + gv[(size_t)j * hd + e]);
         }
     free(p); free(ds); free(gk); free(gv);
+}
+
+double tp_fkl_row(const float *t, float *s, size_t V, float inv_tau, float gscale) {
+    float ms = tp_vmax(s, V), mt = tp_vmax(t, V);
+    double Ss = tp_exp_affine_sum(s, ms, inv_tau, NULL, V), St = tp_exp_affine_sum(t, mt, inv_tau, NULL, V);
+    double ls = (double)ms * inv_tau + log(Ss), lt = (double)mt * inv_tau + log(St); /* log-sum-exp of z = x/tau */
+    float ls0 = (float)log(Ss), lt0 = (float)log(St);
+    double dl = ls - lt, loss = 0;
+#if defined(__AVX512F__)
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd(), vdl = _mm512_set1_pd(dl);
+    __m512 vit = _mm512_set1_ps(inv_tau), vg = _mm512_set1_ps(gscale);
+    __m512 vms = _mm512_set1_ps(ms), vmt = _mm512_set1_ps(mt), vls = _mm512_set1_ps(ls0), vlt = _mm512_set1_ps(lt0);
+    for (size_t i = 0; i < V; i += 16) {
+        __mmask16 m = tail_mask(V - i);
+        __m512 xs = _mm512_maskz_loadu_ps(m, s + i), xt = _mm512_maskz_loadu_ps(m, t + i);
+        __m512 q = v_exp(_mm512_fmsub_ps(_mm512_sub_ps(xs, vms), vit, vls));
+        __m512 p = _mm512_maskz_mov_ps(m, v_exp(_mm512_fmsub_ps(_mm512_sub_ps(xt, vmt), vit, vlt)));
+        __m512 d = _mm512_mul_ps(_mm512_sub_ps(xt, xs), vit); /* z_t - z_s; + (ls - lt) in double below */
+        __m512d p0 = _mm512_cvtps_pd(_mm512_castps512_ps256(p)),
+                p1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
+        __m512d d0 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(d)), vdl),
+                d1 = _mm512_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1))), vdl);
+        acc0 = _mm512_fmadd_pd(p0, d0, acc0);
+        acc1 = _mm512_fmadd_pd(p1, d1, acc1);
+        _mm512_mask_storeu_ps(s + i, m, _mm512_mul_ps(_mm512_sub_ps(q, p), vg));
+    }
+    loss = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+#else
+    for (size_t j = 0; j < V; j++) {
+        float q = expf((s[j] - ms) * inv_tau - ls0), p = expf((t[j] - mt) * inv_tau - lt0);
+        loss += (double)p * ((double)((t[j] - s[j]) * inv_tau) + dl);
+        s[j] = (q - p) * gscale;
+    }
+#endif
+    return loss;
 }

@@ -9,6 +9,38 @@
  * barrier, which is slow when the cores are shared (one-token decoding, small batches). */
 #define TP_PAR_MIN_WORK 65536
 
+/* ---- matrix products (src/model/gemm.c) ----
+ * C(M,N) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when ta / tb is set; with
+ * beta == 0, C is not read. Backend: oneDNN matmul for large products outside OpenMP regions (when
+ * built with it), OpenBLAS otherwise, plain loops without either; TAPER_GEMM=dnnl|blas|loops (or
+ * tp_gemm_set_backend) overrides. tp_sgemm is always fp32; tp_sgemm_prec follows the precision set
+ * by tp_gemm_set_precision (TP_PREC_BF16: both inputs rounded to bf16, fp32 accumulation and
+ * output). The weight products below (tp_matmul_wt / _dx / _dw) use tp_sgemm_prec. */
+enum { TP_GEMM_DNNL = 0, TP_GEMM_BLAS = 1, TP_GEMM_LOOPS = 2 };
+enum { TP_PREC_FP32 = 0, TP_PREC_BF16 = 1 };
+void tp_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc);
+void tp_sgemm_prec(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                   int ldb, float beta, float *C, int ldc);
+int tp_gemm_backend(void);
+int tp_gemm_set_backend(int backend); /* -1 when that backend is not built in */
+void tp_gemm_set_precision(int prec);
+int tp_gemm_precision(void);
+const char *tp_gemm_describe(void);
+/* bf16 copies of weight matrices, made once instead of at every product (the lookup is by the
+ * matrix's first element and size). frozen: never re-converted (a teacher); the others are
+ * re-converted at their next use after tp_gemm_bf16_refresh() (call it whenever weights change:
+ * the optimizer step and checkpoint loading do). forget_range drops the entries inside
+ * [p, p+n) (tp_model_free does it for its parameters); (NULL, 0) drops all. */
+int tp_gemm_bf16_register(const float *w, size_t n, int frozen);
+void tp_gemm_bf16_refresh(void);
+void tp_gemm_bf16_forget_range(const float *p, size_t n);
+void tp_gemm_shutdown(void); /* frees cached primitives and buffers (tests, leak checkers) */
+unsigned short tp_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
+float tp_bf16_to_f32(unsigned short h);
+/* n values at once (AVX512-BF16 when the build targets it): the same bits as tp_f32_to_bf16. */
+void tp_bf16_convert(const float *src, size_t n, unsigned short *dst);
+
 /* Y(N,out) = X(N,in) * W(out,in)^T (+ bias(out) if bias != NULL). BLAS when built with it. */
 void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in, size_t out);
 void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in, size_t out);
@@ -20,6 +52,19 @@ void tp_rmsnorm(const float *x, const float *w, float *out, size_t N, size_t d, 
 /* x(N, n_heads*hd): rotates each head's pairs (j, j+hd/2) by angle pos[n]*inv_freq[j]
  * (HF rotate_half convention). */
 void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, const float *inv_freq);
+
+/* Vector exp (AVX-512 when built for it, expf otherwise; <= 2 ulp from expf): y = exp(x), y may be x. */
+void tp_vexp(const float *x, float *y, size_t n);
+/* max of x (n >= 1; -inf for n == 0) */
+float tp_vmax(const float *x, size_t n);
+/* y[j] = exp(x[j] - sub) (y may be x, or NULL to only sum); returns the sum of those values in double. */
+double tp_exp_shift_sum(const float *x, float sub, float *y, size_t n);
+/* y[j] = exp((x[j] - sub) * mul), likewise. */
+double tp_exp_affine_sum(const float *x, float sub, float mul, float *y, size_t n);
+/* Forward KL(p || q) of one row, p = softmax(t * inv_tau), q = softmax(s * inv_tau): returns the
+ * KL (terms summed in double) and overwrites s with (q - p) * gscale (the gradient with respect to
+ * the tempered student logits, times gscale). Vectorised; exps in fp32 (<= 2 ulp). */
+double tp_fkl_row(const float *t, float *s, size_t V, float inv_tau, float gscale);
 
 /* a(N,ff) = silu(g) * u, in place into g. */
 void tp_silu_mul(float *g, const float *u, size_t n);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include "model_internal.h"
+#include "kernels.h"
 
 typedef struct {
     float *base; /* NULL while only counting */
@@ -75,6 +76,7 @@ tp_status tp_model_alloc(const tp_config *c, tp_model **out) {
 
 void tp_model_free(tp_model *m) {
     if (!m) return;
+    if (m->params) tp_gemm_bf16_forget_range(m->params, m->n_params);
     free(m->params);
     free(m->layers);
     tp_tok_free(m->tok);
@@ -122,3 +124,38 @@ void tp_rope_rows_permute(const float *hf_rows, float *gguf_rows, int n_heads, i
                 memcpy(gguf_rows + dst * cols, hf_rows + src * cols, cols * sizeof(float));
             }
 }
+
+tp_status tp_set_precision(const char *name) {
+    if (!name || !strcmp(name, "fp32") || !strcmp(name, "f32"))
+        tp_gemm_set_precision(TP_PREC_FP32);
+    else if (!strcmp(name, "bf16"))
+        tp_gemm_set_precision(TP_PREC_BF16);
+    else
+        return tp_fail(TP_ERR_ARG, "precision '%s': expected fp32 or bf16", name);
+    return TP_OK;
+}
+
+const char *tp_precision_name(void) {
+    (void)tp_gemm_backend(); /* resolves TAPER_PRECISION */
+    return tp_gemm_precision() == TP_PREC_BF16 ? "bf16" : "fp32";
+}
+
+tp_status tp_model_prepare_precision(const tp_model *m, int frozen) {
+    (void)tp_gemm_backend();
+    if (tp_gemm_precision() != TP_PREC_BF16 || !m) return TP_OK;
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
+           ff = (size_t)c->d_ff;
+    int bad = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const tp_layer *L = &m->layers[l];
+        bad |= tp_gemm_bf16_register(L->wq, q * d, frozen) | tp_gemm_bf16_register(L->wk, kv * d, frozen) |
+               tp_gemm_bf16_register(L->wv, kv * d, frozen) | tp_gemm_bf16_register(L->wo, d * q, frozen) |
+               tp_gemm_bf16_register(L->w_gate, ff * d, frozen) | tp_gemm_bf16_register(L->w_up, ff * d, frozen) |
+               tp_gemm_bf16_register(L->w_down, d * ff, frozen);
+    }
+    bad |= tp_gemm_bf16_register(m->lm_head, (size_t)c->vocab * d, frozen);
+    return bad ? tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights") : TP_OK;
+}
+
+const char *tp_gemm_info(void) { return tp_gemm_describe(); }

@@ -232,16 +232,12 @@ double tp_ce_rows(float *logits, const int32_t *tg, size_t nr, size_t V, double 
             if (grad) memset(row, 0, V * sizeof *row);
             continue;
         }
-        float mx = -INFINITY, xt = row[t];
-        for (size_t j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        double sum = 0;
+        float mx = tp_vmax(row, V), xt = row[t];
+        double sum = tp_exp_shift_sum(row, mx, grad ? row : NULL, V);
         if (grad) {
-            for (size_t j = 0; j < V; j++) sum += (row[j] = expf(row[j] - mx));
             float k = (float)(1.0 / sum) * inv_count;
             for (size_t j = 0; j < V; j++) row[j] *= k;
             row[t] -= inv_count;
-        } else {
-            for (size_t j = 0; j < V; j++) sum += expf(row[j] - mx);
         }
         rl[i] = (double)mx + log(sum) - (double)xt;
     }

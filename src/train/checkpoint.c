@@ -21,6 +21,7 @@
  * kills its own process with SIGKILL once n bytes of the temporary file are written (and flushed
  * to the file), to simulate a crash at that point. Only the crash tests set it. */
 #include "taper/train.h"
+#include "../model/kernels.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -644,6 +645,7 @@ tp_status tp_ckpt_load_latest(const char *dir, tp_model *m, tp_adamw *o, tp_ckpt
             return tp_fail(TP_ERR_NOMEM, "out of memory");
         }
         tp_status s = try_load(p, m, o, st);
+        tp_gemm_bf16_refresh(); /* the weights changed (also when a torn file was read partly) */
         if (s == TP_OK) {
             if (path_out) *path_out = p;
             else free(p);

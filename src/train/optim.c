@@ -4,6 +4,7 @@
  * (tests/test_optim.c against tests/ref/optim_ref.py). Checkpointing of the state lives in
  * checkpoint.c; gradients come from backward.c. */
 #include "taper/train.h"
+#include "../model/kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -251,5 +252,6 @@ tp_status tp_adamw_step(tp_adamw *o, tp_model *m, const tp_model *grad, double *
         pos = start + len;
     }
     o->step++;
+    tp_gemm_bf16_refresh(); /* bf16 copies of the weights (if any) follow the update */
     return TP_OK;
 }

@@ -1,0 +1,502 @@
+/* The one general matrix multiply every kernel goes through (tp_sgemm), and its backends:
+ *
+ *   oneDNN matmul (TP_HAVE_DNNL)   the fast path for the big products (projections, lm_head and
+ *                                  their gradients): its brgemm kernels use the full 512-bit FMA
+ *                                  width, about twice OpenBLAS 0.3.21 (whose Haswell kernel is
+ *                                  picked on this CPU); optionally bf16 inputs (TP_PREC_BF16).
+ *   OpenBLAS sgemm (TP_HAVE_BLAS)   small products and products issued inside an OpenMP parallel
+ *                                  region (attention blocks per head): no primitive to build.
+ *   plain loops                    when built with neither.
+ *
+ * oneDNN primitives are built once per shape and kept in a small cache (building one costs
+ * ~50-500 us, far more than a small product). The cache is guarded by a mutex; a primitive may be
+ * executed by one thread at a time, which the callers guarantee (products from inside parallel
+ * regions never take this path).
+ *
+ * bf16: when the precision is TP_PREC_BF16, A and B are rounded to bf16 (round to nearest even)
+ * and the product accumulates in fp32 into an fp32 C: "fp32 master weights, bf16 compute".
+ * Weight matrices registered with tp_gemm_bf16_register() are converted once, and again at their
+ * next use after tp_gemm_bf16_refresh() (which the optimizer step and checkpoint loading call);
+ * anything else is converted on the fly into scratch. */
+#include "kernels.h"
+
+#include <pthread.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef TP_HAVE_BLAS
+#include <cblas.h>
+#endif
+#ifdef TP_HAVE_DNNL
+#include <dnnl.h>
+#endif
+
+/* ------------------------------------------------------------------ precision + backend choice */
+
+static int in_parallel(void) {
+#ifdef _OPENMP
+    return omp_in_parallel();
+#else
+    return 0;
+#endif
+}
+
+static int g_prec = TP_PREC_FP32;
+static int g_backend = -1; /* resolved lazily: TP_GEMM_* */
+
+void tp_gemm_set_precision(int prec) { g_prec = prec == TP_PREC_BF16 ? TP_PREC_BF16 : TP_PREC_FP32; }
+int tp_gemm_precision(void) { return g_prec; }
+
+static int default_backend(void) {
+    const char *e = getenv("TAPER_GEMM");
+    if (e && *e) {
+        if (!strcmp(e, "dnnl") || !strcmp(e, "onednn")) return TP_GEMM_DNNL;
+        if (!strcmp(e, "blas") || !strcmp(e, "openblas")) return TP_GEMM_BLAS;
+        if (!strcmp(e, "loops") || !strcmp(e, "naive")) return TP_GEMM_LOOPS;
+        fprintf(stderr, "taper: TAPER_GEMM=%s is not one of dnnl, blas, loops; using the default\n", e);
+    }
+#if defined(TP_HAVE_DNNL)
+    return TP_GEMM_DNNL;
+#elif defined(TP_HAVE_BLAS)
+    return TP_GEMM_BLAS;
+#else
+    return TP_GEMM_LOOPS;
+#endif
+}
+
+int tp_gemm_backend(void) {
+    if (g_backend < 0) {
+        g_backend = default_backend();
+        const char *e = getenv("TAPER_PRECISION");
+        if (e && !strcmp(e, "bf16")) g_prec = TP_PREC_BF16;
+    }
+    return g_backend;
+}
+
+int tp_gemm_set_backend(int b) {
+#ifndef TP_HAVE_DNNL
+    if (b == TP_GEMM_DNNL) return -1;
+#endif
+#ifndef TP_HAVE_BLAS
+    if (b == TP_GEMM_BLAS) return -1;
+#endif
+    if (b != TP_GEMM_DNNL && b != TP_GEMM_BLAS && b != TP_GEMM_LOOPS) return -1;
+    g_backend = b;
+    return 0;
+}
+
+const char *tp_gemm_describe(void) {
+    switch (tp_gemm_backend()) {
+    case TP_GEMM_DNNL: return g_prec == TP_PREC_BF16 ? "oneDNN matmul, bf16 inputs / fp32 accumulation" : "oneDNN matmul, fp32";
+    case TP_GEMM_BLAS: return g_prec == TP_PREC_BF16 ? "OpenBLAS sgemm on bf16-rounded inputs" : "OpenBLAS sgemm, fp32";
+    default: return g_prec == TP_PREC_BF16 ? "plain loops on bf16-rounded inputs" : "plain loops, fp32";
+    }
+}
+
+/* ------------------------------------------------------------------ bf16 conversion */
+
+unsigned short tp_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u); /* denormal -> signed zero, as VCVTNEPS2BF16 */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float tp_bf16_to_f32(unsigned short h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* n floats to bf16 (the same bits as tp_f32_to_bf16: AVX512-BF16 when the build targets it). */
+static void row_to_bf16(const float *src, size_t n, uint16_t *dst) {
+    size_t i = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)h);
+    }
+#endif
+    for (; i < n; i++) dst[i] = tp_f32_to_bf16(src[i]);
+}
+
+void tp_bf16_convert(const float *src, size_t n, unsigned short *dst) { row_to_bf16(src, n, dst); }
+
+/* rows x cols block of a row-major matrix with leading dimension ld, into a dense bf16 copy. */
+static void to_bf16(const float *src, size_t rows, size_t cols, size_t ld, uint16_t *dst) {
+    if (rows == 1 && cols >= 4096) { /* one long vector (a whole weight matrix): split it */
+        size_t nb = (cols + 4095) / 4096;
+#pragma omp parallel for schedule(static) if (cols >= TP_PAR_MIN_WORK && !in_parallel())
+        for (size_t b = 0; b < nb; b++) {
+            size_t o = b * 4096, len = cols - o < 4096 ? cols - o : 4096;
+            row_to_bf16(src + o, len, dst + o);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (rows * cols >= TP_PAR_MIN_WORK && !in_parallel())
+    for (size_t r = 0; r < rows; r++) row_to_bf16(src + r * ld, cols, dst + r * cols);
+}
+
+/* ------------------------------------------------------------------ registered bf16 weights */
+
+typedef struct {
+    const float *w;
+    size_t n;
+    uint16_t *h;
+    int frozen;
+    uint64_t gen; /* g_gen when h was made */
+} bf16_entry;
+
+static uint64_t g_gen = 1; /* bumped whenever registered weights may have changed */
+
+static bf16_entry *g_reg;
+static size_t g_nreg, g_capreg;
+static pthread_mutex_t g_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+
+int tp_gemm_bf16_register(const float *w, size_t n, int frozen) {
+    pthread_mutex_lock(&g_reg_mu);
+    for (size_t i = 0; i < g_nreg; i++)
+        if (g_reg[i].w == w && g_reg[i].n == n) {
+            pthread_mutex_unlock(&g_reg_mu);
+            return 0;
+        }
+    if (g_nreg == g_capreg) {
+        size_t cap = g_capreg ? 2 * g_capreg : 64;
+        bf16_entry *r = realloc(g_reg, cap * sizeof *r);
+        if (!r) {
+            pthread_mutex_unlock(&g_reg_mu);
+            return -1;
+        }
+        g_reg = r;
+        g_capreg = cap;
+    }
+    uint16_t *h = malloc(n * sizeof *h);
+    if (!h) {
+        pthread_mutex_unlock(&g_reg_mu);
+        return -1;
+    }
+    to_bf16(w, 1, n, n, h);
+    g_reg[g_nreg++] = (bf16_entry){w, n, h, frozen, g_gen};
+    pthread_mutex_unlock(&g_reg_mu);
+    return 0;
+}
+
+void tp_gemm_bf16_refresh(void) {
+    pthread_mutex_lock(&g_reg_mu);
+    g_gen++;
+    pthread_mutex_unlock(&g_reg_mu);
+}
+
+void tp_gemm_bf16_forget_range(const float *p, size_t n) {
+    pthread_mutex_lock(&g_reg_mu);
+    for (size_t i = 0; i < g_nreg; i++)
+        if (!p || (g_reg[i].w >= p && g_reg[i].w < p + n)) {
+            free(g_reg[i].h);
+            g_reg[i] = g_reg[--g_nreg];
+            i--;
+        }
+    if (!g_nreg) {
+        free(g_reg);
+        g_reg = NULL;
+        g_capreg = 0;
+    }
+    pthread_mutex_unlock(&g_reg_mu);
+}
+
+/* The registered bf16 copy of the whole matrix starting at p (rows x ld elements), or NULL. */
+static const uint16_t *bf16_lookup(const float *p, size_t elems) {
+    const uint16_t *h = NULL;
+    pthread_mutex_lock(&g_reg_mu);
+    for (size_t i = 0; i < g_nreg; i++)
+        if (g_reg[i].w == p && g_reg[i].n >= elems) {
+            if (!g_reg[i].frozen && g_reg[i].gen != g_gen) { /* weights changed since: convert again */
+                to_bf16(g_reg[i].w, 1, g_reg[i].n, g_reg[i].n, g_reg[i].h);
+                g_reg[i].gen = g_gen;
+            }
+            h = g_reg[i].h;
+            break;
+        }
+    pthread_mutex_unlock(&g_reg_mu);
+    return h;
+}
+
+/* ------------------------------------------------------------------ scratch for converted inputs */
+
+typedef struct {
+    uint16_t *p;
+    size_t cap;
+} scratch;
+
+static uint16_t *scratch_get(scratch *s, size_t n) {
+    if (n > s->cap) {
+        uint16_t *p = realloc(s->p, n * sizeof *p);
+        if (!p) return NULL;
+        s->p = p;
+        s->cap = n;
+    }
+    return s->p;
+}
+
+static scratch g_sa, g_sb;
+static pthread_mutex_t g_scratch_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* ------------------------------------------------------------------ portable backends */
+
+static void gemm_loops(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc) {
+#pragma omp parallel for schedule(static) if ((size_t)M * N * K >= TP_PAR_MIN_WORK && !in_parallel())
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = 0;
+            for (int k = 0; k < K; k++)
+                acc += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+                       (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+            float *c = C + (size_t)i * ldc + j;
+            *c = alpha * acc + (beta == 0.0f ? 0.0f : beta * *c);
+        }
+}
+
+static void gemm_fp32(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc) {
+#ifdef TP_HAVE_BLAS
+    if (tp_gemm_backend() != TP_GEMM_LOOPS) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                    lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
+    gemm_loops(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* bf16 semantics without oneDNN: round both inputs to bf16 (as fp32 values), multiply in fp32. */
+static int gemm_rounded(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                        int ldb, float beta, float *C, int ldc) {
+    size_t ar = ta ? (size_t)K : (size_t)M, ac = ta ? (size_t)M : (size_t)K;
+    size_t br = tb ? (size_t)N : (size_t)K, bc = tb ? (size_t)K : (size_t)N;
+    float *a = malloc(ar * ac * sizeof *a), *b = malloc(br * bc * sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return -1;
+    }
+    for (size_t r = 0; r < ar; r++)
+        for (size_t c = 0; c < ac; c++) a[r * ac + c] = tp_bf16_to_f32(tp_f32_to_bf16(A[r * (size_t)lda + c]));
+    for (size_t r = 0; r < br; r++)
+        for (size_t c = 0; c < bc; c++) b[r * bc + c] = tp_bf16_to_f32(tp_f32_to_bf16(B[r * (size_t)ldb + c]));
+    gemm_fp32(ta, tb, M, N, K, alpha, a, (int)ac, b, (int)bc, beta, C, ldc);
+    free(a);
+    free(b);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ oneDNN */
+
+#ifdef TP_HAVE_DNNL
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldc, bf16, accumulate;
+    float alpha;
+    dnnl_primitive_t prim;
+    uint64_t used;
+} prim_entry;
+
+#define PRIM_CACHE 96
+static prim_entry g_prims[PRIM_CACHE];
+static int g_nprims;
+static uint64_t g_tick;
+static dnnl_engine_t g_eng;
+static dnnl_stream_t g_stream;
+static int g_dnnl_broken;
+static pthread_mutex_t g_prim_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int dnnl_ready(void) {
+    if (g_eng) return 1;
+    if (g_dnnl_broken) return 0;
+    if (dnnl_engine_create(&g_eng, dnnl_cpu, 0) != dnnl_success ||
+        dnnl_stream_create(&g_stream, g_eng, dnnl_stream_default_flags) != dnnl_success) {
+        fprintf(stderr, "taper: oneDNN could not start a CPU engine; using BLAS for matrix products\n");
+        g_eng = NULL;
+        g_dnnl_broken = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static dnnl_primitive_t build(const prim_entry *k) {
+    dnnl_data_type_t dt = k->bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t a, b, c;
+    dnnl_dims_t ad = {k->M, k->K}, as = {k->ta ? 1 : k->lda, k->ta ? k->lda : 1};
+    dnnl_dims_t bd = {k->K, k->N}, bs = {k->tb ? 1 : k->ldb, k->tb ? k->ldb : 1};
+    dnnl_dims_t cd = {k->M, k->N}, cs = {k->ldc, 1};
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t p = NULL;
+    dnnl_matmul_desc_t md;
+    if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dt, as) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(&b, 2, bd, dt, bs) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success ||
+        dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success || dnnl_primitive_attr_create(&attr) != dnnl_success)
+        goto out;
+    if (k->alpha != 1.0f && dnnl_primitive_attr_set_output_scales(attr, 1, 0, &k->alpha) != dnnl_success) goto out;
+    if (k->accumulate) {
+        if (dnnl_post_ops_create(&po) != dnnl_success || dnnl_post_ops_append_sum(po, 1.0f) != dnnl_success ||
+            dnnl_primitive_attr_set_post_ops(attr, po) != dnnl_success)
+            goto out;
+    }
+    if (dnnl_primitive_desc_create(&pd, &md, attr, g_eng, NULL) != dnnl_success) goto out;
+    if (dnnl_primitive_create(&p, pd) != dnnl_success) p = NULL;
+out:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (po) dnnl_post_ops_destroy(po);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return p;
+}
+
+static dnnl_primitive_t prim_get(const prim_entry *key) {
+    for (int i = 0; i < g_nprims; i++) {
+        prim_entry *e = &g_prims[i];
+        if (e->ta == key->ta && e->tb == key->tb && e->M == key->M && e->N == key->N && e->K == key->K &&
+            e->lda == key->lda && e->ldb == key->ldb && e->ldc == key->ldc && e->bf16 == key->bf16 &&
+            e->accumulate == key->accumulate && e->alpha == key->alpha) {
+            e->used = ++g_tick;
+            return e->prim;
+        }
+    }
+    dnnl_primitive_t p = build(key);
+    if (!p) return NULL;
+    int slot = g_nprims;
+    if (g_nprims == PRIM_CACHE) { /* evict the least recently used */
+        slot = 0;
+        for (int i = 1; i < PRIM_CACHE; i++)
+            if (g_prims[i].used < g_prims[slot].used) slot = i;
+        dnnl_primitive_destroy(g_prims[slot].prim);
+    } else
+        g_nprims++;
+    g_prims[slot] = *key;
+    g_prims[slot].prim = p;
+    g_prims[slot].used = ++g_tick;
+    return p;
+}
+
+static int exec(dnnl_primitive_t p, const prim_entry *k, const void *A, const void *B, float *C) {
+    const dnnl_memory_desc_t *qa, *qb, *qc;
+    const_dnnl_primitive_desc_t pd;
+    (void)k;
+    if (dnnl_primitive_get_primitive_desc(p, &pd) != dnnl_success) return -1;
+    qa = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    qb = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    qc = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+    int rc = -1;
+    if (dnnl_memory_create(&ma, qa, g_eng, (void *)A) == dnnl_success &&
+        dnnl_memory_create(&mb, qb, g_eng, (void *)B) == dnnl_success &&
+        dnnl_memory_create(&mc, qc, g_eng, C) == dnnl_success) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+        if (dnnl_primitive_execute(p, g_stream, 3, args) == dnnl_success && dnnl_stream_wait(g_stream) == dnnl_success)
+            rc = 0;
+    }
+    if (ma) dnnl_memory_destroy(ma);
+    if (mb) dnnl_memory_destroy(mb);
+    if (mc) dnnl_memory_destroy(mc);
+    return rc;
+}
+
+static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                     int ldb, float beta, float *C, int ldc) {
+    const void *a = A, *b = B;
+    pthread_mutex_lock(&g_prim_mu);
+    if (!dnnl_ready()) {
+        pthread_mutex_unlock(&g_prim_mu);
+        return -1;
+    }
+    if (bf16) {
+        size_t ar = ta ? (size_t)K : (size_t)M, ac = ta ? (size_t)M : (size_t)K;
+        size_t br = tb ? (size_t)N : (size_t)K, bc = tb ? (size_t)K : (size_t)N;
+        const uint16_t *ra = (size_t)lda == ac ? bf16_lookup(A, ar * ac) : NULL;
+        const uint16_t *rb = (size_t)ldb == bc ? bf16_lookup(B, br * bc) : NULL;
+        pthread_mutex_lock(&g_scratch_mu);
+        uint16_t *sa = ra ? NULL : scratch_get(&g_sa, ar * ac), *sb = rb ? NULL : scratch_get(&g_sb, br * bc);
+        if ((!ra && !sa) || (!rb && !sb)) {
+            pthread_mutex_unlock(&g_scratch_mu);
+            pthread_mutex_unlock(&g_prim_mu);
+            return -1;
+        }
+        if (sa) to_bf16(A, ar, ac, (size_t)lda, sa);
+        if (sb) to_bf16(B, br, bc, (size_t)ldb, sb);
+        a = ra ? (const void *)ra : sa;
+        b = rb ? (const void *)rb : sb;
+        lda = (int)ac;
+        ldb = (int)bc;
+    }
+    prim_entry key = {ta, tb, M, N, K, lda, ldb, ldc, bf16, beta != 0.0f, alpha, NULL, 0};
+    dnnl_primitive_t p = prim_get(&key);
+    int rc = p ? exec(p, &key, a, b, C) : -1;
+    if (bf16) pthread_mutex_unlock(&g_scratch_mu);
+    pthread_mutex_unlock(&g_prim_mu);
+    return rc;
+}
+#endif
+
+/* Products below this many multiply-adds go to BLAS even when oneDNN is the backend. */
+#define DNNL_MIN_WORK ((size_t)1 << 18)
+
+static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* C = beta * C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float *c = C + (size_t)i * ldc + j;
+                *c = beta == 0.0f ? 0.0f : beta * *c;
+            }
+        return;
+    }
+    int be = tp_gemm_backend();
+#ifdef TP_HAVE_DNNL
+    if (be == TP_GEMM_DNNL && (beta == 0.0f || beta == 1.0f) && (size_t)M * N * K >= DNNL_MIN_WORK && !in_parallel() &&
+        gemm_dnnl(bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0)
+        return;
+#endif
+    (void)be;
+    if (bf16 && gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0) return;
+    gemm_fp32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void tp_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc) {
+    gemm_any(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void tp_sgemm_prec(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                   int ldb, float beta, float *C, int ldc) {
+    gemm_any(g_prec == TP_PREC_BF16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void tp_gemm_shutdown(void) {
+#ifdef TP_HAVE_DNNL
+    pthread_mutex_lock(&g_prim_mu);
+    for (int i = 0; i < g_nprims; i++) dnnl_primitive_destroy(g_prims[i].prim);
+    g_nprims = 0;
+    if (g_stream) dnnl_stream_destroy(g_stream);
+    if (g_eng) dnnl_engine_destroy(g_eng);
+    g_stream = NULL;
+    g_eng = NULL;
+    pthread_mutex_unlock(&g_prim_mu);
+#endif
+    pthread_mutex_lock(&g_scratch_mu);
+    free(g_sa.p);
+    free(g_sb.p);
+    g_sa = g_sb = (scratch){NULL, 0};
+    pthread_mutex_unlock(&g_scratch_mu);
+    tp_gemm_bf16_forget_range(NULL, 0);
+}
