@@ -74,7 +74,7 @@ $(LIB): $(LIB_OBJ)
 
 $(BIN): $(CLI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
-	@ln -sf $(BUILD)/taper taper 2>/dev/null || true
+	@if [ "$(BUILD)" = build ]; then ln -sf build/taper taper 2>/dev/null || true; fi
 
 $(TESTBIN): $(TEST_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
