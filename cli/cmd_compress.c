@@ -63,7 +63,7 @@ static const char *HELP =
     "  --steps N (default 100)  --seq N (256)  --batch N (4)  --accum N (1)  --lr F (2e-4)\n"
     "  --warmup N (10)  --kd fkl|rkl|jsd|none (fkl)  --tau F (1)  --tau2  --topk K (0 = full\n"
     "  vocabulary)  --ce-weight F (0)  --inter none|cosine|mse (none)  --alpha dynamic|F (dynamic)\n"
-    "  --emb-loss  --ckpt-every N (50)\n"
+    "  --emb-loss  --ckpt-every N (50)  --precision fp32|bf16 (fp32; also for --correct-steps)\n"
     "evaluation:\n"
     "  --eval-text FILE      perplexity text (default /usr/share/common-licenses/GPL-3)\n"
     "  --eval-chunks N       chunks of --eval-ctx tokens scored (default 16)  --eval-ctx N (256)\n"
@@ -83,7 +83,7 @@ static const char *HELP =
     "  -h, --help            this help\n";
 
 typedef struct {
-    const char *teacher, *out, *data, *calib, *axes, *eval_text, *tasks, *data_dir, *kd, *inter, *alpha;
+    const char *teacher, *out, *data, *calib, *axes, *eval_text, *tasks, *data_dir, *kd, *inter, *alpha, *precision;
     const char *target, *iter_teacher;
     int depth_samples;
     int calib_samples, calib_seq, sdg_samples, sdg_tokens, steps, seq, batch, accum, warmup, topk, ckpt_every;
@@ -143,6 +143,7 @@ static const optdef OPTS[] = {
     OS("inter", inter),
     OS("alpha", alpha),
     OB("emb-loss", emb_loss),
+    OS("precision", precision),
     OI("ckpt-every", ckpt_every, 0, 1 << 30),
     OS("eval-text", eval_text),
     OI("eval-chunks", eval_chunks, 1, 1 << 20),
@@ -565,6 +566,7 @@ static int stage_correct(const args *a, const char *data) {
     add(&l, "--val-every"); add(&l, "%d", a->correct_steps >= 10 ? a->correct_steps / 10 : 1);
     add(&l, "--run-dir"); add(&l, "%s/correct", a->out); add(&l, "--resume");
     add(&l, "--export-hf"); add(&l, "%s", a->teacher_eff);
+    add(&l, "--precision"); add(&l, "%s", a->precision);
     return stage(a, "correct", &l);
 }
 
@@ -641,6 +643,7 @@ static int stage_distill(const args *a, int r, const char *model, const char *da
         add(&l, "--topk"); add(&l, "%d", a->topk); add(&l, "--ce-weight"); add(&l, "%g", a->ce_weight);
         add(&l, "--inter"); add(&l, "%s", a->inter); add(&l, "--alpha"); add(&l, "%s", a->alpha);
         if (a->emb_loss) add(&l, "--emb-loss");
+        add(&l, "--precision"); add(&l, "%s", a->precision);
         add(&l, "--plan"); add(&l, "%s", plan ? plan : "");
         add(&l, "--export-hf"); add(&l, "%s/%s", a->out, sdir);
         free(plan);
@@ -1071,6 +1074,7 @@ static void set_defaults(args *a) {
     a->axes = "all";
     a->eval_text = "/usr/share/common-licenses/GPL-3";
     a->kd = "fkl";
+    a->precision = "fp32";
     a->inter = "none";
     a->alpha = "dynamic";
     a->iter_teacher = "original";
@@ -1153,6 +1157,8 @@ static int check_args(args *a) {
     if (!a->out) return cli_usage(CMD, "-o RUN_DIR is required");
     if (!a->target) return cli_usage(CMD, "--target-params is required (e.g. 100M)");
     if (tp_parse_count(a->target, &a->target_n)) return cli_usage(CMD, "--target-params: %s", tp_errmsg());
+    if (strcmp(a->precision, "fp32") && strcmp(a->precision, "bf16"))
+        return cli_usage(CMD, "--precision must be fp32 or bf16, got '%s'", a->precision);
     if (strcmp(a->axes, "all") && strcmp(a->axes, "width") && strcmp(a->axes, "depth"))
         return cli_usage(CMD, "--axes must be all, width or depth");
     if (strcmp(a->kd, "fkl") && strcmp(a->kd, "rkl") && strcmp(a->kd, "jsd") && strcmp(a->kd, "none"))
