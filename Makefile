@@ -100,7 +100,7 @@ demo: deps
 # Speed side by side with the peer (transformers); results go into bench/RESULTS.md by hand.
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@bench/run.sh
+	@TAPER_BIN=$(abspath $(BIN)) bench/run.sh $(SECTIONS)
 
 # The suite with the long checks on (whole WikiText-2 file, ...).
 test-long: deps
@@ -115,7 +115,7 @@ help:
 	@echo "make deps     install Debian packages and fetch the default model into $(TAPER_CACHE)"
 	@echo "make test     build and run the whole C test suite (T=name filters)"
 	@echo "make test-long  the suite with the long checks (whole WikiText-2 perplexity, ...)"
-	@echo "make bench    speed of taper vs transformers on this machine (see bench/RESULTS.md)"
+	@echo "make bench    speed of taper vs PyTorch on this machine, SECTIONS=\"forward importance train distill\" (bench/RESULTS.md)"
 	@echo "make test-ref regenerate reference values with Python (transformers etc.) and compare"
 	@echo "make demo     run the main job on the default model and print a short report"
 	@echo "make SANITIZE=1 test   the suite under ASan+UBSan"

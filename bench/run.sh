@@ -1,30 +1,292 @@
 #!/usr/bin/env bash
-# make bench: taper and its peer side by side on this machine, same model, same chunks, same
-# threads. Appends nothing by itself: copy the table into bench/RESULTS.md with the date.
+# make bench: taper and its PyTorch peer side by side on this machine — same model weights (the
+# GGUF dequantised to fp32 on both sides), same shapes, same threads — with ratio tables.
+# Prints only: copy the tables into bench/RESULTS.md with the date.
+#
+# usage: bench/run.sh [SECTION...]     SECTION: forward, importance, train, distill, check, all (default)
+#   forward     perplexity forward tok/s: taper ppl vs transformers fp32 / bf16 autocast / bf16 weights
+#   importance  taper importance pass vs taper ppl on the same tokens (same seq, same count)
+#   train       CE training step, seq 512: taper train vs PyTorch fp32, bf16 autocast, torch.compile,
+#               torch.compile + bf16 autocast
+#   distill     distillation step, teacher SmolLM2-135M -> pruned ~90M student (made with taper
+#               importance + prune), seq 512, forward KL tau 1, and + intermediate cosine losses:
+#               taper distill vs the same four PyTorch configurations
+#   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
+#               intermediate loss and gradient norm of both on the same window (about a minute)
+# Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
+# Environment: TAPER_BIN (build/taper), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
+# (/tmp/taper-bench), CHUNKS (16: forward chunks and importance samples of 512 tokens), STEPS (3
+# timed steps), WARMUP (1), BATCH (2), SEQ (512), PEER_CONFIGS (fp32 bf16 compile compile-bf16:
+# any subset), COMPILE_TIMEOUT (1200 s per torch.compile run), STUDENT (an HF folder with
+# prune_plan.json instead of making one), STUDENT_ARGS (taper prune sizes, "--hidden 512 --ffn 896").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$(scripts/ref-env.sh)
+BIN="${TAPER_BIN:-build/taper}"
 CACHE="${TAPER_CACHE:-$HOME/.cache/taper}"
 MODEL="${TAPER_MODEL:-$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf}"
-DATA="${TAPER_DATA:-../shared/data}/wikitext2/wiki.test.raw"
+DATA="${TAPER_DATA:-../shared/data}"
 THREADS="${THREADS:-2}"
 CHUNKS="${CHUNKS:-16}"
+STEPS="${STEPS:-3}"
+WARMUP="${WARMUP:-1}"
+BATCH="${BATCH:-2}"
+SEQ="${SEQ:-512}"
+PEER_CONFIGS="${PEER_CONFIGS:-fp32 bf16 compile compile-bf16}"
+COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-1200}"
+STUDENT_ARGS="${STUDENT_ARGS:---hidden 512 --ffn 896}"
+WORK="${WORK:-/tmp/taper-bench}"
 TOKJSON=tests/fixtures/tok/smollm2/tokenizer.json
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $THREADS"
-echo "forward (ppl, ctx 512, first $CHUNKS chunks of wiki.test.raw):"
-OMP_NUM_THREADS=$THREADS TAPER_PROGRESS=0 build/taper ppl "$MODEL" --data "$DATA" --ctx 512 --max-chunks "$CHUNKS" \
-  --threads "$THREADS" --json=/tmp/taper-bench-ppl.json >/dev/null
-t=$("$PY" -c "import json;r=json.load(open('/tmp/taper-bench-ppl.json'))['results'][0];print(r['tokens_per_s'],r['ppl'])")
-p=$("$PY" bench/forward_peer.py --model "$MODEL" --tokenizer "$TOKJSON" --data "$DATA" --chunks "$CHUNKS" --threads "$THREADS" 2>/dev/null | tail -1)
-"$PY" - "$t" "$p" <<'PYEOF'
-import json, sys
-tt, tp = map(float, sys.argv[1].split())
-peer = json.loads(sys.argv[2])
-print(f"| taper | {tt:.0f} tok/s | ppl {tp:.4f} |")
-print(f"| {peer['peer']} | {peer['tokens_per_s']:.0f} tok/s | ppl {peer['ppl_chunks']:.4f} |")
-print(f"ratio taper/peer: {tt / peer['tokens_per_s']:.2f}x")
-PYEOF
+TEST_TEXT="$DATA/wikitext2/wiki.test.raw"
+VALID_TEXT="$DATA/wikitext2/wiki.valid.tokens"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" TAPER_PROGRESS="${TAPER_PROGRESS:-0}"
+export OMP_NUM_THREADS="$THREADS"
+mkdir -p "$WORK"
+[ -x "$BIN" ] || { echo "bench/run.sh: $BIN not found (build it, or set TAPER_BIN)" >&2; exit 1; }
+[ -f "$MODEL" ] || { echo "bench/run.sh: model $MODEL not found (set TAPER_MODEL)" >&2; exit 1; }
 
+report() { "$PY" bench/report.py "$@"; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# timed NAME CMD...: run CMD under /usr/bin/time -v with stdout/stderr in $WORK/NAME.{out,err,time};
+# prints the command first; sets RC (the command's exit status) instead of stopping the script
+timed() {
+  local name=$1; shift
+  echo "  \$ $*"
+  RC=0
+  /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || RC=$?
+  if [ "$RC" -ne 0 ]; then echo "    (exit $RC; stderr: $WORK/$name.err)"; fi
+}
+
+# peer_setup CONFIG: PEER_ARGS, the peer options of a configuration of PEER_CONFIGS, and
+# PEER_PREFIX, the time box of its run (compilation can take minutes, or hang)
+peer_setup() {
+  PEER_PREFIX=()
+  case "$1" in
+    fp32) PEER_ARGS=(--dtype fp32) ;;
+    bf16) PEER_ARGS=(--dtype bf16) ;;
+    compile) PEER_ARGS=(--dtype fp32 --compile); PEER_PREFIX=(timeout "$COMPILE_TIMEOUT") ;;
+    compile-bf16) PEER_ARGS=(--dtype bf16 --compile); PEER_PREFIX=(timeout "$COMPILE_TIMEOUT") ;;
+    *) echo "bench/run.sh: unknown peer configuration $1 (fp32, bf16, compile, compile-bf16)" >&2; return 2 ;;
+  esac
+}
+
+teacher_info() {
+  [ -f "$WORK/teacher.info.json" ] || "$BIN" info "$MODEL" --json="$WORK/teacher.info.json" >/dev/null
+}
+
+header() {
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
+       "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); threads $THREADS; load average $(loadavg)"
+  echo "taper: $BIN ($(cc --version | head -1)); model $MODEL"
+  echo "peer: $(report versions 2>/dev/null)"
+  echo "settings: OMP_WAIT_POLICY=$OMP_WAIT_POLICY OMP_NUM_THREADS=$OMP_NUM_THREADS CHUNKS=$CHUNKS WARMUP=$WARMUP" \
+       "STEPS=$STEPS BATCH=$BATCH SEQ=$SEQ PEER_CONFIGS=\"$PEER_CONFIGS\" TAPER_PRECISIONS=\"$TAPER_PRECISIONS\"" \
+       "COMPILE_TIMEOUT=$COMPILE_TIMEOUT"
+}
+
+forward() {
+  echo
+  echo "## forward: perplexity pass, ctx 512, first $CHUNKS chunks of wiki.test.raw (load average $(loadavg))"
+  teacher_info
+  local rows="$WORK/forward.rows"
+  : >"$rows"
+  local prec
+  for prec in $TAPER_PRECISIONS; do
+    rm -f "$WORK/fwd_taper_$prec.json"
+    timed "fwd_taper_$prec" "$BIN" ppl "$MODEL" --data "$TEST_TEXT" --ctx 512 --max-chunks "$CHUNKS" \
+      --threads "$THREADS" --precision "$prec" --json="$WORK/fwd_taper_$prec.json"
+    local t_tps="n/a (exit $RC)" t_ppl=""
+    if [ "$RC" -eq 0 ]; then
+      t_tps=$(report get "$WORK/fwd_taper_$prec.json" results.0.tokens_per_s %.1f)
+      t_ppl="ppl $(report get "$WORK/fwd_taper_$prec.json" results.0.ppl %.4f)"
+    fi
+    report row "taper ppl $prec" "$t_tps" "$WORK/fwd_taper_$prec.time" "$t_ppl" >>"$rows"
+  done
+  local cfg
+  for cfg in fp32 bf16 bf16-weights; do
+    timed "fwd_peer_$cfg" "$PY" bench/forward_peer.py --model "$MODEL" --tokenizer "$TOKJSON" --data "$TEST_TEXT" \
+      --ctx 512 --chunks "$CHUNKS" --threads "$THREADS" --dtype "$cfg"
+    report peer-row "transformers $cfg" "$WORK/fwd_peer_$cfg.out" "$WORK/fwd_peer_$cfg.time" "$RC" >>"$rows"
+  done
+  echo
+  report table "$rows" --min "$("$PY" bench/rss.py forward --config "$WORK/teacher.info.json" --seq 512 --total)"
+  "$PY" bench/rss.py forward --config "$WORK/teacher.info.json" --batch 1 --seq 512
+}
+
+importance() {
+  echo
+  echo "## importance pass vs plain forward: $CHUNKS x 512 tokens of wiki.valid.tokens (load average $(loadavg))"
+  teacher_info
+  rm -f "$WORK/imp_ppl.json" "$WORK/imp_taper.json"
+  timed imp_ppl "$BIN" ppl "$MODEL" --data "$VALID_TEXT" --ctx 512 --max-chunks "$CHUNKS" --threads "$THREADS" \
+    --json="$WORK/imp_ppl.json"
+  timed imp_taper "$BIN" importance "$MODEL" --data "$VALID_TEXT" --samples "$CHUNKS" --seq-len 512 --depth-samples 0 \
+    --batch 4 --threads "$THREADS" -o "$WORK/imp_scores.json" --json="$WORK/imp_taper.json"
+  if [ ! -f "$WORK/imp_ppl.json" ] || [ ! -f "$WORK/imp_taper.json" ]; then echo "  n/a: a run failed"; return 0; fi
+  local mn_f mn_i
+  mn_f=$("$PY" bench/rss.py forward --config "$WORK/teacher.info.json" --seq 512 --total)
+  mn_i=$("$PY" bench/rss.py forward --config "$WORK/teacher.info.json" --batch 4 --seq 512 --no-lm-head --total)
+  echo
+  report importance "$WORK/imp_ppl.json" "$WORK/imp_taper.json" "$WORK/imp_ppl.time" "$WORK/imp_taper.time" \
+    "$mn_f" "$mn_i"
+}
+
+train() {
+  echo
+  echo "## training step: SmolLM2-135M fp32 weights, CE, seq $SEQ, batch $BATCH, AdamW + clip 1," \
+       "$WARMUP warm-up + $STEPS timed steps (load average $(loadavg))"
+  teacher_info
+  [ -f "$WORK/wiki_valid/manifest.json" ] ||
+    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  local rows="$WORK/train.rows"
+  : >"$rows"
+  local prec
+  for prec in $TAPER_PRECISIONS; do
+    rm -rf "$WORK/train_taper_$prec"
+    timed "train_taper_$prec" "$BIN" train "$MODEL" --data "$WORK/wiki_valid" --steps $((WARMUP + STEPS)) \
+      --seq "$SEQ" --batch "$BATCH" --lr 1e-4 --min-lr 1e-5 --val-every -1 --ckpt-every 0 --keep 1 \
+      --threads "$THREADS" --precision "$prec" --quiet --run-dir "$WORK/train_taper_$prec"
+    local t_tps="n/a (exit $RC)"
+    [ "$RC" -eq 0 ] && t_tps=$(report metrics-tps "$WORK/train_taper_$prec/metrics.jsonl" "$WARMUP" $((BATCH * SEQ)))
+    report row "taper train $prec" "$t_tps" "$WORK/train_taper_$prec.time" >>"$rows"
+    rm -f "$WORK"/train_taper_"$prec"/ckpt-*.tpc
+  done
+  local cfg
+  for cfg in $PEER_CONFIGS; do
+    peer_setup "$cfg"
+    timed "train_peer_$cfg" "${PEER_PREFIX[@]}" "$PY" bench/train_peer.py --model "$MODEL" --tokenizer "$TOKJSON" \
+      --data "$VALID_TEXT" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
+      "${PEER_ARGS[@]}"
+    report peer-row "PyTorch $cfg" "$WORK/train_peer_$cfg.out" "$WORK/train_peer_$cfg.time" "$RC" \
+      "$COMPILE_TIMEOUT" >>"$rows"
+  done
+  local rss_args=(train --config "$WORK/teacher.info.json" --batch "$BATCH" --seq "$SEQ")
+  echo
+  report table "$rows" --min "$("$PY" bench/rss.py "${rss_args[@]}" --total)"
+  "$PY" bench/rss.py "${rss_args[@]}"
+  if [ -f "$WORK/train_taper_fp32/summary.json" ]; then
+    echo "taper's own count: activations $(report get-mib "$WORK/train_taper_fp32/summary.json" activation_bytes) MiB," \
+         "gradients + AdamW moments $(report get-mib "$WORK/train_taper_fp32/summary.json" state_bytes) MiB"
+  fi
+}
+
+# the ~90M student: importance on 16 x 256 calibration tokens, then a width prune (default
+# hidden 576 -> 512, ffn 1536 -> 896: 90.1M parameters, every layer kept)
+make_student() {
+  if [ -n "${STUDENT:-}" ]; then return 0; fi
+  STUDENT="$WORK/student90"
+  if [ ! -f "$STUDENT/prune_plan.json" ]; then
+    echo "making the student:"
+    local imp=("$BIN" importance "$MODEL" --data "$VALID_TEXT" --samples 16 --seq-len 256 --depth-samples 0
+               --threads "$THREADS" -o "$WORK/student_scores.json")
+    echo "  \$ ${imp[*]}"
+    "${imp[@]}" >/dev/null 2>"$WORK/student_importance.err"
+    echo "  \$ $BIN prune $MODEL --scores $WORK/student_scores.json $STUDENT_ARGS -o $STUDENT"
+    rm -rf "$STUDENT"
+    # shellcheck disable=SC2086
+    "$BIN" prune "$MODEL" --scores "$WORK/student_scores.json" $STUDENT_ARGS --threads "$THREADS" -o "$STUDENT" |
+      grep '^pruned' | sed 's/^/  /'
+  fi
+}
+
+distill() {
+  echo
+  echo "## distillation step: teacher SmolLM2-135M (fp32) -> pruned student, seq $SEQ, batch $BATCH, forward KL" \
+       "tau 1, AdamW + clip 1, $WARMUP warm-up + $STEPS timed steps (load average $(loadavg))"
+  teacher_info
+  make_student
+  echo "student: $STUDENT ($(report student "$STUDENT/prune_plan.json"))"
+  [ -f "$WORK/wiki_valid/manifest.json" ] ||
+    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  local variant
+  for variant in logits inter; do
+    local rows="$WORK/distill_$variant.rows" taper_extra=() peer_extra=() pairs=0 title
+    if [ "$variant" = inter ]; then
+      taper_extra=(--inter cosine --plan "$STUDENT/prune_plan.json")
+      peer_extra=(--inter cosine --plan "$STUDENT/prune_plan.json")
+      pairs=$(report get "$STUDENT/config.json" num_hidden_layers)  # --map auto: every student layer
+      title="### logits KL + intermediate cosine losses ($pairs mapped layers, auto map from the plan;"
+      title+=" learned projections where the widths differ)"
+    else
+      title="### logits KL only"
+    fi
+    echo
+    echo "$title"
+    : >"$rows"
+    local prec
+    for prec in $TAPER_PRECISIONS; do
+      local run="distill_taper_${variant}_$prec"
+      rm -rf "${WORK:?}/$run"
+      timed "$run" "$BIN" distill "$STUDENT" --teacher "$MODEL" --data "$WORK/wiki_valid" \
+        --steps $((WARMUP + STEPS)) --seq "$SEQ" --batch "$BATCH" --val-every -1 --ckpt-every 0 --keep 1 \
+        --threads "$THREADS" --precision "$prec" --quiet --run-dir "$WORK/$run" "${taper_extra[@]}"
+      local t_tps="n/a (exit $RC)"
+      [ "$RC" -eq 0 ] && t_tps=$(report metrics-tps "$WORK/$run/metrics.jsonl" "$WARMUP" $((BATCH * SEQ)))
+      report row "taper distill $prec" "$t_tps" "$WORK/$run.time" >>"$rows"
+      rm -f "$WORK/$run"/ckpt-*.tpc
+    done
+    local cfg
+    for cfg in $PEER_CONFIGS; do
+      peer_setup "$cfg"
+      timed "distill_peer_${variant}_$cfg" "${PEER_PREFIX[@]}" "$PY" bench/distill_peer.py --teacher "$MODEL" \
+        --student "$STUDENT" --tokenizer "$TOKJSON" --data "$VALID_TEXT" --seq "$SEQ" --batch "$BATCH" \
+        --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" "${peer_extra[@]}" "${PEER_ARGS[@]}"
+      report peer-row "PyTorch $cfg" "$WORK/distill_peer_${variant}_$cfg.out" "$WORK/distill_peer_${variant}_$cfg.time" \
+        "$RC" "$COMPILE_TIMEOUT" >>"$rows"
+    done
+    local rss_args=(distill --config "$STUDENT/config.json" --teacher-config "$WORK/teacher.info.json"
+                    --batch "$BATCH" --seq "$SEQ" --pairs "$pairs")
+    echo
+    report table "$rows" --min "$("$PY" bench/rss.py "${rss_args[@]}" --total)"
+    "$PY" bench/rss.py "${rss_args[@]}"
+  done
+}
+
+# the first distillation step of taper and of bench/distill_peer.py on one identical window: a
+# one-document shard of T+1 tokens (no BOS/EOS for this tokenizer), --val-frac 0, so taper's only
+# training window is the text's first T tokens, which is the peer's window too
+check() {
+  echo
+  echo "## check: taper distill vs bench/distill_peer.py, first step on the same window"
+  make_student
+  local d="$WORK/check" n v bad=0
+  mkdir -p "$d"
+  head -c 1500 "$VALID_TEXT" | tail -c 1200 >"$d/text.txt"
+  rm -rf "$d/shard"
+  "$BIN" tokenize "$MODEL" -o "$d/shard" --doc-split file "$d/text.txt" >/dev/null
+  n=$(report get "$d/shard/manifest.json" shards.0.tokens)  # one document, no BOS/EOS: the stream
+  for v in none cosine; do
+    local ex=()
+    [ "$v" = cosine ] && ex=(--plan "$STUDENT/prune_plan.json")
+    rm -rf "$d/taper_$v"
+    timed "check/taper_$v" "$BIN" distill "$STUDENT" --teacher "$MODEL" --data "$d/shard" --seq $((n - 1)) \
+      --batch 1 --steps 1 --val-frac 0 --val-every -1 --ckpt-every 0 --threads "$THREADS" --quiet \
+      --run-dir "$d/taper_$v" --inter "$v" "${ex[@]}"
+    timed "check/peer_$v" "$PY" bench/distill_peer.py --teacher "$MODEL" --student "$STUDENT" --tokenizer "$TOKJSON" \
+      --data "$d/text.txt" --seq $((n - 1)) --batch 1 --steps 1 --warmup 0 --threads "$THREADS" --inter "$v" "${ex[@]}"
+    report check "$d/taper_$v/metrics.jsonl" "$d/peer_$v.out" "$v" || bad=1
+  done
+  return "$bad"
+}
+
+sections=("$@")
+[ ${#sections[@]} -eq 0 ] && sections=(all)
+for s in "${sections[@]}"; do
+  case "$s" in
+    forward|importance|train|distill|check|all) ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: bench/run.sh [forward|importance|train|distill|check|all]..." >&2; exit 2 ;;
+  esac
+done
+for cfg in $PEER_CONFIGS; do peer_setup "$cfg" || exit 2; done
+header
+t0=$SECONDS
+for s in "${sections[@]}"; do
+  case "$s" in
+    all) forward; importance; train; distill ;;
+    *) "$s" ;;
+  esac
+done
 echo
-echo "training step (SmolLM2-135M, seq 512; bench/train.sh throughput):"
-bench/train.sh throughput
+echo "done in $((SECONDS - t0)) s; load average now $(loadavg); logs in $WORK"

@@ -2,6 +2,7 @@
 # Training benchmarks (numbers go into docs/training.md and bench/RESULTS.md by hand):
 #   bench/train.sh throughput   taper train vs a PyTorch training step (bench/train_peer.py) on
 #                               SmolLM2-135M, seq 512, same batch and threads: tokens/s, peak RSS
+#                               (this is `bench/run.sh train` with 4 timed steps)
 #   bench/train.sh finetune     fine-tune SmolLM2-135M on WikiText-2 valid: held-out loss before/after
 #                               and perplexity of the first wiki.test chunks before/after
 #   bench/train.sh scratch      a small model from scratch on tinyshakespeare: loss reached, time
@@ -9,14 +10,12 @@
 # Environment: THREADS (2), TAPER_BIN (build/taper), TAPER_MODEL, TAPER_DATA, WORK (scratch dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=$(scripts/ref-env.sh)
 BIN="${TAPER_BIN:-build/taper}"
 CACHE="${TAPER_CACHE:-$HOME/.cache/taper}"
 MODEL="${TAPER_MODEL:-$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf}"
 DATA="${TAPER_DATA:-../shared/data}"
 THREADS="${THREADS:-2}"
 WORK="${WORK:-/tmp/taper-bench-train}"
-TOKJSON=tests/fixtures/tok/smollm2/tokenizer.json
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" TAPER_PROGRESS="${TAPER_PROGRESS:-0}"
 mkdir -p "$WORK"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $THREADS;" \
@@ -26,40 +25,8 @@ shards() { # shards NAME TEXT: tokenize TEXT (paragraphs = documents) once into 
   [ -f "$WORK/$1/manifest.json" ] || "$BIN" tokenize "$MODEL" -o "$WORK/$1" --doc-split blank --threads "$THREADS" "$2" >/dev/null
 }
 
-peak_rss_mib() { # peak_rss_mib LOG: "Maximum resident set size" of /usr/bin/time -v, in MiB
-  awk -F: '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$1"
-}
-
-throughput() {
-  local B="${BATCH:-2}" STEPS="${STEPS:-4}" WARM=1
-  shards wiki_valid "$DATA/wikitext2/wiki.valid.tokens"
-  rm -rf "$WORK/tp_speed"
-  echo "throughput: SmolLM2-135M fp32, seq 512, batch $B, AdamW + clip, $THREADS threads; $WARM warm-up + $STEPS timed steps"
-  /usr/bin/time -v "$BIN" train "$MODEL" --data "$WORK/wiki_valid" --steps $((WARM + STEPS)) --seq 512 --batch "$B" \
-    --lr 1e-4 --min-lr 1e-5 --val-every -1 --ckpt-every 0 --keep 1 --threads "$THREADS" --quiet \
-    --run-dir "$WORK/tp_speed" >"$WORK/tp_speed.out" 2>"$WORK/tp_speed.time"
-  local t_tps t_rss
-  t_tps=$("$PY" - "$WORK/tp_speed/metrics.jsonl" "$WARM" $((B * 512)) <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l][int(sys.argv[2]):]
-step_tok = int(sys.argv[3])
-secs = sum(step_tok / r["tokens_per_s"] for r in rows)  # each step's own time
-print(f"{step_tok * len(rows) / secs:.1f}")
-PYEOF
-)
-  t_rss=$(peak_rss_mib "$WORK/tp_speed.time")
-  /usr/bin/time -v "$PY" bench/train_peer.py --model "$MODEL" --tokenizer "$TOKJSON" \
-    --data "$DATA/wikitext2/wiki.valid.tokens" --seq 512 --batch "$B" --steps "$STEPS" --warmup "$WARM" \
-    --threads "$THREADS" >"$WORK/peer.out" 2>"$WORK/peer.time"
-  local p_json p_tps p_rss
-  p_json=$(tail -1 "$WORK/peer.out")
-  p_tps=$("$PY" -c "import json,sys; print('%.1f' % json.loads(sys.argv[1])['tokens_per_s'])" "$p_json")
-  p_rss=$(peak_rss_mib "$WORK/peer.time")
-  echo "| taper train | $t_tps tok/s | peak RSS $t_rss MiB |"
-  echo "| $("$PY" -c "import json,sys; print(json.loads(sys.argv[1])['peer'])" "$p_json") | $p_tps tok/s | peak RSS $p_rss MiB |"
-  "$PY" -c "print('ratio taper/peer: %.2fx' % ($t_tps / $p_tps))"
-  "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print('taper memory: activations %.0f MiB, grads + Adam %.0f MiB' % (j['activation_bytes']/2**20, j['state_bytes']/2**20))" "$WORK/tp_speed/summary.json"
-  rm -f "$WORK"/tp_speed/ckpt-*.tpc
+throughput() { # the training section of bench/run.sh (its PEER_CONFIGS apply)
+  STEPS="${STEPS:-4}" WARMUP=1 BATCH="${BATCH:-2}" TAPER_BIN="$BIN" WORK="$WORK" bench/run.sh train
 }
 
 finetune() {

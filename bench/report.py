@@ -1,0 +1,208 @@
+"""Small helpers of bench/run.sh: read the numbers each run leaves and print the markdown tables.
+
+  report.py metrics-tps METRICS.jsonl WARM TOKENS_PER_STEP
+      tokens/s of a taper train/distill run over the steps after the first WARM, each step's own
+      time (TOKENS_PER_STEP / its tokens_per_s), from metrics.jsonl
+  report.py rss TIMEFILE
+      "Maximum resident set size" of /usr/bin/time -v, in MiB
+  report.py row LABEL TPS TIMEFILE [NOTE]
+      one TSV row for `table` (TPS a number, or text such as "n/a (...)")
+  report.py peer-row LABEL OUTFILE TIMEFILE RC [TIMEOUT_S]
+      the row of a peer run: its last JSON line (tokens_per_s, first_step_s, ppl_chunks, error);
+      "n/a (timed out ...)" for RC 124, "n/a (error ...)" when it failed
+  report.py table ROWS.tsv --min MIB [--title T]
+      markdown table of the rows (the first row is taper): tok/s, taper / row, peak RSS, RSS /
+      analytic minimum, note; then taper / the best peer row
+  report.py get FILE KEY[.KEY...] [FORMAT]
+      one value of a JSON file (list indices are numbers), printed with FORMAT (default %s)
+  report.py get-mib FILE KEY[.KEY...]
+      a value in bytes, printed in MiB
+  report.py importance PPL.json IMPORTANCE.json PPL.time IMPORTANCE.time MIN_PPL MIN_IMPORTANCE
+      the importance-vs-forward table (taper ppl --json and taper importance --json outputs)
+  report.py student PLAN.json
+      one line describing a pruned model from its prune_plan.json
+  report.py check TAPER_METRICS.jsonl PEER_OUT INTER
+      first-step kd / inter / grad_norm of taper distill and bench/distill_peer.py, side by side;
+      exit 1 when they differ by more than 1e-3 relative
+  report.py versions
+      torch / transformers versions and torch's CPU capability
+"""
+import argparse
+import json
+import math
+import sys
+
+MIB = 2.0 ** 20
+
+
+def rss_mib(path):
+    try:
+        for line in open(path, errors="replace"):
+            if "Maximum resident set size" in line:
+                return float(line.split(":")[1]) / 1024.0
+    except OSError:
+        pass
+    return math.nan
+
+
+def metrics_tps(path, warm, step_tok):
+    rows = [json.loads(l) for l in open(path) if '"loss"' in l and '"tokens_per_s"' in l][warm:]
+    if not rows:
+        raise SystemExit(f"{path}: no timed steps after {warm} warm-up")
+    secs = sum(step_tok / r["tokens_per_s"] for r in rows)
+    return step_tok * len(rows) / secs
+
+
+def peer_row(label, out, timefile, rc, timeout):
+    rec = None
+    try:
+        for line in open(out, errors="replace"):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    rss = rss_mib(timefile)
+    if rc == 124:
+        return [label, f"n/a (timed out after {timeout} s)", rss, ""]
+    if rec is None:
+        return [label, f"n/a (exit {rc}, no result; see {out})", rss, ""]
+    if "error" in rec:
+        return [label, "n/a (error: " + rec["error"].replace("\t", " ").replace("|", "/") + ")", rss, ""]
+    note = []
+    if "first_step_s" in rec:
+        note.append(f"first step {rec['first_step_s']:.1f} s")
+    if "ppl_chunks" in rec:
+        note.append(f"ppl {rec['ppl_chunks']:.4f}")
+    return [label, f"{rec['tokens_per_s']:.1f}", rss, ", ".join(note)]
+
+
+def num(s):
+    try:
+        v = float(s)
+        return v if math.isfinite(v) and v > 0 else None
+    except ValueError:
+        return None
+
+
+def table(path, mn, title):
+    rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+    if title:
+        print(title)
+    print("| run | tok/s | best taper / run | peak RSS MiB | RSS / min | note |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    # rows labelled "taper ..." are taper's (one per precision); the others are peers
+    t = max((num(r[1]) or 0 for r in rows if r[0].startswith("taper")), default=0)
+    best = None
+    for r in rows:
+        label, tps, rss = r[0], r[1], num(r[2])
+        note = r[3] if len(r) > 3 else ""
+        v = num(tps)
+        mine = label.startswith("taper")
+        ratio = f"{t / v:.2f}x" if (t and v and not mine) else ""
+        if not mine and v and (best is None or v > best[1]):
+            best = (label, v)
+        print(f"| {label} | {f'{v:.1f}' if v else tps} | {ratio} | {f'{rss:.0f}' if rss else 'n/a'} | "
+              f"{f'{rss / mn:.2f}x' if rss and mn and v else ''} | {note} |")
+    if mn:
+        print(f"analytic minimum {mn:.0f} MiB (bench/rss.py)")
+    if t and best:
+        print(f"ratio best taper / best peer ({best[0]}): {t / best[1]:.2f}x")
+
+
+def get(path, keys, fmt="%s"):
+    v = json.load(open(path))
+    for k in keys.split("."):
+        v = v[int(k)] if isinstance(v, list) else v[k]
+    return fmt % v
+
+
+def importance_table(ppl_json, imp_json, ppl_time, imp_time, min_f, min_i):
+    p = json.load(open(ppl_json))["results"][0]
+    i = json.load(open(imp_json))
+    rp, ri = rss_mib(ppl_time), rss_mib(imp_time)
+    print("| run | tokens | tok/s | seconds | peak RSS MiB | RSS / min |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| taper ppl (forward with lm_head, batch 1) | {p['chunks'] * 512} | {p['tokens_per_s']:.1f} | "
+          f"{p['seconds']:.1f} | {rp:.0f} | {rp / min_f:.2f}x |")
+    print(f"| taper importance (hooks, no lm_head, batch 4) | {i['samples'] * i['seq_len']} | "
+          f"{i['importance_tokens_per_s']:.1f} | {i['importance_seconds']:.1f} | {ri:.0f} | {ri / min_i:.2f}x |")
+    print(f"importance time / forward time: {i['importance_seconds'] / p['seconds']:.2f}x (target <= 1.1x); "
+          f"analytic minimum {min_f:.0f} MiB (forward) / {min_i:.0f} MiB (importance), bench/rss.py")
+
+
+def student(plan):
+    j = json.load(open(plan))
+    c = j["target_config"]
+    return (f"{j['target']['params'] / 1e6:.1f}M params, hidden {c['hidden_size']}, ffn {c['intermediate_size']}, "
+            f"{c['num_attention_heads']}/{c['num_key_value_heads']} heads, {c['num_hidden_layers']} layers")
+
+
+def check(metrics, peer_out, inter):
+    t = json.loads(open(metrics).readline())
+    p = [json.loads(l) for l in open(peer_out) if l.startswith("{")][-1]
+    if "error" in p:
+        print(f"  inter {inter}: peer failed: {p['error']}")
+        return 1
+    rows = [("kd", p["kd"][0], t["kd"]), ("grad_norm", p["grad_norm"][0], t["grad_norm"])]
+    if inter != "none":
+        rows.append(("inter", p["inter_loss"][0], t["inter"]))
+    worst = max(abs(a - b) / max(abs(b), 1e-30) for _, a, b in rows)
+    ok = worst < 1e-3
+    print(f"  inter {inter}: " + ", ".join(f"{n} peer {a:.7g} taper {b:.7g}" for n, a, b in rows)
+          + f"; worst relative difference {worst:.1e} " + ("(ok)" if ok else "(MISMATCH)"))
+    return 0 if ok else 1
+
+
+def versions():
+    import torch
+    import transformers
+    return (f"torch {torch.__version__} / transformers {transformers.__version__} / "
+            f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def main():
+    a = sys.argv[1:]
+    if not a or a[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if a else 2
+    cmd = a[0]
+    if cmd == "metrics-tps" and len(a) == 4:
+        print(f"{metrics_tps(a[1], int(a[2]), int(a[3])):.1f}")
+    elif cmd == "rss" and len(a) == 2:
+        print(f"{rss_mib(a[1]):.0f}")
+    elif cmd == "row" and len(a) in (4, 5):
+        print("\t".join([a[1], a[2], f"{rss_mib(a[3]):.1f}", a[4] if len(a) > 4 else ""]))
+    elif cmd == "peer-row" and len(a) in (5, 6):
+        r = peer_row(a[1], a[2], a[3], int(a[4]), a[5] if len(a) > 5 else "?")
+        print("\t".join([r[0], r[1], f"{r[2]:.1f}", r[3]]))
+    elif cmd == "get" and len(a) in (3, 4):
+        print(get(a[1], a[2], a[3] if len(a) > 3 else "%s"))
+    elif cmd == "get-mib" and len(a) == 3:
+        print(f"{float(get(a[1], a[2])) / MIB:.0f}")
+    elif cmd == "importance" and len(a) == 7:
+        importance_table(a[1], a[2], a[3], a[4], float(a[5]), float(a[6]))
+    elif cmd == "student" and len(a) == 2:
+        print(student(a[1]))
+    elif cmd == "check" and len(a) == 4:
+        return check(a[1], a[2], a[3])
+    elif cmd == "versions" and len(a) == 1:
+        print(versions())
+    elif cmd == "table":
+        ap = argparse.ArgumentParser(prog="report.py table")
+        ap.add_argument("rows")
+        ap.add_argument("--min", type=float, default=0.0)
+        ap.add_argument("--title", default="")
+        o = ap.parse_args(a[1:])
+        table(o.rows, o.min, o.title)
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
