@@ -8,7 +8,8 @@
 # WikiText-2 test (chunks protocol, ctx 512, first EVAL_CHUNKS chunks).
 # Environment: TOKENS (default 1048576 = 2^20 per run), SEQ (512), BATCH (4), LR (2e-4),
 # PRECISION (bf16), EVAL_CHUNKS (40), THREADS (2), WORK (/tmp/taper-ablation), TAPER_BIN,
-# TAPER_MODEL, TAPER_DATA. Prints a markdown table; every command is echoed.
+# TAPER_MODEL, TAPER_DATA. Prints a markdown table; every command is echoed. Interrupted? Run it
+# again with the same WORK: finished runs are skipped and the others resume from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${TAPER_BIN:-build/taper}"
@@ -40,7 +41,8 @@ DEPTH_PARAMS=$("$BIN" info "$WORK/depth" | awk '/^total/ {print $2}')
     --layers 30 --data "$DATA/wiki.valid.tokens" --eval-samples 8 -o "$WORK/width" >/dev/null
 
 common=(--data "$WORK/shards" --steps "$STEPS" --seq "$SEQ" --batch "$BATCH" --lr "$LR" --min-lr "$(python3 -c "print($LR/10)")"
-        --warmup "$WARMUP" --val-every -1 --ckpt-every 50 --keep 1 --threads "$THREADS" --precision "$PRECISION" --quiet)
+        --warmup "$WARMUP" --val-every -1 --ckpt-every 25 --keep 1 --threads "$THREADS" --precision "$PRECISION" --quiet
+        --resume)
 train_one() { # train_one NAME STUDENT: retrain STUDENT as NAME (none|ce|kd|kdinter) into $WORK/NAME-STUDENT
   local name=$1 s=$2 out="$WORK/$1-$2"
   [ -f "$out/done" ] && return 0
