@@ -2,8 +2,8 @@
  *
  *   oneDNN matmul (TP_HAVE_DNNL)   the fast path for the big products (projections, lm_head and
  *                                  their gradients): its brgemm kernels use the full 512-bit FMA
- *                                  width, about twice OpenBLAS 0.3.21 (whose Haswell kernel is
- *                                  picked on this CPU); optionally bf16 inputs (TP_PREC_BF16).
+ *                                  width (1.9x OpenBLAS 0.3.21 with its AVX-512 kernels on this
+ *                                  Zen 5, bench/RESULTS.md); optionally bf16 inputs (TP_PREC_BF16).
  *   OpenBLAS sgemm (TP_HAVE_BLAS)   small products and products issued inside an OpenMP parallel
  *                                  region (attention blocks per head): no primitive to build.
  *   plain loops                    when built with neither.
