@@ -23,8 +23,8 @@ echo "== the teacher"
 $T info "$MODEL" | head -3
 echo; echo "== taper compress: SmolLM2-135M -> 100M parameters (run directory $OUT)"
 $T compress "$MODEL" --target-params 100M -o "$OUT" \
-  --sdg-samples 64 --sdg-tokens 128 --calib-samples 32 --calib-seq 128 --depth-samples 8 \
-  --steps 60 --seq 128 --batch 4 --lr 3e-4 --warmup 6 --ckpt-every 30 \
+  --sdg-samples 128 --sdg-tokens 128 --calib-samples 32 --calib-seq 128 --depth-samples 8 \
+  --steps 200 --seq 128 --batch 4 --lr 3e-4 --warmup 10 --ckpt-every 50 --precision bf16 \
   --eval-chunks 8 --eval-ctx 256 "${TASKS[@]}"
 echo; echo "== the distilled student, exported as GGUF (Q8_0) and asked a question"
 $T convert "$OUT/student" --to gguf "$OUT/student-q8_0.gguf" --dtype q8_0 > /dev/null
