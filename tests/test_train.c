@@ -772,11 +772,17 @@ TT_TEST(train_cli_resume_policy_and_sigterm) {
     TT_CHECK(run_taper(NULL, args, log) == 2, "--lr abc exits 2");
     train_args(args, sizeof args, dir, "--frobnicate");
     TT_CHECK(run_taper(NULL, args, log) == 2, "an unknown option exits 2");
+    train_args(args, sizeof args, dir, "--precision fp16");
+    TT_CHECK(run_taper(NULL, args, log) == 2, "--precision fp16 exits 2");
+    out = read_text(log);
+    TT_CHECK(strstr(out, "bf16") != NULL, "the message lists the precisions: %s", out);
+    free(out);
     train_args(args, sizeof args, dir, "--steps 6");
     TT_CHECK(run_taper(NULL, args, log) == 0, "6-step run");
     /* settings that change the trajectory are refused, naming old and new values */
     const char *refused[] = {"--lr 1e-3", "--seq 16", "--batch 2", "--accum 1", "--seed 8", "--warmup 2",
-                             "--weight-decay 0", "--clip 0.5", "--val-frac 0.2", "--schedule-steps 60"};
+                             "--weight-decay 0", "--clip 0.5", "--val-frac 0.2", "--schedule-steps 60",
+                             "--precision bf16"};
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
         char extra[128];
         snprintf(extra, sizeof extra, "--resume --steps 9 %s", refused[i]);
