@@ -40,9 +40,11 @@
 
 /* ------------------------------------------------------------------ precision + backend choice */
 
+/* Inside a parallel construct, active or not (an `if` clause that turned it off still counts: the
+ * caller's products there have per-call shapes, e.g. attention over a growing KV cache). */
 static int in_parallel(void) {
 #ifdef _OPENMP
-    return omp_in_parallel();
+    return omp_get_level() > 0;
 #else
     return 0;
 #endif

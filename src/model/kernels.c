@@ -5,9 +5,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef TP_HAVE_BLAS
-#include <cblas.h>
-#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -191,27 +188,10 @@ void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *
         tp_attention_head_lse(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, hd, scale, S);
         return;
     }
-#ifdef TP_HAVE_BLAS
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, Tk, hd, scale, Q, (int)ldq, K, (int)ldk, 0.0f, S,
-                Tk);
+    /* fp32 products through the shared layer (BLAS, or loops without it) */
+    tp_sgemm(0, 1, T, Tk, hd, scale, Q, (int)ldq, K, (int)ldk, 0.0f, S, Tk);
     softmax_causal_rows(S, T, Tk, p0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, Tk, 1.0f, S, Tk, V, (int)ldk, 0.0f, out,
-                (int)ldo);
-#else
-    for (int i = 0; i < T; i++)
-        for (int j = 0; j < Tk; j++) {
-            float acc = 0;
-            for (int e = 0; e < hd; e++) acc += Q[(size_t)i * ldq + e] * K[(size_t)j * ldk + e];
-            S[(size_t)i * Tk + j] = acc * scale;
-        }
-    softmax_causal_rows(S, T, Tk, p0);
-    for (int i = 0; i < T; i++)
-        for (int e = 0; e < hd; e++) {
-            float acc = 0;
-            for (int j = 0; j < p0 + i + 1; j++) acc += S[(size_t)i * Tk + j] * V[(size_t)j * ldk + e];
-            out[(size_t)i * ldo + e] = acc;
-        }
-#endif
+    tp_sgemm(0, 0, T, hd, Tk, 1.0f, S, Tk, V, (int)ldk, 0.0f, out, (int)ldo);
 }
 
 void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
@@ -247,12 +227,6 @@ void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const flo
 
 /* C(M,N) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when ta / tb is set. With
  * beta == 0, C is not read. BLAS when built with it, plain loops otherwise. */
-/* fp32 product (attention blocks, small and inside parallel regions): see tp_sgemm. */
-static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                 int ldb, float beta, float *C, int ldc) {
-    tp_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
 void tp_matmul_dx(const float *dY, const float *W, float *dX, size_t N, size_t in, size_t out, int accumulate) {
     tp_sgemm_prec(0, 0, (int)N, (int)in, (int)out, 1.0f, dY, (int)out, W, (int)in, accumulate ? 1.0f : 0.0f, dX,
                   (int)in);
@@ -404,7 +378,7 @@ void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const flo
                            size_t ldo, float *lse, int T, int p0, int hd, float scale, float *S) {
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
-        gemm(0, 1, bq, kmax, hd, scale, Q + (size_t)i0 * ldq, (int)ldq, K, (int)ldk, 0.0f, S, kmax);
+        tp_sgemm(0, 1, bq, kmax, hd, scale, Q + (size_t)i0 * ldq, (int)ldq, K, (int)ldk, 0.0f, S, kmax);
         for (int r = 0; r < bq; r++) {
             float *row = S + (size_t)r * kmax;
             int nvis = p0 + i0 + r + 1;
@@ -415,7 +389,7 @@ void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const flo
             for (int j = nvis; j < kmax; j++) row[j] = 0;
             lse[i0 + r] = mx + logf(sum);
         }
-        gemm(0, 0, bq, hd, kmax, 1.0f, S, kmax, V, (int)ldk, 0.0f, out + (size_t)i0 * ldo, (int)ldo);
+        tp_sgemm(0, 0, bq, hd, kmax, 1.0f, S, kmax, V, (int)ldk, 0.0f, out + (size_t)i0 * ldo, (int)ldo);
     }
 }
 
@@ -451,15 +425,15 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
         const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldo;
         /* P = exp(scale Q K^T - lse) on the visible keys, 0 elsewhere */
-        gemm(0, 1, bq, kmax, hd, scale, Qb, (int)ldq, K, (int)ldk, 0.0f, P, kmax);
+        tp_sgemm(0, 1, bq, kmax, hd, scale, Qb, (int)ldq, K, (int)ldk, 0.0f, P, kmax);
         for (int r = 0; r < bq; r++) {
             float *row = P + (size_t)r * kmax, l = lse[i0 + r];
             int nvis = p0 + i0 + r + 1;
             tp_exp_shift_sum(row, l, row, (size_t)nvis);
             for (int j = nvis; j < kmax; j++) row[j] = 0;
         }
-        gemm(1, 0, kmax, hd, bq, 1.0f, P, kmax, dOb, (int)ldo, 1.0f, dV, (int)lddk); /* dV += P^T dO */
-        gemm(0, 1, bq, kmax, hd, 1.0f, dOb, (int)ldo, V, (int)ldk, 0.0f, dP, kmax);  /* dP = dO V^T */
+        tp_sgemm(1, 0, kmax, hd, bq, 1.0f, P, kmax, dOb, (int)ldo, 1.0f, dV, (int)lddk); /* dV += P^T dO */
+        tp_sgemm(0, 1, bq, kmax, hd, 1.0f, dOb, (int)ldo, V, (int)ldk, 0.0f, dP, kmax);  /* dP = dO V^T */
         for (int r = 0; r < bq; r++) {
             const float *o = O + (size_t)(i0 + r) * ldo, *go = dOb + (size_t)r * ldo;
             float Di = 0; /* sum_j P dP = dO . O */
@@ -467,8 +441,8 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
             float *pr = P + (size_t)r * kmax, *dr = dP + (size_t)r * kmax;
             for (int j = 0; j < kmax; j++) dr[j] = pr[j] * (dr[j] - Di); /* dS; 0 where masked */
         }
-        gemm(0, 0, bq, hd, kmax, scale, dP, kmax, K, (int)ldk, 0.0f, dQ + (size_t)i0 * lddq, (int)lddq);
-        gemm(1, 0, kmax, hd, bq, scale, dP, kmax, Qb, (int)ldq, 1.0f, dK, (int)lddk);
+        tp_sgemm(0, 0, bq, hd, kmax, scale, dP, kmax, K, (int)ldk, 0.0f, dQ + (size_t)i0 * lddq, (int)lddq);
+        tp_sgemm(1, 0, kmax, hd, bq, scale, dP, kmax, Qb, (int)ldq, 1.0f, dK, (int)lddk);
     }
 }
 
