@@ -225,6 +225,16 @@ static const char *metrics(void *user, long step) {
     return extra;
 }
 
+/* the checkpointed extra state (learned projections) is the distiller's own */
+static tp_status state_save(void *user, void **buf, size_t *bytes) {
+    distill_state *st = user;
+    return st->inner.state_save(st->inner.user, buf, bytes);
+}
+static tp_status state_load(void *user, const void *buf, size_t bytes) {
+    distill_state *st = user;
+    return st->inner.state_load(st->inner.user, buf, bytes);
+}
+
 static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const tp_train_hooks **hooks) {
     distill_state *st = user;
     tp_status s = st->teacher ? tp_model_prepare_precision(st->teacher, 1) : TP_OK; /* bf16 copies, made once */
@@ -233,12 +243,11 @@ static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const t
     if (s) return s;
     st->student = m;
     if (st->mask && (s = tp_mask_apply(m, st->mask))) return s;
-    if (tp_distiller_proj(st->d, NULL, NULL))
-        fprintf(stderr, "taper distill: note: the learned projections (student and teacher widths differ) are not "
-                        "stored in checkpoints yet: a resumed run starts them again from the channel selection\n");
     tp_distiller_hooks(st->d, &st->inner);
     st->outer.prepare = prepare;
     st->outer.metrics = metrics;
+    st->outer.state_save = state_save;
+    st->outer.state_load = state_load;
     st->outer.user = st;
     *hooks = &st->outer;
     char who[512];

@@ -416,9 +416,9 @@ TT_TEST(ckpt_truncation_and_bad_header_rejected) {
     char *dir = fresh_dir("ckpt_badhdr");
     float *p1 = two_ckpts(dir, &a);
     char *f2 = ckpt_file(dir, 2);
-    patch_byte(f2, 8, 0x02); /* version 1 -> 3 */
+    patch_byte(f2, 8, 0x01); /* version 2 -> 3 */
     expect_fallback(dir, a.m, p1, "version 3", "version");
-    patch_byte(f2, 8, 0x02);
+    patch_byte(f2, 8, 0x01);
     patch_byte(f2, 0, 0x20); /* magic */
     expect_fallback(dir, a.m, p1, "bad magic", "magic");
     /* nothing usable at all: TP_ERR_IO naming the directory and the reason */

@@ -432,3 +432,111 @@ TT_TEST(distill_contrastive_step) {
     tp_model_free(st);
     tp_model_free(teacher);
 }
+
+/* Learned projections survive a checkpoint: distilling the narrow student (width 24) from the
+ * teacher (40) with intermediate and embedding losses, 6 updates in one go equal 3 updates, a
+ * checkpoint and 3 resumed ones, bit for bit, in the weights and in the projections (which a
+ * resume used to restart from their initial value). A plain run may not resume that checkpoint. */
+static tp_status proj_batch(void *user, long step, int micro, int32_t *tokens, int32_t *targets, int B, int T) {
+    (void)user;
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (int32_t)((step * 131 + micro * 17 + i * 37 + i / 5) % 96) + 1;
+        targets[i] = (int32_t)((step * 7 + i * 29 + 3) % 96) + 1;
+    }
+    return TP_OK;
+}
+
+static void proj_cfg(tp_train_cfg *cfg, long steps, const char *run_dir, int resume) {
+    tp_train_cfg_defaults(cfg);
+    cfg->steps = steps;
+    cfg->B = 2;
+    cfg->T = 11;
+    cfg->accum = 2;
+    cfg->opt.lr = 2e-2f;
+    cfg->opt.warmup_steps = 1;
+    cfg->opt.total_steps = 6;
+    cfg->val_every = -1;
+    cfg->ckpt_every = 3;
+    cfg->keep = 0;
+    cfg->run_dir = run_dir;
+    cfg->resume = resume;
+    cfg->quiet = 1;
+}
+
+static tp_status proj_run(const tp_model *teacher, const char *run_dir, long steps, int resume, tp_model **out,
+                          float **proj, size_t *n_proj) {
+    tp_model *st = load("narrow");
+    if (!st) return TP_ERR_IO;
+    tp_train_cfg cfg;
+    proj_cfg(&cfg, steps, run_dir, resume);
+    tp_distill_cfg dc;
+    tp_distill_defaults(&dc);
+    tp_distill_auto_map(&dc, st->cfg.n_layers, teacher->cfg.n_layers, NULL);
+    dc.emb = 1;
+    tp_distiller *d = NULL;
+    tp_status s = tp_distiller_new(teacher, st, &dc, cfg.B, cfg.T, &cfg.opt, &d);
+    if (!s) {
+        tp_train_hooks h;
+        tp_distiller_hooks(d, &h);
+        tp_train_data data = {NULL, proj_batch, NULL};
+        tp_train_result r;
+        s = tp_train_run(st, &cfg, &data, &h, &r);
+        tp_train_result_free(&r);
+        int ns = 0;
+        const float *P = tp_distiller_proj(d, NULL, &ns);
+        *n_proj = (size_t)ns * (size_t)teacher->cfg.d_model * (size_t)st->cfg.d_model;
+        *proj = P ? malloc(*n_proj * sizeof(float)) : NULL;
+        if (*proj) memcpy(*proj, P, *n_proj * sizeof(float));
+    }
+    tp_distiller_free(d);
+    if (s) {
+        tp_model_free(st);
+        st = NULL;
+    }
+    *out = st;
+    return s;
+}
+
+TT_TEST(distill_projections_resume_exactly) {
+    tp_model *teacher = load("teacher");
+    if (!teacher) return;
+    char *ra = tt_path(tt_tmp_dir(), "proj_run_a"), *rb = tt_path(tt_tmp_dir(), "proj_run_b"), cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' && mkdir -p '%s' '%s'", ra, rb, ra, rb);
+    sh(cmd);
+    tp_model *a = NULL, *b = NULL, *b0 = NULL;
+    float *pa = NULL, *pb = NULL, *pb0 = NULL;
+    size_t na = 0, nb = 0, nb0 = 0;
+    TT_CHECK(proj_run(teacher, ra, 6, 0, &a, &pa, &na) == TP_OK, "6 updates: %s", tp_errmsg());
+    TT_CHECK(proj_run(teacher, rb, 3, 0, &b0, &pb0, &nb0) == TP_OK, "3 updates: %s", tp_errmsg());
+    TT_CHECK(proj_run(teacher, rb, 6, 1, &b, &pb, &nb) == TP_OK, "resumed to 6: %s", tp_errmsg());
+    if (a && b && b0 && pa && pb && pb0 && na == nb && na == nb0 && na > 0) {
+        size_t diff = 0, pdiff = 0, pmoved = 0;
+        for (size_t i = 0; i < a->n_params; i++) diff += memcmp(&a->params[i], &b->params[i], sizeof(float)) != 0;
+        for (size_t i = 0; i < na; i++) {
+            pdiff += memcmp(&pa[i], &pb[i], sizeof(float)) != 0;
+            pmoved += pa[i] != pb0[i];
+        }
+        TT_CHECK(diff == 0 && pdiff == 0 && pmoved > na / 2,
+                 "resumed run: %zu of %zu weights and %zu of %zu projection entries differ (%zu entries moved in "
+                 "updates 4-6)",
+                 diff, a->n_params, pdiff, na, pmoved);
+        /* a plain training run may not take over the distiller's checkpoint */
+        tp_train_cfg cfg;
+        proj_cfg(&cfg, 7, rb, 1);
+        tp_train_data data = {NULL, proj_batch, NULL};
+        tp_status s = tp_train_run(b, &cfg, &data, NULL, NULL);
+        TT_CHECK(s == TP_ERR_ARG && strstr(tp_errmsg(), "extra training state"), "plain resume refused: %s",
+                 tp_errmsg());
+    } else {
+        TT_CHECK(0, "runs incomplete (projection sizes %zu %zu %zu)", na, nb, nb0);
+    }
+    tp_model_free(a);
+    tp_model_free(b);
+    tp_model_free(b0);
+    free(pa);
+    free(pb);
+    free(pb0);
+    free(ra);
+    free(rb);
+    tp_model_free(teacher);
+}

@@ -265,7 +265,7 @@ static tp_status run_fixed(int steps, ce_hook *hook, const char *run_dir, int re
         c.quiet = 1;
         c.run_dir = run_dir;
         c.recompute = recompute;
-        tp_train_hooks hk = {ce_prepare, ce_metrics, hook};
+        tp_train_hooks hk = {.prepare = ce_prepare, .metrics = ce_metrics, .user = hook};
         tp_train_data d = {NULL, fixed_batch, &fb};
         s = tp_train_run(*out, &c, &d, hook ? &hk : NULL, r);
     }

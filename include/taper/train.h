@@ -181,6 +181,10 @@ typedef struct {
     double tokens_seen;
     double elapsed_s;    /* training wall time so far */
     char *args_json;     /* the run's settings (malloc'd; compared on resume) */
+    void *extra;         /* opaque state of whoever drives the trainer (e.g. a distiller's learned
+                            projections and their moments), extra_bytes long; saved after the
+                            moments, covered by the checksum; malloc'd on load, NULL when absent */
+    size_t extra_bytes;
 } tp_ckpt_state;
 
 /* Writes DIR/ckpt-<step>.tpc: to a temporary name, fsync, rename, fsync of DIR; the file ends

@@ -73,6 +73,13 @@ typedef struct {
     /* Called after each update; may return extra JSON members (`"kd":1.5,"ce":2.1`, no braces)
      * appended to that step's metrics line, or NULL. The text is copied. */
     const char *(*metrics)(void *user, long step);
+    /* Optional state of the hook's owner that an exact resume needs (a distiller's learned
+     * projections): state_save fills *buf (malloc'd, freed by the trainer) and *bytes when a
+     * checkpoint is written; state_load gets those bytes back when a run resumes (bytes 0 and
+     * buf NULL: the checkpoint holds none, e.g. it was written by an older build). A nonzero
+     * status aborts the run. A checkpoint with extra state refuses to resume without state_load. */
+    tp_status (*state_save)(void *user, void **buf, size_t *bytes);
+    tp_status (*state_load)(void *user, const void *buf, size_t bytes);
     void *user;
 } tp_train_hooks;
 

@@ -2,20 +2,22 @@
  * resume needs, in one file written to a temporary name, fsynced and renamed, with a checksum
  * and an end marker written last. The optimizer itself is in optim.c, the loop in trainer.c.
  *
- * File layout, version 1 (integers little-endian; only little-endian hosts are supported):
+ * File layout, version 2 (integers little-endian; only little-endian hosts are supported):
  *   0   8   magic "TPRCKPT1"
- *   8   4   u32 version (1)
+ *   8   4   u32 version (2; version 1 files, which have no extra block, are read too)
  *   12  4   u32 reserved (0)
  *   16  8   u64 json_len
  *   24  8   u64 n_params
  *   32      JSON (json_len bytes): format, config (tp_config_to_json), step, rng (4 x u64 as hex
  *           strings), cursor (u64 as decimal strings), tokens_seen, elapsed_s, args (string or
- *           null), optim (adamw settings and its step), n_params
+ *           null), optim (adamw settings and its step), n_params, extra_bytes (E; absent = 0)
  *           zero padding up to data_off = the next multiple of 64
  *   data_off    params, then m, then v: n_params float32 each
- *   +12n    8   u64 checksum of every byte before it (ckpt_hash below)
+ *   +12n    E   the caller's extra state (tp_ckpt_state.extra), opaque here
+ *   +E      8   u64 checksum of every byte before it (ckpt_hash below)
  *   +8      8   end marker "TPCKEND\n", written last
- * A file is complete only when its size is exactly data_off + 12n + 16 and it ends with the marker.
+ * A file is complete only when its size is exactly data_off + 12n + E + 16 and it ends with the
+ * marker.
  *
  * Test hook: when the environment variable TAPER_TEST_CKPT_DIE_AFTER=<n> is set, the writer
  * kills its own process with SIGKILL once n bytes of the temporary file are written (and flushed
@@ -28,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +43,7 @@
 
 #define CKPT_MAGIC "TPRCKPT1"
 #define CKPT_END "TPCKEND\n"
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u
 #define CKPT_HEADER 32
 #define CKPT_ALIGN 64
 #define CKPT_CHUNK ((size_t)8 << 20)
@@ -275,7 +278,8 @@ static tp_status build_json(const tp_model *m, const tp_adamw *o, const tp_ckpt_
          cJSON_AddNumberToObject(op, "eps", c->eps) && cJSON_AddNumberToObject(op, "weight_decay", c->weight_decay) &&
          cJSON_AddNumberToObject(op, "decay_all", c->decay_all) && cJSON_AddNumberToObject(op, "clip", c->clip) &&
          cJSON_AddNumberToObject(op, "step", (double)o->step);
-    ok = ok && cJSON_AddNumberToObject(root, "n_params", (double)m->n_params);
+    ok = ok && cJSON_AddNumberToObject(root, "n_params", (double)m->n_params) &&
+         cJSON_AddNumberToObject(root, "extra_bytes", (double)st->extra_bytes);
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     cJSON_Delete(cfg);
@@ -353,7 +357,8 @@ static void apply_keep_last(const char *dir, int keep_last) {
     free_entries(e, n);
 }
 
-static tp_status write_file(ckpt_writer *w, const char *json, size_t json_len, const tp_model *m, const tp_adamw *o) {
+static tp_status write_file(ckpt_writer *w, const char *json, size_t json_len, const tp_model *m, const tp_adamw *o,
+                            const tp_ckpt_state *st) {
     unsigned char head[CKPT_HEADER] = {0};
     memcpy(head, CKPT_MAGIC, 8);
     put_u32(head + 8, CKPT_VERSION);
@@ -368,6 +373,7 @@ static tp_status write_file(ckpt_writer *w, const char *json, size_t json_len, c
     size_t bytes = m->n_params * sizeof(float);
     if ((s = w_put(w, m->params, bytes, 1)) || (s = w_put(w, o->m, bytes, 1)) || (s = w_put(w, o->v, bytes, 1)))
         return s;
+    if (st->extra_bytes && (s = w_put(w, st->extra, st->extra_bytes, 1))) return s;
     unsigned char tail[8];
     put_u64(tail, hash_final(&w->h));
     if ((s = w_put(w, tail, 8, 0))) return s;
@@ -378,6 +384,7 @@ tp_status tp_ckpt_save(const char *dir, const tp_model *m, const tp_adamw *o, co
                        int keep_last) {
     if (!little_endian()) return tp_fail(TP_ERR_UNSUPPORTED, "checkpoints need a little-endian host");
     if (st->step < 0) return tp_fail(TP_ERR_ARG, "checkpoint: step %ld is negative", st->step);
+    if (st->extra_bytes && !st->extra) return tp_fail(TP_ERR_ARG, "checkpoint: extra state of %zu bytes without data", st->extra_bytes);
     if (!o->m || !o->v || o->n != m->n_params)
         return tp_fail(TP_ERR_ARG, "checkpoint: optimizer holds %zu parameters, the model %zu", o->n, m->n_params);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
@@ -404,7 +411,7 @@ tp_status tp_ckpt_save(const char *dir, const tp_model *m, const tp_adamw *o, co
         s = tp_fail(TP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
         goto out;
     }
-    s = write_file(&w, json, strlen(json), m, o);
+    s = write_file(&w, json, strlen(json), m, o, st);
     if (!s && (fflush(w.f) != 0 || fsync(fileno(w.f)) != 0))
         s = tp_fail(TP_ERR_IO, "%s: flush/fsync failed: %s", tmp, strerror(errno));
     if (fclose(w.f) != 0 && !s) s = tp_fail(TP_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
@@ -484,6 +491,7 @@ static tp_status compare_config(const char *path, const cJSON *saved, const tp_c
 /* Everything read from the JSON block, applied only once the whole file checked out. */
 typedef struct {
     long step, opt_step;
+    uint64_t extra_bytes;
     tp_rng rng;
     tp_data_cursor cursor;
     double tokens_seen, elapsed_s;
@@ -520,6 +528,9 @@ static tp_status parse_meta(const char *path, const char *json, size_t len, cons
     else if (!j_num(root, "elapsed_s", &md->elapsed_s)) bad = "elapsed_s";
     else if (!args || !(cJSON_IsString(args) || cJSON_IsNull(args))) bad = "args";
     else if (!cJSON_IsObject(op) || !j_long(op, "step", &md->opt_step)) bad = "optim.step";
+    else if (jget(root, "extra_bytes") && (!j_num(root, "extra_bytes", &d) || d < 0 || d > 1e15 || d != floor(d)))
+        bad = "extra_bytes";
+    else if (jget(root, "extra_bytes")) md->extra_bytes = (uint64_t)d;
     if (bad) {
         s = tp_fail(TP_ERR_FORMAT, "%s: JSON block: field \"%s\" missing or malformed", path, bad);
         goto out;
@@ -543,6 +554,16 @@ out:
     return s;
 }
 
+/* extra_bytes of the JSON block, looked up before the checksum is verified (the size check needs
+ * it); a block that does not parse gives 0 here and is reported by the later stages. */
+static uint64_t peek_extra_bytes(const char *json, size_t len) {
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const cJSON *e = root ? jget(root, "extra_bytes") : NULL;
+    uint64_t v = cJSON_IsNumber(e) && e->valuedouble > 0 && e->valuedouble < 1e15 ? (uint64_t)e->valuedouble : 0;
+    cJSON_Delete(root);
+    return v;
+}
+
 /* Checks one file completely (size, marker, checksum, JSON, config) and only then copies it
  * into m, o and st. */
 static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_state *st) {
@@ -552,6 +573,7 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
     const unsigned char *p = mm.data;
     size_t size = mm.size;
     ckpt_meta md = {0};
+    void *xb = NULL;
     if (size < CKPT_HEADER + 16) {
         s = tp_fail(TP_ERR_FORMAT, "%s: truncated (%zu bytes, shorter than any checkpoint)", path, size);
         goto out;
@@ -561,8 +583,8 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
         goto out;
     }
     uint32_t ver = get_u32(p + 8);
-    if (ver != CKPT_VERSION) {
-        s = tp_fail(TP_ERR_FORMAT, "%s: checkpoint format version %u, this build reads version %u", path, ver,
+    if (ver != 1 && ver != CKPT_VERSION) {
+        s = tp_fail(TP_ERR_FORMAT, "%s: checkpoint format version %u, this build reads versions 1 and %u", path, ver,
                     CKPT_VERSION);
         goto out;
     }
@@ -578,8 +600,9 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
         goto out;
     }
     size_t data_off = (CKPT_HEADER + (size_t)json_len + CKPT_ALIGN - 1) / CKPT_ALIGN * CKPT_ALIGN, arr, want;
-    if (tp_mul_overflow(m->n_params, sizeof(float), &arr) || tp_mul_overflow(arr, 3, &want) ||
-        tp_add_overflow(want, data_off + 16, &want)) {
+    uint64_t extra = ver == 1 ? 0 : peek_extra_bytes((const char *)p + CKPT_HEADER, (size_t)json_len);
+    if (extra > size || tp_mul_overflow(m->n_params, sizeof(float), &arr) || tp_mul_overflow(arr, 3, &want) ||
+        tp_add_overflow(want, data_off + 16, &want) || tp_add_overflow(want, (size_t)extra, &want)) {
         s = tp_fail(TP_ERR_FORMAT, "%s: sizes overflow", path);
         goto out;
     }
@@ -603,8 +626,16 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
         goto out;
     }
     if ((s = parse_meta(path, (const char *)p + CKPT_HEADER, (size_t)json_len, m, &md))) goto out;
+    if (md.extra_bytes != extra) { /* cannot differ once the checksum held, unless the writer was wrong */
+        s = tp_fail(TP_ERR_FORMAT, "%s: extra_bytes does not parse consistently", path);
+        goto out;
+    }
     if (o->n != m->n_params || !o->m || !o->v) {
         s = tp_fail(TP_ERR_ARG, "%s: the optimizer is not initialised for this model (tp_adamw_init)", path);
+        goto out;
+    }
+    if (extra && !(xb = malloc((size_t)extra))) {
+        s = tp_fail(TP_ERR_NOMEM, "out of memory");
         goto out;
     }
     const tp_adamw_cfg *a = &o->cfg, *b = &md.ocfg;
@@ -617,6 +648,9 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
     memcpy(m->params, p + data_off, arr);
     memcpy(o->m, p + data_off + arr, arr);
     memcpy(o->v, p + data_off + 2 * arr, arr);
+    if (extra) memcpy(xb, p + data_off + 3 * arr, (size_t)extra);
+    st->extra = xb;
+    st->extra_bytes = (size_t)extra;
     o->step = md.opt_step;
     st->step = md.step;
     st->rng = md.rng;
@@ -670,4 +704,7 @@ void tp_ckpt_state_free(tp_ckpt_state *st) {
     if (!st) return;
     free(st->args_json);
     st->args_json = NULL;
+    free(st->extra);
+    st->extra = NULL;
+    st->extra_bytes = 0;
 }

@@ -534,10 +534,71 @@ static const char *metrics(void *user, long step) {
     return d->metrics_buf;
 }
 
+/* Checkpointed state: the projections and their Adam moments, so a resumed run continues them
+ * exactly. Layout: "TPDPROJ1", u32 n_states, dt, ds, 0, i64 step, then P, Pm, Pv as float32
+ * (n_states * dt * ds each), native little-endian like the rest of the checkpoint. */
+#define PROJ_TAG "TPDPROJ1"
+enum { PROJ_HEAD = 32 };
+
+static tp_status state_save(void *user, void **buf, size_t *bytes) {
+    tp_distiller *d = user;
+    *buf = NULL;
+    *bytes = 0;
+    if (!d->P) return TP_OK;
+    size_t n = (size_t)d->n_states * d->dt * d->ds, len = PROJ_HEAD + 3 * n * sizeof(float);
+    unsigned char *b = malloc(len);
+    if (!b) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    uint32_t h[4] = {(uint32_t)d->n_states, (uint32_t)d->dt, (uint32_t)d->ds, 0};
+    int64_t step = d->p_step;
+    memcpy(b, PROJ_TAG, 8);
+    memcpy(b + 8, h, sizeof h);
+    memcpy(b + 24, &step, 8);
+    memcpy(b + PROJ_HEAD, d->P, n * sizeof(float));
+    memcpy(b + PROJ_HEAD + n * sizeof(float), d->Pm, n * sizeof(float));
+    memcpy(b + PROJ_HEAD + 2 * n * sizeof(float), d->Pv, n * sizeof(float));
+    *buf = b;
+    *bytes = len;
+    return TP_OK;
+}
+
+static tp_status state_load(void *user, const void *buf, size_t bytes) {
+    tp_distiller *d = user;
+    if (!bytes) {
+        if (d->P)
+            fprintf(stderr, "taper distill: note: the checkpoint holds no learned projections (written by an older "
+                            "build): they start again from the channel selection\n");
+        return TP_OK;
+    }
+    const unsigned char *b = buf;
+    if (bytes < PROJ_HEAD || memcmp(b, PROJ_TAG, 8) != 0)
+        return tp_fail(TP_ERR_FORMAT, "the checkpoint's extra state (%zu bytes) is not a distiller's projections", bytes);
+    uint32_t h[4];
+    int64_t step;
+    memcpy(h, b + 8, sizeof h);
+    memcpy(&step, b + 24, 8);
+    if (!d->P)
+        return tp_fail(TP_ERR_ARG, "the checkpoint holds learned projections (%u states, %u x %u) but this run has "
+                                   "none (equal widths or no intermediate losses)",
+                       h[0], h[1], h[2]);
+    size_t n = (size_t)d->n_states * d->dt * d->ds;
+    if (h[0] != (uint32_t)d->n_states || h[1] != (uint32_t)d->dt || h[2] != (uint32_t)d->ds ||
+        bytes != PROJ_HEAD + 3 * n * sizeof(float) || step < 0)
+        return tp_fail(TP_ERR_ARG, "the checkpoint's projections are %u states of %u x %u, this run needs %d of %zu x %zu",
+                       h[0], h[1], h[2], d->n_states, d->dt, d->ds);
+    memcpy(d->P, b + PROJ_HEAD, n * sizeof(float));
+    memcpy(d->Pm, b + PROJ_HEAD + n * sizeof(float), n * sizeof(float));
+    memcpy(d->Pv, b + PROJ_HEAD + 2 * n * sizeof(float), n * sizeof(float));
+    memset(d->dP, 0, n * sizeof(float));
+    d->p_step = (long)step;
+    return TP_OK;
+}
+
 void tp_distiller_hooks(tp_distiller *d, tp_train_hooks *h) {
     memset(h, 0, sizeof *h);
     h->prepare = prepare;
     h->metrics = metrics;
+    h->state_save = state_save;
+    h->state_load = state_load;
     h->user = d;
 }
 

@@ -272,7 +272,11 @@ static tp_status save_ckpt(trainer *t, long step) {
     st.tokens_seen = t->tokens_seen;
     st.elapsed_s = t->elapsed0 + (tp_time_s() - t->t0);
     st.args_json = (char *)(t->cfg->args_json ? t->cfg->args_json : "{}");
-    tp_status s = tp_ckpt_save(t->cfg->run_dir, t->m, &t->opt, &st, t->cfg->keep);
+    tp_status s = TP_OK;
+    if (t->hooks && t->hooks->state_save && (s = t->hooks->state_save(t->hooks->user, &st.extra, &st.extra_bytes)))
+        return tp_fail_ctx(s, "step %ld: saving the extra training state: ", step);
+    s = tp_ckpt_save(t->cfg->run_dir, t->m, &t->opt, &st, t->cfg->keep);
+    free(st.extra);
     if (s) return tp_fail_ctx(s, "step %ld: writing the checkpoint: ", step);
     return TP_OK;
 }
@@ -405,6 +409,13 @@ static tp_status start_state(trainer *t, long *start, tp_train_result *res) {
             s = tp_fail_ctx(s, "refusing to resume %s (%s): ", c->run_dir, used ? used : "?");
         } else if (t->data->loader && (s = tp_loader_seek(t->data->loader, st.cursor))) {
             s = tp_fail_ctx(s, "resuming %s: ", c->run_dir);
+        } else if (st.extra_bytes && !(t->hooks && t->hooks->state_load)) {
+            s = tp_fail(TP_ERR_ARG, "refusing to resume %s (%s): it holds %zu bytes of extra training state (e.g. a "
+                                    "distiller's projections) that this run has no use for",
+                        c->run_dir, used ? used : "?", st.extra_bytes);
+        } else if (t->hooks && t->hooks->state_load &&
+                   (s = t->hooks->state_load(t->hooks->user, st.extra, st.extra_bytes))) {
+            s = tp_fail_ctx(s, "resuming %s (%s): ", c->run_dir, used ? used : "?");
         } else {
             *start = st.step;
             t->rng = st.rng;
