@@ -4,11 +4,16 @@
 #   ce       cross-entropy on the data (taper train)
 #   kd       forward KL on the teacher's logits (taper distill --kd fkl)
 #   kd+inter KD + cosine loss between mapped hidden states (depth-pruned student only)
+#   kd-corr  KD from a corrected teacher (only with CORRECT_TOKENS > 0): the teacher first
+#            trained with CE on CORRECT_TOKENS tokens of the same data (teacher correction), the
+#            students as before (the papers correct before pruning; keeping the same pruned
+#            students isolates the teacher's effect)
 # every retraining run with the same tokens, data, schedule and precision; perplexity on
 # WikiText-2 test (chunks protocol, ctx 512, first EVAL_CHUNKS chunks).
 # Environment: TOKENS (default 1048576 = 2^20 per run), SEQ (512), BATCH (4), LR (2e-4),
 # PRECISION (bf16), EVAL_CHUNKS (40), THREADS (2), WORK (/tmp/taper-ablation), TAPER_BIN,
-# TAPER_MODEL, TAPER_DATA. Prints a markdown table; every command is echoed. Interrupted? Run it
+# TAPER_MODEL, TAPER_DATA, CORRECT_TOKENS (0 = no corrected-teacher column), CORRECT_STUDENTS
+# ("width"). Prints a markdown table; every command is echoed. Interrupted? Run it
 # again with the same WORK: finished runs are skipped and the others resume from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +24,7 @@ DATA="${TAPER_DATA:-../shared/data}/wikitext2"
 TOKENS="${TOKENS:-1048576}" SEQ="${SEQ:-512}" BATCH="${BATCH:-4}" LR="${LR:-2e-4}"
 PRECISION="${PRECISION:-bf16}" EVAL_CHUNKS="${EVAL_CHUNKS:-40}" THREADS="${THREADS:-2}"
 WORK="${WORK:-/tmp/taper-ablation}"
+CORRECT_TOKENS="${CORRECT_TOKENS:-0}" CORRECT_STUDENTS="${CORRECT_STUDENTS:-width}"
 STEPS=$((TOKENS / (SEQ * BATCH)))
 WARMUP=$((STEPS / 10 > 0 ? STEPS / 10 : 1))
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" TAPER_PROGRESS="${TAPER_PROGRESS:-0}"
@@ -50,6 +56,8 @@ train_one() { # train_one NAME STUDENT: retrain STUDENT as NAME (none|ce|kd|kdin
     ce) run "$BIN" train "$WORK/$s" "${common[@]}" --run-dir "$out/run" --export-hf "$out/model" >/dev/null ;;
     kd) run "$BIN" distill "$WORK/$s" --teacher "$MODEL" --kd fkl "${common[@]}" --run-dir "$out/run" \
           --export-hf "$out/model" >/dev/null ;;
+    kdcorr) run "$BIN" distill "$WORK/$s" --teacher "$WORK/teacher-corr/model" --kd fkl "${common[@]}" \
+          --run-dir "$out/run" --export-hf "$out/model" >/dev/null ;;
     kdinter) run "$BIN" distill "$WORK/$s" --teacher "$MODEL" --kd fkl --inter cosine --map auto \
           --plan "$WORK/$s/prune_plan.json" "${common[@]}" --run-dir "$out/run" --export-hf "$out/model" >/dev/null ;;
   esac
@@ -65,14 +73,29 @@ for s in width depth; do
   for n in ce kd; do train_one $n $s; done
 done
 train_one kdinter depth
+if [ "$CORRECT_TOKENS" -gt 0 ]; then
+  CSTEPS=$((CORRECT_TOKENS / (SEQ * BATCH))) && CSTEPS=$((CSTEPS > 0 ? CSTEPS : 1))
+  if [ ! -f "$WORK/teacher-corr/done" ]; then
+    run "$BIN" train "$MODEL" --data "$WORK/shards" --steps "$CSTEPS" --seq "$SEQ" --batch "$BATCH" --lr "$LR" \
+      --min-lr "$(python3 -c "print($LR/10)")" --warmup $((CSTEPS / 10 > 0 ? CSTEPS / 10 : 1)) --val-every -1 \
+      --ckpt-every 25 --keep 1 --threads "$THREADS" --precision "$PRECISION" --quiet --resume \
+      --run-dir "$WORK/teacher-corr/run" --export-hf "$WORK/teacher-corr/model" >/dev/null
+    touch "$WORK/teacher-corr/done"
+  fi
+  for s in $CORRECT_STUDENTS; do train_one kdcorr "$s"; done
+fi
 
-echo "| student | params | none | CE | KD (logits) | KD (logits + intermediate) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-echo "| teacher | $("$BIN" info "$MODEL" | awk '/^total/ {print $2}') | $(ppl "$MODEL") | | | |"
+corr_col() { [ "$CORRECT_TOKENS" -gt 0 ] && printf ' %s |' "$1"; return 0; }
+echo "| student | params | none | CE | KD (logits) | KD (logits + intermediate) |$(corr_col "KD, corrected teacher")"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |$(corr_col "---:")"
+echo "| teacher | $("$BIN" info "$MODEL" | awk '/^total/ {print $2}') | $(ppl "$MODEL") | | | |$(corr_col "")"
+[ "$CORRECT_TOKENS" -gt 0 ] &&
+  echo "| teacher, corrected on $CORRECT_TOKENS tokens | | $(ppl "$WORK/teacher-corr/model") | | | | |"
 for s in width depth; do
   shape=$(python3 -c "import json; c=json.load(open('$WORK/$s/config.json')); print('%d layers, hidden %d, ffn %d, %d/%d heads' % (c['num_hidden_layers'], c['hidden_size'], c['intermediate_size'], c['num_attention_heads'], c['num_key_value_heads']))")
-  inter="–"
+  inter="–" corr="–"
   [ "$s" = depth ] && inter=$(ppl "$WORK/kdinter-$s/model")
+  [ -f "$WORK/kdcorr-$s/done" ] && corr=$(ppl "$WORK/kdcorr-$s/model")
   echo "| $s ($shape) | $("$BIN" info "$WORK/$s" | awk '/^total/ {print $2}') | $(ppl "$WORK/$s") |" \
-       "$(ppl "$WORK/ce-$s/model") | $(ppl "$WORK/kd-$s/model") | $inter |"
+       "$(ppl "$WORK/ce-$s/model") | $(ppl "$WORK/kd-$s/model") | $inter |$(corr_col "$corr")"
 done

@@ -5,9 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "kernels.h"
 #include "model_internal.h"
@@ -84,21 +81,6 @@ static void free_buf(fwd_buf *b) {
     free(b->g); free(b->u); free(b->scores); free(b->pos); free(b->inv_freq);
 }
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 /* One attention block for all B sequences: q/k/v projections, RoPE, cache append, per-head
  * causal attention, o_proj into b->proj. */
@@ -135,7 +117,7 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
                 K = b->k + (size_t)s * T * kvd + (size_t)(h / rep) * hd;
                 V = b->v + (size_t)s * T * kvd + (size_t)(h / rep) * hd;
             }
-            float *S = b->scores + (size_t)thread_id() * (size_t)T * (size_t)Tk_max;
+            float *S = b->scores + (size_t)tp_thread_id() * (size_t)T * (size_t)Tk_max;
             tp_attention_head(b->q + (size_t)s * T * qd + (size_t)h * hd, qd, K, V, kvd,
                               b->att + (size_t)s * T * qd + (size_t)h * hd, qd, T, p0, hd, scale, S);
         }
@@ -167,7 +149,7 @@ static tp_status alloc_buf(const tp_config *c, int B, int T, int Tk_max, int own
     b->proj = malloc(N * d * sizeof(float));
     b->g = malloc(N * ff * sizeof(float));
     b->u = malloc(N * ff * sizeof(float));
-    b->scores = malloc((size_t)max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
+    b->scores = malloc((size_t)tp_max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
     b->pos = malloc(N * sizeof(int));
     b->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
     if ((own_x && !b->x) || !b->h || !b->q || !b->k || !b->v || !b->att || !b->proj || !b->g || !b->u ||

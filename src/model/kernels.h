@@ -9,6 +9,16 @@
  * barrier, which is slow when the cores are shared (one-token decoding, small batches). */
 #define TP_PAR_MIN_WORK 65536
 
+/* OpenMP's thread count and thread number, 1 and 0 in builds without OpenMP. */
+#ifdef _OPENMP
+#include <omp.h>
+static inline int tp_max_threads(void) { return omp_get_max_threads(); }
+static inline int tp_thread_id(void) { return omp_get_thread_num(); }
+#else
+static inline int tp_max_threads(void) { return 1; }
+static inline int tp_thread_id(void) { return 0; }
+#endif
+
 /* ---- matrix products (src/model/gemm.c) ----
  * C(M,N) = alpha * op(A) op(B) + beta * C, row-major, op = transpose when ta / tb is set; with
  * beta == 0, C is not read. Backend: oneDNN matmul for large products outside OpenMP regions (when

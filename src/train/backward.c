@@ -10,9 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "../model/kernels.h"
 #include "../model/model_internal.h"
@@ -61,21 +58,6 @@ struct tp_tape {
     size_t bytes;
 };
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 /* ---------------------------------- tape ---------------------------------- */
 
@@ -148,7 +130,7 @@ tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape
     t->B = B;
     t->T = T;
     t->recompute = recompute ? 1 : 0;
-    t->n_thr = max_threads();
+    t->n_thr = tp_max_threads();
     t->N = (size_t)B * (size_t)T;
     size_t chunk = t->N < LOGIT_CHUNK ? t->N : LOGIT_CHUNK;
     t->lt = calloc((size_t)c->n_layers, sizeof *t->lt);
@@ -304,7 +286,7 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
             tp_attention_head_lse(s->q + r0 * qd + (size_t)h * hd, qd, s->k + r0 * kvd + (size_t)(h / rep) * hd,
                                   s->v + r0 * kvd + (size_t)(h / rep) * hd, kvd, s->att + r0 * qd + (size_t)h * hd,
                                   qd, s->lse + ((size_t)b * nh + h) * T, T, 0, hd, scale,
-                                  tp->att_scratch + (size_t)thread_id() * scr);
+                                  tp->att_scratch + (size_t)tp_thread_id() * scr);
         }
     if (hooks) fhook(cx, TP_HOOK_ATTN_OUT, l, s->att, qd);
     tp_matmul_wt(s->att, L->wo, NULL, tp->proj, N, qd, d);
@@ -346,7 +328,7 @@ static void attention_backward(const step_ctx *cx, const layer_tape *s) {
             }
             tp_attention_head_bwd(s->q + qo, qd, s->k + ko, s->v + ko, kvd, s->att + qo, tp->datt + qo, qd,
                                   s->lse + ((size_t)b * nh + h) * T, tp->dq + qo, qd, dK + qo, dV + qo, qd, T, 0, hd,
-                                  scale, tp->att_scratch + (size_t)thread_id() * scr);
+                                  scale, tp->att_scratch + (size_t)tp_thread_id() * scr);
         }
     if (rep == 1) return;
 #pragma omp parallel for schedule(static) if (N * qd >= TP_PAR_MIN_WORK)
@@ -468,7 +450,7 @@ tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const 
         counted = 0;
         for (size_t i = 0; i < N; i++) counted += opts->targets[i] != TP_IGNORE_INDEX;
     }
-    int nthr = max_threads();
+    int nthr = tp_max_threads();
     if (nthr > tape->n_thr) nthr = tape->n_thr;
     step_ctx cx = {m, tape, B, T, nthr, N, opts->grad_scale != 0.0f ? opts->grad_scale : 1.0f, opts};
     for (int b = 0; b < B; b++)
