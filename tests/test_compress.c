@@ -18,16 +18,6 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static char *pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *pathf(const char *fmt, ...) {
@@ -96,7 +86,7 @@ static char *setup(const char *name, const char **bin) {
         return NULL;
     }
     char *dir = tt_path(tt_tmp_dir(), name), *text = tt_path(dir, "text.txt");
-    sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
     FILE *f = fopen(text, "w");
     for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
     if (f) fclose(f);
@@ -115,7 +105,7 @@ TT_TEST(compress_teacher_correction) {
     char *dir = setup("correct", &bin);
     if (!dir) return;
     char *model = tt_path(tt_fixtures_dir(), "sparsify/model");
-    TT_CHECK(sh("TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards' '%s/text.txt' > '%s/log' 2>&1", bin, model, dir, dir,
+    TT_CHECK(tt_sh("TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards' '%s/text.txt' > '%s/log' 2>&1", bin, model, dir, dir,
                 dir) == 0,
              "tokenize");
     char run[4096];
@@ -124,7 +114,7 @@ TT_TEST(compress_teacher_correction) {
              "--calib '%s/text.txt' --eval-text '%s/text.txt' " SMALL " --correct-steps 12 --correct-lr 1e-2 "
              "--correct-warmup 2",
              bin, model, dir, dir, dir, dir);
-    TT_CHECK(sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress with teacher correction (output in %s/out1)", dir);
+    TT_CHECK(tt_sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress with teacher correction (output in %s/out1)", dir);
     char *rd = pathf("%s/run", dir);
     tp_model *t = load(model, NULL), *c = load(rd, "teacher-corrected"), *pruned = load(rd, "pruned");
     if (t && c) {
@@ -168,7 +158,7 @@ TT_TEST(compress_teacher_correction) {
     TT_CHECK(md && strstr(md, "## Teacher correction") && strstr(md, "| corrected teacher |"), "report.md has the correction");
     free(md);
     /* again: everything skipped, the correction included */
-    TT_CHECK(sh("%s > '%s/out2' 2>&1", run, dir) == 0, "the same command again");
+    TT_CHECK(tt_sh("%s > '%s/out2' 2>&1", run, dir) == 0, "the same command again");
     char *o2 = slurp(dir, "out2");
     TT_CHECK(o2 && strstr(o2, "[correct] done earlier, skipped") && count(o2, "done earlier, skipped") == 8 &&
                  !strstr(o2, "] taper "),
@@ -198,7 +188,7 @@ static void write_text(const char *dir, const char *name, const char *text) {
 /* A recipe file refused with exit code 2 and a message containing what. */
 static void refused(const char *bin, const char *dir, const char *recipe, const char *what) {
     write_text(dir, "bad.json", recipe);
-    int rc = sh("TAPER_PROGRESS=0 '%s' compress --recipe '%s/bad.json' -o '%s/bad' > '%s/err' 2>&1", bin, dir, dir, dir);
+    int rc = tt_sh("TAPER_PROGRESS=0 '%s' compress --recipe '%s/bad.json' -o '%s/bad' > '%s/err' 2>&1", bin, dir, dir, dir);
     char *err = slurp(dir, "err"), *bad = pathf("%s/bad", dir);
     TT_CHECK(rc == 2 && err && strstr(err, what) && access(bad, F_OK) != 0, "recipe %s: exit %d, message: %s", recipe, rc,
              err ? err : "");
@@ -223,7 +213,7 @@ TT_TEST(compress_recipe) {
     char run[4096];
     snprintf(run, sizeof run, "TAPER_PROGRESS=0 '%s' compress --recipe '%s/recipe.json' -o '%s/run' --steps 2 --threads 1",
              bin, dir, dir);
-    TT_CHECK(sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress --recipe (output in %s/out1)", dir);
+    TT_CHECK(tt_sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress --recipe (output in %s/out1)", dir);
     char *rd = pathf("%s/run", dir);
     cJSON *eff = json_at(rd, "recipe.json"), *da = json_at(rd, "distill/args.json");
     TT_CHECK(jnum(eff, "steps") == 2 && jnum(eff, "seq") == 16 && jnum(eff, "lr") == 0.001 && jnum(eff, "tau2") == 1 &&
@@ -241,14 +231,14 @@ TT_TEST(compress_recipe) {
     TT_CHECK(st && st->cfg.n_layers == 1, "the student has 1 layer (43.152k = the teacher less one layer)");
     tp_model_free(st);
     /* the stored recipe alone reproduces the run: every stage skipped */
-    TT_CHECK(sh("TAPER_PROGRESS=0 '%s' compress --recipe '%s/recipe.json' > '%s/out2' 2>&1", bin, rd, dir) == 0,
+    TT_CHECK(tt_sh("TAPER_PROGRESS=0 '%s' compress --recipe '%s/recipe.json' > '%s/out2' 2>&1", bin, rd, dir) == 0,
              "compress --recipe run/recipe.json");
     char *o = slurp(dir, "out2");
     TT_CHECK(o && count(o, "done earlier, skipped") == 7 && !strstr(o, "] taper "), "stored recipe: %d stages skipped",
              count(o, "done earlier, skipped"));
     free(o);
     /* other settings: refused, nothing run, recipe.json unchanged; --threads may change */
-    int rc = sh("%s --steps 4 --lr 2e-3 > '%s/out3' 2>&1", run, dir);
+    int rc = tt_sh("%s --steps 4 --lr 2e-3 > '%s/out3' 2>&1", run, dir);
     o = slurp(dir, "out3");
     TT_CHECK(rc == 2 && o && strstr(o, "steps: 2 in the run, 4 now") && strstr(o, "lr: 0.001 in the run, 0.002 now") &&
                  !strstr(o, "] taper ") && !strstr(o, "skipped"),
@@ -257,8 +247,8 @@ TT_TEST(compress_recipe) {
     eff = json_at(rd, "recipe.json");
     TT_CHECK(jnum(eff, "steps") == 2, "recipe.json kept steps %g", jnum(eff, "steps"));
     cJSON_Delete(eff);
-    TT_CHECK(sh("%s --threads 2 > '%s/out4' 2>&1", run, dir) == 0, "--threads may change on a rerun");
-    rc = sh("%s --steps 4 --force > '%s/out5' 2>&1", run, dir);
+    TT_CHECK(tt_sh("%s --threads 2 > '%s/out4' 2>&1", run, dir) == 0, "--threads may change on a rerun");
+    rc = tt_sh("%s --steps 4 --force > '%s/out5' 2>&1", run, dir);
     o = slurp(dir, "out5");
     eff = json_at(rd, "recipe.json");
     TT_CHECK(rc == 0 && o && strstr(o, "--force") && jnum(eff, "steps") == 4, "--force: exit %d, recipe.json steps %g", rc,
@@ -292,7 +282,7 @@ static char *make_model(const char *bin, const char *dir, const char *fixture, c
     for (int i = 0; c && i < 6; i++) cJSON_ReplaceItemInObjectCaseSensitive(c, keys[i], cJSON_CreateNumber(sizes[i]));
     char *js = c ? cJSON_Print(c) : NULL;
     write_text(dir, cname, js ? js : "");
-    int rc = sh("TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards-%s' '%s/text.txt' > '%s/log' 2>&1 && TAPER_PROGRESS=0 "
+    int rc = tt_sh("TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards-%s' '%s/text.txt' > '%s/log' 2>&1 && TAPER_PROGRESS=0 "
                 "'%s' train '%s' --init-config '%s/%s' --data '%s/shards-%s' --steps 1 --seq 16 --batch 1 --run-dir "
                 "'%s/init-%s' --export-hf '%s' --threads 1 >> '%s/log' 2>&1",
                 bin, fixture, dir, name, dir, dir, bin, fixture, dir, cname, dir, name, dir, name, out, dir);
@@ -365,7 +355,7 @@ TT_TEST(compress_iterate) {
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 200000 --iterate 2 --inter cosine -o '%s/run' "
              "--eval-text '%s/text.txt' " SMALL,
              bin, model, dir, dir);
-    TT_CHECK(sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress --iterate 2 (output in %s/out1)", dir);
+    TT_CHECK(tt_sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress --iterate 2 (output in %s/out1)", dir);
     char *rd = pathf("%s/run", dir);
     cJSON *rep = json_at(rd, "report.json");
     const cJSON *rounds = cJSON_GetObjectItemCaseSensitive(rep, "rounds");
@@ -414,14 +404,14 @@ TT_TEST(compress_iterate) {
              "report.md: one row per round");
     free(md);
     /* again: every stage of both rounds skipped */
-    TT_CHECK(sh("%s > '%s/out2' 2>&1", run, dir) == 0, "the same command again");
+    TT_CHECK(tt_sh("%s > '%s/out2' 2>&1", run, dir) == 0, "the same command again");
     char *o = slurp(dir, "out2");
     TT_CHECK(o && count(o, "done earlier, skipped") == 12 && !strstr(o, "] taper ") && strstr(o, "[distill-2] done earlier"),
              "rerun: %d stages skipped, none run", count(o, "done earlier, skipped"));
     free(o);
     /* resuming mid-chain: round 2's distillation and evaluation undone -> only they run again */
-    sh("rm -rf '%s/distill-2' '%s/student' '%s/.done-distill-2' '%s/.done-student-2-ppl'", rd, rd, rd, rd);
-    TT_CHECK(sh("%s > '%s/out3' 2>&1", run, dir) == 0, "resume in round 2");
+    tt_sh("rm -rf '%s/distill-2' '%s/student' '%s/.done-distill-2' '%s/.done-student-2-ppl'", rd, rd, rd, rd);
+    TT_CHECK(tt_sh("%s > '%s/out3' 2>&1", run, dir) == 0, "resume in round 2");
     o = slurp(dir, "out3");
     TT_CHECK(o && count(o, "done earlier, skipped") == 10 && count(o, "] taper ") == 2 && strstr(o, "[distill-2] taper"),
              "resume: %d skipped, %d run", count(o, "done earlier, skipped"), count(o, "] taper "));
@@ -434,7 +424,7 @@ TT_TEST(compress_iterate) {
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 98736 --iterate 2 --axes depth --inter cosine -o "
              "'%s' --eval-text '%s/text.txt' " SMALL " > '%s/out6' 2>&1",
              bin, dmodel, dd, dir, dir);
-    TT_CHECK(sh("%s", run) == 0, "--iterate 2 --axes depth, 8 -> 4 layers (output in %s/out6)", dir);
+    TT_CHECK(tt_sh("%s", run) == 0, "--iterate 2 --axes depth, 8 -> 4 layers (output in %s/out6)", dir);
     rep = json_at(dd, "report.json");
     TT_CHECK(jnum(rep, "rounds.0.target_params") == 130638 && jnum(rep, "rounds.0.pruned.layers") == 6 &&
                  jnum(rep, "rounds.1.pruned.layers") == 4 && jnum(rep, "rounds.1.student.params") == 98736,
@@ -451,7 +441,7 @@ TT_TEST(compress_iterate) {
      * is a real lookup, in the right layer of round 1. Both prunes are made by hand and marked
      * done: compress only composes the plans and runs round 2's distillation. */
     char *pd = pathf("%s/planted", dir);
-    int prc = sh("mkdir -p '%s/logs' && cd '%s' && for s in teacher-ppl importance-1 prune-1 pruned-1-ppl distill-1 "
+    int prc = tt_sh("mkdir -p '%s/logs' && cd '%s' && for s in teacher-ppl importance-1 prune-1 pruned-1-ppl distill-1 "
                  "student-1-ppl importance-2 prune-2 pruned-2-ppl; do touch .done-$s; done && export TAPER_PROGRESS=0 && "
                  "'%s' prune '%s' --scores '%s/importance-1.json' --hidden 40 --ffn 64 --heads 4 --kv-heads 2 --layers 6 "
                  "-o pruned-1 > logs/p1 2>&1 && cp -r pruned-1 student-1 && '%s' importance student-1 --data "
@@ -464,7 +454,7 @@ TT_TEST(compress_iterate) {
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 98736 --iterate 2 --inter cosine -o '%s' --data "
              "'%s/shards-deep' --calib '%s/text.txt' --eval-text '%s/text.txt' " SMALL " > '%s/out8' 2>&1",
              bin, dmodel, pd, dir, dir, dir, dir);
-    TT_CHECK(sh("%s", run) == 0, "compress over the planted rounds (output in %s/out8)", dir);
+    TT_CHECK(tt_sh("%s", run) == 0, "compress over the planted rounds (output in %s/out8)", dir);
     o = slurp(dir, "out8");
     TT_CHECK(o && count(o, "] taper ") == 2 && strstr(o, "[distill-2] taper"), "only round 2's distillation and "
              "evaluation ran (%d stages)", count(o, "] taper "));
@@ -496,7 +486,7 @@ TT_TEST(compress_iterate) {
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 46704 --iterate 2 --iterate-teacher prev -o "
              "'%s/prev' --eval-text '%s/text.txt' " SMALL,
              bin, fixture, dir, dir);
-    TT_CHECK(sh("%s > '%s/out4' 2>&1", run, dir) == 0, "--iterate-teacher prev (output in %s/out4)", dir);
+    TT_CHECK(tt_sh("%s > '%s/out4' 2>&1", run, dir) == 0, "--iterate-teacher prev (output in %s/out4)", dir);
     d2 = json_at(dir, "prev/distill-2/args.json");
     o = slurp(dir, "out4");
     TT_CHECK(strstr(jstr(d2, "distill", "teacher"), "prev/student-1") && o && strstr(o, "pruned-2/prune_plan.json"),
@@ -508,7 +498,7 @@ TT_TEST(compress_iterate) {
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 43152 --iterate 2 --axes depth -o '%s/depth' "
              "--eval-text '%s/text.txt' " SMALL " > '%s/out5' 2>&1",
              bin, fixture, dir, dir, dir);
-    TT_CHECK(sh("%s", run) != 0, "--iterate 2 --axes depth to 1 layer fails (no shape near the midpoint)");
+    TT_CHECK(tt_sh("%s", run) != 0, "--iterate 2 --axes depth to 1 layer fails (no shape near the midpoint)");
     o = slurp(dir, "out5");
     TT_CHECK(o && strstr(o, "stage prune-1 failed"), "names the failing stage");
     free(o);

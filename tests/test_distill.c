@@ -240,10 +240,6 @@ TT_TEST(distill_map_parsing) {
 #include <unistd.h>
 #include "taper/sparsify.h"
 
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 TT_TEST(distill_cli_keep_mask) {
     const char *bin = getenv("TAPER_BIN");
@@ -254,18 +250,18 @@ TT_TEST(distill_cli_keep_mask) {
     char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *mask = tt_path(tt_fixtures_dir(), "sparsify/wanda_50.tpmask");
     char *dir = tt_path(tt_tmp_dir(), "keepmask"), *text = tt_path(dir, "text.txt"), cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
-    sh(cmd);
+    tt_sh("%s", cmd);
     FILE *f = fopen(text, "w");
     for (int i = 0; f && i < 40; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
     if (f) fclose(f);
     snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards' '%s' > '%s/log' 2>&1", bin, model, dir,
              text, dir);
-    TT_CHECK(sh(cmd) == 0, "tokenize");
+    TT_CHECK(tt_sh("%s", cmd) == 0, "tokenize");
     snprintf(cmd, sizeof cmd,
              "TAPER_PROGRESS=0 '%s' distill '%s' --teacher '%s' --data '%s/shards' --steps 4 --seq 16 --batch 2 "
              "--lr 1e-2 --warmup 0 --run-dir '%s/run' --keep-mask '%s' --export-hf '%s/out' --threads 1 >> '%s/log' 2>&1",
              bin, model, model, dir, dir, mask, dir, dir);
-    TT_CHECK(sh(cmd) == 0, "distill --keep-mask (log in %s/log)", dir);
+    TT_CHECK(tt_sh("%s", cmd) == 0, "distill --keep-mask (log in %s/log)", dir);
     char *out = tt_path(dir, "out");
     tp_model *m = NULL, *orig = NULL;
     tp_mask *mk = NULL;
@@ -302,7 +298,7 @@ TT_TEST(distill_cli_compress_pipeline) {
     char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *dir = tt_path(tt_tmp_dir(), "compress");
     char *text = tt_path(dir, "text.txt"), cmd[8192], run_cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
-    sh(cmd);
+    tt_sh("%s", cmd);
     FILE *f = fopen(text, "w");
     for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
     if (f) fclose(f);
@@ -312,7 +308,7 @@ TT_TEST(distill_cli_compress_pipeline) {
              "--ckpt-every 2 --eval-text '%s' --eval-chunks 2 --eval-ctx 16 --tasks '' --threads 1",
              bin, model, dir, text);
     snprintf(cmd, sizeof cmd, "%s > '%s/out1' 2>&1", run_cmd, dir);
-    TT_CHECK(sh(cmd) == 0, "compress runs (output in %s/out1)", dir);
+    TT_CHECK(tt_sh("%s", cmd) == 0, "compress runs (output in %s/out1)", dir);
     const char *files[] = {"run/report.md", "run/importance.json", "run/pruned/prune_plan.json", "run/student/config.json",
                            "run/teacher-ppl.json", "run/student-ppl.json", "run/distill/metrics.jsonl", "run/sdg/sdg-00000.tpt"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
@@ -326,7 +322,7 @@ TT_TEST(distill_cli_compress_pipeline) {
     tp_model_free(m);
     free(st);
     snprintf(cmd, sizeof cmd, "%s > '%s/out2' 2>&1", run_cmd, dir);
-    TT_CHECK(sh(cmd) == 0, "the same command again");
+    TT_CHECK(tt_sh("%s", cmd) == 0, "the same command again");
     char *o2 = tt_path(dir, "out2"), *t2 = NULL;
     if (tp_read_file(o2, &t2, NULL) == TP_OK) {
         int skipped = 0;
@@ -502,7 +498,7 @@ TT_TEST(distill_projections_resume_exactly) {
     if (!teacher) return;
     char *ra = tt_path(tt_tmp_dir(), "proj_run_a"), *rb = tt_path(tt_tmp_dir(), "proj_run_b"), cmd[1024];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' && mkdir -p '%s' '%s'", ra, rb, ra, rb);
-    sh(cmd);
+    tt_sh("%s", cmd);
     tp_model *a = NULL, *b = NULL, *b0 = NULL;
     float *pa = NULL, *pb = NULL, *pb0 = NULL;
     size_t na = 0, nb = 0, nb0 = 0;

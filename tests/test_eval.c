@@ -19,18 +19,6 @@
 #define FAST_ITEMS 24   /* items per task compared with the model in `make test` */
 #define LL_TOL 1e-3     /* |taper - harness| per request log-likelihood */
 
-static tp_model *g_model;
-
-static tp_model *model(void) {
-    if (g_model) return g_model;
-    const char *p = tt_model_path();
-    if (!p) return NULL;
-    if (tp_model_load(p, &g_model)) {
-        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-        return NULL;
-    }
-    return g_model;
-}
 
 static int long_mode(void) {
     const char *e = getenv("TAPER_LONG");
@@ -151,7 +139,7 @@ TT_TEST(eval_wikitext_pages) {
 /* HFLM._encode_pair: trailing context whitespace moves onto the continuation; an empty context
  * is the prefix (BOS) token. */
 TT_TEST(eval_encode_pair) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) {
         tt_skip("default model not found (make deps)");
         return;
@@ -289,7 +277,7 @@ static double fixture_metric(const cJSON *fx, const char *task, const char *key)
  * st->n stays 0 (with a note saying why) when the model, fixture or data is missing. */
 static void compare_scores(const char *name, size_t n_items, cmp_stats *st) {
     memset(st, 0, sizeof *st);
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) {
         tt_note("%s: default model not found (make deps)", name);
         return;
@@ -377,7 +365,7 @@ TT_TEST(eval_scores_vs_harness) {
 
 /* The shortest WikiText documents through the rolling windows (all 62 with TAPER_LONG). */
 static void wikitext_vs_harness(int all) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     cJSON *fx = fixture("wikitext");
     if (!m || !fx) {
         tt_skip("model or fixture eval/wikitext.json missing");
@@ -616,7 +604,7 @@ TT_TEST(eval_task_file) {
         TT_CHECK(t->n_items == 3 && !strcmp(t->items[2].cont[1], " ran away.") && t->items[2].gold == 1,
                  "per-choice contexts");
     }
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (m && t) {
         tp_task_result r;
         TT_CHECK(tp_task_run(m, t, NULL, NULL, &r) == TP_OK, "%s", tp_errmsg());
@@ -708,4 +696,3 @@ TT_TEST(eval_cli) {
     free(js);
 }
 
-__attribute__((destructor)) static void free_model(void) { tp_model_free(g_model); }

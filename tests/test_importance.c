@@ -20,18 +20,7 @@
 
 #define REL_TOL 1e-4
 
-static tp_model *g_model;
 
-static tp_model *model(void) {
-    if (g_model) return g_model;
-    const char *p = tt_model_path();
-    if (!p) return NULL;
-    if (tp_model_load(p, &g_model)) {
-        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-        return NULL;
-    }
-    return g_model;
-}
 
 typedef struct {
     cJSON *ref;
@@ -115,7 +104,7 @@ static double compare(const char *what, const double *got, const float *want, si
 static double jnum(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
 
 TT_TEST(importance_matches_pytorch) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     fixture f;
     if (!fixture_load(&f)) {
@@ -278,7 +267,7 @@ static void batching_diff(const tp_config *c, const tp_importance *a, const tp_i
 }
 
 TT_TEST(importance_does_not_depend_on_batching) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     int n = 5, T = 24;
     int32_t *ids = some_ids((size_t)n * T, m->cfg.vocab);
@@ -327,7 +316,7 @@ static void write_text(const char *path, const char *text) {
 }
 
 TT_TEST(calibration_files) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     int32_t *ids = NULL;
     size_t n = 0;
@@ -573,7 +562,7 @@ static tp_status fake_metric(void *user, const tp_model *m, const unsigned char 
 }
 
 TT_TEST(importance_block_metric_is_pluggable) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     int L = m->cfg.n_layers, n = 4, calls = 0;
     int32_t *ids = some_ids(8, m->cfg.vocab);

@@ -15,19 +15,6 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static tp_model *g_model; /* the default model, loaded once */
-
-static tp_model *default_model(void) {
-    if (g_model) return g_model;
-    const char *p = tt_model_path();
-    if (!p) return NULL;
-    tp_status s = tp_model_load(p, &g_model);
-    if (s) {
-        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-        return NULL;
-    }
-    return g_model;
-}
 
 static cJSON *load_json_fixture(const char *name) {
     char *dir = tt_path(tt_fixtures_dir(), "model");
@@ -129,7 +116,7 @@ TT_TEST(rope_row_permutation_round_trip) {
 
 /* Compares taper's logits for the fixture prompts with transformers'. */
 TT_TEST(forward_logits_match_transformers) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     cJSON *j = load_json_fixture("prompts.json");
     if (!j) { TT_CHECK(0, "fixture model/prompts.json missing"); return; }
@@ -200,7 +187,7 @@ TT_TEST(forward_logits_match_transformers) {
 }
 
 TT_TEST(forward_kv_cache_and_batch_agree_with_full) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     size_t V = (size_t)m->cfg.vocab;
     int T = 24;
@@ -240,7 +227,7 @@ TT_TEST(forward_kv_cache_and_batch_agree_with_full) {
 }
 
 TT_TEST(greedy_generation_matches_transformers) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     cJSON *j = load_json_fixture("greedy.json");
     if (!j) { TT_CHECK(0, "fixture model/greedy.json missing"); return; }
@@ -263,7 +250,7 @@ TT_TEST(greedy_generation_matches_transformers) {
 }
 
 TT_TEST(wikitext2_perplexity_matches_transformers) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     char *path = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw"), *text = NULL;
     size_t len;
@@ -313,7 +300,7 @@ static const char *export_dir(void) {
 }
 
 TT_TEST(convert_gguf_hf_gguf_round_trip_is_lossless) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     char *hf = tt_path(export_dir(), "smollm2-hf"), *gg = tt_path(export_dir(), "smollm2-f32.gguf");
     char *hf2 = tt_path(export_dir(), "smollm2-hf2");
@@ -345,7 +332,7 @@ TT_TEST(convert_gguf_hf_gguf_round_trip_is_lossless) {
 }
 
 TT_TEST(convert_to_reduced_precision_stays_close) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     static const struct { const char *name; int gguf; const char *hf; double tol; } kinds[] = {
         {"bf16.gguf", TP_GGML_BF16, NULL, 4e-3}, {"q8_0.gguf", TP_GGML_Q8_0, NULL, 1e-2},
@@ -374,7 +361,6 @@ TT_TEST(convert_to_reduced_precision_stays_close) {
     }
 }
 
-__attribute__((destructor)) static void free_default_model(void) { tp_model_free(g_model); }
 
 typedef struct {
     int calls[TP_HOOK_COUNT];
@@ -400,7 +386,7 @@ static void record_hook(void *user, tp_hook_point p, int layer, const float *x, 
 }
 
 TT_TEST(forward_hooks_and_layer_skipping) {
-    tp_model *m = default_model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     size_t V = (size_t)m->cfg.vocab;
     int T = 9, L = m->cfg.n_layers;

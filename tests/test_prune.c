@@ -18,19 +18,8 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static tp_model *g_model;
 static tp_importance *g_scores;
 
-static tp_model *model(void) {
-    if (g_model) return g_model;
-    const char *p = tt_model_path();
-    if (!p) return NULL;
-    if (tp_model_load(p, &g_model)) {
-        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-        return NULL;
-    }
-    return g_model;
-}
 
 /* Deterministic token ids that avoid the special tokens at the start of the vocabulary. */
 static int32_t *some_ids(size_t n, int vocab, uint32_t seed) {
@@ -69,7 +58,7 @@ static float *logits_of(const tp_model *m) {
 }
 
 TT_TEST(prune_full_size_is_bit_identical) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     tp_importance *imp = scores(m);
     if (!imp) return;
@@ -183,7 +172,7 @@ static void check_plan_follows_scores(const tp_config *a, const tp_prune_plan *p
 }
 
 TT_TEST(prune_gathers_top_ranked_rows_and_columns) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     tp_importance *imp = scores(m);
     if (!imp) return;
@@ -260,7 +249,7 @@ static void write_logits_and_input(const char *dir, const float *lg, size_t n) {
 }
 
 TT_TEST(prune_exports_reload_with_identical_logits) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     tp_importance *imp = scores(m);
     if (!imp) return;
@@ -337,7 +326,7 @@ TT_TEST(prune_exports_reload_with_identical_logits) {
 /* ---------------------------------------------------------------------------------------- */
 
 TT_TEST(prune_plan_file_round_trip_and_replay) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     tp_importance *imp = scores(m);
     if (!imp) return;
@@ -444,7 +433,7 @@ TT_TEST(prune_plan_file_malformed) {
 }
 
 TT_TEST(prune_rejects_impossible_targets) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     tp_importance *imp = scores(m);
     if (!imp) return;
@@ -507,7 +496,7 @@ TT_TEST(prune_rejects_impossible_targets) {
 }
 
 TT_TEST(prune_target_params_search) {
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!m) { tt_skip("default model not found (run make deps)"); return; }
     tp_importance *imp = scores(m);
     if (!imp) return;
@@ -579,7 +568,7 @@ TT_TEST(prune_cli) {
              strstr(out, "not supported yet"), "--heterogeneous -> 1");
     free(out);
     const char *mp = tt_model_path();
-    tp_model *m = model();
+    tp_model *m = tt_model();
     if (!mp || !m) return;
     tp_importance *imp = scores(m);
     if (!imp) return;

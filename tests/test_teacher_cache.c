@@ -577,10 +577,6 @@ TT_TEST(tcache_refuses_bad_files) {
 
 /* ---- the commands ---- */
 
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static double last_metric(const char *path, const char *key) {
     char *t = NULL;
@@ -607,17 +603,17 @@ TT_TEST(tcache_cli) {
     char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *teacher2 = tt_path(tt_fixtures_dir(), "distill/teacher");
     char *dir = tt_path(tt_tmp_dir(), "tcache_cli"), *text = tt_path(dir, "text.txt"), cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
-    sh(cmd);
+    tt_sh("%s", cmd);
     FILE *f = fopen(text, "w");
     for (int i = 0; f && i < 40; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
     if (f) fclose(f);
     const char *env = "TAPER_PROGRESS=0 OMP_NUM_THREADS=1";
     snprintf(cmd, sizeof cmd, "%s '%s' tokenize '%s' -o '%s/shards' '%s' > '%s/log' 2>&1", env, bin, model, dir, text,
              dir);
-    TT_CHECK(sh(cmd) == 0, "tokenize");
+    TT_CHECK(tt_sh("%s", cmd) == 0, "tokenize");
     snprintf(cmd, sizeof cmd, "%s '%s' teacher-cache '%s' --data '%s/shards' --seq 16 --topk 8 --tau 1,2 -o '%s/c.kdc' "
                               ">> '%s/log' 2>&1", env, bin, model, dir, dir, dir);
-    TT_CHECK(sh(cmd) == 0, "teacher-cache (log in %s/log)", dir);
+    TT_CHECK(tt_sh("%s", cmd) == 0, "teacher-cache (log in %s/log)", dir);
     char opts[1024];
     snprintf(opts, sizeof opts,
              "--data '%s/shards' --seq 16 --batch 2 --steps 4 --lr 1e-2 --tau 2 --topk 8 --contrastive-weight 0.5 "
@@ -625,10 +621,10 @@ TT_TEST(tcache_cli) {
              dir);
     snprintf(cmd, sizeof cmd, "%s '%s' distill '%s' --teacher '%s' %s --run-dir '%s/live' >> '%s/log' 2>&1", env, bin,
              model, model, opts, dir, dir);
-    TT_CHECK(sh(cmd) == 0, "distill --teacher");
+    TT_CHECK(tt_sh("%s", cmd) == 0, "distill --teacher");
     snprintf(cmd, sizeof cmd, "%s '%s' distill '%s' --teacher-cache '%s/c.kdc' %s --run-dir '%s/cached' >> '%s/log' 2>&1",
              env, bin, model, dir, opts, dir, dir);
-    TT_CHECK(sh(cmd) == 0, "distill --teacher-cache");
+    TT_CHECK(tt_sh("%s", cmd) == 0, "distill --teacher-cache");
     char *ml = tt_path(dir, "live/metrics.jsonl"), *mc = tt_path(dir, "cached/metrics.jsonl");
     double ll = last_metric(ml, "loss"), lc = last_metric(mc, "loss"), cl = last_metric(ml, "contrast"),
            cc = last_metric(mc, "contrast");
@@ -650,7 +646,7 @@ TT_TEST(tcache_cli) {
                  "%s '%s' distill '%s' --teacher-cache '%s/c.kdc' --data '%s/shards' --seq 16 --batch 2 --steps 1 "
                  "--threads 1 --run-dir '%s/bad%zu' %s > '%s/bad.out' 2>&1",
                  env, bin, model, dir, dir, dir, i, extra, dir);
-        int rc = sh(cmd);
+        int rc = tt_sh("%s", cmd);
         char *out = tt_path(dir, "bad.out"), *t = NULL;
         tp_read_file(out, &t, NULL);
         TT_CHECK(rc == 1 && t && strstr(t, bad[i].expect), "%s: exit %d, %s", bad[i].what, rc, t ? t : "(no output)");
@@ -658,7 +654,7 @@ TT_TEST(tcache_cli) {
         free(out);
     }
     snprintf(cmd, sizeof cmd, "'%s' teacher-cache --help > /dev/null", bin);
-    TT_CHECK(sh(cmd) == 0, "teacher-cache --help");
+    TT_CHECK(tt_sh("%s", cmd) == 0, "teacher-cache --help");
     free(ml);
     free(mc);
     free(model);

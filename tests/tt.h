@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "taper/model.h"
+
 typedef void (*tt_fn)(void);
 void tt_register(const char *name, const char *file, tt_fn fn);
 int tt_check(int ok, const char *file, int line, const char *expr, const char *fmt, ...)
@@ -22,6 +24,12 @@ const char *tt_fixtures_dir(void);
 const char *tt_tmp_dir(void);
 /* Returns a malloc'd "dir/name". */
 char *tt_path(const char *dir, const char *name);
+/* The default model (tt_model_path), loaded once per process and shared by every test; NULL
+ * (after a failed check) when it cannot be loaded, plain NULL when absent. Tests must not modify
+ * it: the runner fails a test that used it and left its parameters changed. Freed at exit. */
+tp_model *tt_model(void);
+/* system() of the printf-formatted command: its exit status, or -1 when it did not exit. */
+int tt_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #define TT_TEST(name)                                                            \
     static void name(void);                                                      \

@@ -3,11 +3,16 @@
 #include "tt.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include "taper/status.h"
+#include "taper/trainer.h"
 
 typedef struct { const char *name, *file; tt_fn fn; } tt_case;
 static tt_case *cases;
@@ -96,6 +101,38 @@ char *tt_path(const char *dir, const char *name) {
     return p;
 }
 
+static tp_model *shared_model;
+static uint64_t shared_hash;
+static int shared_used; /* tt_model was called by the running test */
+
+tp_model *tt_model(void) {
+    shared_used = 1;
+    if (shared_model) return shared_model;
+    const char *p = tt_model_path();
+    if (!p) return NULL;
+    if (tp_model_load(p, &shared_model)) {
+        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
+        shared_model = NULL;
+        return NULL;
+    }
+    shared_hash = tp_params_hash(shared_model);
+    return shared_model;
+}
+
+int tt_sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof cmd) {
+        TT_CHECK(0, "tt_sh: command of %d bytes does not fit", n);
+        return -1;
+    }
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static int cmp_case(const void *a, const void *b) {
     const tt_case *x = a, *y = b;
     int c = strcmp(x->file, y->file);
@@ -111,7 +148,10 @@ int main(int argc, char **argv) {
         cur_failed = cur_skipped = cur_checks = 0;
         skip_reason[0] = 0;
         fprintf(stderr, "  %-44s ...\n", cases[i].name);
+        shared_used = 0;
         cases[i].fn();
+        if (shared_used && shared_model)
+            TT_CHECK(tp_params_hash(shared_model) == shared_hash, "the test changed the shared model (tt_model)");
         const char *res;
         if (cur_failed) { res = "FAIL"; failed++; }
         else if (cur_skipped) { res = "SKIP"; skipped++; }
@@ -126,6 +166,7 @@ int main(int argc, char **argv) {
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_buf);
         if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_buf);
     }
+    tp_model_free(shared_model);
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;
 }
