@@ -668,12 +668,7 @@ static cJSON *read_json(const char *out, const char *name) {
 }
 
 static double jnum(const cJSON *j, const char *path) {
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", path);
-    const cJSON *c = j;
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ".", &save); tok && c; tok = strtok_r(NULL, ".", &save))
-        c = cJSON_IsArray(c) ? cJSON_GetArrayItem(c, atoi(tok)) : cJSON_GetObjectItemCaseSensitive(c, tok);
+    const cJSON *c = tp_json_at(j, path);
     return cJSON_IsNumber(c) ? c->valuedouble : NAN;
 }
 

@@ -570,3 +570,19 @@ TT_TEST(config_written_for_ref) {
     free(dir);
     tt_note("configs and models for `tests/ref/st_ref.py --check-written %s` are in %s", root, root);
 }
+
+/* tp_json_at: dotted paths through objects and arrays; NULL for anything missing. */
+TT_TEST(json_dotted_path) {
+    cJSON *j = cJSON_Parse("{\"a\":{\"b\":[10,{\"c\":2.5}],\"d\":\"x\"},\"e.f\":1}");
+    TT_CHECK(j != NULL, "parse");
+    const cJSON *v = tp_json_at(j, "a.b.1.c");
+    TT_CHECK(cJSON_IsNumber(v) && v->valuedouble == 2.5, "a.b.1.c = 2.5");
+    v = tp_json_at(j, "a.b.0");
+    TT_CHECK(cJSON_IsNumber(v) && v->valuedouble == 10, "a.b.0 = 10");
+    v = tp_json_at(j, "a.d");
+    TT_CHECK(cJSON_IsString(v) && !strcmp(v->valuestring, "x"), "a.d = \"x\"");
+    TT_CHECK(tp_json_at(j, "a.b.2") == NULL && tp_json_at(j, "a.z.c") == NULL && tp_json_at(j, "e.f") == NULL,
+             "missing members and out-of-range indices give NULL");
+    TT_CHECK(tp_json_at(j, "") == j, "the empty path is the root");
+    cJSON_Delete(j);
+}

@@ -26,6 +26,11 @@ uint16_t tp_fp32_to_bf16(float f);   /* round to nearest even, NaN kept */
 
 double tp_time_s(void);              /* monotonic seconds */
 
+/* The member of a cJSON tree at a dotted path ("distill.steps", "rounds.1.pruned.params": a
+ * number is an index into an array); NULL when any step is missing. */
+struct cJSON;
+const struct cJSON *tp_json_at(const struct cJSON *root, const char *path);
+
 /* Progress bar on stderr: "label  [#####.....]  42% 1234/5000  ETA 0:31  812 tok/s".
  * Draws at most ~10 times a second; silent when stderr is not a terminal unless
  * TAPER_PROGRESS=1; TAPER_PROGRESS=0 silences it always. */

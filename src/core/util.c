@@ -1,6 +1,8 @@
 /* File helpers (read, atomic write, mmap), half-precision conversion, timers, progress bar. */
 #include "taper/util.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -207,4 +209,20 @@ void tp_progress_update(tp_progress *p, double done) {
 
 void tp_progress_end(tp_progress *p) {
     if (p->enabled) progress_draw(p, 1);
+}
+
+const cJSON *tp_json_at(const cJSON *root, const char *path) {
+    const cJSON *c = root;
+    const char *p = path;
+    while (c && *p) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        char key[256];
+        if (n >= sizeof key) return NULL;
+        memcpy(key, p, n);
+        key[n] = 0;
+        c = cJSON_IsArray(c) ? cJSON_GetArrayItem(c, atoi(key)) : cJSON_GetObjectItemCaseSensitive(c, key);
+        p += n + (dot ? 1 : 0);
+    }
+    return c;
 }
