@@ -9,28 +9,11 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TAPER_BIN");
-    return b && *b ? b : NULL;
-}
-
-/* Runs "taper ARGS", capturing stdout+stderr into *out (malloc'd); returns the exit code. */
-static int run(const char *args, char **out) {
-    char cmd[4096];
-    char *log = tt_path(tt_tmp_dir(), "cli.log");
-    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 %s %s > %s 2>&1", bin(), args, log);
-    int st = system(cmd);
-    *out = NULL;
-    if (tp_read_file(log, out, NULL) != TP_OK) *out = strdup("");
-    free(log);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TT_TEST(cli_help_and_usage_errors) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char *out, *help;
-    TT_CHECK(run("--help", &help) == 0 && strstr(help, "commands:"), "taper --help");
-    TT_CHECK(run("frobnicate", &out) == 2 && strstr(out, "unknown command"), "unknown command -> 2");
+    TT_CHECK(tt_taper("--help", &help) == 0 && strstr(help, "commands:"), "taper --help");
+    TT_CHECK(tt_taper("frobnicate", &out) == 2 && strstr(out, "unknown command"), "unknown command -> 2");
     free(out);
     /* every command listed by taper --help: --help exits 0, an unknown option exits 2 */
     int n = 0;
@@ -40,25 +23,25 @@ TT_TEST(cli_help_and_usage_errors) {
         if (sscanf(p + 1, " %31s", name) != 1) break;
         char a[96];
         snprintf(a, sizeof a, "%s --help", name);
-        TT_CHECK(run(a, &out) == 0 && strstr(out, "usage: taper"), "%s --help exits 0 with usage", name);
+        TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "usage: taper"), "%s --help exits 0 with usage", name);
         free(out);
         snprintf(a, sizeof a, "%s --no-such-option x", name);
-        TT_CHECK(run(a, &out) == 2, "%s with an unknown option exits 2", name);
+        TT_CHECK(tt_taper(a, &out) == 2, "%s with an unknown option exits 2", name);
         free(out);
         n++;
     }
     TT_CHECK(n >= 13, "taper --help lists %d commands", n);
     free(help);
-    TT_CHECK(run("ppl model.gguf --data x --ctx abc", &out) == 2 && strstr(out, "--ctx"), "bad --ctx names it");
+    TT_CHECK(tt_taper("ppl model.gguf --data x --ctx abc", &out) == 2 && strstr(out, "--ctx"), "bad --ctx names it");
     free(out);
-    TT_CHECK(run("convert a b --to onnx", &out) == 2 && strstr(out, "--to"), "bad --to -> 2");
+    TT_CHECK(tt_taper("convert a b --to onnx", &out) == 2 && strstr(out, "--to"), "bad --to -> 2");
     free(out);
 }
 
 TT_TEST(cli_bad_files_fail_cleanly) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char *out;
-    TT_CHECK(run("info /nonexistent/model.gguf", &out) == 1 && strstr(out, "/nonexistent/model.gguf"),
+    TT_CHECK(tt_taper("info /nonexistent/model.gguf", &out) == 1 && strstr(out, "/nonexistent/model.gguf"),
              "missing file -> exit 1 naming it: %s", out);
     free(out);
     char *junk = tt_path(tt_tmp_dir(), "junk.gguf");
@@ -67,22 +50,22 @@ TT_TEST(cli_bad_files_fail_cleanly) {
     fclose(f);
     char a[512];
     snprintf(a, sizeof a, "info %s", junk);
-    TT_CHECK(run(a, &out) == 1 && strstr(out, junk), "truncated GGUF -> exit 1 naming the file: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, junk), "truncated GGUF -> exit 1 naming the file: %s", out);
     free(out);
     snprintf(a, sizeof a, "info %s", tt_tmp_dir());
-    TT_CHECK(run(a, &out) == 1 && strstr(out, "config.json"), "folder without config.json -> exit 1: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "config.json"), "folder without config.json -> exit 1: %s", out);
     free(out);
     free(junk);
 }
 
 TT_TEST(cli_info_ppl_generate_on_default_model) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     const char *model = tt_model_path();
     if (!model) { tt_skip("default model not found (run make deps)"); return; }
     char a[1024], *out;
     char *js = tt_path(tt_tmp_dir(), "info.json");
     snprintf(a, sizeof a, "info %s --tensors --json=%s", model, js);
-    TT_CHECK(run(a, &out) == 0 && strstr(out, "blk.0.attn_q.weight"), "info lists tensors");
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "blk.0.attn_q.weight"), "info lists tensors");
     free(out);
     char *text = NULL;
     cJSON *j = NULL;
@@ -95,15 +78,15 @@ TT_TEST(cli_info_ppl_generate_on_default_model) {
     /* ppl on a small text: the GPL-3 licence text shipped by Debian's base-files */
     const char *lic = "/usr/share/common-licenses/GPL-3";
     snprintf(a, sizeof a, "ppl %s --data %s --ctx 128 --max-chunks 2 --json", model, lic);
-    int rc = run(a, &out);
+    int rc = tt_taper(a, &out);
     TT_CHECK(rc == 0 && strstr(out, "\"protocol\":\t\"chunks\"") && strstr(out, "llama.cpp"),
              "ppl prints both protocols as JSON (rc %d): %s", rc, out);
     free(out);
     snprintf(a, sizeof a, "generate %s --prompt 'The capital of France is' --max-tokens 8 --json", model);
-    TT_CHECK(run(a, &out) == 0 && strstr(out, "\"generated_ids\""), "generate --json");
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "\"generated_ids\""), "generate --json");
     free(out);
     snprintf(a, sizeof a, "generate %s --prompt '' --max-tokens 4", model);
-    TT_CHECK(run(a, &out) == 1 && strstr(out, "no tokens"), "empty prompt is a clear error: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "no tokens"), "empty prompt is a clear error: %s", out);
     free(out);
     free(js);
 }

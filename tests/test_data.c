@@ -635,22 +635,6 @@ TT_TEST(data_seek_reproduces_an_uninterrupted_loader) {
 
 /* ------------------------------------------------------------ taper tokenize --- */
 
-static const char *bin(void) {
-    const char *b = getenv("TAPER_BIN");
-    return b && *b ? b : NULL;
-}
-
-static int run(const char *args, char **out) {
-    char cmd[8192];
-    char *log = tmp_file("tokenize.log");
-    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 %s %s > %s 2>&1", bin(), args, log);
-    int st = system(cmd);
-    *out = NULL;
-    if (tp_read_file(log, out, NULL) != TP_OK) *out = strdup("");
-    free(log);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static tp_tokenizer *fixture_tok(char **path) {
     char *dir = tt_path(tt_fixtures_dir(), "tok/smollm2");
     *path = tt_path(dir, "tokenizer.json");
@@ -705,7 +689,7 @@ static const char *TXT_A = "Hello world.\nSecond line, with digits 12345.\n\n \t
 static const char *TXT_B = "# Title\n\nSome *markdown* text.\n";
 
 TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char *tokp = NULL;
     tp_tokenizer *tok = fixture_tok(&tokp);
     TT_CHECK(tok != NULL, "fixture tokenizer: %s", tp_errmsg());
@@ -727,7 +711,7 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     /* 1. a directory, one document per file, EOS appended: a.txt, c.jsonl (2 docs + 1 empty), sub/b.md */
     od = tmp_file("tk_out1");
     snprintf(args, sizeof args, "tokenize %s -o %s %s --append-eos", tokp, od, in);
-    int rc = run(args, &out);
+    int rc = tt_taper(args, &out);
     TT_CHECK(rc == 0 && strstr(out, "documents  4 (1 empty skipped)"), "dir run: rc %d: %s", rc, out);
     free(out);
     expect e = {0};
@@ -766,11 +750,11 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     TT_CHECK(tp_dataset_open(od, &d) == TP_OK && tp_dataset_docs(d) == 4, "dataset from tokenize: %s", tp_errmsg());
     tp_dataset_close(d);
     /* an existing OUT_DIR is refused, --force replaces */
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 1 && strstr(out, "--force") && strstr(out, od), "second run refused: %d %s", rc, out);
     free(out);
     strcat(args, " --force");
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 0, "--force: %d %s", rc, out);
     free(out);
     free(od);
@@ -778,7 +762,7 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     /* 2. lines: non-blank lines without their line ending */
     od = tmp_file("tk_out2");
     snprintf(args, sizeof args, "tokenize %s -o %s %s --doc-split line", tokp, od, fa);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 0, "line split: %d %s", rc, out);
     free(out);
     const char *lines[] = {"Hello world.", "Second line, with digits 12345.", "Third paragraph: caf\xc3\xa9 \xe2\x98\x95.",
@@ -791,7 +775,7 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     /* 3. paragraphs: runs of non-blank lines, inner line endings kept, the last one dropped */
     od = tmp_file("tk_out3");
     snprintf(args, sizeof args, "tokenize %s -o %s %s --doc-split blank", tokp, od, fa);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 0, "blank split: %d %s", rc, out);
     free(out);
     const char *paras[] = {"Hello world.\nSecond line, with digits 12345.",
@@ -806,7 +790,7 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     char *fj = tt_path(in, "nested.data");
     write_text(fj, "{\"meta\": {\"body\": \"first body\"}}\n{\"meta\": {\"body\": \"second \\\"quoted\\\" body\"}}\n");
     snprintf(args, sizeof args, "tokenize %s -o %s %s --format jsonl --field meta.body", tokp, od, fj);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 0, "nested field: %d %s", rc, out);
     free(out);
     expect_str(&e, tok, "first body");
@@ -823,25 +807,25 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     snprintf(args, sizeof args, "tokenize %s -o %s %s", tokp, od, bad);
     char where[512];
     snprintf(where, sizeof where, "%s:2", bad);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 1 && strstr(out, where) && strstr(out, "JSON"), "bad JSON -> 1 naming %s: %s", where, out);
     free(out);
     write_text(bad, "{\"text\": \"ok\"}\n{\"text\": \"two\"} {\"text\": \"values\"}\n");
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 1 && strstr(out, where) && strstr(out, "JSON"), "two values on a line -> 1 naming %s: %s", where, out);
     free(out);
     write_text(bad, "{\"text\": \"ok\"}\n\n{\"body\": \"no text\"}\n");
     snprintf(where, sizeof where, "%s:3", bad);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 1 && strstr(out, where) && strstr(out, "\"text\" is missing"), "missing field -> 1: %s", out);
     free(out);
     write_text(bad, "{\"text\": 42}\n");
     snprintf(where, sizeof where, "%s:1", bad);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     TT_CHECK(rc == 1 && strstr(out, where) && strstr(out, "a number"), "non-string field -> 1: %s", out);
     free(out);
     snprintf(args, sizeof args, "tokenize %s -o %s %s --field meta.x", tokp, od, fc);
-    rc = run(args, &out);
+    rc = tt_taper(args, &out);
     snprintf(where, sizeof where, "%s:1", fc);
     TT_CHECK(rc == 1 && strstr(out, where) && strstr(out, "meta.x"), "missing nested field -> 1: %s", out);
     free(out);
@@ -876,7 +860,7 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
             else a[k++] = *s++;
         }
         a[k] = 0;
-        rc = run(a, &out);
+        rc = tt_taper(a, &out);
         TT_CHECK(rc == u[i].rc && strstr(out, u[i].msg), "'%s' -> %d (want %d, '%s'): %s", a, rc, u[i].rc, u[i].msg, out);
         free(out);
     }
@@ -895,7 +879,7 @@ static int files_equal(const char *a, const char *b) {
 }
 
 TT_TEST(data_tokenize_is_thread_count_independent) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char *tokp = NULL;
     tp_tokenizer *tok = fixture_tok(&tokp);
     if (!TT_CHECK(tok != NULL, "tokenizer")) { free(tokp); return; }
@@ -926,10 +910,10 @@ TT_TEST(data_tokenize_is_thread_count_independent) {
     }
     char *o1 = tmp_file("thr_out1"), *o2 = tmp_file("thr_out2"), args[2048], *out;
     snprintf(args, sizeof args, "tokenize %s -o %s %s --shard-tokens 2000 --append-eos --threads 1", tokp, o1, in);
-    int rc1 = run(args, &out);
+    int rc1 = tt_taper(args, &out);
     free(out);
     snprintf(args, sizeof args, "tokenize %s -o %s %s --shard-tokens 2K --append-eos --threads 2", tokp, o2, in);
-    int rc2 = run(args, &out);
+    int rc2 = tt_taper(args, &out);
     TT_CHECK(rc1 == 0 && rc2 == 0, "runs: %d %d %s", rc1, rc2, out);
     free(out);
     /* shards: identical bytes; each at most 2000 tokens (documents are shorter); together the expected tokens */
@@ -972,7 +956,7 @@ TT_TEST(data_tokenize_is_thread_count_independent) {
 }
 
 TT_TEST(data_tokenize_gguf_and_tinyshakespeare) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     const char *model = tt_model_path();
     if (!model) { tt_skip("default model not found (run make deps)"); return; }
     tp_gguf *g = NULL;
@@ -996,7 +980,7 @@ TT_TEST(data_tokenize_gguf_and_tinyshakespeare) {
     expect_doc(&e, tok, text, len);
     char *od = tmp_file("gguf_out"), args[2048], *out;
     snprintf(args, sizeof args, "tokenize %s -o %s %s", model, od, have_data ? sh : in);
-    int rc = run(args, &out);
+    int rc = tt_taper(args, &out);
     TT_CHECK(rc == 0, "tokenize with the GGUF's tokenizer: %d %s", rc, out);
     check_shard(od, &e, "GGUF tokenizer", -1);
     const char *sp = strstr(out, "speed ");

@@ -474,34 +474,18 @@ TT_TEST(importance_file_malformed) {
 
 /* ---------------------------------------------------------------------------------------- */
 
-static const char *bin(void) {
-    const char *b = getenv("TAPER_BIN");
-    return b && *b ? b : NULL;
-}
-
-static int run(const char *args, char **out) {
-    char cmd[4096];
-    char *log = tt_path(tt_tmp_dir(), "imp_cli.log");
-    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 %s %s > %s 2>&1", bin(), args, log);
-    int st = system(cmd);
-    *out = NULL;
-    if (tp_read_file(log, out, NULL) != TP_OK) *out = strdup("");
-    free(log);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TT_TEST(importance_cli) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char a[2048], *out;
-    TT_CHECK(run("importance --help", &out) == 0 && strstr(out, "usage: taper importance"), "--help");
+    TT_CHECK(tt_taper("importance --help", &out) == 0 && strstr(out, "usage: taper importance"), "--help");
     free(out);
-    TT_CHECK(run("importance m.gguf --data x --agg l2,median", &out) == 2 && strstr(out, "--agg"), "bad --agg -> 2");
+    TT_CHECK(tt_taper("importance m.gguf --data x --agg l2,median", &out) == 2 && strstr(out, "--agg"), "bad --agg -> 2");
     free(out);
-    TT_CHECK(run("importance m.gguf --data x --seq-len 1", &out) == 2 && strstr(out, "--seq-len"), "bad --seq-len -> 2");
+    TT_CHECK(tt_taper("importance m.gguf --data x --seq-len 1", &out) == 2 && strstr(out, "--seq-len"), "bad --seq-len -> 2");
     free(out);
-    TT_CHECK(run("importance m.gguf", &out) == 2 && strstr(out, "--data"), "no --data -> 2");
+    TT_CHECK(tt_taper("importance m.gguf", &out) == 2 && strstr(out, "--data"), "no --data -> 2");
     free(out);
-    TT_CHECK(run("importance --show /nonexistent/s.json", &out) == 1 && strstr(out, "/nonexistent/s.json"),
+    TT_CHECK(tt_taper("importance --show /nonexistent/s.json", &out) == 1 && strstr(out, "/nonexistent/s.json"),
              "--show of a missing file -> 1");
     free(out);
     tp_importance *s = synthetic();
@@ -509,7 +493,7 @@ TT_TEST(importance_cli) {
     tp_importance_save(s, p);
     tp_importance_free(s);
     snprintf(a, sizeof a, "importance --show %s --agg var,l2 --json=%s", p, js);
-    TT_CHECK(run(a, &out) == 0 && strstr(out, "batch=var,seq=l2") && strstr(out, "lowest loss"), "--show: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "batch=var,seq=l2") && strstr(out, "lowest loss"), "--show: %s", out);
     free(out);
     char *text = NULL;
     cJSON *j = tp_read_file(js, &text, NULL) == TP_OK ? cJSON_Parse(text) : NULL;
@@ -520,10 +504,10 @@ TT_TEST(importance_cli) {
     const char *mp = tt_model_path();
     if (mp) {
         snprintf(a, sizeof a, "importance %s --data /nonexistent/calib.txt -o %s", mp, p);
-        TT_CHECK(run(a, &out) == 1 && strstr(out, "/nonexistent/calib.txt"), "missing data -> 1 naming it: %s", out);
+        TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "/nonexistent/calib.txt"), "missing data -> 1 naming it: %s", out);
         free(out);
         snprintf(a, sizeof a, "importance %s --data x --block-metric winogrande", mp);
-        TT_CHECK(run(a, &out) == 2 && strstr(out, "--block"), "block metric without --block -> 2: %s", out);
+        TT_CHECK(tt_taper(a, &out) == 2 && strstr(out, "--block"), "block metric without --block -> 2: %s", out);
         free(out);
         /* a real (tiny) run writes a loadable file */
         char *wiki = tt_path(tt_data_dir(), "wikitext2/wiki.valid.tokens");
@@ -532,7 +516,7 @@ TT_TEST(importance_cli) {
             fclose(f);
             snprintf(a, sizeof a, "importance %s --data %s --samples 2 --seq-len 16 --depth-samples 1 --block 29 -o %s "
                      "--json=%s", mp, wiki, p, js);
-            TT_CHECK(run(a, &out) == 0 && strstr(out, "wrote"), "importance run: %s", out);
+            TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "wrote"), "importance run: %s", out);
             free(out);
             tp_importance *b = NULL;
             TT_CHECK(tp_importance_load(p, &b) == TP_OK && b->n_samples == 2 && b->seq_len == 16 && b->block_loss &&
@@ -540,7 +524,7 @@ TT_TEST(importance_cli) {
             tp_importance_free(b);
             snprintf(a, sizeof a, "importance %s --data %s --samples 1 --seq-len 16 --depth-samples 1 --block 29 "
                      "--block-metric no_such_task -o %s", mp, wiki, p);
-            TT_CHECK(run(a, &out) == 1 && strstr(out, "no_such_task"), "unknown block-metric task -> 1: %s", out);
+            TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "no_such_task"), "unknown block-metric task -> 1: %s", out);
             free(out);
         }
         free(wiki);

@@ -525,26 +525,10 @@ TT_TEST(prune_target_params_search) {
 
 /* ---------------------------------------------------------------------------------------- */
 
-static const char *bin(void) {
-    const char *b = getenv("TAPER_BIN");
-    return b && *b ? b : NULL;
-}
-
-static int run(const char *args, char **out) {
-    char cmd[4096];
-    char *log = tt_path(tt_tmp_dir(), "prune_cli.log");
-    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 %s %s > %s 2>&1", bin(), args, log);
-    int st = system(cmd);
-    *out = NULL;
-    if (tp_read_file(log, out, NULL) != TP_OK) *out = strdup("");
-    free(log);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TT_TEST(prune_cli) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char a[4096], *out;
-    TT_CHECK(run("prune --help", &out) == 0 && strstr(out, "usage: taper prune"), "--help");
+    TT_CHECK(tt_taper("prune --help", &out) == 0 && strstr(out, "usage: taper prune"), "--help");
     free(out);
     static const struct { const char *args, *expect; } usage[] = {
         {"prune m.gguf --scores s.json --ffn 0 -o x", "--ffn"},
@@ -559,12 +543,12 @@ TT_TEST(prune_cli) {
         {"prune m.gguf --scores s.json --dtype q4 -o x", "--dtype"},
     };
     for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++) {
-        int rc = run(usage[i].args, &out);
+        int rc = tt_taper(usage[i].args, &out);
         TT_CHECK(rc == 2 && strstr(out, usage[i].expect), "'%s' -> 2 naming %s (got %d: %s)", usage[i].args,
                  usage[i].expect, rc, out);
         free(out);
     }
-    TT_CHECK(run("prune m.gguf --scores s.json --ffn 1024 --heterogeneous -o x", &out) == 1 &&
+    TT_CHECK(tt_taper("prune m.gguf --scores s.json --ffn 1024 --heterogeneous -o x", &out) == 1 &&
              strstr(out, "not supported yet"), "--heterogeneous -> 1");
     free(out);
     const char *mp = tt_model_path();
@@ -577,14 +561,14 @@ TT_TEST(prune_cli) {
     char *od2 = tt_path(tt_tmp_dir(), "prune_cli_replay");
     TT_CHECK(tp_importance_save(imp, sp) == TP_OK, "save scores");
     snprintf(a, sizeof a, "prune %s --scores %s --heads 12 -o %s", mp, sp, od);
-    TT_CHECK(run(a, &out) == 1 && strstr(out, "--heads 12"), "impossible --heads -> 1 naming it: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--heads 12"), "impossible --heads -> 1 naming it: %s", out);
     free(out);
     snprintf(a, sizeof a, "prune %s --scores %s --target-params 1M --data x -o %s", mp, sp, od);
-    TT_CHECK(run(a, &out) == 1 && strstr(out, "closest"), "impossible budget -> 1: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "closest"), "impossible budget -> 1: %s", out);
     free(out);
     snprintf(a, sizeof a, "prune %s --scores %s --hidden 512 --ffn 1024 --heads 6 --kv-heads 3 --drop-layers 12-17 "
              "--agg mean,l2 -o %s --json=%s", mp, sp, od, js);
-    TT_CHECK(run(a, &out) == 0 && strstr(out, "prune_plan.json") && strstr(out, "batch=mean,seq=l2"), "prune: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "prune_plan.json") && strstr(out, "batch=mean,seq=l2"), "prune: %s", out);
     free(out);
     char *text = NULL;
     cJSON *j = tp_read_file(js, &text, NULL) == TP_OK ? cJSON_Parse(text) : NULL;
@@ -595,7 +579,7 @@ TT_TEST(prune_cli) {
     cJSON_Delete(j);
     free(text);
     snprintf(a, sizeof a, "prune %s --plan %s -o %s", mp, pp, od2);
-    TT_CHECK(run(a, &out) == 0, "replay: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 0, "replay: %s", out);
     free(out);
     tp_model *x = NULL, *y = NULL;
     TT_CHECK(tp_model_load(od, &x) == TP_OK && tp_model_load(od2, &y) == TP_OK, "both load: %s", tp_errmsg());

@@ -611,28 +611,12 @@ TT_TEST(sparsify_errors) {
 
 /* ---------------------------------------------------------------------------------------- */
 
-static const char *bin(void) {
-    const char *b = getenv("TAPER_BIN");
-    return b && *b ? b : NULL;
-}
-
-static int run(const char *args, char **out) {
-    char cmd[4096];
-    char *log = tt_path(tt_tmp_dir(), "sparsify_cli.log");
-    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 %s %s > %s 2>&1", bin(), args, log);
-    int st = system(cmd);
-    *out = NULL;
-    if (tp_read_file(log, out, NULL) != TP_OK) *out = strdup("");
-    free(log);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TT_TEST(sparsify_cli) {
-    if (!bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     fixture f;
     if (!fixture_load(&f)) { TT_CHECK(0, "fixtures/sparsify missing"); fixture_free(&f); return; }
     char a[4096], *out;
-    TT_CHECK(run("sparsify --help", &out) == 0 && strstr(out, "usage: taper sparsify"), "--help: %s", out);
+    TT_CHECK(tt_taper("sparsify --help", &out) == 0 && strstr(out, "usage: taper sparsify"), "--help: %s", out);
     free(out);
     struct {
         const char *args, *expect;
@@ -654,7 +638,7 @@ TT_TEST(sparsify_cli) {
         {"sparsify M -o D --method magnitude --sparsity 0.5 --bogus", "unknown option"},
     };
     for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++) {
-        TT_CHECK(run(usage[i].args, &out) == 2 && strstr(out, usage[i].expect), "'%s' -> 2 naming %s: %s", usage[i].args,
+        TT_CHECK(tt_taper(usage[i].args, &out) == 2 && strstr(out, usage[i].expect), "'%s' -> 2 naming %s: %s", usage[i].args,
                  usage[i].expect, out);
         free(out);
     }
@@ -662,7 +646,7 @@ TT_TEST(sparsify_cli) {
          *js = tt_path(tt_tmp_dir(), "sp_cli.json"), *txt = tt_path(tt_tmp_dir(), "sp_calib.txt");
     /* magnitude 2:4 on the tiny model: HF folder + mask at the default place */
     snprintf(a, sizeof a, "sparsify %s --method magnitude --nm 2:4 -o %s", f.model_dir, od);
-    TT_CHECK(run(a, &out) == 0 && strstr(out, "down") && strstr(out, "50.00"), "magnitude run: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "down") && strstr(out, "50.00"), "magnitude run: %s", out);
     free(out);
     tp_model *m = NULL;
     tp_mask *mk = NULL;
@@ -687,7 +671,7 @@ TT_TEST(sparsify_cli) {
     fclose(fp);
     snprintf(a, sizeof a, "sparsify %s --method sparsegpt --sparsity 0.5 --data %s --samples 3 --seq 64 --targets o,down "
              "--blocksize 16 -o %s --mask-out %s --json=%s --dtype BF16", f.model_dir, txt, od, mp, js);
-    TT_CHECK(run(a, &out) == 0 && strstr(out, "3 samples x 64 tokens"), "sparsegpt run: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "3 samples x 64 tokens"), "sparsegpt run: %s", out);
     free(out);
     char *text = NULL;
     cJSON *j = tp_read_file(js, &text, NULL) == TP_OK ? cJSON_Parse(text) : NULL;
@@ -710,10 +694,10 @@ TT_TEST(sparsify_cli) {
     tp_mask_free(mk);
     snprintf(a, sizeof a, "sparsify %s --method sparsegpt --sparsity 0.5 --data %s --samples 1 --seq 16 --damp 0 -o %s",
              f.model_dir, txt, od);
-    TT_CHECK(run(a, &out) == 1 && strstr(out, "--damp"), "damp 0 on 16 tokens -> 1 with advice: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--damp"), "damp 0 on 16 tokens -> 1 with advice: %s", out);
     free(out);
     snprintf(a, sizeof a, "sparsify %s --method wanda --sparsity 0.5 --data /nonexistent/c.txt -o %s", f.model_dir, od);
-    TT_CHECK(run(a, &out) == 1 && strstr(out, "/nonexistent/c.txt"), "missing data -> 1: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "/nonexistent/c.txt"), "missing data -> 1: %s", out);
     free(out);
     free(od); free(mp); free(js); free(txt); free(dm);
     fixture_free(&f);

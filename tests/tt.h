@@ -28,6 +28,11 @@ char *tt_path(const char *dir, const char *name);
  * (after a failed check) when it cannot be loaded, plain NULL when absent. Tests must not modify
  * it: the runner fails a test that used it and left its parameters changed. Freed at exit. */
 tp_model *tt_model(void);
+/* $TAPER_BIN (the taper binary under test; make test sets it) or NULL. */
+const char *tt_bin(void);
+/* Runs "$TAPER_BIN ARGS" (a shell command line) with TAPER_PROGRESS=0, its stdout and stderr
+ * into *out (malloc'd, never NULL); returns the exit status (-1: it did not exit). */
+int tt_taper(const char *args, char **out);
 /* system() of the printf-formatted command: its exit status, or -1 when it did not exit. */
 int tt_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

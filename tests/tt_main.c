@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "taper/status.h"
+#include "taper/util.h"
 #include "taper/trainer.h"
 
 typedef struct { const char *name, *file; tt_fn fn; } tt_case;
@@ -131,6 +132,22 @@ int tt_sh(const char *fmt, ...) {
     }
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+const char *tt_bin(void) {
+    const char *b = getenv("TAPER_BIN");
+    return b && *b ? b : NULL;
+}
+
+int tt_taper(const char *args, char **out) {
+    char *log = tt_path(tt_tmp_dir(), "taper-cli.log");
+    int st = tt_bin() ? tt_sh("TAPER_PROGRESS=0 %s %s > '%s' 2>&1", tt_bin(), args, log) : -1;
+    *out = NULL;
+    if (tp_read_file(log, out, NULL) != TP_OK) *out = strdup(tt_bin() ? "" : "TAPER_BIN is not set");
+    if (!*out) abort();
+    unlink(log);
+    free(log);
+    return st;
 }
 
 static int cmp_case(const void *a, const void *b) {
