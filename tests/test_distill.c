@@ -27,30 +27,6 @@ static tp_model *load(const char *name) {
     return m;
 }
 
-/* tensor of m by HF name */
-static float *tensor(tp_model *m, const char *name, size_t *n) {
-    const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, V = (size_t)c->vocab, ff = (size_t)c->d_ff;
-    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    if (!strcmp(name, "model.embed_tokens.weight")) return *n = V * d, m->tok_emb;
-    if (!strcmp(name, "lm_head.weight")) return *n = V * d, m->lm_head;
-    if (!strcmp(name, "model.norm.weight")) return *n = d, m->final_norm;
-    int l, off = 0;
-    if (sscanf(name, "model.layers.%d.%n", &l, &off) != 1 || !off || l < 0 || l >= c->n_layers) return NULL;
-    tp_layer *L = &m->layers[l];
-    const char *f = name + off;
-    if (!strcmp(f, "input_layernorm.weight")) return *n = d, L->attn_norm;
-    if (!strcmp(f, "post_attention_layernorm.weight")) return *n = d, L->mlp_norm;
-    if (!strcmp(f, "self_attn.q_proj.weight")) return *n = qd * d, L->wq;
-    if (!strcmp(f, "self_attn.k_proj.weight")) return *n = kvd * d, L->wk;
-    if (!strcmp(f, "self_attn.v_proj.weight")) return *n = kvd * d, L->wv;
-    if (!strcmp(f, "self_attn.o_proj.weight")) return *n = d * qd, L->wo;
-    if (!strcmp(f, "mlp.gate_proj.weight")) return *n = ff * d, L->w_gate;
-    if (!strcmp(f, "mlp.up_proj.weight")) return *n = ff * d, L->w_up;
-    if (!strcmp(f, "mlp.down_proj.weight")) return *n = d * ff, L->w_down;
-    return NULL;
-}
-
 static double num(const cJSON *j, const char *k) { return cJSON_GetObjectItemCaseSensitive(j, k)->valuedouble; }
 
 static int32_t *ints(const cJSON *a, size_t n) {
@@ -150,7 +126,7 @@ TT_TEST(distill_step_vs_torch) {
         int n_t = 0;
         cJSON_ArrayForEach(g, cJSON_GetObjectItem(c, "grads")) {
             size_t n = 0;
-            float *t = tensor(grad, g->string, &n);
+            float *t = tp_model_tensor(grad, g->string, &n);
             double e = t ? rel(t, g, n) : INFINITY;
             if (e > worst) worst = e, wn = g->string;
             n_t++;

@@ -94,31 +94,6 @@ static tp_model *grad_model(const char *name) {
     return m;
 }
 
-/* The tensor of m that HF calls name, and its element count. */
-static float *tensor_of(tp_model *m, const char *name, size_t *n) {
-    const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, V = (size_t)c->vocab, ff = (size_t)c->d_ff;
-    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
-    if (!strcmp(name, "model.embed_tokens.weight")) return *n = V * d, m->tok_emb;
-    if (!strcmp(name, "lm_head.weight")) return *n = V * d, m->lm_head;
-    if (!strcmp(name, "model.norm.weight")) return *n = d, m->final_norm;
-    int l, off = 0;
-    if (sscanf(name, "model.layers.%d.%n", &l, &off) != 1 || off == 0 || l < 0 || l >= c->n_layers) return NULL;
-    tp_layer *L = &m->layers[l];
-    const char *f = name + off;
-    struct { const char *n; float *p; size_t k; } t[] = {
-        {"input_layernorm.weight", L->attn_norm, d},     {"post_attention_layernorm.weight", L->mlp_norm, d},
-        {"self_attn.q_proj.weight", L->wq, qd * d},       {"self_attn.k_proj.weight", L->wk, kvd * d},
-        {"self_attn.v_proj.weight", L->wv, kvd * d},      {"self_attn.o_proj.weight", L->wo, d * qd},
-        {"self_attn.q_proj.bias", L->bq, qd},             {"self_attn.k_proj.bias", L->bk, kvd},
-        {"self_attn.v_proj.bias", L->bv, kvd},            {"mlp.gate_proj.weight", L->w_gate, ff * d},
-        {"mlp.up_proj.weight", L->w_up, ff * d},          {"mlp.down_proj.weight", L->w_down, d * ff},
-    };
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        if (!strcmp(f, t[i].n)) return *n = t[i].k, t[i].p;
-    return NULL;
-}
-
 static int32_t *json_i32(const cJSON *arr, size_t n) {
     int32_t *v = malloc(n * sizeof *v);
     for (size_t i = 0; i < n; i++) {
@@ -140,7 +115,7 @@ static double compare_grads(tp_model *grad, const cJSON *run, const float *ref, 
         const cJSON *t = cJSON_GetArrayItem(tensors, i);
         const char *name = cJSON_GetObjectItem(t, "name")->valuestring;
         size_t off = (size_t)cJSON_GetObjectItem(t, "offset")->valuedouble, n = 0;
-        float *g = tensor_of(grad, name, &n);
+        float *g = tp_model_tensor(grad, name, &n);
         if (!TT_CHECK(g != NULL, "%s: no tensor for %s", what, name)) continue;
         float *r = malloc(n * sizeof *r);
         double mr = 0;

@@ -459,3 +459,37 @@ TT_TEST(forward_tiny_architectures_match_transformers) {
     }
     free(tiny);
 }
+
+/* tp_model_tensors lists every parameter once under its HF name (sizes add up to n_params, the
+ * views tile the parameter block without overlap), and tp_model_tensor finds each by name. */
+TT_TEST(model_tensor_table) {
+    const char *dirs[] = {"distill/teacher", "distill/narrow", "grad/qwen2", "grad/llama_tied"};
+    for (int k = 0; k < 4; k++) {
+        char *p = tt_path(tt_fixtures_dir(), dirs[k]);
+        tp_model *m = NULL;
+        if (!TT_CHECK(tp_model_load_hf(p, &m) == TP_OK, "loading %s: %s", p, tp_errmsg())) {
+            free(p);
+            continue;
+        }
+        int n = tp_model_tensors(m, NULL, 0);
+        tp_tensor_ref *r = calloc((size_t)n, sizeof *r);
+        TT_CHECK(r && tp_model_tensors(m, r, n) == n && n == 2 + (9 + 3 * !!m->cfg.attn_bias) * m->cfg.n_layers + !m->cfg.tie_embeddings,
+                 "%s: %d tensors", dirs[k], n);
+        size_t total = 0, bad = 0;
+        for (int i = 0; r && i < n; i++) {
+            size_t sz = r[i].rows ? r[i].rows * r[i].cols : r[i].cols, got = 0;
+            total += sz;
+            bad += tp_model_tensor(m, r[i].name, &got) != r[i].data || got != sz;
+            bad += r[i].data < m->params || r[i].data + sz > m->params + m->n_params;
+        }
+        TT_CHECK(total == m->n_params && bad == 0, "%s: sizes add up to %zu of %zu; %zu lookups wrong", dirs[k], total,
+                 m->n_params, bad);
+        size_t got = 1;
+        TT_CHECK(!tp_model_tensor(m, "model.layers.99.mlp.up_proj.weight", &got) && got == 0 &&
+                     !tp_model_tensor(m, "model.layers.0.mlp.nothing", &got),
+                 "unknown names give NULL");
+        free(r);
+        tp_model_free(m);
+        free(p);
+    }
+}

@@ -66,6 +66,20 @@ size_t tp_config_n_params(const tp_config *c);
 /* Allocates a model of config c with zeroed weights and views set. */
 tp_status tp_model_alloc(const tp_config *c, tp_model **out);
 void tp_model_free(tp_model *m);
+/* One tensor of a model under its Hugging Face name: rows 0 means a vector of cols elements,
+ * else a (rows, cols) row-major matrix. */
+typedef struct {
+    char name[64];
+    float *data;
+    size_t rows, cols;
+} tp_tensor_ref;
+/* The model's tensors in HF state-dict order (embeddings; per layer input norm, q/k/v (+ their
+ * biases with attn_bias), o, post-attention norm, gate/up/down; final norm; lm_head unless tied).
+ * Writes at most cap entries to out (out may be NULL with cap 0) and returns the full count. */
+int tp_model_tensors(const tp_model *m, tp_tensor_ref *out, int cap);
+/* The tensor HF calls name ("lm_head.weight" also when tied: then it is the embedding) and its
+ * element count in *n; NULL for a name the model does not have. */
+float *tp_model_tensor(const tp_model *m, const char *name, size_t *n);
 /* Path may be a .gguf file or an HF folder (config.json + safetensors + tokenizer.json). */
 tp_status tp_model_load(const char *path, tp_model **out);
 tp_status tp_model_load_gguf(const char *path, tp_model **out);

@@ -86,6 +86,67 @@ void tp_model_free(tp_model *m) {
     free(m);
 }
 
+static void put_ref(tp_tensor_ref *out, int cap, int *n, const char *name, float *data, size_t rows, size_t cols) {
+    if (*n < cap) {
+        tp_tensor_ref *r = &out[*n];
+        snprintf(r->name, sizeof r->name, "%s", name);
+        r->data = data;
+        r->rows = rows;
+        r->cols = cols;
+    }
+    (*n)++;
+}
+
+int tp_model_tensors(const tp_model *m, tp_tensor_ref *out, int cap) {
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
+           ff = (size_t)c->d_ff, V = (size_t)c->vocab;
+    int n = 0;
+    char name[64];
+    put_ref(out, cap, &n, "model.embed_tokens.weight", m->tok_emb, V, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        const tp_layer *L = &m->layers[l];
+        static const char *const fields[] = {"input_layernorm.weight", "self_attn.q_proj.weight",
+                                             "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                             "self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                                             "self_attn.v_proj.bias", "self_attn.o_proj.weight",
+                                             "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                                             "mlp.up_proj.weight", "mlp.down_proj.weight"};
+        float *const data[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv,
+                               L->wo, L->mlp_norm, L->w_gate, L->w_up, L->w_down};
+        const size_t rows[] = {0, q, kv, kv, 0, 0, 0, d, 0, ff, ff, d};
+        const size_t cols[] = {d, d, d, d, q, kv, kv, q, d, d, d, ff};
+        for (int f = 0; f < 12; f++) {
+            if (!data[f]) continue; /* biases without attn_bias */
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, fields[f]);
+            put_ref(out, cap, &n, name, data[f], rows[f], cols[f]);
+        }
+    }
+    put_ref(out, cap, &n, "model.norm.weight", m->final_norm, 0, d);
+    if (!c->tie_embeddings) put_ref(out, cap, &n, "lm_head.weight", m->lm_head, V, d);
+    return n;
+}
+
+float *tp_model_tensor(const tp_model *m, const char *name, size_t *n) {
+    *n = 0;
+    if (!strcmp(name, "lm_head.weight")) {
+        *n = (size_t)m->cfg.vocab * (size_t)m->cfg.d_model;
+        return m->lm_head;
+    }
+    int count = tp_model_tensors(m, NULL, 0);
+    tp_tensor_ref *refs = malloc((size_t)count * sizeof *refs);
+    if (!refs) return NULL;
+    tp_model_tensors(m, refs, count);
+    float *p = NULL;
+    for (int i = 0; i < count && !p; i++)
+        if (!strcmp(refs[i].name, name)) {
+            p = refs[i].data;
+            *n = refs[i].rows ? refs[i].rows * refs[i].cols : refs[i].cols;
+        }
+    free(refs);
+    return p;
+}
+
 tp_status tp_model_load(const char *path, tp_model **out) {
     struct stat st;
     if (stat(path, &st) != 0) return tp_fail(TP_ERR_IO, "%s: no such file or directory", path);

@@ -85,38 +85,15 @@ tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype
 
     tp_st_writer *w = NULL;
     if ((s = tp_st_writer_new(&w))) return s;
-    uint64_t d = (uint64_t)c->d_model, q = (uint64_t)c->n_heads * c->head_dim,
-             kv = (uint64_t)c->n_kv_heads * c->head_dim, ff = (uint64_t)c->d_ff, V = (uint64_t)c->vocab;
-    char name[128];
-#define ADD(nm, data, r, cl)                                                                   \
-    do {                                                                                       \
-        uint64_t shape[2] = {(r), (cl)};                                                       \
-        int nd = (r) == 0 ? 1 : 2;                                                             \
-        if (nd == 1) shape[0] = (cl);                                                          \
-        if (!s) s = tp_st_writer_add(w, nm, dt, nd, shape, data);                              \
-    } while (0)
-    ADD("model.embed_tokens.weight", m->tok_emb, V, d);
-    for (int l = 0; l < c->n_layers; l++) {
-        const tp_layer *L = &m->layers[l];
-        static const char *const fields[] = {"input_layernorm.weight", "self_attn.q_proj.weight",
-                                             "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                                             "self_attn.q_proj.bias", "self_attn.k_proj.bias",
-                                             "self_attn.v_proj.bias", "self_attn.o_proj.weight",
-                                             "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-                                             "mlp.up_proj.weight", "mlp.down_proj.weight"};
-        const float *data[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv,
-                               L->wo, L->mlp_norm, L->w_gate, L->w_up, L->w_down};
-        const uint64_t rows[] = {0, q, kv, kv, 0, 0, 0, d, 0, ff, ff, d};
-        const uint64_t cols[] = {d, d, d, d, q, kv, kv, q, d, d, d, ff};
-        for (int f = 0; f < 12; f++) {
-            if (!data[f]) continue; /* biases without attn_bias */
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, fields[f]);
-            ADD(name, data[f], rows[f], cols[f]);
-        }
+    int n_t = tp_model_tensors(m, NULL, 0);
+    tp_tensor_ref *refs = malloc((size_t)n_t * sizeof *refs);
+    if (!refs) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    else tp_model_tensors(m, refs, n_t);
+    for (int i = 0; refs && i < n_t && !s; i++) {
+        uint64_t shape[2] = {refs[i].rows ? refs[i].rows : refs[i].cols, refs[i].cols};
+        s = tp_st_writer_add(w, refs[i].name, dt, refs[i].rows ? 2 : 1, shape, refs[i].data);
     }
-    ADD("model.norm.weight", m->final_norm, 0, d);
-    if (!c->tie_embeddings) ADD("lm_head.weight", m->lm_head, V, d);
-#undef ADD
+    free(refs);
     char *st_path = join(dir, "model.safetensors");
     if (!s) s = st_path ? tp_st_write(w, st_path) : tp_fail(TP_ERR_NOMEM, "out of memory");
     free(st_path);
