@@ -86,14 +86,6 @@ static int write_text(const char *path, const char *text) {
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
 
-static cJSON *read_json(const char *path) {
-    char *text = NULL;
-    if (tp_read_file(path, &text, NULL) != TP_OK) return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    return j;
-}
-
 static int cmp_name64(const void *a, const void *b) { return strcmp(a, b); }
 
 /* Sorted list of the fixture config case names (subdirectories); returns the count. */
@@ -133,7 +125,7 @@ TT_TEST(config_fixtures_match_transformers) {
         char *cpath = tt_path(tt_fixtures_dir(), rel);
         snprintf(rel, sizeof rel, "st/config/%.63s/expected.json", names[i]);
         char *epath = tt_path(tt_fixtures_dir(), rel);
-        cJSON *exp = read_json(epath);
+        cJSON *exp = tt_read_json(epath);
         tp_config c;
         tp_status s = parse_file(cpath, &c);
         if (TT_CHECK(s == TP_OK, "%s: %s", names[i], tp_errmsg()) &&

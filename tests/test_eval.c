@@ -26,16 +26,9 @@ static int long_mode(void) {
 }
 
 static cJSON *fixture(const char *task) {
-    char *dir = tt_path(tt_fixtures_dir(), "eval");
-    char name[64];
-    snprintf(name, sizeof name, "%s.json", task);
-    char *p = tt_path(dir, name), *text = NULL;
-    cJSON *j = NULL;
-    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    free(text);
-    free(p);
-    free(dir);
-    return j;
+    char rel[96];
+    snprintf(rel, sizeof rel, "eval/%s.json", task);
+    return tt_fixture_json(rel);
 }
 
 static uint64_t fnv_add(uint64_t h, const char *s, size_t n) {

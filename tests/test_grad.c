@@ -55,30 +55,12 @@ static double rel_err(const float *a, const float *b, size_t n, double atol, dou
     return mb > 0 ? md / mb : md;
 }
 
-static cJSON *grad_index(void) {
-    char *dir = tt_path(tt_fixtures_dir(), "grad");
-    char *p = tt_path(dir, "index.json"), *text = NULL;
-    cJSON *j = NULL;
-    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    free(text);
-    free(p);
-    free(dir);
-    return j;
-}
+static cJSON *grad_index(void) { return tt_fixture_json("grad/index.json"); }
 
 static float *grad_file(const char *name, size_t n) {
-    char *dir = tt_path(tt_fixtures_dir(), "grad");
-    char *p = tt_path(dir, name), *data = NULL;
-    size_t len = 0;
-    float *out = NULL;
-    if (tp_read_file(p, &data, &len) == TP_OK && len == n * sizeof(float)) {
-        out = malloc(len);
-        memcpy(out, data, len);
-    }
-    free(data);
-    free(p);
-    free(dir);
-    return out;
+    char rel[256];
+    snprintf(rel, sizeof rel, "grad/%s", name);
+    return tt_fixture_f32(rel, n, 1);
 }
 
 static tp_model *grad_model(const char *name) {

@@ -11,14 +11,7 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static cJSON *load_ref(void) {
-    char *p = tt_path(tt_fixtures_dir(), "kd/kd.json"), *text = NULL;
-    cJSON *j = NULL;
-    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    free(text);
-    free(p);
-    return j;
-}
+static cJSON *load_ref(void) { return tt_fixture_json("kd/kd.json"); }
 
 static float *floats(const cJSON *j, const char *name, size_t n) {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, name);

@@ -17,29 +17,16 @@
 
 
 static cJSON *load_json_fixture(const char *name) {
-    char *dir = tt_path(tt_fixtures_dir(), "model");
-    char *p = tt_path(dir, name), *text = NULL;
-    cJSON *j = NULL;
-    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    free(text);
-    free(p);
-    free(dir);
-    return j;
+    char rel[256];
+    snprintf(rel, sizeof rel, "model/%s", name);
+    return tt_fixture_json(rel);
 }
 
+/* NULL when absent: the full_*.f32 files exist only after make test-ref */
 static float *load_f32(const char *name, size_t n) {
-    char *dir = tt_path(tt_fixtures_dir(), "model");
-    char *p = tt_path(dir, name), *data = NULL;
-    size_t len = 0;
-    float *out = NULL;
-    if (tp_read_file(p, &data, &len) == TP_OK && len == n * sizeof(float)) {
-        out = malloc(len);
-        memcpy(out, data, len);
-    }
-    free(data);
-    free(p);
-    free(dir);
-    return out;
+    char rel[256];
+    snprintf(rel, sizeof rel, "model/%s", name);
+    return tt_fixture_f32(rel, n, 0);
 }
 
 static int32_t *json_ids(const cJSON *arr, size_t *n) {

@@ -16,37 +16,13 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static char *optim_fixture(const char *name) {
-    char *dir = tt_path(tt_fixtures_dir(), "optim");
-    char *p = tt_path(dir, name);
-    free(dir);
-    return p;
-}
-
-static cJSON *load_meta(void) {
-    char *p = optim_fixture("llama3.json"), *text = NULL;
-    cJSON *j = NULL;
-    if (tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    if (!j) TT_CHECK(0, "cannot read %s (run tests/ref/optim_ref.py --out tests/fixtures)", p);
-    free(text);
-    free(p);
-    return j;
-}
+static cJSON *load_meta(void) { return tt_fixture_json("optim/llama3.json"); }
 
 /* A float32 LE fixture of exactly n floats, or NULL (with a failed check). */
 static float *load_f32(const char *name, size_t n) {
-    char *p = optim_fixture(name), *data = NULL;
-    size_t len = 0;
-    float *out = NULL;
-    if (tp_read_file(p, &data, &len) == TP_OK && len == n * sizeof(float)) {
-        out = malloc(len);
-        memcpy(out, data, len);
-    } else {
-        TT_CHECK(0, "%s: missing or not %zu floats (%zu bytes)", p, n, len);
-    }
-    free(data);
-    free(p);
-    return out;
+    char rel[256];
+    snprintf(rel, sizeof rel, "optim/%s", name);
+    return tt_fixture_f32(rel, n, 1);
 }
 
 static tp_model *load_tiny(const char *name) {

@@ -57,20 +57,12 @@ static int bits_same(float a, float b) {
     return memcmp(&a, &b, 4) == 0;
 }
 
-static cJSON *read_json(const char *path) {
-    char *text = NULL;
-    if (tp_read_file(path, &text, NULL) != TP_OK) return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    return j;
-}
-
 /* Compares every tensor listed in <prefix>.expected.json (+ .f32) with st. */
 static void check_against_expected(const tp_safetensors *st, const char *prefix) {
     char jpath[1024], fpath[1024];
     snprintf(jpath, sizeof jpath, "%s.expected.json", prefix);
     snprintf(fpath, sizeof fpath, "%s.expected.f32", prefix);
-    cJSON *exp = read_json(jpath);
+    cJSON *exp = tt_read_json(jpath);
     char *vals = NULL;
     size_t vlen = 0;
     if (!TT_CHECK(exp != NULL, "cannot read %s (run tests/ref/st_ref.py --out tests/fixtures)", jpath))

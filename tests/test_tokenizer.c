@@ -32,18 +32,7 @@ static uint64_t fnv_ids(const int32_t *ids, size_t n, uint64_t h) {
 
 static char *fixture(const char *rel) { return tt_path(tt_fixtures_dir(), rel); }
 
-static cJSON *load_expected(void) {
-    char *p = fixture("tok/expected.json"), *data;
-    size_t len;
-    cJSON *j = NULL;
-    if (tp_read_file(p, &data, &len) == TP_OK) {
-        j = cJSON_ParseWithLength(data, len);
-        free(data);
-    }
-    TT_CHECK(j != NULL, "cannot read %s (run tests/ref/tok_ref.py --out tests/fixtures)", p);
-    free(p);
-    return j;
-}
+static cJSON *load_expected(void) { return tt_fixture_json("tok/expected.json"); }
 
 static tp_tokenizer *load_json_fixture(void) {
     char *p = fixture("tok/smollm2/tokenizer.json");
@@ -293,15 +282,6 @@ TT_TEST(tok_special_tokens_bos) {
 
 /* ---- pipeline variants: the fixture with a patched pipeline, as tok_ref.py patches it ---- */
 
-static cJSON *read_json_file(const char *path) {
-    char *data;
-    size_t len;
-    if (tp_read_file(path, &data, &len) != TP_OK) return NULL;
-    cJSON *j = cJSON_ParseWithLength(data, len);
-    free(data);
-    return j;
-}
-
 static int write_text(const char *path, const char *s, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return 0;
@@ -393,7 +373,7 @@ static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *n
 TT_TEST(tok_variants_llama3_qwen2_gpt2_split_added) {
     cJSON *exp = load_expected();
     char *bp = fixture("tok/smollm2/tokenizer.json");
-    cJSON *base = read_json_file(bp);
+    cJSON *base = tt_read_json(bp);
     TT_CHECK(base != NULL, "cannot parse %s", bp);
     free(bp);
     const cJSON *v;
@@ -598,7 +578,7 @@ TT_TEST(tok_save_hf_roundtrip) {
     static const char *files[] = {"tokenizer_config.json", "special_tokens_map.json"};
     for (int i = 0; i < 2; i++) {
         char *p = tt_path(dir, files[i]);
-        cJSON *j = read_json_file(p);
+        cJSON *j = tt_read_json(p);
         TT_CHECK(j != NULL, "%s missing or not JSON", p);
         if (j) TT_CHECK(cJSON_IsString(jget(j, "eos_token")) && strcmp(jget(j, "eos_token")->valuestring, "<|im_end|>") == 0,
                         "%s: eos_token", files[i]);
@@ -648,7 +628,7 @@ TT_TEST(tok_to_gguf_roundtrip) {
     tp_gguf_close(g);
     /* the llama3 / qwen2 / gpt2 variants through GGUF exercise llama.cpp's pre names */
     char *bp = fixture("tok/smollm2/tokenizer.json");
-    cJSON *base = read_json_file(bp);
+    cJSON *base = tt_read_json(bp);
     free(bp);
     static const char *names[] = {"llama3", "qwen2", "gpt2"};
     for (int i = 0; i < 3 && base; i++) {

@@ -32,14 +32,6 @@ static char *fixture(const char *name) {
     return p;
 }
 
-static cJSON *read_json(const char *path) {
-    char *text = NULL;
-    cJSON *j = NULL;
-    if (tp_read_file(path, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    free(text);
-    return j;
-}
-
 static double jnum(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
@@ -84,7 +76,7 @@ static char *slurp_metrics(const char *run_dir) {
 
 TT_TEST(train_matches_pytorch_adamw) {
     char *ip = fixture("index.json"), *bp = fixture("batches.i32");
-    cJSON *idx = read_json(ip);
+    cJSON *idx = tt_read_json(ip);
     char *raw = NULL;
     size_t raw_len = 0;
     if (!idx || tp_read_file(bp, &raw, &raw_len) != TP_OK) {
@@ -244,7 +236,7 @@ static const char *ce_metrics(void *user, long step) {
 static tp_status run_fixed(int steps, ce_hook *hook, const char *run_dir, int recompute, tp_model **out,
                            tp_train_result *r) {
     char *ip = fixture("index.json"), *bp = fixture("batches.i32"), *mp = fixture("tied");
-    cJSON *idx = read_json(ip);
+    cJSON *idx = tt_read_json(ip);
     char *raw = NULL;
     tp_status s = idx ? tp_read_file(bp, &raw, NULL) : tp_fail(TP_ERR_IO, "%s missing", ip);
     if (!s) s = tp_model_load_hf(mp, out);
@@ -959,7 +951,7 @@ TT_TEST(train_long_finetune_lowers_heldout_loss) {
     TT_CHECK(rc == 0, "taper train on SmolLM2 (rc %d): %s", rc, out);
     free(out);
     char *sp = tt_path(dir, "summary.json");
-    cJSON *sum = read_json(sp);
+    cJSON *sum = tt_read_json(sp);
     double v0 = jnum(sum, "val_loss_first"), v1 = jnum(sum, "val_loss");
     TT_CHECK(v1 < v0 - 0.05, "held-out loss %.4f -> %.4f after 8 steps (at least 0.05 lower wanted)", v0, v1);
     tt_note("SmolLM2-135M, 8 steps x 2 x 256 tokens of wiki.valid, lr 1e-4: held-out loss %.4f -> %.4f (ppl %.2f -> "

@@ -28,6 +28,14 @@ char *tt_path(const char *dir, const char *name);
  * (after a failed check) when it cannot be loaded, plain NULL when absent. Tests must not modify
  * it: the runner fails a test that used it and left its parameters changed. Freed at exit. */
 tp_model *tt_model(void);
+/* JSON files: tt_read_json parses PATH (NULL when it cannot be read or parsed);
+ * tt_fixture_json does the same for tests/fixtures/REL and records a failed check naming the file
+ * when it fails; tt_fixture_f32 reads tests/fixtures/REL, which must hold exactly n float32
+ * (malloc'd; NULL otherwise, with a failed check when required is set). */
+struct cJSON;
+struct cJSON *tt_read_json(const char *path);
+struct cJSON *tt_fixture_json(const char *rel);
+float *tt_fixture_f32(const char *rel, size_t n, int required);
 /* $TAPER_BIN (the taper binary under test; make test sets it) or NULL. */
 const char *tt_bin(void);
 /* Runs "$TAPER_BIN ARGS" (a shell command line) with TAPER_PROGRESS=0, its stdout and stderr

@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "taper/status.h"
 #include "taper/util.h"
 #include "taper/trainer.h"
@@ -132,6 +134,36 @@ int tt_sh(const char *fmt, ...) {
     }
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+cJSON *tt_read_json(const char *path) {
+    char *text = NULL;
+    size_t len = 0;
+    if (tp_read_file(path, &text, &len) != TP_OK) return NULL;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    free(text);
+    return j;
+}
+
+cJSON *tt_fixture_json(const char *rel) {
+    char *p = tt_path(tt_fixtures_dir(), rel);
+    cJSON *j = tt_read_json(p);
+    TT_CHECK(j != NULL, "cannot read or parse the fixture %s (tests/ref/*.py --out tests/fixtures makes it)", p);
+    free(p);
+    return j;
+}
+
+float *tt_fixture_f32(const char *rel, size_t n, int required) {
+    char *p = tt_path(tt_fixtures_dir(), rel), *data = NULL;
+    size_t len = 0;
+    float *out = NULL;
+    if (tp_read_file(p, &data, &len) == TP_OK && len == n * sizeof(float) && (out = malloc(len ? len : 1)))
+        memcpy(out, data, len);
+    else if (required)
+        TT_CHECK(0, "the fixture %s is missing or not %zu floats (%zu bytes)", p, n, len);
+    free(data);
+    free(p);
+    return out;
 }
 
 const char *tt_bin(void) {
