@@ -25,36 +25,17 @@ static tp_status load_st(const tp_safetensors *st, const char *dir, const char *
     return TP_OK;
 }
 
-static tp_status load_layers(const tp_safetensors *st, const char *dir, tp_model *m) {
-    const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
-           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff;
-    char name[128];
-    tp_status s;
-    for (int l = 0; l < c->n_layers; l++) {
-        tp_layer *L = &m->layers[l];
-#define LOAD(suffix, dst, rows, cols)                                            \
-    do {                                                                         \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);            \
-        if ((s = load_st(st, dir, name, dst, rows, cols))) return s;             \
-    } while (0)
-        LOAD("input_layernorm.weight", L->attn_norm, 1, d);
-        LOAD("self_attn.q_proj.weight", L->wq, q, d);
-        LOAD("self_attn.k_proj.weight", L->wk, kv, d);
-        LOAD("self_attn.v_proj.weight", L->wv, kv, d);
-        if (c->attn_bias) {
-            LOAD("self_attn.q_proj.bias", L->bq, 1, q);
-            LOAD("self_attn.k_proj.bias", L->bk, 1, kv);
-            LOAD("self_attn.v_proj.bias", L->bv, 1, kv);
-        }
-        LOAD("self_attn.o_proj.weight", L->wo, d, q);
-        LOAD("post_attention_layernorm.weight", L->mlp_norm, 1, d);
-        LOAD("mlp.gate_proj.weight", L->w_gate, ff, d);
-        LOAD("mlp.up_proj.weight", L->w_up, ff, d);
-        LOAD("mlp.down_proj.weight", L->w_down, d, ff);
-#undef LOAD
-    }
-    return TP_OK;
+/* Every tensor of the model's table (tp_model_tensors: HF names and shapes) from the file. */
+static tp_status load_tensors(const tp_safetensors *st, const char *dir, tp_model *m) {
+    int n = tp_model_tensors(m, NULL, 0);
+    tp_tensor_ref *refs = malloc((size_t)n * sizeof *refs);
+    if (!refs) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_model_tensors(m, refs, n);
+    tp_status s = TP_OK;
+    for (int i = 0; i < n && !s; i++)
+        s = load_st(st, dir, refs[i].name, refs[i].data, refs[i].rows ? refs[i].rows : 1, refs[i].cols);
+    free(refs);
+    return s;
 }
 
 static char *join(const char *dir, const char *name) {
@@ -92,13 +73,7 @@ tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     if ((s = tp_config_from_json(json, cfg_path, &c))) goto done;
     if ((s = tp_st_open(dir, &st))) goto done;
     if ((s = tp_model_alloc(&c, &m))) goto done;
-    if ((s = load_st(st, dir, "model.embed_tokens.weight", m->tok_emb, (size_t)c.vocab, (size_t)c.d_model)))
-        goto done;
-    if ((s = load_st(st, dir, "model.norm.weight", m->final_norm, 1, (size_t)c.d_model))) goto done;
-    if (!c.tie_embeddings &&
-        (s = load_st(st, dir, "lm_head.weight", m->lm_head, (size_t)c.vocab, (size_t)c.d_model)))
-        goto done;
-    if ((s = load_layers(st, dir, m))) goto done;
+    if ((s = load_tensors(st, dir, m))) goto done;
     tok_path = join(dir, "tokenizer.json");
     if (tok_path && access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
     m->chat_template = read_chat_template(dir);
