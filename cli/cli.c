@@ -48,19 +48,17 @@ int cli_float(const char *cmd, const char *opt, const char *val, double lo, doub
 }
 
 int cli_json_out(cJSON *obj, const char *dest) {
-    char *text = cJSON_Print(obj);
-    cJSON_Delete(obj);
-    if (!text) return cli_error(tp_fail(TP_ERR_NOMEM, "out of memory printing JSON"));
     int rc = CLI_OK;
     if (strcmp(dest, "-") == 0) {
-        printf("%s\n", text);
+        char *text = cJSON_Print(obj);
+        if (text) printf("%s\n", text);
+        else rc = cli_error(tp_fail(TP_ERR_NOMEM, "out of memory printing JSON"));
+        free(text);
     } else {
-        size_t n = strlen(text);
-        text[n] = '\n';
-        tp_status s = tp_write_file_atomic(dest, text, n + 1);
+        tp_status s = tp_write_json_atomic(dest, obj);
         if (s) rc = cli_error(s);
     }
-    free(text);
+    cJSON_Delete(obj);
     return rc;
 }
 

@@ -322,14 +322,12 @@ int cmd_sparsify(int argc, char **argv) {
     tp_mask_free(mk);
     tp_model_free(m);
     /* the report also lands beside the model */
-    char *text = cJSON_Print(j);
     size_t l = strlen(out) + 20;
     char *rp = malloc(l);
-    if (text && rp) {
+    if (rp) {
         snprintf(rp, l, "%s/sparsify.json", out);
-        s = tp_write_file_atomic(rp, text, strlen(text));
+        s = tp_write_json_atomic(rp, j);
     }
-    free(text);
     free(rp);
     if (s) {
         cJSON_Delete(j);

@@ -591,15 +591,10 @@ static tp_status write_manifest(tok_job *J, const char *fmt_name, const char *sp
     cJSON_AddNumberToObject(tot, "tokens", (double)J->total_tokens);
     cJSON_AddNumberToObject(tot, "shards", (double)J->n_shards);
     cJSON_AddNumberToObject(tot, "shard_bytes", (double)J->shard_bytes);
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory printing the manifest");
     char *path = join_path(J->out_dir, "manifest.json");
-    size_t n = strlen(text);
-    text[n] = '\n'; /* cJSON_Print's buffer has the NUL's byte */
-    tp_status s = path ? tp_write_file_atomic(path, text, n + 1) : tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = path ? tp_write_json_atomic(path, j) : tp_fail(TP_ERR_NOMEM, "out of memory");
+    cJSON_Delete(j);
     free(path);
-    free(text);
     return s;
 }
 

@@ -459,15 +459,9 @@ static int finish(tp_status s, const train_args *a, tp_model *m, tp_train_result
         print_summary(a, r, ru.ru_maxrss / 1024.0, sum);
         if (!r->stopped && (s = export_model(a, m, sum))) rc = cli_error(s);
         char *p = join(a->run_dir, "summary.json");
-        char *text = cJSON_Print(sum);
-        if (p && text) {
-            size_t n = strlen(text);
-            text[n] = '\n';
-            tp_status ws = tp_write_file_atomic(p, text, n + 1);
-            if (ws && rc == CLI_OK) rc = cli_error(ws);
-        }
+        tp_status ws = p ? tp_write_json_atomic(p, sum) : tp_fail(TP_ERR_NOMEM, "out of memory");
+        if (ws && rc == CLI_OK) rc = cli_error(ws);
         free(p);
-        free(text);
         if (r->stopped && rc == CLI_OK) {
             printf("stopped by signal %d; continue with the same command plus --resume\n", (int)g_stop);
             rc = 128 + (int)g_stop;

@@ -30,6 +30,8 @@ double tp_time_s(void);              /* monotonic seconds */
  * number is an index into an array); NULL when any step is missing. */
 struct cJSON;
 const struct cJSON *tp_json_at(const struct cJSON *root, const char *path);
+/* Writes j as indented JSON plus a final newline to path, atomically (tp_write_file_atomic). */
+tp_status tp_write_json_atomic(const char *path, const struct cJSON *j);
 
 /* Progress bar on stderr: "label  [#####.....]  42% 1234/5000  ETA 0:31  812 tok/s".
  * Draws at most ~10 times a second; silent when stderr is not a terminal unless

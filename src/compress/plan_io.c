@@ -86,15 +86,8 @@ tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path) {
             cJSON_Delete(kv); cJSON_Delete(hd); cJSON_Delete(nn);
         }
     }
-    char *text = ok ? cJSON_Print(o) : NULL;
+    tp_status s = ok ? tp_write_json_atomic(path, o) : tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
     cJSON_Delete(o);
-    if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
-    size_t n = strlen(text);
-    char *t2 = realloc(text, n + 2);
-    if (!t2) { free(text); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
-    t2[n] = '\n';
-    tp_status s = tp_write_file_atomic(path, t2, n + 1);
-    free(t2);
     return s;
 }
 

@@ -135,15 +135,8 @@ tp_status tp_importance_save(const tp_importance *imp, const char *path) {
     cJSON *tm = ok ? cJSON_AddObjectToObject(o, "timing") : NULL;
     ok = ok && tm && add_num(tm, "importance_seconds", imp->seconds) &&
          add_num(tm, "importance_tokens_per_s", imp->tokens_per_s) && add_num(tm, "depth_seconds", imp->depth_seconds);
-    char *text = ok ? cJSON_Print(o) : NULL;
+    tp_status s = ok ? tp_write_json_atomic(path, o) : tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
     cJSON_Delete(o);
-    if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
-    size_t n = strlen(text);
-    char *t2 = realloc(text, n + 2);
-    if (!t2) { free(text); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
-    t2[n] = '\n';
-    tp_status s = tp_write_file_atomic(path, t2, n + 1);
-    free(t2);
     return s;
 }
 

@@ -226,3 +226,13 @@ const cJSON *tp_json_at(const cJSON *root, const char *path) {
     }
     return c;
 }
+
+tp_status tp_write_json_atomic(const char *path, const cJSON *j) {
+    char *text = j ? cJSON_Print(j) : NULL;
+    if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
+    size_t n = strlen(text);
+    text[n] = '\n'; /* over the NUL: cJSON_Print's buffer holds n + 1 bytes */
+    tp_status s = tp_write_file_atomic(path, text, n + 1);
+    cJSON_free(text);
+    return s;
+}
