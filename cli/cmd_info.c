@@ -19,7 +19,8 @@ static const char *HELP =
     "  -h, --help      this help\n";
 
 static const char *arch_name(tp_arch a) {
-    return a == TP_ARCH_QWEN2 ? "qwen2" : a == TP_ARCH_MISTRAL ? "mistral" : "llama";
+    static const char *const names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3"};
+    return (int)a >= 0 && (int)a < (int)(sizeof names / sizeof names[0]) ? names[a] : "?";
 }
 
 static void print_tensors(const tp_model *m, cJSON *arr) {
@@ -88,7 +89,8 @@ int cmd_info(int argc, char **argv) {
     size_t emb = (size_t)k->vocab * d;
     size_t attn = (size_t)k->n_layers * (2 * q * d + 2 * kv * d + (k->attn_bias ? q + 2 * kv : 0));
     size_t mlp = (size_t)k->n_layers * 3 * (size_t)k->d_ff * d;
-    size_t norms = (size_t)(2 * k->n_layers + 1) * d;
+    size_t norms = (size_t)((2 + 2 * !!k->sandwich_norm) * k->n_layers + 1) * d +
+                   (k->qk_norm ? (size_t)k->n_layers * 2 * (size_t)k->head_dim : 0);
     size_t head = k->tie_embeddings ? 0 : emb;
     printf("model        %s (%s)\n", m->source, m->source_format);
     printf("architecture %s: %d layers, d_model %d, %d heads / %d KV heads, head_dim %d, ffn %d, vocab %d\n",
@@ -96,6 +98,17 @@ int cmd_info(int argc, char **argv) {
     printf("rope         theta %g, scaling %s; rms_norm_eps %g; context %d; %s embeddings%s\n", k->rope_theta,
            k->rope_scaling == TP_ROPE_LLAMA3 ? "llama3" : k->rope_scaling == TP_ROPE_LINEAR ? "linear" : "none",
            k->norm_eps, k->max_pos, k->tie_embeddings ? "tied" : "untied", k->attn_bias ? "; q/k/v bias" : "");
+    if (k->sliding_window > 0) {
+        int n_sl = 0;
+        for (int l = 0; l < k->n_layers; l++) n_sl += tp_config_layer_sliding(k, l);
+        printf("attention    sliding window %d on %d of %d layers", k->sliding_window, n_sl, k->n_layers);
+        if (k->rope_local_theta > 0) printf(" (their RoPE base %g)", k->rope_local_theta);
+        printf("\n");
+    }
+    if (k->arch == TP_ARCH_GEMMA3 || k->arch == TP_ARCH_QWEN3)
+        printf("family       %s%s%s\n", k->qk_norm ? "q/k norms" : "",
+               k->arch == TP_ARCH_GEMMA3 ? "; GeGLU (tanh), (1 + w) and sandwich norms, embeddings x sqrt(d_model)" : "",
+               k->attn_scale_base > 0 ? "; scores / sqrt(query_pre_attn_scalar)" : "");
     if (m->tok)
         printf("tokenizer    byte-level BPE, %d tokens, pre-tokenizer %s, bos %d, eos %d, adds BOS: %s\n",
                tp_tok_vocab_size(m->tok), tp_tok_pre_name(m->tok), tp_tok_bos(m->tok), tp_tok_eos(m->tok),

@@ -195,6 +195,8 @@ TT_TEST(config_json_roundtrip) {
 
 /* ---- malformed configs ---- */
 
+#define GEM(extra) "{\"model_type\":\"gemma3_text\",\"hidden_size\":64,\"intermediate_size\":128," \
+                   "\"num_hidden_layers\":3,\"num_attention_heads\":4,\"vocab_size\":100" extra "}"
 #define LL(extra) "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\"," \
     "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2," \
     "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"vocab_size\":100" extra "}"
@@ -270,19 +272,28 @@ static const struct { const char *label, *json; tp_status want; const char *fiel
      "tie_word_embeddings"},
     {"eos a string", LL(",\"eos_token_id\":\"2\""), TP_ERR_FORMAT, "eos_token_id"},
     {"bos negative", LL(",\"bos_token_id\":-5"), TP_ERR_FORMAT, "bos_token_id"},
-    {"mistral sliding window",
-     "{\"model_type\":\"mistral\",\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
-     "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":32768,"
-     "\"sliding_window\":4096}", TP_ERR_UNSUPPORTED, "sliding_window"},
-    {"mistral default sliding window (key absent)",
-     "{\"model_type\":\"mistral\",\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
-     "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":32768}",
-     TP_ERR_UNSUPPORTED, "sliding_window"},
-    {"qwen2 sliding window used",
+    {"layer_types too short",
      "{\"model_type\":\"qwen2\",\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":4,"
-     "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":32768,"
-     "\"use_sliding_window\":true,\"sliding_window\":4096,\"max_window_layers\":2}",
-     TP_ERR_UNSUPPORTED, "sliding_window"},
+     "\"num_attention_heads\":4,\"vocab_size\":100,\"use_sliding_window\":true,\"sliding_window\":16,"
+     "\"layer_types\":[\"full_attention\"]}", TP_ERR_FORMAT, "layer_types"},
+    {"layer_types unknown", GEM(",\"layer_types\":[\"full_attention\",\"chunked_attention\",\"full_attention\"]"),
+     TP_ERR_UNSUPPORTED, "layer_types[1]"},
+    {"sliding_window zero", GEM(",\"sliding_window\":0"), TP_ERR_FORMAT, "sliding_window"},
+    {"gemma3 softcapping", GEM(",\"final_logit_softcapping\":30.0"), TP_ERR_UNSUPPORTED, "final_logit_softcapping"},
+    {"gemma3 erf gelu", GEM(",\"hidden_activation\":\"gelu\""), TP_ERR_UNSUPPORTED, "hidden_activation"},
+    {"gemma3 bidirectional", GEM(",\"use_bidirectional_attention\":true"), TP_ERR_UNSUPPORTED,
+     "use_bidirectional_attention"},
+    {"gemma3 rope_parameters flat", GEM(",\"rope_parameters\":{\"rope_type\":\"default\"}"), TP_ERR_FORMAT,
+     "full_attention"},
+    {"gemma3 sliding rope scaled",
+     GEM(",\"rope_parameters\":{\"sliding_attention\":{\"rope_type\":\"linear\",\"factor\":2.0}}"),
+     TP_ERR_UNSUPPORTED, "sliding_attention.rope_type"},
+    {"gemma3 query_pre_attn_scalar zero", GEM(",\"query_pre_attn_scalar\":0"), TP_ERR_FORMAT,
+     "query_pre_attn_scalar"},
+    {"multimodal gemma3", "{\"model_type\":\"gemma3\",\"text_config\":{}}", TP_ERR_UNSUPPORTED, "gemma3_text"},
+    {"qwen3 attention_bias", "{\"model_type\":\"qwen3\",\"hidden_size\":64,\"intermediate_size\":128,"
+     "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":100,\"attention_bias\":true}",
+     TP_ERR_UNSUPPORTED, "attention_bias"},
 };
 
 TT_TEST(config_malformed) {
@@ -324,6 +335,69 @@ TT_TEST(config_accepted_variants) {
             TT_CHECK(c.head_dim == 16 && c.rope_theta == 10000.0f && c.norm_eps == 1e-6f,
                      "case %zu: defaults", i);
         }
+    }
+}
+
+/* Sliding windows as transformers 5.24 sets them up: Mistral on every layer (4096 when the key is
+ * absent), Qwen2 from max_window_layers on (only with use_sliding_window), Gemma 3 on all but
+ * every 6th layer (or as layer_types says), and Gemma 3's other defaults. */
+TT_TEST(config_sliding_windows_and_gemma_defaults) {
+    static const struct { const char *label, *json; int window; const char *layers; } cases[] = {
+        {"mistral", "{\"model_type\":\"mistral\",\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":3,"
+                    "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":32768,"
+                    "\"sliding_window\":4096}", 4096, "111"},
+        {"mistral default", "{\"model_type\":\"mistral\",\"hidden_size\":64,\"intermediate_size\":128,"
+                            "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":100}", 4096, "11"},
+        {"mistral null", "{\"model_type\":\"mistral\",\"hidden_size\":64,\"intermediate_size\":128,"
+                         "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":100,\"sliding_window\":null}",
+         0, "00"},
+        {"qwen2 upper layers", "{\"model_type\":\"qwen2\",\"hidden_size\":64,\"intermediate_size\":128,"
+                               "\"num_hidden_layers\":4,\"num_attention_heads\":4,\"vocab_size\":100,"
+                               "\"use_sliding_window\":true,\"sliding_window\":4096,\"max_window_layers\":2}",
+         4096, "0011"},
+        {"qwen2 unused", "{\"model_type\":\"qwen2\",\"hidden_size\":64,\"intermediate_size\":128,"
+                         "\"num_hidden_layers\":4,\"num_attention_heads\":4,\"vocab_size\":100,"
+                         "\"use_sliding_window\":false,\"sliding_window\":4096,\"max_window_layers\":2}",
+         0, "0000"},
+        {"gemma3 pattern 2", GEM(",\"sliding_window\":512,\"sliding_window_pattern\":2"), 512, "101"},
+        {"gemma3 defaults", GEM(""), 4096, "111"},
+        {"gemma3 layer_types", GEM(",\"layer_types\":[\"full_attention\",\"sliding_attention\",\"full_attention\"]"),
+         4096, "010"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tp_config c;
+        if (!TT_CHECK(tp_config_from_json(cases[i].json, "w.json", &c) == TP_OK, "%s: %s", cases[i].label, tp_errmsg()))
+            continue;
+        char got[8] = {0};
+        for (int l = 0; l < c.n_layers && l < 7; l++) got[l] = tp_config_layer_sliding(&c, l) ? '1' : '0';
+        TT_CHECK(c.sliding_window == cases[i].window && !strcmp(got, cases[i].layers), "%s: window %d layers %s",
+                 cases[i].label, c.sliding_window, got);
+        /* written and read back: the same config */
+        char *js = NULL;
+        tp_config back;
+        TT_CHECK(tp_config_to_json(&c, &js) == TP_OK && tp_config_from_json(js, "back.json", &back) == TP_OK &&
+                     memcmp(&back, &c, sizeof c) == 0,
+                 "%s: round trip through config.json: %s", cases[i].label, js ? "differs" : tp_errmsg());
+        free(js);
+    }
+    tp_config g;
+    if (TT_CHECK(tp_config_from_json(GEM(""), "g.json", &g) == TP_OK, "gemma defaults: %s", tp_errmsg())) {
+        TT_CHECK(g.head_dim == 256 && g.attn_scale_base == 256.0f && g.rope_theta == 1e6f && g.rope_local_theta == 1e4f &&
+                     g.tie_embeddings == 1 && g.act == TP_ACT_GELU_TANH && g.qk_norm && g.norm_plus_one &&
+                     g.sandwich_norm && g.embed_scale && g.max_pos == 131072,
+                 "gemma3 defaults: head_dim %d scalar %g theta %g/%g tied %d", g.head_dim, g.attn_scale_base, g.rope_theta,
+                 g.rope_local_theta, g.tie_embeddings);
+        /* params: per layer 4 norms of d and 2 of head_dim on top of the Llama count */
+        size_t d = 64, q = 4 * 256, ff = 128;
+        size_t want = 100 * d + 3 * (4 * d + 2 * 256 + 2 * d * q + 2 * d * q + 3 * d * ff) + d;
+        TT_CHECK(tp_config_n_params(&g) == want, "gemma3 params %zu, want %zu", tp_config_n_params(&g), want);
+        g.n_heads = 3;
+        g.n_kv_heads = 3;
+        g.d_model = 64;
+        char *js = NULL;
+        TT_CHECK(tp_config_to_json(&g, &js) == TP_ERR_UNSUPPORTED && strstr(tp_errmsg(), "GGUF"),
+                 "gemma3 with hidden %% heads != 0 refused for transformers: %s", tp_errmsg());
+        free(js);
     }
 }
 

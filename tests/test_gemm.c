@@ -360,8 +360,8 @@ TT_TEST(kernel_attention_long_blocks_match_naive) {
         fill(Q, (size_t)T * ld, &r, 1);
         fill(K, Tk * ld, &r, 1);
         fill(V, Tk * ld, &r, 1);
-        tp_attention_head(Q + hd, ld, K + hd, V + hd, ld, O + hd, ld, T, p0, hd, 0.3f, S);
-        tp_attention_head_ref(Q + hd, ld, K + hd, V + hd, ld, Or + hd, ld, T, p0, hd, 0.3f);
+        tp_attention_head(Q + hd, ld, K + hd, V + hd, ld, O + hd, ld, T, p0, 0, hd, 0.3f, S);
+        tp_attention_head_ref(Q + hd, ld, K + hd, V + hd, ld, Or + hd, ld, T, p0, 0, hd, 0.3f);
         double worst = 0;
         int untouched = 1;
         for (int i = 0; i < T; i++)

@@ -402,23 +402,23 @@ TT_TEST(grad_fd_rope) {
 /* Causal attention of two query heads sharing one K/V head (GQA), queries at positions
  * p0..p0+T-1: p = [Q1 (T,hd), Q2 (T,hd), K (p0+T,hd), V (p0+T,hd)];
  * f = sum over heads of sum dO_h * softmax(scale Q_h K^T + mask) V */
-typedef struct { int T, p0, hd; double scale; const float *dO; } att_ctx;
+typedef struct { int T, p0, hd; double scale; const float *dO; int window; } att_ctx;
 static double att_head_f(const att_ctx *c, const double *Q, const double *K, const double *V, const float *dO) {
     int Tk = c->p0 + c->T;
     double f = 0, *s = malloc((size_t)Tk * sizeof *s);
     for (int i = 0; i < c->T; i++) {
-        int nv = c->p0 + i + 1;
+        int nv = c->p0 + i + 1, lo = c->window && nv - c->window > 0 ? nv - c->window : 0;
         double mx = -INFINITY, sum = 0;
-        for (int j = 0; j < nv; j++) {
+        for (int j = lo; j < nv; j++) {
             double a = 0;
             for (int e = 0; e < c->hd; e++) a += Q[i * c->hd + e] * K[j * c->hd + e];
             s[j] = a * c->scale;
             mx = fmax(mx, s[j]);
         }
-        for (int j = 0; j < nv; j++) sum += (s[j] = exp(s[j] - mx));
+        for (int j = lo; j < nv; j++) sum += (s[j] = exp(s[j] - mx));
         for (int e = 0; e < c->hd; e++) {
             double o = 0;
-            for (int j = 0; j < nv; j++) o += s[j] / sum * V[j * c->hd + e];
+            for (int j = lo; j < nv; j++) o += s[j] / sum * V[j * c->hd + e];
             f += dO[i * c->hd + e] * o;
         }
     }
@@ -432,7 +432,7 @@ static double att_f(void *c_, const double *p) {
     return att_head_f(c, p, K, V, c->dO) + att_head_f(c, p + nq, K, V, c->dO + nq);
 }
 
-static void fd_attention(int T, int p0, int hd, unsigned seed) {
+static void fd_attention(int T, int p0, int window, int hd, unsigned seed) {
     tp_rng r;
     tp_rng_seed(&r, seed);
     int Tk = p0 + T;
@@ -441,13 +441,13 @@ static void fd_attention(int T, int p0, int hd, unsigned seed) {
     fill(p32, n, &r, 1.2f);
     fill(dO, 2 * nq, &r, 1);
     float scale = 1.0f / sqrtf((float)hd);
-    att_ctx c = {T, p0, hd, scale, dO};
+    att_ctx c = {T, p0, hd, scale, dO, window};
     const float *Q = p32, *K = p32 + 2 * nq, *V = K + nk;
     float *O = malloc(2 * nq * sizeof *O), *lse = malloc(2 * (size_t)T * sizeof *lse);
     float *S = malloc(2 * TP_ATT_BLOCK * (size_t)Tk * sizeof *S), *grad = calloc(n, sizeof *grad);
     double f = 0;
     for (int h = 0; h < 2; h++) {
-        tp_attention_head_lse(Q + h * nq, hd, K, V, hd, O + h * nq, hd, lse + h * T, T, p0, hd, scale, S);
+        tp_attention_head_lse(Q + h * nq, hd, K, V, hd, O + h * nq, hd, lse + h * T, T, p0, window, hd, scale, S);
         for (size_t i = 0; i < nq; i++) f += (double)dO[h * nq + i] * O[h * nq + i];
     }
     double *p = to_d(p32, n), *g = malloc(n * sizeof *g);
@@ -455,24 +455,26 @@ static void fd_attention(int T, int p0, int hd, unsigned seed) {
     float *dK = grad + 2 * nq, *dV = dK + nk;
     for (int h = 0; h < 2; h++)
         tp_attention_head_bwd(Q + h * nq, hd, K, V, hd, O + h * nq, dO + h * nq, hd, lse + h * T, grad + h * nq, hd,
-                              dK, dV, hd, T, p0, hd, scale, S);
+                              dK, dV, hd, T, p0, window, hd, scale, S);
     fd_grad(att_f, &c, p, n, 1e-6, g);
     char w[64];
-    snprintf(w, sizeof w, "attention T=%d p0=%d dQ", T, p0);
+    snprintf(w, sizeof w, "attention T=%d p0=%d window=%d dQ", T, p0, window);
     double e1 = check_fd(w, grad, g, 2 * nq);
-    snprintf(w, sizeof w, "attention T=%d p0=%d dK", T, p0);
+    snprintf(w, sizeof w, "attention T=%d p0=%d window=%d dK", T, p0, window);
     double e2 = check_fd(w, dK, g + 2 * nq, nk);
-    snprintf(w, sizeof w, "attention T=%d p0=%d dV", T, p0);
+    snprintf(w, sizeof w, "attention T=%d p0=%d window=%d dV", T, p0, window);
     double e3 = check_fd(w, dV, g + 2 * nq + nk, nk);
-    tt_note("GQA attention (2 heads / 1 KV head) T=%d p0=%d hd=%d vs finite differences: dQ %.2e dK %.2e dV %.2e", T,
-            p0, hd, e1, e2, e3);
+    tt_note("GQA attention (2 heads / 1 KV head) T=%d p0=%d window=%d hd=%d vs finite differences: dQ %.2e dK %.2e "
+            "dV %.2e", T, p0, window, hd, e1, e2, e3);
     free(p32); free(dO); free(O); free(lse); free(S); free(grad); free(p); free(g);
 }
 
 TT_TEST(grad_fd_attention) {
-    fd_attention(7, 0, 6, 23);
-    fd_attention(7, 3, 6, 24);
-    fd_attention(67, 0, 4, 25); /* more than one query block */
+    fd_attention(7, 0, 0, 6, 23);
+    fd_attention(7, 3, 0, 6, 24);
+    fd_attention(67, 0, 0, 4, 25); /* more than one query block */
+    fd_attention(9, 3, 4, 6, 26);  /* sliding window of 4 */
+    fd_attention(67, 2, 50, 4, 27); /* window across query blocks */
 }
 
 /* SwiGLU: p = [g (n), u (n)]; f = sum da * silu(g) * u */
@@ -706,8 +708,9 @@ TT_TEST(grad_attention_kernels_match_naive) {
     tp_rng_seed(&r, 32);
     int hd = 16;
     size_t ld = 40; /* row stride > hd: heads interleaved as in the model */
-    for (int pass = 0; pass < 2; pass++) {
-        int T = 150, p0 = pass ? 5 : 0, Tk = p0 + T;
+    for (int pass = 0; pass < 4; pass++) {
+        /* sliding windows: 37 (inside one query block) and 100 (across blocks) */
+        int T = 150, p0 = pass % 2 ? 5 : 0, Tk = p0 + T, win = pass < 2 ? 0 : pass == 2 ? 37 : 100;
         float scale = 1.0f / sqrtf((float)hd);
         float *Q = malloc((size_t)T * ld * 4), *K = malloc((size_t)Tk * ld * 4), *V = malloc((size_t)Tk * ld * 4);
         float *dO = malloc((size_t)T * ld * 4), *S = malloc(2 * TP_ATT_BLOCK * (size_t)Tk * 4);
@@ -718,10 +721,18 @@ TT_TEST(grad_attention_kernels_match_naive) {
         size_t no = (size_t)T * ld;
         float *O = galloc(no), *Or = galloc(no), *O0 = galloc(no), *lse = galloc((size_t)T), *lser = galloc((size_t)T);
         memset(O, 0, no * 4); memset(Or, 0, no * 4); memset(O0, 0, no * 4);
-        tp_attention_head_lse(Q, ld, K, V, ld, O, ld, lse, T, p0, hd, scale, S);
-        tp_attention_head_lse_ref(Q, ld, K, V, ld, Or, ld, lser, T, p0, hd, scale);
+        tp_attention_head_lse(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale, S);
+        tp_attention_head_lse_ref(Q, ld, K, V, ld, Or, ld, lser, T, p0, win, hd, scale);
         float *S0 = malloc((size_t)T * Tk * 4);
-        tp_attention_head(Q, ld, K, V, ld, O0, ld, T, p0, hd, scale, S0);
+        tp_attention_head(Q, ld, K, V, ld, O0, ld, T, p0, win, hd, scale, S0);
+        if (win) { /* the short path (T <= one block) with the same window: the first 40 rows */
+            float *O1 = galloc((size_t)40 * ld), *O1r = galloc((size_t)40 * ld);
+            memset(O1, 0, (size_t)40 * ld * 4); memset(O1r, 0, (size_t)40 * ld * 4);
+            tp_attention_head(Q, ld, K, V, ld, O1, ld, 40, p0, win, hd, scale, S0);
+            tp_attention_head_ref(Q, ld, K, V, ld, O1r, ld, 40, p0, win, hd, scale);
+            check_twin("attention (short path, window) vs naive", O1, O1r, (size_t)40 * ld);
+            gfree(O1); gfree(O1r);
+        }
         check_twin("attention_lse out", O, Or, no);
         check_twin("attention_lse lse", lse, lser, (size_t)T);
         check_twin("attention_lse vs tp_attention_head", O, O0, no);
@@ -739,17 +750,21 @@ TT_TEST(grad_attention_kernels_match_naive) {
         for (int h = 0; h < 2; h++) {
             size_t ho = (size_t)h * hd; /* second head: the next hd columns of Q, O, dO */
             if (h) {
-                tp_attention_head_lse(Q + ho, ld, K, V, ld, O + ho, ld, lse, T, p0, hd, scale, S);
-                tp_attention_head_lse_ref(Q + ho, ld, K, V, ld, Or + ho, ld, lser, T, p0, hd, scale);
+                tp_attention_head_lse(Q + ho, ld, K, V, ld, O + ho, ld, lse, T, p0, win, hd, scale, S);
+                tp_attention_head_lse_ref(Q + ho, ld, K, V, ld, Or + ho, ld, lser, T, p0, win, hd, scale);
             }
-            tp_attention_head_bwd(Q + ho, ld, K, V, ld, O + ho, dO + ho, ld, lse, dQ + ho, ld, dK, dV, ld, T, p0, hd,
-                                  scale, S);
+            tp_attention_head_bwd(Q + ho, ld, K, V, ld, O + ho, dO + ho, ld, lse, dQ + ho, ld, dK, dV, ld, T, p0, win,
+                                  hd, scale, S);
             tp_attention_head_bwd_ref(Q + ho, ld, K, V, ld, Or + ho, dO + ho, ld, lser, dQr + ho, ld, dKr, dVr, ld, T,
-                                      p0, hd, scale);
+                                      p0, win, hd, scale);
         }
-        check_twin(pass ? "attention_bwd dQ (p0=5)" : "attention_bwd dQ", dQ, dQr, no);
-        check_twin(pass ? "attention_bwd dK (p0=5)" : "attention_bwd dK", dK, dKr, nk);
-        check_twin(pass ? "attention_bwd dV (p0=5)" : "attention_bwd dV", dV, dVr, nk);
+        char lbl[64];
+        snprintf(lbl, sizeof lbl, "attention_bwd dQ (p0=%d window=%d)", p0, win);
+        check_twin(lbl, dQ, dQr, no);
+        snprintf(lbl, sizeof lbl, "attention_bwd dK (p0=%d window=%d)", p0, win);
+        check_twin(lbl, dK, dKr, nk);
+        snprintf(lbl, sizeof lbl, "attention_bwd dV (p0=%d window=%d)", p0, win);
+        check_twin(lbl, dV, dVr, nk);
         int cols_ok = 1; /* columns of other heads untouched */
         for (int i = 0; i < T; i++)
             for (size_t e = 2 * (size_t)hd; e < ld; e++) cols_ok &= dQ[(size_t)i * ld + e] == 0;

@@ -74,8 +74,8 @@ TT_TEST(kernel_attention_matches_naive) {
     fill_random(V, Tk * ld, &r, 1);
     for (int g = 0; g < 4; g++) O[(size_t)T * ld + g] = -7.0f;
     for (int h = 0; h < nh; h++) {
-        tp_attention_head(Q + h * hd, ld, K + h * hd, V + h * hd, ld, O + h * hd, ld, T, p0, hd, 0.25f, S);
-        tp_attention_head_ref(Q + h * hd, ld, K + h * hd, V + h * hd, ld, Or + h * hd, ld, T, p0, hd, 0.25f);
+        tp_attention_head(Q + h * hd, ld, K + h * hd, V + h * hd, ld, O + h * hd, ld, T, p0, 0, hd, 0.25f, S);
+        tp_attention_head_ref(Q + h * hd, ld, K + h * hd, V + h * hd, ld, Or + h * hd, ld, T, p0, 0, hd, 0.25f);
     }
     double worst = 0;
     for (size_t i = 0; i < (size_t)T * ld; i++) {
@@ -407,13 +407,17 @@ TT_TEST(forward_hooks_and_layer_skipping) {
 }
 
 /* Architecture paths SmolLM2 does not take (llama3 and linear RoPE scaling past the original
- * context, explicit head_dim, Qwen2 q/k/v biases, Mistral, tied/untied), on tiny random models
- * saved by transformers (tests/ref/tiny_ref.py): taper's logits must equal transformers'. */
+ * context, explicit head_dim, Qwen2 q/k/v biases, Mistral with and without its sliding window,
+ * Qwen3 q/k norms and upper-layer window, Gemma 3, tied/untied), on tiny random models saved by
+ * transformers (tests/ref/tiny_ref.py): taper's logits must equal transformers'. The logits are
+ * also compared through the KV cache (prefix of 50, then 23 + 23 tokens), so decoding sees the
+ * same window. */
 TT_TEST(forward_tiny_architectures_match_transformers) {
-    static const char *names[] = {"llama3", "llama_linear", "qwen2", "mistral"};
+    static const char *names[] = {"llama3", "llama_linear", "qwen2", "mistral", "mistral_window", "qwen3", "gemma3"};
     char *tiny = tt_path(tt_fixtures_dir(), "tiny");
     const int T = 96;
-    for (int k = 0; k < 4; k++) {
+    int n_models = 0;
+    for (int k = 0; k < (int)(sizeof names / sizeof names[0]); k++) {
         char *dir = tt_path(tiny, names[k]);
         tp_model *m = NULL;
         if (!TT_CHECK(tp_model_load_hf(dir, &m) == TP_OK, "%s: %s", names[k], tp_errmsg())) {
@@ -437,13 +441,27 @@ TT_TEST(forward_tiny_architectures_match_transformers) {
             double d = fabs(lg[i] - ref);
             if (d > worst) worst = d;
         }
-        tt_note("%s (%s rope, %s, %s): max |dlogit| %.3g over %d positions", names[k],
+        /* incremental: 50 tokens, then two steps of 23 through the cache */
+        tp_kvcache *kv = NULL;
+        float *lg2 = malloc((size_t)T * V * 4);
+        double worst_kv = 0;
+        TT_CHECK(tp_kvcache_alloc(&m->cfg, 1, T, &kv) == TP_OK, "kv cache");
+        TT_CHECK(tp_forward(m, ids, 1, 50, kv, lg2, 0) == TP_OK && tp_forward(m, ids + 50, 1, 23, kv, lg2 + 50 * V, 0) == TP_OK &&
+                     tp_forward(m, ids + 73, 1, 23, kv, lg2 + 73 * V, 0) == TP_OK,
+                 "cached forward %s", names[k]);
+        for (size_t i = 0; i < (size_t)T * V; i++) worst_kv = fmax(worst_kv, fabs(lg2[i] - lg[i]));
+        tt_note("%s (%s rope, %s, %s, window %d): max |dlogit| %.3g over %d positions; cached vs full %.3g", names[k],
                 m->cfg.rope_scaling == TP_ROPE_LLAMA3 ? "llama3" : m->cfg.rope_scaling == TP_ROPE_LINEAR ? "linear" : "plain",
-                m->cfg.attn_bias ? "qkv bias" : "no bias", m->cfg.tie_embeddings ? "tied" : "untied", worst, T);
+                m->cfg.attn_bias ? "qkv bias" : "no bias", m->cfg.tie_embeddings ? "tied" : "untied",
+                m->cfg.sliding_window, worst, T, worst_kv);
         TT_CHECK(worst <= 1e-4, "%s: max |dlogit| %g <= 1e-4", names[k], worst);
-        free(lg); free(data); free(p); free(dir);
+        TT_CHECK(worst_kv <= 1e-5, "%s: cached forward differs by %g", names[k], worst_kv);
+        tp_kvcache_free(kv);
+        free(lg); free(lg2); free(data); free(p); free(dir);
         tp_model_free(m);
+        n_models++;
     }
+    TT_CHECK(n_models == 7, "%d models compared", n_models);
     free(tiny);
 }
 
@@ -479,4 +497,73 @@ TT_TEST(model_tensor_table) {
         tp_model_free(m);
         free(p);
     }
+}
+
+/* GGUF export and reload of each family (tiny random models of tests/ref/tiny_ref.py): the file
+ * holds what llama.cpp computes, and taper reads it back to the same logits. Gemma 3's norms go
+ * out as 1 + w and come back as w; a llama3 RoPE goes out as rope_freqs.weight and comes back as
+ * the same llama3 settings; a Llama-family window (which llama.cpp does not apply) goes out as a
+ * context cut to the window, so the positions compared are those inside it. */
+TT_TEST(model_gguf_roundtrip_families) {
+    static const char *names[] = {"llama3", "qwen2", "qwen3", "gemma3", "mistral_window"};
+    char *tiny = tt_path(tt_fixtures_dir(), "tiny");
+    const int T = 96;
+    int n_ok = 0;
+    for (int k = 0; k < (int)(sizeof names / sizeof names[0]); k++) {
+        char *dir = tt_path(tiny, names[k]);
+        tp_model *m = NULL, *r = NULL;
+        if (!TT_CHECK(tp_model_load_hf(dir, &m) == TP_OK, "%s: %s", names[k], tp_errmsg())) {
+            free(dir);
+            continue;
+        }
+        if (m->cfg.arch == TP_ARCH_GEMMA3) {
+            /* llama.cpp scales Gemma 3's scores by 1/sqrt(head_dim): the fixture's 24 cannot go out */
+            char *gp = tt_path(tt_tmp_dir(), "refused.gguf");
+            TT_CHECK(tp_model_save_gguf(m, gp, TP_GGML_F32) == TP_ERR_UNSUPPORTED &&
+                         strstr(tp_errmsg(), "query_pre_attn_scalar"),
+                     "gemma3 with query_pre_attn_scalar != head_dim refused: %s", tp_errmsg());
+            free(gp);
+            m->cfg.attn_scale_base = (float)m->cfg.head_dim;
+        }
+        size_t V = (size_t)m->cfg.vocab;
+        int32_t ids[96];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 7) % (int)V);
+        float *a = malloc((size_t)T * V * 4), *b = malloc((size_t)T * V * 4);
+        char fname[64];
+        snprintf(fname, sizeof fname, "rt_%s.gguf", names[k]);
+        char *path = tt_path(tt_tmp_dir(), fname);
+        int ok = TT_CHECK(tp_forward(m, ids, 1, T, NULL, a, 0) == TP_OK, "forward") &&
+                 TT_CHECK(tp_model_save_gguf(m, path, TP_GGML_F32) == TP_OK, "%s: save: %s", names[k], tp_errmsg()) &&
+                 TT_CHECK(tp_model_load_gguf(path, &r) == TP_OK, "%s: reload: %s", names[k], tp_errmsg()) &&
+                 TT_CHECK(tp_forward(r, ids, 1, T, NULL, b, 0) == TP_OK, "forward reloaded");
+        if (ok) {
+            const tp_config *c0 = &m->cfg, *c1 = &r->cfg;
+            int keep_window = c0->arch == TP_ARCH_GEMMA3;
+            int n_cmp = T;
+            if (!keep_window && c0->sliding_window) n_cmp = c0->sliding_window < T ? c0->sliding_window : T;
+            TT_CHECK(c1->arch == (c0->arch == TP_ARCH_MISTRAL ? TP_ARCH_LLAMA : c0->arch) && c1->qk_norm == c0->qk_norm &&
+                         c1->sandwich_norm == c0->sandwich_norm && c1->rope_scaling == c0->rope_scaling &&
+                         c1->rope_factor == c0->rope_factor && c1->rope_orig_max_pos == c0->rope_orig_max_pos &&
+                         c1->rope_low_freq == c0->rope_low_freq && c1->rope_high_freq == c0->rope_high_freq &&
+                         c1->sliding_window == (keep_window ? c0->sliding_window : 0) &&
+                         (keep_window ? memcmp(c1->layer_sliding, c0->layer_sliding, sizeof c0->layer_sliding) == 0 : 1) &&
+                         c1->max_pos == (keep_window || !c0->sliding_window ? c0->max_pos : c0->sliding_window),
+                     "%s: config back: arch %d window %d ctx %d rope %d/%g/%d", names[k], c1->arch, c1->sliding_window,
+                     c1->max_pos, c1->rope_scaling, c1->rope_factor, c1->rope_orig_max_pos);
+            double worst = 0, scale = 0;
+            for (size_t i = 0; i < (size_t)n_cmp * V; i++) {
+                worst = fmax(worst, fabs(a[i] - b[i]));
+                scale = fmax(scale, fabs(a[i]));
+            }
+            tt_note("%s: GGUF F32 round trip, %d positions: max |dlogit| %.3g (max |logit| %.3g)", names[k], n_cmp, worst,
+                    scale);
+            TT_CHECK(worst <= 1e-5 * fmax(1.0, scale), "%s: logits after the round trip differ by %g", names[k], worst);
+            n_ok++;
+        }
+        tp_model_free(r);
+        tp_model_free(m);
+        free(a); free(b); free(path); free(dir);
+    }
+    TT_CHECK(n_ok == 5, "%d families round-tripped", n_ok);
+    free(tiny);
 }

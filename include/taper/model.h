@@ -8,8 +8,11 @@
 #include "taper/status.h"
 #include "taper/tokenizer.h"
 
-typedef enum { TP_ARCH_LLAMA = 0, TP_ARCH_MISTRAL, TP_ARCH_QWEN2 } tp_arch;
+typedef enum { TP_ARCH_LLAMA = 0, TP_ARCH_MISTRAL, TP_ARCH_QWEN2, TP_ARCH_QWEN3, TP_ARCH_GEMMA3 } tp_arch;
 typedef enum { TP_ROPE_NONE = 0, TP_ROPE_LLAMA3, TP_ROPE_LINEAR } tp_rope_scaling;
+typedef enum { TP_ACT_SILU = 0, TP_ACT_GELU_TANH } tp_act;
+
+#define TP_MAX_LAYERS (1 << 14)
 
 typedef struct {
     tp_arch arch;
@@ -29,7 +32,21 @@ typedef struct {
     int tie_embeddings;
     int attn_bias;      /* q/k/v biases (Qwen2) */
     int32_t bos_id, eos_id; /* -1 if unknown */
+    /* Family features (0 for the Llama family); the architecture fixes which are on. */
+    int qk_norm;        /* RMSNorm of each q and k head (weights (head_dim)) before RoPE: Qwen3, Gemma 3 */
+    int norm_plus_one;  /* every RMSNorm weight w is applied as (1 + w): Gemma */
+    int sandwich_norm;  /* RMSNorm of the attention and MLP outputs before each residual add: Gemma 3 */
+    int embed_scale;    /* token embeddings multiplied by sqrt(d_model) (as a float32): Gemma */
+    tp_act act;         /* gate activation of the gated MLP: SiLU (SwiGLU) or tanh GELU (GeGLU) */
+    float attn_scale_base; /* query_pre_attn_scalar: scores scaled by its -1/2 power; 0: head_dim */
+    int sliding_window; /* 0: none; W > 0: on a sliding layer, position p attends to p-W+1 .. p */
+    float rope_local_theta; /* RoPE base of sliding layers (no scaling there): Gemma 3; 0: as the others */
+    uint8_t layer_sliding[TP_MAX_LAYERS / 8]; /* bit l (byte l/8, bit l%8): layer l is a sliding layer */
 } tp_config;
+
+/* 1 if layer l of c attends through the sliding window (window set and the layer's bit set). */
+int tp_config_layer_sliding(const tp_config *c, int l);
+void tp_config_set_layer_sliding(tp_config *c, int l, int on);
 
 typedef struct {
     float *attn_norm;   /* (d_model) */
@@ -42,6 +59,9 @@ typedef struct {
     float *w_gate;      /* (d_ff, d_model) */
     float *w_up;        /* (d_ff, d_model) */
     float *w_down;      /* (d_model, d_ff) */
+    float *q_norm, *k_norm; /* (head_dim) each; NULL without qk_norm */
+    float *attn_post_norm;  /* (d_model) norm of the attention output; NULL without sandwich_norm */
+    float *mlp_post_norm;   /* (d_model) norm of the MLP output; NULL without sandwich_norm */
 } tp_layer;
 
 typedef struct {
@@ -125,6 +145,10 @@ void tp_kvcache_free(tp_kvcache *kv);
  * logits is (B,vocab) holding only each sequence's last position. */
 tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T,
                      tp_kvcache *cache, float *logits, int last_only);
+
+/* The residual stream entering layer 0: the embedding rows of tokens[0..N) into x (N, d_model),
+ * times sqrt(d_model) for Gemma. Token ids must be in range (the caller checks). */
+void tp_model_embed(const tp_model *m, const int32_t *tokens, size_t N, float *x);
 
 /* Observation points inside the forward pass (importance estimation, distillation losses).
  * x is row-major (B*T, width), rows ordered sequence-major (row = b*T + t). */

@@ -452,7 +452,7 @@ static tp_status layerwise(tp_model *m, const int32_t *ids, size_t n, int T, con
               (cx.dead = malloc(maxw));
     tp_status s = TP_OK;
     if (!ok) s = tp_fail(TP_ERR_NOMEM, "sparsify: out of memory for %zu x %d calibration tokens", n, T);
-    for (size_t i = 0; !s && i < n * (size_t)T; i++) memcpy(x + i * d, m->tok_emb + (size_t)ids[i] * d, d * sizeof(float));
+    if (!s) tp_model_embed(m, ids, n * (size_t)T, x);
     tp_forward_opts fo = {stat_hook, &st, NULL};
     if (o->progress) {
         o->progress->total = 2.0 * (double)L * (double)n * T;

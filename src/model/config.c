@@ -35,7 +35,7 @@
 
 #define CFG_MAX_DIM (1 << 20)        /* hidden, intermediate, head_dim, heads*head_dim */
 #define CFG_MAX_HEADS (1 << 14)
-#define CFG_MAX_LAYERS (1 << 14)
+#define CFG_MAX_LAYERS TP_MAX_LAYERS
 #define CFG_MAX_VOCAB (1 << 24)
 #define CFG_MAX_POS (1 << 30)
 
@@ -44,6 +44,8 @@ static const cfg_arch_name cfg_archs[] = {
     {TP_ARCH_LLAMA, "LlamaForCausalLM", "llama"},
     {TP_ARCH_MISTRAL, "MistralForCausalLM", "mistral"},
     {TP_ARCH_QWEN2, "Qwen2ForCausalLM", "qwen2"},
+    {TP_ARCH_QWEN3, "Qwen3ForCausalLM", "qwen3"},
+    {TP_ARCH_GEMMA3, "Gemma3ForCausalLM", "gemma3_text"},
 };
 #define CFG_N_ARCHS ((int)(sizeof cfg_archs / sizeof cfg_archs[0]))
 
@@ -63,7 +65,7 @@ static const char *cfg_problem(const tp_config *c, char *buf, size_t n) {
     if (c->n_heads % c->n_kv_heads != 0)
         BAD("num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", c->n_heads,
             c->n_kv_heads);
-    RANGE(c->head_dim, 2, CFG_MAX_DIM, "head_dim");
+    RANGE(c->head_dim, 2, 1024, "head_dim"); /* the RoPE kernels keep head_dim/2 angles on the stack */
     if (c->head_dim % 2 != 0) BAD("head_dim = %d is odd; RoPE needs pairs", c->head_dim);
     if ((long long)c->n_heads * c->head_dim > CFG_MAX_DIM)
         BAD("num_attention_heads * head_dim = %lld is over %d", (long long)c->n_heads * c->head_dim,
@@ -97,11 +99,48 @@ static const char *cfg_problem(const tp_config *c, char *buf, size_t n) {
     if (c->attn_bias != (c->arch == TP_ARCH_QWEN2))
         BAD("attn_bias = %d, but %s %s q/k/v biases", c->attn_bias, cfg_archs[c->arch].cls,
             c->arch == TP_ARCH_QWEN2 ? "always has" : "has no");
+    int gemma = c->arch == TP_ARCH_GEMMA3;
+    if (c->qk_norm != (c->arch == TP_ARCH_QWEN3 || gemma))
+        BAD("qk_norm = %d, but %s %s per-head q/k norms", c->qk_norm, cfg_archs[c->arch].cls,
+            c->qk_norm ? "has no" : "always has");
+    if (c->norm_plus_one != gemma || c->sandwich_norm != gemma || c->embed_scale != gemma ||
+        c->act != (gemma ? TP_ACT_GELU_TANH : TP_ACT_SILU))
+        BAD("norm_plus_one / sandwich_norm / embed_scale / act (%d %d %d %d) do not match %s", c->norm_plus_one,
+            c->sandwich_norm, c->embed_scale, (int)c->act, cfg_archs[c->arch].cls);
+    if (c->attn_scale_base != 0 && (!gemma || !isfinite(c->attn_scale_base) || c->attn_scale_base <= 0))
+        BAD("query_pre_attn_scalar = %g: only Gemma 3 has one, and it must be > 0", c->attn_scale_base);
+    if (c->rope_local_theta != 0 && (!gemma || !isfinite(c->rope_local_theta) || c->rope_local_theta <= 0))
+        BAD("local RoPE base = %g: only Gemma 3 has one, and it must be > 0", c->rope_local_theta);
+    if (c->sliding_window < 0 || c->sliding_window > CFG_MAX_POS)
+        BAD("sliding_window = %d is out of range [0, %d]", c->sliding_window, CFG_MAX_POS);
+    if (c->sliding_window && c->arch == TP_ARCH_LLAMA) BAD("LlamaForCausalLM has no sliding window");
+    int n_sliding = 0;
+    for (int l = 0; l < TP_MAX_LAYERS; l++) {
+        int on = (c->layer_sliding[l / 8] >> (l % 8)) & 1;
+        if (on && (l >= c->n_layers || !c->sliding_window))
+            BAD("layer %d is marked sliding, but %s", l, l >= c->n_layers ? "the model has fewer layers"
+                                                                          : "there is no sliding window");
+        n_sliding += on;
+    }
+    if (c->arch == TP_ARCH_MISTRAL && c->sliding_window && n_sliding != c->n_layers)
+        BAD("MistralForCausalLM applies its sliding window to every layer (%d of %d marked)", n_sliding,
+            c->n_layers);
     if (c->bos_id < -1) BAD("bos_token_id = %d must be >= 0 (or -1 for unknown)", (int)c->bos_id);
     if (c->eos_id < -1) BAD("eos_token_id = %d must be >= 0 (or -1 for unknown)", (int)c->eos_id);
     return NULL;
 #undef RANGE
 #undef BAD
+}
+
+int tp_config_layer_sliding(const tp_config *c, int l) {
+    return c->sliding_window > 0 && l >= 0 && l < c->n_layers && l < TP_MAX_LAYERS &&
+           ((c->layer_sliding[l / 8] >> (l % 8)) & 1);
+}
+
+void tp_config_set_layer_sliding(tp_config *c, int l, int on) {
+    if (l < 0 || l >= TP_MAX_LAYERS) return;
+    if (on) c->layer_sliding[l / 8] |= (uint8_t)(1u << (l % 8));
+    else c->layer_sliding[l / 8] &= (uint8_t)~(1u << (l % 8));
 }
 
 tp_status tp_config_validate(const tp_config *c) {
@@ -120,6 +159,8 @@ size_t tp_config_n_params(const tp_config *c) {
                  + d * q + 2 * d * kv    /* q, k, v projections */
                  + q * d                 /* o projection */
                  + (c->attn_bias ? q + 2 * kv : 0)
+                 + (c->qk_norm ? 2 * (size_t)c->head_dim : 0)
+                 + (c->sandwich_norm ? 2 * d : 0)
                  + 3 * d * ff;           /* gate, up, down */
     return emb + (c->tie_embeddings ? 0 : emb) + (size_t)c->n_layers * layer + d;
 }
@@ -237,9 +278,13 @@ static tp_status cfg_arch(const char *path, const cJSON *root, tp_arch *arch) {
                            json_kind(mt));
         for (int i = 0; i < CFG_N_ARCHS; i++)
             if (strcmp(mt->valuestring, cfg_archs[i].type) == 0) from_type = i;
+        if (from_type < 0 && !strcmp(mt->valuestring, "gemma3"))
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: model_type \"gemma3\" is the multimodal Gemma 3 "
+                           "(Gemma3ForConditionalGeneration); only its text model (model_type \"gemma3_text\", "
+                           "Gemma3ForCausalLM) is supported", path);
         if (from_type < 0)
             return tp_fail(TP_ERR_UNSUPPORTED, "%s: model_type \"%.100s\" is not supported (llama, "
-                           "mistral, qwen2)", path, mt->valuestring);
+                           "mistral, qwen2, qwen3, gemma3_text)", path, mt->valuestring);
     }
     if (!absent(ar)) {
         if (!cJSON_IsArray(ar))
@@ -254,7 +299,8 @@ static tp_status cfg_arch(const char *path, const cJSON *root, tp_arch *arch) {
                 if (strcmp(a0->valuestring, cfg_archs[i].cls) == 0) from_cls = i;
             if (from_cls < 0)
                 return tp_fail(TP_ERR_UNSUPPORTED, "%s: architectures[0] \"%.100s\" is not supported "
-                               "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)", path,
+                               "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+                               "Gemma3ForCausalLM)", path,
                                a0->valuestring);
         }
     }
@@ -268,6 +314,45 @@ static tp_status cfg_arch(const char *path, const cJSON *root, tp_arch *arch) {
     return TP_OK;
 }
 
+/* Gemma 3 keeps one RoPE per layer type: "rope_parameters": {"full_attention": {...},
+ * "sliding_attention": {...}}, or (older files) rope_theta, rope_local_base_freq and a
+ * "rope_scaling" that applies to the full-attention layers. Sliding layers take a plain RoPE with
+ * their own base (c->rope_local_theta); the full layers' settings are parsed by cfg_rope_dict. */
+static tp_status cfg_rope_dict(const char *path, const cJSON *root, const cJSON *d, const char *dname,
+                               const cJSON *theta_obj, const char *theta_objname, float theta_default,
+                               tp_config *c);
+
+static tp_status cfg_rope_gemma(const char *path, const cJSON *root, const cJSON *rs, const cJSON *rp,
+                                tp_config *c) {
+    const cJSON *full = NULL, *slide = NULL;
+    tp_status s;
+    if (cJSON_IsObject(rp) && rp->child) {
+        if ((s = unique_keys(path, rp, "rope_parameters"))) return s;
+        for (const cJSON *e = rp->child; e; e = e->next) {
+            const char *k = e->string ? e->string : "";
+            if (!cJSON_IsObject(e) || (strcmp(k, "full_attention") && strcmp(k, "sliding_attention")))
+                return tp_fail(TP_ERR_FORMAT, "%s: Gemma 3's \"rope_parameters\" must hold only the objects "
+                               "\"full_attention\" and \"sliding_attention\" (found \"%.40s\")", path, k);
+            if (!strcmp(k, "full_attention")) full = e;
+            else slide = e;
+        }
+    }
+    const cJSON *d = cJSON_IsObject(rs) && rs->child ? rs : full;
+    const char *dname = d == rs ? "rope_scaling" : "rope_parameters.full_attention";
+    if ((s = cfg_rope_dict(path, root, d, dname, full, "rope_parameters.full_attention", 1000000.0f, c)))
+        return s;
+    c->rope_local_theta = 10000.0f;
+    const cJSON *th = slide ? cJSON_GetObjectItemCaseSensitive(slide, "rope_theta") : NULL;
+    const char *thname = "rope_parameters.sliding_attention.rope_theta";
+    if (absent(th)) { th = cJSON_GetObjectItemCaseSensitive(root, "rope_local_base_freq"); thname = "rope_local_base_freq"; }
+    if (!absent(th) && (s = get_pos_float(path, th, thname, &c->rope_local_theta))) return s;
+    const cJSON *ty = slide ? cJSON_GetObjectItemCaseSensitive(slide, "rope_type") : NULL;
+    if (!absent(ty) && !(cJSON_IsString(ty) && !strcmp(ty->valuestring, "default")))
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: rope_parameters.sliding_attention.rope_type must be \"default\"",
+                       path);
+    return TP_OK;
+}
+
 static tp_status cfg_rope(const char *path, const cJSON *root, tp_config *c) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
@@ -277,27 +362,35 @@ static tp_status cfg_rope(const char *path, const cJSON *root, tp_config *c) {
     if (!absent(rp) && !cJSON_IsObject(rp))
         return tp_fail(TP_ERR_FORMAT, "%s: \"rope_parameters\" must be an object or null, got %s",
                        path, json_kind(rp));
+    if (c->arch == TP_ARCH_GEMMA3) return cfg_rope_gemma(path, root, rs, rp, c);
     const cJSON *d = NULL;
     const char *dname = NULL;
     if (cJSON_IsObject(rs) && rs->child) { d = rs; dname = "rope_scaling"; }
     else if (cJSON_IsObject(rp) && rp->child) { d = rp; dname = "rope_parameters"; }
-    char field[64];
     tp_status s = unique_keys(path, d, dname);
     if (s) return s;
-
     for (const cJSON *e = d ? d->child : NULL; e; e = e->next)
         if (cJSON_IsObject(e))
             return tp_fail(TP_ERR_UNSUPPORTED, "%s: \"%s\" holds per-layer-type settings (\"%.40s\"); "
                            "only one RoPE for all layers is supported", path, dname,
                            e->string ? e->string : "");
+    return cfg_rope_dict(path, root, d, dname, d, dname, 10000.0f, c);
+}
 
-    const cJSON *th = d ? cJSON_GetObjectItemCaseSensitive(d, "rope_theta") : NULL;
+/* RoPE from the settings object d (named dname; NULL: defaults): theta from theta_obj, else the
+ * top-level rope_theta, else theta_default; then the scaling type and its fields. */
+static tp_status cfg_rope_dict(const char *path, const cJSON *root, const cJSON *d, const char *dname,
+                               const cJSON *theta_obj, const char *theta_objname, float theta_default,
+                               tp_config *c) {
+    char field[80];
+    tp_status s = unique_keys(path, d, dname);
+    if (s) return s;
+    const cJSON *th = theta_obj ? cJSON_GetObjectItemCaseSensitive(theta_obj, "rope_theta") : NULL;
     const char *thname = "rope_theta";
     if (absent(th)) th = cJSON_GetObjectItemCaseSensitive(root, "rope_theta");
-    else { snprintf(field, sizeof field, "%s.rope_theta", dname); thname = field; }
-    c->rope_theta = 10000.0f;
+    else { snprintf(field, sizeof field, "%s.rope_theta", theta_objname); thname = field; }
+    c->rope_theta = theta_default;
     if (!absent(th) && (s = get_pos_float(path, th, thname, &c->rope_theta))) return s;
-
     for (int k = 0; k < 2; k++) {
         const cJSON *prf = cJSON_GetObjectItemCaseSensitive(k ? root : d, "partial_rotary_factor");
         if (!absent(prf) && !(cJSON_IsNumber(prf) && prf->valuedouble == 1.0))
@@ -351,51 +444,76 @@ static tp_status cfg_rope(const char *path, const cJSON *root, tp_config *c) {
     return TP_OK;
 }
 
-/* Refuses sliding-window attention that would cut the context on some layer. */
+/* Sliding-window attention as transformers 5.24 sets it up: Mistral applies "sliding_window"
+ * (default 4096) to every layer; Qwen2/Qwen3 only with use_sliding_window, on the layers from
+ * max_window_layers (default 28) on; Gemma 3 (default 4096) on the layers of type
+ * "sliding_attention", which without "layer_types" are all but every sliding_window_pattern-th
+ * (default 6). An explicit "layer_types" list wins (one "sliding_attention" or "full_attention"
+ * per layer). */
 static tp_status cfg_sliding(const char *path, const cJSON *root, tp_config *c) {
+    c->sliding_window = 0;
+    memset(c->layer_sliding, 0, sizeof c->layer_sliding);
     if (c->arch == TP_ARCH_LLAMA) return TP_OK;
-    if (c->arch == TP_ARCH_QWEN2) {
+    tp_status s;
+    int qwen = c->arch == TP_ARCH_QWEN2 || c->arch == TP_ARCH_QWEN3;
+    if (qwen) {
         int use = 0;
-        tp_status s = get_bool(path, root, "use_sliding_window", 0, &use);
-        if (s || !use) return s;
+        if ((s = get_bool(path, root, "use_sliding_window", 0, &use)) || !use) return s;
     }
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
     if (cJSON_IsNull(sw)) return TP_OK;
     long long w;
-    tp_status s = get_int(path, root, "sliding_window", 0, 4096, 0, (long long)1 << 53, &w);
-    if (s) return s;
-    if (w >= c->max_pos) return TP_OK;
-    int sliding_layers = c->arch == TP_ARCH_MISTRAL;
-    if (c->arch == TP_ARCH_QWEN2) {
-        const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
-        if (cJSON_IsArray(lt)) {
-            for (const cJSON *e = lt->child; e; e = e->next)
-                if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0)
-                    sliding_layers = 1;
-        } else {
-            long long mwl;
-            if ((s = get_int(path, root, "max_window_layers", 0, 28, 0, 1 << 30, &mwl))) return s;
-            sliding_layers = mwl < c->n_layers;
-        }
+    if ((s = get_int(path, root, "sliding_window", 0, 4096, 1, CFG_MAX_POS, &w))) return s;
+    if (c->arch == TP_ARCH_GEMMA3) {
+        int bidir = 0;
+        if ((s = get_bool(path, root, "use_bidirectional_attention", 0, &bidir))) return s;
+        if (bidir)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: use_bidirectional_attention true (an encoder) is not "
+                           "supported", path);
     }
-    if (sliding_layers)
-        return tp_fail(TP_ERR_UNSUPPORTED, "%s: \"sliding_window\" = %lld is shorter than "
-                       "max_position_embeddings = %d; sliding-window attention is not supported",
-                       path, w, c->max_pos);
+    c->sliding_window = (int)w;
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (!absent(lt) && c->arch != TP_ARCH_MISTRAL) {
+        if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != c->n_layers)
+            return tp_fail(TP_ERR_FORMAT, "%s: \"layer_types\" must be a list of %d strings", path, c->n_layers);
+        int l = 0;
+        for (const cJSON *e = lt->child; e; e = e->next, l++) {
+            int on = cJSON_IsString(e) && !strcmp(e->valuestring, "sliding_attention");
+            if (!on && !(cJSON_IsString(e) && !strcmp(e->valuestring, "full_attention")))
+                return tp_fail(TP_ERR_UNSUPPORTED, "%s: layer_types[%d] must be \"sliding_attention\" or "
+                               "\"full_attention\"", path, l);
+            tp_config_set_layer_sliding(c, l, on);
+        }
+    } else if (qwen) {
+        long long mwl;
+        if ((s = get_int(path, root, "max_window_layers", 0, 28, 0, 1 << 30, &mwl))) return s;
+        for (int l = 0; l < c->n_layers; l++) tp_config_set_layer_sliding(c, l, l >= mwl);
+    } else if (c->arch == TP_ARCH_GEMMA3) {
+        long long pat;
+        if ((s = get_int(path, root, "sliding_window_pattern", 0, 6, 1, 1 << 30, &pat))) return s;
+        for (int l = 0; l < c->n_layers; l++) tp_config_set_layer_sliding(c, l, (l + 1) % pat != 0);
+    } else {
+        for (int l = 0; l < c->n_layers; l++) tp_config_set_layer_sliding(c, l, 1);
+    }
+    int any = 0;
+    for (int l = 0; l < c->n_layers; l++) any |= tp_config_layer_sliding(c, l);
+    if (!any) c->sliding_window = 0; /* a window no layer uses */
     return TP_OK;
 }
 
 static tp_status cfg_parse(const char *path, const cJSON *root, tp_config *c) {
     tp_status s;
     if ((s = unique_keys(path, root, NULL)) || (s = cfg_arch(path, root, &c->arch))) return s;
-    static const int def_max_pos[] = {2048, 131072, 32768}; /* transformers 5.24 defaults */
+    /* transformers 5.24 defaults, per tp_arch */
+    static const int def_max_pos[] = {2048, 131072, 32768, 32768, 131072};
+    static const int def_head_dim[] = {0, 0, 0, 128, 256}; /* 0: hidden_size / heads */
     if ((s = get_int32(path, root, "hidden_size", 1, 0, 1, CFG_MAX_DIM, &c->d_model)) ||
         (s = get_int32(path, root, "intermediate_size", 1, 0, 1, CFG_MAX_DIM, &c->d_ff)) ||
         (s = get_int32(path, root, "num_hidden_layers", 1, 0, 1, CFG_MAX_LAYERS, &c->n_layers)) ||
         (s = get_int32(path, root, "num_attention_heads", 1, 0, 1, CFG_MAX_HEADS, &c->n_heads)) ||
         (s = get_int32(path, root, "num_key_value_heads", 0, c->n_heads, 1, CFG_MAX_HEADS,
                        &c->n_kv_heads)) ||
-        (s = get_int32(path, root, "head_dim", 0, 0, 1, CFG_MAX_DIM, &c->head_dim)) ||
+        (s = get_int32(path, root, "head_dim", 0, def_head_dim[c->arch], 1, CFG_MAX_DIM, &c->head_dim)) ||
         (s = get_int32(path, root, "vocab_size", 1, 0, 1, CFG_MAX_VOCAB, &c->vocab)) ||
         (s = get_int32(path, root, "max_position_embeddings", 0, def_max_pos[c->arch], 1,
                        CFG_MAX_POS, &c->max_pos)))
@@ -414,28 +532,45 @@ static tp_status cfg_parse(const char *path, const cJSON *root, tp_config *c) {
     c->norm_eps = 1e-6f;
     if (!absent(eps) && (s = get_pos_float(path, eps, "rms_norm_eps", &c->norm_eps))) return s;
     if ((s = cfg_rope(path, root, c))) return s;
-    if ((s = get_bool(path, root, "tie_word_embeddings", 0, &c->tie_embeddings))) return s;
+    int gemma = c->arch == TP_ARCH_GEMMA3;
+    if ((s = get_bool(path, root, "tie_word_embeddings", gemma, &c->tie_embeddings))) return s;
 
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    const char *act_key = gemma ? "hidden_activation" : "hidden_act";
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, act_key);
+    c->act = gemma ? TP_ACT_GELU_TANH : TP_ACT_SILU;
     if (!absent(act)) {
         if (!cJSON_IsString(act))
-            return tp_fail(TP_ERR_FORMAT, "%s: \"hidden_act\" must be a string, got %s", path,
+            return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" must be a string, got %s", path, act_key,
                            json_kind(act));
-        if (strcmp(act->valuestring, "silu") != 0 && strcmp(act->valuestring, "swish") != 0)
-            return tp_fail(TP_ERR_UNSUPPORTED, "%s: hidden_act \"%.40s\" is not supported (silu)",
-                           path, act->valuestring);
+        int ok = gemma ? !strcmp(act->valuestring, "gelu_pytorch_tanh")
+                       : !strcmp(act->valuestring, "silu") || !strcmp(act->valuestring, "swish");
+        if (!ok)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: %s \"%.40s\" is not supported (%s)", path, act_key,
+                           act->valuestring, gemma ? "gelu_pytorch_tanh" : "silu");
     }
     c->attn_bias = c->arch == TP_ARCH_QWEN2;
-    if (c->arch == TP_ARCH_LLAMA) {
-        int ab, mb;
+    if (c->arch != TP_ARCH_QWEN2 && c->arch != TP_ARCH_MISTRAL) {
+        int ab, mb = 0;
         if ((s = get_bool(path, root, "attention_bias", 0, &ab)) ||
-            (s = get_bool(path, root, "mlp_bias", 0, &mb)))
+            (c->arch == TP_ARCH_LLAMA && (s = get_bool(path, root, "mlp_bias", 0, &mb))))
             return s;
         if (ab)
-            return tp_fail(TP_ERR_UNSUPPORTED, "%s: attention_bias true (Llama: biases on q, k, v "
-                           "and o_proj) is not supported", path);
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: attention_bias true (biases on q, k, v and o_proj) is "
+                           "not supported for %s", path, cfg_archs[c->arch].cls);
         if (mb)
             return tp_fail(TP_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported", path);
+    }
+    c->qk_norm = c->arch == TP_ARCH_QWEN3 || gemma;
+    c->norm_plus_one = c->sandwich_norm = c->embed_scale = gemma;
+    if (gemma) {
+        static const char *const caps[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+        for (int k = 0; k < 2; k++)
+            if (!absent(cJSON_GetObjectItemCaseSensitive(root, caps[k])))
+                return tp_fail(TP_ERR_UNSUPPORTED, "%s: \"%s\" is set; soft-capping (Gemma 2) is not "
+                               "supported", path, caps[k]);
+        const cJSON *qs = cJSON_GetObjectItemCaseSensitive(root, "query_pre_attn_scalar");
+        c->attn_scale_base = 256.0f;
+        if (!absent(qs) && (s = get_pos_float(path, qs, "query_pre_attn_scalar", &c->attn_scale_base))) return s;
     }
     if ((s = cfg_sliding(path, root, c))) return s;
     if ((s = get_token_id(path, root, "bos_token_id", &c->bos_id)) ||
@@ -484,6 +619,13 @@ static int add_int_or_null(cJSON *o, const char *key, long long v) {
     return (v < 0 ? cJSON_AddNullToObject(o, key) : cJSON_AddNumberToObject(o, key, (double)v)) != NULL;
 }
 
+/* Adds item (NULL: allocation failed) to o, or frees it. */
+static int add_object(cJSON *o, const char *key, cJSON *item) {
+    if (item && cJSON_AddItemToObject(o, key, item)) return 1;
+    cJSON_Delete(item);
+    return 0;
+}
+
 /* The RoPE object: with rope_theta for "rope_parameters", without for "rope_scaling". */
 static cJSON *rope_object(const tp_config *c, int with_theta) {
     cJSON *r = cJSON_CreateObject();
@@ -504,11 +646,30 @@ static cJSON *rope_object(const tp_config *c, int with_theta) {
     return r;
 }
 
-/* Adds item (NULL: allocation failed) to o, or frees it. */
-static int add_object(cJSON *o, const char *key, cJSON *item) {
-    if (item && cJSON_AddItemToObject(o, key, item)) return 1;
-    cJSON_Delete(item);
-    return 0;
+/* Gemma 3's per-layer-type RoPE object. */
+static cJSON *rope_object_gemma(const tp_config *c) {
+    cJSON *r = cJSON_CreateObject(), *sl = cJSON_CreateObject();
+    int ok = r && sl;
+    if (ok) {
+        ok &= add_float(sl, "rope_theta", c->rope_local_theta);
+        ok &= cJSON_AddStringToObject(sl, "rope_type", "default") != NULL;
+        ok &= add_object(r, "full_attention", rope_object(c, 1));
+        ok &= add_object(r, "sliding_attention", sl);
+        sl = NULL;
+    }
+    cJSON_Delete(sl);
+    if (!ok) { cJSON_Delete(r); return NULL; }
+    return r;
+}
+
+/* "layer_types": one "sliding_attention" / "full_attention" per layer. */
+static cJSON *layer_types(const tp_config *c) {
+    cJSON *a = cJSON_CreateArray();
+    for (int l = 0; a && l < c->n_layers; l++) {
+        cJSON *e = cJSON_CreateString(tp_config_layer_sliding(c, l) ? "sliding_attention" : "full_attention");
+        if (!e || !cJSON_AddItemToArray(a, e)) { cJSON_Delete(e); cJSON_Delete(a); return NULL; }
+    }
+    return a;
 }
 
 tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **out) {
@@ -524,6 +685,11 @@ tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **
 
     tp_arch arch = c->arch;
     if (arch == TP_ARCH_LLAMA && c->d_model % c->n_heads != 0) arch = TP_ARCH_MISTRAL;
+    if (arch == TP_ARCH_GEMMA3 && c->d_model % c->n_heads != 0)
+        return tp_fail(TP_ERR_UNSUPPORTED, "config.json: transformers 5.24's Gemma3TextConfig refuses hidden_size "
+                       "(%d) not divisible by num_attention_heads (%d); export this model as GGUF instead",
+                       c->d_model, c->n_heads);
+    int gemma = arch == TP_ARCH_GEMMA3, qwen = arch == TP_ARCH_QWEN2 || arch == TP_ARCH_QWEN3;
     cJSON *o = cJSON_CreateObject(), *a = cJSON_CreateArray();
     int ok = o && a;
     if (ok) {
@@ -544,16 +710,35 @@ tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **
         ok &= cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos) != NULL;
         ok &= add_float(o, "rms_norm_eps", c->norm_eps);
         ok &= add_float(o, "rope_theta", c->rope_theta);
-        ok &= add_object(o, "rope_parameters", rope_object(c, 1));
+        if (gemma) {
+            ok &= add_float(o, "rope_local_base_freq", c->rope_local_theta);
+            ok &= add_object(o, "rope_parameters", rope_object_gemma(c));
+        } else
+            ok &= add_object(o, "rope_parameters", rope_object(c, 1));
         if (c->rope_scaling != TP_ROPE_NONE) ok &= add_object(o, "rope_scaling", rope_object(c, 0));
         ok &= cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_embeddings) != NULL;
-        ok &= cJSON_AddStringToObject(o, "hidden_act", "silu") != NULL;
+        ok &= cJSON_AddStringToObject(o, gemma ? "hidden_activation" : "hidden_act",
+                                      gemma ? "gelu_pytorch_tanh" : "silu") != NULL;
         if (arch == TP_ARCH_LLAMA) {
             ok &= cJSON_AddFalseToObject(o, "attention_bias") != NULL;
             ok &= cJSON_AddFalseToObject(o, "mlp_bias") != NULL;
         }
-        if (arch != TP_ARCH_LLAMA) ok &= cJSON_AddNullToObject(o, "sliding_window") != NULL;
-        if (arch == TP_ARCH_QWEN2) ok &= cJSON_AddFalseToObject(o, "use_sliding_window") != NULL;
+        if (arch == TP_ARCH_QWEN3 || gemma) ok &= cJSON_AddFalseToObject(o, "attention_bias") != NULL;
+        if (arch != TP_ARCH_LLAMA) {
+            /* gemma: a window no layer uses still needs a number for transformers' mask setup */
+            long long w = c->sliding_window ? c->sliding_window : gemma ? c->max_pos : -1;
+            ok &= add_int_or_null(o, "sliding_window", w);
+        }
+        if (qwen) ok &= cJSON_AddBoolToObject(o, "use_sliding_window", c->sliding_window > 0) != NULL;
+        if (qwen || gemma) ok &= add_object(o, "layer_types", layer_types(c));
+        if (gemma) {
+            if (c->attn_scale_base == floorf(c->attn_scale_base) && c->attn_scale_base < 1e9f)
+                ok &= cJSON_AddNumberToObject(o, "query_pre_attn_scalar", c->attn_scale_base) != NULL;
+            else /* transformers types it as an int, but computes with whatever it reads */
+                ok &= add_float(o, "query_pre_attn_scalar", c->attn_scale_base);
+            ok &= cJSON_AddNullToObject(o, "final_logit_softcapping") != NULL;
+            ok &= cJSON_AddNullToObject(o, "attn_logit_softcapping") != NULL;
+        }
         ok &= cJSON_AddRawToObject(o, "attention_dropout", "0.0") != NULL;
         ok &= add_int_or_null(o, "bos_token_id", c->bos_id);
         ok &= add_int_or_null(o, "eos_token_id", c->eos_id);

@@ -1,6 +1,8 @@
-/* Forward pass of the Llama family (Llama, Mistral, Qwen2) in fp32, batched, with an optional
- * KV cache for incremental decoding. Matches HF transformers' LlamaForCausalLM numerics up to
- * float summation order. Kernels are in kernels.c. */
+/* Forward pass of the Llama family (Llama, Mistral, Qwen2, Qwen3) and Gemma 3 in fp32, batched,
+ * with an optional KV cache for incremental decoding. Matches HF transformers' numerics up to
+ * float summation order. Family features (per-head q/k norms, (1 + w) norms, sandwich norms,
+ * GeGLU, scaled embeddings, sliding-window layers with their own RoPE base) are switched by the
+ * config. Kernels are in kernels.c. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,48 @@ void tp_rope_inv_freq(const tp_config *c, float *inv_freq) {
             f = g;
         }
         inv_freq[j] = f;
+    }
+}
+
+void tp_rope_inv_freq_local(const tp_config *c, float *inv_freq) {
+    if (c->rope_local_theta <= 0) {
+        tp_rope_inv_freq(c, inv_freq);
+        return;
+    }
+    tp_config lc = *c;
+    lc.rope_theta = c->rope_local_theta;
+    lc.rope_scaling = TP_ROPE_NONE;
+    tp_rope_inv_freq(&lc, inv_freq);
+}
+
+int tp_layer_rope_local(const tp_config *c, int l) {
+    return c->rope_local_theta > 0 && tp_config_layer_sliding(c, l);
+}
+
+int tp_layer_window(const tp_config *c, int l) {
+    return tp_config_layer_sliding(c, l) ? c->sliding_window : 0;
+}
+
+float tp_attn_scale(const tp_config *c) {
+    /* transformers: query_pre_attn_scalar ** -0.5 in double, applied as a float32 scalar */
+    return c->attn_scale_base > 0 ? (float)pow((double)c->attn_scale_base, -0.5) : 1.0f / sqrtf((float)c->head_dim);
+}
+
+const float *tp_norm_weight(const tp_config *c, const float *w, size_t n, float *tmp) {
+    if (!c->norm_plus_one) return w;
+    for (size_t i = 0; i < n; i++) tmp[i] = 1.0f + w[i];
+    return tmp;
+}
+
+/* Gemma's embedding scale, sqrt(d_model) rounded to float32 as transformers stores it. */
+static float embed_scale(const tp_config *c) { return c->embed_scale ? (float)sqrt((double)c->d_model) : 1.0f; }
+
+void tp_model_embed(const tp_model *m, const int32_t *tokens, size_t N, float *x) {
+    size_t d = (size_t)m->cfg.d_model;
+    for (size_t i = 0; i < N; i++) memcpy(x + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
+    if (m->cfg.embed_scale) {
+        float es = embed_scale(&m->cfg);
+        for (size_t i = 0; i < N * d; i++) x[i] *= es;
     }
 }
 
@@ -73,12 +117,20 @@ typedef struct {
     float *g, *u;  /* (N, ff) */
     float *scores; /* (threads, T*Tk) */
     int *pos;      /* (N) */
-    float *inv_freq;
+    float *inv_freq, *inv_freq_local; /* (hd/2) each: global and sliding-layer RoPE */
+    float *normw;  /* (max(d, hd)) (1 + w) norm weights under norm_plus_one */
 } fwd_buf;
 
 static void free_buf(fwd_buf *b) {
     free(b->x); free(b->h); free(b->q); free(b->k); free(b->v); free(b->att); free(b->proj);
-    free(b->g); free(b->u); free(b->scores); free(b->pos); free(b->inv_freq);
+    free(b->g); free(b->u); free(b->scores); free(b->pos); free(b->inv_freq); free(b->inv_freq_local);
+    free(b->normw);
+}
+
+/* RMSNorm of N rows of width n with the family's weight convention. */
+static void norm_rows(const tp_config *c, const float *x, const float *w, float *out, size_t N, size_t n,
+                      float *tmp) {
+    tp_rmsnorm(x, tp_norm_weight(c, w, n, tmp), out, N, n, c->norm_eps);
 }
 
 
@@ -93,8 +145,13 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
     tp_matmul_wt(b->h, L->wq, L->bq, b->q, N, d, qd);
     tp_matmul_wt(b->h, L->wk, L->bk, b->k, N, d, kvd);
     tp_matmul_wt(b->h, L->wv, L->bv, b->v, N, d, kvd);
-    tp_rope_apply(b->q, N, nh, hd, b->pos, b->inv_freq);
-    tp_rope_apply(b->k, N, nkv, hd, b->pos, b->inv_freq);
+    if (c->qk_norm) { /* every head's row normalised over head_dim, before RoPE */
+        norm_rows(c, b->q, L->q_norm, b->q, N * (size_t)nh, (size_t)hd, b->normw);
+        norm_rows(c, b->k, L->k_norm, b->k, N * (size_t)nkv, (size_t)hd, b->normw);
+    }
+    const float *inv_freq = tp_layer_rope_local(c, layer) ? b->inv_freq_local : b->inv_freq;
+    tp_rope_apply(b->q, N, nh, hd, b->pos, inv_freq);
+    tp_rope_apply(b->k, N, nkv, hd, b->pos, inv_freq);
     if (cache) {
         for (int s = 0; s < B; s++) {
             size_t base = (((size_t)layer * cache->B + s) * cache->cap + (size_t)cache->len[s]) * kvd;
@@ -102,8 +159,8 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
             memcpy(cache->v + base, b->v + (size_t)s * T * kvd, (size_t)T * kvd * sizeof(float));
         }
     }
-    float scale = 1.0f / sqrtf((float)hd);
-    int rep = nh / nkv;
+    float scale = tp_attn_scale(c);
+    int rep = nh / nkv, window = tp_layer_window(c, layer);
 #pragma omp parallel for schedule(dynamic, 1) collapse(2) if ((size_t)B * T * Tk_max * nh * hd >= TP_PAR_MIN_WORK)
     for (int s = 0; s < B; s++)
         for (int h = 0; h < nh; h++) {
@@ -119,7 +176,7 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
             }
             float *S = b->scores + (size_t)tp_thread_id() * (size_t)T * (size_t)Tk_max;
             tp_attention_head(b->q + (size_t)s * T * qd + (size_t)h * hd, qd, K, V, kvd,
-                              b->att + (size_t)s * T * qd + (size_t)h * hd, qd, T, p0, hd, scale, S);
+                              b->att + (size_t)s * T * qd + (size_t)h * hd, qd, T, p0, window, hd, scale, S);
         }
     tp_matmul_wt(b->att, L->wo, NULL, b->proj, N, qd, d);
 }
@@ -152,12 +209,15 @@ static tp_status alloc_buf(const tp_config *c, int B, int T, int Tk_max, int own
     b->scores = malloc((size_t)tp_max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
     b->pos = malloc(N * sizeof(int));
     b->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
+    b->inv_freq_local = malloc((size_t)c->head_dim / 2 * sizeof(float));
+    b->normw = malloc((d > (size_t)c->head_dim ? d : (size_t)c->head_dim) * sizeof(float));
     if ((own_x && !b->x) || !b->h || !b->q || !b->k || !b->v || !b->att || !b->proj || !b->g || !b->u ||
-        !b->scores || !b->pos || !b->inv_freq) {
+        !b->scores || !b->pos || !b->inv_freq || !b->inv_freq_local || !b->normw) {
         free_buf(b);
         return tp_fail(TP_ERR_NOMEM, "forward: out of memory for %d x %d tokens", B, T);
     }
     tp_rope_inv_freq(c, b->inv_freq);
+    tp_rope_inv_freq_local(c, b->inv_freq_local);
     return TP_OK;
 }
 
@@ -172,20 +232,23 @@ static void layer_forward(const tp_model *m, int l, fwd_buf *b, int B, int T, tp
     const tp_layer *L = &m->layers[l];
     size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim, ff = (size_t)c->d_ff;
     HOOK(TP_HOOK_LAYER_IN, b->x, d);
-    tp_rmsnorm(b->x, L->attn_norm, b->h, N, d, c->norm_eps);
+    norm_rows(c, b->x, L->attn_norm, b->h, N, d, b->normw);
     HOOK(TP_HOOK_ATTN_NORM, b->h, d);
     attention(m, L, l, b, B, T, cache, Tk_max);
     HOOK(TP_HOOK_ATTN_OUT, b->att, qd);
+    if (c->sandwich_norm) norm_rows(c, b->proj, L->attn_post_norm, b->proj, N, d, b->normw);
     add_inplace(b->x, b->proj, N * d);
-    tp_rmsnorm(b->x, L->mlp_norm, b->h, N, d, c->norm_eps);
+    norm_rows(c, b->x, L->mlp_norm, b->h, N, d, b->normw);
     HOOK(TP_HOOK_MLP_NORM, b->h, d);
     tp_matmul_wt(b->h, L->w_gate, NULL, b->g, N, d, ff);
     tp_matmul_wt(b->h, L->w_up, NULL, b->u, N, d, ff);
     HOOK(TP_HOOK_MLP_GATE, b->g, ff);
     HOOK(TP_HOOK_MLP_UP, b->u, ff);
-    tp_silu_mul(b->g, b->u, N * ff);
+    if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul(b->g, b->u, N * ff);
+    else tp_silu_mul(b->g, b->u, N * ff);
     HOOK(TP_HOOK_MLP_ACT, b->g, ff);
     tp_matmul_wt(b->g, L->w_down, NULL, b->proj, N, ff, d);
+    if (c->sandwich_norm) norm_rows(c, b->proj, L->mlp_post_norm, b->proj, N, d, b->normw);
     add_inplace(b->x, b->proj, N * d);
     HOOK(TP_HOOK_LAYER_OUT, b->x, d);
 #undef HOOK
@@ -233,7 +296,7 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     if (st) return st;
     for (int s = 0; s < B; s++)
         for (int t = 0; t < T; t++) b.pos[(size_t)s * T + t] = (cache ? cache->len[s] : 0) + t;
-    for (size_t i = 0; i < N; i++) memcpy(b.x + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
+    tp_model_embed(m, tokens, N, b.x);
 
     for (int l = 0; l < c->n_layers; l++) {
         if (skip && skip[l]) continue;
@@ -242,17 +305,17 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     if (cache)
         for (int s = 0; s < B; s++) cache->len[s] += T;
     if (hook) {
-        tp_rmsnorm(b.x, m->final_norm, b.h, N, d, c->norm_eps);
+        norm_rows(c, b.x, m->final_norm, b.h, N, d, b.normw);
         hook(user, TP_HOOK_FINAL_NORM, c->n_layers, b.h, B, T, (int)d);
     }
     if (logits) {
         if (last_only) {
             for (int s = 0; s < B; s++)
                 memcpy(b.proj + (size_t)s * d, b.x + ((size_t)s * T + (size_t)(T - 1)) * d, d * sizeof(float));
-            tp_rmsnorm(b.proj, m->final_norm, b.h, (size_t)B, d, c->norm_eps);
+            norm_rows(c, b.proj, m->final_norm, b.h, (size_t)B, d, b.normw);
             tp_matmul_wt(b.h, m->lm_head, NULL, logits, (size_t)B, d, V);
         } else {
-            tp_rmsnorm(b.x, m->final_norm, b.h, N, d, c->norm_eps);
+            norm_rows(c, b.x, m->final_norm, b.h, N, d, b.normw);
             tp_matmul_wt(b.h, m->lm_head, NULL, logits, N, d, V);
         }
     }

@@ -169,51 +169,57 @@ void tp_silu_mul(float *g, const float *u, size_t n) {
     }
 }
 
-static void softmax_causal_rows(float *S, int T, int Tk, int p0) {
+/* First key a query at absolute position pos sees: 0, or pos-window+1 under a sliding window. */
+static inline int att_first_key(int pos, int window) {
+    return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+}
+
+static void softmax_causal_rows(float *S, int T, int Tk, int p0, int window) {
     for (int i = 0; i < T; i++) {
         float *r = S + (size_t)i * Tk;
-        int nvis = p0 + i + 1;
-        float mx = tp_vmax(r, (size_t)nvis);
-        float inv = (float)(1.0 / tp_exp_shift_sum(r, mx, r, (size_t)nvis));
-        for (int j = 0; j < nvis; j++) r[j] *= inv;
+        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        float mx = tp_vmax(r + lo, (size_t)(nvis - lo));
+        float inv = (float)(1.0 / tp_exp_shift_sum(r + lo, mx, r + lo, (size_t)(nvis - lo)));
+        for (int j = 0; j < lo; j++) r[j] = 0;
+        for (int j = lo; j < nvis; j++) r[j] *= inv;
         for (int j = nvis; j < Tk; j++) r[j] = 0;
     }
 }
 
 void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                       size_t ldo, int T, int p0, int hd, float scale, float *S) {
+                       size_t ldo, int T, int p0, int window, int hd, float scale, float *S) {
     int Tk = p0 + T;
     if (T > TP_ATT_BLOCK) { /* blocks of query rows: only the causal part is computed (about half) */
         float *lse = S + (size_t)TP_ATT_BLOCK * (size_t)Tk; /* fits: (T - 64) * Tk >= Tk >= T */
-        tp_attention_head_lse(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, hd, scale, S);
+        tp_attention_head_lse(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, window, hd, scale, S);
         return;
     }
     /* fp32 products through the shared layer (BLAS, or loops without it) */
     tp_sgemm(0, 1, T, Tk, hd, scale, Q, (int)ldq, K, (int)ldk, 0.0f, S, Tk);
-    softmax_causal_rows(S, T, Tk, p0);
+    softmax_causal_rows(S, T, Tk, p0, window);
     tp_sgemm(0, 0, T, hd, Tk, 1.0f, S, Tk, V, (int)ldk, 0.0f, out, (int)ldo);
 }
 
 void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                           size_t ldo, int T, int p0, int hd, float scale) {
+                           size_t ldo, int T, int p0, int window, int hd, float scale) {
     for (int i = 0; i < T; i++) {
-        int nvis = p0 + i + 1;
+        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
         double mx = -INFINITY;
-        for (int j = 0; j < nvis; j++) {
+        for (int j = lo; j < nvis; j++) {
             double a = 0;
             for (int e = 0; e < hd; e++) a += (double)Q[(size_t)i * ldq + e] * K[(size_t)j * ldk + e];
             a *= scale;
             if (a > mx) mx = a;
         }
         double sum = 0;
-        for (int j = 0; j < nvis; j++) {
+        for (int j = lo; j < nvis; j++) {
             double a = 0;
             for (int e = 0; e < hd; e++) a += (double)Q[(size_t)i * ldq + e] * K[(size_t)j * ldk + e];
             sum += exp(a * scale - mx);
         }
         for (int e = 0; e < hd; e++) {
             double acc = 0;
-            for (int j = 0; j < nvis; j++) {
+            for (int j = lo; j < nvis; j++) {
                 double a = 0;
                 for (int f = 0; f < hd; f++) a += (double)Q[(size_t)i * ldq + f] * K[(size_t)j * ldk + f];
                 acc += exp(a * scale - mx) / sum * V[(size_t)j * ldk + e];
@@ -347,6 +353,31 @@ void tp_rope_bwd(float *dx, size_t N, int n_heads, int hd, const int *pos, const
         }
 }
 
+/* tanh GELU as PyTorch computes it (gelu(approximate="tanh"), transformers' gelu_pytorch_tanh):
+ * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in float. */
+#define GELU_BETA 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_KAPPA 0.044715f
+
+void tp_gelu_tanh_mul(float *g, const float *u, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
+    for (size_t i = 0; i < n; i++) {
+        float x = g[i], inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
+        g[i] = 0.5f * x * (1.0f + tanhf(inner)) * u[i];
+    }
+}
+
+void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
+    for (size_t i = 0; i < n; i++) {
+        float x = g[i], t = tanhf(GELU_BETA * (x + GELU_KAPPA * (x * x * x))), d = da[i];
+        float gelu = 0.5f * x * (1.0f + t);
+        float dgelu = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x * x);
+        float gu = d * u[i] * dgelu;
+        du[i] = d * gelu;
+        dg[i] = gu; /* after du: dg may alias da */
+    }
+}
+
 void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n) {
     size_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
@@ -375,41 +406,46 @@ void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg,
 }
 
 void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                           size_t ldo, float *lse, int T, int p0, int hd, float scale, float *S) {
+                           size_t ldo, float *lse, int T, int p0, int window, int hd, float scale, float *S) {
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
+        /* the block's rows see keys kmin..kmax-1 between them (kmin > 0 only under a window) */
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
-        tp_sgemm(0, 1, bq, kmax, hd, scale, Q + (size_t)i0 * ldq, (int)ldq, K, (int)ldk, 0.0f, S, kmax);
+        int kmin = att_first_key(p0 + i0, window), nk = kmax - kmin;
+        tp_sgemm(0, 1, bq, nk, hd, scale, Q + (size_t)i0 * ldq, (int)ldq, K + (size_t)kmin * ldk, (int)ldk, 0.0f, S,
+                 nk);
         for (int r = 0; r < bq; r++) {
-            float *row = S + (size_t)r * kmax;
-            int nvis = p0 + i0 + r + 1;
-            float mx = tp_vmax(row, (size_t)nvis);
-            float sum = (float)tp_exp_shift_sum(row, mx, row, (size_t)nvis);
+            float *row = S + (size_t)r * nk;
+            int nvis = p0 + i0 + r + 1 - kmin, lo = att_first_key(p0 + i0 + r, window) - kmin;
+            float mx = tp_vmax(row + lo, (size_t)(nvis - lo));
+            float sum = (float)tp_exp_shift_sum(row + lo, mx, row + lo, (size_t)(nvis - lo));
             float inv = 1.0f / sum;
-            for (int j = 0; j < nvis; j++) row[j] *= inv;
-            for (int j = nvis; j < kmax; j++) row[j] = 0;
+            for (int j = 0; j < lo; j++) row[j] = 0;
+            for (int j = lo; j < nvis; j++) row[j] *= inv;
+            for (int j = nvis; j < nk; j++) row[j] = 0;
             lse[i0 + r] = mx + logf(sum);
         }
-        tp_sgemm(0, 0, bq, hd, kmax, 1.0f, S, kmax, V, (int)ldk, 0.0f, out + (size_t)i0 * ldo, (int)ldo);
+        tp_sgemm(0, 0, bq, hd, nk, 1.0f, S, nk, V + (size_t)kmin * ldk, (int)ldk, 0.0f, out + (size_t)i0 * ldo,
+                 (int)ldo);
     }
 }
 
 void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
-                               float *out, size_t ldo, float *lse, int T, int p0, int hd, float scale) {
+                               float *out, size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
     double *s = malloc((size_t)(p0 + T) * sizeof *s);
     if (!s) return;
     for (int i = 0; i < T; i++) {
-        int nvis = p0 + i + 1;
+        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
         double mx = -INFINITY, sum = 0;
-        for (int j = 0; j < nvis; j++) {
+        for (int j = lo; j < nvis; j++) {
             double a = 0;
             for (int e = 0; e < hd; e++) a += (double)Q[(size_t)i * ldq + e] * K[(size_t)j * ldk + e];
             s[j] = a * scale;
             if (s[j] > mx) mx = s[j];
         }
-        for (int j = 0; j < nvis; j++) sum += exp(s[j] - mx);
+        for (int j = lo; j < nvis; j++) sum += exp(s[j] - mx);
         for (int e = 0; e < hd; e++) {
             double acc = 0;
-            for (int j = 0; j < nvis; j++) acc += exp(s[j] - mx) / sum * V[(size_t)j * ldk + e];
+            for (int j = lo; j < nvis; j++) acc += exp(s[j] - mx) / sum * V[(size_t)j * ldk + e];
             out[(size_t)i * ldo + e] = (float)acc;
         }
         lse[i] = (float)(mx + log(sum));
@@ -419,36 +455,42 @@ void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const
 
 void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                            const float *O, const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq,
-                           float *dK, float *dV, size_t lddk, int T, int p0, int hd, float scale, float *scratch) {
+                           float *dK, float *dV, size_t lddk, int T, int p0, int window, int hd, float scale,
+                           float *scratch) {
     float *P = scratch, *dP = scratch + (size_t)TP_ATT_BLOCK * (size_t)(p0 + T);
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
+        int kmin = att_first_key(p0 + i0, window), nk = kmax - kmin;
         const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldo;
+        const float *Kb = K + (size_t)kmin * ldk, *Vb = V + (size_t)kmin * ldk;
+        float *dKb = dK + (size_t)kmin * lddk, *dVb = dV + (size_t)kmin * lddk;
         /* P = exp(scale Q K^T - lse) on the visible keys, 0 elsewhere */
-        tp_sgemm(0, 1, bq, kmax, hd, scale, Qb, (int)ldq, K, (int)ldk, 0.0f, P, kmax);
+        tp_sgemm(0, 1, bq, nk, hd, scale, Qb, (int)ldq, Kb, (int)ldk, 0.0f, P, nk);
         for (int r = 0; r < bq; r++) {
-            float *row = P + (size_t)r * kmax, l = lse[i0 + r];
-            int nvis = p0 + i0 + r + 1;
-            tp_exp_shift_sum(row, l, row, (size_t)nvis);
-            for (int j = nvis; j < kmax; j++) row[j] = 0;
+            float *row = P + (size_t)r * nk, l = lse[i0 + r];
+            int nvis = p0 + i0 + r + 1 - kmin, lo = att_first_key(p0 + i0 + r, window) - kmin;
+            tp_exp_shift_sum(row + lo, l, row + lo, (size_t)(nvis - lo));
+            for (int j = 0; j < lo; j++) row[j] = 0;
+            for (int j = nvis; j < nk; j++) row[j] = 0;
         }
-        tp_sgemm(1, 0, kmax, hd, bq, 1.0f, P, kmax, dOb, (int)ldo, 1.0f, dV, (int)lddk); /* dV += P^T dO */
-        tp_sgemm(0, 1, bq, kmax, hd, 1.0f, dOb, (int)ldo, V, (int)ldk, 0.0f, dP, kmax);  /* dP = dO V^T */
+        tp_sgemm(1, 0, nk, hd, bq, 1.0f, P, nk, dOb, (int)ldo, 1.0f, dVb, (int)lddk); /* dV += P^T dO */
+        tp_sgemm(0, 1, bq, nk, hd, 1.0f, dOb, (int)ldo, Vb, (int)ldk, 0.0f, dP, nk);  /* dP = dO V^T */
         for (int r = 0; r < bq; r++) {
             const float *o = O + (size_t)(i0 + r) * ldo, *go = dOb + (size_t)r * ldo;
             float Di = 0; /* sum_j P dP = dO . O */
             for (int e = 0; e < hd; e++) Di += go[e] * o[e];
-            float *pr = P + (size_t)r * kmax, *dr = dP + (size_t)r * kmax;
-            for (int j = 0; j < kmax; j++) dr[j] = pr[j] * (dr[j] - Di); /* dS; 0 where masked */
+            float *pr = P + (size_t)r * nk, *dr = dP + (size_t)r * nk;
+            for (int j = 0; j < nk; j++) dr[j] = pr[j] * (dr[j] - Di); /* dS; 0 where masked */
         }
-        tp_sgemm(0, 0, bq, hd, kmax, scale, dP, kmax, K, (int)ldk, 0.0f, dQ + (size_t)i0 * lddq, (int)lddq);
-        tp_sgemm(1, 0, kmax, hd, bq, scale, dP, kmax, Qb, (int)ldq, 1.0f, dK, (int)lddk);
+        tp_sgemm(0, 0, bq, hd, nk, scale, dP, nk, Kb, (int)ldk, 0.0f, dQ + (size_t)i0 * lddq, (int)lddq);
+        tp_sgemm(1, 0, nk, hd, bq, scale, dP, nk, Qb, (int)ldq, 1.0f, dKb, (int)lddk);
     }
 }
 
 void tp_attention_head_bwd_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                                const float *O, const float *dO, size_t ldo, const float *lse, float *dQ,
-                               size_t lddq, float *dK, float *dV, size_t lddk, int T, int p0, int hd, float scale) {
+                               size_t lddq, float *dK, float *dV, size_t lddk, int T, int p0, int window, int hd,
+                               float scale) {
     (void)O;
     (void)lse;
     int Tk = p0 + T;
@@ -459,30 +501,30 @@ void tp_attention_head_bwd_ref(const float *Q, size_t ldq, const float *K, const
         return;
     }
     for (int i = 0; i < T; i++) {
-        int nvis = p0 + i + 1;
+        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
         const float *q = Q + (size_t)i * ldq, *go = dO + (size_t)i * ldo;
         double mx = -INFINITY, sum = 0, D = 0;
-        for (int j = 0; j < nvis; j++) {
+        for (int j = lo; j < nvis; j++) {
             double a = 0;
             for (int e = 0; e < hd; e++) a += (double)q[e] * K[(size_t)j * ldk + e];
             p[j] = a * scale;
             if (p[j] > mx) mx = p[j];
         }
-        for (int j = 0; j < nvis; j++) sum += (p[j] = exp(p[j] - mx));
-        for (int j = 0; j < nvis; j++) {
+        for (int j = lo; j < nvis; j++) sum += (p[j] = exp(p[j] - mx));
+        for (int j = lo; j < nvis; j++) {
             p[j] /= sum;
             double dp = 0;
             for (int e = 0; e < hd; e++) dp += (double)go[e] * V[(size_t)j * ldk + e];
             ds[j] = dp;
             D += p[j] * dp;
         }
-        for (int j = 0; j < nvis; j++) ds[j] = p[j] * (ds[j] - D);
+        for (int j = lo; j < nvis; j++) ds[j] = p[j] * (ds[j] - D);
         for (int e = 0; e < hd; e++) {
             double acc = 0;
-            for (int j = 0; j < nvis; j++) acc += ds[j] * K[(size_t)j * ldk + e];
+            for (int j = lo; j < nvis; j++) acc += ds[j] * K[(size_t)j * ldk + e];
             dQ[(size_t)i * lddq + e] = (float)(scale * acc);
         }
-        for (int j = 0; j < nvis; j++)
+        for (int j = lo; j < nvis; j++)
             for (int e = 0; e < hd; e++) {
                 gk[(size_t)j * hd + e] += scale * ds[j] * q[e];
                 gv[(size_t)j * hd + e] += p[j] * go[e];

@@ -78,15 +78,18 @@ double tp_fkl_row(const float *t, float *s, size_t V, float inv_tau, float gscal
 
 /* a(N,ff) = silu(g) * u, in place into g. */
 void tp_silu_mul(float *g, const float *u, size_t n);
+/* g = gelu_tanh(g) * u in place (GeGLU; PyTorch's tanh approximation, in float). */
+void tp_gelu_tanh_mul(float *g, const float *u, size_t n);
 
 /* Causal attention of one sequence and one head:
  * out(T,hd; row stride ldo) = softmax(Q K^T * scale + causal mask) V, where query row i sits at
- * absolute position p0+i and may see keys 0..p0+i. Q row stride ldq, K/V row stride ldk over
+ * absolute position p0+i and may see keys 0..p0+i, or only p0+i-window+1..p0+i when window > 0
+ * (sliding-window attention; 0: no window). Q row stride ldq, K/V row stride ldk over
  * Tk = p0+T keys. scores: scratch of T*Tk floats. */
 void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
-                       float *out, size_t ldo, int T, int p0, int hd, float scale, float *scores);
+                       float *out, size_t ldo, int T, int p0, int window, int hd, float scale, float *scores);
 void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
-                           float *out, size_t ldo, int T, int p0, int hd, float scale);
+                           float *out, size_t ldo, int T, int p0, int window, int hd, float scale);
 
 /* ---- training kernels (backward pass; src/train/backward.c) ---- */
 
@@ -116,6 +119,8 @@ void tp_rope_bwd(float *dx, size_t N, int n_heads, int hd, const int *pos, const
 /* Backward of a = silu(g) * u given da: dg = da * u * silu'(g), du = da * silu(g). dg may alias
  * da (element by element). */
 void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n);
+/* The same for a = gelu_tanh(g) * u. */
+void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n);
 
 /* Rows of query block size used by the blocked attention kernels below. */
 #define TP_ATT_BLOCK 64
@@ -124,9 +129,9 @@ void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg,
  * visible keys (what the backward needs to recompute the probabilities). Processes query rows
  * in blocks of TP_ATT_BLOCK, so it touches only the causal part. scratch: TP_ATT_BLOCK*(p0+T). */
 void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                           size_t ldo, float *lse, int T, int p0, int hd, float scale, float *scratch);
+                           size_t ldo, float *lse, int T, int p0, int window, int hd, float scale, float *scratch);
 void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
-                               float *out, size_t ldo, float *lse, int T, int p0, int hd, float scale);
+                               float *out, size_t ldo, float *lse, int T, int p0, int window, int hd, float scale);
 
 /* Backward of one causal head (flash-attention style: probabilities recomputed from lse, block
  * by block). O, dO: (T,hd; stride ldo) forward output and its gradient. dQ (T,hd; stride lddq)
@@ -135,9 +140,9 @@ void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const
  * The _ref twin recomputes everything in double and ignores O and lse. */
 void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                            const float *O, const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq,
-                           float *dK, float *dV, size_t lddk, int T, int p0, int hd, float scale, float *scratch);
+                           float *dK, float *dV, size_t lddk, int T, int p0, int window, int hd, float scale, float *scratch);
 void tp_attention_head_bwd_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                                const float *O, const float *dO, size_t ldo, const float *lse, float *dQ,
-                               size_t lddq, float *dK, float *dV, size_t lddk, int T, int p0, int hd, float scale);
+                               size_t lddq, float *dK, float *dV, size_t lddk, int T, int p0, int window, int hd, float scale);
 
 #endif

@@ -1,9 +1,14 @@
-/* GGUF -> tp_model: config from the {arch}.* metadata, tensors dequantised to fp32 into HF
- * layout (llama.cpp's Q/K row permutation undone for the llama architecture), tokenizer from
- * tokenizer.ggml.*. The inverse mapping lives in save.c. */
+/* GGUF -> tp_model: config from the {arch}.* metadata (architectures llama, qwen2, qwen3, gemma3),
+ * tensors dequantised to fp32 into HF layout (llama.cpp's Q/K row permutation undone for the
+ * llama architecture; Gemma's norm weights, which llama.cpp's converter stores as 1 + w, back to
+ * w), tokenizer from tokenizer.ggml.*. What the file means is what llama.cpp computes from it:
+ * Gemma 3's sliding window and layer pattern as llama.cpp reads them, no window for the Llama
+ * family (llama.cpp applies none there), Llama 3.x RoPE from its rope_freqs.weight factors.
+ * The inverse mapping lives in save.c. */
 #include "taper/gguf.h"
 #include "taper/model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +43,129 @@ static tp_status get_f32(const tp_gguf *g, const char *arch, const char *key, fl
     return tp_gguf_get_f32(g, full, out);
 }
 
+/* Llama 3.x RoPE in GGUF: llama.cpp's converter drops the rope_scaling settings and stores one
+ * factor per frequency (rope_freqs.weight, head_dim/2 floats: the angle of frequency j is divided
+ * by f[j]). tp_rope_llama3_factors computes them as that converter does; the loader finds the
+ * llama3 settings that give back the file's factors (the ones every Llama 3.x uses first). */
+void tp_rope_llama3_factors(const tp_config *c, float *f) {
+    int half = c->head_dim / 2;
+    float old = (float)c->rope_orig_max_pos;
+    float low_wl = old / c->rope_low_freq, high_wl = old / c->rope_high_freq;
+    for (int j = 0; j < half; j++) {
+        float freq = 1.0f / powf(c->rope_theta, (float)(2 * j) / (float)c->head_dim);
+        float wl = (float)(2.0 * M_PI) / freq;
+        if (wl < high_wl) f[j] = 1.0f;
+        else if (wl > low_wl) f[j] = c->rope_factor;
+        else {
+            float sm = (old / wl - c->rope_low_freq) / (c->rope_high_freq - c->rope_low_freq);
+            f[j] = 1.0f / ((1.0f - sm) / c->rope_factor + sm);
+        }
+    }
+}
+
+static tp_status rope_from_freqs(const tp_gguf *g, const tp_gguf_tensor *t, tp_config *c) {
+    int half = c->head_dim / 2;
+    if (c->arch != TP_ARCH_LLAMA)
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: tensor rope_freqs.weight in a non-llama architecture is not "
+                       "supported", g->path);
+    if (t->n_dims != 1 || t->ne[0] != (uint64_t)half)
+        return tp_fail(TP_ERR_FORMAT, "%s: rope_freqs.weight has %llu elements, expected head_dim/2 = %d", g->path,
+                       (unsigned long long)t->ne[0], half);
+    if (c->rope_scaling != TP_ROPE_NONE)
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: both rope_freqs.weight and rope.scaling.type are set", g->path);
+    float f[512], want[512];
+    tp_status s = tp_gguf_tensor_to_f32(t, f);
+    if (s) return tp_fail_ctx(s, "%s: rope_freqs.weight: ", g->path);
+    float fmax = 0;
+    for (int j = 0; j < half; j++) {
+        if (!(f[j] >= 1.0f && f[j] < 1e6f))
+            return tp_fail(TP_ERR_FORMAT, "%s: rope_freqs.weight[%d] = %g is not a factor >= 1", g->path, j, f[j]);
+        if (f[j] > fmax) fmax = f[j];
+    }
+    if (fmax == 1.0f) return TP_OK; /* no scaling at all */
+    /* candidates for original_max_position_embeddings: the usual ones, powers of two, and for each
+     * factor strictly between 1 and the maximum the value that factor implies (the ramp pins it) */
+    static const float highs[] = {4.0f, 2.0f, 8.0f};
+    for (size_t b = 0; b < sizeof highs / sizeof highs[0]; b++) {
+        double cand[8 + 30 + 512];
+        int nc = 0;
+        static const int usual[] = {8192, 4096, 16384, 32768, 2048, 65536, 131072};
+        for (size_t a = 0; a < sizeof usual / sizeof usual[0]; a++) cand[nc++] = usual[a];
+        /* with no factor on the ramp, any context between the jumps gives the same factors */
+        for (int e = 1; e <= 30; e++) cand[nc++] = (double)(1 << e);
+        for (int j = 0; j < half && nc < 8 + 30 + 512; j++)
+            if (f[j] > 1.0f && f[j] < fmax) {
+                double inv = 1.0 / pow((double)c->rope_theta, (double)(2 * j) / c->head_dim), wl = 2.0 * M_PI / inv;
+                double sm = (1.0 / f[j] - 1.0 / fmax) / (1.0 - 1.0 / fmax);
+                cand[nc++] = floor(wl * (sm * (highs[b] - 1.0) + 1.0) + 0.5);
+            }
+        for (int a = 0; a < nc; a++) {
+            if (!(cand[a] >= 1 && cand[a] <= (double)(1 << 30))) continue;
+            tp_config k = *c;
+            k.rope_scaling = TP_ROPE_LLAMA3;
+            k.rope_factor = fmax;
+            k.rope_low_freq = 1.0f;
+            k.rope_high_freq = highs[b];
+            k.rope_orig_max_pos = (int)cand[a];
+            tp_rope_llama3_factors(&k, want);
+            int ok = 1;
+            for (int j = 0; j < half && ok; j++) ok = fabsf(want[j] - f[j]) <= 1e-5f * f[j];
+            if (ok) {
+                *c = k;
+                return TP_OK;
+            }
+        }
+    }
+    return tp_fail(TP_ERR_UNSUPPORTED, "%s: rope_freqs.weight (factors 1 .. %g) matches no llama3 RoPE scaling "
+                   "(low_freq_factor 1, high_freq_factor 2/4/8, original context 2k..128k); load the HF folder "
+                   "of this model instead", g->path, fmax);
+}
+
+/* Gemma 3 as llama.cpp reads it: the window from attention.sliding_window (none when absent or
+ * 0), sliding layers from attention.sliding_window_pattern (an array of flags, or n: layer l
+ * slides when l % n < n - 1; default 6), their RoPE base from rope.freq_base_swa (default
+ * 10000), scores scaled by 1/sqrt(head_dim) (1/sqrt(d_model / heads) for the 62-layer 27B). */
+static tp_status gemma3_from_gguf(const tp_gguf *g, tp_config *c) {
+    c->qk_norm = c->norm_plus_one = c->sandwich_norm = c->embed_scale = 1;
+    c->act = TP_ACT_GELU_TANH;
+    c->attn_scale_base = c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
+    c->rope_local_theta = 10000.0f;
+    tp_status s;
+    uint32_t w = 0;
+    if (tp_gguf_find(g, "gemma3.attention.sliding_window") &&
+        (s = tp_gguf_get_u32(g, "gemma3.attention.sliding_window", &w)))
+        return s;
+    if (tp_gguf_find(g, "gemma3.rope.freq_base_swa") &&
+        (s = tp_gguf_get_f32(g, "gemma3.rope.freq_base_swa", &c->rope_local_theta)))
+        return s;
+    if (tp_gguf_find(g, "gemma3.final_logit_softcapping")) {
+        float cap = 0;
+        if ((s = tp_gguf_get_f32(g, "gemma3.final_logit_softcapping", &cap))) return s;
+        if (cap != 0)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: gemma3.final_logit_softcapping = %g: soft-capping is not "
+                           "supported", g->path, cap);
+    }
+    if (w == 0) return TP_OK;
+    if (w > (1u << 30)) return tp_fail(TP_ERR_FORMAT, "%s: gemma3.attention.sliding_window = %u is out of range",
+                                       g->path, w);
+    c->sliding_window = (int)w;
+    const tp_gguf_kv *pk = tp_gguf_find(g, "gemma3.attention.sliding_window_pattern");
+    if (pk && pk->type == TP_GGUF_ARRAY) {
+        if (pk->v.arr.n != (uint64_t)c->n_layers || pk->v.arr.type == TP_GGUF_STRING)
+            return tp_fail(TP_ERR_FORMAT, "%s: gemma3.attention.sliding_window_pattern must hold %d flags", g->path,
+                           c->n_layers);
+        for (int l = 0; l < c->n_layers; l++) tp_config_set_layer_sliding(c, l, tp_gguf_arr_u64(pk, (uint64_t)l) != 0);
+    } else {
+        uint32_t n = 6;
+        if (pk && (s = tp_gguf_get_u32(g, "gemma3.attention.sliding_window_pattern", &n))) return s;
+        for (int l = 0; l < c->n_layers; l++) tp_config_set_layer_sliding(c, l, n == 0 || (uint32_t)l % n < n - 1);
+    }
+    int any = 0;
+    for (int l = 0; l < c->n_layers; l++) any |= tp_config_layer_sliding(c, l);
+    if (!any) c->sliding_window = 0;
+    return TP_OK;
+}
+
 static tp_status config_from_gguf(const tp_gguf *g, tp_config *c) {
     char *arch = NULL;
     tp_status s = tp_gguf_get_str(g, "general.architecture", &arch);
@@ -45,13 +173,17 @@ static tp_status config_from_gguf(const tp_gguf *g, tp_config *c) {
     memset(c, 0, sizeof *c);
     if (strcmp(arch, "llama") == 0) c->arch = TP_ARCH_LLAMA;
     else if (strcmp(arch, "qwen2") == 0) c->arch = TP_ARCH_QWEN2;
+    else if (strcmp(arch, "qwen3") == 0) c->arch = TP_ARCH_QWEN3;
+    else if (strcmp(arch, "gemma3") == 0) c->arch = TP_ARCH_GEMMA3;
     else {
         s = tp_fail(TP_ERR_UNSUPPORTED,
-                    "%s: general.architecture = \"%s\" is not supported (llama, qwen2)", g->path, arch);
+                    "%s: general.architecture = \"%s\" is not supported (llama, qwen2, qwen3, gemma3)", g->path,
+                    arch);
         free(arch);
         return s;
     }
     c->attn_bias = c->arch == TP_ARCH_QWEN2;
+    c->qk_norm = c->arch == TP_ARCH_QWEN3;
     if ((s = get_u32(g, arch, "block_count", 1, 0, &c->n_layers)) ||
         (s = get_u32(g, arch, "embedding_length", 1, 0, &c->d_model)) ||
         (s = get_u32(g, arch, "feed_forward_length", 1, 0, &c->d_ff)) ||
@@ -86,10 +218,9 @@ static tp_status config_from_gguf(const tp_gguf *g, tp_config *c) {
         if (s) { free(arch); return s; }
     }
     free(arch);
-    if (tp_gguf_find_tensor(g, "rope_freqs.weight"))
-        return tp_fail(TP_ERR_UNSUPPORTED,
-                       "%s: tensor rope_freqs.weight (Llama-3.1-style RoPE frequency factors in GGUF) "
-                       "is not supported yet; load the HF folder of this model instead", g->path);
+    if (c->arch == TP_ARCH_GEMMA3 && (s = gemma3_from_gguf(g, c))) return s;
+    const tp_gguf_tensor *rf = tp_gguf_find_tensor(g, "rope_freqs.weight");
+    if (rf && (s = rope_from_freqs(g, rf, c))) return s;
     const tp_gguf_tensor *emb = tp_gguf_find_tensor(g, "token_embd.weight");
     if (!emb) return tp_fail(TP_ERR_FORMAT, "%s: tensor token_embd.weight is missing", g->path);
     if (emb->n_dims != 2 || emb->ne[1] > (1u << 24))
@@ -143,7 +274,15 @@ static tp_status load_layer(const tp_gguf *g, const tp_config *c, int l, tp_laye
     LOAD("ffn_gate.weight", L->w_gate, ff, d);
     LOAD("ffn_up.weight", L->w_up, ff, d);
     LOAD("ffn_down.weight", L->w_down, d, ff);
-    int permuted = c->arch != TP_ARCH_QWEN2; /* llama.cpp permutes Q/K rows for llama only */
+    if (c->qk_norm) {
+        LOAD("attn_q_norm.weight", L->q_norm, 1, (size_t)c->head_dim);
+        LOAD("attn_k_norm.weight", L->k_norm, 1, (size_t)c->head_dim);
+    }
+    if (c->sandwich_norm) {
+        LOAD("post_attention_norm.weight", L->attn_post_norm, 1, d);
+        LOAD("post_ffw_norm.weight", L->mlp_post_norm, 1, d);
+    }
+    int permuted = c->arch == TP_ARCH_LLAMA || c->arch == TP_ARCH_MISTRAL; /* llama.cpp permutes Q/K rows for llama only */
     if (c->attn_bias) {
         LOAD("attn_q.bias", permuted ? tmp : L->bq, 1, q);
         if (permuted) tp_rope_rows_unpermute(tmp, L->bq, c->n_heads, c->head_dim, 1);
@@ -157,6 +296,20 @@ static tp_status load_layer(const tp_gguf *g, const tp_config *c, int l, tp_laye
     if (permuted) tp_rope_rows_unpermute(tmp, L->wk, c->n_kv_heads, c->head_dim, d);
 #undef LOAD
     return TP_OK;
+}
+
+/* llama.cpp's converter stores Gemma's norm weights as 1 + w; taper keeps w (HF's convention). */
+static void unshift_norms(tp_model *m) {
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, hd = (size_t)c->head_dim;
+    for (size_t i = 0; i < d; i++) m->final_norm[i] -= 1.0f;
+    for (int l = 0; l < c->n_layers; l++) {
+        tp_layer *L = &m->layers[l];
+        float *v[] = {L->attn_norm, L->mlp_norm, L->attn_post_norm, L->mlp_post_norm, L->q_norm, L->k_norm};
+        size_t n[] = {d, d, d, d, hd, hd};
+        for (int k = 0; k < 6; k++)
+            for (size_t i = 0; v[k] && i < n[k]; i++) v[k][i] -= 1.0f;
+    }
 }
 
 tp_status tp_model_load_gguf(const char *path, tp_model **out) {
@@ -177,7 +330,12 @@ tp_status tp_model_load_gguf(const char *path, tp_model **out) {
         (s = load_tensor(g, "output.weight", m->lm_head, (size_t)c.vocab, (size_t)c.d_model))) goto done;
     for (int l = 0; l < c.n_layers && !s; l++) s = load_layer(g, &c, l, &m->layers[l], tmp);
     if (s) goto done;
-    if ((s = tp_tok_load_gguf(g, &m->tok))) { s = tp_fail_ctx(s, "%s: tokenizer: ", path); goto done; }
+    if (c.norm_plus_one) unshift_norms(m);
+    /* a file without tokenizer.ggml.model has no tokenizer (as an HF folder without tokenizer.json) */
+    if (tp_gguf_find(g, "tokenizer.ggml.model") && (s = tp_tok_load_gguf(g, &m->tok))) {
+        s = tp_fail_ctx(s, "%s: tokenizer: ", path);
+        goto done;
+    }
     if (tp_gguf_find(g, "tokenizer.chat_template"))
         tp_gguf_get_str(g, "tokenizer.chat_template", &m->chat_template);
     m->source = strdup(path);

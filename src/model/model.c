@@ -43,6 +43,10 @@ static size_t layout(tp_model *m, float *base) {
         L->w_gate = take(&cu, ff * d);
         L->w_up = take(&cu, ff * d);
         L->w_down = take(&cu, d * ff);
+        L->q_norm = c->qk_norm ? take(&cu, (size_t)c->head_dim) : NULL;
+        L->k_norm = c->qk_norm ? take(&cu, (size_t)c->head_dim) : NULL;
+        L->attn_post_norm = c->sandwich_norm ? take(&cu, d) : NULL;
+        L->mlp_post_norm = c->sandwich_norm ? take(&cu, d) : NULL;
     }
     m->final_norm = take(&cu, d);
     m->lm_head = c->tie_embeddings ? m->tok_emb : take(&cu, V * d);
@@ -106,18 +110,27 @@ int tp_model_tensors(const tp_model *m, tp_tensor_ref *out, int cap) {
     put_ref(out, cap, &n, "model.embed_tokens.weight", m->tok_emb, V, d);
     for (int l = 0; l < c->n_layers; l++) {
         const tp_layer *L = &m->layers[l];
-        static const char *const fields[] = {"input_layernorm.weight", "self_attn.q_proj.weight",
-                                             "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                                             "self_attn.q_proj.bias", "self_attn.k_proj.bias",
-                                             "self_attn.v_proj.bias", "self_attn.o_proj.weight",
-                                             "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-                                             "mlp.up_proj.weight", "mlp.down_proj.weight"};
-        float *const data[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv,
-                               L->wo, L->mlp_norm, L->w_gate, L->w_up, L->w_down};
-        const size_t rows[] = {0, q, kv, kv, 0, 0, 0, d, 0, ff, ff, d};
-        const size_t cols[] = {d, d, d, d, q, kv, kv, q, d, d, d, ff};
-        for (int f = 0; f < 12; f++) {
-            if (!data[f]) continue; /* biases without attn_bias */
+        /* Gemma 3 names its four norms input_layernorm, post_attention_layernorm (on the attention
+         * output), pre_feedforward_layernorm and post_feedforward_layernorm; Llama's
+         * post_attention_layernorm is the norm before the MLP. */
+        int sw = c->sandwich_norm;
+        size_t hd = (size_t)c->head_dim;
+        const char *const fields[] = {"input_layernorm.weight", "self_attn.q_proj.weight",
+                                      "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                      "self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                                      "self_attn.v_proj.bias", "self_attn.q_norm.weight",
+                                      "self_attn.k_norm.weight", "self_attn.o_proj.weight",
+                                      "post_attention_layernorm.weight",
+                                      sw ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight",
+                                      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                                      "post_feedforward_layernorm.weight"};
+        float *const data[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv, L->q_norm, L->k_norm,
+                               L->wo, L->attn_post_norm, L->mlp_norm, L->w_gate, L->w_up, L->w_down,
+                               L->mlp_post_norm};
+        const size_t rows[] = {0, q, kv, kv, 0, 0, 0, 0, 0, d, 0, 0, ff, ff, d, 0};
+        const size_t cols[] = {d, d, d, d, q, kv, kv, hd, hd, q, d, d, d, d, ff, d};
+        for (int f = 0; f < (int)(sizeof data / sizeof data[0]); f++) {
+            if (!data[f]) continue; /* tensors the family does not have */
             snprintf(name, sizeof name, "model.layers.%d.%s", l, fields[f]);
             put_ref(out, cap, &n, name, data[f], rows[f], cols[f]);
         }

@@ -144,7 +144,11 @@ static tp_status gguf_metadata(const tp_model *m, tp_gguf_writer *w, const char 
     if (!s) s = tp_gguf_set_str(w, "general.name", "taper export");
     if (!s) s = tp_gguf_set_u32(w, "general.file_type", (uint32_t)ftype_of(t));
     U32("block_count", c->n_layers);
-    U32("context_length", c->max_pos);
+    /* llama.cpp's llama / qwen2 / qwen3 graphs apply no sliding window: the context the file
+     * states is cut to the window, inside which full attention and the window agree */
+    int ctx = c->max_pos;
+    if (c->arch != TP_ARCH_GEMMA3 && c->sliding_window > 0 && c->sliding_window < ctx) ctx = c->sliding_window;
+    U32("context_length", ctx);
     U32("embedding_length", c->d_model);
     U32("feed_forward_length", c->d_ff);
     U32("attention.head_count", c->n_heads);
@@ -164,6 +168,21 @@ static tp_status gguf_metadata(const tp_model *m, tp_gguf_writer *w, const char 
         snprintf(k, sizeof k, "%s.rope.scaling.factor", arch);
         if (!s) s = tp_gguf_set_f32(w, k, c->rope_factor);
     }
+    if (c->arch == TP_ARCH_GEMMA3) {
+        if (c->sliding_window > 0) {
+            snprintf(k, sizeof k, "%s.attention.sliding_window", arch);
+            if (!s) s = tp_gguf_set_u32(w, k, (uint32_t)c->sliding_window);
+            /* the per-layer flags, as llama.cpp's converter writes them for Gemma 3 variants */
+            uint8_t *flags = malloc((size_t)c->n_layers);
+            if (!flags) return tp_fail(TP_ERR_NOMEM, "out of memory");
+            for (int l = 0; l < c->n_layers; l++) flags[l] = (uint8_t)tp_config_layer_sliding(c, l);
+            snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
+            if (!s) s = tp_gguf_set_arr(w, k, TP_GGUF_BOOL, flags, (uint64_t)c->n_layers);
+            free(flags);
+            snprintf(k, sizeof k, "%s.rope.freq_base_swa", arch);
+            if (!s) s = tp_gguf_set_f32(w, k, c->rope_local_theta);
+        }
+    }
     if (!s && m->tok) s = tp_tok_to_gguf(m->tok, w);
     if (!s && m->chat_template) s = tp_gguf_set_str(w, "tokenizer.chat_template", m->chat_template);
     return s;
@@ -174,13 +193,24 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
     tp_ggml_type t = (tp_ggml_type)ggml_type;
     if (ftype_of(t) < 0)
         return tp_fail(TP_ERR_ARG, "GGUF export: type %s is not one of F32, F16, BF16, Q8_0", tp_ggml_type_name(t));
-    if (c->rope_scaling == TP_ROPE_LLAMA3)
-        return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export of llama3 RoPE scaling is not supported yet; "
-                                           "export to an HF folder instead");
+    if (c->rope_scaling == TP_ROPE_LLAMA3 && c->arch != TP_ARCH_LLAMA && c->arch != TP_ARCH_MISTRAL)
+        return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: llama3 RoPE scaling is written as rope_freqs.weight, which "
+                                           "llama.cpp reads for the llama architecture only");
     if (c->arch == TP_ARCH_QWEN2 && !c->attn_bias)
         return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: qwen2 without attention biases has no GGUF form");
-    const char *arch = c->arch == TP_ARCH_QWEN2 ? "qwen2" : "llama";
-    int permute = c->arch != TP_ARCH_QWEN2;
+    if (c->arch == TP_ARCH_GEMMA3) {
+        /* llama.cpp scales Gemma 3's scores by 1/sqrt(head_dim) (d_model/heads for 62 layers) */
+        float want = c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
+        if (c->attn_scale_base != want)
+            return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: query_pre_attn_scalar = %g, but llama.cpp scales Gemma 3's "
+                           "attention by 1/sqrt(%g) for this shape; export to an HF folder instead",
+                           c->attn_scale_base, want);
+        if (c->sliding_window > 0 && c->rope_local_theta <= 0)
+            return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: Gemma 3 sliding layers need their own RoPE base");
+    }
+    static const char *const arch_names[] = {"llama", "llama", "qwen2", "qwen3", "gemma3"};
+    const char *arch = arch_names[c->arch];
+    int permute = c->arch == TP_ARCH_LLAMA || c->arch == TP_ARCH_MISTRAL;
     tp_gguf_writer *w = NULL;
     tp_status s = tp_gguf_writer_new(&w);
     if (s) return s;
@@ -190,6 +220,15 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
     if (!tmp) { tp_gguf_writer_free(w); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
     s = gguf_metadata(m, w, arch, t);
     if (!s) s = add_t(w, "token_embd.weight", m->tok_emb, V, d, t);
+    if (!s && c->rope_scaling == TP_ROPE_LLAMA3) {
+        float f[512];
+        tp_rope_llama3_factors(c, f);
+        s = add_t(w, "rope_freqs.weight", f, 0, (uint64_t)c->head_dim / 2, t);
+    }
+    /* Gemma: llama.cpp's converter stores each norm weight as 1 + w */
+    size_t nshift = c->norm_plus_one ? (size_t)(d > (uint64_t)c->head_dim ? d : (uint64_t)c->head_dim) : 0;
+    float *shifted = nshift ? malloc(nshift * sizeof(float)) : NULL;
+    if (nshift && !shifted && !s) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     char name[96];
     for (int l = 0; l < c->n_layers && !s; l++) {
         const tp_layer *L = &m->layers[l];
@@ -198,7 +237,16 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
         snprintf(name, sizeof name, "blk.%d.%s", l, suffix);           \
         if (!s) s = add_t(w, name, data, r, cl, t);                    \
     } while (0)
-        ADD("attn_norm.weight", L->attn_norm, 0, d);
+#define NORM(v, n) tp_norm_weight(c, v, (size_t)(n), shifted)
+        ADD("attn_norm.weight", NORM(L->attn_norm, d), 0, d);
+        if (c->qk_norm) {
+            ADD("attn_q_norm.weight", NORM(L->q_norm, c->head_dim), 0, (uint64_t)c->head_dim);
+            ADD("attn_k_norm.weight", NORM(L->k_norm, c->head_dim), 0, (uint64_t)c->head_dim);
+        }
+        if (c->sandwich_norm) {
+            ADD("post_attention_norm.weight", NORM(L->attn_post_norm, d), 0, d);
+            ADD("post_ffw_norm.weight", NORM(L->mlp_post_norm, d), 0, d);
+        }
         if (permute) tp_rope_rows_permute(L->wq, tmp, c->n_heads, c->head_dim, (size_t)d);
         ADD("attn_q.weight", permute ? tmp : L->wq, q, d);
         if (permute) tp_rope_rows_permute(L->wk, tmp, c->n_kv_heads, c->head_dim, (size_t)d);
@@ -212,13 +260,15 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
             ADD("attn_v.bias", L->bv, 0, kv);
         }
         ADD("attn_output.weight", L->wo, d, q);
-        ADD("ffn_norm.weight", L->mlp_norm, 0, d);
+        ADD("ffn_norm.weight", NORM(L->mlp_norm, d), 0, d);
         ADD("ffn_gate.weight", L->w_gate, ff, d);
         ADD("ffn_up.weight", L->w_up, ff, d);
         ADD("ffn_down.weight", L->w_down, d, ff);
 #undef ADD
     }
-    if (!s) s = add_t(w, "output_norm.weight", m->final_norm, 0, d, t);
+    if (!s) s = add_t(w, "output_norm.weight", NORM(m->final_norm, d), 0, d, t);
+#undef NORM
+    free(shifted);
     if (!s && !c->tie_embeddings) s = add_t(w, "output.weight", m->lm_head, V, d, t);
     free(tmp);
     if (!s) s = tp_gguf_write(w, path);

@@ -28,6 +28,12 @@ typedef struct {
     float *x_mid;  /* (N, d) residual stream after attention */
     float *rstd2;  /* (N) 1/rms of x_mid (MLP RMSNorm) */
     float *g, *u;  /* (N, ff) gate and up projections */
+    /* qk_norm (Qwen3, Gemma 3): q and k before their per-head norm, and each head row's 1/rms */
+    float *qr, *kr;         /* (N, nh*hd), (N, nkv*hd); NULL without qk_norm */
+    float *rstd_q, *rstd_k; /* (N*nh), (N*nkv) */
+    /* sandwich_norm (Gemma 3): o_proj / down_proj outputs before their norms, and their 1/rms */
+    float *ao, *mo;         /* (N, d) each; NULL without sandwich_norm */
+    float *rstd3, *rstd4;   /* (N) each */
 } layer_tape;
 
 struct tp_tape {
@@ -52,6 +58,10 @@ struct tp_tape {
     float *logits;      /* (LOGIT_CHUNK, vocab) one chunk of logits, then its gradient */
     float *att_scratch; /* (n_thr, 2*TP_ATT_BLOCK*T) */
     float *inv_freq;    /* (hd/2) */
+    float *inv_freq_local; /* (hd/2) RoPE of sliding layers with their own base (Gemma 3) */
+    float *normw;       /* (max(d, hd)) (1 + w) norm weights under norm_plus_one */
+    float *dqn, *dkn;   /* (N, nh*hd), (N, nkv*hd) gradients of q / k before their norm; NULL without qk_norm */
+    float *dproj;       /* (N, d) gradient of an o_proj / down_proj output; NULL without sandwich_norm */
     double *row_loss;   /* (LOGIT_CHUNK) */
     int *pos;           /* (N) */
     float *block;       /* the allocation every float view above points into */
@@ -98,6 +108,14 @@ static void tape_layout(tp_tape *t, layout *ly) {
         s->rstd2 = place(ly, N, 1);
         s->g = place(ly, N, ff);
         s->u = place(ly, N, ff);
+        s->qr = c->qk_norm ? place(ly, N, qd) : NULL;
+        s->kr = c->qk_norm ? place(ly, N, kvd) : NULL;
+        s->rstd_q = c->qk_norm ? place(ly, N, nh) : NULL;
+        s->rstd_k = c->qk_norm ? place(ly, N, (size_t)c->n_kv_heads) : NULL;
+        s->ao = c->sandwich_norm ? place(ly, N, d) : NULL;
+        s->mo = c->sandwich_norm ? place(ly, N, d) : NULL;
+        s->rstd3 = c->sandwich_norm ? place(ly, N, 1) : NULL;
+        s->rstd4 = c->sandwich_norm ? place(ly, N, 1) : NULL;
     }
     t->rstd_f = place(ly, N, 1);
     t->h = place(ly, N, d);
@@ -117,6 +135,11 @@ static void tape_layout(tp_tape *t, layout *ly) {
     t->logits = place(ly, N < LOGIT_CHUNK ? N : LOGIT_CHUNK, (size_t)c->vocab);
     t->att_scratch = place(ly, (size_t)t->n_thr * 2 * TP_ATT_BLOCK, (size_t)t->T);
     t->inv_freq = place(ly, (size_t)c->head_dim / 2, 1);
+    t->inv_freq_local = place(ly, (size_t)c->head_dim / 2, 1);
+    t->normw = place(ly, d > (size_t)c->head_dim ? d : (size_t)c->head_dim, 1);
+    t->dqn = c->qk_norm ? place(ly, N, qd) : NULL;
+    t->dkn = c->qk_norm ? place(ly, N, kvd) : NULL;
+    t->dproj = c->sandwich_norm ? place(ly, N, d) : NULL;
 }
 
 tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape **out) {
@@ -157,6 +180,7 @@ tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape
     tape_layout(t, &ly);
     t->bytes = nbytes + chunk * sizeof *t->row_loss + t->N * sizeof *t->pos + (size_t)c->n_layers * sizeof *t->lt;
     tp_rope_inv_freq(c, t->inv_freq);
+    tp_rope_inv_freq_local(c, t->inv_freq_local);
     *out = t;
     return TP_OK;
 }
@@ -186,9 +210,11 @@ static void add_to(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-static void silu_mul_to(float *act, const float *g, const float *u, size_t n) {
+/* act = f(g) * u with the family's gate activation. */
+static void act_mul_to(const tp_config *c, float *act, const float *g, const float *u, size_t n) {
     memcpy(act, g, n * sizeof *act);
-    tp_silu_mul(act, u, n);
+    if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul(act, u, n);
+    else tp_silu_mul(act, u, n);
 }
 
 /* grad->tok_emb[tokens[n]] += alpha * dx[n]: column blocks in parallel, rows in order. */
@@ -231,7 +257,8 @@ double tp_ce_rows(float *logits, const int32_t *tg, size_t nr, size_t V, double 
 static int same_shape(const tp_config *a, const tp_config *b) {
     return a->n_layers == b->n_layers && a->d_model == b->d_model && a->n_heads == b->n_heads &&
            a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim && a->d_ff == b->d_ff &&
-           a->vocab == b->vocab && !a->tie_embeddings == !b->tie_embeddings && !a->attn_bias == !b->attn_bias;
+           a->vocab == b->vocab && !a->tie_embeddings == !b->tie_embeddings && !a->attn_bias == !b->attn_bias &&
+           !a->qk_norm == !b->qk_norm && !a->sandwich_norm == !b->sandwich_norm;
 }
 
 /* ------------------------------- the step ------------------------------- */
@@ -268,15 +295,23 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)c->d_ff;
     size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
     const float *x = layer_x(cx, l);
+    float eps = c->norm_eps;
     if (hooks) fhook(cx, TP_HOOK_LAYER_IN, l, x, d);
-    tp_rmsnorm_fwd(x, L->attn_norm, tp->h, s->rstd1, N, d, c->norm_eps);
+    tp_rmsnorm_fwd(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), tp->h, s->rstd1, N, d, eps);
     if (hooks) fhook(cx, TP_HOOK_ATTN_NORM, l, tp->h, d);
-    tp_matmul_wt(tp->h, L->wq, L->bq, s->q, N, d, qd);
-    tp_matmul_wt(tp->h, L->wk, L->bk, s->k, N, d, kvd);
+    float *q = c->qk_norm ? s->qr : s->q, *k = c->qk_norm ? s->kr : s->k;
+    tp_matmul_wt(tp->h, L->wq, L->bq, q, N, d, qd);
+    tp_matmul_wt(tp->h, L->wk, L->bk, k, N, d, kvd);
     tp_matmul_wt(tp->h, L->wv, L->bv, s->v, N, d, kvd);
-    tp_rope_apply(s->q, N, nh, hd, tp->pos, tp->inv_freq);
-    tp_rope_apply(s->k, N, nkv, hd, tp->pos, tp->inv_freq);
-    float scale = 1.0f / sqrtf((float)hd);
+    if (c->qk_norm) {
+        tp_rmsnorm_fwd(s->qr, tp_norm_weight(c, L->q_norm, (size_t)hd, tp->normw), s->q, s->rstd_q, N * nh, hd, eps);
+        tp_rmsnorm_fwd(s->kr, tp_norm_weight(c, L->k_norm, (size_t)hd, tp->normw), s->k, s->rstd_k, N * nkv, hd, eps);
+    }
+    const float *inv_freq = tp_layer_rope_local(c, l) ? tp->inv_freq_local : tp->inv_freq;
+    tp_rope_apply(s->q, N, nh, hd, tp->pos, inv_freq);
+    tp_rope_apply(s->k, N, nkv, hd, tp->pos, inv_freq);
+    float scale = tp_attn_scale(c);
+    int window = tp_layer_window(c, l);
     size_t scr = 2 * (size_t)TP_ATT_BLOCK * (size_t)tp->T;
 #pragma omp parallel for schedule(dynamic, 1) collapse(2) num_threads(cx->nthr) \
     if ((size_t)B * T * T * nh * hd >= TP_PAR_MIN_WORK)
@@ -285,22 +320,32 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
             size_t r0 = (size_t)b * T;
             tp_attention_head_lse(s->q + r0 * qd + (size_t)h * hd, qd, s->k + r0 * kvd + (size_t)(h / rep) * hd,
                                   s->v + r0 * kvd + (size_t)(h / rep) * hd, kvd, s->att + r0 * qd + (size_t)h * hd,
-                                  qd, s->lse + ((size_t)b * nh + h) * T, T, 0, hd, scale,
+                                  qd, s->lse + ((size_t)b * nh + h) * T, T, 0, window, hd, scale,
                                   tp->att_scratch + (size_t)tp_thread_id() * scr);
         }
     if (hooks) fhook(cx, TP_HOOK_ATTN_OUT, l, s->att, qd);
-    tp_matmul_wt(s->att, L->wo, NULL, tp->proj, N, qd, d);
+    if (c->sandwich_norm) {
+        tp_matmul_wt(s->att, L->wo, NULL, s->ao, N, qd, d);
+        tp_rmsnorm_fwd(s->ao, tp_norm_weight(c, L->attn_post_norm, d, tp->normw), tp->proj, s->rstd3, N, d, eps);
+    } else
+        tp_matmul_wt(s->att, L->wo, NULL, tp->proj, N, qd, d);
     add_to(s->x_mid, x, tp->proj, N * d);
-    tp_rmsnorm_fwd(s->x_mid, L->mlp_norm, tp->h, s->rstd2, N, d, c->norm_eps);
+    tp_rmsnorm_fwd(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), tp->h, s->rstd2, N, d, eps);
     if (hooks) fhook(cx, TP_HOOK_MLP_NORM, l, tp->h, d);
     tp_matmul_wt(tp->h, L->w_gate, NULL, s->g, N, d, ff);
     tp_matmul_wt(tp->h, L->w_up, NULL, s->u, N, d, ff);
     if (hooks) fhook(cx, TP_HOOK_MLP_GATE, l, s->g, ff);
     if (hooks) fhook(cx, TP_HOOK_MLP_UP, l, s->u, ff);
-    if (!x_out) return; /* recomputing: the rest is rebuilt by the backward itself */
-    silu_mul_to(tp->act, s->g, s->u, N * ff);
+    /* recomputing: the rest is rebuilt by the backward itself, except the MLP output's norm */
+    if (!x_out && !c->sandwich_norm) return;
+    act_mul_to(c, tp->act, s->g, s->u, N * ff);
     if (hooks) fhook(cx, TP_HOOK_MLP_ACT, l, tp->act, ff);
-    tp_matmul_wt(tp->act, L->w_down, NULL, tp->proj, N, ff, d);
+    if (c->sandwich_norm) {
+        tp_matmul_wt(tp->act, L->w_down, NULL, s->mo, N, ff, d);
+        tp_rmsnorm_fwd(s->mo, tp_norm_weight(c, L->mlp_post_norm, d, tp->normw), tp->proj, s->rstd4, N, d, eps);
+    } else
+        tp_matmul_wt(tp->act, L->w_down, NULL, tp->proj, N, ff, d);
+    if (!x_out) return;
     add_to(x_out, s->x_mid, tp->proj, N * d);
     if (hooks) fhook(cx, TP_HOOK_LAYER_OUT, l, x_out, d);
 }
@@ -309,13 +354,14 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
  * one still has n_heads tasks; with GQA each head's dK/dV goes to its own columns of dkh/dvh,
  * then each KV head sums its group's heads in head order (deterministic, independent of the
  * thread count). */
-static void attention_backward(const step_ctx *cx, const layer_tape *s) {
+static void attention_backward(const step_ctx *cx, const layer_tape *s, int l) {
     const tp_config *c = &cx->m->cfg;
     tp_tape *tp = cx->tp;
     int B = cx->B, T = cx->T, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, rep = nh / nkv;
     size_t N = cx->N, qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
     float *dK = rep > 1 ? tp->dkh : tp->dk, *dV = rep > 1 ? tp->dvh : tp->dv; /* (N, nh*hd) either way */
-    float scale = 1.0f / sqrtf((float)hd);
+    float scale = tp_attn_scale(c);
+    int window = tp_layer_window(c, l);
     size_t scr = 2 * (size_t)TP_ATT_BLOCK * (size_t)tp->T;
 #pragma omp parallel for schedule(dynamic, 1) collapse(2) num_threads(cx->nthr) \
     if ((size_t)B * T * T * nh * hd >= TP_PAR_MIN_WORK)
@@ -327,8 +373,8 @@ static void attention_backward(const step_ctx *cx, const layer_tape *s) {
                 memset(dV + qo + (size_t)t * qd, 0, (size_t)hd * sizeof(float));
             }
             tp_attention_head_bwd(s->q + qo, qd, s->k + ko, s->v + ko, kvd, s->att + qo, tp->datt + qo, qd,
-                                  s->lse + ((size_t)b * nh + h) * T, tp->dq + qo, qd, dK + qo, dV + qo, qd, T, 0, hd,
-                                  scale, tp->att_scratch + (size_t)tp_thread_id() * scr);
+                                  s->lse + ((size_t)b * nh + h) * T, tp->dq + qo, qd, dK + qo, dV + qo, qd, T, 0, window,
+                                  hd, scale, tp->att_scratch + (size_t)tp_thread_id() * scr);
         }
     if (rep == 1) return;
 #pragma omp parallel for schedule(static) if (N * qd >= TP_PAR_MIN_WORK)
@@ -357,13 +403,21 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     float a = cx->alpha;
     const float *x = layer_x(cx, l);
 
-    /* MLP: x_out = x_mid + down(silu(gate(h2)) * up(h2)), h2 = norm(x_mid) */
-    norm_apply(s->x_mid, L->mlp_norm, s->rstd2, tp->h, N, d);
-    silu_mul_to(tp->act, s->g, s->u, N * ff);
-    tp_matmul_dx(tp->dres, L->w_down, tp->dact, N, ff, d, 0);
-    tp_matmul_dw(tp->dres, tp->act, G->w_down, NULL, N, ff, d, a);
+    /* MLP: x_out = x_mid + [post_norm](down(act(gate(h2)) * up(h2))), h2 = norm(x_mid) */
+    const float *dmlp = tp->dres; /* gradient of the down_proj output */
+    if (c->sandwich_norm) {
+        memset(tp->dproj, 0, N * d * sizeof(float));
+        tp_rmsnorm_bwd(s->mo, tp_norm_weight(c, L->mlp_post_norm, d, tp->normw), s->rstd4, tp->dres, tp->dproj,
+                       G->mlp_post_norm, a, N, d);
+        dmlp = tp->dproj;
+    }
+    norm_apply(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), s->rstd2, tp->h, N, d);
+    act_mul_to(c, tp->act, s->g, s->u, N * ff);
+    tp_matmul_dx(dmlp, L->w_down, tp->dact, N, ff, d, 0);
+    tp_matmul_dw(dmlp, tp->act, G->w_down, NULL, N, ff, d, a);
     ghook(cx, TP_HOOK_MLP_ACT, l, tp->act, tp->dact, ff);
-    tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
+    if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff);
+    else tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
     ghook(cx, TP_HOOK_MLP_UP, l, s->u, tp->du, ff);
     ghook(cx, TP_HOOK_MLP_GATE, l, s->g, tp->dact, ff);
     tp_matmul_dx(tp->dact, L->w_gate, tp->dh, N, d, ff, 0);
@@ -371,24 +425,46 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     tp_matmul_dw(tp->dact, tp->h, G->w_gate, NULL, N, d, ff, a);
     tp_matmul_dw(tp->du, tp->h, G->w_up, NULL, N, d, ff, a);
     ghook(cx, TP_HOOK_MLP_NORM, l, tp->h, tp->dh, d);
-    tp_rmsnorm_bwd(s->x_mid, L->mlp_norm, s->rstd2, tp->dh, tp->dres, G->mlp_norm, a, N, d);
+    tp_rmsnorm_bwd(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), s->rstd2, tp->dh, tp->dres, G->mlp_norm,
+                   a, N, d);
 
-    /* attention: x_mid = x + o_proj(attn(rope(q), rope(k), v)), q/k/v = proj(h1), h1 = norm(x) */
-    tp_matmul_dx(tp->dres, L->wo, tp->datt, N, qd, d, 0);
-    tp_matmul_dw(tp->dres, s->att, G->wo, NULL, N, qd, d, a);
+    /* attention: x_mid = x + [post_norm](o_proj(attn(rope(q), rope(k), v))), q/k/v = proj(h1) (q and k
+     * through their per-head norms under qk_norm), h1 = norm(x) */
+    const float *datt_out = tp->dres;
+    if (c->sandwich_norm) {
+        memset(tp->dproj, 0, N * d * sizeof(float));
+        tp_rmsnorm_bwd(s->ao, tp_norm_weight(c, L->attn_post_norm, d, tp->normw), s->rstd3, tp->dres, tp->dproj,
+                       G->attn_post_norm, a, N, d);
+        datt_out = tp->dproj;
+    }
+    tp_matmul_dx(datt_out, L->wo, tp->datt, N, qd, d, 0);
+    tp_matmul_dw(datt_out, s->att, G->wo, NULL, N, qd, d, a);
     ghook(cx, TP_HOOK_ATTN_OUT, l, s->att, tp->datt, qd);
-    attention_backward(cx, s);
-    tp_rope_bwd(tp->dq, N, nh, hd, tp->pos, tp->inv_freq);
-    tp_rope_bwd(tp->dk, N, nkv, hd, tp->pos, tp->inv_freq);
-    norm_apply(x, L->attn_norm, s->rstd1, tp->h, N, d);
-    tp_matmul_dx(tp->dq, L->wq, tp->dh, N, d, qd, 0);
-    tp_matmul_dx(tp->dk, L->wk, tp->dh, N, d, kvd, 1);
+    attention_backward(cx, s, l);
+    const float *inv_freq = tp_layer_rope_local(c, l) ? tp->inv_freq_local : tp->inv_freq;
+    tp_rope_bwd(tp->dq, N, nh, hd, tp->pos, inv_freq);
+    tp_rope_bwd(tp->dk, N, nkv, hd, tp->pos, inv_freq);
+    const float *dq = tp->dq, *dk = tp->dk;
+    if (c->qk_norm) {
+        memset(tp->dqn, 0, N * qd * sizeof(float));
+        memset(tp->dkn, 0, N * kvd * sizeof(float));
+        tp_rmsnorm_bwd(s->qr, tp_norm_weight(c, L->q_norm, (size_t)hd, tp->normw), s->rstd_q, tp->dq, tp->dqn,
+                       G->q_norm, a, N * nh, hd);
+        tp_rmsnorm_bwd(s->kr, tp_norm_weight(c, L->k_norm, (size_t)hd, tp->normw), s->rstd_k, tp->dk, tp->dkn,
+                       G->k_norm, a, N * nkv, hd);
+        dq = tp->dqn;
+        dk = tp->dkn;
+    }
+    norm_apply(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), s->rstd1, tp->h, N, d);
+    tp_matmul_dx(dq, L->wq, tp->dh, N, d, qd, 0);
+    tp_matmul_dx(dk, L->wk, tp->dh, N, d, kvd, 1);
     tp_matmul_dx(tp->dv, L->wv, tp->dh, N, d, kvd, 1);
-    tp_matmul_dw(tp->dq, tp->h, G->wq, G->bq, N, d, qd, a);
-    tp_matmul_dw(tp->dk, tp->h, G->wk, G->bk, N, d, kvd, a);
+    tp_matmul_dw(dq, tp->h, G->wq, G->bq, N, d, qd, a);
+    tp_matmul_dw(dk, tp->h, G->wk, G->bk, N, d, kvd, a);
     tp_matmul_dw(tp->dv, tp->h, G->wv, G->bv, N, d, kvd, a);
     ghook(cx, TP_HOOK_ATTN_NORM, l, tp->h, tp->dh, d);
-    tp_rmsnorm_bwd(x, L->attn_norm, s->rstd1, tp->dh, tp->dres, G->attn_norm, a, N, d);
+    tp_rmsnorm_bwd(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), s->rstd1, tp->dh, tp->dres, G->attn_norm, a,
+                   N, d);
 }
 
 /* Logits in row chunks: loss, d(loss)/d(final norm output) into tp->dh, lm_head gradient.
@@ -457,13 +533,11 @@ tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const 
         for (int t = 0; t < T; t++) tape->pos[(size_t)b * T + t] = t;
 
     /* forward */
-    float *x0 = layer_x(&cx, 0);
-#pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
-    for (size_t i = 0; i < N; i++) memcpy(x0 + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
+    tp_model_embed(m, tokens, N, layer_x(&cx, 0));
     int L = c->n_layers;
     for (int l = 0; l < L; l++) layer_forward(&cx, l, layer_x(&cx, l + 1), 1);
     float *xL = layer_x(&cx, L);
-    tp_rmsnorm_fwd(xL, m->final_norm, tape->h, tape->rstd_f, N, d, c->norm_eps);
+    tp_rmsnorm_fwd(xL, tp_norm_weight(c, m->final_norm, d, tape->normw), tape->h, tape->rstd_f, N, d, c->norm_eps);
     fhook(&cx, TP_HOOK_FINAL_NORM, L, tape->h, d);
 
     /* loss and lm_head */
@@ -473,14 +547,17 @@ tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const 
 
     /* backward */
     memset(tape->dres, 0, N * d * sizeof(float));
-    tp_rmsnorm_bwd(xL, m->final_norm, tape->rstd_f, tape->dh, tape->dres, grad->final_norm, cx.alpha, N, d);
+    tp_rmsnorm_bwd(xL, tp_norm_weight(c, m->final_norm, d, tape->normw), tape->rstd_f, tape->dh, tape->dres,
+                   grad->final_norm, cx.alpha, N, d);
     for (int l = L - 1; l >= 0; l--) {
         ghook(&cx, TP_HOOK_LAYER_OUT, l, layer_x(&cx, l + 1), tape->dres, d);
         if (tape->recompute) layer_forward(&cx, l, NULL, 0);
         layer_backward(&cx, &grad->layers[l], l);
         ghook(&cx, TP_HOOK_LAYER_IN, l, layer_x(&cx, l), tape->dres, d);
     }
-    embed_bwd(tokens, tape->dres, grad->tok_emb, N, d, cx.alpha);
+    /* Gemma scales the embeddings by sqrt(d_model) (a float32): so does their gradient */
+    float es = c->embed_scale ? (float)sqrt((double)d) : 1.0f;
+    embed_bwd(tokens, tape->dres, grad->tok_emb, N, d, cx.alpha * es);
 
     if (loss) *loss = opts->loss ? total : (counted ? total / (double)counted : 0.0);
     if (n_counted) *n_counted = counted;

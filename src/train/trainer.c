@@ -60,10 +60,15 @@ void tp_model_init_random(tp_model *m, uint64_t seed, float std) {
     size_t kv = (size_t)c->n_kv_heads * (size_t)c->head_dim, ff = (size_t)c->d_ff, V = (size_t)c->vocab;
     tp_rng r;
     tp_rng_seed(&r, seed);
+    float one = c->norm_plus_one ? 0.0f : 1.0f; /* norms start as the identity: w = 1, or 1 + w with w = 0 */
     fill_normal(m->tok_emb, V * d, &r, std);
     for (int l = 0; l < c->n_layers; l++) {
         tp_layer *L = &m->layers[l];
-        fill_const(L->attn_norm, d, 1.0f);
+        fill_const(L->attn_norm, d, one);
+        if (L->q_norm) fill_const(L->q_norm, (size_t)c->head_dim, one);
+        if (L->k_norm) fill_const(L->k_norm, (size_t)c->head_dim, one);
+        if (L->attn_post_norm) fill_const(L->attn_post_norm, d, one);
+        if (L->mlp_post_norm) fill_const(L->mlp_post_norm, d, one);
         fill_normal(L->wq, q * d, &r, std);
         fill_normal(L->wk, kv * d, &r, std);
         fill_normal(L->wv, kv * d, &r, std);
@@ -71,12 +76,12 @@ void tp_model_init_random(tp_model *m, uint64_t seed, float std) {
         if (L->bk) fill_const(L->bk, kv, 0.0f);
         if (L->bv) fill_const(L->bv, kv, 0.0f);
         fill_normal(L->wo, d * q, &r, std);
-        fill_const(L->mlp_norm, d, 1.0f);
+        fill_const(L->mlp_norm, d, one);
         fill_normal(L->w_gate, ff * d, &r, std);
         fill_normal(L->w_up, ff * d, &r, std);
         fill_normal(L->w_down, d * ff, &r, std);
     }
-    fill_const(m->final_norm, d, 1.0f);
+    fill_const(m->final_norm, d, one);
     if (m->lm_head != m->tok_emb) fill_normal(m->lm_head, V * d, &r, std);
 }
 

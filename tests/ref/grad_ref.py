@@ -27,7 +27,8 @@ import os
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 IGNORE = -100
 COMMON = dict(vocab_size=97, hidden_size=40, intermediate_size=72, max_position_embeddings=256,
@@ -49,6 +50,21 @@ MODELS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
         tie_word_embeddings=True)),
+    # Qwen3: per-head q/k norms, head_dim 12, untied; layer 1 of 2 attends through a window of 7
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=12, rope_theta=1000000.0,
+        tie_word_embeddings=False, use_sliding_window=True, sliding_window=7, max_window_layers=1)),
+    # Gemma 3: GeGLU, (1 + w) norms (four per layer and q/k), scaled tied embeddings, scores scaled by
+    # 20^-1/2, layers sliding (window 9) / full / sliding with two RoPE bases, linear scaling on full.
+    # pad_token_id None: transformers' Gemma 3 defaults it to 0, and nn.Embedding(padding_idx=0)
+    # then gives row 0 no gradient from its use as an input; taper trains every row alike (as
+    # llama.cpp and Megatron do), so the reference is taken without a padding row.
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=10, query_pre_attn_scalar=20,
+        sliding_window=9, tie_word_embeddings=True, pad_token_id=None,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
 }
 # (run name, model, kind, B, T, seed)
 RUNS = [
@@ -57,6 +73,9 @@ RUNS = [
     ("qwen2_ce", "qwen2", "ce", 2, 25, 13),
     ("qwen2_custom", "qwen2", "custom", 2, 19, 14),
     ("llama_gqa_hook", "llama_gqa", "hook", 2, 21, 15),
+    ("qwen3_ce", "qwen3", "ce", 2, 23, 16),
+    ("gemma3_ce", "gemma3", "ce", 2, 27, 17),
+    ("gemma3_hook", "gemma3", "hook", 2, 19, 18),
 ]
 HOOK_POINTS = [("LAYER_IN", 0), ("LAYER_OUT", 0), ("ATTN_OUT", 1), ("MLP_ACT", 1), ("FINAL_NORM", -1)]
 
