@@ -167,11 +167,13 @@ static tp_status task_metric_fn(void *user, const tp_model *m, const unsigned ch
     if (skip) {
         kept = malloc((size_t)m->cfg.n_layers * sizeof *kept);
         if (!kept) return tp_fail(TP_ERR_NOMEM, "out of memory");
-        int k = 0;
+        int k = 0, *ids = malloc((size_t)m->cfg.n_layers * sizeof *ids);
+        if (!ids) { free(kept); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
         for (int l = 0; l < m->cfg.n_layers; l++)
-            if (!skip[l]) kept[k++] = m->layers[l];
+            if (!skip[l]) ids[k] = l, kept[k++] = m->layers[l];
         view.layers = kept;
-        view.cfg.n_layers = k;
+        tp_config_keep_layers(&m->cfg, ids, k, &view.cfg);
+        free(ids);
     }
     tp_task_result r;
     memset(&r, 0, sizeof r);

@@ -47,6 +47,9 @@ typedef struct {
 /* 1 if layer l of c attends through the sliding window (window set and the layer's bit set). */
 int tp_config_layer_sliding(const tp_config *c, int l);
 void tp_config_set_layer_sliding(tp_config *c, int l, int on);
+/* dst = src with only the n layers kept[0..n) (in that order): n_layers and the per-layer
+ * sliding flags follow them (the window is dropped when no kept layer slides). dst may be src. */
+void tp_config_keep_layers(const tp_config *src, const int *kept, int n, tp_config *dst);
 
 typedef struct {
     float *attn_norm;   /* (d_model) */

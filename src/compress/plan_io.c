@@ -154,6 +154,16 @@ static tp_status load_plan(const char *path, const cJSON *root, size_t file_len,
     if (c->n_heads % c->n_kv_heads)
         return tp_fail(TP_ERR_FORMAT, "%s: target.num_attention_heads %d is not a multiple of num_key_value_heads %d",
                        path, c->n_heads, c->n_kv_heads);
+    { /* provisional per-layer flags (the first layers) until the kept layers are read */
+        int *first = malloc((size_t)p->cfg.n_layers * sizeof *first);
+        if (!first) return tp_fail(TP_ERR_NOMEM, "out of memory");
+        for (int l = 0; l < p->cfg.n_layers; l++) first[l] = l;
+        tp_config k;
+        tp_config_keep_layers(&p->cfg, first, p->cfg.n_layers, &k);
+        memcpy(p->cfg.layer_sliding, k.layer_sliding, sizeof k.layer_sliding);
+        p->cfg.sliding_window = k.sliding_window;
+        free(first);
+    }
     if ((s = tp_config_validate(c))) return tp_fail_ctx(s, "%s: target: ", path);
     p->src_params = tp_config_n_params(a);
     p->n_params = tp_config_n_params(c);
@@ -186,6 +196,16 @@ static tp_status load_plan(const char *path, const cJSON *root, size_t file_len,
     if ((s = get_ints(path, cJSON_GetObjectItemCaseSensitive(root, "layers"), "layers", c->n_layers, p->layers)) ||
         (s = get_ints(path, cJSON_GetObjectItemCaseSensitive(root, "channels"), "channels", c->d_model, p->channels)))
         return s;
+    for (int l = 0; l < c->n_layers; l++)
+        if (p->layers[l] < 0 || p->layers[l] >= a->n_layers)
+            return tp_fail(TP_ERR_FORMAT, "%s: layers[%d] = %d is not a layer of the source (0..%d)", path, l,
+                           p->layers[l], a->n_layers - 1);
+    { /* the sliding / global types of the kept layers */
+        tp_config k;
+        tp_config_keep_layers(a, p->layers, c->n_layers, &k);
+        memcpy(p->cfg.layer_sliding, k.layer_sliding, sizeof k.layer_sliding);
+        p->cfg.sliding_window = k.sliding_window;
+    }
     const cJSON *per = cJSON_GetObjectItemCaseSensitive(root, "per_layer");
     if (!cJSON_IsArray(per) || cJSON_GetArraySize(per) != c->n_layers)
         return tp_fail(TP_ERR_FORMAT, "%s: per_layer is missing or does not have target.num_hidden_layers = %d entries",

@@ -59,6 +59,13 @@ static tp_status resolve_shape(const tp_config *src, const tp_prune_shape *sh, t
     AXIS(n_kv_heads, "--kv-heads", "num_key_value_heads")
     AXIS(n_layers, "--layers", "num_hidden_layers")
 #undef AXIS
+    if (cfg->n_layers != src->n_layers) { /* provisional per-layer flags until the layers are chosen */
+        int *first = malloc((size_t)cfg->n_layers * sizeof *first);
+        if (!first) return tp_fail(TP_ERR_NOMEM, "out of memory");
+        for (int l = 0; l < cfg->n_layers; l++) first[l] = l;
+        tp_config_keep_layers(cfg, first, cfg->n_layers, cfg);
+        free(first);
+    }
     if (sh->n_kv_heads && !sh->n_heads) cfg->n_heads = sh->n_kv_heads * rep; /* keep the group size */
     if (sh->n_heads && !sh->n_kv_heads) {
         if (sh->n_heads % src->n_kv_heads != 0)
@@ -237,6 +244,14 @@ tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int
     }
     s = choose_layers(src, imp, &p->depth_rule, drop, n_drop, cfg.n_layers, p->layers);
     if (!s && cfg.n_layers == src->n_layers && !drop) p->depth_rule = TP_DEPTH_AUTO;
+    /* sliding / global layer types follow the kept layers */
+    if (!s) {
+        tp_config_keep_layers(src, p->layers, cfg.n_layers, &p->cfg);
+        p->cfg.d_model = cfg.d_model;
+        p->cfg.d_ff = cfg.d_ff;
+        p->cfg.n_heads = cfg.n_heads;
+        p->cfg.n_kv_heads = cfg.n_kv_heads;
+    }
     int rep = src->n_heads / src->n_kv_heads, rep2 = cfg.n_heads / cfg.n_kv_heads;
     if (!s && imp) {
         s = top_k(imp->channels + (size_t)agg_pair * src->d_model, src->d_model, cfg.d_model, 0, p->channels);
@@ -345,12 +360,12 @@ tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **o
     if (s) return s;
     /* the model's own config with the plan's sizes (a plan read back from JSON may name another
      * architecture class for the same weights) */
-    tp_config cfg = m->cfg;
+    tp_config cfg;
+    tp_config_keep_layers(&m->cfg, p->layers, p->cfg.n_layers, &cfg);
     cfg.d_model = p->cfg.d_model;
     cfg.d_ff = p->cfg.d_ff;
     cfg.n_heads = p->cfg.n_heads;
     cfg.n_kv_heads = p->cfg.n_kv_heads;
-    cfg.n_layers = p->cfg.n_layers;
     tp_model *o = NULL;
     if ((s = tp_model_alloc(&cfg, &o))) return s;
     const tp_config *a = &m->cfg, *c = &cfg;
@@ -394,6 +409,25 @@ tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **o
         gather(S->w_gate, d, neur, ff2, ch, d2, D->w_gate);
         gather(S->w_up, d, neur, ff2, ch, d2, D->w_up);
         gather(S->w_down, ff1, ch, d2, neur, ff2, D->w_down);
+        if (c->qk_norm) { /* per head_dim: every kept head shares them */
+            memcpy(D->q_norm, S->q_norm, (size_t)hd * sizeof(float));
+            memcpy(D->k_norm, S->k_norm, (size_t)hd * sizeof(float));
+        }
+        if (c->sandwich_norm) {
+            gather(S->attn_post_norm, d, iota, 1, ch, d2, D->attn_post_norm);
+            gather(S->mlp_post_norm, d, iota, 1, ch, d2, D->mlp_post_norm);
+            if (c->embed_scale && d2 != d) {
+                /* The embeddings enter the residual stream times sqrt(d_model), which falls with
+                 * the width. Every other addend of the stream leaves a post-norm whose weights
+                 * (1 + w) are scaled by the same ratio, so the stream as a whole keeps its balance
+                 * (each norm that reads it is scale-invariant up to eps). */
+                float r = (float)(sqrt((double)d2) / sqrt((double)d));
+                for (size_t j = 0; j < d2; j++) {
+                    D->attn_post_norm[j] = r * (1.0f + D->attn_post_norm[j]) - 1.0f;
+                    D->mlp_post_norm[j] = r * (1.0f + D->mlp_post_norm[j]) - 1.0f;
+                }
+            }
+        }
     }
     free(iota); free(qrows); free(kvrows);
     if (m->chat_template && !(o->chat_template = strdup(m->chat_template))) {

@@ -143,6 +143,20 @@ void tp_config_set_layer_sliding(tp_config *c, int l, int on) {
     else c->layer_sliding[l / 8] &= (uint8_t)~(1u << (l % 8));
 }
 
+void tp_config_keep_layers(const tp_config *src, const int *kept, int n, tp_config *dst) {
+    uint8_t bits[TP_MAX_LAYERS / 8] = {0};
+    int any = 0;
+    for (int i = 0; i < n && i < TP_MAX_LAYERS; i++)
+        if (tp_config_layer_sliding(src, kept[i])) {
+            bits[i / 8] |= (uint8_t)(1u << (i % 8));
+            any = 1;
+        }
+    if (dst != src) *dst = *src;
+    dst->n_layers = n;
+    memcpy(dst->layer_sliding, bits, sizeof bits);
+    if (!any) dst->sliding_window = 0;
+}
+
 tp_status tp_config_validate(const tp_config *c) {
     char buf[256];
     const char *p = cfg_problem(c, buf, sizeof buf);
