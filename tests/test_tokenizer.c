@@ -698,14 +698,16 @@ TT_TEST(tok_malformed_json) {
          TP_ERR_FORMAT, "not an integer"},
         {"id_string.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"},\"merges\":[]}," GOOD_PRE "}",
          TP_ERR_FORMAT, "not an integer"},
-        {"pre_unknown.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":{\"type\":\"Metaspace\"}}",
-         TP_ERR_UNSUPPORTED, "Metaspace"},
-        {"pre_null.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":null}",
-         TP_ERR_UNSUPPORTED, "pre_tokenizer"},
+        {"pre_unknown.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":{\"type\":\"Whitespace\"}}",
+         TP_ERR_UNSUPPORTED, "Whitespace"},
+        {"pre_two_bytelevel.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":{\"type\":"
+                                   "\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\"},{\"type\":\"ByteLevel\"}]}}",
+         TP_ERR_UNSUPPORTED, "ByteLevel"},
         {"pre_notype.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":{}}",
          TP_ERR_FORMAT, "type"},
-        {"pre_no_bytelevel.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":"
-                                  "{\"type\":\"Digits\",\"individual_digits\":true}}", TP_ERR_UNSUPPORTED, "ByteLevel"},
+        {"pre_metaspace_bytelevel.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":"
+                                         "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Metaspace\"},"
+                                         "{\"type\":\"ByteLevel\"}]}}", TP_ERR_FORMAT, "replacement"},
         {"pre_bad_regex.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":{\"type\":"
                                "\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(a\"},"
                                "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\"}]}}",
@@ -715,8 +717,8 @@ TT_TEST(tok_malformed_json) {
          TP_ERR_FORMAT, "behavior"},
         {"pre_bool.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"pre_tokenizer\":{\"type\":"
                           "\"ByteLevel\",\"use_regex\":\"yes\"}}", TP_ERR_FORMAT, "use_regex"},
-        {"normalizer.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"normalizer\":{\"type\":\"NFC\"},"
-                            GOOD_PRE "}", TP_ERR_UNSUPPORTED, "NFC"},
+        {"normalizer.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[]},\"normalizer\":{\"type\":"
+                            "\"Precompiled\"}," GOOD_PRE "}", TP_ERR_UNSUPPORTED, "Precompiled"},
         {"wordpiece.json", "{\"model\":{\"type\":\"WordPiece\"," VOCAB "}," GOOD_PRE "}", TP_ERR_UNSUPPORTED, "WordPiece"},
         {"byte_fallback.json", "{\"model\":{\"type\":\"BPE\"," VOCAB ",\"merges\":[],\"byte_fallback\":true}," GOOD_PRE "}",
          TP_ERR_UNSUPPORTED, "byte_fallback"},
@@ -795,7 +797,7 @@ static void write_bad_gguf(int which, const char *path) {
     const char *toks[] = {"a", "b", "ab", "Ġ", "a"};
     int32_t types[] = {1, 1, 1, 1, 1};
     const char *merges[] = {"a b", "a c", "ab"};
-    tp_gguf_set_str(w, "tokenizer.ggml.model", which == 1 ? "llama" : "gpt2");
+    tp_gguf_set_str(w, "tokenizer.ggml.model", which == 1 ? "t5" : "gpt2");
     if (which != 2) tp_gguf_set_str_arr(w, "tokenizer.ggml.tokens", toks, which == 6 ? 5 : 4);
     tp_gguf_set_arr(w, "tokenizer.ggml.token_type", TP_GGUF_INT32, types, which == 3 ? 3 : (which == 6 ? 5 : 4));
     tp_gguf_set_str_arr(w, "tokenizer.ggml.merges", which == 4 ? merges + 1 : which == 8 ? merges + 2 : merges, 1);
@@ -809,7 +811,7 @@ static void write_bad_gguf(int which, const char *path) {
 TT_TEST(tok_malformed_gguf) {
     static const gguf_case cases[] = {
         {"ok", TP_OK, NULL},
-        {"model llama", TP_ERR_UNSUPPORTED, "tokenizer.ggml.model"},
+        {"model t5", TP_ERR_UNSUPPORTED, "tokenizer.ggml.model \"t5\""},
         {"no tokens", TP_ERR_FORMAT, "tokenizer.ggml.tokens"},
         {"token_type length", TP_ERR_FORMAT, "token_type"},
         {"merge unknown", TP_ERR_FORMAT, "merge"},

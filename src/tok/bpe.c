@@ -1,5 +1,6 @@
 /* BPE on one pre-token, as HF's BPE model does it: one symbol per byte-level character
- * (bytes missing from the vocabulary become unk or are dropped), then merges applied lowest
+ * (bytes missing from the vocabulary become unk or are dropped) or, without ByteLevel, per UTF-8
+ * character (missing ones become <0xNN> byte tokens with byte_fallback, else unk), then merges applied lowest
  * rank first, ties to the leftmost, through a binary heap with lazy invalidation - O(n log n)
  * per word; whole-word lookup first when ignore_merges is set; a per-call cache of words
  * already seen. Also the per-call encoding context. */
@@ -32,7 +33,8 @@ void tp_enc_ctx_free(tp_enc_ctx *c) {
     if (!c) return;
     free(c->ids);
     for (int i = 0; i <= TP_MAX_PRE_STEPS; i++) free(c->lv[i].v);
-    for (int i = 0; i < TP_MAX_PRE_STEPS; i++) free(c->pbuf[i]);
+    for (int i = 0; i < TP_MAX_PRE_STEPS; i++) { free(c->pbuf[i]); free(c->mbuf[i]); }
+    free(c->ubuf);
     if (c->md) pcre2_match_data_free(c->md);
     free(c->syms);
     free(c->heap);
@@ -179,28 +181,10 @@ static void try_pair(const tp_tokenizer *t, tp_bpe_sym *s, int32_t pos, tp_bpe_c
         heap_push(h, hn, (tp_bpe_cand){rank, pos, merged});
 }
 
-tp_status tp_bpe_word(tp_enc_ctx *c, const uint8_t *w, size_t n) {
-    const tp_tokenizer *t = c->t;
-    if (n == 1 && t->byte_id[w[0]] >= 0) return tp_enc_push(c, t->byte_id[w[0]]);
-    if (t->ignore_merges) {
-        size_t bl = tp_bytelevel_form(c, w, n);
-        if (bl == (size_t)-1) return tp_fail(TP_ERR_NOMEM, "out of memory in BPE");
-        int32_t id = tp_strmap_get(&t->vocab, c->bl, bl);
-        if (id >= 0) return tp_enc_push(c, id);
-    }
-    uint64_t h = 0;
-    if (n <= CACHE_MAX_WORD) {
-        h = tp_hash_bytes(w, n) | 1; /* 0 marks an empty slot */
-        int r = cache_lookup(c, w, n, h);
-        if (r < 0) return tp_fail(TP_ERR_NOMEM, "out of memory for token ids");
-        if (r) return TP_OK;
-    }
-    if (n > INT32_MAX / 4 || grow((void **)&c->syms, &c->syms_cap, n, sizeof *c->syms) ||
-        grow((void **)&c->heap, &c->heap_cap, 3 * n + 1, sizeof *c->heap))
-        return tp_fail(TP_ERR_NOMEM, "out of memory for a word of %zu bytes", n);
-    tp_bpe_sym *s = c->syms;
+/* Initial symbols of a byte-level word: one per byte's character; an absent byte becomes unk
+ * (fused if fuse_unk) or is dropped. */
+static int32_t symbols_bytelevel(const tp_tokenizer *t, const uint8_t *w, size_t n, tp_bpe_sym *s) {
     int32_t ns = 0;
-    /* initial symbols; an absent byte becomes unk (fused if fuse_unk) or is dropped */
     int pending_unk = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t id = t->byte_id[w[i]];
@@ -214,6 +198,82 @@ tp_status tp_bpe_word(tp_enc_ctx *c, const uint8_t *w, size_t n) {
         s[ns++] = (tp_bpe_sym){id, -1, -1};
     }
     if (pending_unk) s[ns++] = (tp_bpe_sym){t->model_unk, -1, -1};
+    return ns;
+}
+
+/* Initial symbols of a word of UTF-8 characters (HF BPE without ByteLevel): the character's id,
+ * else with byte_fallback its bytes as <0xNN> tokens when all exist, else unk (consecutive unks
+ * fused when fuse_unk), else nothing. */
+static int32_t symbols_chars(const tp_tokenizer *t, const uint8_t *w, size_t n, tp_bpe_sym *s) {
+    int32_t ns = 0;
+    int pending_unk = 0;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t bad, l = tp_utf8_decode(w + i, n - i, &cp, &bad);
+        if (!l) l = bad;
+        int32_t id = tp_strmap_get(&t->vocab, (const char *)w + i, l);
+        if (id >= t->n_model) id = -1;
+        if (id >= 0) {
+            if (pending_unk) { s[ns++] = (tp_bpe_sym){t->model_unk, -1, -1}; pending_unk = 0; }
+            s[ns++] = (tp_bpe_sym){id, -1, -1};
+            i += l;
+            continue;
+        }
+        int all = t->byte_fallback;
+        for (size_t j = 0; j < l && all; j++) all = t->byte_tok[w[i + j]] >= 0;
+        if (all) {
+            if (pending_unk) { s[ns++] = (tp_bpe_sym){t->model_unk, -1, -1}; pending_unk = 0; }
+            for (size_t j = 0; j < l; j++) s[ns++] = (tp_bpe_sym){t->byte_tok[w[i + j]], -1, -1};
+        } else if (t->model_unk >= 0) {
+            if (pending_unk && !t->fuse_unk) s[ns++] = (tp_bpe_sym){t->model_unk, -1, -1};
+            pending_unk = 1;
+        }
+        i += l;
+    }
+    if (pending_unk) s[ns++] = (tp_bpe_sym){t->model_unk, -1, -1};
+    return ns;
+}
+
+/* The word as one vocabulary entry when that is how it is taken whole (ignore_merges, or
+ * llama.cpp's Gemma 4 rule for runs of newlines); -1 otherwise. */
+static int32_t whole_word(tp_enc_ctx *c, const uint8_t *w, size_t n, tp_status *rc) {
+    const tp_tokenizer *t = c->t;
+    *rc = TP_OK;
+    if (t->byte_level) {
+        if (!t->ignore_merges) return -1;
+        size_t bl = tp_bytelevel_form(c, w, n);
+        if (bl == (size_t)-1) { *rc = tp_fail(TP_ERR_NOMEM, "out of memory in BPE"); return -1; }
+        return tp_strmap_get(&t->vocab, c->bl, bl);
+    }
+    int take = t->ignore_merges;
+    if (!take && t->nl_whole) {
+        take = 1;
+        for (size_t i = 0; i < n && take; i++) take = w[i] == '\n';
+    }
+    if (!take) return -1;
+    int32_t id = tp_strmap_get(&t->vocab, (const char *)w, n);
+    return id < t->n_model ? id : -1;
+}
+
+tp_status tp_bpe_word(tp_enc_ctx *c, const uint8_t *w, size_t n) {
+    const tp_tokenizer *t = c->t;
+    if (t->byte_level && n == 1 && t->byte_id[w[0]] >= 0) return tp_enc_push(c, t->byte_id[w[0]]);
+    tp_status wrc;
+    int32_t whole = whole_word(c, w, n, &wrc);
+    if (wrc) return wrc;
+    if (whole >= 0) return tp_enc_push(c, whole);
+    uint64_t h = 0;
+    if (n <= CACHE_MAX_WORD) {
+        h = tp_hash_bytes(w, n) | 1; /* 0 marks an empty slot */
+        int r = cache_lookup(c, w, n, h);
+        if (r < 0) return tp_fail(TP_ERR_NOMEM, "out of memory for token ids");
+        if (r) return TP_OK;
+    }
+    if (n > INT32_MAX / 4 || grow((void **)&c->syms, &c->syms_cap, n, sizeof *c->syms) ||
+        grow((void **)&c->heap, &c->heap_cap, 3 * n + 1, sizeof *c->heap))
+        return tp_fail(TP_ERR_NOMEM, "out of memory for a word of %zu bytes", n);
+    tp_bpe_sym *s = c->syms;
+    int32_t ns = t->byte_level ? symbols_bytelevel(t, w, n, s) : symbols_chars(t, w, n, s);
     for (int32_t i = 0; i < ns; i++) { s[i].prev = i - 1; s[i].next = i + 1 < ns ? i + 1 : -1; }
 
     size_t hn = 0;

@@ -1,6 +1,8 @@
 /* Pre-tokenizer steps as HF `tokenizers` runs them: Split (regex or literal, five delimiter
- * behaviours, invert), Digits, and ByteLevel (optional prefix space, GPT-2 regex split); the
- * steps apply in order, each to every piece the previous step produced.
+ * behaviours, invert), Digits, Punctuation, Metaspace (U+2581 for spaces, prepend scheme, split)
+ * and ByteLevel (optional prefix space, GPT-2 regex split; when steps follow it, they see the
+ * byte-level characters, as Falcon's pipeline needs); the steps apply in order, each to every
+ * piece the previous step produced, and the model (BPE or SPM) runs on the last pieces.
  *
  * The GPT-2, Llama-3 and Qwen2 regexes are recognised by their exact text and run by
  * hand-written matchers over character tables taken from `tokenizers` itself: HF runs them on
@@ -381,6 +383,51 @@ static tp_status digit_pieces(const uint8_t *s, size_t n, int individual, tp_spa
     return TP_OK;
 }
 
+/* The leaf: a finished pre-token goes to the model (mapped back to bytes first when a ByteLevel
+ * step that was not the last one mapped it). */
+static tp_status model_word(tp_enc_ctx *c, const uint8_t *s, size_t n) {
+    if (!n) return TP_OK;
+    if (c->t->model_kind == TP_MODEL_SPM) return tp_spm_word(c, s, n);
+    if (!c->mapped) return tp_bpe_word(c, s, n);
+    if (n >= c->ubuf_cap) {
+        char *p = realloc(c->ubuf, n + 1);
+        if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory in the pre-tokenizer");
+        c->ubuf = p;
+        c->ubuf_cap = n + 1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        size_t l;
+        int b = tp_cp_to_byte(dec(s, n, i, &l));
+        if (b < 0) { /* a later step cannot make characters outside the map; keep the bytes */
+            memcpy(c->ubuf + k, s + i, l);
+            k += l;
+        } else c->ubuf[k++] = (char)b;
+        i += l;
+    }
+    return tp_bpe_word(c, (const uint8_t *)c->ubuf, k);
+}
+
+/* A piece of a ByteLevel step that is not the last: mapped to its byte-level characters for the
+ * steps after it (HF runs e.g. Falcon's Digits and Split on the mapped text). */
+static tp_status bytelevel_piece(tp_enc_ctx *c, int k, const uint8_t *s, size_t n) {
+    if (k == c->t->n_steps - 1) return model_word(c, s, n);
+    size_t need = 2 * n + 1;
+    if (c->mbuf_cap[k] < need) {
+        char *p = realloc(c->mbuf[k], need);
+        if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory in the pre-tokenizer");
+        c->mbuf[k] = p;
+        c->mbuf_cap[k] = need;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) m += tp_utf8_encode(tp_byte_to_cp(s[i]), c->mbuf[k] + m);
+    int was = c->mapped;
+    c->mapped = 1;
+    tp_status rc = tp_pretok_run(c, k + 1, (const uint8_t *)c->mbuf[k], m, 0);
+    c->mapped = was;
+    return rc;
+}
+
 static tp_status bytelevel_step(tp_enc_ctx *c, int k, const tp_pre_step *st, const uint8_t *s, size_t n) {
     if (st->add_prefix_space && (n == 0 || s[0] != ' ')) {
         size_t need = n + 2;
@@ -395,34 +442,89 @@ static tp_status bytelevel_step(tp_enc_ctx *c, int k, const tp_pre_step *st, con
         s = (const uint8_t *)c->pbuf[k];
         n++;
     }
-    if (!st->use_regex) return n ? tp_bpe_word(c, s, n) : TP_OK;
+    if (!st->use_regex) return n ? bytelevel_piece(c, k, s, n) : TP_OK;
     tp_status rc;
     for (size_t i = 0; i < n;) {
         size_t l = match_gpt2(s, n, i);
-        if ((rc = tp_bpe_word(c, s + i, l))) return rc;
+        if ((rc = bytelevel_piece(c, k, s + i, l))) return rc;
         i += l;
     }
     return TP_OK;
 }
 
-tp_status tp_pretok_run(tp_enc_ctx *c, int k, const uint8_t *s, size_t n) {
+/* Metaspace: spaces become the replacement, which is prepended as the scheme says; with split,
+ * the piece is cut before every replacement character (MergedWithNext). */
+static tp_status metaspace_step(tp_enc_ctx *c, int k, const tp_pre_step *st, const uint8_t *s, size_t n, int first) {
+    const char *r = st->replacement;
+    size_t rl = st->replacement_len, cnt = 0;
+    for (size_t i = 0; i < n; i++) cnt += s[i] == ' ';
+    size_t need = n + cnt * rl + rl + 1;
+    if (c->pbuf_cap[k] < need) {
+        char *p = realloc(c->pbuf[k], need);
+        if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory in the pre-tokenizer");
+        c->pbuf[k] = p;
+        c->pbuf_cap[k] = need;
+    }
+    char *o = c->pbuf[k];
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') { memcpy(o + m, r, rl); m += rl; }
+        else o[m++] = (char)s[i];
+    }
+    int starts = m >= rl && memcmp(o, r, rl) == 0;
+    if (!starts && (st->prepend_scheme == TP_PREPEND_ALWAYS || (st->prepend_scheme == TP_PREPEND_FIRST && first))) {
+        memmove(o + rl, o, m);
+        memcpy(o, r, rl);
+        m += rl;
+    }
+    if (!st->split) return tp_pretok_run(c, k + 1, (const uint8_t *)o, m, first);
+    tp_status rc;
+    size_t a = 0;
+    for (size_t i = rl; i + rl <= m; i++)
+        if (memcmp(o + i, r, rl) == 0) {
+            if ((rc = tp_pretok_run(c, k + 1, (const uint8_t *)o + a, i - a, first && a == 0))) return rc;
+            a = i;
+        }
+    return tp_pretok_run(c, k + 1, (const uint8_t *)o + a, m - a, first && a == 0);
+}
+
+/* Punctuation (HF): ASCII punctuation or a Unicode P* character, one match per character. */
+static tp_status punct_spans(const uint8_t *s, size_t n, tp_spanvec *v) {
+    tp_status rc;
+    size_t run = 0; /* start of the current run of other characters */
+    for (size_t i = 0; i < n;) {
+        size_t l;
+        if (!tp_is_punct(dec(s, n, i, &l))) { i += l; continue; }
+        if (run < i && (rc = span_push(v, run, i, 0))) return rc;
+        if ((rc = span_push(v, i, i + l, 1))) return rc;
+        i += l;
+        run = i;
+    }
+    return run < n ? span_push(v, run, n, 0) : TP_OK;
+}
+
+tp_status tp_pretok_run(tp_enc_ctx *c, int k, const uint8_t *s, size_t n, int first) {
     const tp_tokenizer *t = c->t;
-    if (k >= t->n_steps) return n ? tp_bpe_word(c, s, n) : TP_OK;
+    if (k >= t->n_steps) return model_word(c, s, n);
     const tp_pre_step *st = &t->steps[k];
     if (st->kind == TP_PRE_BYTELEVEL) return bytelevel_step(c, k, st, s, n);
     if (n == 0) return TP_OK;
+    if (st->kind == TP_PRE_METASPACE) return metaspace_step(c, k, st, s, n, first);
     tp_spanvec *v = &c->lv[k];
     v->n = 0;
     tp_status rc;
     if (st->kind == TP_PRE_DIGITS) rc = digit_pieces(s, n, st->individual_digits, v);
-    else {
+    else if (st->kind == TP_PRE_PUNCT) {
+        rc = punct_spans(s, n, v);
+        if (!rc) apply_behavior(v, st->behavior, 0);
+    } else {
         rc = split_matches(c, st, s, n, v);
         if (!rc) apply_behavior(v, st->behavior, st->invert);
     }
     if (rc) return rc;
     for (size_t i = 0; i < v->n; i++) {
         size_t a = v->v[i].a, b = v->v[i].b;
-        if (b > a && (rc = tp_pretok_run(c, k + 1, s + a, b - a))) return rc;
+        if (b > a && (rc = tp_pretok_run(c, k + 1, s + a, b - a, first && a == 0))) return rc;
     }
     return TP_OK;
 }

@@ -1,5 +1,5 @@
-/* Internal structures of the byte-level BPE tokenizer (src/tok/): the tokenizer struct, the
- * hash maps behind vocabulary and merge lookups, the pre-tokenizer steps, Unicode helpers and
+/* Internal structures of the tokenizer (src/tok/): the tokenizer struct, the hash maps behind
+ * vocabulary and merge lookups, normalizer / pre-tokenizer / decoder steps, Unicode helpers and
  * the per-call encoding context. Nothing here is public API; see include/taper/tokenizer.h. */
 #ifndef TAPER_TOK_INTERNAL_H
 #define TAPER_TOK_INTERNAL_H
@@ -34,6 +34,9 @@ size_t tp_utf8_encode(uint32_t cp, char out[4]);
 int tp_utf8_valid(const char *s, size_t n);
 /* Copy of s with every ill-formed subpart replaced by U+FFFD (malloc'd, NUL-terminated). */
 tp_status tp_utf8_lossy(const char *s, size_t n, char **out, size_t *out_len);
+
+/* HF's Punctuation pre-tokenizer test: ASCII punctuation or Unicode category P* (utf8proc). */
+int tp_is_punct(uint32_t cp);
 
 /* GPT-2 byte <-> unicode map used by the ByteLevel pre-tokenizer and decoder. */
 uint32_t tp_byte_to_cp(uint8_t b);
@@ -71,7 +74,8 @@ uint64_t tp_hash_bytes(const void *p, size_t n);
 
 /* ---- pre-tokenizer (pretok.c) ---- */
 
-typedef enum { TP_PRE_SPLIT, TP_PRE_DIGITS, TP_PRE_BYTELEVEL } tp_pre_kind;
+typedef enum { TP_PRE_SPLIT, TP_PRE_DIGITS, TP_PRE_BYTELEVEL, TP_PRE_METASPACE, TP_PRE_PUNCT } tp_pre_kind;
+typedef enum { TP_PREPEND_ALWAYS, TP_PREPEND_NEVER, TP_PREPEND_FIRST } tp_prepend_scheme;
 typedef enum {
     TP_SPLIT_REMOVED, TP_SPLIT_ISOLATED, TP_SPLIT_MERGED_PREV, TP_SPLIT_MERGED_NEXT,
     TP_SPLIT_CONTIGUOUS
@@ -96,6 +100,12 @@ typedef struct {
     int individual_digits;
     /* BYTELEVEL */
     int add_prefix_space, trim_offsets, use_regex;
+    /* METASPACE: replacement character (UTF-8), prepend scheme, split on it (MergedWithNext) */
+    char replacement[8];
+    size_t replacement_len;
+    tp_prepend_scheme prepend_scheme;
+    int split;
+    /* PUNCT uses `behavior` */
 } tp_pre_step;
 
 /* Compiles step->pattern when needed; errors name `where`. */
@@ -107,6 +117,40 @@ int tp_split_behavior_parse(const char *s, tp_split_behavior *out);
  * every position). */
 size_t tp_re_builtin_match(tp_re_builtin which, const uint8_t *s, size_t n, size_t pos);
 
+/* ---- normalizers (normalize.c) ---- */
+
+typedef enum {
+    TP_NORM_NFC, TP_NORM_NFD, TP_NORM_NFKC, TP_NORM_NFKD, TP_NORM_PREPEND, TP_NORM_REPLACE,
+    TP_NORM_LOWERCASE, TP_NORM_STRIP
+} tp_norm_kind;
+
+typedef struct {
+    tp_norm_kind kind;
+    char *a; size_t la;  /* PREPEND: the text; REPLACE: the pattern (a literal string) */
+    char *b; size_t lb;  /* REPLACE: the content */
+    int left, right;     /* STRIP */
+} tp_norm_step;
+
+const char *tp_norm_name(tp_norm_kind k);
+void tp_norm_step_clear(tp_norm_step *st);
+/* Runs the tokenizer's normalizer steps on s[0..n) (valid UTF-8) into a malloc'd,
+ * NUL-terminated *out. */
+tp_status tp_normalize(const tp_tokenizer *t, const uint8_t *s, size_t n, char **out, size_t *out_len);
+
+/* ---- decoders (tokenizer.c) ---- */
+
+typedef enum {
+    TP_DS_REPLACE, TP_DS_BYTEFALLBACK, TP_DS_FUSE, TP_DS_STRIP, TP_DS_METASPACE, TP_DS_BYTELEVEL
+} tp_dec_kind;
+
+typedef struct {
+    tp_dec_kind kind;
+    char *a; size_t la;  /* REPLACE pattern; STRIP / METASPACE: the character (UTF-8) */
+    char *b; size_t lb;  /* REPLACE content */
+    int start, stop;     /* STRIP */
+    tp_prepend_scheme prepend_scheme; /* METASPACE */
+} tp_dec_step;
+
 /* ---- the tokenizer ---- */
 
 typedef struct {
@@ -116,7 +160,10 @@ typedef struct {
     uint8_t special, lstrip, rstrip, single_word, normalized;
 } tp_added_token;
 
-enum { TP_DEC_NONE = 0, TP_DEC_BYTELEVEL = 1 };
+enum { TP_DEC_NONE = 0, TP_DEC_BYTELEVEL = 1, TP_DEC_CHAIN = 2 };
+/* How the model turns a pre-token into ids: HF BPE (merge ranks; byte-level or on raw UTF-8
+ * characters with byte fallback), or llama.cpp's SentencePiece-style BPE (highest piece score). */
+enum { TP_MODEL_BPE = 0, TP_MODEL_SPM = 1 };
 
 struct tp_tokenizer {
     int n_vocab;            /* max id + 1 over model vocab and added tokens */
@@ -144,6 +191,21 @@ struct tp_tokenizer {
     int32_t model_unk;      /* BPE unk_token id, -1 if none (absent bytes are then dropped) */
     char *model_unk_token;
     int decoder;
+    tp_dec_step *dsteps;    /* TP_DEC_CHAIN: the HF decoder Sequence */
+    int n_dsteps;
+
+    int model_kind;         /* TP_MODEL_BPE or TP_MODEL_SPM */
+    int byte_level;         /* 1: GPT-2 byte-level BPE (one ByteLevel pre-tokenizer step) */
+    int byte_fallback;      /* unknown characters become <0xNN> tokens */
+    int32_t byte_tok[256];  /* id of "<0xNN>" in the model vocabulary, -1 if absent */
+    float *scores;          /* [n_model] SPM piece scores (GGUF tokenizer.ggml.scores) */
+    int nl_whole;           /* llama.cpp gemma4: a word of newlines in the vocabulary is one token */
+    int add_space_prefix;   /* GGUF SPM: tokenizer.ggml.add_space_prefix (for saving / display) */
+    char model_name[16];    /* GGUF tokenizer.ggml.model it came from ("gpt2", "llama", "gemma4"); "" from JSON */
+    int32_t *gguf_type;     /* [n_vocab] GGUF token types as loaded (NULL from tokenizer.json) */
+
+    tp_norm_step *norm;     /* normalizer steps in order (a Sequence flattened) */
+    int n_norm;
 
     int32_t *prefix, *suffix; /* post-processor for one sequence (add_special) */
     int n_prefix, n_suffix;
@@ -187,6 +249,9 @@ typedef struct tp_enc_ctx {
     tp_bpe_sym *syms; size_t syms_cap;
     tp_bpe_cand *heap; size_t heap_cap;
     char *bl; size_t bl_cap;                          /* byte-level form of a word */
+    char *mbuf[TP_MAX_PRE_STEPS]; size_t mbuf_cap[TP_MAX_PRE_STEPS]; /* byte-level mapped pieces */
+    char *ubuf; size_t ubuf_cap;                      /* a mapped piece mapped back to bytes */
+    int mapped;                                       /* pieces below this level are byte-level mapped */
     tp_word_cache cache;
 } tp_enc_ctx;
 
@@ -195,8 +260,13 @@ void tp_enc_ctx_free(tp_enc_ctx *c);
 /* Appends the ids of one pre-token (raw bytes, before the byte-level map). */
 tp_status tp_bpe_word(tp_enc_ctx *c, const uint8_t *w, size_t n);
 tp_status tp_enc_push(tp_enc_ctx *c, int32_t id);
-/* Runs the pre-tokenizer steps from step k on s[0..n) and BPE on every resulting piece. */
-tp_status tp_pretok_run(tp_enc_ctx *c, int k, const uint8_t *s, size_t n);
+/* Runs the pre-tokenizer steps from step k on s[0..n) and the model on every resulting piece.
+ * first: the piece starts at offset 0 of the original text (Metaspace prepend_scheme "first"). */
+tp_status tp_pretok_run(tp_enc_ctx *c, int k, const uint8_t *s, size_t n, int first);
+/* SentencePiece-style BPE (llama.cpp's SPM) on one normalized piece (spm.c). */
+tp_status tp_spm_word(tp_enc_ctx *c, const uint8_t *w, size_t n);
+/* Looks up "<0xNN>" for every byte (byte_tok) and whether the model has all 256. */
+void tp_tok_find_byte_tokens(tp_tokenizer *t);
 /* Byte-level form of w[0..n) into c->bl (NUL-terminated); returns its length or (size_t)-1. */
 size_t tp_bytelevel_form(tp_enc_ctx *c, const uint8_t *w, size_t n);
 

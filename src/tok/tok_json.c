@@ -1,6 +1,9 @@
-/* tokenizer.json (HF `tokenizers` serialisation) in and out: the BPE model, added tokens,
- * normalizer (none), pre-tokenizer (Sequence of Split / Digits / ByteLevel), post-processor
- * (TemplateProcessing, Roberta/Bert, ByteLevel, Sequence) and decoder (ByteLevel); plus
+/* tokenizer.json (HF `tokenizers` serialisation) in and out: the BPE model (byte_fallback,
+ * ignore_merges, unk), added tokens, normalizer (NFC/NFD/NFKC/NFKD, Prepend, Replace of a string,
+ * Lowercase, Strip, Sequence), pre-tokenizer (Sequence of Split / Digits / ByteLevel /
+ * Metaspace / Punctuation, or none), post-processor (TemplateProcessing, Roberta/Bert,
+ * ByteLevel, Sequence) and decoder (ByteLevel, or a Sequence of Replace / ByteFallback / Fuse /
+ * Strip / Metaspace); plus
  * tokenizer_config.json beside it for the bos/eos/unk/pad identities, and the HF folder files
  * written by tp_tok_save_hf. Anything outside that family is refused with TP_ERR_UNSUPPORTED
  * rather than tokenized differently. */
@@ -180,7 +183,7 @@ static tp_status load_model(tp_tokenizer *t, const cJSON *model, const char *src
     int byte_fallback;
     tp_status rc;
     if ((rc = json_bool(model, "byte_fallback", 0, &byte_fallback, src, "model"))) return rc;
-    if (byte_fallback) return tp_fail(TP_ERR_UNSUPPORTED, "%s: model.byte_fallback is not supported", src);
+    t->byte_fallback = byte_fallback;
     if ((rc = json_bool(model, "fuse_unk", 0, &t->fuse_unk, src, "model"))) return rc;
     if ((rc = json_bool(model, "ignore_merges", 0, &t->ignore_merges, src, "model"))) return rc;
     t->model_unk = -1;
@@ -197,6 +200,33 @@ static tp_status load_model(tp_tokenizer *t, const cJSON *model, const char *src
 }
 
 /* ---- pipeline components ---- */
+
+/* Metaspace's replacement (one character) and prepend scheme ("first"/"always"/"never", or the
+ * older add_prefix_space flag), shared by the pre-tokenizer and the decoder. */
+static tp_status parse_metaspace(const cJSON *p, const char *src, const char *where, char rep[8], size_t *rep_len,
+                                 tp_prepend_scheme *scheme) {
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(p, "replacement");
+    const char *rs = cJSON_IsString(r) ? r->valuestring : NULL;
+    uint32_t cp;
+    size_t bad, l = rs && rs[0] ? tp_utf8_decode((const uint8_t *)rs, strlen(rs), &cp, &bad) : 0;
+    if (!l || rs[l] != 0) return tp_fail(TP_ERR_FORMAT, "%s: %s: \"replacement\" must be one character", src, where);
+    memcpy(rep, rs, l);
+    rep[l] = 0;
+    *rep_len = l;
+    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(p, "prepend_scheme");
+    if (cJSON_IsString(ps)) {
+        if (strcmp(ps->valuestring, "first") == 0) *scheme = TP_PREPEND_FIRST;
+        else if (strcmp(ps->valuestring, "always") == 0) *scheme = TP_PREPEND_ALWAYS;
+        else if (strcmp(ps->valuestring, "never") == 0) *scheme = TP_PREPEND_NEVER;
+        else return tp_fail(TP_ERR_FORMAT, "%s: %s: unknown prepend_scheme \"%.32s\"", src, where, ps->valuestring);
+        return TP_OK;
+    }
+    if (ps && !cJSON_IsNull(ps)) return tp_fail(TP_ERR_FORMAT, "%s: %s: prepend_scheme is not a string", src, where);
+    int add;
+    tp_status rc = json_bool(p, "add_prefix_space", 1, &add, src, where);
+    *scheme = add ? TP_PREPEND_ALWAYS : TP_PREPEND_NEVER;
+    return rc;
+}
 
 static tp_status parse_pre(tp_tokenizer *t, const cJSON *p, const char *src, int depth) {
     const char *type = json_type(p);
@@ -237,9 +267,21 @@ static tp_status parse_pre(tp_tokenizer *t, const cJSON *p, const char *src, int
         char where[600];
         snprintf(where, sizeof where, "%s: pre_tokenizer Split", src);
         if ((rc = tp_pre_step_prepare(&st, where))) { tp_pre_step_clear(&st); return rc; }
+    } else if (strcmp(type, "Metaspace") == 0) {
+        st.kind = TP_PRE_METASPACE;
+        if ((rc = parse_metaspace(p, src, "pre_tokenizer Metaspace", st.replacement, &st.replacement_len,
+                                  &st.prepend_scheme)))
+            return rc;
+        if ((rc = json_bool(p, "split", 1, &st.split, src, "pre_tokenizer Metaspace"))) return rc;
+    } else if (strcmp(type, "Punctuation") == 0) {
+        st.kind = TP_PRE_PUNCT;
+        const cJSON *beh = cJSON_GetObjectItemCaseSensitive(p, "behavior");
+        st.behavior = TP_SPLIT_ISOLATED;
+        if (beh && !cJSON_IsNull(beh) && (!cJSON_IsString(beh) || !tp_split_behavior_parse(beh->valuestring, &st.behavior)))
+            return tp_fail(TP_ERR_FORMAT, "%s: pre_tokenizer Punctuation: unknown \"behavior\"", src);
     } else
         return tp_fail(TP_ERR_UNSUPPORTED, "%s: pre_tokenizer type \"%s\" is not supported (ByteLevel, Digits, "
-                       "Split, Sequence)", src, type);
+                       "Split, Metaspace, Punctuation, Sequence)", src, type);
     tp_pre_step *q = realloc(t->steps, (size_t)(t->n_steps + 1) * sizeof *q);
     if (!q) { tp_pre_step_clear(&st); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
     t->steps = q;
@@ -319,26 +361,149 @@ static tp_status parse_post(tp_tokenizer *t, const cJSON *p, const char *src, in
     return tp_fail(TP_ERR_UNSUPPORTED, "%s: post_processor type \"%s\" is not supported", src, type);
 }
 
+static tp_status json_str(const cJSON *o, const char *key, const char *src, const char *where, const char **out) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsString(x)) return tp_fail(TP_ERR_FORMAT, "%s: %s: \"%s\" missing or not a string", src, where, key);
+    *out = x->valuestring;
+    return TP_OK;
+}
+
+/* {"String": s} of a Replace normalizer or decoder; a Regex pattern is refused. */
+static tp_status replace_pattern(const cJSON *o, const char *src, const char *where, const char **pat) {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "pattern"), *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(p, "String")) && cJSON_IsString(v) && v->valuestring[0]) {
+        *pat = v->valuestring;
+        return TP_OK;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(p, "Regex"))
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: %s: a Regex pattern is not supported (only String)", src, where);
+    return tp_fail(TP_ERR_FORMAT, "%s: %s: \"pattern\" must be {\"String\": non-empty text}", src, where);
+}
+
+static tp_status push_dec(tp_tokenizer *t, tp_dec_step d) {
+    tp_dec_step *p = realloc(t->dsteps, (size_t)(t->n_dsteps + 1) * sizeof *p);
+    if (!p) { free(d.a); free(d.b); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
+    t->dsteps = p;
+    t->dsteps[t->n_dsteps++] = d;
+    return TP_OK;
+}
+
+static tp_status dup_field(char **dst, size_t *len, const char *s) {
+    *dst = strdup(s);
+    if (!*dst) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    *len = strlen(s);
+    return TP_OK;
+}
+
+static tp_status parse_dec_step(tp_tokenizer *t, const cJSON *d, const char *src) {
+    const char *type = json_type(d);
+    tp_dec_step st = {0};
+    tp_status rc;
+    const char *x = NULL;
+    if (!type) return tp_fail(TP_ERR_FORMAT, "%s: decoder: missing \"type\"", src);
+    if (strcmp(type, "ByteFallback") == 0) st.kind = TP_DS_BYTEFALLBACK;
+    else if (strcmp(type, "Fuse") == 0) st.kind = TP_DS_FUSE;
+    else if (strcmp(type, "Replace") == 0) {
+        st.kind = TP_DS_REPLACE;
+        if ((rc = replace_pattern(d, src, "decoder Replace", &x)) || (rc = dup_field(&st.a, &st.la, x))) return rc;
+        if ((rc = json_str(d, "content", src, "decoder Replace", &x)) || (rc = dup_field(&st.b, &st.lb, x))) {
+            free(st.a);
+            return rc;
+        }
+    } else if (strcmp(type, "Strip") == 0) {
+        st.kind = TP_DS_STRIP;
+        int64_t a, b;
+        if ((rc = json_str(d, "content", src, "decoder Strip", &x))) return rc;
+        uint32_t cp;
+        size_t bad, l = x[0] ? tp_utf8_decode((const uint8_t *)x, strlen(x), &cp, &bad) : 0;
+        if (!l || x[l]) return tp_fail(TP_ERR_FORMAT, "%s: decoder Strip: \"content\" must be one character", src);
+        if (!json_int(cJSON_GetObjectItemCaseSensitive(d, "start"), 0, 1 << 20, &a) ||
+            !json_int(cJSON_GetObjectItemCaseSensitive(d, "stop"), 0, 1 << 20, &b))
+            return tp_fail(TP_ERR_FORMAT, "%s: decoder Strip: \"start\" / \"stop\" must be integers >= 0", src);
+        st.start = (int)a;
+        st.stop = (int)b;
+        if ((rc = dup_field(&st.a, &st.la, x))) return rc;
+    } else if (strcmp(type, "Metaspace") == 0) {
+        st.kind = TP_DS_METASPACE;
+        char rep[8];
+        size_t rl;
+        if ((rc = parse_metaspace(d, src, "decoder Metaspace", rep, &rl, &st.prepend_scheme)) ||
+            (rc = dup_field(&st.a, &st.la, rep)))
+            return rc;
+    } else
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: decoder type \"%s\" is not supported (ByteLevel alone, or Replace, "
+                       "ByteFallback, Fuse, Strip, Metaspace)", src, type);
+    return push_dec(t, st);
+}
+
 static tp_status parse_decoder(tp_tokenizer *t, const cJSON *d, const char *src) {
     if (!d || cJSON_IsNull(d)) { t->decoder = TP_DEC_NONE; return TP_OK; }
     const char *type = json_type(d);
     if (type && strcmp(type, "ByteLevel") == 0) { t->decoder = TP_DEC_BYTELEVEL; return TP_OK; }
     if (type && strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
-        if (cJSON_IsArray(list) && cJSON_GetArraySize(list) == 1) return parse_decoder(t, cJSON_GetArrayItem(list, 0), src);
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders"), *e;
+        if (!cJSON_IsArray(list)) return tp_fail(TP_ERR_FORMAT, "%s: decoder Sequence: missing \"decoders\"", src);
+        if (cJSON_GetArraySize(list) == 1 && json_type(cJSON_GetArrayItem(list, 0)) &&
+            strcmp(json_type(cJSON_GetArrayItem(list, 0)), "ByteLevel") == 0)
+            return parse_decoder(t, cJSON_GetArrayItem(list, 0), src);
+        t->decoder = TP_DEC_CHAIN;
+        tp_status rc;
+        cJSON_ArrayForEach(e, list) if ((rc = parse_dec_step(t, e, src))) return rc;
+        return TP_OK;
     }
-    return tp_fail(TP_ERR_UNSUPPORTED, "%s: decoder type \"%s\" is not supported (only ByteLevel)", src,
-                   type ? type : "?");
+    t->decoder = TP_DEC_CHAIN;
+    return parse_dec_step(t, d, src);
 }
 
-static tp_status check_normalizer(const cJSON *n, const char *src) {
+static tp_status push_norm(tp_tokenizer *t, tp_norm_step st) {
+    tp_norm_step *p = realloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *p);
+    if (!p) { tp_norm_step_clear(&st); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
+    t->norm = p;
+    t->norm[t->n_norm++] = st;
+    return TP_OK;
+}
+
+static tp_status parse_normalizer(tp_tokenizer *t, const cJSON *n, const char *src, int depth) {
     if (!n || cJSON_IsNull(n)) return TP_OK;
-    const char *type = json_type(n);
-    if (type && strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers");
-        if (cJSON_IsArray(list) && cJSON_GetArraySize(list) == 0) return TP_OK;
+    const char *type = json_type(n), *x = NULL;
+    tp_status rc;
+    if (!type) return tp_fail(TP_ERR_FORMAT, "%s: normalizer: missing \"type\"", src);
+    if (strcmp(type, "Sequence") == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers"), *e;
+        if (!cJSON_IsArray(list)) return tp_fail(TP_ERR_FORMAT, "%s: normalizer Sequence: missing \"normalizers\"", src);
+        if (depth > 4) return tp_fail(TP_ERR_UNSUPPORTED, "%s: normalizer: Sequences nested too deep", src);
+        cJSON_ArrayForEach(e, list) if ((rc = parse_normalizer(t, e, src, depth + 1))) return rc;
+        return TP_OK;
     }
-    return tp_fail(TP_ERR_UNSUPPORTED, "%s: normalizer \"%s\" is not supported (only none)", src, type ? type : "?");
+    if (t->n_norm >= 64) return tp_fail(TP_ERR_UNSUPPORTED, "%s: normalizer: more than 64 steps", src);
+    tp_norm_step st = {0};
+    static const struct { const char *name; tp_norm_kind k; } simple[] = {
+        {"NFC", TP_NORM_NFC}, {"NFD", TP_NORM_NFD}, {"NFKC", TP_NORM_NFKC}, {"NFKD", TP_NORM_NFKD},
+        {"Lowercase", TP_NORM_LOWERCASE}};
+    for (size_t i = 0; i < sizeof simple / sizeof *simple; i++)
+        if (strcmp(type, simple[i].name) == 0) {
+            st.kind = simple[i].k;
+            return push_norm(t, st);
+        }
+    if (strcmp(type, "Prepend") == 0) {
+        st.kind = TP_NORM_PREPEND;
+        if ((rc = json_str(n, "prepend", src, "normalizer Prepend", &x)) || (rc = dup_field(&st.a, &st.la, x))) return rc;
+    } else if (strcmp(type, "Replace") == 0) {
+        st.kind = TP_NORM_REPLACE;
+        if ((rc = replace_pattern(n, src, "normalizer Replace", &x)) || (rc = dup_field(&st.a, &st.la, x))) return rc;
+        if ((rc = json_str(n, "content", src, "normalizer Replace", &x)) || (rc = dup_field(&st.b, &st.lb, x))) {
+            tp_norm_step_clear(&st);
+            return rc;
+        }
+    } else if (strcmp(type, "Strip") == 0) {
+        st.kind = TP_NORM_STRIP;
+        if ((rc = json_bool(n, "strip_left", 1, &st.left, src, "normalizer Strip")) ||
+            (rc = json_bool(n, "strip_right", 1, &st.right, src, "normalizer Strip")))
+            return rc;
+    } else
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: normalizer \"%s\" is not supported (NFC, NFD, NFKC, NFKD, Prepend, "
+                       "Replace, Lowercase, Strip, Sequence)", src, type);
+    return push_norm(t, st);
 }
 
 /* ---- tokenizer_config.json ---- */
@@ -418,10 +583,8 @@ tp_status tp_tok_load_json(const char *path, tp_tokenizer **out) {
     if (!rc) rc = load_vocab(t, cJSON_GetObjectItemCaseSensitive(model, "vocab"), added, path);
     if (!rc) rc = load_added(t, added, path);
     if (!rc) rc = load_model(t, model, path);
-    if (!rc) rc = check_normalizer(cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path);
-    if (!rc && (!pre || cJSON_IsNull(pre)))
-        rc = tp_fail(TP_ERR_UNSUPPORTED, "%s: pre_tokenizer is null; only byte-level BPE is supported", path);
-    if (!rc) rc = parse_pre(t, pre, path, 0);
+    if (!rc) rc = parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, 0);
+    if (!rc && pre && !cJSON_IsNull(pre)) rc = parse_pre(t, pre, path, 0);
     if (!rc) rc = parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), path, 0);
     if (!rc) rc = parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path);
     if (!rc) rc = load_config(t, path);
@@ -434,6 +597,73 @@ tp_status tp_tok_load_json(const char *path, tp_tokenizer **out) {
 }
 
 /* ---- saving ---- */
+
+static const char *scheme_name(tp_prepend_scheme s) {
+    return s == TP_PREPEND_FIRST ? "first" : s == TP_PREPEND_NEVER ? "never" : "always";
+}
+
+static cJSON *pattern_json(const char *s) {
+    cJSON *p = cJSON_CreateObject();
+    if (p) cJSON_AddStringToObject(p, "String", s);
+    return p;
+}
+
+static cJSON *norm_json(const tp_tokenizer *t) {
+    if (!t->n_norm) return cJSON_CreateNull();
+    cJSON *seq = cJSON_CreateObject();
+    cJSON_AddStringToObject(seq, "type", "Sequence");
+    cJSON *list = cJSON_AddArrayToObject(seq, "normalizers");
+    for (int i = 0; i < t->n_norm; i++) {
+        const tp_norm_step *st = &t->norm[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "type", tp_norm_name(st->kind));
+        if (st->kind == TP_NORM_PREPEND) cJSON_AddStringToObject(o, "prepend", st->a);
+        if (st->kind == TP_NORM_REPLACE) {
+            cJSON_AddItemToObject(o, "pattern", pattern_json(st->a));
+            cJSON_AddStringToObject(o, "content", st->b);
+        }
+        if (st->kind == TP_NORM_STRIP) {
+            cJSON_AddBoolToObject(o, "strip_left", st->left);
+            cJSON_AddBoolToObject(o, "strip_right", st->right);
+        }
+        cJSON_AddItemToArray(list, o);
+    }
+    return seq;
+}
+
+static cJSON *dec_chain_json(const tp_tokenizer *t) {
+    cJSON *seq = cJSON_CreateObject();
+    cJSON_AddStringToObject(seq, "type", "Sequence");
+    cJSON *list = cJSON_AddArrayToObject(seq, "decoders");
+    for (int i = 0; i < t->n_dsteps; i++) {
+        const tp_dec_step *d = &t->dsteps[i];
+        cJSON *o = cJSON_CreateObject();
+        switch (d->kind) {
+        case TP_DS_BYTEFALLBACK: cJSON_AddStringToObject(o, "type", "ByteFallback"); break;
+        case TP_DS_FUSE: cJSON_AddStringToObject(o, "type", "Fuse"); break;
+        case TP_DS_REPLACE:
+            cJSON_AddStringToObject(o, "type", "Replace");
+            cJSON_AddItemToObject(o, "pattern", pattern_json(d->a));
+            cJSON_AddStringToObject(o, "content", d->b);
+            break;
+        case TP_DS_STRIP:
+            cJSON_AddStringToObject(o, "type", "Strip");
+            cJSON_AddStringToObject(o, "content", d->a);
+            cJSON_AddNumberToObject(o, "start", d->start);
+            cJSON_AddNumberToObject(o, "stop", d->stop);
+            break;
+        case TP_DS_METASPACE:
+            cJSON_AddStringToObject(o, "type", "Metaspace");
+            cJSON_AddStringToObject(o, "replacement", d->a);
+            cJSON_AddStringToObject(o, "prepend_scheme", scheme_name(d->prepend_scheme));
+            cJSON_AddBoolToObject(o, "split", 1);
+            break;
+        case TP_DS_BYTELEVEL: cJSON_AddStringToObject(o, "type", "ByteLevel"); break;
+        }
+        cJSON_AddItemToArray(list, o);
+    }
+    return seq;
+}
 
 static cJSON *pre_step_json(const tp_pre_step *st) {
     cJSON *o = cJSON_CreateObject();
@@ -448,6 +678,16 @@ static cJSON *pre_step_json(const tp_pre_step *st) {
     case TP_PRE_DIGITS:
         cJSON_AddStringToObject(o, "type", "Digits");
         cJSON_AddBoolToObject(o, "individual_digits", st->individual_digits);
+        break;
+    case TP_PRE_METASPACE:
+        cJSON_AddStringToObject(o, "type", "Metaspace");
+        cJSON_AddStringToObject(o, "replacement", st->replacement);
+        cJSON_AddStringToObject(o, "prepend_scheme", scheme_name(st->prepend_scheme));
+        cJSON_AddBoolToObject(o, "split", st->split);
+        break;
+    case TP_PRE_PUNCT:
+        cJSON_AddStringToObject(o, "type", "Punctuation");
+        cJSON_AddStringToObject(o, "behavior", tp_split_behavior_name(st->behavior));
         break;
     case TP_PRE_SPLIT: {
         cJSON_AddStringToObject(o, "type", "Split");
@@ -534,8 +774,9 @@ static cJSON *tokenizer_json(const tp_tokenizer *t) {
         cJSON_AddBoolToObject(o, "special", a->special);
         cJSON_AddItemToArray(added, o);
     }
-    cJSON_AddNullToObject(root, "normalizer");
-    if (t->n_steps == 1) cJSON_AddItemToObject(root, "pre_tokenizer", pre_step_json(&t->steps[0]));
+    cJSON_AddItemToObject(root, "normalizer", norm_json(t));
+    if (t->n_steps == 0) cJSON_AddNullToObject(root, "pre_tokenizer");
+    else if (t->n_steps == 1) cJSON_AddItemToObject(root, "pre_tokenizer", pre_step_json(&t->steps[0]));
     else {
         cJSON *seq = cJSON_AddObjectToObject(root, "pre_tokenizer");
         cJSON_AddStringToObject(seq, "type", "Sequence");
@@ -549,7 +790,8 @@ static cJSON *tokenizer_json(const tp_tokenizer *t) {
         cJSON_AddBoolToObject(d, "add_prefix_space", 1);
         cJSON_AddBoolToObject(d, "trim_offsets", 1);
         cJSON_AddBoolToObject(d, "use_regex", 1);
-    } else cJSON_AddNullToObject(root, "decoder");
+    } else if (t->decoder == TP_DEC_CHAIN) cJSON_AddItemToObject(root, "decoder", dec_chain_json(t));
+    else cJSON_AddNullToObject(root, "decoder");
     cJSON *m = cJSON_AddObjectToObject(root, "model");
     cJSON_AddStringToObject(m, "type", "BPE");
     cJSON_AddNullToObject(m, "dropout");
@@ -558,7 +800,7 @@ static cJSON *tokenizer_json(const tp_tokenizer *t) {
     cJSON_AddNullToObject(m, "continuing_subword_prefix");
     cJSON_AddNullToObject(m, "end_of_word_suffix");
     cJSON_AddBoolToObject(m, "fuse_unk", t->fuse_unk);
-    cJSON_AddBoolToObject(m, "byte_fallback", 0);
+    cJSON_AddBoolToObject(m, "byte_fallback", t->byte_fallback);
     cJSON_AddBoolToObject(m, "ignore_merges", t->ignore_merges);
     cJSON *v = cJSON_AddObjectToObject(m, "vocab");
     for (int i = 0; i < t->n_model; i++) cJSON_AddItemToObject(v, t->piece[i], cJSON_CreateNumber(i));
@@ -591,6 +833,13 @@ static tp_status write_json(cJSON *root, const char *dir, const char *name) {
 
 tp_status tp_tok_save_hf(const tp_tokenizer *t, const char *dir) {
     if (!t || !dir) return tp_fail(TP_ERR_ARG, "tp_tok_save_hf: NULL argument");
+    if (t->model_kind == TP_MODEL_SPM)
+        return tp_fail(TP_ERR_UNSUPPORTED, "tp_tok_save_hf: this tokenizer is SentencePiece-style BPE by piece score "
+                       "(GGUF tokenizer model \"llama\"), which tokenizer.json cannot express exactly (its BPE "
+                       "merges by rank); not written");
+    if (t->nl_whole)
+        return tp_fail(TP_ERR_UNSUPPORTED, "tp_tok_save_hf: llama.cpp's Gemma 4 newline rule has no tokenizer.json "
+                       "equivalent; not written");
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
         return tp_fail(TP_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
     for (int i = 0; i < t->n_model; i++)

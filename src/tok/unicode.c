@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 unsigned tp_uclass(uint32_t cp) {
     if (cp < 0x80) {
@@ -124,4 +125,16 @@ int tp_cp_to_byte(uint32_t cp) {
     if (cp <= 0x142) return (int)(0x7F + (cp - 0x121));
     if (cp == 0x143) return 0xAD;
     return -1;
+}
+
+int tp_is_punct(uint32_t cp) {
+    if (cp < 0x80) return (cp >= 0x21 && cp <= 0x2F) || (cp >= 0x3A && cp <= 0x40) || (cp >= 0x5B && cp <= 0x60) ||
+                          (cp >= 0x7B && cp <= 0x7E);
+    switch (utf8proc_category((utf8proc_int32_t)cp)) {
+    case UTF8PROC_CATEGORY_PC: case UTF8PROC_CATEGORY_PD: case UTF8PROC_CATEGORY_PS: case UTF8PROC_CATEGORY_PE:
+    case UTF8PROC_CATEGORY_PI: case UTF8PROC_CATEGORY_PF: case UTF8PROC_CATEGORY_PO:
+        return 1;
+    default:
+        return 0;
+    }
 }

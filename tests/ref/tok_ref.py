@@ -5,6 +5,7 @@
                                 SmolLM2's real configuration around the GGUF's vocabulary and
                                 merges) and expected.json (ids, hashes, decodes) for
                                 tests/test_tokenizer.c
+                                (and, through tok_spm_ref.py, DIR/tok/spm/)
   tok_ref.py --check-saved DIR  loads a tokenizer folder written by taper (tp_tok_save_hf) with
                                 `tokenizers` and with transformers' AutoTokenizer and checks both
                                 tokenize the hard cases exactly as expected.json says
@@ -518,6 +519,8 @@ def main():
         cmd_gen_unicode(args.gen_unicode)
     if args.out:
         cmd_out(args)
+        import tok_spm_ref  # the SentencePiece-style fixtures (tests/test_tok_spm.c) beside these
+        tok_spm_ref.write(args.out, args.data)
     if args.check_saved:
         return cmd_check_saved(args)
     if not (args.gen_unicode or args.out):
