@@ -74,3 +74,8 @@ void cli_set_threads(int n) {
     (void)n;
 #endif
 }
+
+void cli_note_hf_tokenizer(const char *dir) {
+    char note[1024];
+    if (tp_model_hf_tokenizer_note(dir, note, sizeof note)) fprintf(stderr, "note: %s\n", note);
+}

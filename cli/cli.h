@@ -10,6 +10,8 @@
 /* Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage error. */
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
+/* After an HF folder was written: prints to stderr why it holds tokenizer.gguf, when it does. */
+void cli_note_hf_tokenizer(const char *dir);
 int cli_error(tp_status s);                        /* prints the library's message, returns CLI_FAIL */
 int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Parses a whole decimal int / float in [lo, hi]; prints a usage error naming opt otherwise. */

@@ -51,6 +51,7 @@ int cmd_convert(int argc, char **argv) {
     s = !strcmp(to, "hf") ? tp_model_save_hf(m, out, st_dtype) : tp_model_save_gguf(m, out, gg);
     if (!s) fprintf(stderr, "taper convert: wrote %s (%s, %s, %.1fM parameters)\n", out, to, dtype,
                     (double)m->n_params / 1e6);
+    if (!s && !strcmp(to, "hf")) cli_note_hf_tokenizer(out);
     tp_model_free(m);
     return s ? cli_error(s) : CLI_OK;
 }

@@ -238,6 +238,7 @@ static int run(prune_args *a) {
         const char *dt = !strcasecmp(a->dtype, "f16") ? "F16" : !strcasecmp(a->dtype, "bf16") ? "BF16" : "F32";
         s = tp_model_save_hf(pm, a->out, dt);
         if (!s) printf("wrote    %s (HF folder, %s)\n", a->out, dt);
+        if (!s) cli_note_hf_tokenizer(a->out);
     }
     if (!s) s = tp_prune_plan_save(plan, plan_path);
     if (!s) printf("wrote    %s\n", plan_path);

@@ -272,6 +272,7 @@ int cmd_sparsify(int argc, char **argv) {
         if (mpath) snprintf(mpath, l, "%s/mask.tpmask", out);
     }
     s = tp_model_save_hf(m, out, dtype);
+    if (!s) cli_note_hf_tokenizer(out);
     if (!s) s = tp_mask_save(mk, mask_out ? mask_out : mpath);
     double save_s = tp_time_s() - ts;
     if (s) {

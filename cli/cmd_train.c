@@ -328,6 +328,7 @@ static tp_status export_model(const train_args *a, const tp_model *m, cJSON *sum
         const char *dt = !strcasecmp(a->dtype, "f16") ? "F16" : !strcasecmp(a->dtype, "bf16") ? "BF16" : "F32";
         if ((s = tp_model_save_hf(m, a->export_hf, dt))) return s;
         printf("wrote      %s (HF folder, %s)\n", a->export_hf, a->dtype);
+        cli_note_hf_tokenizer(a->export_hf);
         cJSON_AddStringToObject(sum, "export_hf", a->export_hf);
     }
     if (a->export_gguf) {

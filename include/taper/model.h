@@ -109,6 +109,10 @@ tp_status tp_model_load_gguf(const char *path, tp_model **out);
 tp_status tp_model_load_hf(const char *dir, tp_model **out);
 /* Export. dtype for HF: "F32", "F16", "BF16"; for GGUF: a tp_ggml_type. */
 tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype);
+/* An HF folder written for a tokenizer that tokenizer.json cannot express exactly (score-based
+ * SentencePiece from a GGUF) holds tokenizer.gguf instead, which tp_model_load_hf reads. Returns 1
+ * (and a note for the user in buf) when dir is such a folder. */
+int tp_model_hf_tokenizer_note(const char *dir, char *buf, size_t n);
 tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type);
 
 /* Parse config.json text into c. */

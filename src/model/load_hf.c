@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "taper/gguf.h"
 #include "taper/model.h"
 #include "taper/safetensors.h"
 #include "taper/util.h"
@@ -61,6 +62,22 @@ static char *read_chat_template(const char *dir) {
     return out;
 }
 
+/* tokenizer.gguf: the GGUF tokenizer keys alone, which taper writes into an HF folder when
+ * tokenizer.json cannot express the tokenizer (save.c). Absent: no tokenizer, no error. */
+static tp_status load_tok_gguf(const char *dir, tp_tokenizer **tok) {
+    char *p = join(dir, "tokenizer.gguf");
+    if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = TP_OK;
+    if (access(p, R_OK) == 0) {
+        tp_gguf *g = NULL;
+        if (!(s = tp_gguf_open(p, &g))) s = tp_tok_load_gguf(g, tok);
+        tp_gguf_close(g);
+        if (s) s = tp_fail_ctx(s, "%s: ", p);
+    }
+    free(p);
+    return s;
+}
+
 tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     *out = NULL;
     char *cfg_path = join(dir, "config.json"), *json = NULL, *tok_path = NULL;
@@ -76,6 +93,7 @@ tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     if ((s = load_tensors(st, dir, m))) goto done;
     tok_path = join(dir, "tokenizer.json");
     if (tok_path && access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
+    if (!m->tok && (s = load_tok_gguf(dir, &m->tok))) goto done;
     m->chat_template = read_chat_template(dir);
     m->source = strdup(dir);
     m->source_format = strdup("hf");

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model_internal.h"
 #include "taper/gguf.h"
@@ -68,6 +69,44 @@ static tp_status add_chat_template(const tp_model *m, const char *dir) {
     return s;
 }
 
+/* The tokenizer of an HF folder: tokenizer.json when it can say the tokenizer exactly; otherwise
+ * (llama.cpp's score-based SentencePiece, Gemma 4's newline rule: tokenizer.json's BPE merges by
+ * rank) the GGUF tokenizer keys alone in tokenizer.gguf, which tp_model_load_hf reads back exactly.
+ * transformers users then take the tokenizer of the source checkpoint (tp_model_hf_tokenizer_note).
+ * Whichever is written, a stale file of the other kind is removed. */
+static tp_status save_tokenizer(const tp_tokenizer *tok, const char *dir) {
+    char *json = join(dir, "tokenizer.json"), *gg = join(dir, "tokenizer.gguf");
+    tp_status s = json && gg ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
+    if (!s) {
+        s = tp_tok_save_hf(tok, dir);
+        if (!s) unlink(gg);
+        else if (s == TP_ERR_UNSUPPORTED) {
+            tp_clear_error();
+            unlink(json);
+            tp_gguf_writer *w = NULL;
+            s = tp_gguf_writer_new(&w);
+            if (!s) s = tp_tok_to_gguf(tok, w);
+            if (!s) s = tp_gguf_write(w, gg);
+            tp_gguf_writer_free(w);
+            if (s) s = tp_fail_ctx(s, "%s: ", gg);
+        }
+    }
+    free(json);
+    free(gg);
+    return s;
+}
+
+int tp_model_hf_tokenizer_note(const char *dir, char *buf, size_t n) {
+    char *gg = join(dir, "tokenizer.gguf");
+    int has = gg && access(gg, R_OK) == 0;
+    if (has && buf && n)
+        snprintf(buf, n, "%s holds no tokenizer.json: tokenizer.json cannot express this tokenizer exactly (its BPE "
+                 "merges by rank; this one merges by piece score, as llama.cpp does), so taper wrote tokenizer.gguf, "
+                 "which taper reads; for transformers, copy the source model's tokenizer files", dir);
+    free(gg);
+    return has;
+}
+
 tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype) {
     const tp_config *c = &m->cfg;
     tp_st_dtype dt;
@@ -100,7 +139,7 @@ tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype
     tp_st_writer_free(w);
     if (s) return s;
     if (m->tok) {
-        if ((s = tp_tok_save_hf(m->tok, dir))) return s;
+        if ((s = save_tokenizer(m->tok, dir))) return s;
         if ((s = add_chat_template(m, dir))) return s;
     }
     return TP_OK;
