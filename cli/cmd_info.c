@@ -110,7 +110,7 @@ int cmd_info(int argc, char **argv) {
                k->arch == TP_ARCH_GEMMA3 ? "; GeGLU (tanh), (1 + w) and sandwich norms, embeddings x sqrt(d_model)" : "",
                k->attn_scale_base > 0 ? "; scores / sqrt(query_pre_attn_scalar)" : "");
     if (m->tok)
-        printf("tokenizer    byte-level BPE, %d tokens, pre-tokenizer %s, bos %d, eos %d, adds BOS: %s\n",
+        printf("tokenizer    %s, %d tokens, pre-tokenizer %s, bos %d, eos %d, adds BOS: %s\n", tp_tok_kind(m->tok),
                tp_tok_vocab_size(m->tok), tp_tok_pre_name(m->tok), tp_tok_bos(m->tok), tp_tok_eos(m->tok),
                tp_tok_adds_bos(m->tok) ? "yes" : "no");
     printf("\n%-14s %14s %7s\n", "component", "parameters", "share");

@@ -13,6 +13,7 @@
 
 #include "taper/compress.h"
 #include "taper/generate.h"
+#include "taper/gguf.h"
 #include "taper/model.h"
 #include "taper/tokenizer.h"
 #include "taper/util.h"
@@ -308,4 +309,46 @@ TT_TEST(families_prune_and_export) {
     TT_CHECK(n_ok == 5, "%d cases pruned", n_ok);
     free(tiny);
     free(root);
+}
+
+/* What taper does not support is refused by the CLI with exit 1 and a message naming the file
+ * and the field (never a crash or a silent answer). */
+TT_TEST(families_unsupported_refused_by_cli) {
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    /* a GGUF of another architecture */
+    char *gp = tt_path(tt_tmp_dir(), "phi3.gguf");
+    tp_gguf_writer *w = NULL;
+    TT_CHECK(tp_gguf_writer_new(&w) == TP_OK && tp_gguf_set_str(w, "general.architecture", "phi3") == TP_OK &&
+                 tp_gguf_write(w, gp) == TP_OK, "write %s", gp);
+    tp_gguf_writer_free(w);
+    static const struct { const char *label, *config, *field; } cfgs[] = {
+        {"gemma2", "{\"model_type\":\"gemma2\",\"hidden_size\":8}", "model_type"},
+        {"multimodal", "{\"model_type\":\"gemma3\",\"text_config\":{}}", "gemma3_text"},
+        {"softcap", "{\"model_type\":\"gemma3_text\",\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                    "\"num_attention_heads\":4,\"vocab_size\":100,\"final_logit_softcapping\":30.0}",
+         "final_logit_softcapping"},
+        {"yarn", "{\"model_type\":\"qwen3\",\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                 "\"num_attention_heads\":4,\"vocab_size\":100,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4.0}}",
+         "yarn"},
+    };
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "info '%s'", gp);
+    int rc = tt_taper(cmd, &out);
+    TT_CHECK(rc == 1 && strstr(out, gp) && strstr(out, "general.architecture") && strstr(out, "phi3"),
+             "GGUF phi3: rc %d: %s", rc, out);
+    free(out);
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
+        char *dir = tt_path(tt_tmp_dir(), cfgs[i].label);
+        mkdir(dir, 0755);
+        char *cp = tt_path(dir, "config.json");
+        TT_CHECK(tp_write_file_atomic(cp, cfgs[i].config, strlen(cfgs[i].config)) == TP_OK, "write %s", cp);
+        snprintf(cmd, sizeof cmd, "info '%s'", dir);
+        rc = tt_taper(cmd, &out);
+        TT_CHECK(rc == 1 && strstr(out, "config.json") && strstr(out, cfgs[i].field), "%s: rc %d: %s", cfgs[i].label,
+                 rc, out);
+        free(out);
+        free(cp);
+        free(dir);
+    }
+    free(gp);
 }
