@@ -94,7 +94,7 @@ test: deps llama-cpp
 
 # Regenerates reference values with transformers/tokenizers/gguf (Python venv in the cache)
 # and checks the fixtures committed under tests/fixtures still agree.
-test-ref: deps
+test-ref: deps llama-cpp
 	@$(MAKE) --no-print-directory all
 	@scripts/ref.sh
 

@@ -17,6 +17,7 @@ echo "ref: writing fresh reference values to $OUT"
 "$PY" tests/ref/tok_ref.py --out "$OUT"
 "$PY" tests/ref/model_ref.py --out "$OUT" --full
 "$PY" tests/ref/tiny_ref.py --out "$OUT"
+"$PY" tests/ref/gemma3_ref.py --out "$OUT"
 "$PY" tests/ref/grad_ref.py --out "$OUT"
 "$PY" tests/ref/optim_ref.py --out "$OUT" --tiny "$OUT/tiny/llama3"
 "$PY" tests/ref/importance_ref.py --out "$OUT"
