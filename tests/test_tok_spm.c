@@ -294,15 +294,9 @@ TT_TEST(tok_spm_json_variants_vs_hf) {
 /* ---- GGUF ---- */
 
 static char *models_dir(void) {
-    char buf[4096];
-    const char *src = getenv("TAPER_LLAMA_CPP_SRC");
-    if (src && *src) snprintf(buf, sizeof buf, "%s/models", src);
-    else {
-        const char *c = getenv("TAPER_CACHE"), *h = getenv("HOME");
-        if (c && *c) snprintf(buf, sizeof buf, "%s/llama.cpp-0.3.36/models", c);
-        else snprintf(buf, sizeof buf, "%s/.cache/taper/llama.cpp-0.3.36/models", h ? h : ".");
-    }
-    return strdup(buf);
+    char *src = tt_llama_cpp_src(), *d = src ? tt_path(src, "models") : NULL;
+    free(src);
+    return d;
 }
 
 static tp_tokenizer *load_vocab_gguf(const char *name, tp_gguf **g) {

@@ -42,15 +42,9 @@ static const struct {
 #define N_VOCABS (sizeof vocabs / sizeof vocabs[0])
 
 static char *models_dir(void) {
-    char buf[4096];
-    const char *src = getenv("TAPER_LLAMA_CPP_SRC");
-    if (src && *src) snprintf(buf, sizeof buf, "%s/models", src);
-    else {
-        const char *c = getenv("TAPER_CACHE"), *h = getenv("HOME");
-        if (c && *c) snprintf(buf, sizeof buf, "%s/llama.cpp-0.3.36/models", c);
-        else snprintf(buf, sizeof buf, "%s/.cache/taper/llama.cpp-0.3.36/models", h ? h : ".");
-    }
-    return strdup(buf);
+    char *src = tt_llama_cpp_src(), *d = src ? tt_path(src, "models") : NULL;
+    free(src);
+    return d;
 }
 
 typedef struct {

@@ -20,6 +20,14 @@ void tt_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * tests/fixtures, and a per-run scratch directory (created, removed at exit if all passed). */
 const char *tt_data_dir(void);
 const char *tt_model_path(void);   /* NULL if the file does not exist */
+/* NAME in $TAPER_CACHE (default ~/.cache/taper), malloc'd; it may not exist. */
+char *tt_cache_path(const char *name);
+/* llama.cpp's source tree (its models/ holds the tokenizer test vectors): $TAPER_LLAMA_CPP_SRC,
+ * else the copy `make deps` unpacks, tt_cache_path("llama.cpp-0.3.36"); malloc'd. */
+char *tt_llama_cpp_src(void);
+/* The real Gemma-3-270M GGUF that `make deps` fetches ($TAPER_GEMMA3 overrides), malloc'd, or NULL
+ * when the file is absent. */
+char *tt_gemma3_path(void);
 const char *tt_fixtures_dir(void);
 const char *tt_tmp_dir(void);
 /* Returns a malloc'd "dir/name". */

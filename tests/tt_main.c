@@ -82,6 +82,29 @@ const char *tt_model_path(void) {
     return access(model_buf, R_OK) == 0 ? model_buf : NULL;
 }
 
+char *tt_cache_path(const char *name) {
+    const char *c = getenv("TAPER_CACHE"), *h = getenv("HOME");
+    char *dir = c && *c ? strdup(c) : tt_path(h ? h : ".", ".cache/taper");
+    char *p = dir ? tt_path(dir, name) : NULL;
+    free(dir);
+    return p;
+}
+
+char *tt_llama_cpp_src(void) {
+    const char *s = getenv("TAPER_LLAMA_CPP_SRC");
+    return s && *s ? strdup(s) : tt_cache_path("llama.cpp-0.3.36");
+}
+
+char *tt_gemma3_path(void) {
+    const char *e = getenv("TAPER_GEMMA3");
+    char *p = e && *e ? strdup(e) : tt_cache_path("gemma-3-270m-q4_k_m.gguf");
+    if (p && access(p, R_OK) != 0) {
+        free(p);
+        p = NULL;
+    }
+    return p;
+}
+
 const char *tt_fixtures_dir(void) {
     const char *d = getenv("TAPER_FIXTURES");
     return d && *d ? d : "tests/fixtures";
