@@ -108,13 +108,6 @@ static int cmp_file(const void *a, const void *b) {
     return strcmp(((const in_file *)a)->path, ((const in_file *)b)->path);
 }
 
-static char *join_path(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s%s%s", dir, has_suffix(dir, "/") ? "" : "/", name);
-    return p;
-}
-
 static tp_status add_file(file_list *l, char *path, size_t bytes, in_format fmt) {
     if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
     if (l->n == l->cap) {
@@ -141,7 +134,7 @@ static tp_status walk_dir(const char *dir, file_list *l, in_format fmt, int dept
     struct dirent *e;
     while (!s && (e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        char *p = join_path(dir, e->d_name);
+        char *p = tp_path_join(dir, e->d_name);
         if (!p) { s = tp_fail(TP_ERR_NOMEM, "out of memory"); break; }
         struct stat lst, st;
         if (lstat(p, &lst) != 0 || stat(p, &st) != 0) { free(p); continue; } /* dangling link */
@@ -183,7 +176,7 @@ static tp_status flush_shard(tok_job *J) {
     if (J->n_tok == 0) return TP_OK;
     char name[32], *path, src[4096];
     snprintf(name, sizeof name, "shard-%05zu.tpt", J->n_shards);
-    path = join_path(J->out_dir, name);
+    path = tp_path_join(J->out_dir, name);
     if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
     snprintf(src, sizeof src, "taper tokenize; tokenizer %s; documents from %s to %s", J->tok_path,
              J->files->v[J->shard_first_file].path, J->files->v[J->shard_last_file].path);
@@ -455,7 +448,7 @@ static tp_status load_tokenizer(const char *arg, tp_tokenizer **tok) {
     struct stat st;
     if (stat(arg, &st) != 0) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", arg, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
-        char *p = join_path(arg, "tokenizer.json");
+        char *p = tp_path_join(arg, "tokenizer.json");
         if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
         tp_status s = access(p, R_OK) == 0 ? tp_tok_load_json(p, tok)
                                            : tp_fail(TP_ERR_IO, "%s: the folder has no tokenizer.json", arg);
@@ -478,23 +471,9 @@ static tp_status load_tokenizer(const char *arg, tp_tokenizer **tok) {
     return tp_tok_load_json(arg, tok);
 }
 
-static int mkdir_p(const char *dir) {
-    char *p = strdup(dir);
-    if (!p) return -1;
-    for (char *q = p + 1; *q; q++) {
-        if (*q != '/') continue;
-        *q = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) { free(p); return -1; }
-        *q = '/';
-    }
-    int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
-    free(p);
-    return rc;
-}
-
 /* Makes OUT_DIR; refuses one holding shards or a manifest unless force, which removes them. */
 static tp_status prepare_out_dir(const char *dir, int force) {
-    if (mkdir_p(dir) != 0) return tp_fail(TP_ERR_IO, "%s: cannot create the directory: %s", dir, strerror(errno));
+    if (tp_mkdir_p(dir) != 0) return tp_fail(TP_ERR_IO, "%s: cannot create the directory: %s", dir, strerror(errno));
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return tp_fail(TP_ERR_IO, "%s: not a directory", dir);
     DIR *d = opendir(dir);
@@ -509,7 +488,7 @@ static tp_status prepare_out_dir(const char *dir, int force) {
                         dir, e->d_name);
             break;
         }
-        char *p = join_path(dir, e->d_name);
+        char *p = tp_path_join(dir, e->d_name);
         if (!p || unlink(p) != 0) s = tp_fail(TP_ERR_IO, "%s/%s: cannot remove: %s", dir, e->d_name, strerror(errno));
         free(p);
     }
@@ -591,7 +570,7 @@ static tp_status write_manifest(tok_job *J, const char *fmt_name, const char *sp
     cJSON_AddNumberToObject(tot, "tokens", (double)J->total_tokens);
     cJSON_AddNumberToObject(tot, "shards", (double)J->n_shards);
     cJSON_AddNumberToObject(tot, "shard_bytes", (double)J->shard_bytes);
-    char *path = join_path(J->out_dir, "manifest.json");
+    char *path = tp_path_join(J->out_dir, "manifest.json");
     tp_status s = path ? tp_write_json_atomic(path, j) : tp_fail(TP_ERR_NOMEM, "out of memory");
     cJSON_Delete(j);
     free(path);

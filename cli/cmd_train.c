@@ -112,29 +112,6 @@ static void install_signals(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-static int mkdir_p(const char *path) {
-    char buf[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof buf) return -1;
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (buf[i] != '/' && buf[i] != 0) continue;
-        char c = buf[i];
-        buf[i] = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-        buf[i] = c;
-    }
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
-}
-
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static int n_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -151,7 +128,7 @@ static tp_status load_tokenizer(const char *path, tp_tokenizer **tok, char **cha
     *chat_template = NULL;
     if (stat(path, &st) != 0) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
-        char *p = join(path, "tokenizer.json"), *q = join(path, "tokenizer_config.json"), *text = NULL;
+        char *p = tp_path_join(path, "tokenizer.json"), *q = tp_path_join(path, "tokenizer_config.json"), *text = NULL;
         tp_status s = p && access(p, R_OK) == 0 ? tp_tok_load_json(p, tok) : TP_OK;
         if (!s && q && access(q, R_OK) == 0 && tp_read_file(q, &text, NULL) == TP_OK) {
             cJSON *j = cJSON_Parse(text);
@@ -262,7 +239,7 @@ static tp_status check_data_fits(const train_args *a, const tp_model *m, const t
 /* On --resume: the saved args.json (NULL if none). Fails on an unreadable or malformed file. */
 static tp_status read_saved_args(const char *run_dir, cJSON **out) {
     *out = NULL;
-    char *p = join(run_dir, "args.json"), *text = NULL;
+    char *p = tp_path_join(run_dir, "args.json"), *text = NULL;
     if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_status s = TP_OK;
     if (access(p, F_OK) == 0) {
@@ -459,7 +436,7 @@ static int finish(tp_status s, const train_args *a, tp_model *m, tp_train_result
     } else {
         print_summary(a, r, ru.ru_maxrss / 1024.0, sum);
         if (!r->stopped && (s = export_model(a, m, sum))) rc = cli_error(s);
-        char *p = join(a->run_dir, "summary.json");
+        char *p = tp_path_join(a->run_dir, "summary.json");
         tp_status ws = p ? tp_write_json_atomic(p, sum) : tp_fail(TP_ERR_NOMEM, "out of memory");
         if (ws && rc == CLI_OK) rc = cli_error(ws);
         free(p);
@@ -484,7 +461,7 @@ int cmd_train(int argc, char **argv) {
     int rc = parse(argc, argv, &a);
     if (rc) return rc < 0 ? CLI_OK : rc;
     cli_set_threads(a.threads);
-    if (mkdir_p(a.run_dir) != 0)
+    if (tp_mkdir_p(a.run_dir) != 0)
         return cli_error(tp_fail(TP_ERR_IO, "%s: cannot create the run directory: %s", a.run_dir, strerror(errno)));
     char newest[256] = "";
     int n_ck = tp_run_dir_ckpts(a.run_dir, newest, sizeof newest);
@@ -519,7 +496,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (!s) {
         args_text = cJSON_Print(args);
-        args_path = join(a.run_dir, "args.json");
+        args_path = tp_path_join(a.run_dir, "args.json");
         if (!args_text || !args_path) s = tp_fail(TP_ERR_NOMEM, "out of memory");
         else s = tp_write_file_atomic(args_path, args_text, strlen(args_text));
     }

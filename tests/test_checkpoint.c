@@ -534,3 +534,23 @@ TT_TEST(ckpt_config_mismatch_refused) {
     free(dir);
     rig_close(&a);
 }
+
+/* The path helpers every writer uses: tp_path_join never doubles a slash; tp_mkdir_p makes the
+ * missing parents, accepts an existing directory and refuses a file in the way. */
+TT_TEST(util_path_join_and_mkdir_p) {
+    char *a = tp_path_join("dir", "f.json"), *b = tp_path_join("dir/", "f.json"), *c = tp_path_join("/", "x");
+    TT_CHECK(a && b && c && !strcmp(a, "dir/f.json") && !strcmp(b, "dir/f.json") && !strcmp(c, "/x"), "%s %s %s",
+             a ? a : "(null)", b ? b : "(null)", c ? c : "(null)");
+    free(a); free(b); free(c);
+    char *root = tt_path(tt_tmp_dir(), "mk/a/b/c");
+    TT_CHECK(tp_mkdir_p(root) == 0 && tp_mkdir_p(root) == 0, "mkdir -p %s twice", root);
+    char *file = tt_path(root, "plain");
+    FILE *f = fopen(file, "w");
+    if (f) fclose(f);
+    char *under = tt_path(file, "sub");
+    errno = 0;
+    TT_CHECK(tp_mkdir_p(file) == -1 && errno == ENOTDIR, "a file in the way: errno %d", errno);
+    TT_CHECK(tp_mkdir_p(under) == -1, "below a file");
+    TT_CHECK(tp_mkdir_p("") == -1, "empty path refused");
+    free(root); free(file); free(under);
+}

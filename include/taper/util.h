@@ -8,6 +8,11 @@
 
 /* Read a whole file into a malloc'd NUL-terminated buffer. */
 tp_status tp_read_file(const char *path, char **data, size_t *len);
+/* "dir/name" (no second slash when dir ends with one), malloc'd; NULL when out of memory. */
+char *tp_path_join(const char *dir, const char *name);
+/* mkdir -p: dir and its missing parents (mode 0755). 0 when dir is then a directory, else -1 with
+ * errno set. */
+int tp_mkdir_p(const char *dir);
 /* Write a buffer to path atomically (tmp name, fsync, rename). */
 tp_status tp_write_file_atomic(const char *path, const void *data, size_t len);
 

@@ -236,3 +236,33 @@ tp_status tp_write_json_atomic(const char *path, const cJSON *j) {
     cJSON_free(text);
     return s;
 }
+
+char *tp_path_join(const char *dir, const char *name) {
+    size_t nd = strlen(dir), n = nd + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s%s%s", dir, nd && dir[nd - 1] == '/' ? "" : "/", name);
+    return p;
+}
+
+int tp_mkdir_p(const char *dir) {
+    char *p = strdup(dir);
+    if (!p || !*p) {
+        free(p);
+        errno = p ? ENOENT : ENOMEM;
+        return -1;
+    }
+    for (char *q = p + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) { free(p); return -1; }
+        *q = '/';
+    }
+    int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+    struct stat st;
+    if (!rc && (stat(p, &st) != 0 || !S_ISDIR(st.st_mode))) {
+        errno = ENOTDIR;
+        rc = -1;
+    }
+    free(p);
+    return rc;
+}

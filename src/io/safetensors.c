@@ -25,6 +25,7 @@
  * padded with spaces to a multiple of 8 bytes, so the data section starts 8-aligned. The file
  * is streamed to "<path>.tmp.<pid>", fsynced, then renamed over path. */
 #include "taper/safetensors.h"
+#include "taper/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -340,13 +341,6 @@ static long st_find_index(const st_impl *im, const char *name) {
     return r ? (long)r->idx : -1;
 }
 
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static int is_regular_file(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
@@ -417,7 +411,7 @@ static tp_status st_open_index(st_impl *im, const char *dir, const char *index_p
     for (size_t i = 0; i < n; i++)
         if (n_sh == 0 || strcmp(shards[n_sh - 1], shards[i]) != 0) shards[n_sh++] = shards[i];
     for (size_t i = 0; i < n_sh && !s; i++) {
-        char *p = path_join(dir, shards[i]);
+        char *p = tp_path_join(dir, shards[i]);
         if (!p) { s = tp_fail(TP_ERR_NOMEM, "out of memory"); break; }
         if (!is_regular_file(p))
             s = tp_fail(TP_ERR_FORMAT, "%s: weight_map names shard \"%s\", but %s is missing or "
@@ -476,8 +470,8 @@ tp_status tp_st_open(const char *path, tp_safetensors **out) {
     if (!im) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_status s;
     if (S_ISDIR(sb.st_mode)) {
-        char *single = path_join(path, "model.safetensors");
-        char *index = path_join(path, "model.safetensors.index.json");
+        char *single = tp_path_join(path, "model.safetensors");
+        char *index = tp_path_join(path, "model.safetensors.index.json");
         if (!single || !index) s = tp_fail(TP_ERR_NOMEM, "out of memory");
         else if (is_regular_file(single)) {
             if (!(s = st_add_shard(&im->pub, single)) && !(s = st_parse_file(im, 0)))

@@ -39,17 +39,10 @@ static tp_status load_tensors(const tp_safetensors *st, const char *dir, tp_mode
     return s;
 }
 
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 /* chat_template from tokenizer_config.json, if there is one (a missing or odd file is not an error:
  * the template is only carried along to exports). */
 static char *read_chat_template(const char *dir) {
-    char *path = join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
+    char *path = tp_path_join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
     if (path && access(path, R_OK) == 0 && tp_read_file(path, &text, NULL) == TP_OK) {
         cJSON *j = cJSON_Parse(text);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
@@ -65,7 +58,7 @@ static char *read_chat_template(const char *dir) {
 /* tokenizer.gguf: the GGUF tokenizer keys alone, which taper writes into an HF folder when
  * tokenizer.json cannot express the tokenizer (save.c). Absent: no tokenizer, no error. */
 static tp_status load_tok_gguf(const char *dir, tp_tokenizer **tok) {
-    char *p = join(dir, "tokenizer.gguf");
+    char *p = tp_path_join(dir, "tokenizer.gguf");
     if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_status s = TP_OK;
     if (access(p, R_OK) == 0) {
@@ -80,7 +73,7 @@ static tp_status load_tok_gguf(const char *dir, tp_tokenizer **tok) {
 
 tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     *out = NULL;
-    char *cfg_path = join(dir, "config.json"), *json = NULL, *tok_path = NULL;
+    char *cfg_path = tp_path_join(dir, "config.json"), *json = NULL, *tok_path = NULL;
     tp_safetensors *st = NULL;
     tp_model *m = NULL;
     tp_config c;
@@ -91,7 +84,7 @@ tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     if ((s = tp_st_open(dir, &st))) goto done;
     if ((s = tp_model_alloc(&c, &m))) goto done;
     if ((s = load_tensors(st, dir, m))) goto done;
-    tok_path = join(dir, "tokenizer.json");
+    tok_path = tp_path_join(dir, "tokenizer.json");
     if (tok_path && access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
     if (!m->tok && (s = load_tok_gguf(dir, &m->tok))) goto done;
     m->chat_template = read_chat_template(dir);

@@ -22,15 +22,8 @@ static tp_status make_dir(const char *dir) {
     return TP_OK;
 }
 
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static tp_status write_text(const char *dir, const char *name, const char *text) {
-    char *p = join(dir, name);
+    char *p = tp_path_join(dir, name);
     if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_status s = tp_write_file_atomic(p, text, strlen(text));
     free(p);
@@ -52,7 +45,7 @@ static tp_status write_generation_config(const tp_model *m, const char *dir) {
 /* Adds the chat template to the tokenizer_config.json the tokenizer wrote. */
 static tp_status add_chat_template(const tp_model *m, const char *dir) {
     if (!m->chat_template) return TP_OK;
-    char *path = join(dir, "tokenizer_config.json"), *text = NULL;
+    char *path = tp_path_join(dir, "tokenizer_config.json"), *text = NULL;
     if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
     cJSON *j = NULL;
     if (tp_read_file(path, &text, NULL) == TP_OK) j = cJSON_Parse(text);
@@ -75,7 +68,7 @@ static tp_status add_chat_template(const tp_model *m, const char *dir) {
  * transformers users then take the tokenizer of the source checkpoint (tp_model_hf_tokenizer_note).
  * Whichever is written, a stale file of the other kind is removed. */
 static tp_status save_tokenizer(const tp_tokenizer *tok, const char *dir) {
-    char *json = join(dir, "tokenizer.json"), *gg = join(dir, "tokenizer.gguf");
+    char *json = tp_path_join(dir, "tokenizer.json"), *gg = tp_path_join(dir, "tokenizer.gguf");
     tp_status s = json && gg ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
     if (!s) {
         s = tp_tok_save_hf(tok, dir);
@@ -97,7 +90,7 @@ static tp_status save_tokenizer(const tp_tokenizer *tok, const char *dir) {
 }
 
 int tp_model_hf_tokenizer_note(const char *dir, char *buf, size_t n) {
-    char *gg = join(dir, "tokenizer.gguf");
+    char *gg = tp_path_join(dir, "tokenizer.gguf");
     int has = gg && access(gg, R_OK) == 0;
     if (has && buf && n)
         snprintf(buf, n, "%s holds no tokenizer.json: tokenizer.json cannot express this tokenizer exactly (its BPE "
@@ -133,7 +126,7 @@ tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype
         s = tp_st_writer_add(w, refs[i].name, dt, refs[i].rows ? 2 : 1, shape, refs[i].data);
     }
     free(refs);
-    char *st_path = join(dir, "model.safetensors");
+    char *st_path = tp_path_join(dir, "model.safetensors");
     if (!s) s = st_path ? tp_st_write(w, st_path) : tp_fail(TP_ERR_NOMEM, "out of memory");
     free(st_path);
     tp_st_writer_free(w);

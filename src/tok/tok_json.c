@@ -821,10 +821,8 @@ static tp_status write_json(cJSON *root, const char *dir, const char *name) {
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory printing %s", name);
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *path = malloc(n);
+    char *path = tp_path_join(dir, name);
     if (!path) { free(text); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
-    snprintf(path, n, "%s/%s", dir, name);
     tp_status rc = tp_write_file_atomic(path, text, strlen(text));
     free(path);
     free(text);

@@ -155,13 +155,6 @@ static uint64_t get_u64(const unsigned char *p) {
     return v;
 }
 
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 /* Step of "ckpt-<digits>.tpc" (complete checkpoints), or of ".ckpt-<digits>.tpc.tmp" when tmp
  * is set; -1 for any other name. */
 static long name_step(const char *name, int tmp) {
@@ -336,7 +329,7 @@ static void remove_stale_tmp(const char *dir) {
     size_t n;
     if (list_dir(dir, 1, &e, &n)) return;
     for (size_t i = 0; i < n; i++) {
-        char *p = path_join(dir, e[i].name);
+        char *p = tp_path_join(dir, e[i].name);
         if (p && unlink(p) == 0) fprintf(stderr, "taper: removed an incomplete checkpoint %s\n", p);
         free(p);
     }
@@ -349,7 +342,7 @@ static void apply_keep_last(const char *dir, int keep_last) {
     size_t n;
     if (list_dir(dir, 0, &e, &n)) return;
     for (size_t i = (size_t)keep_last; i < n; i++) {
-        char *p = path_join(dir, e[i].name);
+        char *p = tp_path_join(dir, e[i].name);
         if (p && unlink(p) != 0)
             fprintf(stderr, "taper: warning: cannot remove the old checkpoint %s: %s\n", p, strerror(errno));
         free(p);
@@ -397,7 +390,7 @@ tp_status tp_ckpt_save(const char *dir, const tp_model *m, const tp_adamw *o, co
     char name[64], tmpname[64];
     snprintf(name, sizeof name, "ckpt-%08ld.tpc", st->step);
     snprintf(tmpname, sizeof tmpname, ".ckpt-%08ld.tpc.tmp", st->step);
-    char *path = path_join(dir, name), *tmp = path_join(dir, tmpname);
+    char *path = tp_path_join(dir, name), *tmp = tp_path_join(dir, tmpname);
     if (!path || !tmp) {
         s = tp_fail(TP_ERR_NOMEM, "out of memory");
         goto out;
@@ -673,7 +666,7 @@ tp_status tp_ckpt_load_latest(const char *dir, tp_model *m, tp_adamw *o, tp_ckpt
     if (list_dir(dir, 0, &e, &n)) return TP_ERR_IO;
     char first_err[700] = "";
     for (size_t i = 0; i < n; i++) {
-        char *p = path_join(dir, e[i].name);
+        char *p = tp_path_join(dir, e[i].name);
         if (!p) {
             free_entries(e, n);
             return tp_fail(TP_ERR_NOMEM, "out of memory");

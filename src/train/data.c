@@ -324,13 +324,6 @@ static void strlist_free(strlist *l) {
     free(l->v);
 }
 
-static char *join_path(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s%s%s", dir, has_suffix(dir, "/") ? "" : "/", name);
-    return p;
-}
-
 /* Expands one item of the path list: a directory gives its *.tpt files sorted by name. */
 static tp_status expand_item(const char *item, strlist *out) {
     struct stat st;
@@ -350,7 +343,7 @@ static tp_status expand_item(const char *item, strlist *out) {
     if (!s) {
         qsort(names.v, names.n, sizeof *names.v, cmp_str);
         for (size_t i = 0; i < names.n && !s; i++)
-            if (strlist_push(out, join_path(item, names.v[i]))) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+            if (strlist_push(out, tp_path_join(item, names.v[i]))) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     }
     strlist_free(&names);
     return s;

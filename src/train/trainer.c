@@ -85,13 +85,6 @@ void tp_model_init_random(tp_model *m, uint64_t seed, float std) {
     if (m->lm_head != m->tok_emb) fill_normal(m->lm_head, V * d, &r, std);
 }
 
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 /* Step number of a complete checkpoint name "ckpt-<digits>.tpc", else -1. */
 static long ckpt_name_step(const char *name) {
     if (strncmp(name, "ckpt-", 5) != 0) return -1;
@@ -393,7 +386,7 @@ static tp_status start_state(trainer *t, long *start, tp_train_result *res) {
     char newest[256] = "";
     int n = tp_run_dir_ckpts(c->run_dir, newest, sizeof newest);
     if (n < 0) return tp_fail(TP_ERR_IO, "%s: cannot list the run directory: %s", c->run_dir, strerror(errno));
-    char *mpath = join(c->run_dir, "metrics.jsonl");
+    char *mpath = tp_path_join(c->run_dir, "metrics.jsonl");
     if (!mpath) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_status s = TP_OK;
     if (n > 0 && !c->resume) {
@@ -498,7 +491,7 @@ static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
             char name[256] = "";
             if (c->run_dir && tp_run_dir_ckpts(c->run_dir, name, sizeof name) > 0) {
                 free(res->last_ckpt);
-                res->last_ckpt = join(c->run_dir, name);
+                res->last_ckpt = tp_path_join(c->run_dir, name);
             }
         }
         if (stop && !last) {
