@@ -14,7 +14,7 @@ OMP_WAIT_POLICY ?= PASSIVE
 export TAPER_CACHE TAPER_DATA OMP_WAIT_POLICY
 
 BUILD   ?= build$(if $(filter 1,$(SANITIZE)),-san,)
-CFLAGS  := -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude -MMD -MP
+CFLAGS  := -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude -Isrc -MMD -MP
 LDLIBS  := -lm -lcjson -lpcre2-8 -lutf8proc -lpthread
 
 ifeq ($(NATIVE),1)

@@ -5,7 +5,7 @@
  * registered bf16 weight copies (same bits as on-the-fly conversion, follow weight changes after
  * tp_gemm_bf16_refresh, dropped with their model); and a training step in bf16 against fp32. */
 #include "tt.h"
-#include "../src/model/kernels.h"
+#include "model/kernels.h"
 #include "taper/model.h"
 #include "taper/rng.h"
 #include "taper/train.h"

@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/model/kernels.h"
-#include "../src/model/model_internal.h"
-#include "../src/train/train_internal.h"
+#include "model/kernels.h"
+#include "model/model_internal.h"
+#include "train/train_internal.h"
 #include "taper/model.h"
 #include "taper/rng.h"
 #include "taper/train.h"

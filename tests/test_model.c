@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/model/kernels.h"
-#include "../src/model/model_internal.h"
+#include "model/kernels.h"
+#include "model/model_internal.h"
 #include "taper/eval.h"
 #include "taper/generate.h"
 #include "taper/model.h"

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../src/tok/tok_internal.h"
+#include "tok/tok_internal.h"
 #include "taper/gguf.h"
 #include "taper/tokenizer.h"
 #include "taper/util.h"

@@ -59,7 +59,10 @@ int tt_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
     }                                                                            \
     static void name(void)
 
-#define TT_CHECK(cond, ...) tt_check(!!(cond), __FILE__, __LINE__, #cond, __VA_ARGS__)
+/* The condition is evaluated before the message arguments (the comma operator sequences them), so
+ * a message that calls tp_errmsg() shows the error of the call in the condition. */
+extern int tt_cond_;
+#define TT_CHECK(cond, ...) (tt_cond_ = !!(cond), tt_check(tt_cond_, __FILE__, __LINE__, #cond, __VA_ARGS__))
 /* |a-b| <= atol + rtol*|b| */
 #define TT_NEAR(a, b, atol, rtol)                                                \
     tt_check(fabs((double)(a) - (double)(b)) <= (atol) + (rtol) * fabs((double)(b)), \

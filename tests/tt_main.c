@@ -18,6 +18,7 @@
 #include "taper/trainer.h"
 
 typedef struct { const char *name, *file; tt_fn fn; } tt_case;
+int tt_cond_;
 static tt_case *cases;
 static int n_cases, cap_cases;
 static int cur_failed, cur_skipped, cur_checks;

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "taper/sparsify.h"
-#include "../model/kernels.h"
+#include "model/kernels.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* names */

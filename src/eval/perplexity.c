@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "taper/eval.h"
-#include "../model/kernels.h"
+#include "model/kernels.h"
 
 const char *tp_ppl_protocol_name(tp_ppl_protocol p) {
     return p == TP_PPL_LLAMACPP ? "llama.cpp" : "chunks";

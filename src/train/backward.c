@@ -11,8 +11,8 @@
 #include <string.h>
 
 
-#include "../model/kernels.h"
-#include "../model/model_internal.h"
+#include "model/kernels.h"
+#include "model/model_internal.h"
 #include "taper/train.h"
 #include "train_internal.h"
 

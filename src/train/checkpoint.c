@@ -23,7 +23,7 @@
  * kills its own process with SIGKILL once n bytes of the temporary file are written (and flushed
  * to the file), to simulate a crash at that point. Only the crash tests set it. */
 #include "taper/train.h"
-#include "../model/kernels.h"
+#include "model/kernels.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>

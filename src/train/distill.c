@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/kernels.h"
+#include "model/kernels.h"
 #include "taper/distill.h"
 
 struct tp_distiller {

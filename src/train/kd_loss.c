@@ -13,7 +13,7 @@
 
 
 #include "taper/distill.h"
-#include "../model/kernels.h"
+#include "model/kernels.h"
 
 #define REST_FLOOR 1e-12
 

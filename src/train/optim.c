@@ -4,7 +4,7 @@
  * (tests/test_optim.c against tests/ref/optim_ref.py). Checkpointing of the state lives in
  * checkpoint.c; gradients come from backward.c. */
 #include "taper/train.h"
-#include "../model/kernels.h"
+#include "model/kernels.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../model/kernels.h"
+#include "model/kernels.h"
 #include "taper/distill.h"
 #include "taper/util.h"
 

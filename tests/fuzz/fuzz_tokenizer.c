@@ -4,8 +4,8 @@
  * UTF-8 made only of bytes the vocabulary has decodes back to itself.
  * Built with -DFUZZ_TOKENIZER_JSON it fuzzes the tokenizer.json loader instead.
  *
- * Build (from the repository root) with clang -fsanitize=fuzzer,address,undefined, -Iinclude,
- * the sources of src/core, src/io/gguf.c, src/io/quant.c and src/tok, and -lm -lcjson -lpcre2-8;
+ * Build (from the repository root) with clang -fsanitize=fuzzer,address,undefined, -Iinclude -Isrc,
+ * the sources of src/core, src/io/gguf.c, src/io/quant.c and src/tok, and -lm -lcjson -lpcre2-8 -lutf8proc;
  * run e.g. `build/fuzz_tokenizer -max_total_time=60 -max_len=4096` from the repository root
  * (TAPER_TOK_JSON names another tokenizer.json).
  */
@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../src/tok/tok_internal.h"
+#include "tok/tok_internal.h"
 #include "taper/tokenizer.h"
 
 #ifndef FUZZ_TOKENIZER_JSON
