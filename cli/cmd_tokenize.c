@@ -444,31 +444,11 @@ static tp_status process_file(tok_job *J, size_t i) {
 
 /* ------------------------------------------------------------ setup --- */
 
+/* The tokenizer of MODEL_OR_TOKENIZER; a folder without one is an error here. */
 static tp_status load_tokenizer(const char *arg, tp_tokenizer **tok) {
-    struct stat st;
-    if (stat(arg, &st) != 0) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", arg, strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
-        char *p = tp_path_join(arg, "tokenizer.json");
-        if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
-        tp_status s = access(p, R_OK) == 0 ? tp_tok_load_json(p, tok)
-                                           : tp_fail(TP_ERR_IO, "%s: the folder has no tokenizer.json", arg);
-        free(p);
-        return s;
-    }
-    char magic[4] = {0};
-    FILE *f = fopen(arg, "rb");
-    if (!f) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", arg, strerror(errno));
-    size_t got = fread(magic, 1, 4, f);
-    fclose(f);
-    if (got == 4 && memcmp(magic, "GGUF", 4) == 0) {
-        tp_gguf *g = NULL;
-        tp_status s = tp_gguf_open(arg, &g);
-        if (s) return s;
-        s = tp_tok_load_gguf(g, tok);
-        tp_gguf_close(g);
-        return s ? tp_fail_ctx(s, "%s: tokenizer: ", arg) : TP_OK;
-    }
-    return tp_tok_load_json(arg, tok);
+    tp_status s = tp_tok_load_any(arg, tok, NULL);
+    if (!s && !*tok) s = tp_fail(TP_ERR_IO, "%s: the folder has no tokenizer.json (nor tokenizer.gguf)", arg);
+    return s;
 }
 
 /* Makes OUT_DIR; refuses one holding shards or a manifest unless force, which removes them. */
@@ -496,25 +476,6 @@ static tp_status prepare_out_dir(const char *dir, int force) {
     return s;
 }
 
-static int parse_count(const char *val, size_t *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(val, &end);
-    double mul = 1;
-    if (end != val && *end && !end[1]) {
-        switch (*end) {
-        case 'k': case 'K': mul = 1e3; end++; break;
-        case 'm': case 'M': mul = 1e6; end++; break;
-        case 'g': case 'G': mul = 1e9; end++; break;
-        default: break;
-        }
-    }
-    if (errno || end == val || *end) return -1;
-    v *= mul;
-    if (!(v >= 1 && v <= 1e15) || v != (double)(size_t)v) return -1;
-    *out = (size_t)v;
-    return 0;
-}
 
 static void free_job(tok_job *J) {
     for (size_t i = 0; i < J->n_docs; i++) free(J->docs[i].owned);
@@ -619,7 +580,7 @@ int cmd_tokenize(int argc, char **argv) {
             else return cli_usage("tokenize", "--doc-split expects file, line or blank, got '%s'", optarg);
             break;
         case 'n':
-            if (parse_count(optarg, &shard_tokens))
+            if (tp_parse_count(optarg, &shard_tokens))
                 return cli_usage("tokenize", "--shard-tokens expects a positive whole count (e.g. 100M), got '%s'",
                                  optarg);
             break;

@@ -120,37 +120,6 @@ static int n_threads(void) {
 #endif
 }
 
-/* The tokenizer (and chat template) of MODEL without loading its weights: a .gguf file's
- * metadata, an HF folder's tokenizer.json (none: no tokenizer), or a tokenizer.json itself. */
-static tp_status load_tokenizer(const char *path, tp_tokenizer **tok, char **chat_template) {
-    struct stat st;
-    *tok = NULL;
-    *chat_template = NULL;
-    if (stat(path, &st) != 0) return tp_fail(TP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
-        char *p = tp_path_join(path, "tokenizer.json"), *q = tp_path_join(path, "tokenizer_config.json"), *text = NULL;
-        tp_status s = p && access(p, R_OK) == 0 ? tp_tok_load_json(p, tok) : TP_OK;
-        if (!s && q && access(q, R_OK) == 0 && tp_read_file(q, &text, NULL) == TP_OK) {
-            cJSON *j = cJSON_Parse(text);
-            const cJSON *ct = j ? cJSON_GetObjectItemCaseSensitive(j, "chat_template") : NULL;
-            if (cJSON_IsString(ct)) *chat_template = strdup(ct->valuestring);
-            cJSON_Delete(j);
-        }
-        free(text);
-        free(p);
-        free(q);
-        return s;
-    }
-    size_t n = strlen(path);
-    if (n < 5 || strcasecmp(path + n - 5, ".gguf") != 0) return tp_tok_load_json(path, tok);
-    tp_gguf *g = NULL;
-    tp_status s = tp_gguf_open(path, &g);
-    if (!s) s = tp_tok_load_gguf(g, tok);
-    if (!s && tp_gguf_find(g, "tokenizer.chat_template")) tp_gguf_get_str(g, "tokenizer.chat_template", chat_template);
-    tp_gguf_close(g);
-    return s ? tp_fail_ctx(s, "%s: tokenizer: ", path) : TP_OK;
-}
-
 /* MODEL, or a random init of --init-config with MODEL's tokenizer. */
 static tp_status load_model(const train_args *a, tp_model **out) {
     if (!a->init_config) return tp_model_load(a->model, out);
@@ -160,7 +129,7 @@ static tp_status load_model(const train_args *a, tp_model **out) {
     tp_status s;
     if ((s = tp_read_file(a->init_config, &text, NULL)) || (s = tp_config_from_json(text, a->init_config, &c)) ||
         (s = tp_config_validate(&c)) || (s = tp_model_alloc(&c, &m)) ||
-        (s = load_tokenizer(a->model, &m->tok, &m->chat_template))) {
+        (s = tp_tok_load_any(a->model, &m->tok, &m->chat_template))) {
         free(text);
         tp_model_free(m);
         return s;

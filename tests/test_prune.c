@@ -493,6 +493,11 @@ TT_TEST(prune_rejects_impossible_targets) {
     TT_CHECK(tp_parse_count("9e7", &v) == TP_OK && v == 90000000, "9e7");
     TT_CHECK(tp_parse_count("90Q", &v) != TP_OK && tp_parse_count("-5M", &v) != TP_OK && tp_parse_count("M", &v) != TP_OK,
              "bad counts");
+    /* the one count parser of the CLI (also --shard-tokens): whole numbers only, g/G as B */
+    TT_CHECK(tp_parse_count("2g", &v) == TP_OK && v == 2000000000 && tp_parse_count("100m", &v) == TP_OK &&
+                 v == 100000000 && tp_parse_count("1.5", &v) != TP_OK && tp_parse_count("0", &v) != TP_OK &&
+                 tp_parse_count("12kk", &v) != TP_OK,
+             "suffix case, whole numbers");
 }
 
 TT_TEST(prune_target_params_search) {

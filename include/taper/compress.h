@@ -205,7 +205,5 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
 /* Parameter count of the model m pruned to shape (0 axes kept). */
 size_t tp_prune_shape_params(const tp_config *src, const tp_prune_shape *shape);
 
-/* Parses "90M", "1.5B", "350k", "90000000", "9e7" into a parameter count. */
-tp_status tp_parse_count(const char *s, size_t *out);
 
 #endif

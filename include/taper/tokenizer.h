@@ -27,6 +27,11 @@ tp_status tp_tok_load_json(const char *path, tp_tokenizer **out);
  * ...) are TP_ERR_UNSUPPORTED with a message naming the file and the model. */
 tp_status tp_tok_load_gguf(const tp_gguf *g, tp_tokenizer **out);
 void tp_tok_free(tp_tokenizer *t);
+/* The tokenizer of PATH without its weights: a GGUF file (by its magic), an HF folder
+ * (tokenizer.json, else the tokenizer.gguf taper writes for tokenizers tokenizer.json cannot
+ * express; neither: *tok = NULL and TP_OK), or a tokenizer.json. chat_template (may be NULL)
+ * receives the GGUF's or tokenizer_config.json's template, malloc'd, or NULL. */
+tp_status tp_tok_load_any(const char *path, tp_tokenizer **tok, char **chat_template);
 
 int tp_tok_vocab_size(const tp_tokenizer *t);
 int32_t tp_tok_bos(const tp_tokenizer *t);      /* -1 if none */

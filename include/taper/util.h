@@ -10,6 +10,9 @@
 tp_status tp_read_file(const char *path, char **data, size_t *len);
 /* "dir/name" (no second slash when dir ends with one), malloc'd; NULL when out of memory. */
 char *tp_path_join(const char *dir, const char *name);
+/* A count such as 90M, 1.5k, 512, 2B: a positive number with an optional k / M / G (or B) suffix
+ * (any case) whose value is a whole number; TP_ERR_ARG naming the text otherwise. */
+tp_status tp_parse_count(const char *s, size_t *out);
 /* mkdir -p: dir and its missing parents (mode 0755). 0 when dir is then a directory, else -1 with
  * errno set. */
 int tp_mkdir_p(const char *dir);

@@ -1,6 +1,5 @@
 /* Parameter-budget search (--target-params): enumerate shapes on a grid, keep those within the
- * budget's tolerance, prune each with the scores and rank by held-out LM loss. Also the parser
- * of parameter counts ("90M"). */
+ * budget's tolerance, prune each with the scores and rank by held-out LM loss. */
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -9,27 +8,6 @@
 #include <string.h>
 
 #include "taper/compress.h"
-
-tp_status tp_parse_count(const char *s, size_t *out) {
-    char *end;
-    errno = 0;
-    double v = s ? strtod(s, &end) : 0;
-    if (!s || end == s || errno) return tp_fail(TP_ERR_ARG, "parameter count \"%s\" is not a number", s ? s : "(null)");
-    double mul = 1;
-    if (*end) {
-        switch (toupper((unsigned char)*end)) {
-        case 'K': mul = 1e3; break;
-        case 'M': mul = 1e6; break;
-        case 'B': case 'G': mul = 1e9; break;
-        default: mul = 0; break;
-        }
-        end++;
-    }
-    if (mul == 0 || *end || !(v > 0) || v * mul > 1e15)
-        return tp_fail(TP_ERR_ARG, "parameter count \"%s\" is not a positive number with an optional k/M/B suffix", s);
-    *out = (size_t)llround(v * mul);
-    return TP_OK;
-}
 
 void tp_search_opts_default(tp_search_opts *o) {
     memset(o, 0, sizeof *o);

@@ -266,3 +266,25 @@ int tp_mkdir_p(const char *dir) {
     free(p);
     return rc;
 }
+
+tp_status tp_parse_count(const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    double v = s ? strtod(s, &end) : 0;
+    if (!s || end == s || errno) return tp_fail(TP_ERR_ARG, "count \"%s\" is not a number", s ? s : "(null)");
+    double mul = 1;
+    if (*end) {
+        switch (*end) {
+        case 'k': case 'K': mul = 1e3; break;
+        case 'm': case 'M': mul = 1e6; break;
+        case 'g': case 'G': case 'b': case 'B': mul = 1e9; break;
+        default: mul = 0; break;
+        }
+        end++;
+    }
+    double x = v * mul;
+    if (mul == 0 || *end || !(x >= 1) || x > 1e15 || fabs(x - nearbyint(x)) > 1e-6 * x)
+        return tp_fail(TP_ERR_ARG, "count \"%s\" is not a positive whole number with an optional k/M/G/B suffix", s);
+    *out = (size_t)llround(x);
+    return TP_OK;
+}
