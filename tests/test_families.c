@@ -340,4 +340,15 @@ TT_TEST(families_unsupported_refused_by_cli) {
         free(dir);
     }
     free(gp);
+    /* llama.cpp's qwen2 graph takes the query width to be hidden_size: such a pruned Qwen2 has no GGUF form */
+    tp_config q;
+    tp_model *qm = NULL;
+    const char *qj = "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"intermediate_size\":40,\"num_hidden_layers\":1,"
+                     "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":12,\"vocab_size\":50}";
+    char *qp = tt_path(tt_tmp_dir(), "qwen2_narrow.gguf");
+    TT_CHECK(tp_config_from_json(qj, "q.json", &q) == TP_OK && tp_model_alloc(&q, &qm) == TP_OK &&
+                 tp_model_save_gguf(qm, qp, TP_GGML_F32) == TP_ERR_UNSUPPORTED && strstr(tp_errmsg(), "qwen2"),
+             "qwen2 with heads * head_dim != hidden refused for GGUF: %s", tp_errmsg());
+    tp_model_free(qm);
+    free(qp);
 }

@@ -304,9 +304,9 @@ TT_TEST(llamacpp_gemma3_pruned) {
 }
 
 /* Seeded random models of each architecture (3 layers, hidden 64, 4 heads / 2 KV heads) with a
- * real vocabulary from llama.cpp's test files, written as F32 GGUF: what llama.cpp computes from
- * taper's metadata and tensor layout, family by family. */
-static void ll_random_family(const char *label, const char *config_json, const char *vocab) {
+ * real vocabulary from llama.cpp's test files, as initialised and pruned in every axis, written
+ * as F32 GGUF: what llama.cpp computes from taper's metadata and tensor layout, family by family. */
+static void ll_random_family(const char *label, const char *config_json, const char *vocab, tp_prune_shape sh) {
     char *root = tt_llama_cpp_src(), buf[2048];
     snprintf(buf, sizeof buf, "%s/models/%s", root ? root : ".", vocab);
     free(root);
@@ -329,14 +329,40 @@ static void ll_random_family(const char *label, const char *config_json, const c
         tp_model_init_random(m, 7, 0.08f);
         m->tok = tok;
         tok = NULL;
-        char name[128];
-        snprintf(name, sizeof name, "llamacpp-random-%s.gguf", label);
-        char *gg = tt_path(tt_tmp_dir(), name), tag[160];
-        snprintf(tag, sizeof tag, "%s (random weights, %s) f32", label, vocab);
-        if (TT_CHECK(tp_model_save_gguf(m, gg, TP_GGML_F32) == TP_OK, "%s: save: %s", label, tp_errmsg()))
-            ll_check_written(gg, tag, cfg.arch == TP_ARCH_GEMMA3 ? 2 : 1);
-        unlink(gg);
-        free(gg);
+        /* the model as initialised, then pruned in every axis (hidden, FFN, heads 4/2 -> 2/1) and the
+         * first layer removed (for Gemma 3 a sliding one: the global layer becomes layer 0) */
+        tp_model *pm = NULL;
+        tp_importance *imp = NULL;
+        tp_prune_plan *p = NULL;
+        int32_t ids[4 * 32];
+        for (int i = 0; i < 4 * 32; i++) ids[i] = (int32_t)((i * 7919 + 13) % cfg.vocab);
+        tp_importance_opts o;
+        tp_importance_opts_default(&o);
+        o.depth_samples = 0;
+        int drop = 0;
+        TT_CHECK(tp_importance_compute(m, ids, 4, 32, &o, &imp) == TP_OK &&
+                     tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_LIST, &drop, 1, &p) == TP_OK &&
+                     tp_prune_apply(m, p, &pm) == TP_OK,
+                 "%s: prune: %s", label, tp_errmsg());
+        if (pm) pm->tok = m->tok;
+        for (int k = 0; k < 1 + (pm != NULL); k++) {
+            char name[128];
+            snprintf(name, sizeof name, "llamacpp-random-%s%s.gguf", label, k ? "-pruned" : "");
+            char *gg = tt_path(tt_tmp_dir(), name), tag[200];
+            if (k)
+                snprintf(tag, sizeof tag, "%s pruned (%d/%d, %d/%d heads, 2 layers) (random weights, %s) f32", label,
+                         sh.d_model, sh.d_ff, sh.n_heads, sh.n_kv_heads, vocab);
+            else
+                snprintf(tag, sizeof tag, "%s (random weights, %s) f32", label, vocab);
+            if (TT_CHECK(tp_model_save_gguf(k ? pm : m, gg, TP_GGML_F32) == TP_OK, "%s: save: %s", label, tp_errmsg()))
+                ll_check_written(gg, tag, cfg.arch == TP_ARCH_GEMMA3 ? 2 : 1);
+            unlink(gg);
+            free(gg);
+        }
+        if (pm) pm->tok = NULL;
+        tp_model_free(pm);
+        tp_prune_plan_free(p);
+        tp_importance_free(imp);
     }
     tp_tok_free(tok);
     tp_model_free(m);
@@ -346,17 +372,21 @@ static void ll_random_family(const char *label, const char *config_json, const c
                  "\"num_key_value_heads\":2,\"vocab_size\":%d"
 TT_TEST(llamacpp_random_families) {
     if (!ll_ready()) return;
-    ll_random_family("qwen2", "{\"model_type\":\"qwen2\"," LL_SIZES ",\"rope_theta\":1000000.0}", "ggml-vocab-qwen2.gguf");
+    tp_prune_shape wide = {48, 64, 2, 1, 0};
+    /* llama.cpp's qwen2 graph needs heads * head_dim = hidden: 2 heads of 16 keep hidden 32 */
+    tp_prune_shape qwen2 = {32, 64, 2, 1, 0};
+    ll_random_family("qwen2", "{\"model_type\":\"qwen2\"," LL_SIZES ",\"rope_theta\":1000000.0}", "ggml-vocab-qwen2.gguf",
+                     qwen2);
     ll_random_family("qwen3", "{\"model_type\":\"qwen3\"," LL_SIZES ",\"head_dim\":24,\"rope_theta\":1000000.0}",
-                     "ggml-vocab-qwen2.gguf");
+                     "ggml-vocab-qwen2.gguf", wide);
     /* Mistral with a window of 256: written with context 256 (llama.cpp's llama graph has none) */
     ll_random_family("mistral", "{\"model_type\":\"mistral\"," LL_SIZES ",\"sliding_window\":256}",
-                     "ggml-vocab-llama-spm.gguf");
+                     "ggml-vocab-llama-spm.gguf", wide);
     ll_random_family("llama3", "{\"model_type\":\"llama\"," LL_SIZES ",\"rope_theta\":500000.0,\"rope_scaling\":"
                      "{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
-                     "\"original_max_position_embeddings\":64}}", "ggml-vocab-llama-bpe.gguf");
+                     "\"original_max_position_embeddings\":64}}", "ggml-vocab-llama-bpe.gguf", wide);
     /* Gemma 3: layers sliding / global / sliding with a window of 100 inside the 512-token chunks */
     ll_random_family("gemma3", "{\"model_type\":\"gemma3_text\"," LL_SIZES ",\"head_dim\":16,"
                      "\"query_pre_attn_scalar\":16,\"sliding_window\":100,\"layer_types\":[\"sliding_attention\","
-                     "\"full_attention\",\"sliding_attention\"]}", "ggml-vocab-llama-spm.gguf");
+                     "\"full_attention\",\"sliding_attention\"]}", "ggml-vocab-llama-spm.gguf", wide);
 }

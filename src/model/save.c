@@ -230,6 +230,10 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
                                            "llama.cpp reads for the llama architecture only");
     if (c->arch == TP_ARCH_QWEN2 && !c->attn_bias)
         return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: qwen2 without attention biases has no GGUF form");
+    if (c->arch == TP_ARCH_QWEN2 && c->n_heads * c->head_dim != c->d_model)
+        return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: llama.cpp's qwen2 graph takes the query width to be hidden_size, "
+                       "but this model has num_attention_heads * head_dim = %d * %d and hidden_size %d (prune heads and "
+                       "hidden together, or export an HF folder)", c->n_heads, c->head_dim, c->d_model);
     if (c->arch == TP_ARCH_GEMMA3) {
         /* llama.cpp scales Gemma 3's scores by 1/sqrt(head_dim) (d_model/heads for 62 layers) */
         float want = c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
