@@ -305,7 +305,10 @@ TT_TEST(llamacpp_gemma3_pruned) {
 
 /* Seeded random models of each architecture (3 layers, hidden 64, 4 heads / 2 KV heads) with a
  * real vocabulary from llama.cpp's test files, as initialised and pruned in every axis, written
- * as F32 GGUF: what llama.cpp computes from taper's metadata and tensor layout, family by family. */
+ * as F32 GGUF: what llama.cpp computes from taper's metadata and tensor layout, family by family.
+ * Their logits are nearly flat (PPL near the vocabulary size), so a greedy token is decided by
+ * margins far below float noise: the perplexity is required to agree, the greedy text is only
+ * reported. */
 static void ll_random_family(const char *label, const char *config_json, const char *vocab, tp_prune_shape sh) {
     char *root = tt_llama_cpp_src(), buf[2048];
     snprintf(buf, sizeof buf, "%s/models/%s", root ? root : ".", vocab);
@@ -355,7 +358,7 @@ static void ll_random_family(const char *label, const char *config_json, const c
             else
                 snprintf(tag, sizeof tag, "%s (random weights, %s) f32", label, vocab);
             if (TT_CHECK(tp_model_save_gguf(k ? pm : m, gg, TP_GGML_F32) == TP_OK, "%s: save: %s", label, tp_errmsg()))
-                ll_check_written(gg, tag, cfg.arch == TP_ARCH_GEMMA3 ? 2 : 1);
+                ll_check_written(gg, tag, 0); /* near-flat random logits: greedy text only reported */
             unlink(gg);
             free(gg);
         }
