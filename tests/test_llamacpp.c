@@ -121,8 +121,7 @@ static void ll_check_ppl(const char *bin, const char *gguf, const char *tag, con
 }
 
 /* Greedy continuation of LL_PROMPT, llama-completion vs taper generate: the same text (required
- * when must_match, else only reported; must_match 2: up to one leading space, which the two
- * detokenizers treat differently when a Llama SentencePiece vocabulary rides a Gemma model). */
+ * when must_match, else only reported). */
 static void ll_check_greedy(const char *bin, const char *gguf, const char *tag, int must_match) {
     char cmd[8192];
     char *gen = tt_path(bin, "llama-completion");
@@ -155,10 +154,6 @@ static void ll_check_greedy(const char *bin, const char *gguf, const char *tag, 
         const char *eot = " [end of text]";
         if (n >= strlen(eot) && !strcmp(ll + n - strlen(eot), eot)) ll[n - strlen(eot)] = 0;
         const char *a = ll, *b = t->valuestring;
-        if (must_match == 2) {
-            if (*a == ' ') a++;
-            if (*b == ' ') b++;
-        }
         if (must_match)
             TT_CHECK(!strcmp(a, b),
                      "%s: greedy %d tokens differ:\n      llama.cpp: [%s]\n      taper:     [%s]", tag, LL_GEN_TOKENS,
