@@ -293,6 +293,25 @@ TT_TEST(tok_spm_json_variants_vs_hf) {
 
 /* ---- GGUF ---- */
 
+/* t written as a GGUF's tokenizer keys (tmp/name) and read back; NULL after a failed check. */
+static tp_tokenizer *gguf_round_trip(const tp_tokenizer *t, const char *name, const char *what) {
+    tp_gguf_writer *w = NULL;
+    tp_gguf *g = NULL;
+    tp_tokenizer *r = NULL;
+    char *path = tt_path(tt_tmp_dir(), name);
+    tp_status rc = tp_gguf_writer_new(&w);
+    if (!rc) rc = tp_tok_to_gguf(t, w);
+    TT_CHECK(rc == TP_OK, "tp_tok_to_gguf (%s): %s", what, tp_errmsg());
+    if (!rc) rc = tp_gguf_write(w, path);
+    tp_gguf_writer_free(w);
+    if (!rc) rc = tp_gguf_open(path, &g);
+    if (!rc) rc = tp_tok_load_gguf(g, &r);
+    TT_CHECK(rc == TP_OK, "%s GGUF written and reloaded: %s", what, tp_errmsg());
+    tp_gguf_close(g);
+    free(path);
+    return r;
+}
+
 static char *models_dir(void) {
     char *src = tt_llama_cpp_src(), *d = src ? tt_path(src, "models") : NULL;
     free(src);
@@ -340,22 +359,9 @@ TT_TEST(tok_spm_gguf_llama_vs_hf) {
         TT_CHECK(rc == TP_ERR_UNSUPPORTED && strstr(tp_errmsg(), "score"), "save_hf of SPM: %s (%s)", tp_status_name(rc),
                  tp_errmsg());
         /* GGUF round trip: the same tokenizer back */
-        tp_gguf_writer *w = NULL;
-        rc = tp_gguf_writer_new(&w);
-        char *path = tt_path(tt_tmp_dir(), "spm-rt.gguf");
-        if (!rc) rc = tp_tok_to_gguf(t, w);
-        TT_CHECK(rc == TP_OK, "tp_tok_to_gguf (SPM): %s", tp_errmsg());
-        if (!rc) rc = tp_gguf_write(w, path);
-        tp_gguf_writer_free(w);
-        tp_gguf *g2 = NULL;
-        tp_tokenizer *r = NULL;
-        if (!rc) rc = tp_gguf_open(path, &g2);
-        if (!rc) rc = tp_tok_load_gguf(g2, &r);
-        TT_CHECK(rc == TP_OK, "SPM GGUF written and reloaded: %s", tp_errmsg());
+        tp_tokenizer *r = gguf_round_trip(t, "spm-rt.gguf", "SPM");
         if (r) check_expected(r, legacy, "gguf llama-spm rewritten", 1);
         tp_tok_free(r);
-        tp_gguf_close(g2);
-        free(path);
     }
     cJSON_Delete(exp);
     tp_tok_free(t);
@@ -397,18 +403,7 @@ TT_TEST(tok_spm_gguf_gemma4) {
         snprintf(dir, sizeof dir, "%s/gemma-save", tt_tmp_dir());
         rc = tp_tok_save_hf(t, dir);
         TT_CHECK(rc == TP_ERR_UNSUPPORTED, "save_hf of gemma4: %s", tp_status_name(rc));
-        tp_gguf_writer *w = NULL;
-        rc = tp_gguf_writer_new(&w);
-        char *path = tt_path(tt_tmp_dir(), "gemma4-rt.gguf");
-        if (!rc) rc = tp_tok_to_gguf(t, w);
-        TT_CHECK(rc == TP_OK, "tp_tok_to_gguf (gemma4): %s", tp_errmsg());
-        if (!rc) rc = tp_gguf_write(w, path);
-        tp_gguf_writer_free(w);
-        tp_gguf *g2 = NULL;
-        tp_tokenizer *r = NULL;
-        if (!rc) rc = tp_gguf_open(path, &g2);
-        if (!rc) rc = tp_tok_load_gguf(g2, &r);
-        TT_CHECK(rc == TP_OK, "gemma4 GGUF written and reloaded: %s", tp_errmsg());
+        tp_tokenizer *r = gguf_round_trip(t, "gemma4-rt.gguf", "gemma4");
         if (r) {
             size_t n2;
             int32_t *ids2 = enc(r, s, strlen(s), 0, &n2);
@@ -417,8 +412,6 @@ TT_TEST(tok_spm_gguf_gemma4) {
         }
         free(ids);
         tp_tok_free(r);
-        tp_gguf_close(g2);
-        free(path);
     }
     tp_tok_free(t);
     tp_gguf_close(g);
