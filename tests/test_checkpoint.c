@@ -554,3 +554,23 @@ TT_TEST(util_path_join_and_mkdir_p) {
     TT_CHECK(tp_mkdir_p("") == -1, "empty path refused");
     free(root); free(file); free(under);
 }
+
+/* The library's notes and warnings go through tp_set_log: a caller can take them, or silence them. */
+typedef struct { int n; tp_log_level last; char msg[256]; } log_capture;
+static void capture_log(void *user, tp_log_level level, const char *msg) {
+    log_capture *c = user;
+    c->n++;
+    c->last = level;
+    snprintf(c->msg, sizeof c->msg, "%s", msg);
+}
+
+TT_TEST(util_log_callback) {
+    log_capture c = {0};
+    tp_set_log(capture_log, &c);
+    tp_log(TP_LOG_WARN, "taper: warning: %s %d", "x", 3);
+    TT_CHECK(c.n == 1 && c.last == TP_LOG_WARN && !strcmp(c.msg, "taper: warning: x 3"), "captured: %d %s", c.n, c.msg);
+    tp_set_log(NULL, NULL);
+    tp_log(TP_LOG_NOTE, "silenced");
+    TT_CHECK(c.n == 1, "silenced logger called");
+    tp_log_default();
+}

@@ -26,6 +26,18 @@ const char *tp_errmsg(void);
 const char *tp_status_name(tp_status s);
 void tp_clear_error(void);
 
+/* Messages the library has for the user that are not errors (notes, warnings, training log
+ * lines) go through one callback, one message per call without a newline; the level says what
+ * kind it is. The default writes each message and a newline to stderr; tp_set_log(NULL, NULL)
+ * silences the library. Process-wide: set it before starting work. (Progress bars are separate:
+ * TAPER_PROGRESS / tp_progress.) */
+typedef enum { TP_LOG_INFO = 0, TP_LOG_NOTE, TP_LOG_WARN } tp_log_level;
+typedef void (*tp_log_fn)(void *user, tp_log_level level, const char *msg);
+void tp_set_log(tp_log_fn fn, void *user);
+/* Restores the default (stderr). */
+void tp_log_default(void);
+void tp_log(tp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Overflow-checked size arithmetic: return 0 on success, nonzero on overflow. */
 int tp_mul_overflow(size_t a, size_t b, size_t *out);
 int tp_add_overflow(size_t a, size_t b, size_t *out);

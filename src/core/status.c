@@ -46,3 +46,33 @@ const char *tp_status_name(tp_status s) {
 
 int tp_mul_overflow(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
 int tp_add_overflow(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }
+
+/* ---- log ---- */
+
+static void log_stderr(void *user, tp_log_level level, const char *msg) {
+    (void)user;
+    (void)level;
+    fprintf(stderr, "%s\n", msg);
+}
+
+static tp_log_fn log_fn = log_stderr;
+static void *log_user;
+static int log_set = 1;
+
+void tp_set_log(tp_log_fn fn, void *user) {
+    log_fn = fn;
+    log_user = user;
+    log_set = 1;
+}
+
+void tp_log_default(void) { tp_set_log(log_stderr, NULL); }
+
+void tp_log(tp_log_level level, const char *fmt, ...) {
+    if (!log_set || !log_fn) return;
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    log_fn(log_user, level, buf);
+}

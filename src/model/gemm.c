@@ -19,6 +19,7 @@
  * next use after tp_gemm_bf16_refresh() (which the optimizer step and checkpoint loading call);
  * anything else is converted on the fly into scratch. */
 #include "kernels.h"
+#include "taper/status.h"
 
 #include <pthread.h>
 #if defined(__AVX512BF16__)
@@ -62,7 +63,7 @@ static int default_backend(void) {
         if (!strcmp(e, "dnnl") || !strcmp(e, "onednn")) return TP_GEMM_DNNL;
         if (!strcmp(e, "blas") || !strcmp(e, "openblas")) return TP_GEMM_BLAS;
         if (!strcmp(e, "loops") || !strcmp(e, "naive")) return TP_GEMM_LOOPS;
-        fprintf(stderr, "taper: TAPER_GEMM=%s is not one of dnnl, blas, loops; using the default\n", e);
+        tp_log(TP_LOG_WARN, "taper: TAPER_GEMM=%s is not one of dnnl, blas, loops; using the default", e);
     }
 #if defined(TP_HAVE_DNNL)
     return TP_GEMM_DNNL;
@@ -325,7 +326,7 @@ static int dnnl_ready(void) {
     if (g_dnnl_broken) return 0;
     if (dnnl_engine_create(&g_eng, dnnl_cpu, 0) != dnnl_success ||
         dnnl_stream_create(&g_stream, g_eng, dnnl_stream_default_flags) != dnnl_success) {
-        fprintf(stderr, "taper: oneDNN could not start a CPU engine; using BLAS for matrix products\n");
+        tp_log(TP_LOG_WARN, "taper: oneDNN could not start a CPU engine; using BLAS for matrix products");
         g_eng = NULL;
         g_dnnl_broken = 1;
         return 0;

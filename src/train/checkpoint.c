@@ -330,7 +330,7 @@ static void remove_stale_tmp(const char *dir) {
     if (list_dir(dir, 1, &e, &n)) return;
     for (size_t i = 0; i < n; i++) {
         char *p = tp_path_join(dir, e[i].name);
-        if (p && unlink(p) == 0) fprintf(stderr, "taper: removed an incomplete checkpoint %s\n", p);
+        if (p && unlink(p) == 0) tp_log(TP_LOG_NOTE, "taper: removed an incomplete checkpoint %s", p);
         free(p);
     }
     free_entries(e, n);
@@ -344,7 +344,7 @@ static void apply_keep_last(const char *dir, int keep_last) {
     for (size_t i = (size_t)keep_last; i < n; i++) {
         char *p = tp_path_join(dir, e[i].name);
         if (p && unlink(p) != 0)
-            fprintf(stderr, "taper: warning: cannot remove the old checkpoint %s: %s\n", p, strerror(errno));
+            tp_log(TP_LOG_WARN, "taper: warning: cannot remove the old checkpoint %s: %s", p, strerror(errno));
         free(p);
     }
     free_entries(e, n);
@@ -635,8 +635,8 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
     if (a->lr != b->lr || a->min_lr != b->min_lr || a->warmup_steps != b->warmup_steps ||
         a->total_steps != b->total_steps || a->beta1 != b->beta1 || a->beta2 != b->beta2 || a->eps != b->eps ||
         a->weight_decay != b->weight_decay || a->decay_all != b->decay_all || a->clip != b->clip)
-        fprintf(stderr, "taper: note: %s was written with other optimizer settings (lr %g, warmup %ld, total %ld, "
-                        "wd %g, clip %g); continuing with the current ones\n",
+        tp_log(TP_LOG_NOTE, "taper: note: %s was written with other optimizer settings (lr %g, warmup %ld, total %ld, "
+                            "wd %g, clip %g); continuing with the current ones",
                 path, b->lr, b->warmup_steps, b->total_steps, b->weight_decay, b->clip);
     memcpy(m->params, p + data_off, arr);
     memcpy(o->m, p + data_off + arr, arr);
@@ -684,7 +684,7 @@ tp_status tp_ckpt_load_latest(const char *dir, tp_model *m, tp_adamw *o, tp_ckpt
             free_entries(e, n);
             return s;
         }
-        fprintf(stderr, "taper: warning: skipping checkpoint %s\n", tp_errmsg());
+        tp_log(TP_LOG_WARN, "taper: warning: skipping checkpoint %s", tp_errmsg());
         if (!first_err[0]) snprintf(first_err, sizeof first_err, "%s", tp_errmsg());
         free(p);
     }

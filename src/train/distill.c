@@ -565,8 +565,8 @@ static tp_status state_load(void *user, const void *buf, size_t bytes) {
     tp_distiller *d = user;
     if (!bytes) {
         if (d->P)
-            fprintf(stderr, "taper distill: note: the checkpoint holds no learned projections (written by an older "
-                            "build): they start again from the channel selection\n");
+            tp_log(TP_LOG_NOTE, "taper distill: note: the checkpoint holds no learned projections (written by an "
+                                "older build): they start again from the channel selection");
         return TP_OK;
     }
     const unsigned char *b = buf;

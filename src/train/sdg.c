@@ -76,8 +76,8 @@ static tp_status run_batch(const tp_model *m, const tp_sdg_cfg *c, size_t i0, in
     }
     int cap = (int)max_prompt + c->max_tokens;
     if (!st && cap > m->cfg.max_pos)
-        fprintf(stderr, "taper: note: prompt + %d tokens = %d positions, past the model's %d\n", c->max_tokens, cap,
-                m->cfg.max_pos);
+        tp_log(TP_LOG_NOTE, "taper: note: prompt + %d tokens = %d positions, past the model's %d", c->max_tokens, cap,
+               m->cfg.max_pos);
     if (!st) st = tp_kvcache_alloc(&m->cfg, B, cap, &kv);
     /* position p: sequence b is fed prompt[p] while p < n_prompt, else its last sampled token */
     for (int p = 0; !st; p++) {

@@ -522,8 +522,8 @@ tp_status tp_tcache_build(const tp_model *teacher, const tp_loader *L, const cha
         tp_status r = resume_partial(fd, ppath, header, &in, tok_hash, done, &n_done);
         if (r == TP_ERR_FORMAT) { /* another header: start again */
             if (!o->quiet)
-                fprintf(stderr, "teacher-cache: %s was made with other settings, teacher or data: starting again\n",
-                        ppath);
+                tp_log(TP_LOG_NOTE, "teacher-cache: %s was made with other settings, teacher or data: starting again",
+                       ppath);
             close(fd);
             fd = -1;
             memset(done, 0, n);
@@ -532,8 +532,8 @@ tp_status tp_tcache_build(const tp_model *teacher, const tp_loader *L, const cha
             s = r;
             goto out;
         } else if (!o->quiet) {
-            fprintf(stderr, "teacher-cache: resuming %s: %llu of %zu windows already done\n", ppath,
-                    (unsigned long long)n_done, n);
+            tp_log(TP_LOG_NOTE, "teacher-cache: resuming %s: %llu of %zu windows already done", ppath,
+                   (unsigned long long)n_done, n);
         }
     }
     if (fd < 0) {

@@ -237,13 +237,14 @@ typedef struct {
 static void say(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(trainer *t, const char *fmt, ...) {
     if (t->cfg->quiet) return;
-    if (t->prog.enabled && t->prog_drawn) fputc('\n', stderr);
+    if (t->prog.enabled && t->prog_drawn) fputc('\n', stderr); /* end the progress bar's line */
     t->prog_drawn = 0;
+    char buf[2048];
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    tp_log(TP_LOG_INFO, "%s", buf);
 }
 
 static tp_status validate_cfg(const tp_model *m, const tp_train_cfg *c, const tp_train_data *d) {
