@@ -65,9 +65,27 @@ static void keep_freed_memory(void) {
 #endif
 }
 
+/* The environment the library does not read itself: TAPER_PROGRESS, TAPER_GEMM, TAPER_PRECISION
+ * (a command's --precision still overrides the last). */
+static int apply_environment(void) {
+    const char *e = getenv("TAPER_PROGRESS");
+    if (e && e[0] == '0') tp_progress_set_mode(0);
+    else if (e && e[0] == '1') tp_progress_set_mode(1);
+    e = getenv("TAPER_GEMM");
+    if (e && *e && tp_set_gemm_backend(e)) fprintf(stderr, "taper: TAPER_GEMM: %s; using the default\n", tp_errmsg());
+    e = getenv("TAPER_PRECISION");
+    if (e && *e && tp_set_precision(e)) {
+        fprintf(stderr, "taper: TAPER_PRECISION: %s\n", tp_errmsg());
+        return CLI_USAGE;
+    }
+    return CLI_OK;
+}
+
 int main(int argc, char **argv) {
     prefer_passive_openmp(argv);
     keep_freed_memory();
+    int env_rc = apply_environment();
+    if (env_rc != CLI_OK) return env_rc;
     if (argc < 2) {
         usage(stderr);
         return CLI_USAGE;

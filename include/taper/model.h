@@ -122,12 +122,16 @@ tp_status tp_config_to_json(const tp_config *c, char **out);
 /* Same, with the stored dtype named ("float32", "float16", "bfloat16"; "F32", "F16", "BF16" too). */
 tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **out);
 
-/* ---- precision of the matrix products (every model of the process) ----
- * "fp32" (default; the TAPER_PRECISION environment variable may set "bf16"): plain fp32.
+/* ---- precision and backend of the matrix products (every model of the process) ----
+ * Set explicitly (the CLI maps the TAPER_PRECISION / TAPER_GEMM environment variables and
+ * --precision onto these; the library reads no environment).
+ * "fp32" (default): plain fp32.
  * "bf16": both inputs of every weight product (projections, lm_head, their gradients) are rounded
  * to bf16 and multiplied with fp32 accumulation into fp32 results; weights, gradients, optimizer
  * state, norms, softmax, attention and losses stay fp32 ("fp32 master weights"). */
 tp_status tp_set_precision(const char *name);
+/* "dnnl" (oneDNN, the default when built in), "blas" (OpenBLAS) or "loops" (plain C). */
+tp_status tp_set_gemm_backend(const char *name);
 const char *tp_precision_name(void);
 /* One line naming the matrix-product backend and precision in use, for logs. */
 const char *tp_gemm_info(void);

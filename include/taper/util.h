@@ -52,6 +52,9 @@ typedef struct {
     double t0, last_draw;
     int enabled;
 } tp_progress;
+/* Whether progress bars are drawn (on stderr): 1 always, 0 never, -1 (default) when stderr is a
+ * terminal. The CLI maps TAPER_PROGRESS=0/1 onto it. */
+void tp_progress_set_mode(int mode);
 void tp_progress_begin(tp_progress *p, const char *label, double total, const char *unit);
 void tp_progress_update(tp_progress *p, double done);
 void tp_progress_end(tp_progress *p);

@@ -170,14 +170,15 @@ static void fmt_hms(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
 }
 
+static int g_progress = -1; /* -1: when stderr is a terminal */
+
+void tp_progress_set_mode(int mode) { g_progress = mode < 0 ? -1 : mode > 0; }
+
 void tp_progress_begin(tp_progress *p, const char *label, double total, const char *unit) {
-    const char *env = getenv("TAPER_PROGRESS");
     p->label = label; p->unit = unit ? unit : "it";
     p->total = total; p->done = 0;
     p->t0 = tp_time_s(); p->last_draw = 0;
-    if (env && env[0] == '0') p->enabled = 0;
-    else if (env && env[0] == '1') p->enabled = 1;
-    else p->enabled = isatty(2);
+    p->enabled = g_progress >= 0 ? g_progress : isatty(2);
 }
 
 static void progress_draw(tp_progress *p, int final) {

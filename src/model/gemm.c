@@ -58,13 +58,6 @@ void tp_gemm_set_precision(int prec) { g_prec = prec == TP_PREC_BF16 ? TP_PREC_B
 int tp_gemm_precision(void) { return g_prec; }
 
 static int default_backend(void) {
-    const char *e = getenv("TAPER_GEMM");
-    if (e && *e) {
-        if (!strcmp(e, "dnnl") || !strcmp(e, "onednn")) return TP_GEMM_DNNL;
-        if (!strcmp(e, "blas") || !strcmp(e, "openblas")) return TP_GEMM_BLAS;
-        if (!strcmp(e, "loops") || !strcmp(e, "naive")) return TP_GEMM_LOOPS;
-        tp_log(TP_LOG_WARN, "taper: TAPER_GEMM=%s is not one of dnnl, blas, loops; using the default", e);
-    }
 #if defined(TP_HAVE_DNNL)
     return TP_GEMM_DNNL;
 #elif defined(TP_HAVE_BLAS)
@@ -75,11 +68,7 @@ static int default_backend(void) {
 }
 
 int tp_gemm_backend(void) {
-    if (g_backend < 0) {
-        g_backend = default_backend();
-        const char *e = getenv("TAPER_PRECISION");
-        if (e && !strcmp(e, "bf16")) g_prec = TP_PREC_BF16;
-    }
+    if (g_backend < 0) g_backend = default_backend();
     return g_backend;
 }
 

@@ -209,6 +209,17 @@ tp_status tp_set_precision(const char *name) {
     return TP_OK;
 }
 
+tp_status tp_set_gemm_backend(const char *name) {
+    int b = !name ? -1
+          : !strcmp(name, "dnnl") || !strcmp(name, "onednn") ? TP_GEMM_DNNL
+          : !strcmp(name, "blas") || !strcmp(name, "openblas") ? TP_GEMM_BLAS
+          : !strcmp(name, "loops") || !strcmp(name, "naive") ? TP_GEMM_LOOPS : -1;
+    if (b < 0) return tp_fail(TP_ERR_ARG, "matrix-product backend '%s': expected dnnl, blas or loops", name ? name : "");
+    if (tp_gemm_set_backend(b))
+        return tp_fail(TP_ERR_UNSUPPORTED, "matrix-product backend '%s' is not built in (%s)", name, tp_gemm_describe());
+    return TP_OK;
+}
+
 const char *tp_precision_name(void) {
     (void)tp_gemm_backend(); /* resolves TAPER_PRECISION */
     return tp_gemm_precision() == TP_PREC_BF16 ? "bf16" : "fp32";
