@@ -76,7 +76,14 @@ $(BIN): $(CLI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 	@if [ "$(BUILD)" = build ]; then ln -sf build/taper taper 2>/dev/null || true; fi
 
-$(TESTBIN): $(TEST_OBJ) $(LIB)
+# The test binary links a -DTP_TESTING build of the checkpoint writer (its crash hook); the
+# shipped library has none. Linked before the archive, it replaces the archive's checkpoint.o.
+TEST_HOOKS := $(BUILD)/tests/checkpoint_testing.o
+$(TEST_HOOKS): src/train/checkpoint.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DTP_TESTING -c $< -o $@
+
+$(TESTBIN): $(TEST_OBJ) $(TEST_HOOKS) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 deps:
@@ -126,4 +133,4 @@ help:
 	@echo "make demo     run the main job on the default model and print a short report"
 	@echo "make SANITIZE=1 test   the suite under ASan+UBSan"
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TEST_HOOKS:.o=.d)

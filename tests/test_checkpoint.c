@@ -203,6 +203,9 @@ done:
     rig_close(&a);
 }
 
+/* The crash hook of src/train/checkpoint.c, in the test binary's -DTP_TESTING build of that file. */
+extern uint64_t tp_test_ckpt_die_after;
+
 /* A forked child saves step 2 with the crash hook at `offset` and dies; the parent must still
  * load step 1, with the partial file present under its temporary name and under the final name. */
 static void crash_at(const char *dir, rig *a, const float *params1, long offset, int complete, const char *where) {
@@ -210,9 +213,7 @@ static void crash_at(const char *dir, rig *a, const float *params1, long offset,
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
-        char buf[32];
-        snprintf(buf, sizeof buf, "%ld", offset);
-        setenv("TAPER_TEST_CKPT_DIE_AFTER", buf, 1);
+        tp_test_ckpt_die_after = (uint64_t)offset;
         for (size_t i = 0; i < a->m->n_params; i++) a->m->params[i] += 1.0f;
         tp_ckpt_state st = make_state(2);
         tp_ckpt_save(dir, a->m, &a->o, &st, 0);

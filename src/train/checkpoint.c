@@ -19,9 +19,10 @@
  * A file is complete only when its size is exactly data_off + 12n + E + 16 and it ends with the
  * marker.
  *
- * Test hook: when the environment variable TAPER_TEST_CKPT_DIE_AFTER=<n> is set, the writer
- * kills its own process with SIGKILL once n bytes of the temporary file are written (and flushed
- * to the file), to simulate a crash at that point. Only the crash tests set it. */
+ * Test hook, compiled only with -DTP_TESTING (the test binary links such a build of this file;
+ * the shipped library has no hook): when tp_test_ckpt_die_after = n, the writer kills its own
+ * process with SIGKILL once n bytes of the temporary file are written (and flushed to the file),
+ * to simulate a crash at that point. Only the crash tests set it, in a forked child. */
 #include "taper/train.h"
 #include "model/kernels.h"
 
@@ -291,10 +292,13 @@ typedef struct {
     ckpt_hash h;
 } ckpt_writer;
 
+#ifdef TP_TESTING
+uint64_t tp_test_ckpt_die_after = UINT64_MAX;
 static void die_now(ckpt_writer *w) {
     fflush(w->f);
     raise(SIGKILL);
 }
+#endif
 
 static tp_status w_put(ckpt_writer *w, const void *data, size_t n, int hashed) {
     const unsigned char *p = data;
@@ -308,20 +312,13 @@ static tp_status w_put(ckpt_writer *w, const void *data, size_t n, int hashed) {
         w->written += len;
         p += len;
         n -= len;
+#ifdef TP_TESTING
         if (w->written == w->die_after) die_now(w);
+#endif
     }
     return TP_OK;
 }
 
-static uint64_t die_after_from_env(void) {
-    const char *e = getenv("TAPER_TEST_CKPT_DIE_AFTER");
-    if (!e || !*e) return UINT64_MAX;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(e, &end, 10);
-    if (errno || *end) return UINT64_MAX;
-    return (uint64_t)v;
-}
 
 /* Removes temporaries left by a crashed writer. */
 static void remove_stale_tmp(const char *dir) {
@@ -397,7 +394,11 @@ tp_status tp_ckpt_save(const char *dir, const tp_model *m, const tp_adamw *o, co
     }
     ckpt_writer w = {0};
     w.path = tmp;
-    w.die_after = die_after_from_env();
+#ifdef TP_TESTING
+    w.die_after = tp_test_ckpt_die_after;
+#else
+    w.die_after = UINT64_MAX;
+#endif
     hash_init(&w.h);
     w.f = fopen(tmp, "wb");
     if (!w.f) {
