@@ -86,6 +86,11 @@ $(TEST_HOOKS): src/train/checkpoint.c
 $(TESTBIN): $(TEST_OBJ) $(TEST_HOOKS) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+# The CLI with the same hook, for the tests that crash a taper process on purpose.
+TESTING_BIN := $(BUILD)/taper-testing
+$(TESTING_BIN): $(CLI_OBJ) $(TEST_HOOKS) $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
 deps:
 	@scripts/deps.sh
 
@@ -96,13 +101,13 @@ llama-cpp: deps
 
 # The whole C suite: needs the default model (fetched by deps), llama.cpp's tools, ../shared/data.
 test: deps llama-cpp
-	@$(MAKE) --no-print-directory all $(TESTBIN)
-	TAPER_BIN=$(abspath $(BIN)) $(TESTBIN) $(T)
+	@$(MAKE) --no-print-directory all $(TESTBIN) $(TESTING_BIN)
+	TAPER_BIN=$(abspath $(BIN)) TAPER_TESTING_BIN=$(abspath $(TESTING_BIN)) $(TESTBIN) $(T)
 
 # Regenerates reference values with transformers/tokenizers/gguf (Python venv in the cache)
 # and checks the fixtures committed under tests/fixtures still agree.
 test-ref: deps llama-cpp
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(TESTBIN) $(TESTING_BIN)
 	@scripts/ref.sh
 
 demo: deps
@@ -116,8 +121,8 @@ bench: deps
 
 # The suite with the long checks on (whole WikiText-2 file, ...).
 test-long: deps llama-cpp
-	@$(MAKE) --no-print-directory all $(TESTBIN)
-	TAPER_LONG=1 TAPER_BIN=$(abspath $(BIN)) $(TESTBIN) $(T)
+	@$(MAKE) --no-print-directory all $(TESTBIN) $(TESTING_BIN)
+	TAPER_LONG=1 TAPER_BIN=$(abspath $(BIN)) TAPER_TESTING_BIN=$(abspath $(TESTING_BIN)) $(TESTBIN) $(T)
 
 clean:
 	rm -rf build build-san taper

@@ -29,7 +29,7 @@ echo "ref: writing fresh reference values to $OUT"
 "$PY" tests/ref/eval_ref.py --out "$OUT"
 "$PY" tests/ref/eval_ref.py --out "$OUT" --formats-only
 echo "ref: C suite against the fresh values"
-TAPER_GGUF_WRITTEN="$TAPER_EXPORT_DIR/rt.gguf" TAPER_TOK_SAVED_DIR="$TAPER_EXPORT_DIR/tok" TAPER_FIXTURES="$OUT" TAPER_LONG=1 TAPER_BIN="$PWD/build/taper" build/taper-tests
+TAPER_GGUF_WRITTEN="$TAPER_EXPORT_DIR/rt.gguf" TAPER_TOK_SAVED_DIR="$TAPER_EXPORT_DIR/tok" TAPER_FIXTURES="$OUT" TAPER_LONG=1 TAPER_BIN="$PWD/build/taper" TAPER_TESTING_BIN="$PWD/build/taper-testing" build/taper-tests
 echo "ref: every prompt of every eval item against the harness's requests"
 TAPER_FIXTURES="$OUT/eval_formats" TAPER_BIN="$PWD/build/taper" build/taper-tests eval_format
 echo "ref: references load taper's exports"

@@ -332,6 +332,12 @@ static const char *taper_bin(void) {
     return b && *b ? b : NULL;
 }
 
+/* taper built with the checkpoint crash hook (-DTP_TESTING; make test sets TAPER_TESTING_BIN). */
+static const char *taper_testing_bin(void) {
+    const char *b = getenv("TAPER_TESTING_BIN");
+    return b && *b ? b : NULL;
+}
+
 /* A tiny model (HF folder, no tokenizer) and a token shard of Markov-chain "documents" that a
  * model can learn, created once under the scratch dir. Steps take a few milliseconds, so a
  * 40-step run lasts long enough for kills at random moments to land everywhere. */
@@ -401,13 +407,15 @@ static void train_args(char *buf, size_t cap, const char *run_dir, const char *e
 }
 
 /* Runs `env taper ARGS` to completion, output into log; returns the exit code (-signal if killed). */
-static int run_taper(const char *env, const char *args, const char *log) {
+static int run_taper_bin(const char *bin, const char *env, const char *args, const char *log) {
     char cmd[16384];
-    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 OMP_WAIT_POLICY=PASSIVE %s %s %s > %s 2>&1", env ? env : "",
-             taper_bin(), args, log);
+    snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 OMP_WAIT_POLICY=PASSIVE %s %s %s > %s 2>&1", env ? env : "", bin, args,
+             log);
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+static int run_taper(const char *env, const char *args, const char *log) { return run_taper_bin(taper_bin(), env, args, log); }
 
 /* Starts taper in the background (exec'd by sh, so pid is taper's own). */
 static pid_t spawn_taper(const char *env, const char *args, const char *log) {
@@ -592,7 +600,8 @@ TT_TEST(train_cli_exact_resume_under_sigkill) {
         if (kills == 3 && !die_done) {
             /* die inside a checkpoint write: the writer SIGKILLs itself after 3000 bytes */
             die_done = 1;
-            int st = run_taper("TAPER_TEST_CKPT_DIE_AFTER=3000", args, log);
+            if (!TT_CHECK(taper_testing_bin() != NULL, "TAPER_TESTING_BIN is not set (make test sets it)")) break;
+            int st = run_taper_bin(taper_testing_bin(), "TAPER_TEST_CKPT_DIE_AFTER=3000", args, log);
             TT_CHECK(st != 0, "the checkpoint-write crash run did not complete (status %d)", st);
             char *tmp = find_tmp_ckpt(kill_dir);
             TT_CHECK(tmp != NULL, "a half-written checkpoint was left in %s", kill_dir);

@@ -19,10 +19,11 @@
  * A file is complete only when its size is exactly data_off + 12n + E + 16 and it ends with the
  * marker.
  *
- * Test hook, compiled only with -DTP_TESTING (the test binary links such a build of this file;
- * the shipped library has no hook): when tp_test_ckpt_die_after = n, the writer kills its own
+ * Test hook, compiled only with -DTP_TESTING (the test binary and build/taper-testing link such a
+ * build of this file; the shipped library has no hook): when tp_test_ckpt_die_after = n (or, in
+ * taper-testing, the environment variable TAPER_TEST_CKPT_DIE_AFTER=n), the writer kills its own
  * process with SIGKILL once n bytes of the temporary file are written (and flushed to the file),
- * to simulate a crash at that point. Only the crash tests set it, in a forked child. */
+ * to simulate a crash at that point. Only the crash tests set it. */
 #include "taper/train.h"
 #include "model/kernels.h"
 
@@ -396,6 +397,8 @@ tp_status tp_ckpt_save(const char *dir, const tp_model *m, const tp_adamw *o, co
     w.path = tmp;
 #ifdef TP_TESTING
     w.die_after = tp_test_ckpt_die_after;
+    const char *env = getenv("TAPER_TEST_CKPT_DIE_AFTER");
+    if (env && *env) w.die_after = strtoull(env, NULL, 10);
 #else
     w.die_after = UINT64_MAX;
 #endif
