@@ -58,13 +58,6 @@ static void print_ids(const char *what, const int32_t *ids, size_t n) {
     fprintf(stderr, "%s\n", n > 40 ? " ..." : "");
 }
 
-static int write_text(const char *path, const char *s, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return 0;
-    int ok = fwrite(s, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
-
 typedef struct { char *data; size_t len; char **line; size_t *line_len; size_t n; } lines_t;
 
 /* Lines split on '\n' only, without a trailing empty line (as tok_ref.py's lines_of). */
@@ -124,7 +117,7 @@ static char *write_variant(const cJSON *base, const cJSON *v) {
     mkdir(dir, 0777);
     char *path = tt_path(dir, "tokenizer.json");
     char *text = cJSON_PrintUnformatted(d);
-    TT_CHECK(text && write_text(path, text, strlen(text)), "cannot write %s", path);
+    TT_CHECK(text && tt_write_text(path, text, strlen(text)), "cannot write %s", path);
     free(text);
     free(dir);
     cJSON_Delete(d);
@@ -496,18 +489,6 @@ TT_TEST(tok_spm_malformed_gguf) {
     }
 }
 
-static tp_status load_text(const char *name, const char *text, tp_tokenizer **t) {
-    char *dir = tt_path(tt_tmp_dir(), "spm-bad");
-    mkdir(dir, 0777);
-    char *p = tt_path(dir, name);
-    write_text(p, text, strlen(text));
-    tp_status rc = tp_tok_load_json(p, t);
-    if (rc) TT_CHECK(strstr(tp_errmsg(), name) != NULL, "error for %s does not name the file: %s", name, tp_errmsg());
-    free(p);
-    free(dir);
-    return rc;
-}
-
 #define M "\"model\":{\"type\":\"BPE\",\"vocab\":{\"<unk>\":0,\"<0x41>\":1,\"\xe2\x96\x81\":2,\"a\":3,\"b\":4,\"ab\":5," \
           "\"\xe2\x96\x81" "ab\":6},\"merges\":[\"a b\",\"\xe2\x96\x81 ab\"],\"byte_fallback\":true,\"unk_token\":\"<unk>\"}"
 
@@ -555,7 +536,7 @@ TT_TEST(tok_spm_malformed_json) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         tp_tokenizer *t = NULL;
         tp_clear_error();
-        tp_status rc = load_text(cases[i].name, cases[i].text, &t);
+        tp_status rc = tt_tok_load_text("spm-bad", cases[i].name, cases[i].text, &t);
         TT_CHECK(rc == cases[i].want, "%s: got %s (%s), want %s", cases[i].name, tp_status_name(rc), rc ? tp_errmsg() : "",
                  tp_status_name(cases[i].want));
         if (rc && cases[i].needle)
@@ -633,7 +614,7 @@ TT_TEST(tok_spm_random_text) {
     if (base) {
         char *text = cJSON_PrintUnformatted(base);
         char *path = tt_path(tt_tmp_dir(), "spm-random.json");
-        TT_CHECK(text && write_text(path, text, strlen(text)), "write %s", path);
+        TT_CHECK(text && tt_write_text(path, text, strlen(text)), "write %s", path);
         tp_tokenizer *t = NULL;
         TT_CHECK(tp_tok_load_json(path, &t) == TP_OK, "%s", tp_errmsg());
         if (t) random_roundtrips(t, "tokenizer.json metaspace");

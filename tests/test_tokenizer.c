@@ -282,13 +282,6 @@ TT_TEST(tok_special_tokens_bos) {
 
 /* ---- pipeline variants: the fixture with a patched pipeline, as tok_ref.py patches it ---- */
 
-static int write_text(const char *path, const char *s, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return 0;
-    int ok = fwrite(s, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
-
 static char *write_variant(const cJSON *base, const char *name, const cJSON *patch) {
     cJSON *d = cJSON_Duplicate(base, 1);
     const cJSON *p;
@@ -310,7 +303,7 @@ static char *write_variant(const cJSON *base, const char *name, const cJSON *pat
     mkdir(dir, 0777);
     char *path = tt_path(dir, "tokenizer.json");
     char *text = cJSON_PrintUnformatted(d);
-    int ok = text && write_text(path, text, strlen(text));
+    int ok = text && tt_write_text(path, text, strlen(text));
     TT_CHECK(ok, "cannot write %s", path);
     free(text);
     free(dir);
@@ -657,18 +650,6 @@ TT_TEST(tok_to_gguf_roundtrip) {
 
 /* ---- malformed input ---- */
 
-static tp_status load_text(const char *name, const char *text, tp_tokenizer **t) {
-    char *dir = tt_path(tt_tmp_dir(), "bad");
-    mkdir(dir, 0777);
-    char *p = tt_path(dir, name);
-    write_text(p, text, strlen(text));
-    tp_status rc = tp_tok_load_json(p, t);
-    if (rc) TT_CHECK(strstr(tp_errmsg(), name) != NULL, "error for %s does not name the file: %s", name, tp_errmsg());
-    free(p);
-    free(dir);
-    return rc;
-}
-
 #define GOOD_PRE "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}"
 #define VOCAB "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"Ġ\":3}"
 
@@ -753,7 +734,7 @@ TT_TEST(tok_malformed_json) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tp_tokenizer *t = NULL;
         tp_clear_error();
-        tp_status rc = load_text(cases[i].name, cases[i].text, &t);
+        tp_status rc = tt_tok_load_text("bad", cases[i].name, cases[i].text, &t);
         TT_CHECK(rc == cases[i].want, "%s: got %s (%s), want %s", cases[i].name, tp_status_name(rc),
                  rc ? tp_errmsg() : "", tp_status_name(cases[i].want));
         if (rc && cases[i].needle)
@@ -778,7 +759,7 @@ TT_TEST(tok_malformed_json) {
             char *dir = tt_path(tt_tmp_dir(), "bad");
             mkdir(dir, 0777);
             char *q = tt_path(dir, "cut.json");
-            write_text(q, data, cut);
+            tt_write_text(q, data, cut);
             TT_CHECK(tp_tok_load_json(q, &t) == TP_ERR_FORMAT && !t, "fixture cut at %zu bytes: %s", cut, tp_errmsg());
             free(q);
             free(dir);

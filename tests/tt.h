@@ -44,6 +44,12 @@ struct cJSON;
 struct cJSON *tt_read_json(const char *path);
 struct cJSON *tt_fixture_json(const char *rel);
 float *tt_fixture_f32(const char *rel, size_t n, int required);
+/* Writes n bytes of s to path: 1 on success, 0 on failure. */
+int tt_write_text(const char *path, const char *s, size_t n);
+/* text written to tmp/subdir/name and loaded as a tokenizer.json; a failure's message must name
+ * the file (a failed check otherwise). */
+struct tp_tokenizer;
+tp_status tt_tok_load_text(const char *subdir, const char *name, const char *text, struct tp_tokenizer **t);
 /* $TAPER_BIN (the taper binary under test; make test sets it) or NULL. */
 const char *tt_bin(void);
 /* Runs "$TAPER_BIN ARGS" (a shell command line) with TAPER_PROGRESS=0, its stdout and stderr

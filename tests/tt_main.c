@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "taper/status.h"
+#include "taper/tokenizer.h"
 #include "taper/util.h"
 #include "taper/trainer.h"
 
@@ -242,4 +243,23 @@ int main(int argc, char **argv) {
     tp_model_free(shared_model);
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;
+}
+
+int tt_write_text(const char *path, const char *s, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int ok = fwrite(s, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+tp_status tt_tok_load_text(const char *subdir, const char *name, const char *text, tp_tokenizer **t) {
+    char *dir = tt_path(tt_tmp_dir(), subdir);
+    mkdir(dir, 0777);
+    char *p = tt_path(dir, name);
+    tt_write_text(p, text, strlen(text));
+    tp_status rc = tp_tok_load_json(p, t);
+    if (rc) TT_CHECK(strstr(tp_errmsg(), name) != NULL, "error for %s does not name the file: %s", name, tp_errmsg());
+    free(p);
+    free(dir);
+    return rc;
 }
