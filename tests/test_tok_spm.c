@@ -7,6 +7,7 @@
  * pipeline on the same texts, save / GGUF round trips and their refusals, and malformed
  * tokenizer metadata for every new parser path. */
 #include "tt.h"
+#include "tt_tok.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -21,70 +22,12 @@
 
 static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
 
-static uint64_t fnv_ids(const int32_t *ids, size_t n, uint64_t h) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = (uint32_t)ids[i];
-        for (int b = 0; b < 4; b++) { h ^= (v >> (8 * b)) & 0xFF; h *= 0x100000001b3ull; }
-    }
-    return h;
-}
-#define FNV0 0xcbf29ce484222325ull
 
-static unsigned char *unhex(const char *h, size_t *n) {
-    size_t l = strlen(h);
-    unsigned char *o = malloc(l / 2 + 1);
-    if (!o) abort();
-    for (size_t i = 0; i + 1 < l; i += 2) {
-        unsigned v;
-        sscanf(h + i, "%2x", &v);
-        o[i / 2] = (unsigned char)v;
-    }
-    o[l / 2] = 0;
-    *n = l / 2;
-    return o;
-}
 
-static int ids_equal(const int32_t *ids, size_t n, const cJSON *arr) {
-    if (!cJSON_IsArray(arr) || (size_t)cJSON_GetArraySize(arr) != n) return 0;
-    size_t i = 0;
-    const cJSON *x;
-    cJSON_ArrayForEach(x, arr) if (!cJSON_IsNumber(x) || (int32_t)x->valuedouble != ids[i++]) return 0;
-    return 1;
-}
 
-static void print_ids(const char *what, const int32_t *ids, size_t n) {
-    fprintf(stderr, "      %s (%zu):", what, n);
-    for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", (int)ids[i]);
-    fprintf(stderr, "%s\n", n > 40 ? " ..." : "");
-}
 
-typedef struct { char *data; size_t len; char **line; size_t *line_len; size_t n; } lines_t;
 
-/* Lines split on '\n' only, without a trailing empty line (as tok_ref.py's lines_of). */
-static int read_lines(const char *path, lines_t *tl, size_t max) {
-    memset(tl, 0, sizeof *tl);
-    if (tp_read_file(path, &tl->data, &tl->len) != TP_OK) return 0;
-    size_t cap = 1;
-    for (size_t i = 0; i < tl->len; i++) cap += tl->data[i] == '\n';
-    tl->line = malloc(cap * sizeof *tl->line);
-    tl->line_len = malloc(cap * sizeof *tl->line_len);
-    if (!tl->line || !tl->line_len) abort();
-    size_t st = 0;
-    for (size_t i = 0; i <= tl->len && tl->n < max; i++)
-        if (i == tl->len || tl->data[i] == '\n') {
-            if (i == tl->len && st == i) break;
-            tl->line[tl->n] = tl->data + st;
-            tl->line_len[tl->n++] = i - st;
-            st = i + 1;
-        }
-    return 1;
-}
 
-static void free_lines(lines_t *tl) {
-    free(tl->data);
-    free(tl->line);
-    free(tl->line_len);
-}
 
 static int32_t *enc(const tp_tokenizer *t, const char *s, size_t n, unsigned flags, size_t *nid) {
     int32_t *ids = NULL;
@@ -128,8 +71,8 @@ static char *write_variant(const cJSON *base, const cJSON *v) {
 static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *label, int check_decode) {
     size_t tokens = 0, bad = 0;
     char *hp = tt_path(tt_fixtures_dir(), "../data/tok_hard_cases.txt");
-    lines_t tl;
-    int ok = read_lines(hp, &tl, (size_t)-1);
+    tt_lines tl;
+    int ok = tt_read_lines(hp, &tl, (size_t)-1);
     TT_CHECK(ok, "cannot read %s", hp);
     free(hp);
     const cJSON *hard = jget(v, "hard"), *hdec = jget(v, "hard_decode_hex");
@@ -138,9 +81,9 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
     for (size_t i = 0; ok && i < tl.n && (int)i < cJSON_GetArraySize(hard); i++) {
         size_t n;
         int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
-        if (!TT_CHECK(ids_equal(ids, n, cJSON_GetArrayItem(hard, (int)i)), "%s: hard case line %zu \"%.40s\" differs from HF",
+        if (!TT_CHECK(tt_ids_equal(ids, n, cJSON_GetArrayItem(hard, (int)i)), "%s: hard case line %zu \"%.40s\" differs from HF",
                       label, i, tl.line[i]) && bad++ < 3) {
-            print_ids("taper", ids, n);
+            tt_print_ids("taper", ids, n);
             char *w = cJSON_PrintUnformatted(cJSON_GetArrayItem(hard, (int)i));
             fprintf(stderr, "      HF: %.300s\n", w);
             free(w);
@@ -151,7 +94,7 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
             char *d;
             size_t dl, wl = tl.line_len[i];
             unsigned char *w = NULL;
-            if (cJSON_IsString(dh)) w = unhex(dh->valuestring, &wl);
+            if (cJSON_IsString(dh)) w = tt_unhex(dh->valuestring, &wl);
             else { /* null: HF decodes to the line itself */
                 w = malloc(wl + 1);
                 if (!w) abort();
@@ -165,23 +108,23 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
         }
         free(ids);
     }
-    if (ok) free_lines(&tl);
+    if (ok) tt_free_lines(&tl);
     size_t k = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, jget(v, "extras")) {
         size_t bl, n, n2;
-        unsigned char *b = unhex(jget(e, "hex")->valuestring, &bl);
+        unsigned char *b = tt_unhex(jget(e, "hex")->valuestring, &bl);
         int32_t *ids = enc(t, (const char *)b, bl, 0, &n);
-        if (!TT_CHECK(ids_equal(ids, n, jget(e, "ids")), "%s: extra %zu (hex %.30s) differs from HF", label, k,
+        if (!TT_CHECK(tt_ids_equal(ids, n, jget(e, "ids")), "%s: extra %zu (hex %.30s) differs from HF", label, k,
                       jget(e, "hex")->valuestring))
-            print_ids("taper", ids, n);
+            tt_print_ids("taper", ids, n);
         int32_t *ids2 = enc(t, (const char *)b, bl, TP_TOK_ADD_SPECIAL, &n2);
-        TT_CHECK(ids_equal(ids2, n2, jget(e, "ids_special")), "%s: extra %zu with special tokens differs from HF", label, k);
+        TT_CHECK(tt_ids_equal(ids2, n2, jget(e, "ids_special")), "%s: extra %zu with special tokens differs from HF", label, k);
         tokens += n + n2;
         for (int skip = 0; check_decode && skip < 2; skip++) {
             char *d;
             size_t dl, wl;
-            unsigned char *w = unhex(jget(e, skip ? "decode_skip_hex" : "decode_hex")->valuestring, &wl);
+            unsigned char *w = tt_unhex(jget(e, skip ? "decode_skip_hex" : "decode_hex")->valuestring, &wl);
             tp_status rc = tp_tok_decode(t, ids, n, skip, &d, &dl);
             if (!TT_CHECK(rc == TP_OK && dl == wl && memcmp(d, w, wl) == 0, "%s: extra %zu decode (skip=%d) differs from HF",
                           label, k, skip) && rc == TP_OK)
@@ -202,16 +145,16 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
             free(p);
             continue;
         }
-        lines_t dl;
+        tt_lines dl;
         size_t want_lines = (size_t)jget(df, "lines")->valuedouble, chunk = (size_t)jget(df, "chunk")->valuedouble;
-        read_lines(p, &dl, want_lines);
+        tt_read_lines(p, &dl, want_lines);
         TT_CHECK(dl.n == want_lines, "%s: %s has %zu lines, expected %zu", label, df->string, dl.n, want_lines);
-        uint64_t h = FNV0;
+        uint64_t h = TT_FNV0;
         size_t total = 0, ci = 0, bad_chunks = 0;
         for (size_t i = 0; i < dl.n; i++) {
             size_t n;
             int32_t *ids = enc(t, dl.line[i], dl.line_len[i], 0, &n);
-            h = fnv_ids(ids, n, h);
+            h = tt_fnv_ids(ids, n, h);
             total += n;
             free(ids);
             if ((i + 1) % chunk == 0 || i + 1 == dl.n) {
@@ -219,14 +162,14 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
                 snprintf(hx, sizeof hx, "%016llx", (unsigned long long)h);
                 const cJSON *w = cJSON_GetArrayItem(jget(df, "fnv"), (int)ci++);
                 bad_chunks += !(cJSON_IsString(w) && strcmp(w->valuestring, hx) == 0);
-                h = FNV0;
+                h = TT_FNV0;
             }
         }
         TT_CHECK(bad_chunks == 0 && total == (size_t)jget(df, "tokens")->valuedouble,
                  "%s: %s: %zu of %zu chunks differ from HF, %zu tokens (HF %d)", label, df->string, bad_chunks, ci, total,
                  (int)jget(df, "tokens")->valuedouble);
         tokens += total;
-        free_lines(&dl);
+        tt_free_lines(&dl);
         free(p);
     }
     return tokens;

@@ -5,6 +5,7 @@
  * files; save/reload through tokenizer.json and GGUF; malformed inputs; the hand-written
  * regex matchers against PCRE2. */
 #include "tt.h"
+#include "tt_tok.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -21,14 +22,6 @@
 
 /* ---- helpers ---- */
 
-static uint64_t fnv_ids(const int32_t *ids, size_t n, uint64_t h) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = (uint32_t)ids[i];
-        for (int b = 0; b < 4; b++) { h ^= (v >> (8 * b)) & 0xFF; h *= 0x100000001b3ull; }
-    }
-    return h;
-}
-#define FNV0 0xcbf29ce484222325ull
 
 static char *fixture(const char *rel) { return tt_path(tt_fixtures_dir(), rel); }
 
@@ -43,34 +36,8 @@ static tp_tokenizer *load_json_fixture(void) {
     return t;
 }
 
-typedef struct { char *data; size_t len; char **line; size_t *line_len; size_t n; } text_lines;
 
-/* Lines split on '\n' only, without a trailing empty line (as tok_ref.py splits them). */
-static int read_lines(const char *path, text_lines *tl) {
-    memset(tl, 0, sizeof *tl);
-    if (tp_read_file(path, &tl->data, &tl->len) != TP_OK) return 0;
-    size_t cap = 1;
-    for (size_t i = 0; i < tl->len; i++) cap += tl->data[i] == '\n';
-    tl->line = malloc(cap * sizeof *tl->line);
-    tl->line_len = malloc(cap * sizeof *tl->line_len);
-    if (!tl->line || !tl->line_len) abort();
-    size_t st = 0;
-    for (size_t i = 0; i <= tl->len; i++) {
-        if (i == tl->len || tl->data[i] == '\n') {
-            if (i == tl->len && st == i) break;
-            tl->line[tl->n] = tl->data + st;
-            tl->line_len[tl->n++] = i - st;
-            st = i + 1;
-        }
-    }
-    return 1;
-}
 
-static void free_lines(text_lines *tl) {
-    free(tl->data);
-    free(tl->line);
-    free(tl->line_len);
-}
 
 static char *hard_cases_path(void) { return tt_path(tt_fixtures_dir(), "../data/tok_hard_cases.txt"); }
 
@@ -82,33 +49,8 @@ static int32_t *enc(const tp_tokenizer *t, const char *s, size_t n, int add_spec
     return ids;
 }
 
-static int ids_equal(const int32_t *ids, size_t n, const cJSON *arr) {
-    if (!cJSON_IsArray(arr) || (size_t)cJSON_GetArraySize(arr) != n) return 0;
-    size_t i = 0;
-    const cJSON *x;
-    cJSON_ArrayForEach(x, arr) if (!cJSON_IsNumber(x) || (int32_t)x->valuedouble != ids[i++]) return 0;
-    return 1;
-}
 
-static void print_ids(const char *what, const int32_t *ids, size_t n) {
-    fprintf(stderr, "      %s (%zu):", what, n);
-    for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", (int)ids[i]);
-    fprintf(stderr, "%s\n", n > 40 ? " ..." : "");
-}
 
-static unsigned char *unhex(const char *h, size_t *n) {
-    size_t l = strlen(h);
-    unsigned char *o = malloc(l / 2 + 1);
-    if (!o) abort();
-    for (size_t i = 0; i + 1 < l; i += 2) {
-        unsigned v;
-        sscanf(h + i, "%2x", &v);
-        o[i / 2] = (unsigned char)v;
-    }
-    o[l / 2] = 0;
-    *n = l / 2;
-    return o;
-}
 
 static char *hexstr(uint64_t h) {
     static char b[4][17];
@@ -125,8 +67,8 @@ static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObject
 static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const char *label) {
     const cJSON *hc = jget(exp, "hard_cases"), *lines = jget(hc, "lines");
     char *path = hard_cases_path();
-    text_lines tl;
-    int ok = read_lines(path, &tl);
+    tt_lines tl;
+    int ok = tt_read_lines(path, &tl, (size_t)-1);
     TT_CHECK(ok, "cannot read %s", path);
     free(path);
     if (!ok) return 0;
@@ -137,9 +79,9 @@ static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const ch
         size_t n;
         int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
         const cJSON *want = cJSON_GetArrayItem(lines, (int)i);
-        if (!TT_CHECK(ids_equal(ids, n, want), "%s: hard case line %zu \"%.50s\" differs from HF", label, i, tl.line[i])) {
+        if (!TT_CHECK(tt_ids_equal(ids, n, want), "%s: hard case line %zu \"%.50s\" differs from HF", label, i, tl.line[i])) {
             if (bad++ < 3) {
-                print_ids("taper", ids, n);
+                tt_print_ids("taper", ids, n);
                 char *w = cJSON_PrintUnformatted(want);
                 fprintf(stderr, "      HF: %.300s\n", w);
                 free(w);
@@ -155,7 +97,7 @@ static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const ch
         const cJSON *alt = jget(jget(hc, "decode_differs"), key);
         if (!rc && alt) {
             size_t al;
-            unsigned char *a = unhex(alt->valuestring, &al);
+            unsigned char *a = tt_unhex(alt->valuestring, &al);
             TT_CHECK(dl == al && memcmp(d, a, al) == 0, "%s: decode of line %zu differs from HF's", label, i);
             free(a);
         } else if (!rc)
@@ -166,9 +108,9 @@ static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const ch
     }
     size_t n;
     int32_t *ids = enc(t, tl.data, tl.len, 0, &n);
-    TT_CHECK(ids_equal(ids, n, jget(hc, "whole")), "%s: hard cases as one string differ from HF (%zu tokens)", label, n);
+    TT_CHECK(tt_ids_equal(ids, n, jget(hc, "whole")), "%s: hard cases as one string differ from HF (%zu tokens)", label, n);
     free(ids);
-    free_lines(&tl);
+    tt_free_lines(&tl);
     return tokens + n;
 }
 
@@ -177,17 +119,17 @@ static size_t check_extras(const tp_tokenizer *t, const cJSON *exp, const char *
     size_t k = 0, tokens = 0;
     cJSON_ArrayForEach(e, jget(exp, "extras")) {
         size_t bl, n;
-        unsigned char *b = unhex(jget(e, "hex")->valuestring, &bl);
+        unsigned char *b = tt_unhex(jget(e, "hex")->valuestring, &bl);
         int32_t *ids = enc(t, (const char *)b, bl, 0, &n);
-        if (!TT_CHECK(ids_equal(ids, n, jget(e, "ids")), "%s: extra case %zu (hex %.40s) differs from HF", label, k,
+        if (!TT_CHECK(tt_ids_equal(ids, n, jget(e, "ids")), "%s: extra case %zu (hex %.40s) differs from HF", label, k,
                       jget(e, "hex")->valuestring))
-            print_ids("taper", ids, n);
+            tt_print_ids("taper", ids, n);
         tokens += n;
         for (int skip = 0; skip < 2; skip++) {
             char *d;
             size_t dl, wl;
             tp_status rc = tp_tok_decode(t, ids, n, skip, &d, &dl);
-            unsigned char *w = unhex(jget(e, skip ? "decode_skip_hex" : "decode_hex")->valuestring, &wl);
+            unsigned char *w = tt_unhex(jget(e, skip ? "decode_skip_hex" : "decode_hex")->valuestring, &wl);
             TT_CHECK(rc == TP_OK && dl == wl && memcmp(d, w, wl) == 0 && d[dl] == 0,
                      "%s: extra case %zu: decode (skip_special=%d) differs from HF", label, k, skip);
             free(d);
@@ -246,7 +188,7 @@ TT_TEST(tok_decode_cases) {
         size_t n = (size_t)cJSON_GetArraySize(arr), wl, dl;
         int32_t *ids = malloc((n + 1) * sizeof *ids);
         for (size_t i = 0; i < n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, (int)i)->valuedouble;
-        unsigned char *w = unhex(jget(c, "hex")->valuestring, &wl);
+        unsigned char *w = tt_unhex(jget(c, "hex")->valuestring, &wl);
         char *d;
         tp_status rc = tp_tok_decode(t, ids, n, (int)jget(c, "skip")->valuedouble, &d, &dl);
         TT_CHECK(rc == TP_OK && dl == wl && memcmp(d, w, wl) == 0, "decode case %d differs from HF", k);
@@ -273,7 +215,7 @@ TT_TEST(tok_special_tokens_bos) {
         const char *text = jget(s, "text")->valuestring;
         size_t n;
         int32_t *ids = enc(t, text, strlen(text), 1, &n);
-        TT_CHECK(ids_equal(ids, n, jget(s, "ids")), "add_special on \"%s\" differs from HF", text);
+        TT_CHECK(tt_ids_equal(ids, n, jget(s, "ids")), "add_special on \"%s\" differs from HF", text);
         free(ids);
     }
     tp_tok_free(t);
@@ -314,8 +256,8 @@ static char *write_variant(const cJSON *base, const char *name, const cJSON *pat
 /* Hashes of the hard cases (per line, whole), extras and add_special against one variant. */
 static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *name) {
     char *path = hard_cases_path();
-    text_lines tl;
-    int ok = read_lines(path, &tl);
+    tt_lines tl;
+    int ok = tt_read_lines(path, &tl, (size_t)-1);
     free(path);
     if (!TT_CHECK(ok, "hard cases missing")) return 0;
     const cJSON *fn = jget(v, "lines_fnv");
@@ -324,10 +266,10 @@ static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *n
         size_t n;
         int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
         const cJSON *want = cJSON_GetArrayItem(fn, (int)i);
-        if (!TT_CHECK(want && strcmp(hexstr(fnv_ids(ids, n, FNV0)), want->valuestring) == 0,
+        if (!TT_CHECK(want && strcmp(hexstr(tt_fnv_ids(ids, n, TT_FNV0)), want->valuestring) == 0,
                       "variant %s: hard case line %zu \"%.50s\" differs from HF", name, i, tl.line[i]) &&
             bad++ < 3)
-            print_ids("taper", ids, n);
+            tt_print_ids("taper", ids, n);
         tokens += n;
         free(ids);
     }
@@ -335,19 +277,19 @@ static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *n
              (int)jget(v, "n_tokens")->valuedouble);
     size_t n;
     int32_t *ids = enc(t, tl.data, tl.len, 0, &n);
-    TT_CHECK(strcmp(hexstr(fnv_ids(ids, n, FNV0)), jget(v, "whole_fnv")->valuestring) == 0,
+    TT_CHECK(strcmp(hexstr(tt_fnv_ids(ids, n, TT_FNV0)), jget(v, "whole_fnv")->valuestring) == 0,
              "variant %s: whole hard-case file differs", name);
     free(ids);
-    free_lines(&tl);
+    tt_free_lines(&tl);
     cJSON *exp = load_expected();
     const cJSON *e;
     int k = 0;
     cJSON_ArrayForEach(e, jget(exp, "extras")) {
         size_t bl;
-        unsigned char *b = unhex(jget(e, "hex")->valuestring, &bl);
+        unsigned char *b = tt_unhex(jget(e, "hex")->valuestring, &bl);
         ids = enc(t, (const char *)b, bl, 0, &n);
         const cJSON *want = cJSON_GetArrayItem(jget(v, "extras_fnv"), k);
-        TT_CHECK(want && strcmp(hexstr(fnv_ids(ids, n, FNV0)), want->valuestring) == 0,
+        TT_CHECK(want && strcmp(hexstr(tt_fnv_ids(ids, n, TT_FNV0)), want->valuestring) == 0,
                  "variant %s: extra case %d differs from HF", name, k);
         free(ids);
         free(b);
@@ -357,7 +299,7 @@ static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *n
     cJSON_ArrayForEach(e, jget(v, "special")) {
         const char *text = jget(e, "text")->valuestring;
         ids = enc(t, text, strlen(text), 1, &n);
-        TT_CHECK(ids_equal(ids, n, jget(e, "ids")), "variant %s: add_special on \"%s\" differs from HF", name, text);
+        TT_CHECK(tt_ids_equal(ids, n, jget(e, "ids")), "variant %s: add_special on \"%s\" differs from HF", name, text);
         free(ids);
     }
     return tokens;
@@ -401,8 +343,8 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
     cJSON_ArrayForEach(d, jget(exp, "data")) {
         const char *rel = jget(d, "path")->valuestring;
         char *path = tt_path(tt_data_dir(), rel);
-        text_lines tl;
-        if (!read_lines(path, &tl)) {
+        tt_lines tl;
+        if (!tt_read_lines(path, &tl, (size_t)-1)) {
             tt_note("%s not found", path);
             missing++;
             free(path);
@@ -415,13 +357,13 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
                  (int)jget(d, "n_lines")->valuedouble);
         size_t tokens = 0, bad_rt = 0;
         if (full) {
-            uint64_t h = FNV0;
+            uint64_t h = TT_FNV0;
             size_t ct = 0;
             for (size_t i = 0; i < tl.n; i++) {
                 size_t n;
                 int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
                 int32_t sep = -1;
-                h = fnv_ids(&sep, 1, fnv_ids(ids, n, h));
+                h = tt_fnv_ids(&sep, 1, tt_fnv_ids(ids, n, h));
                 ct += n;
                 char *dd;
                 size_t dl;
@@ -437,7 +379,7 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
                                  ct == (size_t)cJSON_GetArrayItem(jget(d, "chunk_tokens"), c)->valuedouble,
                              "%s (%s): lines %d..%zu differ from HF", rel, label, c * chunk, i);
                     tokens += ct;
-                    h = FNV0;
+                    h = TT_FNV0;
                     ct = 0;
                 }
             }
@@ -450,7 +392,7 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
         int32_t *ids = enc(t, tl.data, tl.len, 0, &n);
         double dt = tp_time_s() - t0;
         TT_CHECK(n == (size_t)jget(d, "whole_n")->valuedouble &&
-                     strcmp(hexstr(fnv_ids(ids, n, FNV0)), jget(d, "whole_fnv")->valuestring) == 0,
+                     strcmp(hexstr(tt_fnv_ids(ids, n, TT_FNV0)), jget(d, "whole_fnv")->valuestring) == 0,
                  "%s (%s): whole file as one string differs from HF (%zu tokens, HF %d)", rel, label, n,
                  (int)jget(d, "whole_n")->valuedouble);
         free(ids);
@@ -461,7 +403,7 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
             tt_note("%s %-28s %7zu tokens as one string (%.2f MB/s)", label, rel, n, (double)tl.len / 1e6 / (dt > 0 ? dt : 1e-9));
         total_lines += tl.n;
         total_tokens += tokens + n;
-        free_lines(&tl);
+        tt_free_lines(&tl);
     }
     if (files) tt_note("%s: %zu files, %zu lines, %zu tokens compared with HF", label, files, total_lines, total_tokens);
     if (missing) tt_skip("%zu of the data files not found under %s (set TAPER_DATA)", missing, tt_data_dir());
@@ -548,7 +490,7 @@ TT_TEST(tok_gguf_smollm2) {
             const char *text = jget(s, "text")->valuestring;
             size_t n;
             int32_t *ids = enc(t, text, strlen(text), 1, &n);
-            TT_CHECK(ids_equal(ids, n, jget(s, "ids")), "gguf: add_special on \"%s\" differs", text);
+            TT_CHECK(tt_ids_equal(ids, n, jget(s, "ids")), "gguf: add_special on \"%s\" differs", text);
             free(ids);
         }
         tt_note("gguf: hard cases + extras, %zu tokens compared", tokens);
@@ -935,8 +877,8 @@ TT_TEST(tok_random_bytes) {
 TT_TEST(tok_threads) {
     tp_tokenizer *t = load_json_fixture();
     char *path = tt_path(tt_data_dir(), "wikitext2/wiki.valid.tokens");
-    text_lines tl;
-    int have = t && read_lines(path, &tl);
+    tt_lines tl;
+    int have = t && tt_read_lines(path, &tl, (size_t)-1);
     free(path);
     if (!have) {
         if (t) tt_skip("wiki.valid.tokens not found (set TAPER_DATA)");
@@ -947,7 +889,7 @@ TT_TEST(tok_threads) {
     for (size_t i = 0; i < tl.n; i++) {
         size_t n;
         int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
-        h1[i] = fnv_ids(ids, n, FNV0);
+        h1[i] = tt_fnv_ids(ids, n, TT_FNV0);
         free(ids);
     }
     long bad = 0;
@@ -956,12 +898,12 @@ TT_TEST(tok_threads) {
         int32_t *ids = NULL;
         size_t n = 0;
         if (tp_tok_encode(t, tl.line[i], tl.line_len[i], 0, &ids, &n) != TP_OK) bad++;
-        h2[i] = fnv_ids(ids, n, FNV0);
+        h2[i] = tt_fnv_ids(ids, n, TT_FNV0);
         free(ids);
     }
     TT_CHECK(bad == 0 && memcmp(h1, h2, tl.n * sizeof *h1) == 0, "threaded encode differs (%ld errors)", bad);
     free(h1);
     free(h2);
-    free_lines(&tl);
+    tt_free_lines(&tl);
     tp_tok_free(t);
 }
