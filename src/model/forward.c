@@ -65,14 +65,13 @@ const float *tp_norm_weight(const tp_config *c, const float *w, size_t n, float 
     return tmp;
 }
 
-/* Gemma's embedding scale, sqrt(d_model) rounded to float32 as transformers stores it. */
-static float embed_scale(const tp_config *c) { return c->embed_scale ? (float)sqrt((double)c->d_model) : 1.0f; }
+float tp_embed_scale(const tp_config *c) { return c->embed_scale ? (float)sqrt((double)c->d_model) : 1.0f; }
 
 void tp_model_embed(const tp_model *m, const int32_t *tokens, size_t N, float *x) {
     size_t d = (size_t)m->cfg.d_model;
     for (size_t i = 0; i < N; i++) memcpy(x + i * d, m->tok_emb + (size_t)tokens[i] * d, d * sizeof(float));
     if (m->cfg.embed_scale) {
-        float es = embed_scale(&m->cfg);
+        float es = tp_embed_scale(&m->cfg);
         for (size_t i = 0; i < N * d; i++) x[i] *= es;
     }
 }

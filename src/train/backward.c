@@ -556,8 +556,7 @@ tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const 
         ghook(&cx, TP_HOOK_LAYER_IN, l, layer_x(&cx, l), tape->dres, d);
     }
     /* Gemma scales the embeddings by sqrt(d_model) (a float32): so does their gradient */
-    float es = c->embed_scale ? (float)sqrt((double)d) : 1.0f;
-    embed_bwd(tokens, tape->dres, grad->tok_emb, N, d, cx.alpha * es);
+    embed_bwd(tokens, tape->dres, grad->tok_emb, N, d, cx.alpha * tp_embed_scale(c));
 
     if (loss) *loss = opts->loss ? total : (counted ? total / (double)counted : 0.0);
     if (n_counted) *n_counted = counted;
