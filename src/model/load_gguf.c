@@ -125,10 +125,14 @@ static tp_status rope_from_freqs(const tp_gguf *g, const tp_gguf_tensor *t, tp_c
  * 0), sliding layers from attention.sliding_window_pattern (an array of flags, or n: layer l
  * slides when l % n < n - 1; default 6), their RoPE base from rope.freq_base_swa (default
  * 10000), scores scaled by 1/sqrt(head_dim) (1/sqrt(d_model / heads) for the 62-layer 27B). */
+float tp_gemma3_llamacpp_scale_base(const tp_config *c) {
+    return c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
+}
+
 static tp_status gemma3_from_gguf(const tp_gguf *g, tp_config *c) {
     c->qk_norm = c->norm_plus_one = c->sandwich_norm = c->embed_scale = 1;
     c->act = TP_ACT_GELU_TANH;
-    c->attn_scale_base = c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
+    c->attn_scale_base = tp_gemma3_llamacpp_scale_base(c);
     c->rope_local_theta = 10000.0f;
     tp_status s;
     uint32_t w = 0;

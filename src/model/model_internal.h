@@ -20,6 +20,9 @@ void tp_rope_inv_freq(const tp_config *c, float *inv_freq);
 void tp_rope_inv_freq_local(const tp_config *c, float *inv_freq);
 /* Which of the two sets layer l uses: 1 for the local one. */
 int tp_layer_rope_local(const tp_config *c, int l);
+/* The query_pre_attn_scalar llama.cpp assumes for a Gemma 3 GGUF: head_dim, or d_model / heads
+ * (integer division) for the 62-layer 27B. */
+float tp_gemma3_llamacpp_scale_base(const tp_config *c);
 /* Gemma's embedding scale, sqrt(d_model) rounded to float32 as transformers stores it; else 1. */
 float tp_embed_scale(const tp_config *c);
 /* The scale of the attention scores: query_pre_attn_scalar^-1/2 (Gemma), else 1/sqrt(head_dim). */

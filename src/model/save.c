@@ -236,7 +236,7 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
                        "hidden together, or export an HF folder)", c->n_heads, c->head_dim, c->d_model);
     if (c->arch == TP_ARCH_GEMMA3) {
         /* llama.cpp scales Gemma 3's scores by 1/sqrt(head_dim) (d_model/heads for 62 layers) */
-        float want = c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
+        float want = tp_gemma3_llamacpp_scale_base(c);
         if (c->attn_scale_base != want)
             return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: query_pre_attn_scalar = %g, but llama.cpp scales Gemma 3's "
                            "attention by 1/sqrt(%g) for this shape; export to an HF folder instead",
