@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "taper/compress.h"
+#include "core/internal.h"
 
 #define PLAN_FORMAT "taper-prune-plan"
 #define PLAN_VERSION 1
@@ -18,17 +19,19 @@ static cJSON *int_array(const int *v, int n) {
     return a;
 }
 
+/* Adds item (NULL: its allocation failed) to o under key, or frees it: 0 when not added. */
+static int add_item(cJSON *o, const char *key, cJSON *item) {
+    if (item && cJSON_AddItemToObject(o, key, item)) return 1;
+    cJSON_Delete(item);
+    return 0;
+}
+
 static int add_config(cJSON *o, const char *key, const tp_config *c) {
     char *text = NULL;
     if (tp_config_to_json(c, &text)) return 0;
-    cJSON *j = cJSON_Parse(text);
+    cJSON *j = cJSON_Parse(text); /* our own text: a failure is out of memory */
     free(text);
-    if (!j) return 0;
-    if (!cJSON_AddItemToObject(o, key, j)) {
-        cJSON_Delete(j);
-        return 0;
-    }
-    return 1;
+    return add_item(o, key, j);
 }
 
 static int add_sizes(cJSON *o, const char *key, const tp_config *c, size_t params) {
@@ -64,27 +67,18 @@ tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path) {
     }
     if (ok && p->scores) ok = cJSON_AddStringToObject(r, "scores", p->scores) != NULL;
     ok = ok && add_config(o, "source_config", &p->src) && add_config(o, "target_config", c);
-    cJSON *lay = ok ? int_array(p->layers, c->n_layers) : NULL;
-    ok = ok && lay && cJSON_AddItemToObject(o, "layers", lay);
-    cJSON *chn = ok ? int_array(p->channels, c->d_model) : NULL;
-    ok = ok && chn && cJSON_AddItemToObject(o, "channels", chn);
+    ok = ok && add_item(o, "layers", int_array(p->layers, c->n_layers));
+    ok = ok && add_item(o, "channels", int_array(p->channels, c->d_model));
     cJSON *per = ok ? cJSON_AddArrayToObject(o, "per_layer") : NULL;
     ok = ok && per;
     for (int i = 0; i < c->n_layers && ok; i++) {
         cJSON *e = cJSON_CreateObject();
         ok = e && cJSON_AddItemToArray(per, e);
         if (!ok) { cJSON_Delete(e); break; }
-        cJSON *kv = int_array(p->kv_groups + (size_t)i * c->n_kv_heads, c->n_kv_heads);
-        cJSON *hd = int_array(p->heads + (size_t)i * c->n_heads, c->n_heads);
-        cJSON *nn = int_array(p->neurons + (size_t)i * c->d_ff, c->d_ff);
-        ok = cJSON_AddNumberToObject(e, "source_layer", p->layers[i]) && kv && hd && nn;
-        if (ok) {
-            cJSON_AddItemToObject(e, "kv_groups", kv);
-            cJSON_AddItemToObject(e, "heads", hd);
-            cJSON_AddItemToObject(e, "neurons", nn);
-        } else {
-            cJSON_Delete(kv); cJSON_Delete(hd); cJSON_Delete(nn);
-        }
+        ok = cJSON_AddNumberToObject(e, "source_layer", p->layers[i]) &&
+             add_item(e, "kv_groups", int_array(p->kv_groups + (size_t)i * c->n_kv_heads, c->n_kv_heads)) &&
+             add_item(e, "heads", int_array(p->heads + (size_t)i * c->n_heads, c->n_heads)) &&
+             add_item(e, "neurons", int_array(p->neurons + (size_t)i * c->d_ff, c->d_ff));
     }
     tp_status s = ok ? tp_write_json_atomic(path, o) : tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
     cJSON_Delete(o);
@@ -241,7 +235,9 @@ tp_status tp_prune_plan_load(const char *path, tp_prune_plan **out) {
     tp_status s = tp_read_file(path, &text, &len);
     if (s) return tp_fail_ctx(s, "prune plan: ");
     cJSON *root = cJSON_ParseWithLength(text, len);
+    int valid = root || tp_json_valid(text, len);
     free(text);
+    if (!root && valid) return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", path);
     if (!root) return tp_fail(TP_ERR_FORMAT, "%s: not valid JSON", path);
     tp_prune_plan *p = calloc(1, sizeof *p);
     if (!p) {

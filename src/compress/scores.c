@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "taper/compress.h"
+#include "core/internal.h"
 
 #define SCORES_FORMAT "taper-importance"
 #define SCORES_VERSION 1
@@ -366,6 +367,10 @@ tp_status tp_importance_load(const char *path, tp_importance **out) {
     tp_status s = tp_read_file(path, &text, &len);
     if (s) return tp_fail_ctx(s, "importance scores: ");
     cJSON *root = cJSON_ParseWithLength(text, len);
+    if (!root && tp_json_valid(text, len)) {
+        free(text);
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", path);
+    }
     if (!root) {
         const char *e = cJSON_GetErrorPtr();
         long off = e && e >= text && e <= text + len ? (long)(e - text) : -1;

@@ -1,11 +1,12 @@
 /* File helpers (read, atomic write, mmap), half-precision conversion, timers, progress bar. */
 #include "taper/util.h"
+#include "core/internal.h"
 
 #include <cjson/cJSON.h>
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,13 +36,16 @@ tp_status tp_read_file(const char *path, char **data, size_t *len) {
     return TP_OK;
 }
 
-static tp_status fsync_dir_of(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return TP_ERR_NOMEM;
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    free(copy);
+void tp_fsync_parent_dir(const char *path) {
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (slash == path ? 1 : (size_t)(slash - path)) : 0;
+    if (n >= sizeof dir) return;
+    if (n) memcpy(dir, path, n);
+    else dir[n++] = '.';
+    dir[n] = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
     if (fd >= 0) { fsync(fd); close(fd); }
-    return TP_OK;
 }
 
 tp_status tp_write_file_atomic(const char *path, const void *data, size_t len) {
@@ -78,7 +82,8 @@ tp_status tp_write_file_atomic(const char *path, const void *data, size_t len) {
         return s;
     }
     free(tmp);
-    return fsync_dir_of(path);
+    tp_fsync_parent_dir(path);
+    return TP_OK;
 }
 
 tp_status tp_mmap_open(const char *path, tp_mmap *m) {
@@ -90,8 +95,10 @@ tp_status tp_mmap_open(const char *path, tp_mmap *m) {
     if (!S_ISREG(st.st_mode)) { close(fd); return tp_fail(TP_ERR_IO, "%s: not a regular file", path); }
     if (st.st_size == 0) { close(fd); m->data = (const uint8_t *)""; m->size = 0; return TP_OK; }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int err = errno;
     close(fd);
-    if (p == MAP_FAILED) return tp_fail(TP_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    if (p == MAP_FAILED) /* ENOMEM: the address space, not the file: callers that skip bad files must stop */
+        return tp_fail(err == ENOMEM ? TP_ERR_NOMEM : TP_ERR_IO, "%s: mmap failed: %s", path, strerror(err));
     m->data = p;
     m->size = (size_t)st.st_size;
     return TP_OK;

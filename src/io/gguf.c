@@ -3,6 +3,7 @@
  * Block layouts, dequantisation and quantisation are in quant.c; turning tensors into a
  * model is model/load's job. */
 #include "taper/gguf.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -925,16 +926,6 @@ tp_status tp_gguf_write(tp_gguf_writer *w, const char *path) {
     if (s) unlink(tmp);
     free(tmp);
     if (s) return s;
-    /* make the rename durable */
-    char *dir = strdup(path);
-    if (dir) {
-        char *slash = strrchr(dir, '/');
-        if (slash == dir) slash[1] = 0;
-        else if (slash) *slash = 0;
-        else strcpy(dir, ".");
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-        if (dfd >= 0) { fsync(dfd); close(dfd); }
-        free(dir);
-    }
+    tp_fsync_parent_dir(path); /* make the rename durable */
     return TP_OK;
 }

@@ -26,6 +26,7 @@
  * is streamed to "<path>.tmp.<pid>", fsynced, then renamed over path. */
 #include "taper/safetensors.h"
 #include "taper/util.h"
+#include "core/internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -248,6 +249,8 @@ static tp_status st_parse_file(st_impl *im, int shard) {
     const char *hdr = (const char *)m->data + 8;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
+    if (!root && tp_json_valid(hdr, (size_t)hlen))
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing the header (%" PRIu64 " bytes)", path, hlen);
     if (!root)
         return tp_fail(TP_ERR_FORMAT, "%s: header (%" PRIu64 " bytes) is not valid JSON", path, hlen);
     for (const char *p = end; p && p < hdr + hlen; p++)
@@ -374,7 +377,9 @@ static tp_status st_open_index(st_impl *im, const char *dir, const char *index_p
     tp_status s = tp_read_file(index_path, &text, &len);
     if (s) return s;
     cJSON *root = cJSON_ParseWithLength(text, len);
+    int valid = root || tp_json_valid(text, len);
     free(text);
+    if (!root && valid) return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", index_path);
     if (!root) return tp_fail(TP_ERR_FORMAT, "%s: not valid JSON", index_path);
 
     st_wm_entry *ents = NULL;
@@ -725,18 +730,6 @@ static tp_status write_tensor_data(int fd, const st_wtensor *t, uint8_t *chunk, 
     return TP_OK;
 }
 
-static void fsync_parent_dir(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return;
-    char *slash = strrchr(copy, '/');
-    const char *dir = ".";
-    if (slash == copy) dir = "/";
-    else if (slash) { *slash = 0; dir = copy; }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) { fsync(fd); close(fd); }
-    free(copy);
-}
-
 /* Builds the padded header; sets every tensor's offset. *out is malloc'd. */
 static tp_status st_build_header(tp_st_writer *w, char **out, size_t *out_len) {
     /* data layout: F32 tensors (in order added), then the 2-byte ones */
@@ -839,7 +832,7 @@ tp_status tp_st_write(tp_st_writer *w, const char *path) {
     if (!s && rename(tmp, path) != 0)
         s = tp_fail(TP_ERR_IO, "%s: rename to %s failed: %s", tmp, path, strerror(errno));
     if (s) unlink(tmp);
-    else fsync_parent_dir(path);
+    else tp_fsync_parent_dir(path);
     free(hdr);
     free(tmp);
     free(chunk);

@@ -25,6 +25,7 @@
  * with an explicit head_dim; such a Llama config (no biases) is written as Mistral with
  * sliding_window null, which transformers computes identically. */
 #include "taper/model.h"
+#include "core/internal.h"
 
 #include <cjson/cJSON.h>
 #include <float.h>
@@ -600,6 +601,8 @@ tp_status tp_config_from_json(const char *json, const char *path_for_errors, tp_
     const char *path = path_for_errors ? path_for_errors : "config.json";
     if (!json) return tp_fail(TP_ERR_ARG, "%s: no text", path);
     cJSON *root = cJSON_Parse(json);
+    if (!root && tp_json_valid(json, strlen(json)))
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", path);
     if (!root) return tp_fail(TP_ERR_FORMAT, "%s: not valid JSON", path);
     tp_config tmp;
     memset(&tmp, 0, sizeof tmp);
@@ -707,11 +710,17 @@ tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **
     cJSON *o = cJSON_CreateObject(), *a = cJSON_CreateArray();
     int ok = o && a;
     if (ok) {
-        ok &= cJSON_AddItemToArray(a, cJSON_CreateString(cfg_archs[arch].cls));
-        ok &= cJSON_AddItemToObject(o, "architectures", a);
-        if (!ok) cJSON_Delete(a);
-    } else
-        cJSON_Delete(a);
+        /* a belongs to o only once added: delete it ourselves on any failure before that */
+        cJSON *cls = cJSON_CreateString(cfg_archs[arch].cls);
+        if (!cls || !cJSON_AddItemToArray(a, cls)) {
+            cJSON_Delete(cls);
+            ok = 0;
+        } else if (cJSON_AddItemToObject(o, "architectures", a))
+            a = NULL;
+        else
+            ok = 0;
+    }
+    cJSON_Delete(a);
     if (ok) {
         ok &= cJSON_AddStringToObject(o, "model_type", cfg_archs[arch].type) != NULL;
         ok &= cJSON_AddNumberToObject(o, "hidden_size", c->d_model) != NULL;

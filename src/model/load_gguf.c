@@ -316,6 +316,14 @@ static void unshift_norms(tp_model *m) {
     }
 }
 
+tp_status tp_config_load_gguf(const char *path, tp_config *c) {
+    tp_gguf *g = NULL;
+    tp_status s = tp_gguf_open(path, &g);
+    if (!s) s = config_from_gguf(g, c);
+    tp_gguf_close(g);
+    return s;
+}
+
 tp_status tp_model_load_gguf(const char *path, tp_model **out) {
     *out = NULL;
     tp_gguf *g = NULL;
@@ -340,10 +348,15 @@ tp_status tp_model_load_gguf(const char *path, tp_model **out) {
         s = tp_fail_ctx(s, "%s: tokenizer: ", path);
         goto done;
     }
-    if (tp_gguf_find(g, "tokenizer.chat_template"))
-        tp_gguf_get_str(g, "tokenizer.chat_template", &m->chat_template);
+    /* a template of another type is ignored; running out of memory is an error */
+    if (tp_gguf_find(g, "tokenizer.chat_template") &&
+        tp_gguf_get_str(g, "tokenizer.chat_template", &m->chat_template) == TP_ERR_NOMEM) {
+        s = TP_ERR_NOMEM;
+        goto done;
+    }
     m->source = strdup(path);
     m->source_format = strdup("gguf");
+    if (!m->source || !m->source_format) s = tp_fail(TP_ERR_NOMEM, "out of memory");
 done:
     free(tmp);
     tp_gguf_close(g);

@@ -10,6 +10,7 @@
 #include "taper/model.h"
 #include "taper/safetensors.h"
 #include "taper/util.h"
+#include "core/internal.h"
 
 static tp_status load_st(const tp_safetensors *st, const char *dir, const char *name, float *dst, size_t rows,
                          size_t cols) {
@@ -39,20 +40,30 @@ static tp_status load_tensors(const tp_safetensors *st, const char *dir, tp_mode
     return s;
 }
 
-/* chat_template from tokenizer_config.json, if there is one (a missing or odd file is not an error:
- * the template is only carried along to exports). */
-static char *read_chat_template(const char *dir) {
-    char *path = tp_path_join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
-    if (path && access(path, R_OK) == 0 && tp_read_file(path, &text, NULL) == TP_OK) {
+/* chat_template from tokenizer_config.json, if there is one, into *out (NULL if none). A missing or
+ * odd file is not an error (the template is only carried along to exports); running out of
+ * memory is: a load must not quietly lose the template. */
+static tp_status read_chat_template(const char *dir, char **out) {
+    *out = NULL;
+    char *path = tp_path_join(dir, "tokenizer_config.json"), *text = NULL;
+    if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = TP_OK;
+    if (access(path, R_OK) == 0 && (s = tp_read_file(path, &text, NULL)) == TP_OK) {
         cJSON *j = cJSON_Parse(text);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
-        if (cJSON_IsString(t)) out = strdup(t->valuestring);
+        if (!j && tp_json_valid(text, strlen(text)))
+            s = tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", path);
+        else if (cJSON_IsString(t) && !(*out = strdup(t->valuestring)))
+            s = tp_fail(TP_ERR_NOMEM, "%s: out of memory for the chat template", path);
         cJSON_Delete(j);
     }
-    tp_clear_error();
+    if (s != TP_ERR_NOMEM) {
+        s = TP_OK;
+        tp_clear_error();
+    }
     free(text);
     free(path);
-    return out;
+    return s;
 }
 
 /* tokenizer.gguf: the GGUF tokenizer keys alone, which taper writes into an HF folder when
@@ -85,11 +96,16 @@ tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     if ((s = tp_model_alloc(&c, &m))) goto done;
     if ((s = load_tensors(st, dir, m))) goto done;
     tok_path = tp_path_join(dir, "tokenizer.json");
-    if (tok_path && access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
+    if (!tok_path) {
+        s = tp_fail(TP_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
     if (!m->tok && (s = load_tok_gguf(dir, &m->tok))) goto done;
-    m->chat_template = read_chat_template(dir);
+    if ((s = read_chat_template(dir, &m->chat_template))) goto done;
     m->source = strdup(dir);
     m->source_format = strdup("hf");
+    if (!m->source || !m->source_format) s = tp_fail(TP_ERR_NOMEM, "out of memory");
 done:
     tp_st_close(st);
     free(cfg_path);

@@ -13,6 +13,7 @@
 #include "taper/model.h"
 #include "taper/safetensors.h"
 #include "taper/util.h"
+#include "core/internal.h"
 
 static tp_status make_dir(const char *dir) {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
@@ -32,9 +33,10 @@ static tp_status write_text(const char *dir, const char *name, const char *text)
 
 static tp_status write_generation_config(const tp_model *m, const char *dir) {
     cJSON *j = cJSON_CreateObject();
-    if (m->cfg.bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", m->cfg.bos_id);
-    if (m->cfg.eos_id >= 0) cJSON_AddNumberToObject(j, "eos_token_id", m->cfg.eos_id);
-    char *text = cJSON_Print(j);
+    int ok = j != NULL;
+    if (ok && m->cfg.bos_id >= 0) ok = cJSON_AddNumberToObject(j, "bos_token_id", m->cfg.bos_id) != NULL;
+    if (ok && m->cfg.eos_id >= 0) ok = cJSON_AddNumberToObject(j, "eos_token_id", m->cfg.eos_id) != NULL;
+    char *text = ok ? cJSON_Print(j) : NULL;
     cJSON_Delete(j);
     if (!text) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_status s = write_text(dir, "generation_config.json", text);
@@ -48,12 +50,19 @@ static tp_status add_chat_template(const tp_model *m, const char *dir) {
     char *path = tp_path_join(dir, "tokenizer_config.json"), *text = NULL;
     if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
     cJSON *j = NULL;
-    if (tp_read_file(path, &text, NULL) == TP_OK) j = cJSON_Parse(text);
+    tp_status rs = tp_read_file(path, &text, NULL);
+    if (rs == TP_ERR_NOMEM) {
+        free(path);
+        return rs;
+    }
+    if (!rs) j = cJSON_Parse(text);
+    /* a file that does not parse is replaced; one that does but ran out of memory is not */
+    int ok = j || !text || !tp_json_valid(text, strlen(text));
     tp_clear_error();
-    if (!j) j = cJSON_CreateObject();
+    if (ok && !j) ok = (j = cJSON_CreateObject()) != NULL;
     cJSON_DeleteItemFromObjectCaseSensitive(j, "chat_template");
-    cJSON_AddStringToObject(j, "chat_template", m->chat_template);
-    char *out = cJSON_Print(j);
+    ok = ok && cJSON_AddStringToObject(j, "chat_template", m->chat_template) != NULL;
+    char *out = ok ? cJSON_Print(j) : NULL;
     cJSON_Delete(j);
     tp_status s = out ? tp_write_file_atomic(path, out, strlen(out)) : tp_fail(TP_ERR_NOMEM, "out of memory");
     free(out);

@@ -230,6 +230,8 @@ tp_status tp_pre_step_prepare(tp_pre_step *st, const char *where) {
     PCRE2_SIZE off;
     st->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &off, NULL);
     free(pat);
+    if (!st->re && err == PCRE2_ERROR_HEAP_FAILED)
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory compiling the regex \"%s\"", where, st->pattern);
     if (!st->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -296,6 +298,8 @@ static tp_status split_matches(tp_enc_ctx *c, const tp_pre_step *st, const uint8
         while (i <= n) {
             int r = pcre2_match(st->re, s, n, i, PCRE2_NO_UTF_CHECK, c->md, NULL);
             if (r == PCRE2_ERROR_NOMATCH) break;
+            if (r == PCRE2_ERROR_NOMEMORY) /* its backtracking frames live on the heap */
+                return tp_fail(TP_ERR_NOMEM, "out of memory matching the regex \"%s\"", st->pattern);
             if (r < 0) {
                 PCRE2_UCHAR msg[256];
                 pcre2_get_error_message(r, msg, sizeof msg);

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "taper/util.h"
+#include "core/internal.h"
 
 static int json_int(const cJSON *x, int64_t lo, int64_t hi, int64_t *out) {
     if (!cJSON_IsNumber(x)) return 0;
@@ -532,10 +533,12 @@ static tp_status load_config(tp_tokenizer *t, const char *json_path) {
     tp_status rc = tp_read_file(path, &data, &len);
     if (rc) { free(path); return rc; }
     cJSON *root = cJSON_ParseWithLength(data, len);
+    int valid = root || tp_json_valid(data, len);
     free(data);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        rc = tp_fail(TP_ERR_FORMAT, "%s: not a JSON object", path);
+        rc = valid && !root ? tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", path)
+                            : tp_fail(TP_ERR_FORMAT, "%s: not a JSON object", path);
         free(path);
         return rc;
     }
@@ -563,6 +566,10 @@ tp_status tp_tok_load_json(const char *path, tp_tokenizer **out) {
     tp_status rc = tp_read_file(path, &data, &len);
     if (rc) return rc;
     cJSON *root = cJSON_ParseWithLength(data, len);
+    if (!root && tp_json_valid(data, len)) {
+        free(data);
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", path);
+    }
     if (!root) {
         const char *ep = cJSON_GetErrorPtr();
         long off = ep && ep >= data && ep <= data + len ? (long)(ep - data) : -1;
@@ -602,218 +609,261 @@ static const char *scheme_name(tp_prepend_scheme s) {
     return s == TP_PREPEND_FIRST ? "first" : s == TP_PREPEND_NEVER ? "never" : "always";
 }
 
-static cJSON *pattern_json(const char *s) {
-    cJSON *p = cJSON_CreateObject();
-    if (p) cJSON_AddStringToObject(p, "String", s);
+/* The builders below record a failed allocation in *ok (it stays 0) and free whatever they could
+ * not attach, so that a save writes complete files or fails with TP_ERR_NOMEM, never a file with
+ * fields missing. */
+static void put_str(int *ok, cJSON *o, const char *k, const char *v) {
+    if (!cJSON_AddStringToObject(o, k, v)) *ok = 0;
+}
+static void put_bool(int *ok, cJSON *o, const char *k, int v) {
+    if (!cJSON_AddBoolToObject(o, k, v)) *ok = 0;
+}
+static void put_num(int *ok, cJSON *o, const char *k, double v) {
+    if (!cJSON_AddNumberToObject(o, k, v)) *ok = 0;
+}
+static void put_null(int *ok, cJSON *o, const char *k) {
+    if (!cJSON_AddNullToObject(o, k)) *ok = 0;
+}
+static cJSON *put_obj(int *ok, cJSON *o, const char *k) {
+    cJSON *x = cJSON_AddObjectToObject(o, k);
+    if (!x) *ok = 0;
+    return x;
+}
+static cJSON *put_arr(int *ok, cJSON *o, const char *k) {
+    cJSON *x = cJSON_AddArrayToObject(o, k);
+    if (!x) *ok = 0;
+    return x;
+}
+/* item into the object o under k, or appended to the array o when k is NULL; freed on failure. */
+static void put(int *ok, cJSON *o, const char *k, cJSON *item) {
+    if (item && o && (k ? cJSON_AddItemToObject(o, k, item) : cJSON_AddItemToArray(o, item))) return;
+    cJSON_Delete(item);
+    *ok = 0;
+}
+static cJSON *new_obj(int *ok) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) *ok = 0;
+    return o;
+}
+
+static cJSON *pattern_json(int *ok, const char *s) {
+    cJSON *p = new_obj(ok);
+    if (p) put_str(ok, p, "String", s);
     return p;
 }
 
-static cJSON *norm_json(const tp_tokenizer *t) {
+static cJSON *norm_json(int *ok, const tp_tokenizer *t) {
     if (!t->n_norm) return cJSON_CreateNull();
-    cJSON *seq = cJSON_CreateObject();
-    cJSON_AddStringToObject(seq, "type", "Sequence");
-    cJSON *list = cJSON_AddArrayToObject(seq, "normalizers");
-    for (int i = 0; i < t->n_norm; i++) {
+    cJSON *seq = new_obj(ok);
+    put_str(ok, seq, "type", "Sequence");
+    cJSON *list = put_arr(ok, seq, "normalizers");
+    for (int i = 0; i < t->n_norm && *ok; i++) {
         const tp_norm_step *st = &t->norm[i];
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "type", tp_norm_name(st->kind));
-        if (st->kind == TP_NORM_PREPEND) cJSON_AddStringToObject(o, "prepend", st->a);
+        cJSON *o = new_obj(ok);
+        put_str(ok, o, "type", tp_norm_name(st->kind));
+        if (st->kind == TP_NORM_PREPEND) put_str(ok, o, "prepend", st->a);
         if (st->kind == TP_NORM_REPLACE) {
-            cJSON_AddItemToObject(o, "pattern", pattern_json(st->a));
-            cJSON_AddStringToObject(o, "content", st->b);
+            put(ok, o, "pattern", pattern_json(ok, st->a));
+            put_str(ok, o, "content", st->b);
         }
         if (st->kind == TP_NORM_STRIP) {
-            cJSON_AddBoolToObject(o, "strip_left", st->left);
-            cJSON_AddBoolToObject(o, "strip_right", st->right);
+            put_bool(ok, o, "strip_left", st->left);
+            put_bool(ok, o, "strip_right", st->right);
         }
-        cJSON_AddItemToArray(list, o);
+        put(ok, list, NULL, o);
     }
     return seq;
 }
 
-static cJSON *dec_chain_json(const tp_tokenizer *t) {
-    cJSON *seq = cJSON_CreateObject();
-    cJSON_AddStringToObject(seq, "type", "Sequence");
-    cJSON *list = cJSON_AddArrayToObject(seq, "decoders");
-    for (int i = 0; i < t->n_dsteps; i++) {
+static cJSON *dec_chain_json(int *ok, const tp_tokenizer *t) {
+    cJSON *seq = new_obj(ok);
+    put_str(ok, seq, "type", "Sequence");
+    cJSON *list = put_arr(ok, seq, "decoders");
+    for (int i = 0; i < t->n_dsteps && *ok; i++) {
         const tp_dec_step *d = &t->dsteps[i];
-        cJSON *o = cJSON_CreateObject();
+        cJSON *o = new_obj(ok);
         switch (d->kind) {
-        case TP_DS_BYTEFALLBACK: cJSON_AddStringToObject(o, "type", "ByteFallback"); break;
-        case TP_DS_FUSE: cJSON_AddStringToObject(o, "type", "Fuse"); break;
+        case TP_DS_BYTEFALLBACK: put_str(ok, o, "type", "ByteFallback"); break;
+        case TP_DS_FUSE: put_str(ok, o, "type", "Fuse"); break;
         case TP_DS_REPLACE:
-            cJSON_AddStringToObject(o, "type", "Replace");
-            cJSON_AddItemToObject(o, "pattern", pattern_json(d->a));
-            cJSON_AddStringToObject(o, "content", d->b);
+            put_str(ok, o, "type", "Replace");
+            put(ok, o, "pattern", pattern_json(ok, d->a));
+            put_str(ok, o, "content", d->b);
             break;
         case TP_DS_STRIP:
-            cJSON_AddStringToObject(o, "type", "Strip");
-            cJSON_AddStringToObject(o, "content", d->a);
-            cJSON_AddNumberToObject(o, "start", d->start);
-            cJSON_AddNumberToObject(o, "stop", d->stop);
+            put_str(ok, o, "type", "Strip");
+            put_str(ok, o, "content", d->a);
+            put_num(ok, o, "start", d->start);
+            put_num(ok, o, "stop", d->stop);
             break;
         case TP_DS_METASPACE:
-            cJSON_AddStringToObject(o, "type", "Metaspace");
-            cJSON_AddStringToObject(o, "replacement", d->a);
-            cJSON_AddStringToObject(o, "prepend_scheme", scheme_name(d->prepend_scheme));
-            cJSON_AddBoolToObject(o, "split", 1);
+            put_str(ok, o, "type", "Metaspace");
+            put_str(ok, o, "replacement", d->a);
+            put_str(ok, o, "prepend_scheme", scheme_name(d->prepend_scheme));
+            put_bool(ok, o, "split", 1);
             break;
-        case TP_DS_BYTELEVEL: cJSON_AddStringToObject(o, "type", "ByteLevel"); break;
+        case TP_DS_BYTELEVEL: put_str(ok, o, "type", "ByteLevel"); break;
         }
-        cJSON_AddItemToArray(list, o);
+        put(ok, list, NULL, o);
     }
     return seq;
 }
 
-static cJSON *pre_step_json(const tp_pre_step *st) {
-    cJSON *o = cJSON_CreateObject();
+static cJSON *pre_step_json(int *ok, const tp_pre_step *st) {
+    cJSON *o = new_obj(ok);
     if (!o) return NULL;
     switch (st->kind) {
     case TP_PRE_BYTELEVEL:
-        cJSON_AddStringToObject(o, "type", "ByteLevel");
-        cJSON_AddBoolToObject(o, "add_prefix_space", st->add_prefix_space);
-        cJSON_AddBoolToObject(o, "trim_offsets", st->trim_offsets);
-        cJSON_AddBoolToObject(o, "use_regex", st->use_regex);
+        put_str(ok, o, "type", "ByteLevel");
+        put_bool(ok, o, "add_prefix_space", st->add_prefix_space);
+        put_bool(ok, o, "trim_offsets", st->trim_offsets);
+        put_bool(ok, o, "use_regex", st->use_regex);
         break;
     case TP_PRE_DIGITS:
-        cJSON_AddStringToObject(o, "type", "Digits");
-        cJSON_AddBoolToObject(o, "individual_digits", st->individual_digits);
+        put_str(ok, o, "type", "Digits");
+        put_bool(ok, o, "individual_digits", st->individual_digits);
         break;
     case TP_PRE_METASPACE:
-        cJSON_AddStringToObject(o, "type", "Metaspace");
-        cJSON_AddStringToObject(o, "replacement", st->replacement);
-        cJSON_AddStringToObject(o, "prepend_scheme", scheme_name(st->prepend_scheme));
-        cJSON_AddBoolToObject(o, "split", st->split);
+        put_str(ok, o, "type", "Metaspace");
+        put_str(ok, o, "replacement", st->replacement);
+        put_str(ok, o, "prepend_scheme", scheme_name(st->prepend_scheme));
+        put_bool(ok, o, "split", st->split);
         break;
     case TP_PRE_PUNCT:
-        cJSON_AddStringToObject(o, "type", "Punctuation");
-        cJSON_AddStringToObject(o, "behavior", tp_split_behavior_name(st->behavior));
+        put_str(ok, o, "type", "Punctuation");
+        put_str(ok, o, "behavior", tp_split_behavior_name(st->behavior));
         break;
     case TP_PRE_SPLIT: {
-        cJSON_AddStringToObject(o, "type", "Split");
-        cJSON *pat = cJSON_AddObjectToObject(o, "pattern");
-        if (pat) cJSON_AddStringToObject(pat, st->is_regex ? "Regex" : "String", st->pattern);
-        cJSON_AddStringToObject(o, "behavior", tp_split_behavior_name(st->behavior));
-        cJSON_AddBoolToObject(o, "invert", st->invert);
+        put_str(ok, o, "type", "Split");
+        cJSON *pat = put_obj(ok, o, "pattern");
+        if (pat) put_str(ok, pat, st->is_regex ? "Regex" : "String", st->pattern);
+        put_str(ok, o, "behavior", tp_split_behavior_name(st->behavior));
+        put_bool(ok, o, "invert", st->invert);
         break;
     }
     }
     return o;
 }
 
-static cJSON *special_item(const tp_tokenizer *t, int32_t id) {
-    cJSON *o = cJSON_CreateObject(), *sp = cJSON_AddObjectToObject(o, "SpecialToken");
+static cJSON *special_item(int *ok, const tp_tokenizer *t, int32_t id) {
+    cJSON *o = new_obj(ok), *sp = put_obj(ok, o, "SpecialToken");
     if (sp) {
-        cJSON_AddStringToObject(sp, "id", t->piece[id]);
-        cJSON_AddNumberToObject(sp, "type_id", 0);
+        put_str(ok, sp, "id", t->piece[id]);
+        put_num(ok, sp, "type_id", 0);
     }
     return o;
 }
 
-static cJSON *seq_item(const char *name, int type_id) {
-    cJSON *o = cJSON_CreateObject(), *s = cJSON_AddObjectToObject(o, "Sequence");
+static cJSON *seq_item(int *ok, const char *name, int type_id) {
+    cJSON *o = new_obj(ok), *s = put_obj(ok, o, "Sequence");
     if (s) {
-        cJSON_AddStringToObject(s, "id", name);
-        cJSON_AddNumberToObject(s, "type_id", type_id);
+        put_str(ok, s, "id", name);
+        put_num(ok, s, "type_id", type_id);
     }
     return o;
 }
 
-static cJSON *post_json(const tp_tokenizer *t) {
-    cJSON *o = cJSON_CreateObject();
+static cJSON *post_json(int *ok, const tp_tokenizer *t) {
+    cJSON *o = new_obj(ok);
     if (!t->n_prefix && !t->n_suffix) {
-        cJSON_AddStringToObject(o, "type", "ByteLevel");
-        cJSON_AddBoolToObject(o, "add_prefix_space", 1);
-        cJSON_AddBoolToObject(o, "trim_offsets", 0);
-        cJSON_AddBoolToObject(o, "use_regex", 1);
+        put_str(ok, o, "type", "ByteLevel");
+        put_bool(ok, o, "add_prefix_space", 1);
+        put_bool(ok, o, "trim_offsets", 0);
+        put_bool(ok, o, "use_regex", 1);
         return o;
     }
-    cJSON_AddStringToObject(o, "type", "TemplateProcessing");
-    cJSON *single = cJSON_AddArrayToObject(o, "single"), *pair = cJSON_AddArrayToObject(o, "pair");
-    cJSON *sp = cJSON_AddObjectToObject(o, "special_tokens");
-    for (int part = 0; part < 2; part++) {
+    put_str(ok, o, "type", "TemplateProcessing");
+    cJSON *single = put_arr(ok, o, "single"), *pair = put_arr(ok, o, "pair");
+    cJSON *sp = put_obj(ok, o, "special_tokens");
+    for (int part = 0; part < 2 && *ok; part++) {
         for (int i = 0; i < t->n_prefix; i++) {
-            if (!part) cJSON_AddItemToArray(single, special_item(t, t->prefix[i]));
-            cJSON_AddItemToArray(pair, special_item(t, t->prefix[i]));
+            if (!part) put(ok, single, NULL, special_item(ok, t, t->prefix[i]));
+            put(ok, pair, NULL, special_item(ok, t, t->prefix[i]));
         }
-        if (!part) cJSON_AddItemToArray(single, seq_item("A", 0));
-        cJSON_AddItemToArray(pair, seq_item(part ? "B" : "A", part));
+        if (!part) put(ok, single, NULL, seq_item(ok, "A", 0));
+        put(ok, pair, NULL, seq_item(ok, part ? "B" : "A", part));
         for (int i = 0; i < t->n_suffix; i++) {
-            if (!part) cJSON_AddItemToArray(single, special_item(t, t->suffix[i]));
-            cJSON_AddItemToArray(pair, special_item(t, t->suffix[i]));
+            if (!part) put(ok, single, NULL, special_item(ok, t, t->suffix[i]));
+            put(ok, pair, NULL, special_item(ok, t, t->suffix[i]));
         }
     }
-    for (int i = 0; i < t->n_prefix + t->n_suffix; i++) {
+    for (int i = 0; i < t->n_prefix + t->n_suffix && *ok; i++) {
         int32_t id = i < t->n_prefix ? t->prefix[i] : t->suffix[i - t->n_prefix];
         if (cJSON_GetObjectItemCaseSensitive(sp, t->piece[id])) continue;
-        cJSON *d = cJSON_CreateObject();
-        cJSON_AddStringToObject(d, "id", t->piece[id]);
-        cJSON *ids = cJSON_AddArrayToObject(d, "ids"), *toks = cJSON_AddArrayToObject(d, "tokens");
-        cJSON_AddItemToArray(ids, cJSON_CreateNumber(id));
-        cJSON_AddItemToArray(toks, cJSON_CreateString(t->piece[id]));
-        cJSON_AddItemToObject(sp, t->piece[id], d);
+        cJSON *d = new_obj(ok);
+        put_str(ok, d, "id", t->piece[id]);
+        cJSON *ids = put_arr(ok, d, "ids"), *toks = put_arr(ok, d, "tokens");
+        put(ok, ids, NULL, cJSON_CreateNumber(id));
+        put(ok, toks, NULL, cJSON_CreateString(t->piece[id]));
+        put(ok, sp, t->piece[id], d);
     }
     return o;
 }
 
+/* tokenizer.json of t; NULL when out of memory. */
 static cJSON *tokenizer_json(const tp_tokenizer *t) {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "version", "1.0");
-    cJSON_AddNullToObject(root, "truncation");
-    cJSON_AddNullToObject(root, "padding");
-    cJSON *added = cJSON_AddArrayToObject(root, "added_tokens");
-    for (int i = 0; i < t->n_added; i++) {
+    int ok1 = 1, *ok = &ok1;
+    cJSON *root = new_obj(ok);
+    put_str(ok, root, "version", "1.0");
+    put_null(ok, root, "truncation");
+    put_null(ok, root, "padding");
+    cJSON *added = put_arr(ok, root, "added_tokens");
+    for (int i = 0; i < t->n_added && *ok; i++) {
         const tp_added_token *a = &t->added[i];
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "id", a->id);
-        cJSON_AddStringToObject(o, "content", a->content);
-        cJSON_AddBoolToObject(o, "single_word", a->single_word);
-        cJSON_AddBoolToObject(o, "lstrip", a->lstrip);
-        cJSON_AddBoolToObject(o, "rstrip", a->rstrip);
-        cJSON_AddBoolToObject(o, "normalized", a->normalized);
-        cJSON_AddBoolToObject(o, "special", a->special);
-        cJSON_AddItemToArray(added, o);
+        cJSON *o = new_obj(ok);
+        put_num(ok, o, "id", a->id);
+        put_str(ok, o, "content", a->content);
+        put_bool(ok, o, "single_word", a->single_word);
+        put_bool(ok, o, "lstrip", a->lstrip);
+        put_bool(ok, o, "rstrip", a->rstrip);
+        put_bool(ok, o, "normalized", a->normalized);
+        put_bool(ok, o, "special", a->special);
+        put(ok, added, NULL, o);
     }
-    cJSON_AddItemToObject(root, "normalizer", norm_json(t));
-    if (t->n_steps == 0) cJSON_AddNullToObject(root, "pre_tokenizer");
-    else if (t->n_steps == 1) cJSON_AddItemToObject(root, "pre_tokenizer", pre_step_json(&t->steps[0]));
+    put(ok, root, "normalizer", norm_json(ok, t));
+    if (t->n_steps == 0) put_null(ok, root, "pre_tokenizer");
+    else if (t->n_steps == 1) put(ok, root, "pre_tokenizer", pre_step_json(ok, &t->steps[0]));
     else {
-        cJSON *seq = cJSON_AddObjectToObject(root, "pre_tokenizer");
-        cJSON_AddStringToObject(seq, "type", "Sequence");
-        cJSON *list = cJSON_AddArrayToObject(seq, "pretokenizers");
-        for (int i = 0; i < t->n_steps; i++) cJSON_AddItemToArray(list, pre_step_json(&t->steps[i]));
+        cJSON *seq = put_obj(ok, root, "pre_tokenizer");
+        put_str(ok, seq, "type", "Sequence");
+        cJSON *list = put_arr(ok, seq, "pretokenizers");
+        for (int i = 0; i < t->n_steps && *ok; i++) put(ok, list, NULL, pre_step_json(ok, &t->steps[i]));
     }
-    cJSON_AddItemToObject(root, "post_processor", post_json(t));
+    put(ok, root, "post_processor", post_json(ok, t));
     if (t->decoder == TP_DEC_BYTELEVEL) {
-        cJSON *d = cJSON_AddObjectToObject(root, "decoder");
-        cJSON_AddStringToObject(d, "type", "ByteLevel");
-        cJSON_AddBoolToObject(d, "add_prefix_space", 1);
-        cJSON_AddBoolToObject(d, "trim_offsets", 1);
-        cJSON_AddBoolToObject(d, "use_regex", 1);
-    } else if (t->decoder == TP_DEC_CHAIN) cJSON_AddItemToObject(root, "decoder", dec_chain_json(t));
-    else cJSON_AddNullToObject(root, "decoder");
-    cJSON *m = cJSON_AddObjectToObject(root, "model");
-    cJSON_AddStringToObject(m, "type", "BPE");
-    cJSON_AddNullToObject(m, "dropout");
-    if (t->model_unk_token) cJSON_AddStringToObject(m, "unk_token", t->model_unk_token);
-    else cJSON_AddNullToObject(m, "unk_token");
-    cJSON_AddNullToObject(m, "continuing_subword_prefix");
-    cJSON_AddNullToObject(m, "end_of_word_suffix");
-    cJSON_AddBoolToObject(m, "fuse_unk", t->fuse_unk);
-    cJSON_AddBoolToObject(m, "byte_fallback", t->byte_fallback);
-    cJSON_AddBoolToObject(m, "ignore_merges", t->ignore_merges);
-    cJSON *v = cJSON_AddObjectToObject(m, "vocab");
-    for (int i = 0; i < t->n_model; i++) cJSON_AddItemToObject(v, t->piece[i], cJSON_CreateNumber(i));
-    cJSON *mg = cJSON_AddArrayToObject(m, "merges");
-    for (int r = 0; r < t->n_merges; r++) {
+        cJSON *d = put_obj(ok, root, "decoder");
+        put_str(ok, d, "type", "ByteLevel");
+        put_bool(ok, d, "add_prefix_space", 1);
+        put_bool(ok, d, "trim_offsets", 1);
+        put_bool(ok, d, "use_regex", 1);
+    } else if (t->decoder == TP_DEC_CHAIN) put(ok, root, "decoder", dec_chain_json(ok, t));
+    else put_null(ok, root, "decoder");
+    cJSON *m = put_obj(ok, root, "model");
+    put_str(ok, m, "type", "BPE");
+    put_null(ok, m, "dropout");
+    if (t->model_unk_token) put_str(ok, m, "unk_token", t->model_unk_token);
+    else put_null(ok, m, "unk_token");
+    put_null(ok, m, "continuing_subword_prefix");
+    put_null(ok, m, "end_of_word_suffix");
+    put_bool(ok, m, "fuse_unk", t->fuse_unk);
+    put_bool(ok, m, "byte_fallback", t->byte_fallback);
+    put_bool(ok, m, "ignore_merges", t->ignore_merges);
+    cJSON *v = put_obj(ok, m, "vocab");
+    for (int i = 0; i < t->n_model && *ok; i++) put(ok, v, t->piece[i], cJSON_CreateNumber(i));
+    cJSON *mg = put_arr(ok, m, "merges");
+    for (int r = 0; r < t->n_merges && *ok; r++) {
         const char *pair[2] = {t->piece[t->merge_pairs[2 * r]], t->piece[t->merge_pairs[2 * r + 1]]};
-        cJSON_AddItemToArray(mg, cJSON_CreateStringArray(pair, 2));
+        put(ok, mg, NULL, cJSON_CreateStringArray(pair, 2));
+    }
+    if (!*ok) {
+        cJSON_Delete(root);
+        return NULL;
     }
     return root;
 }
 
-static void add_token_field(cJSON *o, const tp_tokenizer *t, const char *key, int32_t id) {
-    if (id >= 0) cJSON_AddStringToObject(o, key, t->piece[id]);
+static void add_token_field(int *ok, cJSON *o, const tp_tokenizer *t, const char *key, int32_t id) {
+    if (id >= 0) put_str(ok, o, key, t->piece[id]);
 }
 
 static tp_status write_json(cJSON *root, const char *dir, const char *name) {
@@ -846,38 +896,47 @@ tp_status tp_tok_save_hf(const tp_tokenizer *t, const char *dir) {
     if (rc) return rc;
 
     int adds_eos = t->eos >= 0 && t->n_suffix == 1 && t->suffix[0] == t->eos;
-    cJSON *cfg = cJSON_CreateObject();
+    int ok1 = 1, *ok = &ok1;
+    cJSON *cfg = new_obj(ok);
     /* PreTrainedTokenizerFast: transformers 5 then runs tokenizer.json's own pipeline (with
      * "GPT2Tokenizer" it rebuilds a plain GPT-2 pre-tokenizer and drops e.g. SmolLM2's digit
      * split). */
-    cJSON_AddStringToObject(cfg, "tokenizer_class", "PreTrainedTokenizerFast");
-    cJSON_AddBoolToObject(cfg, "add_bos_token", tp_tok_adds_bos(t));
-    cJSON_AddBoolToObject(cfg, "add_eos_token", adds_eos);
-    cJSON_AddBoolToObject(cfg, "clean_up_tokenization_spaces", 0);
-    add_token_field(cfg, t, "bos_token", t->bos);
-    add_token_field(cfg, t, "eos_token", t->eos);
-    add_token_field(cfg, t, "unk_token", t->unk);
-    add_token_field(cfg, t, "pad_token", t->pad);
-    cJSON *dec = cJSON_AddObjectToObject(cfg, "added_tokens_decoder");
-    for (int i = 0; i < t->n_added; i++) {
+    put_str(ok, cfg, "tokenizer_class", "PreTrainedTokenizerFast");
+    put_bool(ok, cfg, "add_bos_token", tp_tok_adds_bos(t));
+    put_bool(ok, cfg, "add_eos_token", adds_eos);
+    put_bool(ok, cfg, "clean_up_tokenization_spaces", 0);
+    add_token_field(ok, cfg, t, "bos_token", t->bos);
+    add_token_field(ok, cfg, t, "eos_token", t->eos);
+    add_token_field(ok, cfg, t, "unk_token", t->unk);
+    add_token_field(ok, cfg, t, "pad_token", t->pad);
+    cJSON *dec = put_obj(ok, cfg, "added_tokens_decoder");
+    for (int i = 0; i < t->n_added && *ok; i++) {
         const tp_added_token *a = &t->added[i];
         char key[16];
         snprintf(key, sizeof key, "%d", (int)a->id);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "content", a->content);
-        cJSON_AddBoolToObject(o, "lstrip", a->lstrip);
-        cJSON_AddBoolToObject(o, "normalized", a->normalized);
-        cJSON_AddBoolToObject(o, "rstrip", a->rstrip);
-        cJSON_AddBoolToObject(o, "single_word", a->single_word);
-        cJSON_AddBoolToObject(o, "special", a->special);
-        cJSON_AddItemToObject(dec, key, o);
+        cJSON *o = new_obj(ok);
+        put_str(ok, o, "content", a->content);
+        put_bool(ok, o, "lstrip", a->lstrip);
+        put_bool(ok, o, "normalized", a->normalized);
+        put_bool(ok, o, "rstrip", a->rstrip);
+        put_bool(ok, o, "single_word", a->single_word);
+        put_bool(ok, o, "special", a->special);
+        put(ok, dec, key, o);
+    }
+    if (!*ok) {
+        cJSON_Delete(cfg);
+        cfg = NULL;
     }
     if ((rc = write_json(cfg, dir, "tokenizer_config.json"))) return rc;
 
-    cJSON *map = cJSON_CreateObject();
-    add_token_field(map, t, "bos_token", t->bos);
-    add_token_field(map, t, "eos_token", t->eos);
-    add_token_field(map, t, "unk_token", t->unk);
-    add_token_field(map, t, "pad_token", t->pad);
+    cJSON *map = new_obj(ok);
+    add_token_field(ok, map, t, "bos_token", t->bos);
+    add_token_field(ok, map, t, "eos_token", t->eos);
+    add_token_field(ok, map, t, "unk_token", t->unk);
+    add_token_field(ok, map, t, "pad_token", t->pad);
+    if (!*ok) {
+        cJSON_Delete(map);
+        map = NULL;
+    }
     return write_json(map, dir, "special_tokens_map.json");
 }

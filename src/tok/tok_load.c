@@ -11,27 +11,43 @@
 #include "taper/gguf.h"
 #include "taper/tokenizer.h"
 #include "taper/util.h"
+#include "core/internal.h"
 
-/* chat_template of an HF folder's tokenizer_config.json (absent or odd: none, not an error). */
-static char *folder_chat_template(const char *dir) {
-    char *q = tp_path_join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
-    if (q && access(q, R_OK) == 0 && tp_read_file(q, &text, NULL) == TP_OK) {
+/* chat_template of an HF folder's tokenizer_config.json into *out (NULL if none). An absent or odd
+ * file is not an error; running out of memory is (the template must not be lost quietly). */
+static tp_status folder_chat_template(const char *dir, char **out) {
+    *out = NULL;
+    char *q = tp_path_join(dir, "tokenizer_config.json"), *text = NULL;
+    if (!q) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = TP_OK;
+    if (access(q, R_OK) == 0 && (s = tp_read_file(q, &text, NULL)) == TP_OK) {
         cJSON *j = cJSON_Parse(text);
-        const cJSON *ct = j ? cJSON_GetObjectItemCaseSensitive(j, "chat_template") : NULL;
-        if (cJSON_IsString(ct)) out = strdup(ct->valuestring);
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
+        if (!j && tp_json_valid(text, strlen(text)))
+            s = tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing it", q);
+        else if (cJSON_IsString(ct) && !(*out = strdup(ct->valuestring)))
+            s = tp_fail(TP_ERR_NOMEM, "%s: out of memory for the chat template", q);
         cJSON_Delete(j);
+    }
+    if (s != TP_ERR_NOMEM) {
+        s = TP_OK;
+        tp_clear_error();
     }
     free(text);
     free(q);
-    return out;
+    return s;
 }
 
 static tp_status load_gguf_file(const char *path, tp_tokenizer **tok, char **chat_template) {
     tp_gguf *g = NULL;
     tp_status s = tp_gguf_open(path, &g);
     if (!s) s = tp_tok_load_gguf(g, tok);
-    if (!s && chat_template && tp_gguf_find(g, "tokenizer.chat_template"))
-        tp_gguf_get_str(g, "tokenizer.chat_template", chat_template);
+    if (!s && chat_template && tp_gguf_find(g, "tokenizer.chat_template") &&
+        tp_gguf_get_str(g, "tokenizer.chat_template", chat_template) == TP_ERR_NOMEM) {
+        s = TP_ERR_NOMEM; /* a template of another type stays ignored, as before */
+        tp_tok_free(*tok);
+        *tok = NULL;
+    }
     tp_gguf_close(g);
     return s ? tp_fail_ctx(s, "%s: tokenizer: ", path) : TP_OK;
 }
@@ -46,7 +62,10 @@ tp_status tp_tok_load_any(const char *path, tp_tokenizer **tok, char **chat_temp
         tp_status s = js && gg ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
         if (!s && access(js, R_OK) == 0) s = tp_tok_load_json(js, tok);
         else if (!s && access(gg, R_OK) == 0) s = load_gguf_file(gg, tok, NULL);
-        if (!s && chat_template) *chat_template = folder_chat_template(path);
+        if (!s && chat_template && (s = folder_chat_template(path, chat_template))) {
+            tp_tok_free(*tok);
+            *tok = NULL;
+        }
         free(js);
         free(gg);
         return s;

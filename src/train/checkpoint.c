@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "taper/util.h"
+#include "core/internal.h"
 
 #define CKPT_MAGIC "TPRCKPT1"
 #define CKPT_END "TPCKEND\n"
@@ -338,7 +339,10 @@ static void apply_keep_last(const char *dir, int keep_last) {
     if (keep_last <= 0) return;
     ckpt_entry *e;
     size_t n;
-    if (list_dir(dir, 0, &e, &n)) return;
+    if (list_dir(dir, 0, &e, &n)) { /* the new checkpoint is written: only the clean-up is skipped */
+        tp_log(TP_LOG_WARN, "taper: warning: old checkpoints not removed: %s", tp_errmsg());
+        return;
+    }
     for (size_t i = (size_t)keep_last; i < n; i++) {
         char *p = tp_path_join(dir, e[i].name);
         if (p && unlink(p) != 0)
@@ -499,6 +503,8 @@ typedef struct {
 static tp_status parse_meta(const char *path, const char *json, size_t len, const tp_model *m, ckpt_meta *md) {
     memset(md, 0, sizeof *md);
     cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root && tp_json_valid(json, len)) /* not the file's fault: the caller must not skip it */
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing the JSON block", path);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return tp_fail(TP_ERR_FORMAT, "%s: the JSON block does not parse", path);
@@ -551,14 +557,17 @@ out:
     return s;
 }
 
-/* extra_bytes of the JSON block, looked up before the checksum is verified (the size check needs
- * it); a block that does not parse gives 0 here and is reported by the later stages. */
-static uint64_t peek_extra_bytes(const char *json, size_t len) {
+/* extra_bytes of the JSON block into *v, looked up before the checksum is verified (the size
+ * check needs it); a block that does not parse gives 0 here and is reported by the later stages.
+ * Fails only when out of memory (which would otherwise look like a damaged file). */
+static tp_status peek_extra_bytes(const char *path, const char *json, size_t len, uint64_t *v) {
     cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root && tp_json_valid(json, len))
+        return tp_fail(TP_ERR_NOMEM, "%s: out of memory while parsing the JSON block", path);
     const cJSON *e = root ? jget(root, "extra_bytes") : NULL;
-    uint64_t v = cJSON_IsNumber(e) && e->valuedouble > 0 && e->valuedouble < 1e15 ? (uint64_t)e->valuedouble : 0;
+    *v = cJSON_IsNumber(e) && e->valuedouble > 0 && e->valuedouble < 1e15 ? (uint64_t)e->valuedouble : 0;
     cJSON_Delete(root);
-    return v;
+    return TP_OK;
 }
 
 /* Checks one file completely (size, marker, checksum, JSON, config) and only then copies it
@@ -597,7 +606,8 @@ static tp_status try_load(const char *path, tp_model *m, tp_adamw *o, tp_ckpt_st
         goto out;
     }
     size_t data_off = (CKPT_HEADER + (size_t)json_len + CKPT_ALIGN - 1) / CKPT_ALIGN * CKPT_ALIGN, arr, want;
-    uint64_t extra = ver == 1 ? 0 : peek_extra_bytes((const char *)p + CKPT_HEADER, (size_t)json_len);
+    uint64_t extra = 0;
+    if (ver != 1 && (s = peek_extra_bytes(path, (const char *)p + CKPT_HEADER, (size_t)json_len, &extra))) goto out;
     if (extra > size || tp_mul_overflow(m->n_params, sizeof(float), &arr) || tp_mul_overflow(arr, 3, &want) ||
         tp_add_overflow(want, data_off + 16, &want) || tp_add_overflow(want, (size_t)extra, &want)) {
         s = tp_fail(TP_ERR_FORMAT, "%s: sizes overflow", path);
@@ -667,7 +677,8 @@ tp_status tp_ckpt_load_latest(const char *dir, tp_model *m, tp_adamw *o, tp_ckpt
     if (!little_endian()) return tp_fail(TP_ERR_UNSUPPORTED, "checkpoints need a little-endian host");
     ckpt_entry *e;
     size_t n;
-    if (list_dir(dir, 0, &e, &n)) return TP_ERR_IO;
+    tp_status ls = list_dir(dir, 0, &e, &n);
+    if (ls) return ls;
     char first_err[700] = "";
     for (size_t i = 0; i < n; i++) {
         char *p = tp_path_join(dir, e[i].name);
