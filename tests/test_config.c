@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "taper/model.h"
 #include "taper/safetensors.h"
@@ -651,4 +652,37 @@ TT_TEST(json_dotted_path) {
              "missing members and out-of-range indices give NULL");
     TT_CHECK(tp_json_at(j, "") == j, "the empty path is the root");
     cJSON_Delete(j);
+}
+
+/* tp_config_load reads only metadata and gives the config tp_model_load gives: an HF folder,
+ * the SmolLM2 GGUF (Q4_1 tensors never dequantised) and Gemma 3 (norm offsets, sliding windows). */
+TT_TEST(config_load_metadata_only) {
+    char *paths[3] = {tt_path(tt_fixtures_dir(), "sparsify/model"), tt_cache_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+                      tt_gemma3_path()};
+    int compared = 0;
+    for (int i = 0; i < 3; i++) {
+        if (!paths[i] || access(paths[i], F_OK)) {
+            tt_note("config_load: %s absent (make deps fetches it)", paths[i] ? paths[i] : "(gemma 3)");
+            continue;
+        }
+        tp_config c;
+        tp_model *m = NULL;
+        char *a = NULL, *b = NULL;
+        double t0 = tp_time_s();
+        tp_status s = tp_config_load(paths[i], &c);
+        double dt = tp_time_s() - t0;
+        TT_CHECK(s == TP_OK, "tp_config_load %s: %s", paths[i], tp_errmsg());
+        if (!s && tp_model_load(paths[i], &m) == TP_OK && !tp_config_to_json(&c, &a) && !tp_config_to_json(&m->cfg, &b)) {
+            TT_CHECK(!strcmp(a, b) && tp_config_n_params(&c) == m->n_params, "%s: config from metadata = the loaded "
+                     "model's (%zu parameters, %.1f ms)", paths[i], tp_config_n_params(&c), dt * 1e3);
+            compared++;
+        }
+        free(a), free(b);
+        tp_model_free(m);
+    }
+    TT_CHECK(compared >= 1, "compared %d models", compared);
+    tp_config c;
+    TT_CHECK(tp_config_load("/nonexistent/model", &c) == TP_ERR_IO && strstr(tp_errmsg(), "/nonexistent/model"),
+             "missing path: %s", tp_errmsg());
+    for (int i = 0; i < 3; i++) free(paths[i]);
 }

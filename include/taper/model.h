@@ -107,6 +107,10 @@ float *tp_model_tensor(const tp_model *m, const char *name, size_t *n);
 tp_status tp_model_load(const char *path, tp_model **out);
 tp_status tp_model_load_gguf(const char *path, tp_model **out);
 tp_status tp_model_load_hf(const char *dir, tp_model **out);
+/* The config of the model at path (as tp_model_load would give it) from its metadata alone: an HF
+ * folder's config.json, a GGUF file's header (mapped, no tensor data read). */
+tp_status tp_config_load(const char *path, tp_config *c);
+tp_status tp_config_load_gguf(const char *path, tp_config *c);
 /* Export. dtype for HF: "F32", "F16", "BF16"; for GGUF: a tp_ggml_type. */
 tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype);
 /* An HF folder written for a tokenizer that tokenizer.json cannot express exactly (score-based

@@ -1,5 +1,6 @@
-/* Pieces shared by sparsify.c (driver, magnitude, Wanda, selection rules) and sparse_gpt.c
- * (SparseGPT); not public API. */
+/* Pieces shared by sparsify.c (driver, magnitude, Wanda) and sparse_gpt.c (SparseGPT): the
+ * selection rules (sparse_select.c, which calls neither) and SparseGPT's two steps; not public
+ * API. Calls go one way: sparsify.c -> sparse_gpt.c -> sparse_select.c. */
 #ifndef TAPER_SPARSE_INTERNAL_H
 #define TAPER_SPARSE_INTERNAL_H
 

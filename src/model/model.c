@@ -160,23 +160,6 @@ float *tp_model_tensor(const tp_model *m, const char *name, size_t *n) {
     return p;
 }
 
-tp_status tp_model_load(const char *path, tp_model **out) {
-    struct stat st;
-    if (stat(path, &st) != 0) return tp_fail(TP_ERR_IO, "%s: no such file or directory", path);
-    if (S_ISDIR(st.st_mode)) return tp_model_load_hf(path, out);
-    size_t n = strlen(path);
-    if (n >= 5 && strcmp(path + n - 5, ".gguf") == 0) return tp_model_load_gguf(path, out);
-    /* No extension hint: sniff the magic. */
-    FILE *f = fopen(path, "rb");
-    if (!f) return tp_fail(TP_ERR_IO, "%s: cannot open", path);
-    char magic[4] = {0};
-    size_t got = fread(magic, 1, 4, f);
-    fclose(f);
-    if (got == 4 && memcmp(magic, "GGUF", 4) == 0) return tp_model_load_gguf(path, out);
-    return tp_fail(TP_ERR_FORMAT,
-                   "%s: not a GGUF file (no GGUF magic) and not an HF model folder", path);
-}
-
 void tp_rope_rows_unpermute(const float *gguf_rows, float *hf_rows, int n_heads, int head_dim, size_t cols) {
     int half = head_dim / 2;
     for (int h = 0; h < n_heads; h++)
