@@ -17,6 +17,69 @@ int cli_error(tp_status s) {
     return CLI_FAIL;
 }
 
+/* A field name is a whole word when neither side continues it: a character of [A-Za-z0-9_-] on
+ * either side, a '.' or '/' before (tp_importance_job.block, run/recipe.json), or a '/' or a '.'
+ * plus a letter or digit after (recipe.json) make it part of something else. */
+static int word_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+/* Writes msg with the fields of map replaced to out (when not NULL); returns the length. */
+static size_t map_fields(const char *msg, const char *const *map, char *out) {
+    size_t n = 0;
+    for (const char *p = msg; *p;) {
+        const char *to = NULL;
+        size_t len = 0;
+        int starts = p == msg || (!word_char(p[-1]) && p[-1] != '.' && p[-1] != '/');
+        for (size_t i = 0; starts && map && map[i] && map[i + 1]; i += 2) {
+            size_t l = strlen(map[i]);
+            const char *e = p + l;
+            if (l > len && !strncmp(p, map[i], l) && !word_char(*e) && *e != '/' &&
+                !(*e == '.' && word_char(e[1]) && e[1] != '-' && e[1] != '_')) {
+                to = map[i + 1];
+                len = l;
+            }
+        }
+        if (to) {
+            size_t tl = strlen(to);
+            if (out) memcpy(out + n, to, tl);
+            n += tl;
+            p += len;
+        } else {
+            if (out) out[n] = *p;
+            n++;
+            p++;
+        }
+    }
+    if (out) out[n] = 0;
+    return n;
+}
+
+char *cli_map_fields(const char *msg, const char *const *map) {
+    char *out = malloc(map_fields(msg, map, NULL) + 1);
+    if (out) map_fields(msg, map, out);
+    return out;
+}
+
+int cli_error_map(tp_status s, const char *const *map) {
+    char *m = cli_map_fields(tp_errmsg(), map);
+    fprintf(stderr, "taper: error (%s): %s\n", tp_status_name(s), m ? m : tp_errmsg());
+    free(m);
+    return CLI_FAIL;
+}
+
+static void log_mapped(void *user, tp_log_level level, const char *msg) {
+    (void)level;
+    char *m = cli_map_fields(msg, user);
+    fprintf(stderr, "%s\n", m ? m : msg);
+    free(m);
+}
+
+void cli_log_map(const char *const *map) {
+    if (map) tp_set_log(log_mapped, (void *)map);
+    else tp_log_default();
+}
+
 int cli_usage(const char *cmd, const char *fmt, ...) {
     fprintf(stderr, "taper %s: ", cmd);
     va_list ap;
@@ -78,4 +141,10 @@ void cli_set_threads(int n) {
 void cli_note_hf_tokenizer(const char *dir) {
     char note[1024];
     if (tp_model_hf_tokenizer_note(dir, note, sizeof note)) fprintf(stderr, "note: %s\n", note);
+}
+
+const char *cli_data_dir(const char *given) {
+    if (given) return given;
+    const char *env = getenv("TAPER_DATA");
+    return env && *env ? env : "../shared/data";
 }

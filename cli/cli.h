@@ -3,6 +3,7 @@
 #define TAPER_CLI_H
 
 #include <cjson/cJSON.h>
+#include "taper/distill.h"
 #include "taper/model.h"
 #include "taper/status.h"
 #include "taper/trainer.h"
@@ -13,6 +14,16 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 /* After an HF folder was written: prints to stderr why it holds tokenizer.gguf, when it does. */
 void cli_note_hf_tokenizer(const char *dir);
 int cli_error(tp_status s);                        /* prints the library's message, returns CLI_FAIL */
+/* Library messages name the settings by their struct fields (tp_prune_job's kv_heads); a command
+ * maps them back to its flags. map: NULL-terminated pairs {"field", "--flag", ...} (NULL: none).
+ * Each whole-word field (not continued by [A-Za-z0-9_-] on either side, nor by a '.' or '/' of a
+ * file name) is replaced by its flag; the longest field wins. NULL when out of memory. */
+char *cli_map_fields(const char *msg, const char *const *map);
+/* cli_error with the message's fields mapped to flags. */
+int cli_error_map(tp_status s, const char *const *map);
+/* The library's notes (tp_log) to stderr with the fields mapped; NULL restores the default. map
+ * must outlive the setting. */
+void cli_log_map(const char *const *map);
 int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Parses a whole decimal int / float in [lo, hi]; prints a usage error naming opt otherwise. */
 int cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, int *out);
@@ -20,19 +31,14 @@ int cli_float(const char *cmd, const char *opt, const char *val, double lo, doub
 /* Writes obj (pretty) to stdout when dest is "-", else to the file dest. Frees obj. */
 int cli_json_out(cJSON *obj, const char *dest);
 void cli_set_threads(int n);
+/* Where benchmark files are: given (a --data-dir), else $TAPER_DATA, else ../shared/data. */
+const char *cli_data_dir(const char *given);
 /* --precision fp32|bf16 (tp_set_precision); CLI_OK or a usage error naming cmd. */
 int cli_precision(const char *cmd, const char *arg);
 
-/* A training variant (distillation) riding on `taper train`'s plumbing; see cli/cmd_distill.c. */
-typedef struct {
-    const char *name; /* command name written into args.json */
-    /* adds the variant's settings to args (the "distill" member is compared on resume) */
-    tp_status (*add_args)(void *user, const tp_model *m, cJSON *args);
-    /* called once the loop settings are final: returns the hooks to run with */
-    tp_status (*setup)(void *user, tp_model *m, const tp_train_cfg *cfg, const tp_train_hooks **hooks);
-    void *user;
-} cli_train_ext;
-extern const cli_train_ext *cli_train_extension;
+/* taper train's options, job, signals and summary (cli/cmd_train.c); with d, `taper distill`'s
+ * job (cli/cmd_distill.c hands over what is left after removing its own options). */
+int cli_train_main(int argc, char **argv, const tp_distill_job *d);
 
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

@@ -10,7 +10,6 @@
 #include "cli.h"
 #include "taper/compress.h"
 #include "taper/model.h"
-#include "taper/tasks.h"
 #include "taper/util.h"
 
 static const char *HELP =
@@ -61,14 +60,8 @@ static double vmean(const double *v, int n) {
     return s / n;
 }
 
-static cJSON *darr(const double *v, int n) {
-    cJSON *a = cJSON_CreateArray();
-    for (int i = 0; a && i < n; i++) cJSON_AddItemToArray(a, isfinite(v[i]) ? cJSON_CreateNumber(v[i]) : cJSON_CreateNull());
-    return a;
-}
-
-/* Per-layer summary of one aggregation pair on stdout, and as JSON into j. */
-static void show(const tp_importance *imp, int pair, const char *path, cJSON *j) {
+/* Per-layer summary of one aggregation pair on stdout. */
+static void show(const tp_importance *imp, int pair, const char *path) {
     int L = imp->n_layers, nh = imp->n_heads, nkv = imp->n_kv_heads, ff = imp->d_ff, d = imp->d_model;
     const double *H = imp->heads + (size_t)pair * L * nh, *G = imp->kv_groups + (size_t)pair * L * nkv;
     const double *N = imp->neurons + (size_t)pair * L * ff, *C = imp->channels + (size_t)pair * d;
@@ -82,37 +75,19 @@ static void show(const tp_importance *imp, int pair, const char *path, cJSON *j)
     if (isfinite(imp->tokens_per_s))
         printf("timing       importance pass %.1f s (%.1f tok/s), depth scoring %.1f s\n", imp->seconds,
                imp->tokens_per_s, imp->depth_seconds);
-    if (isfinite(imp->base_loss)) printf("base loss    %.6f (mean next-token NLL on the depth samples)\n", imp->base_loss);
+    if (isfinite(imp->base_loss))
+        printf("base loss    %.6f (mean next-token NLL on the depth samples)\n", imp->base_loss);
     printf("\n%5s %9s %10s %9s  %-23s %-23s %s\n", "layer", "BI", "loss-drop", "dloss", "heads min/max",
            "kv groups min/max", "neurons mean/min/max");
-    cJSON *layers = j ? cJSON_AddArrayToObject(j, "layers") : NULL;
     for (int l = 0; l < L; l++) {
         double ll = imp->layer_loss ? imp->layer_loss[l] : NAN;
         const double *h = H + (size_t)l * nh, *g = G + (size_t)l * nkv, *n = N + (size_t)l * ff;
         printf("%5d %9.6f %10.5f %+9.5f  %10.4g/%-12.4g %10.4g/%-12.4g %.4g/%.4g/%.4g\n", l, imp->block_influence[l],
                ll, ll - imp->base_loss, vmin(h, nh), vmax(h, nh), vmin(g, nkv), vmax(g, nkv), vmean(n, ff), vmin(n, ff),
                vmax(n, ff));
-        if (layers) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddNumberToObject(o, "layer", l);
-            cJSON_AddNumberToObject(o, "block_influence", imp->block_influence[l]);
-            if (isfinite(ll)) cJSON_AddNumberToObject(o, "loss_removed", ll);
-            cJSON_AddItemToObject(o, "heads", darr(h, nh));
-            cJSON_AddItemToObject(o, "kv_groups", darr(g, nkv));
-            cJSON_AddNumberToObject(o, "neurons_mean", vmean(n, ff));
-            cJSON_AddNumberToObject(o, "neurons_min", vmin(n, ff));
-            cJSON_AddNumberToObject(o, "neurons_max", vmax(n, ff));
-            cJSON_AddItemToArray(layers, o);
-        }
     }
     printf("\nembedding channels: mean %.5g, min %.5g, max %.5g over %d channels\n", vmean(C, d), vmin(C, d),
            vmax(C, d), d);
-    if (j) {
-        cJSON *c = cJSON_AddObjectToObject(j, "channels");
-        cJSON_AddNumberToObject(c, "mean", vmean(C, d));
-        cJSON_AddNumberToObject(c, "min", vmin(C, d));
-        cJSON_AddNumberToObject(c, "max", vmax(C, d));
-    }
     if (imp->block_loss) {
         int nb = L - imp->block_size + 1, best = 0;
         for (int i = 1; i < nb; i++)
@@ -122,72 +97,23 @@ static void show(const tp_importance *imp, int pair, const char *path, cJSON *j)
                "dloss", imp->block_metric ? "     metric" : "");
         if (imp->block_metric) printf("%9s %10.5f %9s %10.4f   (the full model)\n", "none", imp->base_loss, "",
                                       imp->block_metric_base);
-        cJSON *bl = j ? cJSON_AddArrayToObject(j, "blocks") : NULL;
         for (int i = 0; i < nb; i++) {
             char r[32];
             snprintf(r, sizeof r, "%d-%d", i, i + imp->block_size - 1);
             printf("%9s %10.5f %+9.5f", r, imp->block_loss[i], imp->block_loss[i] - imp->base_loss);
             if (imp->block_metric) printf(" %10.4f", imp->block_metric[i]);
             printf("%s\n", i == best ? "   <- lowest loss" : "");
-            if (bl) {
-                cJSON *o = cJSON_CreateObject();
-                cJSON_AddNumberToObject(o, "first", i);
-                cJSON_AddNumberToObject(o, "last", i + imp->block_size - 1);
-                cJSON_AddNumberToObject(o, "loss_removed", imp->block_loss[i]);
-                if (imp->block_metric) cJSON_AddNumberToObject(o, imp->block_metric_name, imp->block_metric[i]);
-                cJSON_AddItemToArray(bl, o);
-            }
         }
     }
-    if (j) {
-        cJSON_AddStringToObject(j, "scores", path);
-        cJSON_AddStringToObject(j, "aggregation", tp_agg_pair_name(pair));
-        if (isfinite(imp->base_loss)) cJSON_AddNumberToObject(j, "base_loss", imp->base_loss);
-        if (imp->block_metric && isfinite(imp->block_metric_base))
-            cJSON_AddNumberToObject(j, "block_metric_base", imp->block_metric_base);
-        cJSON_AddNumberToObject(j, "samples", imp->n_samples);
-        cJSON_AddNumberToObject(j, "seq_len", imp->seq_len);
-        if (isfinite(imp->tokens_per_s)) cJSON_AddNumberToObject(j, "importance_tokens_per_s", imp->tokens_per_s);
-        if (isfinite(imp->seconds)) cJSON_AddNumberToObject(j, "importance_seconds", imp->seconds);
-        if (isfinite(imp->depth_seconds)) cJSON_AddNumberToObject(j, "depth_seconds", imp->depth_seconds);
-    }
 }
 
-/* A downstream task's accuracy as the pluggable block metric: the model with the flagged layers
- * removed is a view sharing m's weights (its layer list without them). */
-typedef struct {
-    tp_task *task;
-    tp_eval_opts eo;
-} task_metric;
-
-static tp_status task_metric_fn(void *user, const tp_model *m, const unsigned char *skip, double *value) {
-    task_metric *tm = user;
-    tp_model view = *m;
-    tp_layer *kept = NULL;
-    if (skip) {
-        kept = malloc((size_t)m->cfg.n_layers * sizeof *kept);
-        if (!kept) return tp_fail(TP_ERR_NOMEM, "out of memory");
-        int k = 0, *ids = malloc((size_t)m->cfg.n_layers * sizeof *ids);
-        if (!ids) { free(kept); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
-        for (int l = 0; l < m->cfg.n_layers; l++)
-            if (!skip[l]) ids[k] = l, kept[k++] = m->layers[l];
-        view.layers = kept;
-        tp_config_keep_layers(&m->cfg, ids, k, &view.cfg);
-        free(ids);
-    }
-    tp_task_result r;
-    memset(&r, 0, sizeof r);
-    tp_status s = tp_task_run(&view, tm->task, &tm->eo, NULL, &r);
-    if (!s) *value = r.acc;
-    tp_task_result_free(&r);
-    free(kept);
-    return s;
-}
-
+/* Prints the summary; with --json to stdout (or --show --json=FILE) also writes the JSON (a
+ * computing run's --json=FILE was written by the job). */
 static int finish(tp_importance *imp, int pair, const char *path, const char *json) {
-    cJSON *j = json ? cJSON_CreateObject() : NULL;
-    show(imp, pair, path, j);
+    show(imp, pair, path);
+    cJSON *j = json ? tp_importance_summary_json(imp, pair, path) : NULL;
     tp_importance_free(imp);
+    if (json && !j) return cli_error(tp_fail(TP_ERR_NOMEM, "out of memory"));
     return j ? cli_json_out(j, json) : CLI_OK;
 }
 
@@ -251,75 +177,43 @@ int cmd_importance(int argc, char **argv) {
     if (optind != argc - 1) return cli_usage("importance", "expects exactly one MODEL (or --show SCORES)");
     if (!data) return cli_usage("importance", "--data FILE is required (calibration text)");
     if (metric && !block) return cli_usage("importance", "--block-metric needs --block N");
+    if (block && !depth) return cli_usage("importance", "--block needs --depth-samples > 0");
     cli_set_threads(threads);
+    tp_importance_job j;
+    tp_importance_job_default(&j);
+    j.model = argv[optind];
+    j.data = data;
+    j.out = out;
+    j.samples = samples;
+    j.seq_len = seq;
+    j.batch = batch;
+    j.depth_samples = depth;
+    j.block = block;
+    j.neuron_source = src;
+    j.block_metric = metric;
+    j.metric_limit = metric_limit;
+    j.agg = agg;
+    j.json_path = json && strcmp(json, "-") ? json : NULL;
+    if (metric) {
+        const char *env = getenv("TAPER_DATA");
+        j.data_dir = data_dir ? data_dir : env && *env ? env : "../shared/data";
+    }
+    /* loaded here so that a --block too large for the model is a usage error naming the flag */
     tp_model *m = NULL;
-    tp_status s = tp_model_load(argv[optind], &m);
+    tp_status s = tp_model_load(j.model, &m);
     if (s) return cli_error(s);
     if (block >= m->cfg.n_layers) {
         fprintf(stderr, "taper importance: --block %d must be below the model's %d layers\n", block, m->cfg.n_layers);
         tp_model_free(m);
         return CLI_USAGE;
     }
-    int32_t *ids = NULL;
-    size_t avail = 0;
-    if ((s = tp_calib_load(m->tok, data, seq, &ids, &avail))) {
-        tp_model_free(m);
-        return cli_error(s);
-    }
-    size_t n = (size_t)samples;
-    if (avail < n) {
-        fprintf(stderr, "taper importance: %s has %zu samples of %d tokens; using all of them (asked for %d)\n", data,
-                avail, seq, samples);
-        n = avail;
-    }
-    if ((size_t)depth > n) depth = (int)n;
-    if (block && !depth) {
-        free(ids);
-        tp_model_free(m);
-        return cli_usage("importance", "--block needs --depth-samples > 0");
-    }
-    task_metric tm = {0};
-    tp_layer_metric lm = {metric, 1, task_metric_fn, &tm};
-    if (metric) {
-        if (!data_dir) {
-            const char *env = getenv("TAPER_DATA");
-            data_dir = env && *env ? env : "../shared/data";
-        }
-        s = tp_task_load(metric, data_dir, (size_t)metric_limit, &tm.task);
-        if (!s && tm.task->kind != TP_TASK_MC)
-            s = tp_fail(TP_ERR_ARG, "--block-metric %s: not a multiple-choice task (no accuracy to compare)", metric);
-        if (s) {
-            tp_task_free(tm.task);
-            free(ids);
-            tp_model_free(m);
-            return cli_error(s);
-        }
-        fprintf(stderr, "taper importance: scoring %d blocks and the full model on %s (%zu items)\n",
-                m->cfg.n_layers - block + 1, metric, tm.task->n_items);
-    }
-    tp_importance_opts o;
-    tp_importance_opts_default(&o);
-    o.block_metric = metric ? &lm : NULL;
-    o.batch = batch;
-    o.neuron_source = src;
-    o.depth_samples = depth;
-    o.block_size = block;
-    tp_progress prog;
-    tp_progress_begin(&prog, "importance", 0, "tok");
-    o.progress = &prog;
+    j.loaded = m;
     tp_importance *imp = NULL;
-    s = tp_importance_compute(m, ids, n, seq, &o, &imp);
-    tp_progress_end(&prog);
-    tp_task_free(tm.task);
-    free(ids);
-    if (!s && (!(imp->model = strdup(argv[optind])) || !(imp->data = strdup(data))))
-        s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    s = tp_importance_job_run(&j, &imp);
     tp_model_free(m);
-    if (!s) s = tp_importance_save(imp, out);
-    if (s) {
-        tp_importance_free(imp);
-        return cli_error(s);
-    }
-    fprintf(stderr, "taper importance: wrote %s\n", out);
-    return finish(imp, pair >= 0 ? pair : imp->default_pair, out, json);
+    /* tp_importance_job fields the library's messages name, as flags ("block" stays: it is also a word there) */
+    static const char *const flags[] = {"block_metric", "--block-metric", "depth_samples", "--depth-samples",
+                                        "metric_limit", "--metric-limit", "seq_len", "--seq-len", NULL};
+    if (s) return cli_error_map(s, flags);
+    return finish(imp, pair >= 0 ? pair : imp->default_pair, out, j.json_path ? NULL : json);
 }

@@ -262,7 +262,9 @@ int cmd_sparsify(int argc, char **argv) {
     free(ids);
     if (s) {
         tp_model_free(m);
-        return cli_error(s);
+        /* tp_sparsify_opts fields the library's messages name, as flags */
+        static const char *const flags[] = {"damp", "--damp", "blocksize", "--blocksize", NULL};
+        return cli_error_map(s, flags);
     }
     double ts = tp_time_s();
     char *mpath = NULL;

@@ -80,6 +80,10 @@ static tp_status check_fits(const char *data, const char *teacher_path, const tp
     return TP_OK;
 }
 
+/* The settings the library's messages name (the loader's seq and val_frac, tp_tcache_build_opts's K)
+ * as this command's flags. */
+static const char *const FLAGS[] = {"seq", "--seq", "val_frac", "--val-frac", "K", "--topk", NULL};
+
 int cmd_teacher_cache(int argc, char **argv) {
     enum { O_DATA = 256, O_SEQ, O_VALFRAC, O_TOPK, O_TAU, O_BATCH, O_RESTART, O_THREADS, O_QUIET };
     static const struct option opts[] = {
@@ -146,7 +150,7 @@ int cmd_teacher_cache(int argc, char **argv) {
         signal(SIGTERM, SIG_DFL);
     }
     if (s) {
-        rc = cli_error(s);
+        rc = cli_error_map(s, FLAGS);
     } else {
         printf("windows    %llu (%llu computed now, %llu from an earlier run)\n", (unsigned long long)r.n_windows,
                (unsigned long long)r.computed, (unsigned long long)r.done_before);

@@ -1,7 +1,7 @@
 /* taper tokenize TOKENIZER -o OUT_DIR INPUT...: text, JSONL and directories into token shards.
  * Documents are tokenized in parallel batches (OpenMP over documents) and written strictly in
  * input order, so the shards do not depend on the thread count. Shard format and loader rules:
- * docs/data.md; the shard writer is src/train/data.c. */
+ * docs/data.md; shards are written with tp_shard_writer (src/train/data.c). */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -80,11 +80,8 @@ typedef struct {
     size_t n_docs, cap_docs, batch_bytes;
     tp_mmap *maps;      /* mappings of finished files whose documents are in the batch */
     size_t n_maps, cap_maps;
-    /* shard being filled */
-    uint32_t *tok_buf;
-    size_t n_tok, cap_tok;
-    uint64_t *doc_buf;
-    size_t n_sdocs, cap_sdocs;
+    /* shard being filled (NULL until its first document) */
+    tp_shard_writer *shard;
     size_t shard_first_file, shard_last_file;
     /* results */
     size_t n_shards, total_tokens, total_docs, total_empty, shard_bytes, bytes_done, total_bytes;
@@ -172,63 +169,54 @@ static tp_status collect_inputs(char **inputs, int n, in_format fmt, file_list *
 
 /* ------------------------------------------------------------ shards --- */
 
+static void shard_name(const tok_job *J, char *name, size_t n) { snprintf(name, n, "shard-%05zu.tpt", J->n_shards); }
+
+/* Writes the shard being filled (if any) and records it for the manifest. */
 static tp_status flush_shard(tok_job *J) {
-    if (J->n_tok == 0) return TP_OK;
-    char name[32], *path, src[4096];
-    snprintf(name, sizeof name, "shard-%05zu.tpt", J->n_shards);
-    path = tp_path_join(J->out_dir, name);
-    if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_shard_writer *w = J->shard;
+    J->shard = NULL;
+    if (!w) return TP_OK;
+    char name[32], src[4096];
+    shard_name(J, name, sizeof name);
+    size_t n_tok = tp_shard_writer_tokens(w), n_docs = tp_shard_writer_docs(w), bytes = 0;
     snprintf(src, sizeof src, "taper tokenize; tokenizer %s; documents from %s to %s", J->tok_path,
              J->files->v[J->shard_first_file].path, J->files->v[J->shard_last_file].path);
-    tp_status s = tp_shard_write_ex(path, J->tok_buf, J->n_tok, J->doc_buf, J->n_sdocs, J->vocab, J->bos, J->eos,
-                                    J->fingerprint, src);
-    struct stat st;
-    size_t bytes = (!s && stat(path, &st) == 0) ? (size_t)st.st_size : 0;
-    free(path);
+    tp_status s = tp_shard_writer_close(w, src, &bytes);
     if (s) return s;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "file", name);
-    cJSON_AddNumberToObject(o, "tokens", (double)J->n_tok);
-    cJSON_AddNumberToObject(o, "documents", (double)J->n_sdocs);
+    cJSON_AddNumberToObject(o, "tokens", (double)n_tok);
+    cJSON_AddNumberToObject(o, "documents", (double)n_docs);
     cJSON_AddNumberToObject(o, "bytes", (double)bytes);
     cJSON_AddStringToObject(o, "first_input", J->files->v[J->shard_first_file].path);
     cJSON_AddStringToObject(o, "last_input", J->files->v[J->shard_last_file].path);
     cJSON_AddItemToArray(J->shards_json, o);
     J->shard_bytes += bytes;
     J->n_shards++;
-    J->n_tok = 0;
-    J->n_sdocs = 0;
     return TP_OK;
 }
 
 /* Appends one tokenized document to the shard being filled, starting a new shard first when
  * the document would take it past --shard-tokens. */
 static tp_status append_doc(tok_job *J, const int32_t *ids, size_t n, size_t file) {
-    if (J->n_tok && J->n_tok + n > J->shard_tokens) {
+    size_t have = tp_shard_writer_tokens(J->shard);
+    if (have && have + n > J->shard_tokens) {
         tp_status s = flush_shard(J);
         if (s) return s;
     }
-    if (J->n_tok + n > J->cap_tok) {
-        size_t c = J->cap_tok ? J->cap_tok : 1 << 16;
-        while (c < J->n_tok + n) c *= 2;
-        uint32_t *nb = realloc(J->tok_buf, c * sizeof *nb);
-        if (!nb) return tp_fail(TP_ERR_NOMEM, "out of memory for a shard of %zu tokens", c);
-        J->tok_buf = nb;
-        J->cap_tok = c;
+    if (!J->shard) {
+        char name[32];
+        shard_name(J, name, sizeof name);
+        char *path = tp_path_join(J->out_dir, name);
+        if (!path) return tp_fail(TP_ERR_NOMEM, "out of memory");
+        tp_status s = tp_shard_writer_open(path, J->vocab, J->bos, J->eos, J->fingerprint, &J->shard);
+        free(path);
+        if (s) return s;
+        J->shard_first_file = file;
     }
-    if (J->n_sdocs == J->cap_sdocs) {
-        size_t c = J->cap_sdocs ? 2 * J->cap_sdocs : 1024;
-        uint64_t *nb = realloc(J->doc_buf, c * sizeof *nb);
-        if (!nb) return tp_fail(TP_ERR_NOMEM, "out of memory");
-        J->doc_buf = nb;
-        J->cap_sdocs = c;
-    }
-    if (J->n_sdocs == 0) J->shard_first_file = file;
-    J->shard_last_file = file;
-    J->doc_buf[J->n_sdocs++] = J->n_tok;
-    for (size_t i = 0; i < n; i++) J->tok_buf[J->n_tok + i] = (uint32_t)ids[i];
-    J->n_tok += n;
-    return TP_OK;
+    tp_status s = tp_shard_writer_add_doc(J->shard, ids, n);
+    if (!s) J->shard_last_file = file;
+    return s;
 }
 
 /* ------------------------------------------------------------ batches --- */
@@ -482,8 +470,7 @@ static void free_job(tok_job *J) {
     for (size_t i = 0; i < J->n_maps; i++) tp_mmap_close(&J->maps[i]);
     free(J->docs);
     free(J->maps);
-    free(J->tok_buf);
-    free(J->doc_buf);
+    tp_shard_writer_abort(J->shard);
 }
 
 static void free_files(file_list *l) {

@@ -1,11 +1,15 @@
-/* Token shards and the sequence loader: shard round trip and byte layout, every malformed-shard
+/* Token shards and the sequence loader: shard round trip and byte layout, the document-by-document
+ * writer (same bytes, atomic close: a failed or killed write leaves no partial shard), every malformed-shard
  * refusal, exact packing of a hand-made dataset (BOS/EOS, windows, validation split), the
  * per-epoch shuffles, seek/resume equivalence, and `taper tokenize` end to end (token ids equal
  * tp_tok_encode of the same text, document boundaries, JSONL errors, thread-count independence). */
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -193,6 +197,137 @@ TT_TEST(data_shard_writer_refuses_bad_content) {
     struct stat st;
     TT_CHECK(stat(p, &st) != 0, "nothing written for refused content");
     free(p);
+}
+
+/* Count of files in dir whose name starts with prefix (leftover temporaries of a shard write). */
+static int count_prefixed(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    if (d) closedir(d);
+    return n;
+}
+
+/* A child process that fills a writer with n_tok tokens and closes it onto path with the file
+ * size limited to 4 KiB: with die set, SIGXFSZ kills it in the middle of writing (an
+ * interrupted write); without, the write fails with EFBIG. Exit status 0: close refused (the
+ * failing case), 1: anything else. Returns the raw wait status. */
+static int child_write_limited(const char *path, size_t n_tok, int die) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit core = {0, 0}, fsz = {4096, RLIM_INFINITY};
+        setrlimit(RLIMIT_CORE, &core);
+        if (!die) signal(SIGXFSZ, SIG_IGN);
+        tp_shard_writer *w = NULL;
+        int32_t *ids = malloc(n_tok * sizeof *ids);
+        for (size_t i = 0; ids && i < n_tok; i++) ids[i] = (int32_t)(i % 100);
+        if (!ids || tp_shard_writer_open(path, 100, -1, -1, 7, &w) || tp_shard_writer_add_doc(w, ids, n_tok)) _exit(1);
+        setrlimit(RLIMIT_FSIZE, &fsz);
+        tp_status s = tp_shard_writer_close(w, "limited", NULL);
+        _exit(s == TP_ERR_IO ? 0 : 1);
+    }
+    int ws = -1;
+    if (pid > 0) waitpid(pid, &ws, 0);
+    return ws;
+}
+
+TT_TEST(data_shard_writer_documents_and_atomic_close) {
+    char *dir = tmp_file("writer"), *p = tt_path(dir, "w.tpt"), *q = tt_path(dir, "arrays.tpt");
+    tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    int32_t d0[] = {3, 4, 5}, d1[] = {6}, d2[] = {7, 8, 99}, bad_hi[] = {1, 100}, bad_neg[] = {-1};
+    tp_shard_writer *w = NULL;
+    tp_status s = tp_shard_writer_open(p, 100, 1, -1, 0xfeedfacecafeull, &w);
+    TT_CHECK(s == TP_OK && w, "open: %s", tp_errmsg());
+    if (!w) goto out;
+    TT_CHECK(tp_shard_writer_add_doc(w, d0, 3) == TP_OK && tp_shard_writer_add_doc(w, d1, 1) == TP_OK, "add: %s",
+             tp_errmsg());
+    /* refused documents leave the writer as it was */
+    TT_CHECK(tp_shard_writer_add_doc(w, d1, 0) == TP_ERR_ARG && strstr(tp_errmsg(), "empty"), "empty doc: %s",
+             tp_errmsg());
+    TT_CHECK(tp_shard_writer_add_doc(w, bad_hi, 2) == TP_ERR_ARG && strstr(tp_errmsg(), "id 100"), "id >= vocab: %s",
+             tp_errmsg());
+    TT_CHECK(tp_shard_writer_add_doc(w, bad_neg, 1) == TP_ERR_ARG && strstr(tp_errmsg(), p), "id < 0: %s", tp_errmsg());
+    TT_CHECK(tp_shard_writer_add_doc(w, d2, 3) == TP_OK, "add: %s", tp_errmsg());
+    TT_CHECK(tp_shard_writer_tokens(w) == 7 && tp_shard_writer_docs(w) == 3, "counts %zu tokens, %zu docs",
+             tp_shard_writer_tokens(w), tp_shard_writer_docs(w));
+    struct stat st;
+    TT_CHECK(stat(p, &st) != 0, "nothing under the final name before close");
+    size_t bytes = 0;
+    s = tp_shard_writer_close(w, "writer test", &bytes);
+    TT_CHECK(s == TP_OK, "close: %s", tp_errmsg());
+    TT_CHECK(stat(p, &st) == 0 && (size_t)st.st_size == bytes && bytes == 64 + 16 + 32 + 24,
+             "close reports the file size: %zu", bytes);
+    TT_CHECK(count_prefixed(dir, "w.tpt.tmp") == 0, "no temporary left");
+    /* read back */
+    tp_dataset *d = NULL;
+    s = tp_dataset_open(p, &d);
+    TT_CHECK(s == TP_OK, "open the written shard: %s", tp_errmsg());
+    if (d) {
+        tp_dataset_info info;
+        tp_dataset_get_info(d, &info);
+        TT_CHECK(tp_dataset_tokens(d) == 7 && tp_dataset_docs(d) == 3, "read back 7 tokens, 3 documents");
+        TT_CHECK(info.vocab == 100 && info.bos == 1 && info.eos == -1 && info.tok_fingerprint == 0xfeedfacecafeull,
+                 "header: vocab %u bos %d eos %d fingerprint %llx", info.vocab, info.bos, info.eos,
+                 (unsigned long long)info.tok_fingerprint);
+        int32_t want[] = {1, 3, 4, 5, 1, 6, 1, 7, 8, 99};
+        int32_t *got = loader_whole_stream(d, 10);
+        TT_CHECK(got && memcmp(got, want, sizeof want) == 0, "documents in order, BOS before each");
+        free(got);
+        tp_dataset_close(d);
+    }
+    /* the same bytes as the whole-array writer */
+    uint32_t toks[] = {3, 4, 5, 6, 7, 8, 99};
+    uint64_t starts[] = {0, 3, 4};
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    TT_CHECK(tp_shard_write_ex(q, toks, 7, starts, 3, 100, 1, -1, 0xfeedfacecafeull, "writer test") == TP_OK &&
+                 tp_read_file(p, &a, &na) == TP_OK && tp_read_file(q, &b, &nb) == TP_OK && na == nb &&
+                 memcmp(a, b, na) == 0,
+             "document by document and whole arrays write identical files");
+    /* abort: nothing written */
+    char *r = tt_path(dir, "aborted.tpt");
+    unlink(r);
+    w = NULL;
+    TT_CHECK(tp_shard_writer_open(r, 100, -1, -1, 0, &w) == TP_OK && tp_shard_writer_add_doc(w, d0, 3) == TP_OK,
+             "open + add");
+    tp_shard_writer_abort(w);
+    TT_CHECK(stat(r, &st) != 0, "an aborted writer leaves no file");
+    free(r);
+    /* a bad header is refused at open, naming the field */
+    w = NULL;
+    TT_CHECK(tp_shard_writer_open(p, 100, 100, -1, 0, &w) == TP_ERR_ARG && !w && strstr(tp_errmsg(), "bos"),
+             "bos >= vocab refused at open: %s", tp_errmsg());
+    /* a write that fails (EFBIG past a 4 KiB file-size limit) keeps the old shard under the final
+     * name and removes its temporary */
+    int ws = child_write_limited(p, 20000, 0);
+    TT_CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the limited write is refused (wait status %d)", ws);
+    char *c = NULL;
+    size_t nc = 0;
+    TT_CHECK(tp_read_file(p, &c, &nc) == TP_OK && nc == na && memcmp(a, c, na) == 0,
+             "after a failed write the final name still holds the old shard, byte for byte");
+    free(c);
+    c = NULL;
+    TT_CHECK(count_prefixed(dir, "w.tpt.tmp") == 0, "the failed write's temporary is removed");
+    /* a write killed midway (SIGXFSZ) leaves at most a partial temporary, never a partial shard */
+    char *k = tt_path(dir, "killed.tpt");
+    unlink(k);
+    ws = child_write_limited(k, 20000, 1);
+    TT_CHECK(WIFSIGNALED(ws) && WTERMSIG(ws) == SIGXFSZ, "the child died in the write (wait status %d)", ws);
+    TT_CHECK(stat(k, &st) != 0, "no shard under the final name after an interrupted write");
+    TT_CHECK(count_prefixed(dir, "killed.tpt.tmp") == 1, "the partial temporary is the only trace");
+    d = NULL;
+    s = tp_dataset_open(dir, &d);
+    TT_CHECK(s == TP_OK && tp_dataset_docs(d) == 6, "the directory still opens (temporaries are not shards): %s",
+             s ? tp_errmsg() : "ok");
+    tp_dataset_close(d);
+    tt_sh("rm -f '%s'.tmp.*", k);
+    free(k);
+    free(a);
+    free(b);
+out:
+    free(p);
+    free(q);
+    free(dir);
 }
 
 /* A valid shard's bytes to corrupt: 5 tokens, docs {0, 2}, vocab 100, bos 1, eos 2, no source. */

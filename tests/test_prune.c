@@ -3,7 +3,8 @@
  * HF (and GGUF) exports of pruned models reload with identical logits (and are left with taper's
  * logits in $TAPER_EXPORT_DIR/pruned for importance_ref.py --check-pruned); plan files round
  * trip, replay, and fail clearly when malformed; impossible targets fail naming the option;
- * the parameter-budget search; the prune CLI. */
+ * the parameter-budget search; composing two rounds' plans; the importance and prune jobs as
+ * library calls; the prune CLI. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -438,14 +439,14 @@ TT_TEST(prune_rejects_impossible_targets) {
     tp_importance *imp = scores(m);
     if (!imp) return;
     static const struct { tp_prune_shape sh; const char *expect; } cases[] = {
-        {{0, 0, 12, 0, 0}, "--heads 12"},
-        {{0, -1, 0, 0, 0}, "--ffn"},
-        {{640, 0, 0, 0, 0}, "--hidden 640"},
-        {{0, 0, 7, 0, 0}, "--heads 7"},
-        {{0, 0, 0, 4, 0}, "--kv-heads 4"},
-        {{0, 0, 8, 2, 0}, "query heads per KV group"},
-        {{0, 0, 0, 0, 31}, "--layers 31"},
-        {{0, 4096, 0, 0, 0}, "--ffn 4096"},
+        {{0, 0, 12, 0, 0}, "heads 12"},
+        {{0, -1, 0, 0, 0}, "ffn -1"},
+        {{640, 0, 0, 0, 0}, "hidden 640"},
+        {{0, 0, 7, 0, 0}, "heads 7"},
+        {{0, 0, 0, 4, 0}, "kv_heads 4"},
+        {{0, 0, 8, 2, 0}, "GQA groups of 4"},
+        {{0, 0, 0, 0, 31}, "layers 31"},
+        {{0, 4096, 0, 0, 0}, "ffn 4096"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tp_prune_plan *p = NULL;
@@ -460,14 +461,14 @@ TT_TEST(prune_rejects_impossible_targets) {
     TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &keep, TP_DEPTH_AUTO, dup, 2, &p) != TP_OK &&
              strstr(tp_errmsg(), "twice"), "%s", tp_errmsg());
     TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &l24, TP_DEPTH_AUTO, dup, 2, &p) != TP_OK &&
-             strstr(tp_errmsg(), "--layers 24"), "--layers vs --drop-layers: %s", tp_errmsg());
+             strstr(tp_errmsg(), "layers 24 disagrees with drop_layers"), "layers vs drop_layers: %s", tp_errmsg());
     TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &l24, TP_DEPTH_BLOCK, NULL, 0, &p) != TP_OK &&
-             strstr(tp_errmsg(), "--block 6"), "block scores missing: %s", tp_errmsg());
+             strstr(tp_errmsg(), "block = 6"), "block scores missing: %s", tp_errmsg());
     TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &l24, TP_DEPTH_LOSS, NULL, 0, &p) != TP_OK &&
              strstr(tp_errmsg(), "layer-removal"), "loss scores missing: %s", tp_errmsg());
     tp_prune_shape narrow = {0, 1024, 0, 0, 0};
     TT_CHECK(tp_prune_plan_make(&m->cfg, NULL, -1, &narrow, TP_DEPTH_AUTO, NULL, 0, &p) != TP_OK &&
-             strstr(tp_errmsg(), "--scores"), "width without scores: %s", tp_errmsg());
+             strstr(tp_errmsg(), "needs importance scores"), "width without scores: %s", tp_errmsg());
     /* scores of another shape */
     tp_config other = m->cfg;
     other.d_ff = 2048;
@@ -483,7 +484,7 @@ TT_TEST(prune_rejects_impossible_targets) {
     o.target = 1000000;
     tp_prune_candidate *cands = NULL;
     int nc = 0, nt = 0;
-    TT_CHECK(tp_prune_search(m, imp, &o, &cands, &nc, &nt) != TP_OK && strstr(tp_errmsg(), "--target-params") &&
+    TT_CHECK(tp_prune_search(m, imp, &o, &cands, &nc, &nt) != TP_OK && strstr(tp_errmsg(), "target_params 1000000") &&
              strstr(tp_errmsg(), "closest"), "impossible budget: %s", tp_errmsg());
     free(cands);
     size_t v = 0;
@@ -528,6 +529,236 @@ TT_TEST(prune_target_params_search) {
     free(ids);
 }
 
+/* A 4-layer model of the tiny Llama fixture's shape with made-up weights, and its scores on
+ * made-up tokens (width, layer-removal losses and BI). */
+static tp_model *tiny4(void) {
+    char *dir = tt_path(tt_fixtures_dir(), "tiny/llama3");
+    tp_model *t = NULL, *m = NULL;
+    TT_CHECK(tp_model_load(dir, &t) == TP_OK, "load %s: %s", dir, tp_errmsg());
+    free(dir);
+    if (!t) return NULL;
+    tp_config c = t->cfg;
+    tp_model_free(t);
+    c.n_layers = 4;
+    if (tp_model_alloc(&c, &m) != TP_OK) {
+        TT_CHECK(0, "alloc: %s", tp_errmsg());
+        return NULL;
+    }
+    uint32_t x = 12345;
+    for (size_t i = 0; i < m->n_params; i++) {
+        x = x * 1664525u + 1013904223u;
+        m->params[i] = (float)((double)(x >> 8) / (double)(1u << 24) - 0.5) * 0.4f;
+    }
+    return m;
+}
+
+static tp_importance *tiny_scores(const tp_model *m) {
+    int32_t ids[4 * 16];
+    uint32_t x = 99;
+    for (size_t i = 0; i < 4 * 16; i++) {
+        x = x * 1664525u + 1013904223u;
+        ids[i] = (int32_t)(3 + (x >> 8) % (uint32_t)(m->cfg.vocab - 3));
+    }
+    tp_importance_opts o;
+    tp_importance_opts_default(&o);
+    o.depth_samples = 2;
+    tp_importance *imp = NULL;
+    TT_CHECK(tp_importance_compute(m, ids, 4, 16, &o, &imp) == TP_OK, "importance: %s", tp_errmsg());
+    return imp;
+}
+
+TT_TEST(prune_plan_compose_matches_two_rounds) {
+    tp_model *a = tiny4(), *b = NULL, *c = NULL, *d = NULL;
+    if (!a) return;
+    tp_importance *ia = tiny_scores(a), *ib = NULL;
+    tp_prune_plan *p1 = NULL, *p2 = NULL, *pc = NULL, *bad = NULL;
+    /* round 1: A (hidden 32, ffn 40, 4/2 heads, 4 layers) -> B drops layer 1 and narrows every axis */
+    tp_prune_shape s1 = {24, 32, 2, 2, 0};
+    int drop1[] = {1}, drop2[] = {0};
+    TT_CHECK(ia && tp_prune_plan_make(&a->cfg, ia, -1, &s1, TP_DEPTH_AUTO, drop1, 1, &p1) == TP_OK, "p1: %s",
+             tp_errmsg());
+    if (p1) TT_CHECK(tp_prune_apply(a, p1, &b) == TP_OK, "apply p1: %s", tp_errmsg());
+    /* round 2: B -> C by B's own scores, dropping B's layer 0 (A's layer 0) */
+    if (b) ib = tiny_scores(b);
+    tp_prune_shape s2 = {16, 24, 1, 1, 0};
+    if (ib) TT_CHECK(tp_prune_plan_make(&b->cfg, ib, TP_AGG_MEAN * 3 + TP_AGG_L2, &s2, TP_DEPTH_AUTO, drop2, 1, &p2) ==
+                     TP_OK, "p2: %s", tp_errmsg());
+    if (p2) TT_CHECK(tp_prune_apply(b, p2, &c) == TP_OK, "apply p2: %s", tp_errmsg());
+    if (c) {
+        TT_CHECK(tp_prune_plan_compose(p1, p2, &pc) == TP_OK, "compose: %s", tp_errmsg());
+        if (pc) {
+            TT_CHECK(pc->src.n_layers == 4 && pc->src.d_model == 32 && pc->cfg.n_layers == 2 && pc->cfg.d_model == 16 &&
+                     pc->cfg.d_ff == 24 && pc->cfg.n_heads == 1 && pc->cfg.n_kv_heads == 1 &&
+                     pc->layers[0] == 2 && pc->layers[1] == 3, "composed sizes and layers (kept %d,%d)", pc->layers[0],
+                     pc->layers[1]);
+            TT_CHECK(pc->src_params == p1->src_params && pc->n_params == p2->n_params && pc->agg_pair == p2->agg_pair,
+                     "params and ranking");
+            TT_CHECK(tp_prune_apply(a, pc, &d) == TP_OK, "apply the composed plan: %s", tp_errmsg());
+            TT_CHECK(d && d->n_params == c->n_params && !memcmp(d->params, c->params, c->n_params * sizeof(float)),
+                     "A pruned by compose(p1, p2) is bit-identical to A pruned by p1 then p2");
+        }
+        /* p1 does not prune the model p2 made */
+        TT_CHECK(tp_prune_plan_compose(p2, p1, &bad) != TP_OK && !bad &&
+                 strstr(tp_errmsg(), "the second does not prune the model the first made") &&
+                 strstr(tp_errmsg(), "num_hidden_layers = 4"), "mismatched plans: %s", tp_errmsg());
+    }
+    tp_prune_plan_free(p1);
+    tp_prune_plan_free(p2);
+    tp_prune_plan_free(pc);
+    tp_importance_free(ia);
+    tp_importance_free(ib);
+    tp_model_free(a);
+    tp_model_free(b);
+    tp_model_free(c);
+    tp_model_free(d);
+}
+
+TT_TEST(prune_layer_list_parse) {
+    int *v = NULL, n = 0;
+    TT_CHECK(tp_layer_list_parse("3,7,20-22", &v, &n) == TP_OK && n == 5 && v[0] == 3 && v[1] == 7 && v[2] == 20 &&
+             v[4] == 22, "3,7,20-22");
+    free(v);
+    static const char *bad[] = {"", "5-3", "a", "1,,2", "-1", "2-", "3;4"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        TT_CHECK(tp_layer_list_parse(bad[i], &v, &n) == TP_ERR_ARG && !v && strstr(tp_errmsg(), "expects a list"),
+                 "'%s' rejected: %s", bad[i], tp_errmsg());
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+/* The two jobs as library calls on the default model: a small importance run, then prune jobs
+ * (explicit sizes, a budget search, a replay), their files and their field-named errors. */
+TT_TEST(prune_and_importance_jobs) {
+    const char *mp = tt_model_path();
+    tp_model *m = tt_model();
+    if (!mp || !m) { tt_skip("default model not found (run make deps)"); return; }
+    char *calib = tt_path(tt_tmp_dir(), "jobs_calib.txt"), *sp = tt_path(tt_tmp_dir(), "jobs_scores.json");
+    char *ij = tt_path(tt_tmp_dir(), "jobs_importance.json"), *pp = tt_path(tt_tmp_dir(), "jobs_plan.json");
+    char *pj = tt_path(tt_tmp_dir(), "jobs_prune.json"), *pp2 = tt_path(tt_tmp_dir(), "jobs_plan2.json");
+    char *pp3 = tt_path(tt_tmp_dir(), "jobs_plan3.json");
+    static const char text[] = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins "
+                               "with a single step. Knowledge is power, and time is money; all that glitters is not "
+                               "gold. Actions speak louder than words, and the pen is mightier than the sword. ";
+    FILE *f = fopen(calib, "wb");
+    for (int i = 0; f && i < 8; i++) fputs(text, f);
+    if (f) fclose(f);
+    tp_importance_job ij_job;
+    tp_importance_job_default(&ij_job);
+    TT_CHECK(ij_job.samples == 1024 && ij_job.seq_len == 512 && ij_job.batch == 4 && ij_job.depth_samples == 64 &&
+             ij_job.block == 0, "importance defaults");
+    ij_job.model = mp;
+    ij_job.loaded = m;
+    ij_job.data = calib;
+    ij_job.out = sp;
+    ij_job.samples = 3;
+    ij_job.seq_len = 16;
+    ij_job.depth_samples = 64; /* clamped to the 3 samples */
+    ij_job.block = 2;
+    ij_job.json_path = ij;
+    tp_importance *imp = NULL;
+    TT_CHECK(tp_importance_job_run(&ij_job, &imp) == TP_OK, "importance job: %s", tp_errmsg());
+    if (!imp) goto out;
+    TT_CHECK(imp->n_samples == 3 && imp->seq_len == 16 && imp->depth_samples == 3 && imp->block_loss &&
+             !strcmp(imp->model, mp) && !strcmp(imp->data, calib), "importance result");
+    tp_importance *back = NULL;
+    TT_CHECK(tp_importance_load(sp, &back) == TP_OK && back->n_samples == 3, "score file: %s", tp_errmsg());
+    tp_importance_free(back);
+    cJSON *js = tt_read_json(ij);
+    TT_CHECK(js && cJSON_GetArraySize(cJSON_GetObjectItem(js, "layers")) == m->cfg.n_layers &&
+             cJSON_GetArraySize(cJSON_GetObjectItem(js, "blocks")) == m->cfg.n_layers - 1 &&
+             !strcmp(cJSON_GetObjectItem(js, "scores")->valuestring, sp), "importance json_path");
+    cJSON_Delete(js);
+    /* errors name the job's fields */
+    tp_importance_job e = ij_job;
+    e.block = 0;
+    e.block_metric = "winogrande";
+    TT_CHECK(tp_importance_job_run(&e, NULL) == TP_ERR_ARG && strstr(tp_errmsg(), "block_metric"), "%s", tp_errmsg());
+    e = ij_job;
+    e.block = m->cfg.n_layers;
+    TT_CHECK(tp_importance_job_run(&e, NULL) == TP_ERR_ARG && strstr(tp_errmsg(), "block 30 must be below"), "%s",
+             tp_errmsg());
+    e = ij_job;
+    e.seq_len = 1;
+    TT_CHECK(tp_importance_job_run(&e, NULL) == TP_ERR_ARG && strstr(tp_errmsg(), "seq_len"), "%s", tp_errmsg());
+
+    /* explicit sizes and a layer list; only the plan is written */
+    tp_prune_job pj_job;
+    tp_prune_job_default(&pj_job);
+    TT_CHECK(!strcmp(pj_job.dtype, "f32") && pj_job.tolerance == 0.05 && pj_job.max_candidates == 12 &&
+             pj_job.eval_samples == 16, "prune defaults");
+    pj_job.model = mp;
+    pj_job.scores = sp;
+    pj_job.hidden = 448;
+    pj_job.ffn = 768;
+    pj_job.heads = 6;
+    pj_job.kv_heads = 3;
+    pj_job.drop_layers = "10-11,20";
+    pj_job.agg = "mean,l2";
+    pj_job.plan_out = pp;
+    pj_job.json_path = pj;
+    tp_prune_job_result r;
+    TT_CHECK(tp_prune_job_run(&pj_job, &r) == TP_OK, "prune job: %s", tp_errmsg());
+    if (r.plan) {
+        TT_CHECK(r.pruned.d_model == 448 && r.pruned.d_ff == 768 && r.pruned.n_kv_heads == 3 && r.pruned.n_heads == 6 &&
+                 r.pruned.n_layers == 27 && r.src.n_layers == 30 && !strcmp(r.plan_path, pp) && !r.replayed &&
+                 r.n_candidates == 0 && !strcmp(tp_prune_job_result_depth(&r), "list") &&
+                 r.plan->agg_pair == TP_AGG_MEAN * 3 + TP_AGG_L2, "prune result");
+        js = tt_read_json(pj);
+        TT_CHECK(js && cJSON_GetObjectItem(cJSON_GetObjectItem(js, "pruned"), "num_hidden_layers")->valueint == 27 &&
+                 !strcmp(cJSON_GetObjectItem(js, "plan")->valuestring, pp) && !cJSON_GetObjectItem(js, "out") &&
+                 !strcmp(cJSON_GetObjectItem(js, "depth_rule")->valuestring, "list"), "prune json_path");
+        cJSON_Delete(js);
+    }
+    tp_prune_job_result_free(&r);
+    /* a replay writes the same plan */
+    tp_prune_job rp;
+    tp_prune_job_default(&rp);
+    rp.model = mp;
+    rp.plan = pp;
+    rp.plan_out = pp2;
+    TT_CHECK(tp_prune_job_run(&rp, &r) == TP_OK && r.replayed && !strcmp(tp_prune_job_result_depth(&r), "plan"),
+             "replay: %s", tp_errmsg());
+    tp_prune_job_result_free(&r);
+    TT_CHECK(tt_sh("cmp -s '%s' '%s'", pp, pp2) == 0, "the replayed plan file is the same");
+    /* a small budget search */
+    tp_prune_job bs;
+    tp_prune_job_default(&bs);
+    bs.model = mp;
+    bs.scores = sp;
+    bs.target_params = 90000000;
+    bs.layers = 30;
+    bs.max_candidates = 2;
+    bs.eval_samples = 1;
+    bs.plan_out = pp3;
+    TT_CHECK(tp_prune_job_run(&bs, &r) == TP_OK, "search job: %s", tp_errmsg());
+    if (r.plan) {
+        TT_CHECK(r.n_candidates == 2 && r.n_qualifying >= 2 && r.eval_samples == 1 && r.eval_seq_len == 16 &&
+                 !strcmp(r.eval_data, calib) && r.candidates[0].shape.d_model == r.pruned.d_model &&
+                 r.candidates[0].n_params == r.plan->n_params && isfinite(r.candidates[0].loss) &&
+                 r.candidates[0].loss <= r.candidates[1].loss, "search result");
+    }
+    tp_prune_job_result_free(&r);
+    /* errors name the job's fields */
+    tp_prune_job e2 = bs;
+    e2.drop_layers = "3";
+    TT_CHECK(tp_prune_job_run(&e2, &r) == TP_ERR_ARG && !r.plan && strstr(tp_errmsg(), "target_params") &&
+             strstr(tp_errmsg(), "drop_layers"), "%s", tp_errmsg());
+    e2 = bs;
+    e2.plan_out = NULL;
+    TT_CHECK(tp_prune_job_run(&e2, &r) == TP_ERR_ARG && strstr(tp_errmsg(), "out (or plan_out)"), "%s", tp_errmsg());
+    e2 = pj_job;
+    e2.drop_layers = "5-3";
+    TT_CHECK(tp_prune_job_run(&e2, &r) == TP_ERR_ARG && strstr(tp_errmsg(), "drop_layers expects a list"), "%s",
+             tp_errmsg());
+    e2 = pj_job;
+    e2.dtype = "q4";
+    TT_CHECK(tp_prune_job_run(&e2, &r) == TP_ERR_ARG && strstr(tp_errmsg(), "dtype"), "%s", tp_errmsg());
+    tp_prune_job_result_free(&r);
+out:
+    tp_importance_free(imp);
+    free(calib); free(sp); free(ij); free(pp); free(pj); free(pp2); free(pp3);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 TT_TEST(prune_cli) {
@@ -566,10 +797,22 @@ TT_TEST(prune_cli) {
     char *od2 = tt_path(tt_tmp_dir(), "prune_cli_replay");
     TT_CHECK(tp_importance_save(imp, sp) == TP_OK, "save scores");
     snprintf(a, sizeof a, "prune %s --scores %s --heads 12 -o %s", mp, sp, od);
-    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--heads 12"), "impossible --heads -> 1 naming it: %s", out);
+    /* the library names tp_prune_job's fields; the command shows its flags (whole words only) */
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--heads 12: the model has only 9 (num_attention_heads)"),
+             "impossible --heads -> 1 naming it: %s", out);
+    free(out);
+    snprintf(a, sizeof a, "prune %s --scores %s --heads 8 --kv-heads 2 -o %s", mp, sp, od);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--heads 8 with --kv-heads 2 makes GQA groups of 4") &&
+             !strstr(out, "kv_heads"), "groups too large -> 1 naming both flags: %s", out);
+    free(out);
+    snprintf(a, sizeof a, "prune %s --scores %s --drop-layers 3,40 -o %s", mp, sp, od);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--drop-layers: layer 40 does not exist"), "layer 40 -> 1: %s", out);
     free(out);
     snprintf(a, sizeof a, "prune %s --scores %s --target-params 1M --data x -o %s", mp, sp, od);
-    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "closest"), "impossible budget -> 1: %s", out);
+    TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "--target-params 1000000: no shape") &&
+             strstr(out, "--layers >= 15") && strstr(out, "the closest is --hidden ") && strstr(out, ", --kv-heads ") &&
+             !strstr(out, "_"),
+             "impossible budget -> 1: %s", out);
     free(out);
     snprintf(a, sizeof a, "prune %s --scores %s --hidden 512 --ffn 1024 --heads 6 --kv-heads 3 --drop-layers 12-17 "
              "--agg mean,l2 -o %s --json=%s", mp, sp, od, js);

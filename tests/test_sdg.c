@@ -1,11 +1,15 @@
 /* Synthetic data generation (src/train/sdg.c): batched sampling equals one-at-a-time generation
  * (tp_generate) token for token, per-sample streams make the output independent of which batch a
- * sample lands in, EOS ends a sample, and bad settings are refused. */
+ * sample lands in, EOS ends a sample, bad settings are refused, and the generate-data job writes
+ * the shard, samples.jsonl and manifest.json its result describes. */
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "taper/generate.h"
 #include "taper/sdg.h"
+#include "taper/train.h"
+#include "taper/util.h"
 #include "tt.h"
 
 typedef struct {
@@ -94,4 +98,96 @@ TT_TEST(sdg_refuses_bad_settings) {
     TT_CHECK(tp_sdg_run(m, &c, collect, &a, NULL) == TP_ERR_ARG && strstr(tp_errmsg(), "tokenizer"),
              "prompts without a tokenizer: %s", tp_errmsg());
     tp_model_free(m);
+}
+
+/* The generate-data job on a tiny model with a tokenizer: the three files exist, the shard and
+ * samples.jsonl agree with the result's counts, and a second run gives the same bytes. */
+TT_TEST(sdg_job_writes_shard_jsonl_and_manifest) {
+    char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *dir = tt_path(tt_tmp_dir(), "sdg_job");
+    char *prompts = tt_path(tt_tmp_dir(), "sdg_job_prompts.txt");
+    tt_sh("rm -rf '%s'", dir);
+    static const char P[] = "the quick brown fox\n\n  \nhello world\r\n";
+    TT_CHECK(tt_write_text(prompts, P, sizeof P - 1), "write %s", prompts);
+    tp_sdg_job j;
+    tp_sdg_job_default(&j);
+    TT_CHECK(j.samples == 64 && j.max_tokens == 256 && j.batch == 16 && j.temperature == 1.0f && j.top_p == 0.95f &&
+                 j.top_k == 0 && j.seed == 0 && !j.prompts && !j.chat,
+             "defaults are the CLI's");
+    j.teacher = model;
+    j.out_dir = dir;
+    j.samples = 5;
+    j.max_tokens = 12;
+    j.batch = 2;
+    j.seed = 3;
+    j.prompts = prompts;
+    tp_sdg_job_result r;
+    tp_set_log(NULL, NULL); /* the job's one-line note */
+    tp_status s = tp_sdg_job_run(&j, &r);
+    TT_CHECK(s == TP_OK, "run: %s", tp_errmsg());
+    char *shard = tt_path(dir, TP_SDG_SHARD), *jsonl = tt_path(dir, "samples.jsonl");
+    char *man = tt_path(dir, "manifest.json");
+    tp_dataset *d = NULL;
+    TT_CHECK(tp_dataset_open(shard, &d) == TP_OK, "the shard opens: %s", tp_errmsg());
+    TT_CHECK(r.samples == 5 && tp_dataset_docs(d) == 5 && tp_dataset_tokens(d) == r.tokens,
+             "one document per sample, %zu tokens as the result says (%zu)", tp_dataset_tokens(d), r.tokens);
+    TT_CHECK(r.generated_tokens >= 5 && r.generated_tokens <= 5 * 12 && r.tokens > r.generated_tokens &&
+                 r.ended_at_eos <= 5,
+             "counts: %zu generated of %zu, %zu at EOS", r.generated_tokens, r.tokens, r.ended_at_eos);
+    tp_dataset_close(d);
+    /* samples.jsonl: one line per sample, token counts summing to the result's */
+    char *text = NULL;
+    size_t len = 0, lines = 0, gen = 0, all = 0;
+    TT_CHECK(tp_read_file(jsonl, &text, &len) == TP_OK, "read %s", jsonl);
+    for (char *save = NULL, *l = text ? strtok_r(text, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *o = cJSON_Parse(l);
+        const cJSON *t = cJSON_GetObjectItem(o, "tokens"), *pt = cJSON_GetObjectItem(o, "prompt_tokens"),
+                    *pr = cJSON_GetObjectItem(o, "prompt");
+        TT_CHECK(cJSON_IsNumber(t) && cJSON_IsNumber(pt) && cJSON_IsString(pr), "line %zu has its fields", lines);
+        if (cJSON_IsNumber(t) && cJSON_IsNumber(pt)) {
+            gen += (size_t)t->valuedouble;
+            all += (size_t)t->valuedouble + (size_t)pt->valuedouble;
+        }
+        if (cJSON_IsString(pr))
+            TT_CHECK(strstr(pr->valuestring, lines % 2 ? "hello world" : "the quick brown fox"),
+                     "sample %zu uses prompt %zu: '%s'", lines, lines % 2, pr->valuestring);
+        cJSON_Delete(o);
+        lines++;
+    }
+    free(text);
+    TT_CHECK(lines == 5 && gen == r.generated_tokens && all == r.tokens, "samples.jsonl: %zu lines, %zu/%zu tokens",
+             lines, gen, all);
+    cJSON *m = tt_read_json(man);
+    const cJSON *mt = cJSON_GetObjectItem(m, "tokens"), *mg = cJSON_GetObjectItem(m, "generated_tokens"),
+                *ms = cJSON_GetObjectItem(m, "samples");
+    TT_CHECK(cJSON_IsNumber(mt) && mt->valuedouble == (double)r.tokens && cJSON_IsNumber(mg) &&
+                 mg->valuedouble == (double)r.generated_tokens && cJSON_IsNumber(ms) && ms->valuedouble == 5,
+             "manifest.json holds the counts");
+    cJSON_Delete(m);
+    /* same settings, same bytes */
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    tp_read_file(shard, &a, &na);
+    tp_sdg_job_result r2;
+    TT_CHECK(tp_sdg_job_run(&j, &r2) == TP_OK && tp_read_file(shard, &b, &nb) == TP_OK && na == nb && a &&
+                 memcmp(a, b, na) == 0 && r2.tokens == r.tokens,
+             "a second run writes the same shard");
+    tp_sdg_job_result_free(&r);
+    tp_sdg_job_result_free(&r2);
+    free(a);
+    free(b);
+    /* bad settings name the job field; a prompts file without prompts is refused */
+    j.batch = 0;
+    TT_CHECK(tp_sdg_job_run(&j, &r) == TP_ERR_ARG && strstr(tp_errmsg(), "batch"), "batch 0: %s", tp_errmsg());
+    j.batch = 2;
+    TT_CHECK(tt_write_text(prompts, "\n \n", 3), "rewrite %s", prompts);
+    TT_CHECK(tp_sdg_job_run(&j, &r) == TP_ERR_ARG && strstr(tp_errmsg(), "no prompts"), "empty prompts: %s",
+             tp_errmsg());
+    tp_log_default();
+    tt_sh("rm -rf '%s'", dir);
+    free(shard);
+    free(jsonl);
+    free(man);
+    free(prompts);
+    free(dir);
+    free(model);
 }

@@ -510,9 +510,9 @@ TT_TEST(tcache_refuses_bad_files) {
     /* mismatched data: other T, other split, same counts with another token */
     TT_CHECK(tp_tcache_open(good, &c) == TP_OK, "good cache opens");
     if (c) {
-        TT_CHECK(tp_tcache_check_data(c, Lt) == TP_ERR_ARG && strstr(tp_errmsg(), "--seq 12"), "other T: %s",
+        TT_CHECK(tp_tcache_check_data(c, Lt) == TP_ERR_ARG && strstr(tp_errmsg(), "seq 12"), "other T: %s",
                  tp_errmsg());
-        TT_CHECK(tp_tcache_check_data(c, Lv) == TP_ERR_ARG && strstr(tp_errmsg(), "--val-frac"), "other split: %s",
+        TT_CHECK(tp_tcache_check_data(c, Lv) == TP_ERR_ARG && strstr(tp_errmsg(), "val_frac"), "other split: %s",
                  tp_errmsg());
         TT_CHECK(tp_tcache_check_data(c, Lo) == TP_ERR_ARG && strstr(tp_errmsg(), "holds other tokens"),
                  "other content: %s", tp_errmsg());
@@ -525,7 +525,7 @@ TT_TEST(tcache_refuses_bad_files) {
             float tau;
         } bad_cfg[] = {
             {"top-7 of a top-6 cache", "top-7", 7, 0, TT, 1.0f},
-            {"full vocabulary", "--teacher", 0, 0, TT, 1.0f},
+            {"full vocabulary", "needs the teacher model", 0, 0, TT, 1.0f},
             {"intermediate states", "hidden states", 6, 1, TT, 1.0f},
             {"tau 2 (cache: 1, 1.5)", "temperatures 1, 1.5", 6, 0, TT, 2.0f},
             {"other T", "sequences of 13", 6, 0, TT - 1, 1.0f},
@@ -578,11 +578,12 @@ TT_TEST(tcache_refuses_bad_files) {
 /* ---- the commands ---- */
 
 
-static double last_metric(const char *path, const char *key) {
+/* The value of key on the last line of a metrics.jsonl that has it (first: on the first). */
+static double metric_at(const char *path, const char *key, int first) {
     char *t = NULL;
     double v = NAN;
     if (tp_read_file(path, &t, NULL) != TP_OK) return v;
-    for (char *line = strtok(t, "\n"); line; line = strtok(NULL, "\n")) {
+    for (char *line = strtok(t, "\n"); line && !(first && !isnan(v)); line = strtok(NULL, "\n")) {
         cJSON *j = cJSON_Parse(line);
         const cJSON *x = j ? cJSON_GetObjectItemCaseSensitive(j, key) : NULL;
         if (cJSON_IsNumber(x)) v = x->valuedouble;
@@ -626,9 +627,16 @@ TT_TEST(tcache_cli) {
              env, bin, model, dir, opts, dir, dir);
     TT_CHECK(tt_sh("%s", cmd) == 0, "distill --teacher-cache");
     char *ml = tt_path(dir, "live/metrics.jsonl"), *mc = tt_path(dir, "cached/metrics.jsonl");
-    double ll = last_metric(ml, "loss"), lc = last_metric(mc, "loss"), cl = last_metric(ml, "contrast"),
-           cc = last_metric(mc, "contrast");
-    TT_CHECK(isfinite(ll) && fabs(ll - lc) <= 1e-5 * fabs(ll) && fabs(cl - cc) <= 1e-5 * fabs(cl),
+    /* Step 1 sees the same student and the same teacher numbers: equal to float rounding. The
+     * cache's teacher logits come from forwards of other batch shapes than the live teacher's,
+     * and the GEMM backend may round them differently per shape (oneDNN picks kernels by shape
+     * and CPU: 1.2e-5 apart after 4 steps at lr 1e-2 on a Xeon with AMX, under 1e-5 on the
+     * machine the test was written on), so later steps agree to 1e-4. */
+    double l1 = metric_at(ml, "loss", 1), c1 = metric_at(mc, "loss", 1);
+    TT_CHECK(isfinite(l1) && fabs(l1 - c1) <= 1e-6 * fabs(l1), "step 1: loss %.9g (teacher) vs %.9g (cache)", l1, c1);
+    double ll = metric_at(ml, "loss", 0), lc = metric_at(mc, "loss", 0), cl = metric_at(ml, "contrast", 0),
+           cc = metric_at(mc, "contrast", 0);
+    TT_CHECK(isfinite(ll) && fabs(ll - lc) <= 1e-4 * fabs(ll) && fabs(cl - cc) <= 1e-4 * fabs(cl),
              "step 4: loss %.9g (teacher) vs %.9g (cache), contrast %.9g vs %.9g", ll, lc, cl, cc);
     tt_note("4 steps of top-8 KD + contrastive: last loss %.9g with the teacher, %.9g from the cache", ll, lc);
     struct {

@@ -1,7 +1,8 @@
 /* Structured compression (Minitron): activation-based importance of attention heads, KV groups,
  * MLP neurons, embedding channels and layers over a calibration set; pruning plans (target
  * shapes, explicit layer lists, a parameter-budget search); applying a plan to a model; and the
- * two files these write: the importance scores ("taper-importance" JSON) and prune_plan.json.
+ * two files these write: the importance scores ("taper-importance" JSON) and prune_plan.json;
+ * and the `taper importance` / `taper prune` commands as jobs (load, compute, write).
  * Definitions of every score are in docs/pruning.md and next to the fields below. */
 #ifndef TAPER_COMPRESS_H
 #define TAPER_COMPRESS_H
@@ -204,6 +205,96 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
 
 /* Parameter count of the model m pruned to shape (0 axes kept). */
 size_t tp_prune_shape_params(const tp_config *src, const tp_prune_shape *shape);
+
+/* Plan composition for pruning in rounds: p2 prunes the model p1 produced (p2->src is p1->cfg);
+ * the result maps p1's source straight to p2's target (applying it to p1's source gives the
+ * same weights as applying p1, then p2). Its rules, aggregation and scores are p2's. Fails when
+ * p2 does not fit p1's output. */
+tp_status tp_prune_plan_compose(const tp_prune_plan *p1, const tp_prune_plan *p2, tp_prune_plan **out);
+
+/* "12-17,3,7" (0-based, ranges inclusive) -> the listed layers in order given (malloc'd).
+ * Fails on malformed text with "expects a list like 12-17 or 3,7,20-22, got '...'" for the
+ * caller to prefix with the option's name. */
+tp_status tp_layer_list_parse(const char *s, int **out, int *n);
+
+/* ---- jobs: `taper importance` and `taper prune` as library calls ---- */
+
+/* What `taper importance MODEL --data FILE -o OUT` does: loads the model and calibration text,
+ * computes the scores and writes the score file (and json_path). Notes and warnings go to
+ * tp_log; nothing is printed. */
+typedef struct {
+    const char *model;           /* model path (named in the score file) */
+    const tp_model *loaded;      /* NULL, or model already loaded (then not loaded again) */
+    const char *data;            /* calibration text (tp_calib_load) */
+    const char *out;             /* score file to write (default "importance.json"; NULL: none) */
+    int samples;                 /* default 1024; all the file has if fewer */
+    int seq_len;                 /* default 512 */
+    int batch;                   /* default 4 */
+    int depth_samples;           /* default 64, clamped to the samples used; 0 = no depth scores */
+    int block;                   /* > 0: also score removing each block of this many layers */
+    tp_neuron_source neuron_source;
+    const char *block_metric;    /* NULL, or a multiple-choice task scored for each block */
+    int metric_limit;            /* first N items of that task (0 = all) */
+    const char *data_dir;        /* where the task's files are (NULL: ../shared/data) */
+    const char *agg;             /* aggregation pair of the json_path summary (NULL: the default) */
+    const char *json_path;       /* NULL, or where to write tp_importance_summary_json() */
+} tp_importance_job;
+
+void tp_importance_job_default(tp_importance_job *j);
+/* out (may be NULL) receives the scores (tp_importance_free). */
+tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out);
+/* The JSON of `taper importance --json` (and --show --json): per-layer summaries of the
+ * aggregation pair, blocks, loss and timing; path is the score file's name (NULL: left out).
+ * NULL when out of memory. */
+struct cJSON *tp_importance_summary_json(const tp_importance *imp, int pair, const char *path);
+
+/* What `taper prune` does: plans (explicit sizes, drop_layers, a target_params budget search
+ * ranked by held-out LM loss, or a replayed plan), applies the plan and writes the HF folder
+ * out, the plan (plan_out, default out/prune_plan.json), the GGUF and json_path. */
+typedef struct {
+    const char *model;
+    const char *scores;          /* importance score file */
+    const char *plan;            /* replay this prune_plan.json instead of planning */
+    const char *out;             /* HF folder to write, or NULL (then only the plan is written) */
+    const char *plan_out;        /* NULL: out/prune_plan.json */
+    const char *dtype;           /* HF tensors: "f32" (default), "f16", "bf16" */
+    const char *gguf;            /* NULL, or also write this GGUF */
+    const char *gguf_type;       /* "f32" (default), "f16", "bf16", "q8_0" */
+    const char *agg;             /* "BATCH,SEQ" ranking pair; NULL: the scores' default */
+    const char *drop_layers;     /* NULL, or explicit layers to drop, e.g. "12-17" */
+    const char *depth_metric;    /* NULL (auto), "block", "block-metric", "loss", "bi" */
+    const char *data;            /* held-out text of the search (NULL: the scores' calibration file) */
+    int hidden, ffn, heads, kv_heads, layers; /* target sizes; 0 keeps the axis */
+    size_t target_params;        /* > 0: budget search */
+    double tolerance;            /* fraction (default 0.05) */
+    int max_candidates;          /* default 12; 0 = all */
+    int eval_samples;            /* held-out samples (default 16) */
+    int seq_len;                 /* tokens per held-out sample (0: the scores' seq_len) */
+    const char *json_path;       /* NULL, or where to write tp_prune_job_json() */
+} tp_prune_job;
+
+typedef struct {
+    tp_config src, pruned;       /* the source model's and the pruned model's configs */
+    tp_prune_plan *plan;         /* the applied plan */
+    char *plan_path;             /* where it was written */
+    int replayed;                /* the plan was job->plan */
+    /* budget search (job->target_params); n_candidates is 0 without one */
+    tp_prune_candidate *candidates; /* evaluated shapes, best held-out loss first (the chosen one) */
+    int n_candidates, n_qualifying;
+    char *eval_data;             /* held-out text file */
+    size_t eval_first, eval_samples; /* held-out samples eval_first .. eval_first+eval_samples-1 */
+    int eval_seq_len;
+    double seconds;              /* wall time of the job */
+} tp_prune_job_result;
+
+void tp_prune_job_default(tp_prune_job *j);
+/* r is filled (tp_prune_job_result_free) on success and zeroed on failure. */
+tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r);
+void tp_prune_job_result_free(tp_prune_job_result *r);
+/* "none" (every layer kept), "plan" (replayed) or the depth rule's name, as the JSON says. */
+const char *tp_prune_job_result_depth(const tp_prune_job_result *r);
+/* The JSON of `taper prune --json`. NULL when out of memory. */
+struct cJSON *tp_prune_job_json(const tp_prune_job *j, const tp_prune_job_result *r);
 
 
 #endif

@@ -208,4 +208,23 @@ tp_distill_losses tp_distiller_last(const tp_distiller *d);
  * update (NULL when the widths are equal); *n_states receives the state count. */
 const float *tp_distiller_proj(const tp_distiller *d, const float **grad, int *n_states);
 
+/* ---- `taper distill` as a library call (src/train/distill_job.c) ----
+ * tp_train_job_run's job with the distiller plugged into the loop: args.json gets command
+ * "distill" and a "distill" member (compared on resume). */
+typedef struct {
+    const char *teacher;       /* the teacher model (with teacher_cache: only checked against it) */
+    const char *teacher_cache; /* NULL, or a file of `taper teacher-cache`: logits losses from it */
+    const char *kd;            /* "fkl" (default) | "rkl" | "jsd" | "none" */
+    const char *inter;         /* "none" (default) | "cosine" | "mse" */
+    const char *map;           /* "29:23,28:22" (student:teacher), "auto" or NULL (automatic) */
+    const char *plan;          /* NULL, or the prune_plan.json the student came from */
+    const char *alpha;         /* "dynamic" (default) or a number >= 0 */
+    const char *keep_mask;     /* NULL, or a sparsity mask kept through training */
+    float tau, beta, kd_weight, ce_weight, contrastive_weight; /* 1, 0.5, 1, 0, 0 */
+    int tau2, topk, emb_loss, negatives;                       /* 0, 0 (full vocab / the cache's K), 0, 16 */
+} tp_distill_job;
+void tp_distill_job_default(tp_distill_job *d);
+/* The training job j with distillation d. res as tp_train_job_run's. */
+tp_status tp_distill_run(const tp_train_job *j, const tp_distill_job *d, tp_train_job_result *res);
+
 #endif

@@ -43,4 +43,34 @@ void tp_nll_rows(const float *logits, const int32_t *targets, size_t n, size_t v
 tp_status tp_perplexity(const tp_model *m, const int32_t *ids, size_t n, int ctx, int32_t bos,
                         size_t max_chunks, tp_progress *progress, tp_ppl_result out[2]);
 
+/* ---- `taper ppl` as a library call ---- */
+
+/* Perplexity of a text file under both protocols: load the model, read data as bytes, tokenize
+ * it without BOS, run tp_perplexity. Plain values only; tp_ppl_job_default fills the CLI's defaults. */
+typedef struct {
+    const char *model;     /* model path (GGUF, safetensors folder, ...); required */
+    const char *data;      /* text file to score; required */
+    int ctx;               /* tokens per chunk (512); at least 4 */
+    size_t max_chunks;     /* score only the first max_chunks chunks (0 = all) */
+    const char *precision; /* "fp32" / "bf16" for the job's duration, restored after; NULL = leave as is */
+    const char *json_path; /* when set: the JSON `taper ppl --json=FILE` writes (tp_ppl_job_json) */
+} tp_ppl_job;
+
+typedef struct {
+    size_t bytes;          /* of the data file */
+    size_t tokens;         /* of the tokenized text */
+    int ctx;
+    int max_pos;           /* the model's context (ctx beyond it is allowed, with a warning) */
+    const char *precision; /* precision the job ran under ("fp32" / "bf16", static) */
+    tp_ppl_result r[2];    /* [TP_PPL_CHUNKS], [TP_PPL_LLAMACPP] */
+} tp_ppl_job_result;
+
+void tp_ppl_job_default(tp_ppl_job *j);
+/* Runs j and fills *res. Writes j->json_path (atomically) when set. A ctx beyond the model's
+ * context is a TP_LOG_WARN, not an error. Never prints to stdout. */
+tp_status tp_ppl_job_run(const tp_ppl_job *j, tp_ppl_job_result *res);
+/* The JSON of a finished job (what json_path receives); NULL when out of memory. Free with
+ * cJSON_Delete. */
+struct cJSON *tp_ppl_job_json(const tp_ppl_job *j, const tp_ppl_job_result *res);
+
 #endif

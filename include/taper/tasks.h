@@ -128,4 +128,53 @@ void tp_task_result_free(tp_task_result *r);
 tp_status tp_encode_pair(const tp_tokenizer *tok, const char *ctx, const char *cont, int32_t **ctx_ids,
                          size_t *n_ctx, int32_t **cont_ids, size_t *n_cont);
 
+/* ---- `taper eval` as a library call ---- */
+
+/* Parses a comma-separated task list into built-in task names (pointers into tp_task_names()):
+ * "all" adds every built-in task, empty entries are skipped, at most max names. TP_ERR_ARG names
+ * an unknown task. */
+tp_status tp_task_list_parse(const char *list, const char **names, int max, int *n);
+
+struct tp_eval_job_result;
+/* Zero-shot benchmarks of one model: built-in tasks from data_dir and task files, every task
+ * loaded before the model (missing data fails first), scored in order with tp_task_run. */
+typedef struct {
+    const char *model;              /* model path; required */
+    const char *tasks;              /* comma-separated built-in tasks (tp_task_list_parse); NULL = all,
+                                     * unless task files are given */
+    const char *const *task_files;  /* (n_task_files) generic JSONL task files, scored after tasks */
+    int n_task_files;
+    int limit;                      /* first limit items of each task (MMLU: per subject); 0 = all */
+    const char *data_dir;           /* benchmark files; required for built-in tasks (no default: the
+                                     * library reads no environment) */
+    int batch;                      /* items per forward (8) */
+    int max_length;                 /* truncation / rolling window; 0 = the model's max_position_embeddings */
+    const char *precision;          /* "fp32" / "bf16" for the job's duration, restored after; NULL = leave */
+    const char *json_path;          /* when set: the JSON `taper eval --json=FILE` writes (tp_eval_job_json) */
+    /* Optional, for live output: called with k = -1 once the model is loaded (res->max_length set),
+     * then with k = 0, 1, ... as each task finishes (res->results[k] filled). */
+    void (*on_task)(void *user, const struct tp_eval_job_result *res, int k);
+    void *user;
+} tp_eval_job;
+
+typedef struct tp_eval_job_result {
+    int n_tasks;
+    tp_task **tasks;             /* (n_tasks) the tasks scored, built-in ones first */
+    tp_task_result *results;     /* (n_tasks) */
+    int max_length;              /* the effective max_length */
+    /* Macro average over the multiple-choice tasks (reported when n_mc > 1): mean acc, and mean of
+     * acc_norm where the task reports it, else acc. */
+    int n_mc;
+    double macro_acc, macro_acc_norm_or_acc;
+} tp_eval_job_result;
+
+void tp_eval_job_default(tp_eval_job *j);
+/* Runs j and fills *res (free with tp_eval_job_result_free; zeroed on failure, nothing to free).
+ * Writes j->json_path (atomically) when set. Never prints to stdout. */
+tp_status tp_eval_job_run(const tp_eval_job *j, tp_eval_job_result *res);
+void tp_eval_job_result_free(tp_eval_job_result *res);
+/* The JSON of a finished job (what json_path receives): settings, every metric, per-item scores;
+ * NULL when out of memory. Free with cJSON_Delete. */
+struct cJSON *tp_eval_job_json(const tp_eval_job *j, const tp_eval_job_result *res);
+
 #endif

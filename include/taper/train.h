@@ -113,6 +113,24 @@ tp_status tp_shard_write(const char *path, const uint32_t *tokens, size_t n_toke
 tp_status tp_shard_write_ex(const char *path, const uint32_t *tokens, size_t n_tokens, const uint64_t *doc_start,
                             size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos, uint64_t tok_fingerprint,
                             const char *source);
+/* A shard filled one document at a time; both `taper tokenize` and `taper generate-data` write
+ * through it. Nothing appears under path before tp_shard_writer_close, which writes the whole file
+ * as tp_shard_write_ex does (temporary name, fsync, rename, fsync of the directory): an interrupted
+ * or failed write leaves path as it was. */
+typedef struct tp_shard_writer tp_shard_writer;
+/* vocab, bos and eos (-1 = none: what the loader inserts around each document) and the tokenizer
+ * fingerprint (tp_shard_tok_fingerprint; 0 = unknown) go into the header. */
+tp_status tp_shard_writer_open(const char *path, uint32_t vocab, int32_t bos, int32_t eos, uint64_t tok_fingerprint,
+                               tp_shard_writer **out);
+/* Appends one document of n >= 1 ids, each in [0, vocab); refused (nothing added) otherwise. */
+tp_status tp_shard_writer_add_doc(tp_shard_writer *w, const int32_t *ids, size_t n);
+size_t tp_shard_writer_tokens(const tp_shard_writer *w); /* tokens added so far */
+size_t tp_shard_writer_docs(const tp_shard_writer *w);   /* documents added so far */
+/* Writes the shard with source (free text, may be NULL) in its header and frees w, also on
+ * failure. *bytes (may be NULL): the size of the file written. */
+tp_status tp_shard_writer_close(tp_shard_writer *w, const char *source, size_t *bytes);
+/* Frees w and writes nothing (NULL is fine). */
+void tp_shard_writer_abort(tp_shard_writer *w);
 /* 64-bit fingerprint of what a tokenizer does (its pieces, pre-tokenizer and the encoding of a fixed
  * probe text); never 0. Shards of one dataset must agree on it. */
 uint64_t tp_shard_tok_fingerprint(const tp_tokenizer *t);

@@ -1,7 +1,8 @@
 /* The training loop as a library call: micro-batches with gradient accumulation, AdamW with the
  * warmup + cosine schedule, validation, a JSONL metrics log, crash-safe checkpoints, exact resume
- * and a clean stop on request. `taper train` is a thin CLI around tp_train_run; distillation
- * reuses it by plugging its logits loss (and hooks) into each micro-step through tp_train_hooks.
+ * and a clean stop on request; and the whole `taper train` job around it (tp_train_job_run: model,
+ * data, args.json, summary.json, exports), of which the CLI is a thin wrapper. Distillation reuses
+ * the loop by plugging its logits loss (and hooks) into each micro-step through tp_train_hooks.
  *
  * What does not live here: the forward/backward (tp_train_step), the optimizer and checkpoint
  * file format (train.h), argument parsing and signal handlers (cli/cmd_train.c). */
@@ -125,5 +126,48 @@ uint64_t tp_params_hash(const tp_model *m);
 
 /* Random init for training from scratch: matrices N(0, std), norms 1, biases 0, from seed. */
 void tp_model_init_random(tp_model *m, uint64_t seed, float std);
+
+/* ---- `taper train` as a library call (src/train/train_job.c) ----
+ * Everything the command does except option parsing, signal handlers and the stdout summary:
+ * loads MODEL (or a random init of init_config with MODEL's tokenizer), opens the shards, checks
+ * that they fit the model, writes run_dir/args.json (on resume: refuses settings that change the
+ * trajectory, notes the others through tp_log), runs tp_train_run, writes run_dir/summary.json
+ * and the exports. */
+typedef struct {
+    const char *model;        /* .gguf file or HF folder (with init_config: only its tokenizer) */
+    const char *init_config;  /* NULL, or a config.json: train from scratch, weights N(0, 0.02), norms 1 */
+    const char *data;         /* token shards: a .tpt, a directory of them, or a comma-separated list */
+    const char *run_dir;      /* args.json, metrics.jsonl, ckpt-<step>.tpc, summary.json */
+    int steps;                /* updates in total (must be set: the default -1 is refused) */
+    int schedule_steps;       /* cosine horizon; 0: the saved args.json's on resume, else steps */
+    int seq, batch, accum, warmup, val_every, val_batches, ckpt_every, keep; /* as tp_train_cfg */
+    int resume;               /* continue from run_dir's newest valid checkpoint */
+    int recompute, quiet;
+    uint64_t seed;            /* data order and random init */
+    float lr, min_lr, weight_decay, beta1, beta2, eps, clip, val_frac;
+    const char *export_hf, *export_dtype;         /* NULL or a folder; "f32" | "f16" | "bf16" */
+    const char *export_gguf, *export_gguf_type;   /* NULL or a file; "f32" | "f16" | "bf16" | "q8_0" */
+    const char *precision;    /* "fp32" | "bf16" for the run's duration (restored after); NULL = leave */
+    volatile sig_atomic_t *stop; /* NULL, or a flag a signal handler sets (to the signal number):
+                                    finish the update, checkpoint, return with r.stopped = 1 */
+} tp_train_job;
+/* The defaults of `taper train`: seq 256, batch 4, accum 1, val_batches 8, ckpt_every 100, keep 2,
+ * seed 1, tp_adamw_defaults, val_frac 0.05, exports f32; steps -1 (unset). */
+void tp_train_job_default(tp_train_job *j);
+
+typedef struct {
+    tp_train_result r;    /* the loop's outcome (r.stopped: ended on *stop) */
+    int trained;          /* 1: the loop ran (to the end or to a stop): r and summary.json hold its
+                             outcome, even when an export after it failed */
+    int stop_signal;      /* the value *stop held when the run stopped on request, else 0 */
+    double peak_rss_mib;  /* peak resident memory of the process */
+    int threads;          /* OpenMP threads the run used */
+    int exported_hf, exported_gguf; /* 1: that export was written */
+} tp_train_job_result;
+
+/* Plain cross-entropy training. res is always filled (zeroed first); free it with
+ * tp_train_job_result_free whatever the status. */
+tp_status tp_train_job_run(const tp_train_job *j, tp_train_job_result *res);
+void tp_train_job_result_free(tp_train_job_result *res);
 
 #endif

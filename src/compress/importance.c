@@ -13,6 +13,7 @@
 #include "taper/compress.h"
 #include "taper/eval.h"
 #include "taper/tokenizer.h"
+#include "core/internal.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* aggregation names */
@@ -70,6 +71,11 @@ static tp_status jsonl_texts(const char *path, const char *data, size_t len, cha
         memcpy(line, p, ll);
         line[ll] = 0;
         cJSON *j = cJSON_Parse(line);
+        if (!j && tp_json_valid(line, ll)) {
+            free(line);
+            free(buf);
+            return tp_fail(TP_ERR_NOMEM, "%s: out of memory at line %zu", path, lineno);
+        }
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "text");
         if (!cJSON_IsString(t)) {
             cJSON_Delete(j);

@@ -1,5 +1,6 @@
-/* Parameter-budget search (--target-params): enumerate shapes on a grid, keep those within the
- * budget's tolerance, prune each with the scores and rank by held-out LM loss. */
+/* Parameter-budget search (tp_prune_job.target_params): enumerate shapes on a grid, keep those within the
+ * budget's tolerance, prune each with the scores and rank by held-out LM loss. Also composing two
+ * plans (pruning in rounds) and parsing layer lists ("12-17,20"). */
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -51,9 +52,9 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
     *cands = NULL;
     *n_cands = *n_total = 0;
     const tp_config *c = &m->cfg;
-    if (!imp) return tp_fail(TP_ERR_ARG, "--target-params needs importance scores (--scores)");
+    if (!imp) return tp_fail(TP_ERR_ARG, "target_params needs importance scores");
     if (o->eval_ids && (o->eval_samples == 0 || o->seq_len < 2))
-        return tp_fail(TP_ERR_ARG, "--target-params: held-out text needs >= 1 sample of >= 2 tokens");
+        return tp_fail(TP_ERR_ARG, "target_params: held-out text needs >= 1 sample of >= 2 tokens");
     if (!(o->tolerance > 0 && o->tolerance < 1)) return tp_fail(TP_ERR_ARG, "tolerance %g must be in (0, 1)", o->tolerance);
     tp_status s = tp_importance_check_model(imp, c, "importance scores");
     if (s) return s;
@@ -100,11 +101,11 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
     if (n == 0) {
         free(all);
         if (!best_p)
-            return tp_fail(TP_ERR_ARG, "--target-params %zu: no shape on the grid is possible with the fixed sizes given",
+            return tp_fail(TP_ERR_ARG, "target_params %zu: no shape on the grid is possible with the fixed sizes given",
                            o->target);
-        return tp_fail(TP_ERR_ARG, "--target-params %zu: no shape on the grid (hidden multiple of 64, ffn multiple of "
-                       "%d, equal GQA groups, >= %d layers, with the sizes fixed on the command line) is within +-%.0f%%; "
-                       "the closest is hidden %d, ffn %d, heads %d, kv-heads %d, layers %d with %zu params",
+        return tp_fail(TP_ERR_ARG, "target_params %zu: no shape on the grid (hidden multiple of 64, ffn multiple of "
+                       "%d, equal GQA groups, layers >= %d, with the fixed sizes given) is within +-%.0f%%; "
+                       "the closest is hidden %d, ffn %d, heads %d, kv_heads %d, layers %d with %zu params",
                        o->target, c->d_ff % 128 == 0 ? 128 : 64, (c->n_layers + 1) / 2, 100 * o->tolerance,
                        best_sh.d_model, best_sh.d_ff, best_sh.n_heads, best_sh.n_kv_heads, best_sh.n_layers, best_p);
     }
@@ -124,7 +125,7 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
         if (!s) s = tp_prune_apply(m, p, &pm);
         if (!s) s = tp_lm_loss(pm, o->eval_ids, o->eval_samples, o->seq_len, NULL, NULL, &all[i].loss);
         if (s)
-            tp_fail_ctx(s, "candidate hidden %d, ffn %d, heads %d/%d, layers %d: ", all[i].shape.d_model,
+            tp_fail_ctx(s, "candidate hidden %d, ffn %d, heads %d, kv_heads %d, layers %d: ", all[i].shape.d_model,
                         all[i].shape.d_ff, all[i].shape.n_heads, all[i].shape.n_kv_heads, all[i].shape.n_layers);
         tp_model_free(pm);
         tp_prune_plan_free(p);
@@ -139,4 +140,92 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
     *n_cands = (int)k;
     *n_total = (int)n;
     return TP_OK;
+}
+
+tp_status tp_prune_plan_compose(const tp_prune_plan *p1, const tp_prune_plan *p2, tp_prune_plan **out) {
+    *out = NULL;
+    tp_status s = tp_prune_plan_check(p2, &p1->cfg);
+    if (s) return tp_fail_ctx(s, "composing plans: the second does not prune the model the first made: ");
+    const tp_config *c1 = &p1->cfg, *c = &p2->cfg;
+    size_t L = (size_t)c->n_layers;
+    tp_prune_plan *p = calloc(1, sizeof *p);
+    if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    p->src = p1->src;
+    p->cfg = p2->cfg;
+    p->src_params = p1->src_params;
+    p->n_params = p2->n_params;
+    p->depth_rule = p2->depth_rule;
+    p->agg_pair = p2->agg_pair;
+    p->scores = p2->scores ? strdup(p2->scores) : NULL;
+    p->layers = malloc(L * sizeof(int));
+    p->channels = malloc((size_t)c->d_model * sizeof(int));
+    p->kv_groups = malloc(L * (size_t)c->n_kv_heads * sizeof(int));
+    p->heads = malloc(L * (size_t)c->n_heads * sizeof(int));
+    p->neurons = malloc(L * (size_t)c->d_ff * sizeof(int));
+    if (!p->layers || !p->channels || !p->kv_groups || !p->heads || !p->neurons || (p2->scores && !p->scores)) {
+        tp_prune_plan_free(p);
+        return tp_fail(TP_ERR_NOMEM, "out of memory");
+    }
+    /* every index of p2 names a part of p1's model; p1 maps that part to its source index (both
+     * lists ascending, so the composition is too) */
+    for (int i = 0; i < c->d_model; i++) p->channels[i] = p1->channels[p2->channels[i]];
+    for (size_t i = 0; i < L; i++) {
+        size_t l1 = (size_t)p2->layers[i]; /* the layer of p1's model it keeps */
+        p->layers[i] = p1->layers[l1];
+        for (int g = 0; g < c->n_kv_heads; g++)
+            p->kv_groups[i * c->n_kv_heads + g] =
+                p1->kv_groups[l1 * c1->n_kv_heads + p2->kv_groups[i * c->n_kv_heads + g]];
+        for (int h = 0; h < c->n_heads; h++)
+            p->heads[i * c->n_heads + h] = p1->heads[l1 * c1->n_heads + p2->heads[i * c->n_heads + h]];
+        for (int n = 0; n < c->d_ff; n++)
+            p->neurons[i * c->d_ff + n] = p1->neurons[l1 * c1->d_ff + p2->neurons[i * c->d_ff + n]];
+    }
+    if ((s = tp_prune_plan_check(p, &p->src))) {
+        tp_prune_plan_free(p);
+        return tp_fail_ctx(s, "composed plan: ");
+    }
+    *out = p;
+    return TP_OK;
+}
+
+tp_status tp_layer_list_parse(const char *s, int **out, int *n) {
+    *out = NULL;
+    *n = 0;
+    int cap = 16, k = 0;
+    int *v = malloc((size_t)cap * sizeof *v);
+    if (!v) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long a = strtol(p, &end, 10), b;
+        if (end == p || a < 0 || a > 100000) goto bad;
+        p = end;
+        b = a;
+        if (*p == '-') {
+            b = strtol(p + 1, &end, 10);
+            if (end == p + 1 || b < a || b > 100000) goto bad;
+            p = end;
+        }
+        for (long i = a; i <= b; i++) {
+            if (k == cap) {
+                cap *= 2;
+                int *nv = realloc(v, (size_t)cap * sizeof *nv);
+                if (!nv) {
+                    free(v);
+                    return tp_fail(TP_ERR_NOMEM, "out of memory");
+                }
+                v = nv;
+            }
+            v[k++] = (int)i;
+        }
+        if (*p == ',') p++;
+        else if (*p) goto bad;
+    }
+    if (k == 0) goto bad;
+    *out = v;
+    *n = k;
+    return TP_OK;
+bad:
+    free(v);
+    return tp_fail(TP_ERR_ARG, "expects a list like 12-17 or 3,7,20-22, got '%s'", s);
 }

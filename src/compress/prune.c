@@ -53,11 +53,11 @@ static tp_status resolve_shape(const tp_config *src, const tp_prune_shape *sh, t
                            sh->field, src->field, name);                                                \
         cfg->field = sh->field;                                                                         \
     }
-    AXIS(d_model, "--hidden", "hidden_size")
-    AXIS(d_ff, "--ffn", "intermediate_size")
-    AXIS(n_heads, "--heads", "num_attention_heads")
-    AXIS(n_kv_heads, "--kv-heads", "num_key_value_heads")
-    AXIS(n_layers, "--layers", "num_hidden_layers")
+    AXIS(d_model, "hidden", "hidden_size")
+    AXIS(d_ff, "ffn", "intermediate_size")
+    AXIS(n_heads, "heads", "num_attention_heads")
+    AXIS(n_kv_heads, "kv_heads", "num_key_value_heads")
+    AXIS(n_layers, "layers", "num_hidden_layers")
 #undef AXIS
     if (cfg->n_layers != src->n_layers) { /* provisional per-layer flags until the layers are chosen */
         int *first = malloc((size_t)cfg->n_layers * sizeof *first);
@@ -69,15 +69,16 @@ static tp_status resolve_shape(const tp_config *src, const tp_prune_shape *sh, t
     if (sh->n_kv_heads && !sh->n_heads) cfg->n_heads = sh->n_kv_heads * rep; /* keep the group size */
     if (sh->n_heads && !sh->n_kv_heads) {
         if (sh->n_heads % src->n_kv_heads != 0)
-            return tp_fail(TP_ERR_ARG, "--heads %d is not a multiple of the model's %d KV groups; give --kv-heads too "
+            return tp_fail(TP_ERR_ARG, "heads %d is not a multiple of the model's %d KV groups; give kv_heads too "
                            "(GQA groups must stay equal in size)", sh->n_heads, src->n_kv_heads);
     }
     if (cfg->n_heads % cfg->n_kv_heads != 0)
-        return tp_fail(TP_ERR_ARG, "--heads %d is not a multiple of --kv-heads %d (GQA groups must stay equal in size)",
+        return tp_fail(TP_ERR_ARG, "heads %d is not a multiple of kv_heads %d (GQA groups must stay equal in size)",
                        cfg->n_heads, cfg->n_kv_heads);
     if (cfg->n_heads / cfg->n_kv_heads > rep)
-        return tp_fail(TP_ERR_ARG, "--heads %d with --kv-heads %d needs %d query heads per KV group; the model's groups "
-                       "have %d", cfg->n_heads, cfg->n_kv_heads, cfg->n_heads / cfg->n_kv_heads, rep);
+        return tp_fail(TP_ERR_ARG, "heads %d with kv_heads %d makes GQA groups of %d; the model's groups have %d "
+                       "(pruning cannot grow a group)", cfg->n_heads, cfg->n_kv_heads, cfg->n_heads / cfg->n_kv_heads,
+                       rep);
     return tp_config_validate(cfg);
 }
 
@@ -140,13 +141,14 @@ static tp_status choose_layers(const tp_config *src, const tp_importance *imp, t
         *rule = TP_DEPTH_LIST;
         for (int i = 0; i < n_drop && !s; i++) {
             if (drop[i] < 0 || drop[i] >= L)
-                s = tp_fail(TP_ERR_ARG, "--drop-layers: layer %d does not exist (the model has layers 0-%d)", drop[i], L - 1);
+                s = tp_fail(TP_ERR_ARG, "drop_layers: layer %d does not exist (valid indices are 0-%d)", drop[i],
+                            L - 1);
             else if (gone[drop[i]]++)
-                s = tp_fail(TP_ERR_ARG, "--drop-layers: layer %d is listed twice", drop[i]);
+                s = tp_fail(TP_ERR_ARG, "drop_layers: layer %d is listed twice", drop[i]);
         }
     } else if (nd > 0) {
         tp_depth_rule r = *rule;
-        if (!imp) s = tp_fail(TP_ERR_ARG, "dropping %d layers needs importance scores (--scores) or --drop-layers", nd);
+        if (!imp) s = tp_fail(TP_ERR_ARG, "layers %d (dropping %d) needs importance scores or drop_layers", keep, nd);
         else if (r == TP_DEPTH_AUTO)
             r = imp->block_loss && imp->block_size == nd ? TP_DEPTH_BLOCK : imp->layer_loss ? TP_DEPTH_LOSS : TP_DEPTH_BI;
         *rule = r;
@@ -156,10 +158,10 @@ static tp_status choose_layers(const tp_config *src, const tp_importance *imp, t
             const double *v = r == TP_DEPTH_BLOCK ? imp->block_loss : imp->block_metric;
             int sign = r == TP_DEPTH_BLOCK_METRIC && imp->block_metric_higher_is_better ? 1 : -1;
             if (!v || imp->block_size != nd)
-                s = tp_fail(TP_ERR_ARG, "depth metric %s: dropping %d layers needs scores of %d-layer blocks, the scores "
-                            "have %s (run taper importance --block %d%s)", tp_depth_rule_name(r), nd, nd,
-                            !v ? "none" : "another size", nd,
-                            r == TP_DEPTH_BLOCK_METRIC ? " with a --block-metric" : "");
+                s = tp_fail(TP_ERR_ARG, "depth metric %s: removing %d of %d needs scores of %d-layer blocks, the "
+                            "scores have %s (compute them with the importance job's block = %d%s)",
+                            tp_depth_rule_name(r), nd, L, nd, !v ? "none" : "another size", nd,
+                            r == TP_DEPTH_BLOCK_METRIC ? " and a block_metric" : "");
             else {
                 int best = 0;
                 for (int i = 1; i + nd <= L; i++)
@@ -169,7 +171,7 @@ static tp_status choose_layers(const tp_config *src, const tp_importance *imp, t
         } else if (r == TP_DEPTH_LOSS || r == TP_DEPTH_BI) {
             const double *v = r == TP_DEPTH_LOSS ? imp->layer_loss : imp->block_influence;
             if (!v) s = tp_fail(TP_ERR_ARG, "depth metric %s: the scores have no layer-removal losses "
-                                "(run taper importance with --depth-samples > 0)", tp_depth_rule_name(r));
+                                "(compute them with the importance job's depth_samples > 0)", tp_depth_rule_name(r));
             else {
                 /* drop the nd layers whose removal costs least: rank by -cost */
                 for (int l = 0; l < L; l++) score[l] = -v[l];
@@ -186,7 +188,7 @@ static tp_status choose_layers(const tp_config *src, const tp_importance *imp, t
                 }
             }
         } else
-            s = tp_fail(TP_ERR_ARG, "depth metric %s cannot choose layers to drop", tp_depth_rule_name(r));
+            s = tp_fail(TP_ERR_ARG, "depth metric %s cannot choose what to drop", tp_depth_rule_name(r));
     }
     for (int l = 0, k = 0; l < L && !s; l++)
         if (!gone[l]) layers[k++] = l;
@@ -206,10 +208,10 @@ tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int
     tp_status s;
     if (drop) {
         if (n_drop < 0 || n_drop >= src->n_layers)
-            return tp_fail(TP_ERR_ARG, "--drop-layers lists %d layers; the model has %d and must keep at least one",
+            return tp_fail(TP_ERR_ARG, "drop_layers lists %d; the model has %d and must keep at least one",
                            n_drop, src->n_layers);
         if (sh.n_layers && sh.n_layers != src->n_layers - n_drop)
-            return tp_fail(TP_ERR_ARG, "--layers %d disagrees with --drop-layers, which leaves %d of %d layers",
+            return tp_fail(TP_ERR_ARG, "layers %d disagrees with drop_layers, which leaves %d of %d",
                            sh.n_layers, src->n_layers - n_drop, src->n_layers);
         sh.n_layers = src->n_layers - n_drop;
     }
@@ -222,7 +224,7 @@ tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int
         if (agg_pair < 0) agg_pair = imp->default_pair;
         if (agg_pair >= TP_AGG_PAIRS) return tp_fail(TP_ERR_ARG, "aggregation pair %d is out of range", agg_pair);
     } else if (width_cut) {
-        return tp_fail(TP_ERR_ARG, "pruning width (hidden, ffn, heads, kv-heads) needs importance scores (--scores)");
+        return tp_fail(TP_ERR_ARG, "pruning width (hidden, ffn, heads, kv_heads) needs importance scores");
     }
     tp_prune_plan *p = calloc(1, sizeof *p);
     if (!p) return tp_fail(TP_ERR_NOMEM, "out of memory");

@@ -46,7 +46,7 @@ static int cholesky_lower(double *A, int n) {
 static tp_status not_pd(const char *what, int col, int n, double damp, const char *stage) {
     return tp_fail(TP_ERR_NUMERIC,
                    "SparseGPT: the %s of %s is not positive definite (Cholesky pivot of input %d of %d fails): "
-                   "the calibration inputs are linearly dependent there; raise --damp (now %g, e.g. 0.01 or 0.1) "
+                   "the calibration inputs are linearly dependent there; raise damp (now %g, e.g. 0.01 or 0.1) "
                    "or use more calibration tokens",
                    stage, what, col, n, damp);
 }
@@ -194,7 +194,7 @@ tp_status sp_gpt_prune(float *W, int rows, int cols, const double *U, const unsi
     if (!s)
         for (size_t i = 0; i < R * C; i++) {
             if (!isfinite(Wd[i])) {
-                s = tp_fail(TP_ERR_NUMERIC, "SparseGPT %s: weight %zu became %g (raise --damp)", name, i, Wd[i]);
+                s = tp_fail(TP_ERR_NUMERIC, "SparseGPT %s: weight %zu became %g (raise damp)", name, i, Wd[i]);
                 break;
             }
             W[i] = (float)Wd[i];

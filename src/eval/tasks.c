@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "taper/tasks.h"
+#include "core/internal.h"
 
 /* ---------------- small string tools ---------------- */
 
@@ -604,6 +605,11 @@ static tp_status load_arc(const char *name, const char *dir, size_t limit, tp_ta
             goto done;
         }
         cJSON *j = cJSON_Parse(line);
+        if (!j && tp_json_valid(line, strlen(line))) {
+            s = oom(t);
+            t = NULL;
+            goto done;
+        }
         const cJSON *ch;
         const char *q = j ? json_str(j, "query") : NULL;
         int nc = j ? json_strings(j, "choices", &ch) : -1;
@@ -755,6 +761,7 @@ static tp_status load_piqa(const char *dir, size_t limit, tp_task **out) {
         }
         int gold = *lp++ - '0';
         cJSON *j = cJSON_Parse(line);
+        if (!j && tp_json_valid(line, strlen(line))) goto nomem;
         const char *g = j ? json_str(j, "goal") : NULL, *s1 = j ? json_str(j, "sol1") : NULL,
                    *s2 = j ? json_str(j, "sol2") : NULL;
         if (!g || !s1 || !s2) {
@@ -812,6 +819,7 @@ static tp_status load_winogrande(const char *dir, size_t limit, tp_task **out) {
     while ((!limit || t->n_items < limit) && (r = next_line(text, len, &pos, &line, &lineno)) != 0) {
         if (r < 0) goto nomem;
         cJSON *j = cJSON_Parse(line);
+        if (!j && tp_json_valid(line, strlen(line))) goto nomem;
         const cJSON *co;
         int n = j ? json_strings(j, "context_options", &co) : -1;
         const char *c = j ? json_str(j, "continuation") : NULL;
@@ -1185,6 +1193,7 @@ tp_status tp_task_load_file(const char *path, size_t limit, tp_task **out) {
     while ((!limit || t->n_items < limit) && (r = next_line(text, len, &pos, &line, &lineno)) != 0) {
         if (r < 0) goto nomem;
         cJSON *j = cJSON_Parse(line);
+        if (!j && tp_json_valid(line, strlen(line))) goto nomem;
         if (!cJSON_IsObject(j)) {
             cJSON_Delete(j);
             s = tp_fail(TP_ERR_FORMAT, "%s line %zu: not a JSON object; %s", path, lineno, GENERIC_HELP);

@@ -1,6 +1,7 @@
-/* Token shards (.tpt): the writer, the validated read-only mmap reader, datasets made of several
- * shards, and the packed-sequence loader (BOS/EOS around each document, windows of T+1 tokens
- * with stride T, every k-th window held out for validation, a Fisher-Yates shuffle per epoch).
+/* Token shards (.tpt): the writer (whole arrays, or document by document with tp_shard_writer, which
+ * `taper tokenize` and `taper generate-data` use), the validated read-only mmap reader, datasets made
+ * of several shards, and the packed-sequence loader (BOS/EOS around each document, windows of T+1
+ * tokens with stride T, every k-th window held out for validation, a Fisher-Yates shuffle per epoch).
  * The file format and the loader's exact rules are in docs/data.md; turning text into shards
  * (`taper tokenize`) is cli/cmd_tokenize.c. */
 #include <dirent.h>
@@ -82,9 +83,24 @@ static tp_status write_all(int fd, const void *buf, size_t n, const char *path) 
     return TP_OK;
 }
 
-tp_status tp_shard_write_ex(const char *path, const uint32_t *tokens, size_t n_tokens, const uint64_t *doc_start,
-                            size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos, uint64_t tok_fingerprint,
-                            const char *source) {
+/* fsync of the directory holding path, so that a rename into it survives a crash. */
+static void fsync_dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY) : -1;
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
+/* The one place that writes the format: the content is checked, written to path.tmp.<pid>,
+ * fsynced, renamed onto path and the directory fsynced, so path holds either what it held before
+ * or the whole shard, never part of one. *bytes_out (may be NULL): the file's size. */
+static tp_status shard_write_file(const char *path, const uint32_t *tokens, size_t n_tokens,
+                                  const uint64_t *doc_start, size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos,
+                                  uint64_t tok_fingerprint, const char *source, size_t *bytes_out) {
     if (!path || (n_tokens && !tokens) || (n_docs && !doc_start))
         return tp_fail(TP_ERR_ARG, "tp_shard_write: NULL path or data");
     tp_status s = check_content(path, tokens, n_tokens, doc_start, n_docs, vocab, bos, eos);
@@ -129,14 +145,108 @@ tp_status tp_shard_write_ex(const char *path, const uint32_t *tokens, size_t n_t
     if (close(fd) != 0 && !s) s = tp_fail(TP_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
     if (!s && rename(tmp, path) != 0) s = tp_fail(TP_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
     if (s) unlink(tmp);
+    else fsync_dir_of(path);
+    if (!s && bytes_out) *bytes_out = hb + round8(tok_bytes) + n_docs * 8;
     free(tmp);
     free(head);
     return s;
 }
 
+tp_status tp_shard_write_ex(const char *path, const uint32_t *tokens, size_t n_tokens, const uint64_t *doc_start,
+                            size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos, uint64_t tok_fingerprint,
+                            const char *source) {
+    return shard_write_file(path, tokens, n_tokens, doc_start, n_docs, vocab, bos, eos, tok_fingerprint, source, NULL);
+}
+
 tp_status tp_shard_write(const char *path, const uint32_t *tokens, size_t n_tokens, const uint64_t *doc_start,
                          size_t n_docs, uint32_t vocab, int32_t bos, int32_t eos) {
-    return tp_shard_write_ex(path, tokens, n_tokens, doc_start, n_docs, vocab, bos, eos, 0, NULL);
+    return shard_write_file(path, tokens, n_tokens, doc_start, n_docs, vocab, bos, eos, 0, NULL, NULL);
+}
+
+/* ----------------------------------------------------------- shard writer --- */
+
+/* Documents are gathered in memory and the file is written whole on close: the header holds the
+ * counts and the source text, which (for `taper tokenize`) is only known once the shard is full. */
+struct tp_shard_writer {
+    char *path;
+    uint32_t vocab;
+    int32_t bos, eos;
+    uint64_t fingerprint;
+    uint32_t *tokens;
+    size_t n_tokens, cap_tokens;
+    uint64_t *doc_start;
+    size_t n_docs, cap_docs;
+};
+
+tp_status tp_shard_writer_open(const char *path, uint32_t vocab, int32_t bos, int32_t eos, uint64_t tok_fingerprint,
+                               tp_shard_writer **out) {
+    *out = NULL;
+    if (!path || !*path) return tp_fail(TP_ERR_ARG, "tp_shard_writer_open: empty path");
+    tp_status s = check_content(path, NULL, 0, NULL, 0, vocab, bos, eos);
+    if (s) return s;
+    tp_shard_writer *w = calloc(1, sizeof *w);
+    if (w) w->path = strdup(path);
+    if (!w || !w->path) {
+        free(w);
+        return tp_fail(TP_ERR_NOMEM, "out of memory");
+    }
+    w->vocab = vocab;
+    w->bos = bos;
+    w->eos = eos;
+    w->fingerprint = tok_fingerprint;
+    *out = w;
+    return TP_OK;
+}
+
+tp_status tp_shard_writer_add_doc(tp_shard_writer *w, const int32_t *ids, size_t n) {
+    if (!w || (n && !ids)) return tp_fail(TP_ERR_ARG, "tp_shard_writer_add_doc: NULL writer or ids");
+    if (n == 0) return tp_fail(TP_ERR_ARG, "%s: document %zu is empty (a shard holds nonempty documents)", w->path,
+                                w->n_docs);
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (uint32_t)ids[i] >= w->vocab)
+            return tp_fail(TP_ERR_ARG, "%s: document %zu, token %zu: id %d is outside [0, vocab %u)", w->path,
+                           w->n_docs, i, ids[i], w->vocab);
+    size_t need;
+    if (tp_add_overflow(w->n_tokens, n, &need)) return tp_fail(TP_ERR_NOMEM, "%s: too many tokens", w->path);
+    if (need > w->cap_tokens) {
+        size_t c = w->cap_tokens ? w->cap_tokens : (size_t)1 << 16;
+        while (c < need) c = c > SIZE_MAX / 2 ? need : 2 * c;
+        uint32_t *nb = c <= SIZE_MAX / sizeof *nb ? realloc(w->tokens, c * sizeof *nb) : NULL;
+        if (!nb) return tp_fail(TP_ERR_NOMEM, "out of memory for a shard of %zu tokens", c);
+        w->tokens = nb;
+        w->cap_tokens = c;
+    }
+    if (w->n_docs == w->cap_docs) {
+        size_t c = w->cap_docs ? 2 * w->cap_docs : 1024;
+        uint64_t *nb = realloc(w->doc_start, c * sizeof *nb);
+        if (!nb) return tp_fail(TP_ERR_NOMEM, "out of memory");
+        w->doc_start = nb;
+        w->cap_docs = c;
+    }
+    w->doc_start[w->n_docs++] = w->n_tokens;
+    for (size_t i = 0; i < n; i++) w->tokens[w->n_tokens + i] = (uint32_t)ids[i];
+    w->n_tokens = need;
+    return TP_OK;
+}
+
+size_t tp_shard_writer_tokens(const tp_shard_writer *w) { return w ? w->n_tokens : 0; }
+size_t tp_shard_writer_docs(const tp_shard_writer *w) { return w ? w->n_docs : 0; }
+
+tp_status tp_shard_writer_close(tp_shard_writer *w, const char *source, size_t *bytes) {
+    if (bytes) *bytes = 0;
+    if (!w) return tp_fail(TP_ERR_ARG, "tp_shard_writer_close: no writer");
+    tp_status s = shard_write_file(w->path, w->tokens, w->n_tokens, w->doc_start, w->n_docs, w->vocab, w->bos, w->eos,
+                                   w->fingerprint, source, bytes);
+    tp_shard_writer_abort(w);
+    return s;
+}
+
+void tp_shard_writer_abort(tp_shard_writer *w) {
+    if (!w) return;
+    free(w->path);
+    free(w->tokens);
+    free(w->doc_start);
+    free(w);
 }
 
 /* ----------------------------------------------------------- fingerprint --- */

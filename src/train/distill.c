@@ -72,16 +72,16 @@ tp_status tp_distill_parse_map(tp_distill_cfg *c, const char *map, int student_l
         char *end;
         long s = strtol(p, &end, 10);
         if (end == p || *end != ':')
-            return tp_fail(TP_ERR_ARG, "--map \"%s\": expected student:teacher pairs like 29:23,28:22", map);
+            return tp_fail(TP_ERR_ARG, "map \"%s\": expected student:teacher pairs like 29:23,28:22", map);
         p = end + 1;
         long t = strtol(p, &end, 10);
         if (end == p || (*end && *end != ','))
-            return tp_fail(TP_ERR_ARG, "--map \"%s\": expected student:teacher pairs like 29:23,28:22", map);
+            return tp_fail(TP_ERR_ARG, "map \"%s\": expected student:teacher pairs like 29:23,28:22", map);
         if (s < 0 || s >= student_layers || t < 0 || t >= teacher_layers)
-            return tp_fail(TP_ERR_ARG, "--map pair %ld:%ld: the student has layers 0..%d, the teacher 0..%d", s, t,
+            return tp_fail(TP_ERR_ARG, "map pair %ld:%ld: the student has layers 0..%d, the teacher 0..%d", s, t,
                            student_layers - 1, teacher_layers - 1);
         if (c->n_pairs >= TP_DISTILL_MAX_PAIRS)
-            return tp_fail(TP_ERR_ARG, "--map: more than %d pairs", TP_DISTILL_MAX_PAIRS);
+            return tp_fail(TP_ERR_ARG, "map: more than %d pairs", TP_DISTILL_MAX_PAIRS);
         c->s_layer[c->n_pairs] = (int)s;
         c->t_layer[c->n_pairs] = (int)t;
         c->n_pairs++;
@@ -114,22 +114,23 @@ void tp_distiller_free(tp_distiller *d) {
 static tp_status check_cache_cfg(const tp_distill_cfg *c, const tp_config *sc, int T) {
     const tp_tcache_info *in = tp_tcache_get_info(c->cache);
     if (c->n_pairs > 0 || c->emb)
-        return tp_fail(TP_ERR_ARG, "distillation from a teacher cache: intermediate-state losses (--inter, --emb-loss) "
-                                   "need the teacher's hidden states, which the cache does not hold: use --teacher");
+        return tp_fail(TP_ERR_ARG, "distillation from a teacher cache: intermediate-state losses (n_pairs %d, emb %d) "
+                                   "need the teacher's hidden states, which the cache does not hold: distill from the "
+                                   "teacher model", c->n_pairs, c->emb);
     if (in->vocab != sc->vocab)
         return tp_fail(TP_ERR_ARG, "teacher cache: made by a teacher with %d tokens, the student has %d", in->vocab,
                        sc->vocab);
     if (in->T != T)
         return tp_fail(TP_ERR_ARG, "teacher cache: made for sequences of %d tokens, this run uses %d", in->T, T);
     if (c->topk < 1 || c->topk > in->K)
-        return tp_fail(TP_ERR_ARG, "teacher cache: holds the teacher's top %d tokens, this run asks for top-%d%s", in->K,
-                       c->topk, c->topk < 1 ? " (the full vocabulary needs the teacher: --teacher)" : "");
+        return tp_fail(TP_ERR_ARG, "teacher cache: holds the teacher's top %d tokens, this run asks for top-%d%s",
+                       in->K, c->topk, c->topk < 1 ? " (topk 0, the full vocabulary, needs the teacher model)" : "");
     if (tp_tcache_tau_index(c->cache, c->kd.tau) < 0) {
         char list[128] = "";
         for (int i = 0, o = 0; i < in->n_tau && o < (int)sizeof list - 16; i++)
             o += snprintf(list + o, sizeof list - (size_t)o, "%s%g", i ? ", " : "", in->tau[i]);
-        return tp_fail(TP_ERR_ARG, "teacher cache: holds temperatures %s, this run uses --tau %g (rebuild the cache "
-                                   "with --tau)", list, c->kd.tau);
+        return tp_fail(TP_ERR_ARG, "teacher cache: holds temperatures %s, this run uses tau %g (rebuild the cache "
+                                   "with that temperature too)", list, c->kd.tau);
     }
     return TP_OK;
 }
@@ -154,11 +155,11 @@ tp_status tp_distiller_new(const tp_model *teacher, const tp_model *student, con
         size_t pool = c->topk > 0 ? (size_t)c->topk : (size_t)sc->vocab;
         if (c->negatives < 1 || (size_t)c->negatives > pool - 1 || c->negatives > TP_KD_MAX_NEG)
             return tp_fail(TP_ERR_ARG,
-                           "distillation: %d negatives per position: they are drawn from %s without the teacher's top "
+                           "distillation: negatives %d per position: they are drawn from %s without the teacher's top "
                            "token, so 1..%zu are possible%s",
                            c->negatives, c->topk > 0 ? "the teacher's top-k" : "the vocabulary",
                            pool - 1 < TP_KD_MAX_NEG ? pool - 1 : (size_t)TP_KD_MAX_NEG,
-                           c->topk > 0 ? " (raise --topk or lower --negatives)" : "");
+                           c->topk > 0 ? " (raise topk or lower negatives)" : "");
     }
     if (c->kd.tau <= 0 || !(c->kd.beta > 0 && c->kd.beta < 1))
         return tp_fail(TP_ERR_ARG, "distillation: temperature %g must be > 0 and JSD beta %g in (0, 1)", c->kd.tau,

@@ -244,9 +244,9 @@ tp_status tp_tcache_check_data(const tp_tcache *c, const tp_loader *L) {
     tp_dataset_info di;
     tp_dataset_get_info(li.d, &di);
     if (li.T != in->T)
-        return tp_fail(TP_ERR_ARG, "%s: made for sequences of %d tokens, this run uses --seq %d", c->path, in->T, li.T);
+        return tp_fail(TP_ERR_ARG, "%s: made for sequences of %d tokens, this run uses seq %d", c->path, in->T, li.T);
     if (li.val_frac != in->val_frac || li.n_val != in->n_val)
-        return tp_fail(TP_ERR_ARG, "%s: made with --val-frac %g (%llu held-out windows), this run uses %g (%llu)",
+        return tp_fail(TP_ERR_ARG, "%s: made with val_frac %g (%llu held-out windows), this run uses %g (%llu)",
                        c->path, in->val_frac, (unsigned long long)in->n_val, li.val_frac, (unsigned long long)li.n_val);
     if ((uint64_t)tp_dataset_tokens(li.d) != in->data_tokens || (uint64_t)tp_dataset_docs(li.d) != in->data_docs ||
         di.tok_fingerprint != in->data_tok_fp || di.bos != in->bos || di.eos != in->eos || li.n_train != in->n_windows)
@@ -294,7 +294,7 @@ tp_status tp_tcache_read(const tp_tcache *c, uint64_t j, const int32_t *tokens, 
     if (tokens && tp_tcache_window_hash(tokens, in->T, last_target) != get64(ix))
         return tp_fail(TP_ERR_ARG,
                        "%s: window %llu: the tokens served differ from those the cache was made from (other shards, "
-                       "--seq or --val-frac?)",
+                       "seq or val_frac?)",
                        c->path, (unsigned long long)j);
     const uint8_t *e = c->entries + j * in->window_bytes;
     if (hash_bytes(e, (size_t)in->window_bytes, j) != get64(ix + 8))
@@ -441,7 +441,7 @@ static tp_status build_info(const tp_model *t, const tp_loader *L, const tp_tcac
     tp_dataset_get_info(li.d, &di);
     memset(in, 0, sizeof *in);
     if (o->K < 1 || o->K > t->cfg.vocab)
-        return tp_fail(TP_ERR_ARG, "teacher cache: --topk %d outside 1..%d (the vocabulary)", o->K, t->cfg.vocab);
+        return tp_fail(TP_ERR_ARG, "teacher cache: K %d outside 1..%d (the vocabulary)", o->K, t->cfg.vocab);
     if (o->B < 1) return tp_fail(TP_ERR_ARG, "teacher cache: batch %d must be >= 1", o->B);
     if (o->n_tau < 1 || o->n_tau > TP_TCACHE_MAX_TAU)
         return tp_fail(TP_ERR_ARG, "teacher cache: %d temperatures, 1..%d allowed", o->n_tau, TP_TCACHE_MAX_TAU);
@@ -455,7 +455,7 @@ static tp_status build_info(const tp_model *t, const tp_loader *L, const tp_tcac
         return tp_fail(TP_ERR_ARG, "teacher cache: the shards' vocabulary has %u ids, the teacher only %d", di.vocab,
                        t->cfg.vocab);
     if (li.T > t->cfg.max_pos)
-        return tp_fail(TP_ERR_ARG, "teacher cache: --seq %d exceeds the teacher's context of %d", li.T, t->cfg.max_pos);
+        return tp_fail(TP_ERR_ARG, "teacher cache: seq %d exceeds the teacher's context of %d", li.T, t->cfg.max_pos);
     if (li.n_train == 0) return tp_fail(TP_ERR_ARG, "teacher cache: the data has no training windows");
     in->version = TC_VERSION;
     in->K = o->K;

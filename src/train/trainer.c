@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "taper/util.h"
+#include "core/internal.h"
 
 void tp_train_cfg_defaults(tp_train_cfg *c) {
     memset(c, 0, sizeof *c);
@@ -150,8 +151,11 @@ static void describe(const cJSON *v, char *buf, size_t cap) {
 tp_status tp_train_args_compare(const char *saved, const char *now, const char *const *keys) {
     cJSON *a = cJSON_Parse(saved ? saved : "{}"), *b = cJSON_Parse(now ? now : "{}");
     if (!a || !b || !cJSON_IsObject(a) || !cJSON_IsObject(b)) {
+        int oom = (!a && tp_json_valid(saved ? saved : "{}", strlen(saved ? saved : "{}"))) ||
+                  (!b && tp_json_valid(now ? now : "{}", strlen(now ? now : "{}")));
         cJSON_Delete(a);
         cJSON_Delete(b);
+        if (oom) return tp_fail(TP_ERR_NOMEM, "out of memory comparing settings");
         return tp_fail(TP_ERR_FORMAT, "settings to compare are not JSON objects");
     }
     char msg[2048] = "", va[256], vb[256];
@@ -197,6 +201,11 @@ tp_status tp_metrics_truncate(const char *path, long step) {
         size_t n = (size_t)(nl - (text + i));
         *nl = 0;
         cJSON *j = cJSON_Parse(text + i);
+        if (!j && tp_json_valid(text + i, n)) { /* out of memory, not a torn line: keep the log whole */
+            free(text);
+            free(out);
+            return tp_fail(TP_ERR_NOMEM, "%s: out of memory reading the metrics", path);
+        }
         const cJSON *st = j ? cJSON_GetObjectItemCaseSensitive(j, "step") : NULL;
         if (cJSON_IsNumber(st) && st->valuedouble <= (double)step) {
             memcpy(out + o, text + i, n);
