@@ -1,4 +1,4 @@
-/* taper compress (cli/cmd_compress.c) end to end on tiny models (the 2-layer fixture, and random
+/* taper compress: the library call (tp_recipe, tp_compress_run) and the command (cli/cmd_compress.c) end to end on tiny models (the 2-layer fixture, and random
  * models of a few layers made with `taper train --init-config`): teacher correction, recipe files,
  * progressive (--iterate) compression with composed plans, and resuming each. The CLI runs as a
  * child process (TAPER_BIN, set by make test); the whole file takes a few seconds. The plain
@@ -14,6 +14,7 @@
 
 #include "taper/compress.h"
 #include "taper/model.h"
+#include "taper/recipe.h"
 #include "taper/trainer.h"
 #include "taper/util.h"
 #include "tt.h"
@@ -156,7 +157,7 @@ TT_TEST(compress_teacher_correction) {
     TT_CHECK(tt_sh("%s > '%s/out2' 2>&1", run, dir) == 0, "the same command again");
     char *o2 = slurp(dir, "out2");
     TT_CHECK(o2 && strstr(o2, "[correct] done earlier, skipped") && count(o2, "done earlier, skipped") == 8 &&
-                 !strstr(o2, "] taper "),
+                 !strstr(o2, "] running"),
              "rerun: %d stages skipped, none run", count(o2, "done earlier, skipped"));
     free(o2);
     tp_prune_plan_free(plan);
@@ -229,14 +230,14 @@ TT_TEST(compress_recipe) {
     TT_CHECK(tt_sh("TAPER_PROGRESS=0 '%s' compress --recipe '%s/recipe.json' > '%s/out2' 2>&1", bin, rd, dir) == 0,
              "compress --recipe run/recipe.json");
     char *o = slurp(dir, "out2");
-    TT_CHECK(o && count(o, "done earlier, skipped") == 7 && !strstr(o, "] taper "), "stored recipe: %d stages skipped",
+    TT_CHECK(o && count(o, "done earlier, skipped") == 7 && !strstr(o, "] running"), "stored recipe: %d stages skipped",
              count(o, "done earlier, skipped"));
     free(o);
     /* other settings: refused, nothing run, recipe.json unchanged; --threads may change */
     int rc = tt_sh("%s --steps 4 --lr 2e-3 > '%s/out3' 2>&1", run, dir);
     o = slurp(dir, "out3");
     TT_CHECK(rc == 2 && o && strstr(o, "steps: 2 in the run, 4 now") && strstr(o, "lr: 0.001 in the run, 0.002 now") &&
-                 !strstr(o, "] taper ") && !strstr(o, "skipped"),
+                 !strstr(o, "] running") && !strstr(o, "skipped"),
              "rerun with --steps 4 --lr 2e-3: exit %d, %s", rc, o ? o : "");
     free(o);
     eff = json_at(rd, "recipe.json");
@@ -401,15 +402,15 @@ TT_TEST(compress_iterate) {
     /* again: every stage of both rounds skipped */
     TT_CHECK(tt_sh("%s > '%s/out2' 2>&1", run, dir) == 0, "the same command again");
     char *o = slurp(dir, "out2");
-    TT_CHECK(o && count(o, "done earlier, skipped") == 12 && !strstr(o, "] taper ") && strstr(o, "[distill-2] done earlier"),
+    TT_CHECK(o && count(o, "done earlier, skipped") == 12 && !strstr(o, "] running") && strstr(o, "[distill-2] done earlier"),
              "rerun: %d stages skipped, none run", count(o, "done earlier, skipped"));
     free(o);
     /* resuming mid-chain: round 2's distillation and evaluation undone -> only they run again */
     tt_sh("rm -rf '%s/distill-2' '%s/student' '%s/.done-distill-2' '%s/.done-student-2-ppl'", rd, rd, rd, rd);
     TT_CHECK(tt_sh("%s > '%s/out3' 2>&1", run, dir) == 0, "resume in round 2");
     o = slurp(dir, "out3");
-    TT_CHECK(o && count(o, "done earlier, skipped") == 10 && count(o, "] taper ") == 2 && strstr(o, "[distill-2] taper"),
-             "resume: %d skipped, %d run", count(o, "done earlier, skipped"), count(o, "] taper "));
+    TT_CHECK(o && count(o, "done earlier, skipped") == 10 && count(o, "] running") == 2 && strstr(o, "[distill-2] running"),
+             "resume: %d skipped, %d run", count(o, "done earlier, skipped"), count(o, "] running"));
     free(o);
     /* depth only, 8 layers -> 6 -> 4: both rounds drop layers, so the composed layer list is
      * a real lookup (round 2's indices are into round 1's model) */
@@ -451,8 +452,8 @@ TT_TEST(compress_iterate) {
              bin, dmodel, pd, dir, dir, dir, dir);
     TT_CHECK(tt_sh("%s", run) == 0, "compress over the planted rounds (output in %s/out8)", dir);
     o = slurp(dir, "out8");
-    TT_CHECK(o && count(o, "] taper ") == 2 && strstr(o, "[distill-2] taper"), "only round 2's distillation and "
-             "evaluation ran (%d stages)", count(o, "] taper "));
+    TT_CHECK(o && count(o, "] running") == 2 && strstr(o, "[distill-2] running"), "only round 2's distillation and "
+             "evaluation ran (%d stages)", count(o, "] running"));
     free(o);
     char *pp1 = pathf("%s/pruned-1/prune_plan.json", pd);
     tp_prune_plan *q = NULL;
@@ -501,4 +502,137 @@ TT_TEST(compress_iterate) {
     free(model);
     free(fixture);
     free(dir);
+}
+
+/* ---- the library call, no CLI and no child process ---- */
+
+/* The settings a test runs: the fixture teacher to 1 layer, every size small. */
+static void small_recipe(tp_recipe *r, const char *teacher, const char *text) {
+    static const char *const kv[][2] = {
+        {"target-params", "43152"}, {"axes", "depth"}, {"sdg-samples", "8"}, {"sdg-tokens", "40"},
+        {"calib-samples", "4"},     {"calib-seq", "16"}, {"depth-samples", "2"}, {"steps", "3"},
+        {"seq", "16"},              {"batch", "2"},      {"ckpt-every", "2"},    {"eval-chunks", "2"},
+        {"eval-ctx", "16"},         {"tasks", ""},       {"threads", "1"},       {"lr", "0.001"}};
+    TT_CHECK(tp_recipe_init(r) == TP_OK, "tp_recipe_init");
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        TT_CHECK(tp_recipe_set(r, kv[i][0], kv[i][1]) == TP_OK, "set %s: %s", kv[i][0], tp_errmsg());
+    tp_recipe_set(r, "teacher", teacher);
+    tp_recipe_set(r, "eval-text", text);
+}
+
+typedef struct {
+    int begun, skipped, done;
+    char names[512];
+} stage_log;
+
+static void on_stage(void *user, const char *stage, tp_stage_event ev, double seconds) {
+    stage_log *l = user;
+    (void)seconds;
+    if (ev == TP_STAGE_BEGIN) {
+        l->begun++;
+        size_t u = strlen(l->names);
+        snprintf(l->names + u, sizeof l->names - u, "%s%s", u ? " " : "", stage);
+    }
+    l->skipped += ev == TP_STAGE_SKIPPED;
+    l->done += ev == TP_STAGE_DONE;
+}
+
+/* tp_compress_run from C: the stages run in this process in order, report.json holds the
+ * numbers the stage files hold, a second call skips everything, and a run with each stage in a
+ * forked child (isolate) gives the same numbers bit for bit. */
+TT_TEST(compress_run_library) {
+    char *dir = tt_path(tt_tmp_dir(), "compress-lib"), *text = tt_path(dir, "text.txt");
+    char *teacher = tt_path(tt_fixtures_dir(), "sparsify/model");
+    tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    FILE *f = fopen(text, "w");
+    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
+    if (f) fclose(f);
+    tp_recipe r;
+    small_recipe(&r, teacher, text);
+    TT_CHECK(tp_recipe_validate(&r) == TP_OK, "recipe valid: %s", tp_errmsg());
+    char *run1 = tt_path(dir, "run"), *run2 = tt_path(dir, "isolated");
+    stage_log l1 = {0};
+    tp_compress_hooks h = {.on_stage = on_stage, .user = &l1};
+    tp_compress_result res;
+    tp_status s = tp_compress_run(&r, run1, &h, &res);
+    TT_CHECK(s == TP_OK && !res.stopped && !res.failed_stage[0], "tp_compress_run: %s", s ? tp_errmsg() : "ok");
+    TT_CHECK(l1.begun == 7 && l1.done == 7 && l1.skipped == 0 &&
+                 !strcmp(l1.names, "sdg teacher-ppl importance prune pruned-ppl distill student-ppl"),
+             "stages run: %d begun, %d done (%s)", l1.begun, l1.done, l1.names);
+    TT_CHECK(res.teacher_params == 61680, "teacher parameters %zu", res.teacher_params);
+    cJSON *rep = json_at(run1, "report.json"), *sp = json_at(run1, "student-ppl.json");
+    double ppl = jnum(rep, "rounds.0.student.ppl");
+    TT_CHECK(jnum(rep, "rounds.0.student.layers") == 1 && jnum(rep, "rounds.0.student.params") == 43152 &&
+                 jnum(rep, "rounds.0.distill.steps") == 3 && isfinite(ppl) && ppl == jnum(sp, "results.0.ppl"),
+             "report.json: student %g layers, %g params, %g steps, ppl %g (student-ppl.json %g)",
+             jnum(rep, "rounds.0.student.layers"), jnum(rep, "rounds.0.student.params"), jnum(rep, "rounds.0.distill.steps"),
+             ppl, jnum(sp, "results.0.ppl"));
+    cJSON_Delete(sp);
+    stage_log l2 = {0};
+    h.user = &l2;
+    TT_CHECK(tp_compress_run(&r, run1, &h, &res) == TP_OK && l2.begun == 0 && l2.skipped == 7,
+             "second call: %d begun, %d skipped", l2.begun, l2.skipped);
+    /* other settings: refused with the difference named, nothing run */
+    tp_recipe_set(&r, "steps", "4");
+    stage_log l3 = {0};
+    h.user = &l3;
+    s = tp_compress_run(&r, run1, &h, &res);
+    TT_CHECK(s == TP_ERR_ARG && strstr(tp_errmsg(), "steps: 3 in the run, 4 now") && l3.begun + l3.skipped == 0,
+             "changed steps: %s", tp_errmsg());
+    tp_recipe_set(&r, "steps", "3");
+    stage_log l4 = {0};
+    h.user = &l4;
+    h.isolate = 1;
+    s = tp_compress_run(&r, run2, &h, &res);
+    cJSON *rep2 = json_at(run2, "report.json");
+    TT_CHECK(s == TP_OK && l4.done == 7 && jnum(rep2, "rounds.0.student.ppl") == ppl &&
+                 jnum(rep2, "rounds.0.pruned.ppl") == jnum(rep, "rounds.0.pruned.ppl") &&
+                 jnum(rep2, "teacher.ppl") == jnum(rep, "teacher.ppl"),
+             "isolate: %s; student ppl %.17g vs %.17g in process", s ? tp_errmsg() : "ok",
+             jnum(rep2, "rounds.0.student.ppl"), ppl);
+    cJSON_Delete(rep);
+    cJSON_Delete(rep2);
+    tp_recipe_free(&r);
+    free(run1), free(run2), free(teacher), free(text), free(dir);
+}
+
+/* tp_recipe without a model: JSON round trip, the comparison, and messages naming the key. */
+TT_TEST(compress_recipe_settings) {
+    tp_recipe a, b;
+    TT_CHECK(tp_recipe_init(&a) == TP_OK && tp_recipe_init(&b) == TP_OK, "init");
+    TT_CHECK(tp_recipe_set(&a, "target-params", "1.5B") == TP_OK && a.target_params == 1500000000u, "1.5B -> %zu",
+             a.target_params);
+    TT_CHECK(tp_recipe_set(&a, "lr", "3e-4") == TP_OK && a.lr == 3e-4f, "lr");
+    tp_recipe_set(&a, "teacher", "t.gguf");
+    tp_recipe_set(&a, "tau2", NULL);
+    cJSON *ja = tp_recipe_to_json(&a);
+    char *text = cJSON_PrintUnformatted(ja);
+    TT_CHECK(text && strstr(text, "\"lr\":0.0003,") && strstr(text, "\"tau2\":true") &&
+                 !strncmp(text, "{\"teacher\":\"t.gguf\",\"target-params\":1500000000,", 47),
+             "JSON form: %.120s", text ? text : "");
+    TT_CHECK(tp_recipe_apply_json(&b, text, "mem") == TP_OK, "read back: %s", tp_errmsg());
+    cJSON *jb = tp_recipe_to_json(&b);
+    char diff[512];
+    TT_CHECK(cJSON_Compare(ja, jb, 1) && tp_recipe_diff(ja, jb, diff, sizeof diff) == 0, "round trip is exact");
+    tp_recipe_set(&b, "iterate", "2");
+    tp_recipe_set(&b, "threads", "7"); /* free to change */
+    cJSON_Delete(jb);
+    jb = tp_recipe_to_json(&b);
+    TT_CHECK(tp_recipe_diff(ja, jb, diff, sizeof diff) == 1 && strstr(diff, "iterate: 1 in the run, 2 now"), "diff: %s",
+             diff);
+    TT_CHECK(tp_recipe_set(&b, "steps", "3.5") == TP_ERR_ARG && strstr(tp_errmsg(), "steps expects an integer"),
+             "steps 3.5: %s", tp_errmsg());
+    TT_CHECK(tp_recipe_set(&b, "stepz", "3") == TP_ERR_ARG && strstr(tp_errmsg(), "stepz"), "unknown key: %s",
+             tp_errmsg());
+    tp_recipe_set(&b, "kd", "kl");
+    TT_CHECK(tp_recipe_validate(&b) == TP_ERR_ARG && strstr(tp_errmsg(), "kd must be fkl, rkl, jsd or none"),
+             "validate names the key: %s", tp_errmsg());
+    TT_CHECK(tp_recipe_round_target(&b, 1000, 1) == (size_t)llround(1000 * sqrt(1500000000.0 / 1000)) &&
+                 tp_recipe_round_target(&b, 1000, 2) == 1500000000u,
+             "round targets %zu %zu", tp_recipe_round_target(&b, 1000, 1), tp_recipe_round_target(&b, 1000, 2));
+    free(text);
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    tp_recipe_free(&a);
+    tp_recipe_free(&b);
 }
