@@ -14,6 +14,9 @@ void tt_register(const char *name, const char *file, tt_fn fn);
 int tt_check(int ok, const char *file, int line, const char *expr, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 void tt_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A skip for a part that is optional by design (a long check not asked for, a filesystem without
+ * sparse files, another model than the fixtures'): the only skips TAPER_STRICT=1 accepts. */
+void tt_skip_optional(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void tt_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Paths: $TAPER_DATA (default ../shared/data), $TAPER_MODEL (default
  * $TAPER_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf, TAPER_CACHE default ~/.cache/taper),
