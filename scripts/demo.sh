@@ -8,7 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${TAPER_CACHE:-$HOME/.cache/taper}"
 MODEL="$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
-OUT="${TAPER_DEMO_DIR:-$(mktemp -d /tmp/taper-demo-XXXXXX)}"
+# One run directory, replaced by every demo (TAPER_DEMO_DIR moves it): nothing piles up.
+OUT="${TAPER_DEMO_DIR:-$CACHE/demo}"
+if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then
+  # only ever remove a directory an earlier demo made (it holds a taper run's recipe.json)
+  if [ ! -f "$OUT/recipe.json" ]; then
+    echo "demo: $OUT exists and is not a taper run directory; set TAPER_DEMO_DIR to another place" >&2
+    exit 1
+  fi
+  rm -rf "$OUT"
+fi
 T=build/taper
 t0=$(date +%s)
 TASKS=()
@@ -29,4 +38,9 @@ $T compress "$MODEL" --target-params 100M -o "$OUT" \
 echo; echo "== the distilled student, exported as GGUF (Q8_0) and asked a question"
 $T convert "$OUT/student" --to gguf "$OUT/student-q8_0.gguf" --dtype q8_0 > /dev/null
 $T generate "$OUT/student-q8_0.gguf" --chat --prompt "What is the capital of France?" --max-tokens 24
-echo; echo "demo finished in $(( $(date +%s) - t0 )) s; report: $OUT/report.md (plots: loss.png, importance.png)"
+# Keep what a user looks at (report, plots, plan, the models, metrics); the training checkpoints
+# (about 1.6 GB each) only serve a resume, and the demo is finished.
+rm -f "$OUT"/distill/ckpt-*.tpc
+echo; echo "demo finished in $(( $(date +%s) - t0 )) s; $(du -sh "$OUT" | cut -f1) kept in $OUT:"
+echo "  report.md (with loss.png, importance.png), report.json, student/ (HF folder), student-q8_0.gguf,"
+echo "  pruned/ (with prune_plan.json), distill/metrics.jsonl; it is replaced by the next make demo"
