@@ -1,8 +1,10 @@
 # taper — build, test, demo. `make help` lists the targets.
 # Switches (printed at build time): SANITIZE=1 (ASan+UBSan), OPENMP=0, BLAS=0, DNNL=0, NATIVE=0, CC=clang.
+# STRICT=1 (make test; CI sets it): a test skipped for anything but an optional part fails.
 
 CC      ?= cc
 SANITIZE ?= 0
+STRICT  ?= 0
 OPENMP  ?= 1
 BLAS    ?= 1
 DNNL    ?= 1
@@ -57,7 +59,7 @@ LIB      := $(BUILD)/libtaper.a
 BIN      := $(BUILD)/taper
 TESTBIN  := $(BUILD)/taper-tests
 
-.PHONY: all config deps llama-cpp test test-long test-ref demo bench clean help
+.PHONY: all config deps llama-cpp test test-long test-ref demo bench clean help alloc-fail fuzz
 
 all: config $(BIN)
 
@@ -102,7 +104,7 @@ llama-cpp: deps
 # The whole C suite: needs the default model (fetched by deps), llama.cpp's tools, ../shared/data.
 test: deps llama-cpp
 	@$(MAKE) --no-print-directory all $(TESTBIN) $(TESTING_BIN)
-	TAPER_BIN=$(abspath $(BIN)) TAPER_TESTING_BIN=$(abspath $(TESTING_BIN)) $(TESTBIN) $(T)
+	TAPER_STRICT=$(STRICT) TAPER_BIN=$(abspath $(BIN)) TAPER_TESTING_BIN=$(abspath $(TESTING_BIN)) $(TESTBIN) $(T)
 
 # Regenerates reference values with transformers/tokenizers/gguf (Python venv in the cache)
 # and checks the fixtures committed under tests/fixtures still agree.
@@ -122,7 +124,26 @@ bench: deps
 # The suite with the long checks on (whole WikiText-2 file, ...).
 test-long: deps llama-cpp
 	@$(MAKE) --no-print-directory all $(TESTBIN) $(TESTING_BIN)
-	TAPER_LONG=1 TAPER_BIN=$(abspath $(BIN)) TAPER_TESTING_BIN=$(abspath $(TESTING_BIN)) $(TESTBIN) $(T)
+	TAPER_STRICT=$(STRICT) TAPER_LONG=1 TAPER_BIN=$(abspath $(BIN)) TAPER_TESTING_BIN=$(abspath $(TESTING_BIN)) $(TESTBIN) $(T)
+
+# Allocation-failure injection (tests/alloc/alloc_fail.c): the k-th allocation of each loader,
+# checkpoint and export call fails, for every k, under ASan+UBSan; every run must return a status
+# (or TP_OK with the undisturbed result) and leak nothing. Its own program (the wrapped allocator
+# would disturb the suite), built against the sanitizer library. T=SCENARIO [K] runs one.
+ALLOC_BUILD ?= build-san
+ALLOC_WRAP  := malloc calloc realloc strdup strndup aligned_alloc posix_memalign vasprintf mmap \
+               pcre2_compile_8 pcre2_match_data_create_8 pcre2_jit_compile_8 utf8proc_map
+comma := ,
+alloc-fail: deps
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) SANITIZE=1 BUILD=$(ALLOC_BUILD) $(ALLOC_BUILD)/alloc_fail
+	OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 $(ALLOC_BUILD)/alloc_fail $(T)
+
+$(BUILD)/alloc_fail: tests/alloc/alloc_fail.c $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(addprefix -Wl$(comma)--wrap=,$(ALLOC_WRAP)) $(LDLIBS) -o $@
+
+# libFuzzer targets (tests/fuzz/), FUZZ_TIME seconds each (default 600), FUZZ_TARGETS to choose.
+fuzz: deps
+	@scripts/fuzz.sh
 
 clean:
 	rm -rf build build-san taper
@@ -137,5 +158,8 @@ help:
 	@echo "make test-ref regenerate reference values with Python (transformers etc.) and compare"
 	@echo "make demo     run the main job on the default model and print a short report"
 	@echo "make SANITIZE=1 test   the suite under ASan+UBSan"
+	@echo "make alloc-fail        fail every allocation of the loaders / checkpoints / exports in turn, under ASan"
+	@echo "make fuzz              the libFuzzer targets, FUZZ_TIME=600 s each (docs/fuzzing.md)"
+	@echo "make test STRICT=1     what CI runs: a test skipped because the model, binary, data or llama.cpp is missing fails"
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TEST_HOOKS:.o=.d)
