@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
+#include <signal.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -147,4 +149,34 @@ const char *cli_data_dir(const char *given) {
     if (given) return given;
     const char *env = getenv("TAPER_DATA");
     return env && *env ? env : "../shared/data";
+}
+
+static volatile sig_atomic_t g_stop;
+static const char *g_stop_msg;
+
+static void on_stop_signal(int sig) {
+    g_stop = sig;
+    if (g_stop_msg) {
+        ssize_t w = write(2, g_stop_msg, strlen(g_stop_msg));
+        (void)w;
+    }
+    signal(sig, SIG_DFL); /* a second signal ends the process at once */
+}
+
+volatile sig_atomic_t *cli_stop_signals(const char *msg) {
+    g_stop = 0;
+    g_stop_msg = msg;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART; /* a checkpoint being written must not see EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    return &g_stop;
+}
+
+void cli_stop_signals_end(void) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
 }

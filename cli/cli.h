@@ -3,6 +3,7 @@
 #define TAPER_CLI_H
 
 #include <cjson/cJSON.h>
+#include <signal.h>
 #include "taper/distill.h"
 #include "taper/model.h"
 #include "taper/status.h"
@@ -31,6 +32,11 @@ int cli_float(const char *cmd, const char *opt, const char *val, double lo, doub
 /* Writes obj (pretty) to stdout when dest is "-", else to the file dest. Frees obj. */
 int cli_json_out(cJSON *obj, const char *dest);
 void cli_set_threads(int n);
+/* SIGINT / SIGTERM set the returned flag to the signal's number and print msg (once) on stderr;
+ * a second signal ends the process at once. The flag is what the library's stop fields take.
+ * cli_stop_signals_end puts the default handlers back. */
+volatile sig_atomic_t *cli_stop_signals(const char *msg);
+void cli_stop_signals_end(void);
 /* Where benchmark files are: given (a --data-dir), else $TAPER_DATA, else ../shared/data. */
 const char *cli_data_dir(const char *given);
 /* --precision fp32|bf16 (tp_set_precision); CLI_OK or a usage error naming cmd. */

@@ -76,30 +76,8 @@ static const char *HELP =
 
 static const char *CMD = "compress";
 
-static char *pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *pathf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
-}
 
-static cJSON *read_json(const char *out, const char *name) {
-    char *p = tp_path_join(out, name), *text = NULL;
-    cJSON *j = NULL;
-    if (p && tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    tp_clear_error();
-    free(text);
-    free(p);
-    return j;
-}
 
-static double jnum(const cJSON *j, const char *path) {
-    const cJSON *c = tp_json_at(j, path);
-    return cJSON_IsNumber(c) ? c->valuedouble : NAN;
-}
 
 static const char *jstr(const cJSON *j, const char *path) {
     const cJSON *c = tp_json_at(j, path);
@@ -108,33 +86,26 @@ static const char *jstr(const cJSON *j, const char *path) {
 
 /* ---- plots (gnuplot, when installed) ---- */
 
-typedef struct {
-    double loss0, loss1, val0, val1;
-    int steps;
-} curve;
-
 /* Writes the "step loss" lines of a metrics.jsonl (steps shifted by offset) for the plots. */
-static curve plot_data(const char *path, FILE *dat, FILE *vdat, int offset) {
-    curve c = {NAN, NAN, NAN, NAN, 0};
-    char *text = NULL;
-    if (!path || tp_read_file(path, &text, NULL) != TP_OK) {
-        tp_clear_error();
-        return c;
+typedef struct {
+    FILE *dat, *vdat;
+    int offset, any_loss, steps;
+} plot_acc;
+
+static void plot_point(void *user, double s, double l, double v) {
+    plot_acc *p = user;
+    if (!isnan(l)) {
+        p->any_loss = 1;
+        if (s > p->steps) p->steps = (int)s;
+        if (p->dat) fprintf(p->dat, "%g %g\n", s + p->offset, l);
     }
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        cJSON *j = cJSON_Parse(line);
-        double s = jnum(j, "step"), l = jnum(j, "loss"), v = jnum(j, "val_loss");
-        if (!isnan(s) && !isnan(l)) {
-            if (isnan(c.loss0)) c.loss0 = l;
-            if (s > c.steps) c.steps = (int)s;
-            if (dat) fprintf(dat, "%g %g\n", s + offset, l);
-        }
-        if (!isnan(s) && !isnan(v) && vdat) fprintf(vdat, "%g %g\n", s + offset, v);
-        cJSON_Delete(j);
-    }
-    free(text);
-    return c;
+    if (!isnan(v) && p->vdat) fprintf(p->vdat, "%g %g\n", s + p->offset, v);
+}
+
+static plot_acc plot_data(const char *path, FILE *dat, FILE *vdat, int offset) {
+    plot_acc p = {dat, vdat, offset, 0, 0};
+    tp_metrics_each(path, plot_point, &p);
+    return p;
 }
 
 static int gnuplot(const char *script) {
@@ -165,19 +136,19 @@ static void plots(const tp_recipe *r, const char *out, int *have_loss, int *have
         return;
     }
     /* loss curves of every round, steps counted on from round to round */
-    char *sc = pathf("set terminal pngcairo size 900,500\nset output '%s/loss.png'\nset xlabel 'step%s'\n"
+    char *sc = tp_strfmt("set terminal pngcairo size 900,500\nset output '%s/loss.png'\nset xlabel 'step%s'\n"
                      "set ylabel 'loss (nats)'\nset grid\nset title 'distillation: training loss (%s) and validation "
                      "CE'\nplot ",
                      out, r->iterate > 1 ? " (rounds one after another)" : "", r->kd);
     int offset = 0, any = 0;
     for (int k = 1; k <= r->iterate; k++) {
-        char *dd = tp_recipe_round_name(r, "distill", k, ""), *m = pathf("%s/%s/metrics.jsonl", out, dd);
-        char *dat = pathf("%s/logs/loss-%d.dat", out, k), *vdat = pathf("%s/logs/val-%d.dat", out, k);
+        char *dd = tp_recipe_round_name(r, "distill", k, ""), *m = tp_strfmt("%s/%s/metrics.jsonl", out, dd);
+        char *dat = tp_strfmt("%s/logs/loss-%d.dat", out, k), *vdat = tp_strfmt("%s/logs/val-%d.dat", out, k);
         FILE *f = dat ? fopen(dat, "w") : NULL, *fv = vdat ? fopen(vdat, "w") : NULL;
-        curve c = plot_data(m, f, fv, offset);
+        plot_acc c = plot_data(m, f, fv, offset);
         if (f) fclose(f);
         if (fv) fclose(fv);
-        if (!isnan(c.loss0)) {
+        if (c.any_loss) {
             char t[32] = "";
             if (r->iterate > 1) snprintf(t, sizeof t, " (round %d)", k);
             cat(&sc, "%s'%s' using 1:2 with lines title 'train loss%s', '%s' using 1:2 with linespoints title "
@@ -192,25 +163,25 @@ static void plots(const tp_recipe *r, const char *out, int *have_loss, int *have
     if (any && sc && gnuplot(sc) == 0) *have_loss = 1;
     free(sc);
     if (r->correct_steps > 0) {
-        char *m = pathf("%s/correct/metrics.jsonl", out), *dat = pathf("%s/logs/correct.dat", out),
-             *vdat = pathf("%s/logs/correct-val.dat", out);
+        char *m = tp_strfmt("%s/correct/metrics.jsonl", out), *dat = tp_strfmt("%s/logs/correct.dat", out),
+             *vdat = tp_strfmt("%s/logs/correct-val.dat", out);
         FILE *f = dat ? fopen(dat, "w") : NULL, *fv = vdat ? fopen(vdat, "w") : NULL;
-        curve c = plot_data(m, f, fv, 0);
+        plot_acc c = plot_data(m, f, fv, 0);
         if (f) fclose(f);
         if (fv) fclose(fv);
-        char *s = pathf("set terminal pngcairo size 900,500\nset output '%s/correct.png'\nset xlabel 'step'\n"
+        char *s = tp_strfmt("set terminal pngcairo size 900,500\nset output '%s/correct.png'\nset xlabel 'step'\n"
                         "set ylabel 'cross-entropy (nats)'\nset grid\nset title 'teacher correction on the "
                         "distillation data'\nplot '%s' using 1:2 with lines title 'train CE', '%s' using 1:2 with "
                         "linespoints title 'validation CE'\n",
                         out, dat, vdat);
-        if (!isnan(c.loss0) && s && gnuplot(s) == 0) *have_corr = 1;
+        if (c.any_loss && s && gnuplot(s) == 0) *have_corr = 1;
         free(s), free(m), free(dat), free(vdat);
     }
     /* importance per layer of the model round 1 pruned: mean head and neuron score of the default
      * pair, Block Influence, LM loss increase on removal */
     tp_importance *imp = NULL;
     char *in = tp_recipe_round_name(r, "importance", 1, ".json");
-    char *ip = pathf("%s/%s", out, in), *idat = pathf("%s/logs/importance.dat", out);
+    char *ip = tp_strfmt("%s/%s", out, in), *idat = tp_strfmt("%s/logs/importance.dat", out);
     if (ip && idat && tp_importance_load(ip, &imp) == TP_OK) {
         FILE *f = fopen(idat, "w");
         int L = imp->n_layers, pr = imp->default_pair;
@@ -222,7 +193,7 @@ static void plots(const tp_recipe *r, const char *out, int *have_loss, int *have
             fprintf(f, "%d %g %g %g %g\n", l, hs / imp->n_heads, ns / imp->d_ff, imp->block_influence[l], ll);
         }
         if (f) fclose(f);
-        char *s = pathf(
+        char *s = tp_strfmt(
             "set terminal pngcairo size 900,700\nset output '%s/importance.png'\nset multiplot layout 2,2 title "
             "'%steacher importance per layer (%s)'\nset grid\nset xlabel 'layer'\nset style fill solid 0.6\n"
             "set boxwidth 0.8\nplot '%s' using 1:2 with boxes title 'mean head score'\n"
@@ -255,16 +226,16 @@ static void fmt_num(char *b, size_t n, double v, const char *f) {
 /* One row of the models table (report.md and stdout). */
 static void model_row(FILE *f, const cJSON *m, const char *label, char **tasks, int nt) {
     char pb[32];
-    fmt_params(pb, sizeof pb, jnum(m, "params"));
-    int L = (int)jnum(m, "layers"), d = (int)jnum(m, "hidden"), ff = (int)jnum(m, "ffn"), h = (int)jnum(m, "heads"),
-        kv = (int)jnum(m, "kv_heads");
-    double ppl = jnum(m, "ppl");
+    fmt_params(pb, sizeof pb, tp_json_number(m, "params"));
+    int L = (int)tp_json_number(m, "layers"), d = (int)tp_json_number(m, "hidden"), ff = (int)tp_json_number(m, "ffn"), h = (int)tp_json_number(m, "heads"),
+        kv = (int)tp_json_number(m, "kv_heads");
+    double ppl = tp_json_number(m, "ppl");
     fprintf(f, "| %s | %s | %d | %d | %d | %d / %d | %.3f |", label, pb, L, d, ff, h, kv, ppl);
     printf("%-18s %12s %8d %8d %8d %5d / %-2d %10.3f", label, pb, L, d, ff, h, kv, ppl);
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(m, "tasks");
     for (int i = 0; i < nt; i++) {
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(t, tasks[i]);
-        double acc = jnum(e, "acc"), an = jnum(e, "acc_norm");
+        double acc = tp_json_number(e, "acc"), an = tp_json_number(e, "acc_norm");
         fprintf(f, " %.4f / %.4f |", acc, an);
         printf(" %6.4f/%6.4f", acc, an);
     }
@@ -273,8 +244,8 @@ static void model_row(FILE *f, const cJSON *m, const char *label, char **tasks, 
 }
 
 static void curve_text(const cJSON *o, char b[4][32]) {
-    fmt_num(b[0], 32, jnum(o, "train_loss_first"), "%.4f"), fmt_num(b[1], 32, jnum(o, "train_loss_last"), "%.4f");
-    fmt_num(b[2], 32, jnum(o, "val_loss_first"), "%.4f"), fmt_num(b[3], 32, jnum(o, "val_loss_last"), "%.4f");
+    fmt_num(b[0], 32, tp_json_number(o, "train_loss_first"), "%.4f"), fmt_num(b[1], 32, tp_json_number(o, "train_loss_last"), "%.4f");
+    fmt_num(b[2], 32, tp_json_number(o, "val_loss_first"), "%.4f"), fmt_num(b[3], 32, tp_json_number(o, "val_loss_last"), "%.4f");
 }
 
 static int render(const tp_recipe *r, const char *out, const cJSON *rj, size_t p0) {
@@ -287,7 +258,7 @@ static int render(const tp_recipe *r, const char *out, const cJSON *rj, size_t p
     int nt = 0;
     char *save = NULL;
     for (char *t = strtok_r(tl, ",", &save); t && nt < 16; t = strtok_r(NULL, ",", &save)) tasks[nt++] = t;
-    char *rp = pathf("%s/report.md", out);
+    char *rp = tp_strfmt("%s/report.md", out);
     FILE *f = rp ? fopen(rp, "w") : NULL;
     if (!f) {
         free(rp);
@@ -336,8 +307,8 @@ static int render(const tp_recipe *r, const char *out, const cJSON *rj, size_t p
                    "%d). Training CE %s → %s, validation CE %s → %s; PPL %.3f → %.3f. Every later stage uses the "
                    "corrected teacher `teacher-corrected/`.\n",
                 r->data ? r->data : "sdg/", r->correct_steps, r->batch, r->seq, r->accum, r->correct_lr,
-                r->correct_lr / 10, r->correct_warmup, b[0], b[1], b[2], b[3], jnum(teacher, "ppl"),
-                jnum(corrected, "ppl"));
+                r->correct_lr / 10, r->correct_warmup, b[0], b[1], b[2], b[3], tp_json_number(teacher, "ppl"),
+                tp_json_number(corrected, "ppl"));
         if (have_corr) fprintf(f, "\n![teacher correction](correct.png)\n");
     }
     fprintf(f, "\n## Rounds\n\n| round | pruned model | target | pruned params | pruned PPL | distilled from | steps | "
@@ -348,17 +319,17 @@ static int render(const tp_recipe *r, const char *out, const cJSON *rj, size_t p
                     *dj = cJSON_GetObjectItemCaseSensitive(ro, "distill");
         char b[4][32], p2[32], p3[32];
         curve_text(dj, b);
-        fprintf(f, "| %d | %s | %s | %s | %.3f | %s | %d | %s → %s | %s → %s | %s | %.3f |\n", (int)jnum(ro, "round"),
-                jstr(ro, "pruned_from"), fmt_params(tb, 32, jnum(ro, "target_params")),
-                fmt_params(p2, 32, jnum(pm, "params")), jnum(pm, "ppl"), jstr(ro, "distill_teacher"),
-                (int)jnum(dj, "steps"), b[0], b[1], b[2], b[3], fmt_params(p3, 32, jnum(sm, "params")), jnum(sm, "ppl"));
+        fprintf(f, "| %d | %s | %s | %s | %.3f | %s | %d | %s → %s | %s → %s | %s | %.3f |\n", (int)tp_json_number(ro, "round"),
+                jstr(ro, "pruned_from"), fmt_params(tb, 32, tp_json_number(ro, "target_params")),
+                fmt_params(p2, 32, tp_json_number(pm, "params")), tp_json_number(pm, "ppl"), jstr(ro, "distill_teacher"),
+                (int)tp_json_number(dj, "steps"), b[0], b[1], b[2], b[3], fmt_params(p3, 32, tp_json_number(sm, "params")), tp_json_number(sm, "ppl"));
     }
     fprintf(f, "\n## Distillation\n\n%s%d steps x %d sequences x %d tokens (accumulation %d), lr %g, loss %s "
                "(tau %g%s, top-k %d), CE weight %g, intermediate %s%s.\n",
             K > 1 ? "Every round: " : "", r->steps, r->batch, r->seq, r->accum, r->lr, r->kd, r->tau,
             r->tau2 ? ", x tau^2" : "", r->topk, r->ce_weight, r->inter, r->emb_loss ? " + embedding outputs" : "");
     char *last = tp_recipe_round_name(r, "distill", K, "/summary.json");
-    cJSON *sum = last ? read_json(out, last) : NULL;
+    cJSON *sum = last ? tp_json_load_optional(out, last) : NULL;
     if (sum) {
         char *s = cJSON_Print(sum);
         fprintf(f, "\nSummary%s (`%s`):\n\n```json\n%s\n```\n", K > 1 ? " of the last round" : "", last, s ? s : "{}");
@@ -480,16 +451,6 @@ static int parse(tp_recipe *r, int argc, char **argv, int *force, int *isolate, 
     return CLI_OK;
 }
 
-static volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig) {
-    g_stop = sig;
-    static const char msg[] = "\ntaper compress: stop requested: a training stage finishes its step and writes a "
-                              "checkpoint; no new stage starts (signal again to abort)\n";
-    ssize_t w = write(2, msg, sizeof msg - 1);
-    (void)w;
-    signal(sig, SIG_DFL);
-}
 
 int cmd_compress(int argc, char **argv) {
     tp_recipe r;
@@ -514,28 +475,23 @@ int cmd_compress(int argc, char **argv) {
         return rc;
     }
     if (r.threads) cli_set_threads(r.threads);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    tp_compress_hooks hooks = {.stop = &g_stop, .isolate = isolate, .force = force, .data_dir = dd};
+    volatile sig_atomic_t *stop = cli_stop_signals("\ntaper compress: stop requested: a training stage finishes "
+                                                   "its step and writes a checkpoint; no new stage starts (signal "
+                                                   "again to abort)\n");
+    tp_compress_hooks hooks = {.stop = stop, .isolate = isolate, .force = force, .data_dir = dd};
     tp_compress_result res;
     cli_log_map(LOG_FLAGS);
     s = tp_compress_run(&r, r.out, &hooks, &res);
     cli_log_map(NULL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
+    cli_stop_signals_end();
     if (s) {
         /* settings refused before any stage ran are usage errors; a failing stage is a failure */
         rc = s == TP_ERR_ARG && !res.failed_stage[0] ? usage_map(key_flags()) : cli_error_map(s, STAGE_FLAGS);
     } else if (res.stopped) {
-        printf("compress: stopped by signal %d; run the same command again to resume\n", (int)g_stop);
-        rc = 128 + (int)g_stop;
+        printf("compress: stopped by signal %d; run the same command again to resume\n", (int)*stop);
+        rc = 128 + (int)*stop;
     } else {
-        cJSON *rj = read_json(r.out, "report.json");
+        cJSON *rj = tp_json_load_optional(r.out, "report.json");
         rc = rj ? render(&r, r.out, rj, res.teacher_params)
                 : cli_error(tp_fail(TP_ERR_IO, "%s/report.json: cannot read", r.out));
         cJSON_Delete(rj);

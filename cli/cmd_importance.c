@@ -42,24 +42,6 @@ static const char *HELP =
     "  --json[=FILE]          also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help             this help\n";
 
-static double vmin(const double *v, int n) {
-    double m = v[0];
-    for (int i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
-    return m;
-}
-
-static double vmax(const double *v, int n) {
-    double m = v[0];
-    for (int i = 1; i < n; i++) m = v[i] > m ? v[i] : m;
-    return m;
-}
-
-static double vmean(const double *v, int n) {
-    double s = 0;
-    for (int i = 0; i < n; i++) s += v[i];
-    return s / n;
-}
-
 /* Per-layer summary of one aggregation pair on stdout. */
 static void show(const tp_importance *imp, int pair, const char *path) {
     int L = imp->n_layers, nh = imp->n_heads, nkv = imp->n_kv_heads, ff = imp->d_ff, d = imp->d_model;
@@ -81,13 +63,16 @@ static void show(const tp_importance *imp, int pair, const char *path) {
            "kv groups min/max", "neurons mean/min/max");
     for (int l = 0; l < L; l++) {
         double ll = imp->layer_loss ? imp->layer_loss[l] : NAN;
-        const double *h = H + (size_t)l * nh, *g = G + (size_t)l * nkv, *n = N + (size_t)l * ff;
+        double h[3], g[3], n[3]; /* min, max, mean */
+        tp_vec_stats(H + (size_t)l * nh, nh, &h[0], &h[1], &h[2]);
+        tp_vec_stats(G + (size_t)l * nkv, nkv, &g[0], &g[1], &g[2]);
+        tp_vec_stats(N + (size_t)l * ff, ff, &n[0], &n[1], &n[2]);
         printf("%5d %9.6f %10.5f %+9.5f  %10.4g/%-12.4g %10.4g/%-12.4g %.4g/%.4g/%.4g\n", l, imp->block_influence[l],
-               ll, ll - imp->base_loss, vmin(h, nh), vmax(h, nh), vmin(g, nkv), vmax(g, nkv), vmean(n, ff), vmin(n, ff),
-               vmax(n, ff));
+               ll, ll - imp->base_loss, h[0], h[1], g[0], g[1], n[2], n[0], n[1]);
     }
-    printf("\nembedding channels: mean %.5g, min %.5g, max %.5g over %d channels\n", vmean(C, d), vmin(C, d),
-           vmax(C, d), d);
+    double c[3];
+    tp_vec_stats(C, d, &c[0], &c[1], &c[2]);
+    printf("\nembedding channels: mean %.5g, min %.5g, max %.5g over %d channels\n", c[2], c[0], c[1], d);
     if (imp->block_loss) {
         int nb = L - imp->block_size + 1, best = 0;
         for (int i = 1; i < nb; i++)

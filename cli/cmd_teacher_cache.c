@@ -38,15 +38,6 @@ static const char *HELP =
     "F.partial; the same command continues it, keeping every window whose checksum holds.\n"
     "Exit codes: 0 done, 1 failure, 2 usage error, 130/143 stopped by a signal (F.partial kept).\n";
 
-static volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig) {
-    g_stop = sig;
-    static const char msg[] = "\ntaper teacher-cache: stop requested: finishing this batch (signal again to abort)\n";
-    ssize_t w = write(2, msg, sizeof msg - 1);
-    (void)w;
-    signal(sig, SIG_DFL);
-}
 
 static int parse_taus(const char *s, tp_tcache_build_opts *o) {
     o->n_tau = 0;
@@ -137,17 +128,9 @@ int cmd_teacher_cache(int argc, char **argv) {
                 t->n_params, o.K, o.n_tau, o.n_tau > 1 ? "s" : "", desc);
     }
     if (!s) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sa.sa_flags = SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
-        o.stop = &g_stop;
+        o.stop = cli_stop_signals("\ntaper teacher-cache: stop requested: finishing this batch (signal again to abort)\n");
         s = tp_tcache_build(t, L, out, &o, &r);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
+        cli_stop_signals_end();
     }
     if (s) {
         rc = cli_error_map(s, FLAGS);
@@ -161,7 +144,7 @@ int cmd_teacher_cache(int argc, char **argv) {
                    o.K, seq, o.n_tau, o.n_tau > 1 ? "s" : "");
         } else {
             printf("stopped    %s.partial kept; run the same command again to continue\n", out);
-            rc = g_stop ? 128 + (int)g_stop : CLI_FAIL;
+            rc = *o.stop ? 128 + (int)*o.stop : CLI_FAIL;
         }
     }
     tp_loader_free(L);

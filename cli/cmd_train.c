@@ -67,26 +67,7 @@ static const char *HELP =
     "Exit codes: 0 done, 1 failure (NaN/inf stops name the step and keep the last good checkpoint),\n"
     "2 usage error, 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.\n";
 
-static volatile sig_atomic_t g_stop;
 
-static void on_signal(int sig) {
-    g_stop = sig;
-    static const char msg[] = "\ntaper train: stop requested: finishing this step and writing a checkpoint "
-                              "(signal again to abort)\n";
-    ssize_t w = write(2, msg, sizeof msg - 1);
-    (void)w;
-    signal(sig, SIG_DFL); /* a second signal ends the process at once */
-}
-
-static void install_signals(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART; /* a checkpoint being written must not see EINTR */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-}
 
 static void print_summary(const tp_train_job *j, const tp_train_job_result *res) {
     const tp_train_result *r = &res->r;
@@ -207,12 +188,11 @@ int cli_train_main(int argc, char **argv, const tp_distill_job *d) {
     if (!j.resume && tp_run_dir_ckpts(j.run_dir, newest, sizeof newest) > 0)
         return cli_error(tp_fail(TP_ERR_ARG, "%s already holds checkpoints (newest %s): add --resume, or use a new "
                                              "--run-dir", j.run_dir, newest));
-    j.stop = &g_stop;
-    install_signals();
+    j.stop = cli_stop_signals("\ntaper train: stop requested: finishing this step and writing a checkpoint "
+                              "(signal again to abort)\n");
     tp_train_job_result res;
     tp_status s = d ? tp_distill_run(&j, d, &res) : tp_train_job_run(&j, &res);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
+    cli_stop_signals_end();
     if (res.trained) print_summary(&j, &res);
     rc = s ? cli_error_map(s, d ? DISTILL_FLAGS : TRAIN_FLAGS) : CLI_OK;
     if (!s && res.r.stopped) {

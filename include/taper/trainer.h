@@ -116,6 +116,10 @@ tp_status tp_train_args_compare(const char *saved, const char *now, const char *
 /* Keeps the complete lines of path whose "step" is <= step (drops a torn last line and anything
  * logged after the checkpoint being resumed); a missing file is fine. Rewritten atomically. */
 tp_status tp_metrics_truncate(const char *path, long step);
+/* Calls fn(user, step, loss, val_loss) for every line of a metrics.jsonl that has a step (loss
+ * or val_loss NAN where the line has none); a missing or unreadable file calls nothing (and
+ * leaves no error). Returns the number of lines passed to fn. */
+int tp_metrics_each(const char *path, void (*fn)(void *user, double step, double loss, double val_loss), void *user);
 
 /* Complete-looking checkpoint files (ckpt-<step>.tpc) in dir: their count (0 when dir does not
  * exist, -1 when it cannot be read) and the newest name into newest (may be NULL). */

@@ -40,6 +40,16 @@ struct cJSON;
 const struct cJSON *tp_json_at(const struct cJSON *root, const char *path);
 /* Writes j as indented JSON plus a final newline to path, atomically (tp_write_file_atomic). */
 tp_status tp_write_json_atomic(const char *path, const struct cJSON *j);
+/* The JSON in file dir/name (name may be NULL: dir is the file), or NULL when it is absent,
+ * unreadable or not JSON (no error is left behind: for reports that show what exists). */
+struct cJSON *tp_json_load_optional(const char *dir, const char *name);
+/* The number at a dotted path (tp_json_at), NAN when absent or not a number. */
+double tp_json_number(const struct cJSON *root, const char *path);
+
+/* malloc'd printf result, NULL when out of memory. */
+char *tp_strfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Minimum, maximum and mean of v[0..n) (n > 0). */
+void tp_vec_stats(const double *v, int n, double *min, double *max, double *mean);
 
 /* Progress bar on stderr: "label  [#####.....]  42% 1234/5000  ETA 0:31  812 tok/s".
  * Draws at most ~10 times a second; silent when stderr is not a terminal unless

@@ -5,7 +5,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,29 +36,20 @@ typedef struct {
     tp_compress_result *res;     /* NULL, or where the failing stage is named */
 } run;
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    char *s = NULL;
-    if (vasprintf(&s, f, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
-}
 
 static int exists(const char *p) { return p && access(p, F_OK) == 0; }
 
 /* ---- stages: resume markers, the runner, isolation ---- */
 
 static int stage_done(const run *x, const char *stage) {
-    char *p = fmt("%s/.done-%s", x->out, stage);
+    char *p = tp_strfmt("%s/.done-%s", x->out, stage);
     int d = exists(p);
     free(p);
     return d;
 }
 
 static tp_status mark_done(const run *x, const char *stage) {
-    char *p = fmt("%s/.done-%s", x->out, stage);
+    char *p = tp_strfmt("%s/.done-%s", x->out, stage);
     tp_status s = p ? tp_write_file_atomic(p, "", 0) : tp_fail(TP_ERR_NOMEM, "out of memory");
     free(p);
     return s;
@@ -188,7 +178,7 @@ static void train_job(const run *x, tp_train_job *j, const char *model, const ch
 
 static tp_status do_correct(run *x, const void *arg) {
     (void)arg;
-    char *rd = fmt("%s/correct", x->out);
+    char *rd = tp_strfmt("%s/correct", x->out);
     if (!rd) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_train_job j;
     train_job(x, &j, x->r->teacher, rd, x->r->correct_steps, x->r->correct_lr, x->r->correct_warmup, x->teacher_eff);
@@ -206,7 +196,7 @@ typedef struct {
 
 static tp_status do_ppl(run *x, const void *arg) {
     const eval_arg *e = arg;
-    char *json = fmt("%s/%s-ppl.json", x->out, e->name);
+    char *json = tp_strfmt("%s/%s-ppl.json", x->out, e->name);
     if (!json) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_ppl_job j;
     tp_ppl_job_default(&j);
@@ -223,7 +213,7 @@ static tp_status do_ppl(run *x, const void *arg) {
 
 static tp_status do_tasks(run *x, const void *arg) {
     const eval_arg *e = arg;
-    char *json = fmt("%s/%s-tasks.json", x->out, e->name);
+    char *json = tp_strfmt("%s/%s-tasks.json", x->out, e->name);
     if (!json) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_eval_job j;
     tp_eval_job_default(&j);
@@ -322,13 +312,13 @@ static tp_status do_prune(run *x, const void *arg) {
 /* Round r's plan relative to the original teacher's shape: round 1's own plan, later rounds'
  * RUN/pruned-r/teacher_plan.json. */
 static char *teacher_plan_path(const run *x, int round) {
-    return round == 1 ? fmt("%s/%s/prune_plan.json", x->out, x->r->iterate == 1 ? "pruned" : "pruned-1")
-                      : fmt("%s/pruned-%d/teacher_plan.json", x->out, round);
+    return round == 1 ? tp_strfmt("%s/%s/prune_plan.json", x->out, x->r->iterate == 1 ? "pruned" : "pruned-1")
+                      : tp_strfmt("%s/pruned-%d/teacher_plan.json", x->out, round);
 }
 
 /* Writes round r's plan relative to the teacher from round r-1's and round r's own. */
 static tp_status write_teacher_plan(const run *x, int round) {
-    char *prev = teacher_plan_path(x, round - 1), *own = fmt("%s/pruned-%d/prune_plan.json", x->out, round),
+    char *prev = teacher_plan_path(x, round - 1), *own = tp_strfmt("%s/pruned-%d/prune_plan.json", x->out, round),
          *dst = teacher_plan_path(x, round);
     tp_prune_plan *p1 = NULL, *p2 = NULL, *c = NULL;
     tp_status s = (!prev || !own || !dst) ? tp_fail(TP_ERR_NOMEM, "out of memory") : TP_OK;
@@ -356,7 +346,7 @@ static tp_status do_distill(run *x, const void *arg) {
         s = write_teacher_plan(x, a->round);
         plan = teacher_plan_path(x, a->round);
     } else if (!s) {
-        plan = fmt("%s/prune_plan.json", pruned);
+        plan = tp_strfmt("%s/prune_plan.json", pruned);
     }
     if (!s && !plan) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     if (!s) {
@@ -417,7 +407,7 @@ static tp_status run_rounds(run *x, size_t p0) {
     const tp_recipe *r = x->r;
     tp_status s = TP_OK;
     for (int k = 1; !s && k <= r->iterate && !x->stopped; k++) {
-        char *model = k == 1 ? strdup(x->teacher_eff) : fmt("%s/student-%d", x->out, k - 1);
+        char *model = k == 1 ? strdup(x->teacher_eff) : tp_strfmt("%s/student-%d", x->out, k - 1);
         char *pn = tp_recipe_round_name(r, "pruned", k, ""), *sn = tp_recipe_round_name(r, "student", k, ""),
              *sd = tp_recipe_student_dir(r, k), *ist = tp_recipe_round_name(r, "importance", k, ""),
              *pst = tp_recipe_round_name(r, "prune", k, ""), *dst = tp_recipe_round_name(r, "distill", k, "");
@@ -440,7 +430,7 @@ static tp_status run_rounds(run *x, size_t p0) {
         if (!s) s = eval_stages(x, pn, pruned);
         if (!s) {
             char *plan = k > 1 && strcmp(r->iterate_teacher, "prev") ? teacher_plan_path(x, k)
-                                                                       : fmt("%s/prune_plan.json", pruned);
+                                                                       : tp_strfmt("%s/prune_plan.json", pruned);
             snprintf(what, sizeof what, "%s from %s, %d steps, plan %s -> %s", pruned,
                      strcmp(r->iterate_teacher, "prev") ? x->teacher_eff : model, r->steps, plan ? plan : "", student);
             free(plan);
@@ -484,9 +474,9 @@ tp_status tp_compress_run(const tp_recipe *r, const char *run_dir, const tp_comp
 #ifdef _OPENMP
     if (r->threads > 0) omp_set_num_threads(r->threads);
 #endif
-    x.data = r->data ? strdup(r->data) : fmt("%s/sdg", run_dir);
-    x.calib = r->calib ? strdup(r->calib) : fmt("%s/sdg/samples.jsonl", run_dir);
-    x.teacher_eff = r->correct_steps > 0 ? fmt("%s/teacher-corrected", run_dir) : strdup(r->teacher);
+    x.data = r->data ? strdup(r->data) : tp_strfmt("%s/sdg", run_dir);
+    x.calib = r->calib ? strdup(r->calib) : tp_strfmt("%s/sdg/samples.jsonl", run_dir);
+    x.teacher_eff = r->correct_steps > 0 ? tp_strfmt("%s/teacher-corrected", run_dir) : strdup(r->teacher);
     if (!x.data || !x.calib || !x.teacher_eff) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     char what[4400];
     if (!s && !r->data) {
@@ -523,33 +513,20 @@ tp_status tp_compress_run(const tp_recipe *r, const char *run_dir, const tp_comp
 
 /* ---- the report ---- */
 
-static cJSON *read_json(const char *dir, const char *name) {
-    char *p = tp_path_join(dir, name), *text = NULL;
-    cJSON *j = NULL;
-    if (p && tp_read_file(p, &text, NULL) == TP_OK) j = cJSON_Parse(text);
-    tp_clear_error();
-    free(text);
-    free(p);
-    return j;
-}
 
-static double jnum(const cJSON *j, const char *path) {
-    const cJSON *c = tp_json_at(j, path);
-    return cJSON_IsNumber(c) ? c->valuedouble : NAN;
-}
 
 /* perplexity under the chunks protocol from a <name>-ppl.json */
 static double ppl_of(const char *dir, const char *name) {
     char f[512];
     snprintf(f, sizeof f, "%s-ppl.json", name);
-    cJSON *j = read_json(dir, f);
+    cJSON *j = tp_json_load_optional(dir, f);
     double v = NAN;
     const cJSON *r = j ? cJSON_GetObjectItem(j, "results") : NULL, *e;
     cJSON_ArrayForEach(e, r) {
         const cJSON *p = cJSON_GetObjectItem(e, "protocol");
-        if (cJSON_IsString(p) && !strcmp(p->valuestring, "chunks")) v = jnum(e, "ppl");
+        if (cJSON_IsString(p) && !strcmp(p->valuestring, "chunks")) v = tp_json_number(e, "ppl");
     }
-    if (isnan(v)) v = jnum(j, "results.0.ppl");
+    if (isnan(v)) v = tp_json_number(j, "results.0.ppl");
     cJSON_Delete(j);
     return v;
 }
@@ -559,7 +536,7 @@ static double task_metric(const cJSON *tasks_json, const char *task, const char 
     const cJSON *e, *arr = tasks_json ? cJSON_GetObjectItem(tasks_json, "tasks") : NULL;
     cJSON_ArrayForEach(e, arr) {
         const cJSON *n = cJSON_GetObjectItem(e, "task");
-        if (cJSON_IsString(n) && !strcmp(n->valuestring, task)) v = jnum(cJSON_GetObjectItem(e, "metrics"), metric);
+        if (cJSON_IsString(n) && !strcmp(n->valuestring, task)) v = tp_json_number(cJSON_GetObjectItem(e, "metrics"), metric);
     }
     return v;
 }
@@ -570,29 +547,23 @@ typedef struct {
     int steps;
 } curve;
 
+
+static void curve_point(void *user, double s, double l, double v) {
+    curve *c = user;
+    if (!isnan(l)) {
+        if (isnan(c->loss0)) c->loss0 = l;
+        c->loss1 = l;
+        if (s > c->steps) c->steps = (int)s;
+    }
+    if (!isnan(v)) {
+        if (isnan(c->val0)) c->val0 = v;
+        c->val1 = v;
+    }
+}
+
 static curve read_curve(const char *path) {
     curve c = {NAN, NAN, NAN, NAN, 0};
-    char *text = NULL;
-    if (!path || tp_read_file(path, &text, NULL) != TP_OK) {
-        tp_clear_error();
-        return c;
-    }
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        cJSON *j = cJSON_Parse(line);
-        double s = jnum(j, "step"), l = jnum(j, "loss"), v = jnum(j, "val_loss");
-        if (!isnan(s) && !isnan(l)) {
-            if (isnan(c.loss0)) c.loss0 = l;
-            c.loss1 = l;
-            if (s > c.steps) c.steps = (int)s;
-        }
-        if (!isnan(s) && !isnan(v)) {
-            if (isnan(c.val0)) c.val0 = v;
-            c.val1 = v;
-        }
-        cJSON_Delete(j);
-    }
-    free(text);
+    tp_metrics_each(path, curve_point, &c);
     return c;
 }
 
@@ -627,7 +598,7 @@ static cJSON *model_json(const tp_recipe *r, const char *dir, const char *name, 
     cJSON *t = cJSON_AddObjectToObject(o, "tasks");
     char f[512];
     snprintf(f, sizeof f, "%s-tasks.json", name);
-    cJSON *tj = r->tasks && *r->tasks ? read_json(dir, f) : NULL;
+    cJSON *tj = r->tasks && *r->tasks ? tp_json_load_optional(dir, f) : NULL;
     char tl[1024];
     snprintf(tl, sizeof tl, "%s", r->tasks ? r->tasks : "");
     char *save = NULL;
@@ -653,7 +624,7 @@ tp_status tp_compress_report(const tp_recipe *r, const char *run_dir, cJSON **ou
     if (!rj) return tp_fail(TP_ERR_NOMEM, "out of memory");
     cJSON_AddItemToObject(rj, "teacher", model_json(r, run_dir, "teacher", r->teacher));
     if (corr) {
-        char *tc = fmt("%s/teacher-corrected", run_dir), *mp = fmt("%s/correct/metrics.jsonl", run_dir);
+        char *tc = tp_strfmt("%s/teacher-corrected", run_dir), *mp = tp_strfmt("%s/correct/metrics.jsonl", run_dir);
         cJSON *cj = model_json(r, run_dir, "corrected", tc ? tc : "");
         add_curve(cj, read_curve(mp));
         cJSON_AddItemToObject(rj, "corrected", cj);
@@ -667,7 +638,7 @@ tp_status tp_compress_report(const tp_recipe *r, const char *run_dir, cJSON **ou
              *sd = tp_recipe_student_dir(r, k), *dd = tp_recipe_round_name(r, "distill", k, ""),
              *from = k > 1 ? tp_recipe_round_name(r, "student", k - 1, "") : NULL;
         char *pp = pn ? tp_path_join(run_dir, pn) : NULL, *sp = sd ? tp_path_join(run_dir, sd) : NULL,
-             *mp = dd ? fmt("%s/%s/metrics.jsonl", run_dir, dd) : NULL;
+             *mp = dd ? tp_strfmt("%s/%s/metrics.jsonl", run_dir, dd) : NULL;
         const char *fromlabel = k == 1 ? teacher_label : from ? from : "";
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "round", k);

@@ -23,24 +23,6 @@ void tp_importance_job_default(tp_importance_job *j) {
     j->neuron_source = TP_NEURON_ACT;
 }
 
-static double vmin(const double *v, int n) {
-    double m = v[0];
-    for (int i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
-    return m;
-}
-
-static double vmax(const double *v, int n) {
-    double m = v[0];
-    for (int i = 1; i < n; i++) m = v[i] > m ? v[i] : m;
-    return m;
-}
-
-static double vmean(const double *v, int n) {
-    double s = 0;
-    for (int i = 0; i < n; i++) s += v[i];
-    return s / n;
-}
-
 static cJSON *darr(const double *v, int n) {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; a && i < n; i++)
@@ -64,15 +46,19 @@ cJSON *tp_importance_summary_json(const tp_importance *imp, int pair, const char
         if (isfinite(ll)) cJSON_AddNumberToObject(o, "loss_removed", ll);
         cJSON_AddItemToObject(o, "heads", darr(h, nh));
         cJSON_AddItemToObject(o, "kv_groups", darr(g, nkv));
-        cJSON_AddNumberToObject(o, "neurons_mean", vmean(n, ff));
-        cJSON_AddNumberToObject(o, "neurons_min", vmin(n, ff));
-        cJSON_AddNumberToObject(o, "neurons_max", vmax(n, ff));
+        double lo, hi, mean;
+        tp_vec_stats(n, ff, &lo, &hi, &mean);
+        cJSON_AddNumberToObject(o, "neurons_mean", mean);
+        cJSON_AddNumberToObject(o, "neurons_min", lo);
+        cJSON_AddNumberToObject(o, "neurons_max", hi);
         cJSON_AddItemToArray(layers, o);
     }
     cJSON *c = cJSON_AddObjectToObject(j, "channels");
-    cJSON_AddNumberToObject(c, "mean", vmean(C, d));
-    cJSON_AddNumberToObject(c, "min", vmin(C, d));
-    cJSON_AddNumberToObject(c, "max", vmax(C, d));
+    double lo, hi, mean;
+    tp_vec_stats(C, d, &lo, &hi, &mean);
+    cJSON_AddNumberToObject(c, "mean", mean);
+    cJSON_AddNumberToObject(c, "min", lo);
+    cJSON_AddNumberToObject(c, "max", hi);
     if (imp->block_loss) {
         int nb = L - imp->block_size + 1;
         cJSON *bl = cJSON_AddArrayToObject(j, "blocks");

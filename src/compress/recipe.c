@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -365,20 +364,11 @@ size_t tp_recipe_round_target(const tp_recipe *r, size_t p0, int round) {
     return (size_t)llround((double)p0 * pow((double)r->target_params / (double)p0, (double)round / r->iterate));
 }
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    char *s = NULL;
-    if (vasprintf(&s, f, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
-}
 
 char *tp_recipe_round_name(const tp_recipe *r, const char *base, int round, const char *suffix) {
-    return r->iterate == 1 ? fmt("%s%s", base, suffix) : fmt("%s-%d%s", base, round, suffix);
+    return r->iterate == 1 ? tp_strfmt("%s%s", base, suffix) : tp_strfmt("%s-%d%s", base, round, suffix);
 }
 
 char *tp_recipe_student_dir(const tp_recipe *r, int round) {
-    return round == r->iterate ? strdup("student") : fmt("student-%d", round);
+    return round == r->iterate ? strdup("student") : tp_strfmt("student-%d", round);
 }

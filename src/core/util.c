@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,4 +296,38 @@ tp_status tp_parse_count(const char *s, size_t *out) {
         return tp_fail(TP_ERR_ARG, "count \"%s\" is not a positive whole number with an optional k/M/G/B suffix", s);
     *out = (size_t)llround(x);
     return TP_OK;
+}
+
+cJSON *tp_json_load_optional(const char *dir, const char *name) {
+    char *p = name ? tp_path_join(dir, name) : NULL, *text = NULL;
+    cJSON *j = NULL;
+    if ((p || !name) && tp_read_file(p ? p : dir, &text, NULL) == TP_OK) j = cJSON_Parse(text);
+    tp_clear_error();
+    free(text);
+    free(p);
+    return j;
+}
+
+double tp_json_number(const cJSON *root, const char *path) {
+    const cJSON *c = tp_json_at(root, path);
+    return cJSON_IsNumber(c) ? c->valuedouble : NAN;
+}
+
+char *tp_strfmt(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
+    va_end(ap);
+    return s;
+}
+
+void tp_vec_stats(const double *v, int n, double *min, double *max, double *mean) {
+    double lo = v[0], hi = v[0], sum = 0;
+    for (int i = 0; i < n; i++) {
+        lo = v[i] < lo ? v[i] : lo;
+        hi = v[i] > hi ? v[i] : hi;
+        sum += v[i];
+    }
+    *min = lo, *max = hi, *mean = sum / n;
 }

@@ -225,6 +225,27 @@ tp_status tp_metrics_truncate(const char *path, long step) {
     return s;
 }
 
+int tp_metrics_each(const char *path, void (*fn)(void *user, double step, double loss, double val_loss), void *user) {
+    char *text = NULL;
+    if (!path || tp_read_file(path, &text, NULL) != TP_OK) {
+        tp_clear_error();
+        return 0;
+    }
+    int n = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line);
+        double s = tp_json_number(j, "step");
+        if (!isnan(s)) {
+            fn(user, s, tp_json_number(j, "loss"), tp_json_number(j, "val_loss"));
+            n++;
+        }
+        cJSON_Delete(j);
+    }
+    free(text);
+    return n;
+}
+
 /* ---------------------------------------------------------------- the loop */
 
 typedef struct {
