@@ -119,7 +119,9 @@ static tp_status parse_file(const char *path, tp_config *c) {
 TT_TEST(config_fixtures_match_transformers) {
     char names[32][64];
     int n = fixture_cases(names, 32);
-    TT_CHECK(n >= 8, "only %d config fixtures (run tests/ref/st_ref.py --out tests/fixtures)", n);
+    /* tests/ref/st_ref.py writes 8 config cases under st/config */
+    TT_CHECK(n == 8, "%d config fixtures, expected 8 (run tests/ref/st_ref.py --out tests/fixtures)", n);
+    int compared = 0;
     for (int i = 0; i < n; i++) {
         char rel[160];
         snprintf(rel, sizeof rel, "st/config/%.63s/config.json", names[i]);
@@ -136,11 +138,13 @@ TT_TEST(config_fixtures_match_transformers) {
             TT_CHECK((double)tp_config_n_params(&c) == np, "%s: n_params %zu, transformers counts %.0f",
                      names[i], tp_config_n_params(&c), np);
             TT_CHECK(tp_config_validate(&c) == TP_OK, "%s: %s", names[i], tp_errmsg());
+            compared++;
         }
         cJSON_Delete(exp);
         free(cpath);
         free(epath);
     }
+    TT_CHECK(compared == 8, "compared %d configs with transformers' (expected 8)", compared);
 }
 
 /* to_json -> from_json gives back the same config, for every fixture and some odd floats. */
@@ -156,7 +160,7 @@ TT_TEST(config_json_roundtrip) {
         if (parse_file(p, &cs[nc]) == TP_OK) nc++;
         free(p);
     }
-    TT_CHECK(nc == n && nc > 0, "%d of %d fixtures parsed", nc, n);
+    TT_CHECK(nc == n && nc == 8, "%d of %d fixtures parsed (expected 8)", nc, n);
     if (nc == 0) return;
     tp_config odd = cs[0];
     odd.norm_eps = 3.3333333e-06f;
@@ -659,12 +663,14 @@ TT_TEST(json_dotted_path) {
 TT_TEST(config_load_metadata_only) {
     char *paths[3] = {tt_path(tt_fixtures_dir(), "sparsify/model"), tt_cache_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
                       tt_gemma3_path()};
-    int compared = 0;
+    int compared = 0, present = 0;
     for (int i = 0; i < 3; i++) {
         if (!paths[i] || access(paths[i], F_OK)) {
+            TT_CHECK(i > 0, "fixture sparsify/model missing"); /* it must be there; the cached models may not */
             tt_note("config_load: %s absent (make deps fetches it)", paths[i] ? paths[i] : "(gemma 3)");
             continue;
         }
+        present++;
         tp_config c;
         tp_model *m = NULL;
         char *a = NULL, *b = NULL;
@@ -680,7 +686,8 @@ TT_TEST(config_load_metadata_only) {
         free(a), free(b);
         tp_model_free(m);
     }
-    TT_CHECK(compared >= 1, "compared %d models", compared);
+    TT_CHECK(compared == present && compared >= 1, "compared %d models (expected every one present: %d)", compared,
+             present);
     tp_config c;
     TT_CHECK(tp_config_load("/nonexistent/model", &c) == TP_ERR_IO && strstr(tp_errmsg(), "/nonexistent/model"),
              "missing path: %s", tp_errmsg());

@@ -1113,6 +1113,8 @@ TT_TEST(data_tokenize_gguf_and_tinyshakespeare) {
     }
     expect e = {0};
     expect_doc(&e, tok, text, len);
+    /* the whole file as one document: HF's count in tok/expected.json (tests/ref/tok_ref.py, whole_n) */
+    if (have_data) TT_CHECK(e.tok.n == 341094, "tinyshakespeare: %zu tokens (expected 341094)", e.tok.n);
     char *od = tmp_file("gguf_out"), args[2048], *out;
     snprintf(args, sizeof args, "tokenize %s -o %s %s", model, od, have_data ? sh : in);
     int rc = tt_taper(args, &out);

@@ -66,6 +66,7 @@ TT_TEST(distill_step_vs_torch) {
     int32_t *targets = ints(cJSON_GetObjectItem(j, "targets"), (size_t)B * T);
     tp_model *teacher = load("teacher");
     const cJSON *c;
+    int n_cases = 0;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases")) {
         const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
         tp_model *st = load(cJSON_GetObjectItem(c, "student")->valuestring), *grad = NULL;
@@ -133,13 +134,19 @@ TT_TEST(distill_step_vs_torch) {
             n_t++;
         }
         TT_CHECK(worst <= 1e-4, "%s: worst gradient %s rel %.2e", name, wn, worst);
+        /* distill_ref.py writes every student gradient: all of tp_model_tensors, each once */
+        TT_CHECK(n_t == tp_model_tensors(grad, NULL, 0), "%s: compared %d gradient tensors (expected %d)", name, n_t,
+                 tp_model_tensors(grad, NULL, 0));
         tt_note("%s: %d student tensors, worst gradient rel %.2e (%s); kd %.6f inter %.6f alpha %.4f", name, n_t,
                 worst, wn, L.logits, L.inter, L.alpha);
         tp_distiller_free(d);
         tp_tape_free(tape);
         tp_model_free(grad);
         tp_model_free(st);
+        n_cases++;
     }
+    /* tests/ref/distill_ref.py's CASES: narrow fkl, shallow jsd top-7, shallow rkl logits only */
+    TT_CHECK(n_cases == 3, "compared %d distillation cases (expected 3)", n_cases);
     tp_model_free(teacher);
     free(tokens);
     free(targets);

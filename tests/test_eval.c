@@ -65,6 +65,17 @@ static size_t fixture_limit(const cJSON *fx) {
 static const char *const MC_TASKS[] = {"arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu"};
 #define N_MC (sizeof MC_TASKS / sizeof MC_TASKS[0])
 
+/* How many items tests/ref/eval_ref.py writes per fixture (its defaults: --limit 500, --mmlu-limit 9
+ * per subject = 57 x 9, --wikitext-limit 20 documents), and N_VERBATIM items kept verbatim: every
+ * loop over a fixture asserts it compared exactly these, so a short fixture cannot pass. */
+#define FX_VERBATIM 3
+#define FX_WIKITEXT_DOCS 20
+static size_t fixture_items(const char *task) {
+    if (!strcmp(task, "mmlu")) return 57 * 9;
+    if (!strcmp(task, "wikitext")) return FX_WIKITEXT_DOCS;
+    return 500;
+}
+
 /* Keeps the first n items of t. */
 static void truncate_task(tp_task *t, size_t n) {
     while (t->n_items > n) {
@@ -189,9 +200,11 @@ static void check_formats(const char *name) {
     }
     TT_CHECK(s == TP_OK, "%s: %s", name, tp_errmsg());
     const cJSON *items = cJSON_GetObjectItem(fx, "items");
-    size_t n = (size_t)cJSON_GetArraySize(items), bad = 0, verbatim = 0;
+    size_t n = (size_t)cJSON_GetArraySize(items), bad = 0, verbatim = 0, compared = 0;
+    TT_CHECK(n == fixture_items(name), "%s: fixture has %zu items (expected %zu)", name, n, fixture_items(name));
     TT_CHECK(t && t->n_items == n, "%s: %zu items, fixture has %zu", name, t ? t->n_items : 0, n);
     for (size_t i = 0; t && i < n && i < t->n_items; i++) {
+        compared++;
         const cJSON *x = cJSON_GetArrayItem(items, (int)i);
         const tp_task_item *it = &t->items[i];
         const cJSON *req = cJSON_GetObjectItem(x, "requests");
@@ -219,7 +232,10 @@ static void check_formats(const char *name) {
                  it->gold, cJSON_IsNumber(g) ? g->valuedouble : -1.0);
     }
     TT_CHECK(bad == 0, "%s: %zu of %zu items' prompts differ", name, bad, n);
-    TT_CHECK(verbatim > 0, "%s: no verbatim items in the fixture", name);
+    TT_CHECK(compared == fixture_items(name), "%s: compared %zu items (expected %zu)", name, compared,
+             fixture_items(name));
+    TT_CHECK(verbatim == FX_VERBATIM, "%s: %zu verbatim items in the fixture (expected %d)", name, verbatim,
+             FX_VERBATIM);
     tt_note("%s: %zu items' prompts equal the harness's (%zu verbatim, the rest by hash)", name, n - bad, verbatim);
     tp_task_free(t);
     cJSON_Delete(fx);
@@ -246,9 +262,11 @@ TT_TEST(eval_format_wikitext) {
     }
     TT_CHECK(s == TP_OK, "%s", tp_errmsg());
     const cJSON *docs = cJSON_GetObjectItem(fx, "docs");
-    size_t n = (size_t)cJSON_GetArraySize(docs), bad = 0;
+    size_t n = (size_t)cJSON_GetArraySize(docs), bad = 0, compared = 0;
+    TT_CHECK(n == FX_WIKITEXT_DOCS, "fixture has %zu documents (expected %d)", n, FX_WIKITEXT_DOCS);
     TT_CHECK(t && t->n_items == n, "%zu documents, harness %zu", t ? t->n_items : 0, n);
     for (size_t i = 0; t && i < n && i < t->n_items; i++) {
+        compared++;
         const cJSON *d = cJSON_GetArrayItem(docs, (int)i);
         char h[17];
         text_hash(t->items[i].cont[0], h);
@@ -259,6 +277,7 @@ TT_TEST(eval_format_wikitext) {
             TT_CHECK(0, "document %zu: text/words/bytes differ (%zu words, %zu bytes)", i, t->items[i].words,
                      t->items[i].bytes);
     }
+    TT_CHECK(compared == FX_WIKITEXT_DOCS, "compared %zu documents (expected %d)", compared, FX_WIKITEXT_DOCS);
     TT_CHECK(bad == 0, "%zu of %zu documents differ from the harness's", bad, n);
     tt_note("wikitext: %zu documents' text, words and bytes equal the harness's", n - bad);
     tp_task_free(t);
@@ -304,6 +323,8 @@ static void compare_scores(const char *name, size_t n_items, cmp_stats *st) {
     }
     TT_CHECK(s == TP_OK, "%s", tp_errmsg());
     const cJSON *items = cJSON_GetObjectItem(fx, "items");
+    TT_CHECK((size_t)cJSON_GetArraySize(items) == fixture_items(name), "%s: fixture has %d items (expected %zu)", name,
+             cJSON_GetArraySize(items), fixture_items(name));
     if (!t || (size_t)cJSON_GetArraySize(items) != t->n_items) {
         TT_CHECK(0, "%s: item count differs from the fixture", name);
         tp_task_free(t);
@@ -363,15 +384,17 @@ TT_TEST(eval_scores_vs_harness) {
         compare_scores(MC_TASKS[k], FAST_ITEMS, &st);
         if (!st.n) continue;
         ran++;
+        TT_CHECK(st.n == FAST_ITEMS, "%s: compared %zu items (expected %d)", MC_TASKS[k], st.n, FAST_ITEMS);
         TT_CHECK(st.ll_bad == 0, "%s: %zu log-likelihoods differ by more than %g (max %.2e)", MC_TASKS[k], st.ll_bad,
                  LL_TOL, st.max_diff);
         TT_CHECK(st.agree == st.n && st.agree_norm == st.n, "%s: chosen answers differ (%zu, %zu of %zu agree)",
                  MC_TASKS[k], st.agree, st.agree_norm, st.n);
     }
     if (!ran) tt_skip("no task could run: fixtures, model or data missing (see the notes)");
+    else if (ran != (int)N_MC) tt_skip("%d of %d tasks could not run (see the notes)", (int)N_MC - ran, (int)N_MC);
 }
 
-/* The shortest WikiText documents through the rolling windows (all 62 with TAPER_LONG). */
+/* The shortest WikiText documents through the rolling windows (all 20 of the fixture with TAPER_LONG). */
 static void wikitext_vs_harness(int all) {
     tp_model *m = tt_model();
     cJSON *fx = fixture("wikitext");
@@ -388,6 +411,8 @@ static void wikitext_vs_harness(int all) {
     }
     TT_CHECK(s == TP_OK, "%s", tp_errmsg());
     const cJSON *docs = cJSON_GetObjectItem(fx, "docs");
+    TT_CHECK(cJSON_GetArraySize(docs) == FX_WIKITEXT_DOCS, "wikitext: fixture has %d documents (expected %d)",
+             cJSON_GetArraySize(docs), FX_WIKITEXT_DOCS);
     if (!t || (size_t)cJSON_GetArraySize(docs) != t->n_items) {
         TT_CHECK(0, "wikitext: document count differs from the fixture");
         tp_task_free(t);
@@ -417,8 +442,9 @@ static void wikitext_vs_harness(int all) {
     TT_CHECK(s == TP_OK, "%s", tp_errmsg());
     if (!s) {
         double ll = 0, max_rel = 0;
-        size_t words = 0;
+        size_t words = 0, compared = 0, want = all ? FX_WIKITEXT_DOCS : 2;
         for (size_t i = 0; i < t->n_items; i++) {
+            compared++;
             const cJSON *d = cJSON_GetArrayItem(docs, (int)fidx[i]);
             double ref = cJSON_GetObjectItem(d, "ll")->valuedouble;
             double rel = fabs(r.items[i].ll[0] - ref) / fabs(ref);
@@ -428,6 +454,8 @@ static void wikitext_vs_harness(int all) {
             ll += ref;
             words += t->items[i].words;
         }
+        TT_CHECK(compared == want, "wikitext: compared %zu documents (expected %zu, %s)", compared, want,
+                 all ? "TAPER_LONG: all" : "the two shortest");
         double wp = exp(-ll / (double)words);
         tt_note("wikitext: %zu documents in %.1f s, word_perplexity %.4f (harness, same docs, %.4f), max rel ll diff "
                 "%.1e",
@@ -461,6 +489,8 @@ TT_TEST(eval_long_vs_harness) {
         compare_scores(MC_TASKS[k], 0, &st);
         if (!st.n) continue;
         ran++;
+        TT_CHECK(st.n == fixture_items(MC_TASKS[k]), "%s: compared %zu items (expected %zu, TAPER_LONG: all)",
+                 MC_TASKS[k], st.n, fixture_items(MC_TASKS[k]));
         TT_CHECK(fabs(st.acc) <= 0.002, "%s: acc differs from the harness's by %.4f", MC_TASKS[k], st.acc);
         TT_CHECK(fabs(st.acc_norm) <= 0.002, "%s: acc_norm differs from the harness's by %.4f", MC_TASKS[k],
                  st.acc_norm);
@@ -473,6 +503,7 @@ TT_TEST(eval_long_vs_harness) {
         if (st.agree_norm == st.n && !isnan(st.se_norm_ref)) TT_NEAR(st.se_norm, st.se_norm_ref, 1e-9, 1e-9);
     }
     if (!ran) tt_note("no multiple-choice task could run (see the notes)");
+    else if (ran != (int)N_MC) tt_skip("%d of %d tasks could not run (see the notes)", (int)N_MC - ran, (int)N_MC);
     wikitext_vs_harness(1);
 }
 

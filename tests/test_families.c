@@ -136,6 +136,8 @@ TT_TEST(gemma3_270m_matches_transformers) {
         tt_note("Gemma-3-270M Q4_K_M, %zu positions: argmax equal at %zu; max |dlogit| / max|logit| %.2e over %zu ids "
                 "per row", np, argmax_same, worst, nsub);
         TT_CHECK(argmax_same == np, "argmax equal at %zu of %zu positions", argmax_same, np);
+        /* tests/ref/gemma3_ref.py: the 69 tokens of the prompt (with BOS), 256 logits stored per row */
+        TT_CHECK(np == 69 && nsub == 256, "compared %zu positions x %zu ids (expected 69 x 256)", np, nsub);
         TT_CHECK(worst <= 1e-3, "logits within 1e-3 of the row's max |logit|: %g", worst);
     }
     free(lg); free(want); free(sub);

@@ -99,8 +99,8 @@ static int value_matches(uint32_t vt, const char *tok, uint64_t u, int64_t i, do
 }
 
 /* Checks every kv of g against a *_meta.txt written from gguf-py's reader; the file must
- * list exactly the keys g has. */
-static void check_meta(const tp_gguf *g, const char *meta_name) {
+ * list exactly the keys g has, n_keys of them (what tests/ref/gguf_ref.py writes), and its header. */
+static void check_meta(const tp_gguf *g, const char *meta_name, uint64_t n_keys) {
     char *path = fx(meta_name);
     FILE *f = fopen(path, "r");
     TT_CHECK(f != NULL, "cannot open %s", path);
@@ -109,11 +109,13 @@ static void check_meta(const tp_gguf *g, const char *meta_name) {
     char *line = NULL;
     size_t cap = 0;
     uint64_t n_listed = 0;
+    int header = 0;
     while (getline(&line, &cap, f) > 0) {
         line[strcspn(line, "\n")] = 0;
         char *save, *tag = strtok_r(line, " ", &save);
         if (!tag) continue;
         if (strcmp(tag, "H") == 0) {
+            header++;
             unsigned long long v[5];
             for (int k = 0; k < 5; k++) v[k] = strtoull(strtok_r(NULL, " ", &save), NULL, 10);
             TT_CHECK(g->version == v[0], "%s: version %u vs %llu", meta_name, g->version, v[0]);
@@ -159,6 +161,8 @@ static void check_meta(const tp_gguf *g, const char *meta_name) {
     free(line);
     fclose(f);
     TT_CHECK(n_listed == g->n_kv, "%s lists %" PRIu64 " keys, file has %" PRIu64, meta_name, n_listed, g->n_kv);
+    TT_CHECK(header == 1 && n_listed == n_keys, "%s: compared %" PRIu64 " keys, %d header lines (expected %" PRIu64
+             ", 1)", meta_name, n_listed, header, n_keys);
 }
 
 static tp_gguf *open_fixture(const char *name) {
@@ -185,7 +189,7 @@ static void mb_zeros(mb *b, size_t n);
 TT_TEST(gguf_fixture_metadata) {
     tp_gguf *g = open_fixture("types.gguf");
     if (!g) return;
-    check_meta(g, "types_meta.txt");
+    check_meta(g, "types_meta.txt", 27);
     /* literal values, independent of the meta file (the same ones gguf_ref.py writes) */
     uint32_t u;
     float f;
@@ -256,7 +260,7 @@ TT_TEST(gguf_fixture_tensors) {
     unsigned long long ne[4], nel;
     tp_gguf *g = NULL;
     uint64_t n_in_file = 0;
-    int types_seen[64] = {0};
+    int types_seen[64] = {0}, n_compared = 0, n_files = 0;
     while (fscanf(f, "%127s %127s %u %u %llu %llu %llu %llu %llu %255s", gname, tname, &type, &nd,
                   &ne[0], &ne[1], &ne[2], &ne[3], &nel, ffile) == 10) {
         if (strcmp(gname, cur) != 0) {
@@ -267,6 +271,7 @@ TT_TEST(gguf_fixture_tensors) {
             snprintf(cur, sizeof cur, "%s", gname);
             n_in_file = 0;
             if (!g) break;
+            n_files++;
         }
         n_in_file++;
         const tp_gguf_tensor *t = tp_gguf_find_tensor(g, tname);
@@ -293,6 +298,7 @@ TT_TEST(gguf_fixture_tensors) {
             char what[300];
             snprintf(what, sizeof what, "%s/%s (%s)", gname, tname, tp_ggml_type_name(t->type));
             check_bits(got, want, nel, what);
+            n_compared++;
         }
         free(got);
         free(want);
@@ -301,6 +307,9 @@ TT_TEST(gguf_fixture_tensors) {
                     cur, g->n_tensors, n_in_file);
     tp_gguf_close(g);
     fclose(f);
+    /* tests/ref/gguf_ref.py's manifest: 19 tensors of types.gguf, 3 of align64.gguf */
+    TT_CHECK(n_files == 2 && n_compared == 22, "compared %d tensors of %d files (expected 22 of 2)", n_compared,
+             n_files);
     const tp_ggml_type all[] = {TP_GGML_F32, TP_GGML_F16, TP_GGML_BF16, TP_GGML_Q4_0, TP_GGML_Q4_1,
                                 TP_GGML_Q5_0, TP_GGML_Q5_1, TP_GGML_Q8_0, TP_GGML_Q2_K, TP_GGML_Q3_K,
                                 TP_GGML_Q4_K, TP_GGML_Q5_K, TP_GGML_Q6_K, TP_GGML_Q8_K};
@@ -336,7 +345,7 @@ TT_TEST(gguf_unsupported_type_opens) {
 TT_TEST(gguf_fixture_align64) {
     tp_gguf *g = open_fixture("align64.gguf");
     if (!g) return;
-    check_meta(g, "align64_meta.txt");
+    check_meta(g, "align64_meta.txt", 3);
     TT_CHECK(g->alignment == 64 && g->data_offset % 64 == 0, "alignment %" PRIu64 " data_offset %" PRIu64,
              g->alignment, g->data_offset);
     for (uint64_t i = 0; i < g->n_tensors; i++)
@@ -503,7 +512,7 @@ TT_TEST(gguf_model_smollm2) {
     tp_status s = tp_gguf_open(mp, &g);
     TT_CHECK(s == TP_OK, "open %s: %s", mp, tp_errmsg());
     if (s) return;
-    check_meta(g, "model_meta.txt");
+    check_meta(g, "model_meta.txt", 33);
     char *arch = NULL;
     TT_CHECK(tp_gguf_get_str(g, "general.architecture", &arch) == TP_OK && strcmp(arch, "llama") == 0,
              "architecture %s", arch ? arch : "?");
@@ -1105,7 +1114,7 @@ TT_TEST(gguf_copy_reproduces_gguf_py_file) {
     } else TT_CHECK(0, "read files");
     tp_gguf *c;
     if (tp_gguf_open(path, &c) == TP_OK) {
-        check_meta(c, "types_meta.txt");
+        check_meta(c, "types_meta.txt", 27);
         tp_gguf_close(c);
     } else TT_CHECK(0, "open copy: %s", tp_errmsg());
     free(orig);

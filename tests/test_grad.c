@@ -93,6 +93,7 @@ static double compare_grads(tp_model *grad, const cJSON *run, const float *ref, 
     double worst = 0;
     const char *worst_name = "";
     size_t covered = 0;
+    int compared = 0;
     for (int i = 0; i < cJSON_GetArraySize(tensors); i++) {
         const cJSON *t = cJSON_GetArrayItem(tensors, i);
         const char *name = cJSON_GetObjectItem(t, "name")->valuestring;
@@ -110,8 +111,12 @@ static double compare_grads(tp_model *grad, const cJSON *run, const float *ref, 
         TT_CHECK(ok && e <= 1e-4, "%s: %s max|diff|/max|ref| %.3g (elementwise ok %d)", what, name, e, ok);
         if (e > worst) worst = e, worst_name = name;
         covered += n;
+        compared++;
         free(r);
     }
+    /* every tensor of the model, each once (grad_ref.py writes them all, in tp_model_tensors order) */
+    TT_CHECK(compared == tp_model_tensors(grad, NULL, 0), "%s: compared %d gradient tensors (expected %d)", what,
+             compared, tp_model_tensors(grad, NULL, 0));
     TT_CHECK(covered == grad->n_params, "%s: reference covers %zu of %zu parameters", what, covered, grad->n_params);
     tt_note("%s: worst max|diff|/max|ref| %.2e (%s), torch float32 itself %.2e", what, worst, worst_name,
             cJSON_GetObjectItem(run, "torch_f32_rel")->valuedouble);
@@ -175,7 +180,9 @@ TT_TEST(grad_matches_pytorch_autograd) {
     cJSON *idx = grad_index();
     if (!TT_CHECK(idx != NULL, "tests/fixtures/grad/index.json missing (run tests/ref/grad_ref.py)")) return;
     const cJSON *runs = cJSON_GetObjectItem(idx, "runs");
-    int n_runs = 0;
+    /* RUNS of tests/ref/grad_ref.py: 5 "ce", 1 "custom", 2 "hook" (5 injection points each) */
+    int n_runs = 0, n_kind[3] = {0, 0, 0};
+    TT_CHECK(cJSON_GetArraySize(runs) == 8, "grad/index.json holds %d runs (expected 8)", cJSON_GetArraySize(runs));
     for (int r = 0; r < cJSON_GetArraySize(runs); r++) {
         const cJSON *run = cJSON_GetArrayItem(runs, r);
         const char *name = cJSON_GetObjectItem(run, "name")->valuestring;
@@ -213,6 +220,7 @@ TT_TEST(grad_matches_pytorch_autograd) {
             snprintf(what, sizeof what, "%s (recompute, 2 x grad_scale 0.5)", name);
             compare_grads(g, run, ref, 1.0, what);
             tp_tape_free(tr);
+            n_kind[0]++;
         } else if (!strcmp(kind, "custom")) {
             float *w = grad_file(cJSON_GetObjectItem(run, "weights_file")->valuestring, N * V);
             wloss wl = {w, 0, 0};
@@ -222,6 +230,7 @@ TT_TEST(grad_matches_pytorch_autograd) {
                          tp_errmsg());
                 TT_CHECK(!wl.bad && wl.next_row == N, "loss called on rows in order, in chunks of <= 256");
                 compare_grads(g, run, ref, 0.25, name);
+                n_kind[1]++;
             }
             free(w);
         } else if (!strcmp(kind, "hook")) {
@@ -229,6 +238,7 @@ TT_TEST(grad_matches_pytorch_autograd) {
             injector in = {0};
             size_t tot = 0;
             in.n = cJSON_GetArraySize(hooks);
+            TT_CHECK(in.n == 5, "%s: %d injection points (expected 5)", name, in.n);
             for (int k = 0; k < in.n; k++)
                 tot += N * (size_t)cJSON_GetObjectItem(cJSON_GetArrayItem(hooks, k), "width")->valuedouble;
             float *w = grad_file(cJSON_GetObjectItem(run, "weights_file")->valuestring, tot);
@@ -257,6 +267,7 @@ TT_TEST(grad_matches_pytorch_autograd) {
                 int L = m->cfg.n_layers, same = in.nf == in.ng && in.nf == 8 * L + 1;
                 for (int i = 0; same && i < in.nf; i++) same = in.fseq[i] == in.gseq[in.ng - 1 - i];
                 TT_CHECK(same, "%s: %d forward hook calls, %d grad hook calls, not mirrored", name, in.nf, in.ng);
+                n_kind[2]++;
             }
             free(w);
         }
@@ -270,7 +281,9 @@ TT_TEST(grad_matches_pytorch_autograd) {
         tp_model_free(m);
         free(ref); free(tok); free(tg);
     }
-    TT_CHECK(n_runs >= 5, "%d runs compared", n_runs);
+    TT_CHECK(n_runs == 8 && n_kind[0] == 5 && n_kind[1] == 1 && n_kind[2] == 2,
+             "compared %d runs: %d ce, %d custom, %d hook (expected 8: 5, 1, 2)", n_runs, n_kind[0], n_kind[1],
+             n_kind[2]);
     cJSON_Delete(idx);
 }
 

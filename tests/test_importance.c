@@ -127,14 +127,23 @@ TT_TEST(importance_matches_pytorch) {
     double *tmp = malloc((size_t)(L > nlay * ff ? L : nlay * ff) * sizeof(double));
     double w_heads = 0, w_kv = 0, w_ch = 0, w_neur = 0, w_sums = 0;
     double w_var[5] = {0}; /* batch=var pairs, reported apart */
-    int over_var = 0, n_var = 0, over_other = 0, n_other = 0;
+    int over_var = 0, n_var = 0, over_other = 0, n_other = 0, n_arrays = 0;
+    /* tests/ref/importance_ref.py: 4 samples of 64 tokens, neurons of 3 layers (NEURON_LAYERS) */
+    TT_CHECK(f.n_samples == 4 && f.seq_len == 64 && nlay == 3, "importance/ref.json: %d samples of %d, %d neuron "
+             "layers (expected 4 of 64, 3)", f.n_samples, f.seq_len, nlay);
     for (int q = 0; q < TP_AGG_PAIRS; q++) {
         size_t n, tot = 0;
         const float *r;
         double w;
         int isvar = q / 3 == TP_AGG_VAR;
         g_over = 0;
-#define TRACK(k, wo) do { if (isvar) w_var[k] = fmax(w_var[k], w); else wo = fmax(wo, w); tot += n; } while (0)
+#define TRACK(k, wo)                                                                                   \
+    do {                                                                                               \
+        if (isvar) w_var[k] = fmax(w_var[k], w);                                                       \
+        else wo = fmax(wo, w);                                                                         \
+        tot += n;                                                                                      \
+        n_arrays++;                                                                                    \
+    } while (0)
         if ((r = ref_array(&f, "heads", q, &n)) && TT_CHECK(n == (size_t)L * nh, "heads size")) {
             w = compare("heads", imp->heads + (size_t)q * L * nh, r, n, (size_t)nh, q);
             TRACK(0, w_heads);
@@ -168,6 +177,10 @@ TT_TEST(importance_matches_pytorch) {
         if (isvar) { over_var += g_over; n_var += (int)tot; }
         else { over_other += g_over; n_other += (int)tot; }
     }
+    /* every (batch, seq) pair's heads, kv_groups, channels, neurons and neuron_sums: for SmolLM2-135M
+     * 9 x (30 x 9 + 30 x 3 + 576 + 3 x 1536 + 30) = 50166 entries */
+    TT_CHECK(n_arrays == 5 * TP_AGG_PAIRS && n_var + n_other == 50166,
+             "compared %d score arrays, %d entries (expected %d, 50166)", n_arrays, n_var + n_other, 5 * TP_AGG_PAIRS);
     TT_CHECK(over_other == 0, "%d batch=mean/l2 entries differ by more than %g relative", over_other, REL_TOL);
     tt_note("batch=var pairs: max rel diff heads %.2g, kv_groups %.2g, channels %.2g, neurons %.2g, neuron sums "
             "%.2g; %d of %d entries over %g relative (all within it + %g x the row's largest score)", w_var[0],
@@ -178,7 +191,10 @@ TT_TEST(importance_matches_pytorch) {
     /* depth */
     double w_bi = 0, w_loss = 0;
     const cJSON *bi = cJSON_GetObjectItem(f.ref, "block_influence"), *ll = cJSON_GetObjectItem(f.ref, "layer_removed_loss");
-    for (int l = 0; l < L; l++) {
+    TT_CHECK(L == 30 && cJSON_GetArraySize(bi) == L && cJSON_GetArraySize(ll) == L,
+             "block_influence %d, layer_removed_loss %d layers (expected 30)", cJSON_GetArraySize(bi),
+             cJSON_GetArraySize(ll));
+    for (int l = 0; l < L && l < cJSON_GetArraySize(bi) && l < cJSON_GetArraySize(ll); l++) {
         double rb = cJSON_GetArrayItem(bi, l)->valuedouble, rl = cJSON_GetArrayItem(ll, l)->valuedouble;
         double eb = fabs(imp->block_influence[l] - rb) / fabs(rb), el = fabs(imp->layer_loss[l] - rl) / fabs(rl);
         TT_CHECK(eb <= REL_TOL, "BI layer %d: %.9g vs %.9g", l, imp->block_influence[l], rb);

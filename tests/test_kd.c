@@ -93,6 +93,8 @@ TT_TEST(kd_logit_losses_vs_torch) {
     }
     tt_note("%d cases (fkl/rkl/jsd x 3 temperatures x full/top-5): worst loss rel %.2e, worst grad rel %.2e", n,
             worst_l, worst_g);
+    /* tests/ref/kd_ref.py: 3 kinds x 3 temperatures x (full, top-5) */
+    TT_CHECK(n == 18, "compared %d logit-loss cases (expected 18)", n);
     free(s);
     free(t);
     free(g);
@@ -109,6 +111,7 @@ TT_TEST(kd_hidden_losses_vs_torch) {
     float *xs = floats(j, "xs", N * ds), *xt = floats(j, "xt", N * dt), *xts = floats(j, "xt_same", N * ds),
           *P = floats(j, "P", dt * ds);
     TT_CHECK(xs && xt && xts && P, "fixture arrays");
+    int n = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "hidden")) {
         const char *kn = cJSON_GetObjectItemCaseSensitive(c, "kind")->valuestring;
@@ -135,7 +138,10 @@ TT_TEST(kd_hidden_losses_vs_torch) {
         free(rdx);
         free(dx);
         free(dP);
+        n++;
     }
+    /* tests/ref/kd_ref.py: (mse, cosine) x (same width, projection) */
+    TT_CHECK(n == 4, "compared %d hidden-loss cases (expected 4)", n);
     free(xs);
     free(xt);
     free(xts);
@@ -327,6 +333,8 @@ TT_TEST(kd_contrastive_vs_torch) {
     }
     tt_note("%d cases (random and saturated student logits x 3 temperatures, 4 negatives): worst loss rel %.2e, "
             "worst grad rel %.2e", n, worst_l, worst_g);
+    /* tests/ref/kd_ref.py: (random, saturated) x 3 temperatures, N = 4 negatives */
+    TT_CHECK(n == 6 && nc == 5, "compared %d contrastive cases with %d candidates (expected 6 with 5)", n, nc);
     free(s);
     free(sat);
     free(dense);

@@ -101,6 +101,16 @@ TT_TEST(rope_row_permutation_round_trip) {
     free(a); free(b); free(c);
 }
 
+/* What tests/ref/model_ref.py writes: 3 prompts of 100 + 59 + 59 = 218 tokens (prompts.json's
+ * total_tokens), 4 full rows per prompt (rows_P.f32), 64 greedy tokens (greedy.json) and the 592
+ * chunks of 512 tokens of WikiText-2's test set (ppl.json). The loops assert they compared all. */
+#define REF_PROMPTS 3
+#define REF_PROMPT_TOKENS 218
+#define REF_ROWS_PER_PROMPT 4
+#define REF_GREEDY_TOKENS 64
+#define REF_PPL_CHUNKS 592
+#define REF_PPL_FAST_CHUNKS 24 /* chunks scored in `make test`; all of them under TAPER_LONG=1 */
+
 /* Compares taper's logits for the fixture prompts with transformers'. */
 TT_TEST(forward_logits_match_transformers) {
     tp_model *m = tt_model();
@@ -109,9 +119,14 @@ TT_TEST(forward_logits_match_transformers) {
     if (!j) { TT_CHECK(0, "fixture model/prompts.json missing"); return; }
     size_t V = (size_t)m->cfg.vocab, total = 0, argmax_same = 0;
     double worst_row = 0, worst_top = 0, worst_lse = 0, worst_full = 0;
-    int full_checked = 0;
+    int full_checked = 0, n_prompts = 0;
+    size_t rows_compared = 0;
     const cJSON *ps = cJSON_GetObjectItem(j, "prompts");
+    const cJSON *tt = cJSON_GetObjectItem(j, "total_tokens");
+    TT_CHECK(cJSON_IsNumber(tt) && tt->valueint == REF_PROMPT_TOKENS, "prompts.json: total_tokens %d (expected %d)",
+             cJSON_IsNumber(tt) ? tt->valueint : -1, REF_PROMPT_TOKENS);
     for (int p = 0; p < cJSON_GetArraySize(ps); p++) {
+        n_prompts++;
         const cJSON *e = cJSON_GetArrayItem(ps, p);
         size_t n;
         int32_t *ids = json_ids(cJSON_GetObjectItem(e, "ids"), &n);
@@ -143,6 +158,7 @@ TT_TEST(forward_logits_match_transformers) {
         float *rows = load_f32(name, nr * V);
         TT_CHECK(rows != NULL, "fixture %s missing or wrong size", name);
         for (size_t k = 0; rows && k < nr; k++) {
+            rows_compared++;
             size_t t = (size_t)cJSON_GetArrayItem(rp, (int)k)->valueint;
             for (size_t v = 0; v < V; v++) {
                 double d = fabs(lg[t * V + v] - rows[k * V + v]);
@@ -165,7 +181,10 @@ TT_TEST(forward_logits_match_transformers) {
             total, argmax_same, worst_row, worst_top, worst_lse,
             full_checked ? "" : " (every row: only under make test-ref)");
     if (full_checked) tt_note("every logit of %d prompts: max |dlogit| %.3g", full_checked, worst_full);
-    TT_CHECK(total >= 200, "at least 200 positions compared (%zu)", total);
+    TT_CHECK(n_prompts == REF_PROMPTS, "compared %d prompts (expected %d)", n_prompts, REF_PROMPTS);
+    TT_CHECK(total == REF_PROMPT_TOKENS, "compared %zu positions (expected %d)", total, REF_PROMPT_TOKENS);
+    TT_CHECK(rows_compared == REF_PROMPTS * REF_ROWS_PER_PROMPT, "compared %zu full rows (expected %d)", rows_compared,
+             REF_PROMPTS * REF_ROWS_PER_PROMPT);
     TT_CHECK(argmax_same == total, "argmax identical everywhere (%zu of %zu)", argmax_same, total);
     TT_CHECK(worst_row <= 1e-3, "max |dlogit| on full rows %g <= 1e-3", worst_row);
     TT_CHECK(worst_top <= 1e-3, "max |dlogit| on top-16 %g <= 1e-3", worst_top);
@@ -231,6 +250,7 @@ TT_TEST(greedy_generation_matches_transformers) {
     size_t same = 0;
     while (same < n && same < ng && got[same] == want[same]) same++;
     tt_note("greedy: %zu of %zu tokens identical to transformers", same, ng);
+    TT_CHECK(ng == REF_GREEDY_TOKENS, "greedy.json holds %zu tokens (expected %d)", ng, REF_GREEDY_TOKENS);
     TT_CHECK(n == ng && same == ng, "all %zu greedy tokens equal (first difference at %zu)", ng, same);
     free(got); free(prompt); free(want);
     cJSON_Delete(j);
@@ -256,8 +276,12 @@ TT_TEST(wikitext2_perplexity_matches_transformers) {
     const cJSON *cn = cJSON_GetObjectItem(j, "chunks_nll"), *ln = cJSON_GetObjectItem(j, "llamacpp_nll");
     size_t all = (size_t)cJSON_GetArraySize(cn);
     const char *lg = getenv("TAPER_LONG");
-    size_t use = lg && *lg == '1' ? all : 24; /* whole file only in make test-long */
+    int long_mode = lg && *lg == '1';
+    size_t use = long_mode ? all : REF_PPL_FAST_CHUNKS; /* whole file only in make test-long */
     if (use > all) use = all;
+    TT_CHECK(all == REF_PPL_CHUNKS && cJSON_GetArraySize(ln) == REF_PPL_CHUNKS &&
+                 cJSON_GetObjectItem(j, "chunks")->valueint == REF_PPL_CHUNKS,
+             "ppl.json: %zu chunks_nll, %d llamacpp_nll (expected %d)", all, cJSON_GetArraySize(ln), REF_PPL_CHUNKS);
     tp_ppl_result r[2];
     TT_CHECK(tp_perplexity(m, ids, n, ctx, -1, use, NULL, r) == TP_OK, "perplexity: %s", tp_errmsg());
     double ref_c = 0, ref_l = 0;
@@ -269,7 +293,10 @@ TT_TEST(wikitext2_perplexity_matches_transformers) {
     tt_note("%zu of %zu chunks (ctx %d): chunks ppl taper %.5f vs transformers %.5f; llama.cpp ppl taper %.5f vs "
             "%.5f; %.0f tok/s",
             use, all, ctx, r[0].ppl, ppl_c, r[1].ppl, ppl_l, r[0].tokens_per_s);
-    TT_CHECK(r[0].n_chunks == use, "scored %zu chunks", r[0].n_chunks);
+    size_t want = long_mode ? REF_PPL_CHUNKS : REF_PPL_FAST_CHUNKS;
+    TT_CHECK(use == want && r[0].n_chunks == want && r[1].n_chunks == want,
+             "compared %zu chunks, scored %zu and %zu (expected %zu%s)", use, r[0].n_chunks, r[1].n_chunks, want,
+             long_mode ? ", TAPER_LONG" : "");
     TT_NEAR(r[0].ppl, ppl_c, 0, 1e-3);
     TT_NEAR(r[1].ppl, ppl_l, 0, 1e-3);
     free(ids); free(text); free(path);

@@ -134,6 +134,10 @@ TT_TEST(optim_adamw_matches_torch) {
     const cJSON *steps = cJSON_GetObjectItem(meta, "per_step");
     int n_steps = (int)jnum(meta, "steps"), accum = (int)jnum(meta, "accum");
     size_t n = (size_t)jnum(meta, "n_params");
+    /* tests/ref/optim_ref.py: 10 updates of 2 micro-batches each, one per_step record per update */
+    TT_CHECK(n_steps == 10 && accum == 2 && cJSON_GetArraySize(steps) == 10,
+             "optim/llama3.json: %d steps (accum %d), %d per_step records (expected 10, 2, 10)", n_steps, accum,
+             cJSON_GetArraySize(steps));
     float *ref = load_f32("llama3.params.f32", (size_t)(n_steps + 1) * n);
     float *mom = load_f32("llama3.moments.f32", 2 * n);
     tp_adamw o = {0};
@@ -165,7 +169,7 @@ TT_TEST(optim_adamw_matches_torch) {
                  n, first, bad ? m->params[first] : 0.0, bad ? ref[(size_t)(s + 1) * n + first] : 0.0, max_abs);
         if (max_abs > worst) worst = max_abs;
     }
-    TT_CHECK(o.step == n_steps, "step counter %ld", o.step);
+    TT_CHECK(o.step == n_steps && o.step == 10, "compared %ld updates (expected 10)", o.step);
     TT_CHECK(n_clipped > 0 && n_clipped < n_steps, "clipping should trigger on some updates only (%d)", n_clipped);
     double mmax = 0, vmax = 0, em, ev;
     for (size_t i = 0; i < n; i++) {

@@ -57,8 +57,9 @@ static int bits_same(float a, float b) {
     return memcmp(&a, &b, 4) == 0;
 }
 
-/* Compares every tensor listed in <prefix>.expected.json (+ .f32) with st. */
-static void check_against_expected(const tp_safetensors *st, const char *prefix) {
+/* Compares every tensor listed in <prefix>.expected.json (+ .f32) with st; the file must list
+ * n_expected of them (what tests/ref/st_ref.py writes). */
+static void check_against_expected(const tp_safetensors *st, const char *prefix, int n_expected) {
     char jpath[1024], fpath[1024];
     snprintf(jpath, sizeof jpath, "%s.expected.json", prefix);
     snprintf(fpath, sizeof fpath, "%s.expected.f32", prefix);
@@ -77,10 +78,12 @@ static void check_against_expected(const tp_safetensors *st, const char *prefix)
     TT_CHECK((size_t)cJSON_GetArraySize(tensors) == st->n_tensors, "%s: %d tensors expected, %zu read",
              prefix, cJSON_GetArraySize(tensors), st->n_tensors);
     const cJSON *e;
+    int compared = 0;
     cJSON_ArrayForEach(e, tensors) {
         const char *name = cJSON_GetObjectItem(e, "name")->valuestring;
         const tp_st_tensor *t = tp_st_find(st, name);
         if (!TT_CHECK(t != NULL, "tensor %s not found", name)) continue;
+        compared++;
         TT_CHECK(strcmp(t->dtype_str, cJSON_GetObjectItem(e, "dtype")->valuestring) == 0,
                  "%s: dtype %s", name, t->dtype_str);
         const cJSON *shape = cJSON_GetObjectItem(e, "shape");
@@ -116,6 +119,7 @@ static void check_against_expected(const tp_safetensors *st, const char *prefix)
         }
         free(got);
     }
+    TT_CHECK(compared == n_expected, "%s: compared %d tensors (expected %d)", prefix, compared, n_expected);
     free(vals);
     cJSON_Delete(exp);
 }
@@ -129,7 +133,7 @@ TT_TEST(st_fixture_basic) {
     tp_status s = tp_st_open(path, &st);
     if (TT_CHECK(s == TP_OK, "%s", tp_errmsg())) {
         TT_CHECK(st->n_shards == 1, "n_shards %d", st->n_shards);
-        check_against_expected(st, prefix);
+        check_against_expected(st, prefix, 10); /* st_ref.py: basic.safetensors, one tensor per dtype/shape */
         const char *fmt = tp_st_meta(st, "format"), *src = tp_st_meta(st, "source");
         TT_CHECK(fmt && strcmp(fmt, "pt") == 0, "metadata format = %s", fmt ? fmt : "(none)");
         TT_CHECK(src && strcmp(src, "taper tests/ref/st_ref.py") == 0, "metadata source = %s",
@@ -155,7 +159,7 @@ TT_TEST(st_fixture_sharded_dir) {
     tp_status s = tp_st_open(dir, &st);
     if (TT_CHECK(s == TP_OK, "%s", tp_errmsg())) {
         TT_CHECK(st->n_shards == 2, "n_shards %d", st->n_shards);
-        check_against_expected(st, prefix);
+        check_against_expected(st, prefix, 21); /* st_ref.py: the sharded tiny model's 21 tensors */
         TT_CHECK(tp_st_find(st, "lm_head.weight") != NULL, "lm_head.weight missing");
     }
     tp_st_close(st);

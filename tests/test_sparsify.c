@@ -139,6 +139,8 @@ TT_TEST(sparsify_matches_pytorch) {
         fixture_free(&f);
         return;
     }
+    /* tests/ref/sparsify_ref.py's CASES: 12, of which the 4 SparseGPT ones also store weights */
+    int n_cases = 0, n_weights = 0;
     for (const cJSON *cs = cJSON_GetObjectItem(f.ref, "cases")->child; cs; cs = cs->next) {
         const char *name = cJSON_GetObjectItem(cs, "name")->valuestring;
         tp_sparsify_opts o;
@@ -172,6 +174,7 @@ TT_TEST(sparsify_matches_pytorch) {
         }
         size_t flips = 0, off = 0, total = 0;
         double worst_rel = 0, worst_norm = 0;
+        int n_tensors = 0;
         for (int i = 0; i < mk->n && i < ref->n; i++) {
             const tp_mask_tensor *a = &mk->t[i], *b = &ref->t[i];
             if (strcmp(a->name, b->name) || a->rows != b->rows || a->cols != b->cols) {
@@ -197,7 +200,17 @@ TT_TEST(sparsify_matches_pytorch) {
                 }
             }
             off += ne;
+            n_tensors++;
         }
+        /* one mask tensor per target matrix of every layer */
+        const char *tg = cJSON_GetObjectItem(cs, "targets")->valuestring;
+        int n_targets = 1;
+        for (const char *c = tg; *c; c++) n_targets += *c == ',';
+        TT_CHECK(n_tensors == n_targets * m->cfg.n_layers && ref->n == n_tensors,
+                 "%s: compared %d mask tensors, the reference has %d (expected %d targets x %d layers)", name,
+                 n_tensors, ref->n, n_targets, m->cfg.n_layers);
+        n_weights += rw != NULL;
+        n_cases++;
         if (rw) TT_CHECK(off == nrw, "%s: reference weights hold %zu values, the mask %zu", name, nrw, off);
         TT_CHECK(flips == 0, "%s: %zu of %zu mask bits differ from pytorch", name, flips, total);
         if (rw)
@@ -223,6 +236,8 @@ TT_TEST(sparsify_matches_pytorch) {
         tp_model_free(m);
         tp_model_free(dense);
     }
+    TT_CHECK(n_cases == 12 && n_weights == 4, "compared %d cases, %d with reference weights (expected 12, 4)", n_cases,
+             n_weights);
     fixture_free(&f);
 }
 

@@ -22,6 +22,14 @@
 
 static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
 
+/* How many cases tests/ref/tok_spm_ref.py writes per variant into tok/spm/expected.json: the
+ * loops assert they compared exactly these, so a short fixture fails rather than passing. */
+#define SPM_HARD_LINES 110 /* lines of tests/data/tok_hard_cases.txt (hard) */
+#define SPM_EXTRAS 30      /* EXTRAS (extras) */
+#define SPM_DATA_FILES 2   /* DATA_FILES (data) */
+#define SPM_DATA_LINES 512 /* DATA_LINES per data file, hashed in chunks of CHUNK = 64: 8 chunks */
+#define SPM_DATA_CHUNKS 8
+
 
 
 
@@ -78,7 +86,9 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
     const cJSON *hard = jget(v, "hard"), *hdec = jget(v, "hard_decode_hex");
     TT_CHECK(ok && (int)tl.n == cJSON_GetArraySize(hard), "%s: %zu hard-case lines, expected.json has %d", label, tl.n,
              cJSON_GetArraySize(hard));
+    size_t compared = 0;
     for (size_t i = 0; ok && i < tl.n && (int)i < cJSON_GetArraySize(hard); i++) {
+        compared++;
         size_t n;
         int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
         if (!TT_CHECK(tt_ids_equal(ids, n, cJSON_GetArrayItem(hard, (int)i)), "%s: hard case line %zu \"%.40s\" differs from HF",
@@ -109,6 +119,8 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
         free(ids);
     }
     if (ok) tt_free_lines(&tl);
+    TT_CHECK(compared == SPM_HARD_LINES, "%s: compared %zu hard-case lines (expected %d)", label, compared,
+             SPM_HARD_LINES);
     size_t k = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, jget(v, "extras")) {
@@ -137,8 +149,11 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
         free(b);
         k++;
     }
+    TT_CHECK(k == SPM_EXTRAS, "%s: compared %zu extra cases (expected %d)", label, k, SPM_EXTRAS);
     const cJSON *df;
+    int n_files = 0;
     cJSON_ArrayForEach(df, jget(v, "data")) {
+        n_files++;
         char *p = tt_path(tt_data_dir(), df->string);
         if (access(p, R_OK) != 0) {
             TT_CHECK(0, "%s: data file %s is missing (TAPER_DATA)", label, p);
@@ -149,6 +164,8 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
         size_t want_lines = (size_t)jget(df, "lines")->valuedouble, chunk = (size_t)jget(df, "chunk")->valuedouble;
         tt_read_lines(p, &dl, want_lines);
         TT_CHECK(dl.n == want_lines, "%s: %s has %zu lines, expected %zu", label, df->string, dl.n, want_lines);
+        TT_CHECK(want_lines == SPM_DATA_LINES, "%s: expected.json has %zu lines of %s (expected %d)", label,
+                 want_lines, df->string, SPM_DATA_LINES);
         uint64_t h = TT_FNV0;
         size_t total = 0, ci = 0, bad_chunks = 0;
         for (size_t i = 0; i < dl.n; i++) {
@@ -168,10 +185,14 @@ static size_t check_expected(const tp_tokenizer *t, const cJSON *v, const char *
         TT_CHECK(bad_chunks == 0 && total == (size_t)jget(df, "tokens")->valuedouble,
                  "%s: %s: %zu of %zu chunks differ from HF, %zu tokens (HF %d)", label, df->string, bad_chunks, ci, total,
                  (int)jget(df, "tokens")->valuedouble);
+        TT_CHECK(ci == SPM_DATA_CHUNKS && cJSON_GetArraySize(jget(df, "fnv")) == SPM_DATA_CHUNKS,
+                 "%s: %s: compared %zu chunks, fnv has %d (expected %d)", label, df->string, ci,
+                 cJSON_GetArraySize(jget(df, "fnv")), SPM_DATA_CHUNKS);
         tokens += total;
         tt_free_lines(&dl);
         free(p);
     }
+    TT_CHECK(n_files == SPM_DATA_FILES, "%s: compared %d data files (expected %d)", label, n_files, SPM_DATA_FILES);
     return tokens;
 }
 
@@ -281,6 +302,7 @@ TT_TEST(tok_spm_gguf_llama_vs_hf) {
     const cJSON *v, *legacy = NULL;
     const cJSON *vars = exp ? jget(exp, "variants") : NULL;
     cJSON_ArrayForEach(v, vars) if (strcmp(jget(v, "name")->valuestring, "legacy_prepend") == 0) legacy = v;
+    if (t) TT_CHECK(legacy != NULL, "tok/spm/expected.json has no variant legacy_prepend");
     if (t && legacy) {
         TT_CHECK(strcmp(tp_tok_kind(t), "SPM (scores)") == 0 && tp_tok_adds_bos(t) && tp_tok_bos(t) == 1 &&
                      tp_tok_eos(t) == 2 && tp_tok_unk(t) == 0,

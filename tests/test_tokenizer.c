@@ -62,6 +62,23 @@ static char *hexstr(uint64_t h) {
 
 static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
 
+/* How many cases tests/ref/tok_ref.py writes into tok/expected.json: each loop below asserts it
+ * compared exactly these, so a truncated or regenerated-short fixture fails instead of passing
+ * vacuously. */
+#define TOK_HARD_LINES 110 /* lines of tests/data/tok_hard_cases.txt (hard_cases.lines, lines_fnv) */
+#define TOK_EXTRAS 46      /* EXTRAS (extras, extras_fnv) */
+#define TOK_DECODE 16      /* 8 dec_cases x skip 0/1 (decode) */
+#define TOK_SPECIAL 4      /* SPECIAL_TEXTS (special, variants.*.special) */
+#define TOK_VARIANTS 7     /* variants() */
+/* DATA_FILES and their line counts (chunks of CHUNK = 64 lines each) */
+static const struct { const char *path; int n_lines; } tok_data_files[] = {
+    {"wikitext2/wiki.test.raw", 4358},
+    {"wikitext2/wiki.test.tokens", 4358},
+    {"wikitext2/wiki.valid.tokens", 3760},
+    {"tinyshakespeare/input.txt", 40000},
+};
+#define TOK_DATA_FILES (int)(sizeof tok_data_files / sizeof tok_data_files[0])
+
 /* Compares a tokenizer with the expected ids of the hard cases (per line and whole file) and
  * checks decode(encode(line)) == line. Returns the number of tokens compared. */
 static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const char *label) {
@@ -74,8 +91,9 @@ static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const ch
     if (!ok) return 0;
     TT_CHECK(tl.n == (size_t)cJSON_GetArraySize(lines), "%s: %zu hard-case lines, expected.json has %d", label, tl.n,
              cJSON_GetArraySize(lines));
-    size_t tokens = 0, bad = 0;
+    size_t tokens = 0, bad = 0, compared = 0;
     for (size_t i = 0; i < tl.n && i < (size_t)cJSON_GetArraySize(lines); i++) {
+        compared++;
         size_t n;
         int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
         const cJSON *want = cJSON_GetArrayItem(lines, (int)i);
@@ -106,6 +124,8 @@ static size_t check_hard_cases(const tp_tokenizer *t, const cJSON *exp, const ch
         free(d);
         free(ids);
     }
+    TT_CHECK(compared == TOK_HARD_LINES, "%s: compared %zu hard-case lines (expected %d)", label, compared,
+             TOK_HARD_LINES);
     size_t n;
     int32_t *ids = enc(t, tl.data, tl.len, 0, &n);
     TT_CHECK(tt_ids_equal(ids, n, jget(hc, "whole")), "%s: hard cases as one string differ from HF (%zu tokens)", label, n);
@@ -139,6 +159,7 @@ static size_t check_extras(const tp_tokenizer *t, const cJSON *exp, const char *
         free(b);
         k++;
     }
+    TT_CHECK(k == TOK_EXTRAS, "%s: compared %zu extra cases (expected %d)", label, k, TOK_EXTRAS);
     return tokens;
 }
 
@@ -197,6 +218,7 @@ TT_TEST(tok_decode_cases) {
         free(ids);
         k++;
     }
+    TT_CHECK(k == TOK_DECODE, "compared %d decode cases (expected %d)", k, TOK_DECODE);
     int32_t bad[] = {5, 49152};
     char *d = NULL;
     TT_CHECK(tp_tok_decode(t, bad, 2, 0, &d, NULL) == TP_ERR_ARG && d == NULL, "out-of-range id refused");
@@ -211,13 +233,16 @@ TT_TEST(tok_special_tokens_bos) {
     tp_tokenizer *t = load_json_fixture();
     if (!exp || !t) { cJSON_Delete(exp); tp_tok_free(t); return; }
     const cJSON *s;
+    int k = 0;
     cJSON_ArrayForEach(s, jget(exp, "special")) {
         const char *text = jget(s, "text")->valuestring;
         size_t n;
         int32_t *ids = enc(t, text, strlen(text), 1, &n);
         TT_CHECK(tt_ids_equal(ids, n, jget(s, "ids")), "add_special on \"%s\" differs from HF", text);
         free(ids);
+        k++;
     }
+    TT_CHECK(k == TOK_SPECIAL, "compared %d special-token cases (expected %d)", k, TOK_SPECIAL);
     tp_tok_free(t);
     cJSON_Delete(exp);
 }
@@ -273,6 +298,9 @@ static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *n
         tokens += n;
         free(ids);
     }
+    TT_CHECK(tl.n == TOK_HARD_LINES && cJSON_GetArraySize(fn) == TOK_HARD_LINES,
+             "variant %s: compared %zu hard-case lines, lines_fnv has %d (expected %d)", name, tl.n,
+             cJSON_GetArraySize(fn), TOK_HARD_LINES);
     TT_CHECK(tokens == (size_t)jget(v, "n_tokens")->valuedouble, "variant %s: %zu tokens, HF %d", name, tokens,
              (int)jget(v, "n_tokens")->valuedouble);
     size_t n;
@@ -296,12 +324,18 @@ static size_t check_variant(const tp_tokenizer *t, const cJSON *v, const char *n
         k++;
     }
     cJSON_Delete(exp);
+    TT_CHECK(k == TOK_EXTRAS && cJSON_GetArraySize(jget(v, "extras_fnv")) == TOK_EXTRAS,
+             "variant %s: compared %d extra cases, extras_fnv has %d (expected %d)", name, k,
+             cJSON_GetArraySize(jget(v, "extras_fnv")), TOK_EXTRAS);
+    k = 0;
     cJSON_ArrayForEach(e, jget(v, "special")) {
         const char *text = jget(e, "text")->valuestring;
         ids = enc(t, text, strlen(text), 1, &n);
         TT_CHECK(tt_ids_equal(ids, n, jget(e, "ids")), "variant %s: add_special on \"%s\" differs from HF", name, text);
         free(ids);
+        k++;
     }
+    TT_CHECK(k == TOK_SPECIAL, "variant %s: compared %d special-token cases (expected %d)", name, k, TOK_SPECIAL);
     return tokens;
 }
 
@@ -312,7 +346,9 @@ TT_TEST(tok_variants_llama3_qwen2_gpt2_split_added) {
     TT_CHECK(base != NULL, "cannot parse %s", bp);
     free(bp);
     const cJSON *v;
+    int n_variants = 0;
     cJSON_ArrayForEach(v, jget(base ? exp : NULL, "variants")) {
+        n_variants++;
         char *path = write_variant(base, v->string, jget(v, "patch"));
         tp_tokenizer *t = NULL;
         tp_status rc = tp_tok_load_json(path, &t);
@@ -329,6 +365,7 @@ TT_TEST(tok_variants_llama3_qwen2_gpt2_split_added) {
         tp_tok_free(t);
         free(path);
     }
+    TT_CHECK(n_variants == TOK_VARIANTS, "compared %d pipeline variants (expected %d)", n_variants, TOK_VARIANTS);
     cJSON_Delete(base);
     cJSON_Delete(exp);
 }
@@ -340,8 +377,17 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
     if (!exp) return;
     const cJSON *d;
     size_t total_lines = 0, total_tokens = 0, files = 0, missing = 0;
+    int k = 0;
     cJSON_ArrayForEach(d, jget(exp, "data")) {
         const char *rel = jget(d, "path")->valuestring;
+        /* the fixture must hold every data file, in order, with its full line count (tok_ref.py
+         * leaves out a file it could not find) */
+        TT_CHECK(k < TOK_DATA_FILES && !strcmp(rel, tok_data_files[k].path) &&
+                     (int)jget(d, "n_lines")->valuedouble == tok_data_files[k].n_lines,
+                 "expected.json data[%d] is %s with %d lines (expected %s, %d lines)", k, rel,
+                 (int)jget(d, "n_lines")->valuedouble, k < TOK_DATA_FILES ? tok_data_files[k].path : "nothing",
+                 k < TOK_DATA_FILES ? tok_data_files[k].n_lines : 0);
+        k++;
         char *path = tt_path(tt_data_dir(), rel);
         tt_lines tl;
         if (!tt_read_lines(path, &tl, (size_t)-1)) {
@@ -359,6 +405,7 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
         if (full) {
             uint64_t h = TT_FNV0;
             size_t ct = 0;
+            int chunks = 0;
             for (size_t i = 0; i < tl.n; i++) {
                 size_t n;
                 int32_t *ids = enc(t, tl.line[i], tl.line_len[i], 0, &n);
@@ -381,8 +428,13 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
                     tokens += ct;
                     h = TT_FNV0;
                     ct = 0;
+                    chunks++;
                 }
             }
+            int want_chunks = (int)((tl.n + (size_t)chunk - 1) / (size_t)chunk);
+            TT_CHECK(chunks == want_chunks && cJSON_GetArraySize(jget(d, "chunk_fnv")) == want_chunks,
+                     "%s (%s): compared %d chunks of %d lines, chunk_fnv has %d (expected %d)", rel, label, chunks,
+                     chunk, cJSON_GetArraySize(jget(d, "chunk_fnv")), want_chunks);
             TT_CHECK(bad_rt == 0, "%s: decode(encode(line)) != line on %zu lines", rel, bad_rt);
             TT_CHECK(tokens == (size_t)jget(d, "n_tokens")->valuedouble, "%s: %zu tokens, HF %d", rel, tokens,
                      (int)jget(d, "n_tokens")->valuedouble);
@@ -405,6 +457,7 @@ static void check_data_files(const tp_tokenizer *t, const char *label, int full)
         total_tokens += tokens + n;
         tt_free_lines(&tl);
     }
+    TT_CHECK(k == TOK_DATA_FILES, "%s: expected.json lists %d data files (expected %d)", label, k, TOK_DATA_FILES);
     if (files) tt_note("%s: %zu files, %zu lines, %zu tokens compared with HF", label, files, total_lines, total_tokens);
     if (missing) tt_skip("%zu of the data files not found under %s (set TAPER_DATA)", missing, tt_data_dir());
     cJSON_Delete(exp);
@@ -486,13 +539,16 @@ TT_TEST(tok_gguf_smollm2) {
         for (int i = 0; i < 17; i++) TT_CHECK(tp_tok_is_special(t, i), "gguf: id %d special", i);
         size_t tokens = check_hard_cases(t, exp, "gguf") + check_extras(t, exp, "gguf");
         const cJSON *s;
+        int k = 0;
         cJSON_ArrayForEach(s, jget(exp, "special")) {
             const char *text = jget(s, "text")->valuestring;
             size_t n;
             int32_t *ids = enc(t, text, strlen(text), 1, &n);
             TT_CHECK(tt_ids_equal(ids, n, jget(s, "ids")), "gguf: add_special on \"%s\" differs", text);
             free(ids);
+            k++;
         }
+        TT_CHECK(k == TOK_SPECIAL, "gguf: compared %d special-token cases (expected %d)", k, TOK_SPECIAL);
         tt_note("gguf: hard cases + extras, %zu tokens compared", tokens);
         check_data_files(t, "gguf", 0);
         check_save_reload(t, exp, "saved_gguf");

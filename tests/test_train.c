@@ -88,10 +88,15 @@ TT_TEST(train_matches_pytorch_adamw) {
     }
     int steps = (int)jnum(idx, "steps"), accum = (int)jnum(idx, "accum"), B = (int)jnum(idx, "B"), T = (int)jnum(idx, "T");
     TT_CHECK(raw_len == (size_t)steps * accum * 2 * B * T * 4, "batches.i32 has %zu bytes", raw_len);
+    /* tests/ref/train_ref.py: 10 updates of the tied and the untied model, one log entry per update */
+    TT_CHECK(steps == 10, "train/index.json: %d steps (expected 10)", steps);
     fixed_batches fb = {(const int32_t *)(const void *)raw, accum, B, T};
     const cJSON *models = cJSON_GetObjectItemCaseSensitive(idx, "models"), *mlog;
+    int n_models = 0;
     cJSON_ArrayForEach(mlog, models) {
         const char *name = mlog->string;
+        TT_CHECK(cJSON_GetArraySize(mlog) == 10, "%s: %d step records in index.json (expected 10)", name,
+                 cJSON_GetArraySize(mlog));
         char fin_name[64];
         snprintf(fin_name, sizeof fin_name, "%s.final", name);
         char *p0 = fixture(name), *p1 = fixture(fin_name);
@@ -152,6 +157,7 @@ TT_TEST(train_matches_pytorch_adamw) {
             }
             free(text);
             TT_CHECK(n_lines == steps, "%s: %d step lines in metrics.jsonl, expected %d", name, n_lines, steps);
+            n_models++;
             TT_CHECK(worst_loss < 1e-5, "%s: loss rel err %.3g", name, worst_loss);
             TT_CHECK(worst_gn < 1e-4, "%s: grad_norm rel err %.3g", name, worst_gn);
             TT_CHECK(worst_lr < 1e-6, "%s: lr rel err %.3g", name, worst_lr);
@@ -176,6 +182,7 @@ TT_TEST(train_matches_pytorch_adamw) {
         free(p0);
         free(p1);
     }
+    TT_CHECK(n_models == 2, "compared %d models' runs (expected 2: tied, untied)", n_models);
     free(raw);
     cJSON_Delete(idx);
     free(ip);
