@@ -875,3 +875,32 @@ TT_TEST(eval_cli) {
     free(js);
 }
 
+
+/* Inputs the fuzzer found (tests/fuzz/crashes/tasks): an item with both multiple-choice forms is
+ * refused (it read a NULL context), a file of {"text"} documents loads (its text was read after
+ * the line's JSON was freed), and wikitext text with stray UTF-8 continuation bytes inside
+ * brackets loads (the strip stepped back past its start). */
+TT_TEST(eval_task_file_fuzz_regressions) {
+    char *dir = tt_path(tt_tmp_dir(), "task_fuzz"), *f1 = tt_path(dir, "both.jsonl"), *f2 = tt_path(dir, "docs.jsonl");
+    tt_sh("mkdir -p '%s'", dir);
+    const char *both = "{\"contexts\":[\"a\"],\"continuation\":\"b\",\"choices\":[\"c\"],\"gold\":0}\n";
+    const char *docs = "{\"text\": \"first document\"}\n{\"text\": \"second one\"}\n";
+    TT_CHECK(tt_write_text(f1, both, strlen(both)) && tt_write_text(f2, docs, strlen(docs)), "writing the files");
+    tp_task *t = NULL;
+    TT_CHECK(tp_task_load_file(f1, 0, &t) == TP_ERR_FORMAT && strstr(tp_errmsg(), "line 1: expected one of"),
+             "contexts + choices refused: %s", tp_errmsg());
+    tp_task_free(t);
+    t = NULL;
+    tp_status s = tp_task_load_file(f2, 0, &t);
+    TT_CHECK(s == TP_OK && t && t->n_items == 2, "two documents: %s", s ? tp_errmsg() : "ok");
+    tp_task_free(t);
+    char *wt = tt_path(dir, "wikitext2"), *raw = tt_path(wt, "wiki.test.raw");
+    tt_sh("mkdir -p '%s'", wt);
+    const char *page = " = T = \n \n a ( \xA0\x93 ) b \" \xA0\x93 \" c \n";
+    TT_CHECK(tt_write_text(raw, page, strlen(page)), "writing %s", raw);
+    t = NULL;
+    s = tp_task_load("wikitext", dir, 0, &t);
+    TT_CHECK(s == TP_OK && t && t->n_items == 1, "wikitext with stray continuation bytes: %s", s ? tp_errmsg() : "ok");
+    tp_task_free(t);
+    free(dir), free(f1), free(f2), free(wt), free(raw);
+}

@@ -150,7 +150,9 @@ static int jv_value(jv *v, int depth) {
 int tp_json_valid(const char *text, size_t len) {
     if (!text) return 0;
     jv v = {(const unsigned char *)text, (const unsigned char *)text + len};
-    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) v.p += 3;
+    /* cJSON skips a BOM only when it can read index 4 (skip_utf8_bom: 0 + 4 < length): a text of
+     * 3 or 4 bytes keeps it, and then fails to parse */
+    if (len >= 5 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) v.p += 3;
     jv_ws(&v);
     return jv_value(&v, 0);
 }

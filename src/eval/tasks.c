@@ -129,6 +129,7 @@ static void py_strip_range(const char *s, size_t n, int left, size_t *a, size_t 
         }
     while (j > i) {
         size_t p = u8_prev(s, j);
+        if (p < i) break; /* invalid UTF-8: a stray continuation byte must not step back past i */
         u8_next(s, p, &cp);
         if (!py_space(cp)) break;
         j = p;
@@ -1212,8 +1213,10 @@ tp_status tp_task_load_file(const char *path, size_t limit, tp_task **out) {
         int nch = json_strings(j, "choices", &choices), nctx = json_strings(j, "contexts", &ctxs);
         if (nctx < 0) nctx = json_strings(j, "context_options", &ctxs);
         int k_item, n_req;
-        if (ctx && nch >= 1 && !cont) k_item = TP_TASK_MC, n_req = nch;
-        else if (nctx >= 1 && cont && !ctx) k_item = TP_TASK_MC, n_req = nctx;
+        /* the two multiple-choice forms exclude each other's fields (an item with "contexts" and
+         * "choices" is ambiguous, refused) */
+        if (ctx && nch >= 1 && !cont && nctx < 0) k_item = TP_TASK_MC, n_req = nch;
+        else if (nctx >= 1 && cont && !ctx && nch < 0) k_item = TP_TASK_MC, n_req = nctx;
         else if (ctx && cont && nch < 0 && nctx < 0) k_item = TP_TASK_LL, n_req = 1;
         else if (doc && !ctx && !cont) k_item = TP_TASK_ROLLING, n_req = 1;
         else {
@@ -1239,10 +1242,11 @@ tp_status tp_task_load_file(const char *path, size_t limit, tp_task **out) {
             }
         }
         if (k_item == TP_TASK_ROLLING) {
+            s = add_doc(t, &cap, doc, 0); /* doc lives in j: used before j is freed */
             cJSON_Delete(j);
             free(line);
             line = NULL;
-            if ((s = add_doc(t, &cap, doc, 0))) goto bad;
+            if (s) goto bad;
             continue;
         }
         tp_task_item *it = add_item(t, &cap, n_req);

@@ -30,6 +30,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <float.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
@@ -540,16 +541,29 @@ static tp_status parse_meta(const char *path, const char *json, size_t len, cons
     }
     tp_adamw_defaults(&md->ocfg);
     tp_adamw_cfg *oc = &md->ocfg;
-    if (j_num(op, "lr", &d)) oc->lr = (float)d;
-    if (j_num(op, "min_lr", &d)) oc->min_lr = (float)d;
-    if (j_num(op, "warmup_steps", &d)) oc->warmup_steps = (long)d;
-    if (j_num(op, "total_steps", &d)) oc->total_steps = (long)d;
-    if (j_num(op, "beta1", &d)) oc->beta1 = (float)d;
-    if (j_num(op, "beta2", &d)) oc->beta2 = (float)d;
-    if (j_num(op, "eps", &d)) oc->eps = (float)d;
-    if (j_num(op, "weight_decay", &d)) oc->weight_decay = (float)d;
-    if (j_num(op, "decay_all", &d)) oc->decay_all = (int)d;
-    if (j_num(op, "clip", &d)) oc->clip = (float)d;
+    /* every value range-checked before its conversion (a float or integer out of range is UB) */
+    static const char *const FLOATS[] = {"lr", "min_lr", "beta1", "beta2", "eps", "weight_decay", "clip"};
+    float *const fdst[] = {&oc->lr, &oc->min_lr, &oc->beta1, &oc->beta2, &oc->eps, &oc->weight_decay, &oc->clip};
+    for (size_t i = 0; !bad && i < sizeof FLOATS / sizeof *FLOATS; i++)
+        if (j_num(op, FLOATS[i], &d)) {
+            if (!(fabs(d) <= FLT_MAX)) bad = FLOATS[i];
+            else *fdst[i] = (float)d;
+        }
+    static const char *const LONGS[] = {"warmup_steps", "total_steps"};
+    long *const ldst[] = {&oc->warmup_steps, &oc->total_steps};
+    for (size_t i = 0; !bad && i < 2; i++)
+        if (j_num(op, LONGS[i], &d)) {
+            if (!(d >= 0 && d <= 1e15 && d == floor(d))) bad = LONGS[i];
+            else *ldst[i] = (long)d;
+        }
+    if (!bad && j_num(op, "decay_all", &d)) {
+        if (d != 0 && d != 1) bad = "decay_all";
+        else oc->decay_all = (int)d;
+    }
+    if (bad) {
+        s = tp_fail(TP_ERR_FORMAT, "%s: JSON block: field \"optim.%s\" out of range", path, bad);
+        goto out;
+    }
     if ((s = compare_config(path, cfg, &m->cfg))) goto out;
     if (cJSON_IsString(args) && !(md->args = strdup(args->valuestring))) s = tp_fail(TP_ERR_NOMEM, "out of memory");
 out:
