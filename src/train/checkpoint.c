@@ -528,8 +528,8 @@ static tp_status parse_meta(const char *path, const char *json, size_t len, cons
     else if (!cJSON_IsObject(cur) || !j_u64(cur, "seed", 0, &md->cursor.seed) ||
              !j_u64(cur, "epoch", 0, &md->cursor.epoch) || !j_u64(cur, "index", 0, &md->cursor.index))
         bad = "cursor";
-    else if (!j_num(root, "tokens_seen", &md->tokens_seen)) bad = "tokens_seen";
-    else if (!j_num(root, "elapsed_s", &md->elapsed_s)) bad = "elapsed_s";
+    else if (!j_num(root, "tokens_seen", &md->tokens_seen) || !isfinite(md->tokens_seen)) bad = "tokens_seen";
+    else if (!j_num(root, "elapsed_s", &md->elapsed_s) || !isfinite(md->elapsed_s)) bad = "elapsed_s";
     else if (!args || !(cJSON_IsString(args) || cJSON_IsNull(args))) bad = "args";
     else if (!cJSON_IsObject(op) || !j_long(op, "step", &md->opt_step)) bad = "optim.step";
     else if (jget(root, "extra_bytes") && (!j_num(root, "extra_bytes", &d) || d < 0 || d > 1e15 || d != floor(d)))
