@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -556,9 +557,10 @@ static const char *json_str(const cJSON *o, const char *key) {
 /* An integer field in [lo, hi]; -1 when absent or not an integer in range. */
 static int json_int(const cJSON *o, const char *key, int lo, int hi) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) return -1;
-    int x = (int)v->valuedouble;
-    return x >= lo && x <= hi ? x : -1;
+    /* range first: converting a double outside int's range is undefined */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi)) return -1;
+    if (v->valuedouble != floor(v->valuedouble)) return -1;
+    return (int)v->valuedouble;
 }
 
 /* A strings array field: its size, or -1 when it is absent or holds a non-string. */
