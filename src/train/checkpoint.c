@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "taper/util.h"
+#include "train/train_internal.h"
 #include "core/internal.h"
 
 #define CKPT_MAGIC "TPRCKPT1"
@@ -153,6 +154,13 @@ static uint32_t get_u32(const unsigned char *p) {
     for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
     return v;
 }
+uint64_t tp_ckpt_checksum(const void *p, size_t n) {
+    ckpt_hash h;
+    hash_init(&h);
+    hash_update(&h, p, n);
+    return hash_final(&h);
+}
+
 static uint64_t get_u64(const unsigned char *p) {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);

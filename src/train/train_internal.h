@@ -12,4 +12,8 @@
 double tp_ce_rows(float *logits, const int32_t *targets, size_t nr, size_t V, double *row_loss, int grad,
                   float inv_count);
 
+/* The checksum a checkpoint file stores over its bytes before the last 16 (checkpoint.c), for
+ * tests and the fuzz harness that build checkpoint files. */
+uint64_t tp_ckpt_checksum(const void *p, size_t n);
+
 #endif

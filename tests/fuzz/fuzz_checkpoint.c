@@ -33,6 +33,7 @@
 #include "taper/rng.h"
 #include "taper/train.h"
 #include "taper/util.h"
+#include "train/train_internal.h"
 
 static const char TINY_CONFIG[] =
     "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"hidden_size\":8,"
@@ -43,43 +44,7 @@ static const char TINY_CONFIG[] =
 #define MAGIC "TPRCKPT1"
 #define END_MARK "TPCKEND\n"
 
-/* ---- the checksum of checkpoint.c (ckpt_hash), repeated here to seal mutated inputs ---- */
-#define H_P1 0x9E3779B185EBCA87ull
-#define H_P2 0xC2B2AE3D27D4EB4Full
-#define H_P3 0x165667B19E3779F9ull
-#define H_P4 0x85EBCA77C2B2AE63ull
-
-static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static uint64_t h_round(uint64_t acc, uint64_t w) { return rotl64(acc + w * H_P2, 31) * H_P1; }
-static uint64_t rd64(const unsigned char *p) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-    return w;
-}
-
-/* The whole-buffer form of hash_init + hash_update + hash_final. */
-static uint64_t ckpt_hash(const unsigned char *p, size_t n) {
-    uint64_t a[4] = {H_P1 + H_P2, H_P2, H_P3, (uint64_t)0 - H_P1};
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 4; j++) a[j] = h_round(a[j], rd64(p + i + 8 * j));
-    const unsigned char *buf = p + i;
-    size_t buf_len = n - i;
-    uint64_t v = rotl64(a[0], 1) + rotl64(a[1], 7) + rotl64(a[2], 12) + rotl64(a[3], 18);
-    for (int j = 0; j < 4; j++) v = (v ^ h_round(0, a[j])) * H_P1 + H_P4;
-    v += (uint64_t)n;
-    size_t k = 0;
-    for (; k + 8 <= buf_len; k += 8) v = rotl64(v ^ h_round(0, rd64(buf + k)), 27) * H_P1 + H_P4;
-    uint64_t last = 0;
-    for (size_t b = 0; k + b < buf_len; b++) last |= (uint64_t)buf[k + b] << (8 * b);
-    v = rotl64(v ^ (last * H_P1), 23) * H_P2 + H_P3;
-    v ^= v >> 33;
-    v *= 0xff51afd7ed558ccdull;
-    v ^= v >> 33;
-    v *= 0xc4ceb9fe1a85ec53ull;
-    v ^= v >> 33;
-    return v;
-}
+/* the checksum is checkpoint.c's own (train/train_internal.h): mutated inputs are sealed with it */
 
 static tp_model *model, *model2;
 static tp_adamw opt, opt2;
@@ -194,7 +159,7 @@ static size_t wrap_json(const uint8_t *json, size_t len) {
     memcpy(p + 24, &np, 8);
     if (len) memcpy(p + 32, json, len);
     for (size_t i = 0; i < 3 * arr + extra; i++) p[data_off + i] = (unsigned char)(i * 37 + 11);
-    uint64_t h = ckpt_hash(p, size - 16);
+    uint64_t h = tp_ckpt_checksum(p, size - 16);
     memcpy(p + size - 16, &h, 8);
     memcpy(p + size - 8, END_MARK, 8);
     return size;
@@ -287,7 +252,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (size >= 48) {
             unsigned char *p = reserve(size);
             memcpy(p, data, size - 16);
-            uint64_t h = ckpt_hash(p, size - 16);
+            uint64_t h = tp_ckpt_checksum(p, size - 16);
             memcpy(p + size - 16, &h, 8);
             memcpy(p + size - 8, END_MARK, 8);
             write_file(path, p, size);
