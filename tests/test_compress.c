@@ -20,18 +20,9 @@
 #include "tt.h"
 
 
-static char *pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *pathf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
-}
 
 static char *slurp(const char *dir, const char *name) {
-    char *p = pathf("%s/%s", dir, name), *t = NULL;
+    char *p = tp_strfmt("%s/%s", dir, name), *t = NULL;
     if (!p || tp_read_file(p, &t, NULL) != TP_OK) t = NULL;
     free(p);
     return t;
@@ -63,7 +54,7 @@ static int count(const char *text, const char *what) {
 }
 
 static tp_model *load(const char *dir, const char *name) {
-    char *p = name ? pathf("%s/%s", dir, name) : strdup(dir);
+    char *p = name ? tp_strfmt("%s/%s", dir, name) : strdup(dir);
     tp_model *m = NULL;
     if (tp_model_load(p, &m) != TP_OK) TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
     free(p);
@@ -111,7 +102,7 @@ TT_TEST(compress_teacher_correction) {
              "--correct-warmup 2",
              bin, model, dir, dir, dir, dir);
     TT_CHECK(tt_sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress with teacher correction (output in %s/out1)", dir);
-    char *rd = pathf("%s/run", dir);
+    char *rd = tp_strfmt("%s/run", dir);
     tp_model *t = load(model, NULL), *c = load(rd, "teacher-corrected"), *pruned = load(rd, "pruned");
     if (t && c) {
         size_t changed = 0;
@@ -136,7 +127,7 @@ TT_TEST(compress_teacher_correction) {
     tt_note("correction: validation CE %.4f -> %.4f, PPL %.2f -> %.2f", v0, v1, pt, pc);
     cJSON_Delete(rep);
     /* pruning cut the corrected teacher (not the original), distillation used it as the teacher */
-    char *plan_path = pathf("%s/pruned/prune_plan.json", rd);
+    char *plan_path = tp_strfmt("%s/pruned/prune_plan.json", rd);
     tp_prune_plan *plan = NULL;
     tp_model *want = NULL;
     if (c && pruned && tp_prune_plan_load(plan_path, &plan) == TP_OK && tp_prune_apply(c, plan, &want) == TP_OK)
@@ -172,7 +163,7 @@ TT_TEST(compress_teacher_correction) {
 }
 
 static void write_text(const char *dir, const char *name, const char *text) {
-    char *p = pathf("%s/%s", dir, name);
+    char *p = tp_strfmt("%s/%s", dir, name);
     FILE *f = p ? fopen(p, "w") : NULL;
     if (f) {
         fputs(text, f);
@@ -185,7 +176,7 @@ static void write_text(const char *dir, const char *name, const char *text) {
 static void refused(const char *bin, const char *dir, const char *recipe, const char *what) {
     write_text(dir, "bad.json", recipe);
     int rc = tt_sh("TAPER_PROGRESS=0 '%s' compress --recipe '%s/bad.json' -o '%s/bad' > '%s/err' 2>&1", bin, dir, dir, dir);
-    char *err = slurp(dir, "err"), *bad = pathf("%s/bad", dir);
+    char *err = slurp(dir, "err"), *bad = tp_strfmt("%s/bad", dir);
     TT_CHECK(rc == 2 && err && strstr(err, what) && access(bad, F_OK) != 0, "recipe %s: exit %d, message: %s", recipe, rc,
              err ? err : "");
     free(err);
@@ -210,7 +201,7 @@ TT_TEST(compress_recipe) {
     snprintf(run, sizeof run, "TAPER_PROGRESS=0 '%s' compress --recipe '%s/recipe.json' -o '%s/run' --steps 2 --threads 1",
              bin, dir, dir);
     TT_CHECK(tt_sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress --recipe (output in %s/out1)", dir);
-    char *rd = pathf("%s/run", dir);
+    char *rd = tp_strfmt("%s/run", dir);
     cJSON *eff = json_at(rd, "recipe.json"), *da = json_at(rd, "distill/args.json");
     TT_CHECK(jnum(eff, "steps") == 2 && jnum(eff, "seq") == 16 && jnum(eff, "lr") == 0.001 && jnum(eff, "tau2") == 1 &&
                  jnum(eff, "target-params") == 43152 && jnum(eff, "iterate") == 1 && jnum(eff, "correct-steps") == 0,
@@ -269,8 +260,8 @@ TT_TEST(compress_recipe) {
 /* A random model with the fixture's tokenizer and the sizes given (hidden, ffn, heads, kv heads,
  * head_dim, layers), from `taper train --init-config`, in DIR/NAME. */
 static char *make_model(const char *bin, const char *dir, const char *fixture, const char *name, const int sizes[6]) {
-    char *cfg = pathf("%s/config.json", fixture), *text = NULL;
-    char *out = pathf("%s/%s", dir, name), *cname = pathf("%s.json", name);
+    char *cfg = tp_strfmt("%s/config.json", fixture), *text = NULL;
+    char *out = tp_strfmt("%s/%s", dir, name), *cname = tp_strfmt("%s.json", name);
     cJSON *c = NULL;
     if (cfg && tp_read_file(cfg, &text, NULL) == TP_OK) c = cJSON_Parse(text);
     const char *keys[] = {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -297,8 +288,8 @@ static char *make_model(const char *bin, const char *dir, const char *fixture, c
 static tp_prune_plan *check_composed(const char *model, const char *rd) {
     tp_model *t = load(model, NULL), *m1 = NULL, *m2 = NULL, *mc = NULL;
     tp_prune_plan *q1 = NULL, *q2 = NULL, *qc = NULL;
-    char *f1 = pathf("%s/pruned-1/prune_plan.json", rd), *f2 = pathf("%s/pruned-2/prune_plan.json", rd),
-         *fc = pathf("%s/pruned-2/teacher_plan.json", rd);
+    char *f1 = tp_strfmt("%s/pruned-1/prune_plan.json", rd), *f2 = tp_strfmt("%s/pruned-2/prune_plan.json", rd),
+         *fc = tp_strfmt("%s/pruned-2/teacher_plan.json", rd);
     cJSON *d2 = json_at(rd, "distill-2/args.json");
     if (t && !tp_prune_plan_load(f1, &q1) && !tp_prune_plan_load(f2, &q2) && !tp_prune_plan_load(fc, &qc) &&
         !tp_prune_apply(t, q1, &m1) && !tp_prune_apply(m1, q2, &m2) && !tp_prune_apply(t, qc, &mc)) {
@@ -352,7 +343,7 @@ TT_TEST(compress_iterate) {
              "--eval-text '%s/text.txt' " SMALL,
              bin, model, dir, dir);
     TT_CHECK(tt_sh("%s > '%s/out1' 2>&1", run, dir) == 0, "compress --iterate 2 (output in %s/out1)", dir);
-    char *rd = pathf("%s/run", dir);
+    char *rd = tp_strfmt("%s/run", dir);
     cJSON *rep = json_at(rd, "report.json");
     const cJSON *rounds = cJSON_GetObjectItemCaseSensitive(rep, "rounds");
     TT_CHECK(cJSON_GetArraySize(rounds) == 2, "report.json has %d rounds", cJSON_GetArraySize(rounds));
@@ -373,7 +364,7 @@ TT_TEST(compress_iterate) {
     /* round 2 pruned round 1's student with importance computed on it */
     cJSON *pj = json_at(rd, "prune-2.json"), *d2 = json_at(rd, "distill-2/args.json");
     TT_CHECK(strstr(jstr(pj, "model", NULL), "/student-1"), "round 2 pruned %s", jstr(pj, "model", NULL));
-    char *imp2 = pathf("%s/importance-2.json", rd);
+    char *imp2 = tp_strfmt("%s/importance-2.json", rd);
     tp_importance *imp = NULL;
     tp_model *s1m = load(rd, "student-1");
     TT_CHECK(s1m && tp_importance_load(imp2, &imp) == TP_OK && imp->n_layers == s1m->cfg.n_layers &&
@@ -415,7 +406,7 @@ TT_TEST(compress_iterate) {
     /* depth only, 8 layers -> 6 -> 4: both rounds drop layers, so the composed layer list is
      * a real lookup (round 2's indices are into round 1's model) */
     const int deep[6] = {48, 80, 8, 4, 6, 8}; /* 172,848 parameters; 24,624 + 18,528 per layer */
-    char *dmodel = make_model(bin, dir, fixture, "deep", deep), *dd = pathf("%s/deeprun", dir);
+    char *dmodel = make_model(bin, dir, fixture, "deep", deep), *dd = tp_strfmt("%s/deeprun", dir);
     snprintf(run, sizeof run,
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 98736 --iterate 2 --axes depth --inter cosine -o "
              "'%s' --eval-text '%s/text.txt' " SMALL " > '%s/out6' 2>&1",
@@ -436,7 +427,7 @@ TT_TEST(compress_iterate) {
      * and cuts every width again (by scores of round 1's model), so each index of the composition
      * is a real lookup, in the right layer of round 1. Both prunes are made by hand and marked
      * done: compress only composes the plans and runs round 2's distillation. */
-    char *pd = pathf("%s/planted", dir);
+    char *pd = tp_strfmt("%s/planted", dir);
     int prc = tt_sh("mkdir -p '%s/logs' && cd '%s' && for s in teacher-ppl importance-1 prune-1 pruned-1-ppl distill-1 "
                  "student-1-ppl importance-2 prune-2 pruned-2-ppl; do touch .done-$s; done && export TAPER_PROGRESS=0 && "
                  "'%s' prune '%s' --scores '%s/importance-1.json' --hidden 40 --ffn 64 --heads 4 --kv-heads 2 --layers 6 "
@@ -455,7 +446,7 @@ TT_TEST(compress_iterate) {
     TT_CHECK(o && count(o, "] running") == 2 && strstr(o, "[distill-2] running"), "only round 2's distillation and "
              "evaluation ran (%d stages)", count(o, "] running"));
     free(o);
-    char *pp1 = pathf("%s/pruned-1/prune_plan.json", pd);
+    char *pp1 = tp_strfmt("%s/pruned-1/prune_plan.json", pd);
     tp_prune_plan *q = NULL;
     int dn = 0, dh = 0, dk = 0;
     if (tp_prune_plan_load(pp1, &q) == TP_OK)
