@@ -50,22 +50,24 @@ int tt_check(int ok, const char *file, int line, const char *expr, const char *f
     return 0;
 }
 
+static void skip_v(int optional, const char *fmt, va_list ap) {
+    vsnprintf(skip_reason, sizeof skip_reason, fmt, ap);
+    cur_skipped = 1;
+    cur_optional = optional;
+}
+
 void tt_skip(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(skip_reason, sizeof skip_reason, fmt, ap);
+    skip_v(0, fmt, ap);
     va_end(ap);
-    cur_skipped = 1;
-    cur_optional = 0;
 }
 
 void tt_skip_optional(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(skip_reason, sizeof skip_reason, fmt, ap);
+    skip_v(1, fmt, ap);
     va_end(ap);
-    cur_skipped = 1;
-    cur_optional = 1;
 }
 
 void tt_note(const char *fmt, ...) {
