@@ -1,10 +1,17 @@
 /* CLI behaviour: --help everywhere, exit codes (0 ok, 1 failure, 2 usage), clear messages for
  * bad input, JSON output. Runs the built binary ($TAPER_BIN, set by make test). */
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "taper/util.h"
 #include "tt.h"
@@ -89,4 +96,141 @@ TT_TEST(cli_info_ppl_generate_on_default_model) {
     TT_CHECK(tt_taper(a, &out) == 1 && strstr(out, "no tokens"), "empty prompt is a clear error: %s", out);
     free(out);
     free(js);
+}
+
+/* ---- taper info on an 8B checkpoint whose weights are a sparse hole ---- */
+
+/* Llama-3.1-8B's config.json (the fields taper reads). */
+static const char LLAMA8B_CONFIG[] =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 4096,\n"
+    " \"intermediate_size\": 14336, \"num_hidden_layers\": 32, \"num_attention_heads\": 32,\n"
+    " \"num_key_value_heads\": 8, \"head_dim\": 128, \"vocab_size\": 128256,\n"
+    " \"max_position_embeddings\": 131072, \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0,\n"
+    " \"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,\n"
+    "                  \"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"},\n"
+    " \"tie_word_embeddings\": false, \"attention_bias\": false, \"mlp_bias\": false,\n"
+    " \"hidden_act\": \"silu\", \"bos_token_id\": 128000, \"eos_token_id\": 128001,\n"
+    " \"torch_dtype\": \"bfloat16\"}\n";
+
+typedef struct { char *p; size_t n, cap; } hdr_buf;
+
+static void hdr_printf(hdr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void hdr_printf(hdr_buf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) abort();
+        if (b->p && b->n + (size_t)k < b->cap) { b->n += (size_t)k; return; }
+        b->cap = b->cap ? 2 * b->cap + (size_t)k : 65536;
+        if (!(b->p = realloc(b->p, b->cap))) abort();
+    }
+}
+
+/* One BF16 tensor of the header at the running data offset *off; returns its element count. */
+static uint64_t hdr_tensor(hdr_buf *b, const char *name, uint64_t rows, uint64_t cols, uint64_t *off) {
+    uint64_t n = rows * (cols ? cols : 1);
+    if (cols)
+        hdr_printf(b, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%llu,%llu],\"data_offsets\":[%llu,%llu]}",
+                   b->n > 1 ? "," : "", name, (unsigned long long)rows, (unsigned long long)cols,
+                   (unsigned long long)*off, (unsigned long long)(*off + 2 * n));
+    else
+        hdr_printf(b, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%llu],\"data_offsets\":[%llu,%llu]}",
+                   b->n > 1 ? "," : "", name, (unsigned long long)rows, (unsigned long long)*off,
+                   (unsigned long long)(*off + 2 * n));
+    *off += 2 * n;
+    return n;
+}
+
+/* `taper info` reads metadata only: on an HF folder with Llama-3.1-8B's config.json and a
+ * model.safetensors whose header lists all 291 BF16 tensors but whose 16 GB of data are a sparse
+ * hole (no disk used), it answers in under a second with the parameter count the shapes give. */
+TT_TEST(cli_info_8b_metadata_only) {
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    const uint64_t d = 4096, ff = 14336, vocab = 128256, q = 32 * 128, kv = 8 * 128;
+    const int n_layers = 32;
+    hdr_buf b = {0};
+    uint64_t off = 0, n_params = 0;
+    int n_tensors = 0;
+    char name[96];
+    hdr_printf(&b, "{");
+    n_params += hdr_tensor(&b, "model.embed_tokens.weight", vocab, d, &off), n_tensors++;
+    for (int l = 0; l < n_layers; l++) {
+        static const struct { const char *name; int rows, cols; } parts[] = {
+            /* 0: d, 1: q, 2: kv, 3: ff */
+            {"input_layernorm", 0, -1}, {"self_attn.q_proj", 1, 0}, {"self_attn.k_proj", 2, 0},
+            {"self_attn.v_proj", 2, 0}, {"self_attn.o_proj", 0, 1}, {"post_attention_layernorm", 0, -1},
+            {"mlp.gate_proj", 3, 0}, {"mlp.up_proj", 3, 0}, {"mlp.down_proj", 0, 3}};
+        const uint64_t dim[] = {d, q, kv, ff};
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, parts[i].name);
+            uint64_t cols = parts[i].cols < 0 ? 0 : dim[parts[i].cols];
+            n_params += hdr_tensor(&b, name, dim[parts[i].rows], cols, &off), n_tensors++;
+        }
+    }
+    n_params += hdr_tensor(&b, "model.norm.weight", d, 0, &off), n_tensors++;
+    n_params += hdr_tensor(&b, "lm_head.weight", vocab, d, &off), n_tensors++;
+    hdr_printf(&b, "}");
+    while (b.n % 8) hdr_printf(&b, " ");
+    TT_CHECK(n_tensors == 291, "the header lists %d tensors (expected 291)", n_tensors);
+    TT_CHECK(n_params == 8030261248ull, "the shapes hold %llu parameters (Llama-3.1-8B: 8030261248)",
+             (unsigned long long)n_params);
+
+    char *dir = tt_path(tt_tmp_dir(), "llama8b-sparse");
+    char *cfg = tt_path(dir, "config.json"), *st = tt_path(dir, "model.safetensors");
+    char *js = tt_path(dir, "info.json");
+    mkdir(dir, 0777);
+    TT_CHECK(tt_write_text(cfg, LLAMA8B_CONFIG, sizeof LLAMA8B_CONFIG - 1), "cannot write %s", cfg);
+    uint64_t hlen = b.n;
+    int fd = open(st, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int wrote = fd >= 0 && write(fd, &hlen, 8) == 8 && write(fd, b.p, b.n) == (ssize_t)b.n;
+    TT_CHECK(wrote, "cannot write the header of %s: %s", st, strerror(errno));
+    int sparse = wrote && ftruncate(fd, (off_t)(8 + hlen + off)) == 0;
+    int err = errno;
+    if (fd >= 0) close(fd);
+    struct stat sb;
+    if (wrote && !sparse) tt_skip_optional("cannot make a sparse file of %llu bytes: %s",
+                                           (unsigned long long)(8 + hlen + off), strerror(err));
+    else if (wrote && stat(st, &sb) == 0 && TT_CHECK((uint64_t)sb.st_size == 8 + hlen + off, "size of %s", st)) {
+        tt_note("%s: %lld bytes, %lld on disk", st, (long long)sb.st_size, (long long)sb.st_blocks * 512);
+        char a[1024], *out = NULL;
+        snprintf(a, sizeof a, "info %s --json=%s", dir, js);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int rc = tt_taper(a, &out);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        TT_CHECK(rc == 0, "info on the sparse 8B folder exits %d: %s", rc, out);
+        TT_CHECK(secs < 1.0, "info on the sparse 8B folder took %.2f s (limit 1 s)", secs);
+        tt_note("taper info on the sparse 8B folder: %.3f s", secs);
+        TT_CHECK(strstr(out, "weights      BF16, 16.06 GB in 1 file") != NULL, "weights line: %s", out);
+        TT_CHECK(strstr(out, "scaling llama3") != NULL && strstr(out, "untied embeddings") != NULL,
+                 "rope and embeddings line: %s", out);
+        cJSON *j = tt_read_json(js);
+        const cJSON *w = cJSON_GetObjectItem(j, "weights");
+        const cJSON *np = cJSON_GetObjectItem(j, "n_params");
+        TT_CHECK(cJSON_IsNumber(np) && np->valuedouble == 8030261248.0 && np->valuedouble == (double)n_params,
+                 "info --json: n_params %.0f, the shapes give %llu", cJSON_IsNumber(np) ? np->valuedouble : -1.0,
+                 (unsigned long long)n_params);
+        TT_CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(w, "dtypes"), "BF16") &&
+                     cJSON_GetObjectItem(cJSON_GetObjectItem(w, "dtypes"), "BF16")->valuedouble == 291.0,
+                 "info --json: weights.dtypes is {\"BF16\": 291}");
+        TT_CHECK(cJSON_GetObjectItem(w, "bytes") && cJSON_GetObjectItem(w, "bytes")->valuedouble == (double)off &&
+                     cJSON_GetObjectItem(w, "files") && cJSON_GetObjectItem(w, "files")->valueint == 1,
+                 "info --json: weights.bytes is %llu in 1 file", (unsigned long long)off);
+        TT_CHECK(cJSON_GetObjectItem(j, "format") && !strcmp(cJSON_GetObjectItem(j, "format")->valuestring, "hf"),
+                 "info --json: format hf");
+        cJSON_Delete(j);
+        free(out);
+    }
+    unlink(st); /* the 16 GB apparent size goes now, even when a check failed and tmp stays */
+    unlink(cfg);
+    unlink(js);
+    rmdir(dir);
+    free(b.p);
+    free(st);
+    free(cfg);
+    free(js);
+    free(dir);
 }
