@@ -79,6 +79,7 @@ typedef struct {
     char *source;       /* path it was loaded from */
     char *source_format;/* "gguf" or "hf" */
     char *chat_template;/* may be NULL */
+    struct tp_stream *stream; /* NULL, or the file a streamed model reads its weights from */
 } tp_model;
 
 /* Validates a config (positive sizes, heads divisible by kv heads, ...). */
@@ -118,6 +119,35 @@ tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype
  * (and a note for the user in buf) when dir is such a folder. */
 int tp_model_hf_tokenizer_note(const char *dir, char *buf, size_t n);
 tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type);
+
+/* ---- streamed models: weights read from the file one layer at a time ----
+ * tp_model_open_streamed keeps the config, tokenizer, chat template and final norm in memory and
+ * the file mapped. Every m->layers[l] views one layer-sized buffer, which holds the layer last
+ * made ready by tp_model_layer_ready; tok_emb and lm_head are NULL (embedding and lm_head rows
+ * come from tp_model_rows, the whole lm_head from tp_model_stream_head). The weights are
+ * converted to fp32 by the same code as tp_model_load, so a streamed layer is bit-identical to
+ * the loaded one. Whole-model operations (tp_forward_ex, exports, tp_prune_apply, training)
+ * refuse a streamed model. The file pages read are dropped from the process's resident set
+ * after each read (the page cache keeps them): memory stays one layer, whatever the model size. */
+tp_status tp_model_open_streamed(const char *path, tp_model **out);
+int tp_model_is_streamed(const tp_model *m);
+/* Makes m->layers[l] hold layer l's weights: reads them for a streamed model (unless they are
+ * the ones held), nothing for a loaded one. Not thread-safe. */
+tp_status tp_model_layer_ready(const tp_model *m, int l);
+/* Rows r0 .. r0+n-1 of the token embedding (head 0) or of the lm_head (head 1; the embedding
+ * when tied) as fp32 into dst (n x d_model), for either kind of model. */
+tp_status tp_model_rows(const tp_model *m, int head, size_t r0, size_t n, float *dst);
+/* Streamed model: reads the whole lm_head (fp32, vocab x d_model floats) for tp_forward_final /
+ * releases it. No-op on a loaded model. */
+tp_status tp_model_stream_head(const tp_model *m);
+void tp_model_stream_head_release(const tp_model *m);
+/* The residual stream entering layer 0 as tp_model_embed gives it, for either kind of model
+ * (fails on a token id outside the vocabulary). */
+tp_status tp_model_embed_any(const tp_model *m, const int32_t *tokens, size_t N, float *x);
+/* "F32", "F16" or "BF16": the dtype the model's weight matrices are stored in at their source
+ * (an HF folder's safetensors, a GGUF's float tensors); "F32" for a quantized GGUF (its
+ * dequantized values are exact only in fp32) or when the source cannot be read. */
+const char *tp_model_source_dtype(const tp_model *m);
 
 /* Parse config.json text into c. */
 tp_status tp_config_from_json(const char *json, const char *path_for_errors, tp_config *c);
@@ -202,5 +232,11 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
  * l = 0..n_layers-1 on the token embeddings gives exactly tp_forward_ex's residual stream (the
  * same code): calibration passes keep hidden states between layers with it. */
 tp_status tp_forward_layer(const tp_model *m, int l, float *x, int B, int T, const tp_forward_opts *opts);
+
+/* After the forward's last layer: h (N x d_model) = the final RMSNorm of the residual stream x
+ * (N rows), and logits (N x vocab) = h times the lm_head unless logits is NULL. The same code
+ * tp_forward_ex runs, for callers that keep the residual stream themselves
+ * (tp_forward_layer). A streamed model needs tp_model_stream_head first for logits. */
+tp_status tp_forward_final(const tp_model *m, const float *x, size_t N, float *h, float *logits);
 
 #endif

@@ -371,6 +371,114 @@ static void free_state(imp_state *st) {
     free(st->seq_tmp);
 }
 
+/* ---- the streamed model: everything layer-major, each layer read once ----
+ * The importance stream (all n samples) goes through layer l in batches of B with the hooks, as
+ * tp_forward_ex would take each batch through it. The layer-removal losses keep one residual
+ * stream of the depth samples per variant (the full model, each layer removed, each block
+ * removed): a variant's stream is a copy of the full model's at the first layer it skips, and it
+ * goes through every later layer it keeps in batches of the size tp_lm_loss uses, so each
+ * variant's numbers are the ones tp_lm_loss computes on the loaded model. */
+typedef struct {
+    float *x;        /* (depth_samples, T, d) residual stream; NULL until the variant diverges */
+    int first, last; /* the layers it skips (first = -1: none) */
+    double *loss;    /* where its loss goes */
+} depth_variant;
+
+static tp_status streamed_pass(const tp_model *m, const int32_t *ids, size_t n, int T, size_t B,
+                               const tp_importance_opts *o, imp_state *st, tp_importance *imp) {
+    const tp_config *c = &m->cfg;
+    size_t L = (size_t)c->n_layers, d = (size_t)c->d_model, V = (size_t)c->vocab, Td = (size_t)T * d;
+    size_t ds = (size_t)imp->depth_samples, bs = (size_t)imp->block_size, nb = bs > 0 ? L - bs + 1 : 0;
+    size_t nv = ds ? 1 + L + nb : 0, Bl = loss_batch(T, c->vocab);
+    if (Bl > ds) Bl = ds;
+    tp_forward_opts fo = {imp_hook, st, NULL};
+    double total = o->progress ? o->progress->total : 0, t_depth = 0;
+    float *x = malloc(n * Td * sizeof(float));
+    depth_variant *v = calloc(nv ? nv : 1, sizeof *v);
+    if (!x || !v) {
+        free(x);
+        free(v);
+        return tp_fail(TP_ERR_NOMEM, "importance: out of memory for the residual stream of %zu x %d tokens", n, T);
+    }
+    for (size_t k = 0; k < nv; k++) {
+        v[k].first = k == 0 ? -1 : k <= L ? (int)(k - 1) : (int)(k - 1 - L);
+        v[k].last = k == 0 ? -1 : k <= L ? v[k].first : v[k].first + (int)bs - 1;
+        v[k].loss = k == 0 ? &imp->base_loss : k <= L ? &imp->layer_loss[k - 1] : &imp->block_loss[k - 1 - L];
+    }
+    tp_status s = tp_model_embed_any(m, ids, n * (size_t)T, x);
+    if (!s && nv) {
+        if (!(v[0].x = malloc(ds * Td * sizeof(float)))) s = tp_fail(TP_ERR_NOMEM, "importance: out of memory");
+        else memcpy(v[0].x, x, ds * Td * sizeof(float)); /* the depth samples are the first ones */
+    }
+    for (size_t l = 0; l < L && !s; l++) {
+        s = tp_model_layer_ready(m, (int)l);
+        for (size_t i = 0; i < n && !s; i += B) {
+            size_t b = n - i < B ? n - i : B;
+            st->sample0 = i;
+            s = tp_forward_layer(m, (int)l, x + i * Td, (int)b, T, &fo);
+        }
+        double t0 = tp_time_s();
+        for (size_t k = 1; k < nv && !s; k++)
+            if (v[k].first == (int)l) {
+                if (!(v[k].x = malloc(ds * Td * sizeof(float))))
+                    s = tp_fail(TP_ERR_NOMEM, "importance: out of memory for the layer-removal streams (%zu x %zu "
+                                "floats); use fewer depth samples", nv, ds * Td);
+                else memcpy(v[k].x, v[0].x, ds * Td * sizeof(float));
+            }
+        for (size_t k = 0; k < nv && !s; k++) {
+            if (!v[k].x || (v[k].first <= (int)l && (int)l <= v[k].last)) continue;
+            for (size_t j = 0; j < ds && !s; j += Bl)
+                s = tp_forward_layer(m, (int)l, v[k].x + j * Td, (int)(ds - j < Bl ? ds - j : Bl), T, NULL);
+        }
+        t_depth += tp_time_s() - t0;
+        if (o->progress) tp_progress_update(o->progress, total * 0.95 * (double)(l + 1) / (double)L);
+    }
+    /* the final norm of the importance stream */
+    float *h = s ? NULL : malloc((B > Bl ? B : Bl) * Td * sizeof(float));
+    if (!s && !h) s = tp_fail(TP_ERR_NOMEM, "importance: out of memory");
+    for (size_t i = 0; i < n && !s; i += B) {
+        size_t b = n - i < B ? n - i : B;
+        st->sample0 = i;
+        s = tp_forward_final(m, x + i * Td, b * (size_t)T, h, NULL);
+        if (!s) imp_hook(st, TP_HOOK_FINAL_NORM, (int)L, h, (int)b, T, (int)d);
+    }
+    free(x);
+    /* the losses of the variants, as tp_lm_loss sums them */
+    double t0 = tp_time_s();
+    float *logits = NULL;
+    double *nll = NULL;
+    if (!s && nv) {
+        s = tp_model_stream_head(m);
+        logits = malloc(Bl * (size_t)T * V * sizeof(float));
+        nll = malloc((size_t)T * sizeof(double));
+        if (!s && (!logits || !nll))
+            s = tp_fail(TP_ERR_NOMEM, "importance: out of memory for %zu x %d logits", Bl * (size_t)T, c->vocab);
+    }
+    for (size_t k = 0; k < nv && !s; k++) {
+        double sum = 0;
+        for (size_t j = 0; j < ds && !s; j += Bl) {
+            size_t b = ds - j < Bl ? ds - j : Bl;
+            s = tp_forward_final(m, v[k].x + j * Td, b * (size_t)T, h, logits);
+            for (size_t q = 0; q < b && !s; q++) {
+                tp_nll_rows(logits + q * (size_t)T * V, ids + (j + q) * (size_t)T + 1, (size_t)T - 1, V, nll);
+                for (size_t t = 0; t + 1 < (size_t)T; t++) sum += nll[t];
+            }
+        }
+        if (!s) *v[k].loss = sum / ((double)ds * (double)(T - 1));
+        free(v[k].x);
+        v[k].x = NULL;
+    }
+    tp_model_stream_head_release(m);
+    for (size_t k = 0; k < nv; k++) free(v[k].x);
+    free(v);
+    free(h);
+    free(logits);
+    free(nll);
+    imp->depth_seconds = t_depth + (tp_time_s() - t0);
+    if (o->progress && !s) tp_progress_update(o->progress, total);
+    return s;
+}
+
 /* The forward pass with hooks over every sample; fills the width scores and Block Influence. */
 static tp_status importance_pass(const tp_model *m, const int32_t *ids, size_t n, int T, const tp_importance_opts *o,
                                  tp_importance *imp) {
@@ -399,13 +507,14 @@ static tp_status importance_pass(const tp_model *m, const int32_t *ids, size_t n
     tp_forward_opts fo = {imp_hook, &st, NULL};
     tp_status s = TP_OK;
     double t0 = tp_time_s();
-    for (size_t i = 0; i < n && !s; i += B) {
+    if (m->stream) s = streamed_pass(m, ids, n, T, B, o, &st, imp);
+    for (size_t i = 0; i < n && !s && !m->stream; i += B) {
         size_t b = n - i < B ? n - i : B;
         st.sample0 = i;
         s = tp_forward_ex(m, ids + i * (size_t)T, (int)b, T, NULL, NULL, 0, &fo);
         if (o->progress) tp_progress_update(o->progress, (double)((i + b) * (size_t)T));
     }
-    imp->seconds = tp_time_s() - t0;
+    imp->seconds = tp_time_s() - t0 - imp->depth_seconds;
     imp->tokens_per_s = imp->seconds > 0 ? (double)(n * (size_t)T) / imp->seconds : 0;
     if (!s) {
         double dn = (double)n;
@@ -489,6 +598,8 @@ tp_status tp_importance_compute(const tp_model *m, const int32_t *ids, size_t n,
                        o->block_size, c->n_layers, c->n_layers);
     if (o->block_size > 0 && o->depth_samples == 0)
         return tp_fail(TP_ERR_ARG, "importance: scoring layer blocks needs depth samples > 0");
+    if (o->block_metric && m->stream)
+        return tp_fail(TP_ERR_UNSUPPORTED, "importance: a downstream block metric needs the model loaded, not streamed");
     if (o->block_metric && (!o->block_metric->fn || !o->block_metric->name))
         return tp_fail(TP_ERR_ARG, "importance: block metric without a name or function");
     tp_importance *imp = calloc(1, sizeof *imp);
@@ -533,7 +644,7 @@ tp_status tp_importance_compute(const tp_model *m, const int32_t *ids, size_t n,
         o->progress->done = 0;
     }
     tp_status s = importance_pass(m, ids, n, seq_len, o, imp);
-    if (!s && o->depth_samples > 0) s = depth_pass(m, ids, seq_len, o, imp);
+    if (!s && o->depth_samples > 0 && !m->stream) s = depth_pass(m, ids, seq_len, o, imp);
     if (s) {
         tp_importance_free(imp);
         return s;

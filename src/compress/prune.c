@@ -358,6 +358,9 @@ static void head_rows(const int *heads, int n, int hd, int *rows) {
 
 tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **out) {
     *out = NULL;
+    if (m->stream || !m->tok_emb)
+        return tp_fail(TP_ERR_UNSUPPORTED, "prune: %s is streamed; write the pruned model with tp_prune_export_hf",
+                       m->source ? m->source : "the model");
     tp_status s = tp_prune_plan_check(p, &m->cfg);
     if (s) return s;
     /* the model's own config with the plan's sizes (a plan read back from JSON may name another

@@ -185,6 +185,26 @@ static void add_inplace(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* The final norm of N rows of x into h, then (logits != NULL) the lm_head product. */
+static void final_rows(const tp_model *m, const float *x, size_t N, float *h, float *normw, float *logits) {
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model;
+    norm_rows(c, x, m->final_norm, h, N, d, normw);
+    const float *W = m->lm_head ? m->lm_head : m->stream ? m->stream->head : NULL;
+    if (logits) tp_matmul_wt(h, W, NULL, logits, N, d, (size_t)c->vocab);
+}
+
+tp_status tp_forward_final(const tp_model *m, const float *x, size_t N, float *h, float *logits) {
+    if (logits && !m->lm_head && !(m->stream && m->stream->head))
+        return tp_fail(TP_ERR_ARG, "forward: the streamed model's lm_head is not read (tp_model_stream_head)");
+    size_t d = (size_t)m->cfg.d_model, hd = (size_t)m->cfg.head_dim;
+    float *normw = malloc((d > hd ? d : hd) * sizeof(float));
+    if (!normw) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    final_rows(m, x, N, h, normw, logits);
+    free(normw);
+    return TP_OK;
+}
+
 tp_status tp_forward(const tp_model *m, const int32_t *tokens, int B, int T, tp_kvcache *cache,
                      float *logits, int last_only) {
     return tp_forward_ex(m, tokens, B, T, cache, logits, last_only, NULL);
@@ -257,6 +277,8 @@ tp_status tp_forward_layer(const tp_model *m, int l, float *x, int B, int T, con
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
     if (l < 0 || l >= m->cfg.n_layers)
         return tp_fail(TP_ERR_ARG, "forward: layer %d is outside the model's %d layers", l, m->cfg.n_layers);
+    if (m->stream && m->stream->loaded != l)
+        return tp_fail(TP_ERR_ARG, "forward: layer %d of the streamed model is not the one read (tp_model_layer_ready)", l);
     fwd_buf b;
     tp_status s = alloc_buf(&m->cfg, B, T, T, 0, &b);
     if (s) return s;
@@ -276,6 +298,9 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     const unsigned char *skip = opts ? opts->skip_layer : NULL;
     const tp_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
+    if (m->stream || !m->tok_emb)
+        return tp_fail(TP_ERR_UNSUPPORTED, "forward: %s is streamed (weights read a layer at a time); a whole-model "
+                       "forward needs it loaded", m->source ? m->source : "the model");
     if (cache && cache->B != B)
         return tp_fail(TP_ERR_ARG, "forward: KV cache holds %d sequences, batch is %d", cache->B, B);
     int Tk_max = T;
@@ -304,7 +329,7 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     if (cache)
         for (int s = 0; s < B; s++) cache->len[s] += T;
     if (hook) {
-        norm_rows(c, b.x, m->final_norm, b.h, N, d, b.normw);
+        final_rows(m, b.x, N, b.h, b.normw, NULL);
         hook(user, TP_HOOK_FINAL_NORM, c->n_layers, b.h, B, T, (int)d);
     }
     if (logits) {
@@ -313,10 +338,8 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
                 memcpy(b.proj + (size_t)s * d, b.x + ((size_t)s * T + (size_t)(T - 1)) * d, d * sizeof(float));
             norm_rows(c, b.proj, m->final_norm, b.h, (size_t)B, d, b.normw);
             tp_matmul_wt(b.h, m->lm_head, NULL, logits, (size_t)B, d, V);
-        } else {
-            norm_rows(c, b.x, m->final_norm, b.h, N, d, b.normw);
-            tp_matmul_wt(b.h, m->lm_head, NULL, logits, N, d, V);
-        }
+        } else
+            final_rows(m, b.x, N, b.h, b.normw, logits);
     }
     free_buf(&b);
     return TP_OK;

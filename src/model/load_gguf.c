@@ -246,7 +246,7 @@ static tp_status config_from_gguf(const tp_gguf *g, tp_config *c) {
 
 /* Dequantises tensor name into dst, checking it holds rows x cols in HF layout
  * (ggml ne[0] = cols, ne[1] = rows; a vector has rows == 1). */
-static tp_status load_tensor(const tp_gguf *g, const char *name, float *dst, size_t rows, size_t cols) {
+tp_status tp_gguf_load_tensor(const tp_gguf *g, const char *name, float *dst, size_t rows, size_t cols) {
     const tp_gguf_tensor *t = tp_gguf_find_tensor(g, name);
     if (!t) return tp_fail(TP_ERR_FORMAT, "%s: tensor %s is missing", g->path, name);
     int ok = rows == 1 ? (t->n_dims == 1 && t->ne[0] == cols)
@@ -269,7 +269,7 @@ static tp_status load_layer(const tp_gguf *g, const tp_config *c, int l, tp_laye
 #define LOAD(suffix, dst, rows, cols)                                  \
     do {                                                               \
         snprintf(name, sizeof name, "blk.%d.%s", l, suffix);           \
-        if ((s = load_tensor(g, name, dst, rows, cols))) return s;     \
+        if ((s = tp_gguf_load_tensor(g, name, dst, rows, cols))) return s;     \
     } while (0)
     LOAD("attn_norm.weight", L->attn_norm, 1, d);
     LOAD("ffn_norm.weight", L->mlp_norm, 1, d);
@@ -303,18 +303,21 @@ static tp_status load_layer(const tp_gguf *g, const tp_config *c, int l, tp_laye
 }
 
 /* llama.cpp's converter stores Gemma's norm weights as 1 + w; taper keeps w (HF's convention). */
-static void unshift_norms(tp_model *m) {
-    const tp_config *c = &m->cfg;
+static void unshift_layer(const tp_config *c, tp_layer *L) {
     size_t d = (size_t)c->d_model, hd = (size_t)c->head_dim;
-    for (size_t i = 0; i < d; i++) m->final_norm[i] -= 1.0f;
-    for (int l = 0; l < c->n_layers; l++) {
-        tp_layer *L = &m->layers[l];
-        float *v[] = {L->attn_norm, L->mlp_norm, L->attn_post_norm, L->mlp_post_norm, L->q_norm, L->k_norm};
-        size_t n[] = {d, d, d, d, hd, hd};
-        for (int k = 0; k < 6; k++)
-            for (size_t i = 0; v[k] && i < n[k]; i++) v[k][i] -= 1.0f;
-    }
+    float *v[] = {L->attn_norm, L->mlp_norm, L->attn_post_norm, L->mlp_post_norm, L->q_norm, L->k_norm};
+    size_t n[] = {d, d, d, d, hd, hd};
+    for (int k = 0; k < 6; k++)
+        for (size_t i = 0; v[k] && i < n[k]; i++) v[k][i] -= 1.0f;
 }
+
+tp_status tp_gguf_load_layer(const tp_gguf *g, const tp_config *c, int l, tp_layer *L, float *tmp) {
+    tp_status s = load_layer(g, c, l, L, tmp);
+    if (!s && c->norm_plus_one) unshift_layer(c, L);
+    return s;
+}
+
+tp_status tp_gguf_config(const tp_gguf *g, tp_config *c) { return config_from_gguf(g, c); }
 
 tp_status tp_config_load_gguf(const char *path, tp_config *c) {
     tp_gguf *g = NULL;
@@ -322,6 +325,20 @@ tp_status tp_config_load_gguf(const char *path, tp_config *c) {
     if (!s) s = config_from_gguf(g, c);
     tp_gguf_close(g);
     return s;
+}
+
+tp_status tp_gguf_load_meta(const tp_gguf *g, const char *path, tp_model *m) {
+    tp_status s;
+    /* a file without tokenizer.ggml.model has no tokenizer (as an HF folder without tokenizer.json) */
+    if (tp_gguf_find(g, "tokenizer.ggml.model") && (s = tp_tok_load_gguf(g, &m->tok)))
+        return tp_fail_ctx(s, "%s: tokenizer: ", path);
+    /* a template of another type is ignored; running out of memory is an error */
+    if (tp_gguf_find(g, "tokenizer.chat_template") &&
+        tp_gguf_get_str(g, "tokenizer.chat_template", &m->chat_template) == TP_ERR_NOMEM)
+        return TP_ERR_NOMEM;
+    m->source = strdup(path);
+    m->source_format = strdup("gguf");
+    return m->source && m->source_format ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
 }
 
 tp_status tp_model_load_gguf(const char *path, tp_model **out) {
@@ -336,27 +353,15 @@ tp_status tp_model_load_gguf(const char *path, tp_model **out) {
     if ((s = tp_model_alloc(&c, &m))) goto done;
     tmp = malloc((size_t)c.n_heads * c.head_dim * c.d_model * sizeof(float));
     if (!tmp) { s = tp_fail(TP_ERR_NOMEM, "out of memory"); goto done; }
-    if ((s = load_tensor(g, "token_embd.weight", m->tok_emb, (size_t)c.vocab, (size_t)c.d_model))) goto done;
-    if ((s = load_tensor(g, "output_norm.weight", m->final_norm, 1, (size_t)c.d_model))) goto done;
+    if ((s = tp_gguf_load_tensor(g, "token_embd.weight", m->tok_emb, (size_t)c.vocab, (size_t)c.d_model))) goto done;
+    if ((s = tp_gguf_load_tensor(g, "output_norm.weight", m->final_norm, 1, (size_t)c.d_model))) goto done;
     if (!c.tie_embeddings &&
-        (s = load_tensor(g, "output.weight", m->lm_head, (size_t)c.vocab, (size_t)c.d_model))) goto done;
-    for (int l = 0; l < c.n_layers && !s; l++) s = load_layer(g, &c, l, &m->layers[l], tmp);
+        (s = tp_gguf_load_tensor(g, "output.weight", m->lm_head, (size_t)c.vocab, (size_t)c.d_model))) goto done;
+    for (int l = 0; l < c.n_layers && !s; l++) s = tp_gguf_load_layer(g, &c, l, &m->layers[l], tmp);
     if (s) goto done;
-    if (c.norm_plus_one) unshift_norms(m);
-    /* a file without tokenizer.ggml.model has no tokenizer (as an HF folder without tokenizer.json) */
-    if (tp_gguf_find(g, "tokenizer.ggml.model") && (s = tp_tok_load_gguf(g, &m->tok))) {
-        s = tp_fail_ctx(s, "%s: tokenizer: ", path);
-        goto done;
-    }
-    /* a template of another type is ignored; running out of memory is an error */
-    if (tp_gguf_find(g, "tokenizer.chat_template") &&
-        tp_gguf_get_str(g, "tokenizer.chat_template", &m->chat_template) == TP_ERR_NOMEM) {
-        s = TP_ERR_NOMEM;
-        goto done;
-    }
-    m->source = strdup(path);
-    m->source_format = strdup("gguf");
-    if (!m->source || !m->source_format) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    if (c.norm_plus_one)
+        for (int i = 0; i < c.d_model; i++) m->final_norm[i] -= 1.0f;
+    s = tp_gguf_load_meta(g, path, m);
 done:
     free(tmp);
     tp_gguf_close(g);

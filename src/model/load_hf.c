@@ -11,6 +11,7 @@
 #include "taper/safetensors.h"
 #include "taper/util.h"
 #include "core/internal.h"
+#include "model_internal.h"
 
 static tp_status load_st(const tp_safetensors *st, const char *dir, const char *name, float *dst, size_t rows,
                          size_t cols) {
@@ -27,15 +28,18 @@ static tp_status load_st(const tp_safetensors *st, const char *dir, const char *
     return TP_OK;
 }
 
-/* Every tensor of the model's table (tp_model_tensors: HF names and shapes) from the file. */
-static tp_status load_tensors(const tp_safetensors *st, const char *dir, tp_model *m) {
+/* The tensors of the model's table (tp_model_tensors: HF names and shapes) whose names start with
+ * prefix, from the file. */
+tp_status tp_hf_load_prefix(const tp_safetensors *st, const char *dir, const tp_model *m, const char *prefix) {
     int n = tp_model_tensors(m, NULL, 0);
     tp_tensor_ref *refs = malloc((size_t)n * sizeof *refs);
     if (!refs) return tp_fail(TP_ERR_NOMEM, "out of memory");
     tp_model_tensors(m, refs, n);
+    size_t pl = strlen(prefix);
     tp_status s = TP_OK;
     for (int i = 0; i < n && !s; i++)
-        s = load_st(st, dir, refs[i].name, refs[i].data, refs[i].rows ? refs[i].rows : 1, refs[i].cols);
+        if (refs[i].data && strncmp(refs[i].name, prefix, pl) == 0)
+            s = load_st(st, dir, refs[i].name, refs[i].data, refs[i].rows ? refs[i].rows : 1, refs[i].cols);
     free(refs);
     return s;
 }
@@ -82,9 +86,23 @@ static tp_status load_tok_gguf(const char *dir, tp_tokenizer **tok) {
     return s;
 }
 
+tp_status tp_hf_load_meta(const char *dir, tp_model *m) {
+    char *tok_path = tp_path_join(dir, "tokenizer.json");
+    if (!tok_path) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status s = TP_OK;
+    if (access(tok_path, R_OK) == 0) s = tp_tok_load_json(tok_path, &m->tok);
+    free(tok_path);
+    if (!s && !m->tok) s = load_tok_gguf(dir, &m->tok);
+    if (!s) s = read_chat_template(dir, &m->chat_template);
+    if (s) return s;
+    m->source = strdup(dir);
+    m->source_format = strdup("hf");
+    return m->source && m->source_format ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
+}
+
 tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     *out = NULL;
-    char *cfg_path = tp_path_join(dir, "config.json"), *json = NULL, *tok_path = NULL;
+    char *cfg_path = tp_path_join(dir, "config.json"), *json = NULL;
     tp_safetensors *st = NULL;
     tp_model *m = NULL;
     tp_config c;
@@ -94,23 +112,12 @@ tp_status tp_model_load_hf(const char *dir, tp_model **out) {
     if ((s = tp_config_from_json(json, cfg_path, &c))) goto done;
     if ((s = tp_st_open(dir, &st))) goto done;
     if ((s = tp_model_alloc(&c, &m))) goto done;
-    if ((s = load_tensors(st, dir, m))) goto done;
-    tok_path = tp_path_join(dir, "tokenizer.json");
-    if (!tok_path) {
-        s = tp_fail(TP_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    if (access(tok_path, R_OK) == 0 && (s = tp_tok_load_json(tok_path, &m->tok))) goto done;
-    if (!m->tok && (s = load_tok_gguf(dir, &m->tok))) goto done;
-    if ((s = read_chat_template(dir, &m->chat_template))) goto done;
-    m->source = strdup(dir);
-    m->source_format = strdup("hf");
-    if (!m->source || !m->source_format) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    if ((s = tp_hf_load_prefix(st, dir, m, ""))) goto done;
+    s = tp_hf_load_meta(dir, m);
 done:
     tp_st_close(st);
     free(cfg_path);
     free(json);
-    free(tok_path);
     if (s) tp_model_free(m);
     else *out = m;
     return s;

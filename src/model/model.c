@@ -21,39 +21,54 @@ static float *take(cursor *cu, size_t n) {
     return p;
 }
 
+/* Sets the views of one layer at the cursor. */
+static void layout_layer(const tp_config *c, tp_layer *L, cursor *cu) {
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
+           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff;
+    L->attn_norm = take(cu, d);
+    L->wq = take(cu, q * d);
+    L->wk = take(cu, kv * d);
+    L->wv = take(cu, kv * d);
+    L->bq = c->attn_bias ? take(cu, q) : NULL;
+    L->bk = c->attn_bias ? take(cu, kv) : NULL;
+    L->bv = c->attn_bias ? take(cu, kv) : NULL;
+    L->wo = take(cu, d * q);
+    L->mlp_norm = take(cu, d);
+    L->w_gate = take(cu, ff * d);
+    L->w_up = take(cu, ff * d);
+    L->w_down = take(cu, d * ff);
+    L->q_norm = c->qk_norm ? take(cu, (size_t)c->head_dim) : NULL;
+    L->k_norm = c->qk_norm ? take(cu, (size_t)c->head_dim) : NULL;
+    L->attn_post_norm = c->sandwich_norm ? take(cu, d) : NULL;
+    L->mlp_post_norm = c->sandwich_norm ? take(cu, d) : NULL;
+}
+
 /* Sets every view in a fixed order (embeddings, layers, final norm, lm_head) and returns
  * the number of floats used; with base == NULL the views are NULL and only the count matters. */
 static size_t layout(tp_model *m, float *base) {
     const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
-           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff, V = (size_t)c->vocab;
+    size_t d = (size_t)c->d_model, V = (size_t)c->vocab;
     cursor cu = {base, 0};
     m->tok_emb = take(&cu, V * d);
-    for (int l = 0; l < c->n_layers; l++) {
-        tp_layer *L = &m->layers[l];
-        L->attn_norm = take(&cu, d);
-        L->wq = take(&cu, q * d);
-        L->wk = take(&cu, kv * d);
-        L->wv = take(&cu, kv * d);
-        L->bq = c->attn_bias ? take(&cu, q) : NULL;
-        L->bk = c->attn_bias ? take(&cu, kv) : NULL;
-        L->bv = c->attn_bias ? take(&cu, kv) : NULL;
-        L->wo = take(&cu, d * q);
-        L->mlp_norm = take(&cu, d);
-        L->w_gate = take(&cu, ff * d);
-        L->w_up = take(&cu, ff * d);
-        L->w_down = take(&cu, d * ff);
-        L->q_norm = c->qk_norm ? take(&cu, (size_t)c->head_dim) : NULL;
-        L->k_norm = c->qk_norm ? take(&cu, (size_t)c->head_dim) : NULL;
-        L->attn_post_norm = c->sandwich_norm ? take(&cu, d) : NULL;
-        L->mlp_post_norm = c->sandwich_norm ? take(&cu, d) : NULL;
-    }
+    for (int l = 0; l < c->n_layers; l++) layout_layer(c, &m->layers[l], &cu);
     m->final_norm = take(&cu, d);
     m->lm_head = c->tie_embeddings ? m->tok_emb : take(&cu, V * d);
     return cu.off;
 }
 
-tp_status tp_model_alloc(const tp_config *c, tp_model **out) {
+/* The streamed layout: one layer buffer that every layer's views share, then the final norm; no
+ * embedding or lm_head. */
+static size_t layout_streamed(tp_model *m, float *base) {
+    cursor cu = {base, 0};
+    tp_layer slot;
+    layout_layer(&m->cfg, &slot, &cu);
+    for (int l = 0; l < m->cfg.n_layers; l++) m->layers[l] = slot;
+    m->final_norm = take(&cu, (size_t)m->cfg.d_model);
+    m->tok_emb = m->lm_head = NULL;
+    return cu.off;
+}
+
+static tp_status alloc_with(const tp_config *c, size_t (*lay)(tp_model *, float *), tp_model **out) {
     *out = NULL;
     tp_status s = tp_config_validate(c);
     if (s) return s;
@@ -65,7 +80,7 @@ tp_status tp_model_alloc(const tp_config *c, tp_model **out) {
         free(m);
         return tp_fail(TP_ERR_NOMEM, "out of memory");
     }
-    size_t n = layout(m, NULL);
+    size_t n = lay(m, NULL);
     m->n_params = n;
     m->params = calloc(n, sizeof(float));
     if (!m->params) {
@@ -73,14 +88,19 @@ tp_status tp_model_alloc(const tp_config *c, tp_model **out) {
         return tp_fail(TP_ERR_NOMEM, "cannot allocate %zu parameters (%.1f GiB)", n,
                        (double)n * 4 / (1u << 30));
     }
-    layout(m, m->params);
+    lay(m, m->params);
     *out = m;
     return TP_OK;
 }
 
+tp_status tp_model_alloc(const tp_config *c, tp_model **out) { return alloc_with(c, layout, out); }
+
+tp_status tp_model_alloc_streamed(const tp_config *c, tp_model **out) { return alloc_with(c, layout_streamed, out); }
+
 void tp_model_free(tp_model *m) {
     if (!m) return;
     if (m->params) tp_gemm_bf16_forget_range(m->params, m->n_params);
+    tp_stream_close(m);
     free(m->params);
     free(m->layers);
     tp_tok_free(m->tok);

@@ -10,6 +10,35 @@ void tp_rope_rows_unpermute(const float *gguf_rows, float *hf_rows, int n_heads,
 void tp_rope_rows_permute(const float *hf_rows, float *gguf_rows, int n_heads, int head_dim, size_t cols);
 
 #include "taper/model.h"
+#include "taper/gguf.h"
+#include "taper/safetensors.h"
+
+/* ---- streamed models (stream.c) ---- */
+struct tp_stream {
+    tp_safetensors *st;  /* an HF folder's tensors, or */
+    tp_gguf *g;          /* a GGUF file's */
+    int loaded;          /* the layer the shared layer buffer holds; -1: none */
+    float *tmp;          /* GGUF Q/K rows before unpermuting (n_heads*head_dim x d_model) */
+    float *head;         /* the lm_head read by tp_model_stream_head, or NULL */
+};
+/* A model whose layer views all share one layer buffer, with a final norm and no embedding or
+ * lm_head (n_params counts that buffer): a streamed model's storage, or a shell that names the
+ * tensors of a model being written tensor by tensor. */
+tp_status tp_model_alloc_streamed(const tp_config *c, tp_model **out);
+/* Frees m->stream (closes its file); tp_model_free calls it. */
+void tp_stream_close(tp_model *m);
+/* Loaders' pieces that the streamed model reuses, so that streamed and loaded weights are the
+ * same bits. HF: the tensors of m's table (tp_model_tensors) whose names start with prefix. */
+tp_status tp_hf_load_prefix(const tp_safetensors *st, const char *dir, const tp_model *m, const char *prefix);
+/* The tokenizer, chat template, source and source_format of a model, as the loaders set them. */
+tp_status tp_hf_load_meta(const char *dir, tp_model *m);
+tp_status tp_gguf_load_meta(const tp_gguf *g, const char *path, tp_model *m);
+/* GGUF: the config from the header; one layer into L (Q/K rows unpermuted through tmp, Gemma's
+ * norms shifted back); one tensor by its GGUF name, checked to be rows x cols in HF layout. */
+tp_status tp_gguf_config(const tp_gguf *g, tp_config *c);
+tp_status tp_gguf_load_layer(const tp_gguf *g, const tp_config *c, int l, tp_layer *L, float *tmp);
+tp_status tp_gguf_load_tensor(const tp_gguf *g, const char *name, float *dst, size_t rows, size_t cols);
+
 /* llama.cpp's rope_freqs.weight for a llama3-scaled config (head_dim/2 factors), as its converter
  * computes them (load_gguf.c). */
 void tp_rope_llama3_factors(const tp_config *c, float *f);

@@ -109,8 +109,17 @@ int tp_model_hf_tokenizer_note(const char *dir, char *buf, size_t n) {
     return has;
 }
 
+/* A streamed model holds one layer at a time: whole-model writers refuse it. */
+static tp_status not_streamed(const tp_model *m, const char *what) {
+    if (!m->stream && m->tok_emb) return TP_OK;
+    return tp_fail(TP_ERR_UNSUPPORTED, "%s: %s is streamed (weights read a layer at a time); export it through the "
+                   "streamed pruning path, or load it", what, m->source ? m->source : "the model");
+}
+
 tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype) {
     const tp_config *c = &m->cfg;
+    tp_status s0 = not_streamed(m, "HF export");
+    if (s0) return s0;
     tp_st_dtype dt;
     if (!dtype || strcmp(dtype, "F32") == 0) dt = TP_ST_F32;
     else if (strcmp(dtype, "F16") == 0) dt = TP_ST_F16;
@@ -231,6 +240,8 @@ static tp_status gguf_metadata(const tp_model *m, tp_gguf_writer *w, const char 
 
 tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type) {
     const tp_config *c = &m->cfg;
+    tp_status s0 = not_streamed(m, "GGUF export");
+    if (s0) return s0;
     tp_ggml_type t = (tp_ggml_type)ggml_type;
     if (ftype_of(t) < 0)
         return tp_fail(TP_ERR_ARG, "GGUF export: type %s is not one of F32, F16, BF16, Q8_0", tp_ggml_type_name(t));

@@ -1,0 +1,205 @@
+/* Streamed models (weights read from the file a layer at a time): every layer, embedding row,
+ * lm_head row and the final norm read by a streamed model equal the loaded model's bit for bit
+ * (HF safetensors of every tiny family, SmolLM2's Q4_1 GGUF, Gemma 3's Q4_K_M GGUF); the streamed
+ * importance pass (layer-major, one read per layer) gives exactly the loaded model's scores and
+ * layer-removal losses; whole-model operations refuse a streamed model. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "taper/compress.h"
+#include "taper/model.h"
+#include "taper/rng.h"
+#include "taper/util.h"
+#include "tt.h"
+
+/* The models both paths are compared on: the tiny HF fixtures, then the GGUFs when present. */
+static const char *const tiny_names[] = {"llama3", "qwen2", "mistral_window", "qwen3", "gemma3"};
+#define N_TINY (int)(sizeof tiny_names / sizeof tiny_names[0])
+
+static char *model_path(int i) {
+    if (i < N_TINY) {
+        char *dir = tt_path(tt_fixtures_dir(), "tiny");
+        char *p = tt_path(dir, tiny_names[i]);
+        free(dir);
+        return p;
+    }
+    if (i == N_TINY) return tt_model_path() ? strdup(tt_model_path()) : NULL;
+    return tt_gemma3_path();
+}
+#define N_MODELS (N_TINY + 2)
+
+static int same_floats(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+TT_TEST(stream_weights_match_loaded) {
+    int compared = 0;
+    for (int i = 0; i < N_MODELS; i++) {
+        char *p = model_path(i);
+        if (!p) {
+            tt_note("model %d not present: not compared", i);
+            continue;
+        }
+        tp_model *a = NULL, *b = NULL;
+        if (!TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_model_open_streamed(p, &b) == TP_OK, "%s: %s", p,
+                      tp_errmsg())) {
+            tp_model_free(a);
+            tp_model_free(b);
+            free(p);
+            continue;
+        }
+        const tp_config *c = &a->cfg;
+        size_t d = (size_t)c->d_model, V = (size_t)c->vocab;
+        TT_CHECK(tp_model_is_streamed(b) && !tp_model_is_streamed(a), "%s: kinds", p);
+        TT_CHECK(memcmp(&a->cfg, &b->cfg, sizeof a->cfg) == 0, "%s: same config", p);
+        TT_CHECK((!a->tok && !b->tok) || (a->tok && b->tok && tp_tok_vocab_size(a->tok) == tp_tok_vocab_size(b->tok)),
+                 "%s: tokenizer", p);
+        TT_CHECK((!a->chat_template && !b->chat_template) ||
+                 (a->chat_template && b->chat_template && !strcmp(a->chat_template, b->chat_template)),
+                 "%s: chat template", p);
+        TT_CHECK(same_floats(a->final_norm, b->final_norm, d), "%s: final norm", p);
+        /* the streamed model's memory: one layer and the final norm */
+        TT_CHECK(b->n_params < a->n_params / (size_t)c->n_layers + d + 1, "%s: streamed buffer %zu floats", p,
+                 b->n_params);
+        int n = tp_model_tensors(a, NULL, 0);
+        tp_tensor_ref *ra = malloc((size_t)n * sizeof *ra), *rb = malloc((size_t)n * sizeof *rb);
+        tp_model_tensors(a, ra, n);
+        TT_CHECK(tp_model_tensors(b, rb, n) == n, "%s: the same tensor table", p);
+        /* layers read in a scrambled order: each read replaces the previous one */
+        for (int k = 0; k < c->n_layers; k++) {
+            int l = (k * 7 + 3) % c->n_layers;
+            if (c->n_layers % 7 == 0) l = c->n_layers - 1 - k;
+            if (!TT_CHECK(tp_model_layer_ready(b, l) == TP_OK, "%s layer %d: %s", p, l, tp_errmsg())) break;
+            char prefix[48];
+            snprintf(prefix, sizeof prefix, "model.layers.%d.", l);
+            int seen = 0;
+            for (int t = 0; t < n; t++) {
+                if (strncmp(ra[t].name, prefix, strlen(prefix))) continue;
+                size_t ne = ra[t].rows ? ra[t].rows * ra[t].cols : ra[t].cols;
+                seen++;
+                TT_CHECK(!strcmp(ra[t].name, rb[t].name) && same_floats(ra[t].data, rb[t].data, ne), "%s: %s differs",
+                         p, ra[t].name);
+            }
+            TT_CHECK(seen >= 9, "%s: layer %d has %d tensors", p, l, seen);
+        }
+        size_t rows[] = {0, 1, V / 2, V - 1};
+        float *row = malloc(d * sizeof(float));
+        for (int h = 0; h < 2; h++)
+            for (size_t r = 0; r < 4; r++) {
+                TT_CHECK(tp_model_rows(b, h, rows[r], 1, row) == TP_OK, "%s: row", p);
+                TT_CHECK(same_floats(row, (h ? a->lm_head : a->tok_emb) + rows[r] * d, d), "%s: %s row %zu", p,
+                         h ? "lm_head" : "embedding", rows[r]);
+            }
+        TT_CHECK(tp_model_rows(b, 0, V - 1, 2, row) != TP_OK && strstr(tp_errmsg(), "outside the vocabulary"),
+                 "%s: a row past the vocabulary is refused: %s", p, tp_errmsg());
+        TT_CHECK(tp_model_stream_head(b) == TP_OK, "%s: head", p);
+        float *ha = malloc(2 * d * sizeof(float)), *hb = malloc(2 * V * sizeof(float)),
+              *hc = malloc(2 * V * sizeof(float)), *x = malloc(2 * d * sizeof(float));
+        for (size_t j = 0; j < 2 * d; j++) x[j] = (float)sin((double)j * 0.37) * 3.0f;
+        TT_CHECK(tp_forward_final(a, x, 2, ha, hb) == TP_OK && tp_forward_final(b, x, 2, ha, hc) == TP_OK &&
+                 same_floats(hb, hc, 2 * V), "%s: final norm and lm_head give the same logits", p);
+        tp_model_stream_head_release(b);
+        TT_CHECK(tp_forward_final(b, x, 2, ha, hc) != TP_OK, "%s: logits without the lm_head are refused", p);
+        free(ha); free(hb); free(hc); free(x); free(row); free(ra); free(rb);
+        compared++;
+        tp_model_free(a);
+        tp_model_free(b);
+        free(p);
+    }
+    TT_CHECK(compared >= N_TINY, "compared %d models", compared);
+}
+
+/* Random calibration ids (every family's tokens are < vocab). */
+static int32_t *random_ids(size_t n, int V, uint64_t seed) {
+    int32_t *ids = malloc(n * sizeof *ids);
+    tp_rng r;
+    tp_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) ids[i] = (int32_t)(tp_rng_u64(&r) % (uint64_t)V);
+    return ids;
+}
+
+static int same_doubles(const double *a, const double *b, size_t n) {
+    if (!a || !b) return a == b;
+    return memcmp(a, b, n * sizeof(double)) == 0;
+}
+
+TT_TEST(stream_importance_is_identical) {
+    int compared = 0;
+    for (int i = 0; i < N_MODELS; i++) {
+        char *p = model_path(i);
+        if (!p) continue;
+        tp_model *a = NULL, *b = NULL;
+        if (!TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_model_open_streamed(p, &b) == TP_OK, "%s: %s", p,
+                      tp_errmsg())) {
+            tp_model_free(a);
+            tp_model_free(b);
+            free(p);
+            continue;
+        }
+        const tp_config *c = &a->cfg;
+        int T = i < N_TINY ? 24 : 16;
+        size_t n = 7;
+        int32_t *ids = random_ids(n * (size_t)T, c->vocab < 4000 ? c->vocab : 4000, 11 + (uint64_t)i);
+        tp_importance_opts o;
+        tp_importance_opts_default(&o);
+        o.batch = 3;        /* 3 + 3 + 1: a partial last batch */
+        o.depth_samples = 5;
+        o.block_size = c->n_layers > 2 ? 2 : 1;
+        tp_importance *x = NULL, *y = NULL;
+        TT_CHECK(tp_importance_compute(a, ids, n, T, &o, &x) == TP_OK, "%s loaded: %s", p, tp_errmsg());
+        TT_CHECK(tp_importance_compute(b, ids, n, T, &o, &y) == TP_OK, "%s streamed: %s", p, tp_errmsg());
+        if (x && y) {
+            size_t L = (size_t)c->n_layers, P = TP_AGG_PAIRS;
+            TT_CHECK(same_doubles(x->heads, y->heads, P * L * (size_t)c->n_heads), "%s: heads", p);
+            TT_CHECK(same_doubles(x->kv_groups, y->kv_groups, P * L * (size_t)c->n_kv_heads), "%s: kv groups", p);
+            TT_CHECK(same_doubles(x->neurons, y->neurons, P * L * (size_t)c->d_ff), "%s: neurons", p);
+            TT_CHECK(same_doubles(x->channels, y->channels, P * (size_t)c->d_model), "%s: channels", p);
+            TT_CHECK(same_doubles(x->block_influence, y->block_influence, L), "%s: block influence", p);
+            TT_CHECK(x->base_loss == y->base_loss && isfinite(x->base_loss), "%s: base loss %.17g vs %.17g", p,
+                     x->base_loss, y->base_loss);
+            TT_CHECK(same_doubles(x->layer_loss, y->layer_loss, L), "%s: layer-removal losses", p);
+            TT_CHECK(y->block_loss && same_doubles(x->block_loss, y->block_loss, L - (size_t)o.block_size + 1), "%s: block losses", p);
+            TT_CHECK(x->layer_loss[0] != x->layer_loss[L - 1], "%s: the losses are not all one value", p);
+            compared++;
+        }
+        tp_importance_free(x);
+        tp_importance_free(y);
+        free(ids);
+        tp_model_free(a);
+        tp_model_free(b);
+        free(p);
+    }
+    TT_CHECK(compared >= N_TINY, "compared %d models", compared);
+}
+
+TT_TEST(stream_refuses_whole_model_operations) {
+    char *dir = tt_path(tt_fixtures_dir(), "tiny"), *p = tt_path(dir, "llama3");
+    tp_model *b = NULL;
+    if (!TT_CHECK(tp_model_open_streamed(p, &b) == TP_OK, "%s", tp_errmsg())) goto done;
+    int32_t ids[4] = {1, 2, 3, 4};
+    float *logits = malloc(4 * (size_t)b->cfg.vocab * sizeof(float));
+    TT_CHECK(tp_forward(b, ids, 1, 4, NULL, logits, 0) != TP_OK && strstr(tp_errmsg(), "streamed"),
+             "forward: %s", tp_errmsg());
+    free(logits);
+    float *x = calloc(4 * (size_t)b->cfg.d_model, sizeof(float));
+    TT_CHECK(tp_forward_layer(b, 1, x, 1, 4, NULL) != TP_OK && strstr(tp_errmsg(), "not the one read"),
+             "a layer not read: %s", tp_errmsg());
+    TT_CHECK(tp_model_layer_ready(b, 1) == TP_OK && tp_forward_layer(b, 1, x, 1, 4, NULL) == TP_OK, "%s",
+             tp_errmsg());
+    TT_CHECK(tp_model_layer_ready(b, b->cfg.n_layers) != TP_OK, "a layer past the last");
+    free(x);
+    char *out = tt_path(tt_tmp_dir(), "stream-refused");
+    TT_CHECK(tp_model_save_hf(b, out, "F32") != TP_OK && strstr(tp_errmsg(), "streamed"), "HF export: %s",
+             tp_errmsg());
+    char *gg = tt_path(tt_tmp_dir(), "stream-refused.gguf");
+    TT_CHECK(tp_model_save_gguf(b, gg, 0) != TP_OK && strstr(tp_errmsg(), "streamed"), "GGUF export: %s",
+             tp_errmsg());
+    free(out);
+    free(gg);
+    TT_CHECK(!strcmp(tp_model_source_dtype(b), "F32"), "the tiny fixtures are stored in F32: %s",
+             tp_model_source_dtype(b));
+done:
+    tp_model_free(b);
+    free(p);
+    free(dir);
+}
