@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "taper/compress.h"
 #include "taper/model.h"
@@ -202,4 +203,100 @@ done:
     tp_model_free(b);
     free(p);
     free(dir);
+}
+
+/* 1 when the two files have the same bytes. */
+static int same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    int ok = tp_read_file(a, &x, &nx) == TP_OK && tp_read_file(b, &y, &ny) == TP_OK && nx == ny && !memcmp(x, y, nx);
+    free(x);
+    free(y);
+    return ok;
+}
+
+static void rm_dir(const char *d) {
+    if (d) tt_sh("rm -rf '%s'", d);
+}
+
+/* The pruned HF folder written tensor by tensor from a streamed (and a loaded) model has the bytes
+ * of the one tp_prune_apply + tp_model_save_hf write: width and depth cut at once. */
+TT_TEST(stream_prune_export_is_identical) {
+    int compared = 0;
+    for (int i = 0; i <= N_TINY; i++) {
+        char *p = model_path(i);
+        if (!p) continue;
+        tp_model *a = NULL, *b = NULL;
+        if (!TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_model_open_streamed(p, &b) == TP_OK, "%s: %s", p,
+                      tp_errmsg())) {
+            tp_model_free(a);
+            tp_model_free(b);
+            free(p);
+            continue;
+        }
+        const tp_config *c = &a->cfg;
+        int T = 16;
+        size_t n = 4;
+        int32_t *ids = random_ids(n * (size_t)T, c->vocab < 4000 ? c->vocab : 4000, 5 + (uint64_t)i);
+        tp_importance_opts o;
+        tp_importance_opts_default(&o);
+        o.depth_samples = 0;
+        tp_importance *imp = NULL;
+        tp_prune_plan *plan = NULL;
+        tp_model *pm = NULL;
+        int rep = c->n_heads / c->n_kv_heads;
+        tp_prune_shape sh = {c->d_model * 3 / 4 / 8 * 8, c->d_ff / 2, rep > 1 ? c->n_kv_heads * (rep - 1) : 0, 0, 0};
+        int drop[1] = {c->n_layers > 2 ? 1 : 0};
+        int ok = TT_CHECK(tp_importance_compute(a, ids, n, T, &o, &imp) == TP_OK, "%s: %s", p, tp_errmsg()) &&
+                 TT_CHECK(tp_prune_plan_make(c, imp, -1, &sh, TP_DEPTH_LIST, drop, 1, &plan) == TP_OK, "%s plan: %s",
+                          p, tp_errmsg()) &&
+                 TT_CHECK(tp_prune_apply(a, plan, &pm) == TP_OK, "%s apply: %s", p, tp_errmsg());
+        char name[64];
+        snprintf(name, sizeof name, "stream-export-%d", i);
+        char *da = tt_path(tt_tmp_dir(), name), *db = NULL, *dc = NULL;
+        snprintf(name, sizeof name, "stream-export-%d-s", i);
+        db = tt_path(tt_tmp_dir(), name);
+        snprintf(name, sizeof name, "stream-export-%d-l", i);
+        dc = tt_path(tt_tmp_dir(), name);
+        const char *dt = i % 2 ? "BF16" : "F32";
+        if (ok) {
+            pm->tok = a->tok;
+            ok = TT_CHECK(tp_model_save_hf(pm, da, dt) == TP_OK, "%s save: %s", p, tp_errmsg());
+            pm->tok = NULL;
+            tp_progress prog;
+            tp_progress_begin(&prog, "export", 0, "layers");
+            ok = ok && TT_CHECK(tp_prune_export_hf(b, plan, db, dt, &prog) == TP_OK, "%s streamed export: %s", p,
+                                tp_errmsg());
+            tp_progress_end(&prog);
+            TT_CHECK(prog.done == plan->cfg.n_layers, "%s: progress counted %g of %d layers", p, prog.done,
+                     plan->cfg.n_layers);
+            ok = ok && TT_CHECK(tp_prune_export_hf(a, plan, dc, dt, NULL) == TP_OK, "%s loaded export: %s", p,
+                                tp_errmsg());
+        }
+        if (ok) {
+            const char *files[] = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"};
+            for (int f = 0; f < 4; f++) {
+                char *fa = tt_path(da, files[f]), *fb = tt_path(db, files[f]), *fc = tt_path(dc, files[f]);
+                int present = access(fa, R_OK) == 0;
+                TT_CHECK(present || f == 3, "%s: %s written", p, files[f]);
+                TT_CHECK(!present || (same_file(fa, fb) && same_file(fa, fc)), "%s: %s differs", p, files[f]);
+                free(fa); free(fb); free(fc);
+            }
+            tp_model *back = NULL;
+            TT_CHECK(tp_model_load(db, &back) == TP_OK && back->cfg.n_layers == c->n_layers - 1 &&
+                     back->cfg.d_model == sh.d_model, "%s: the streamed export loads: %s", p, tp_errmsg());
+            tp_model_free(back);
+            compared++;
+        }
+        rm_dir(da); rm_dir(db); rm_dir(dc);
+        free(da); free(db); free(dc);
+        tp_model_free(pm);
+        tp_prune_plan_free(plan);
+        tp_importance_free(imp);
+        free(ids);
+        tp_model_free(a);
+        tp_model_free(b);
+        free(p);
+    }
+    TT_CHECK(compared >= N_TINY, "compared %d models", compared);
 }

@@ -165,6 +165,13 @@ tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src);
 /* The pruned model: gathered rows/columns of m (tied lm_head stays tied). out->tok is NULL (the
  * vocabulary is unchanged, so the caller may move m->tok over); the chat template is copied. */
 tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **out);
+/* Writes the pruned model as an HF folder (dtype "F32", "F16" or "BF16") tensor by tensor: one
+ * source layer and one pruned layer in memory at a time, embedding and lm_head rows gathered
+ * slice by slice. m may be loaded or streamed (tp_model_open_streamed); the bytes are those of
+ * tp_model_save_hf(tp_prune_apply(m, p)) with m's tokenizer. progress (may be NULL, begun)
+ * counts layers. */
+tp_status tp_prune_export_hf(const tp_model *m, const tp_prune_plan *p, const char *dir, const char *dtype,
+                             tp_progress *progress);
 /* prune_plan.json: {"format":"taper-prune-plan","version":1, "source":{config}, "target":{config},
  * "rules":{...}, "layers":[...], "channels":[...], "per_layer":[{"source_layer","kv_groups","heads",
  * "neurons"}]}. */

@@ -51,6 +51,13 @@ tp_status tp_st_writer_meta(tp_st_writer *w, const char *key, const char *value)
 /* data is referenced, not copied: it must stay valid until tp_st_write returns. */
 tp_status tp_st_writer_add(tp_st_writer *w, const char *name, tp_st_dtype dtype,
                            int n_dims, const uint64_t *shape, const float *data);
+/* A tensor whose fp32 values are produced while the file is written: fill(user, e0, n, dst) writes
+ * elements e0 .. e0+n-1 (row-major) into dst, in increasing order of e0, in slices of at most
+ * 64 Ki elements; so the whole tensor never needs to be in memory. The bytes written are the
+ * same as for tp_st_writer_add with the same values. */
+typedef tp_status (*tp_st_fill_fn)(void *user, size_t e0, size_t n, float *dst);
+tp_status tp_st_writer_add_fill(tp_st_writer *w, const char *name, tp_st_dtype dtype, int n_dims,
+                                const uint64_t *shape, tp_st_fill_fn fill, void *user);
 tp_status tp_st_write(tp_st_writer *w, const char *path);
 
 #endif

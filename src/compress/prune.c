@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "taper/compress.h"
+#include "model/model_internal.h"
 
 static const char *const rule_names[] = {"auto", "block", "block-metric", "loss", "bi", "list"};
 
@@ -356,6 +357,88 @@ static void head_rows(const int *heads, int n, int hd, int *rows) {
         for (int j = 0; j < hd; j++) rows[h * hd + j] = heads[h] * hd + j;
 }
 
+/* The config of m's model pruned by p: m's own config with the plan's sizes (a plan read back from
+ * JSON may name another architecture class for the same weights). */
+static void pruned_config(const tp_config *src, const tp_prune_plan *p, tp_config *cfg) {
+    tp_config_keep_layers(src, p->layers, p->cfg.n_layers, cfg);
+    cfg->d_model = p->cfg.d_model;
+    cfg->d_ff = p->cfg.d_ff;
+    cfg->n_heads = p->cfg.n_heads;
+    cfg->n_kv_heads = p->cfg.n_kv_heads;
+}
+
+/* Index lists shared by the per-layer gathers. */
+typedef struct {
+    int *iota, *qrows, *kvrows;
+} gather_idx;
+
+static tp_status gather_idx_alloc(const tp_config *a, const tp_config *c, gather_idx *g) {
+    int hd = a->head_dim;
+    size_t maxr = (size_t)a->n_heads * hd;
+    if ((size_t)a->d_ff > maxr) maxr = (size_t)a->d_ff;
+    if ((size_t)a->d_model > maxr) maxr = (size_t)a->d_model;
+    if ((size_t)a->vocab > maxr) maxr = (size_t)a->vocab;
+    g->iota = malloc(maxr * sizeof(int));
+    g->qrows = malloc((size_t)c->n_heads * hd * sizeof(int));
+    g->kvrows = malloc((size_t)c->n_kv_heads * hd * sizeof(int));
+    if (!g->iota || !g->qrows || !g->kvrows) {
+        free(g->iota); free(g->qrows); free(g->kvrows);
+        return tp_fail(TP_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < maxr; i++) g->iota[i] = (int)i;
+    return TP_OK;
+}
+
+static void gather_idx_free(gather_idx *g) {
+    free(g->iota); free(g->qrows); free(g->kvrows);
+}
+
+/* Layer i of the pruned model (config c) into D from its source layer S (config a). */
+static void prune_layer(const tp_config *a, const tp_config *c, const tp_prune_plan *p, int i, const tp_layer *S,
+                        tp_layer *D, gather_idx *g) {
+    int hd = a->head_dim;
+    size_t d = (size_t)a->d_model, d2 = (size_t)c->d_model;
+    const int *ch = p->channels, *iota = g->iota;
+    size_t q2 = (size_t)c->n_heads * hd, kv2 = (size_t)c->n_kv_heads * hd, ff2 = (size_t)c->d_ff;
+    size_t q1 = (size_t)a->n_heads * hd, ff1 = (size_t)a->d_ff;
+    const int *heads = p->heads + (size_t)i * c->n_heads, *neur = p->neurons + (size_t)i * ff2;
+    head_rows(heads, c->n_heads, hd, g->qrows);
+    head_rows(p->kv_groups + (size_t)i * c->n_kv_heads, c->n_kv_heads, hd, g->kvrows);
+    gather(S->attn_norm, d, iota, 1, ch, d2, D->attn_norm);
+    gather(S->wq, d, g->qrows, q2, ch, d2, D->wq);
+    gather(S->wk, d, g->kvrows, kv2, ch, d2, D->wk);
+    gather(S->wv, d, g->kvrows, kv2, ch, d2, D->wv);
+    if (c->attn_bias) {
+        gather(S->bq, q1, iota, 1, g->qrows, q2, D->bq);
+        gather(S->bk, (size_t)a->n_kv_heads * hd, iota, 1, g->kvrows, kv2, D->bk);
+        gather(S->bv, (size_t)a->n_kv_heads * hd, iota, 1, g->kvrows, kv2, D->bv);
+    }
+    gather(S->wo, q1, ch, d2, g->qrows, q2, D->wo);
+    gather(S->mlp_norm, d, iota, 1, ch, d2, D->mlp_norm);
+    gather(S->w_gate, d, neur, ff2, ch, d2, D->w_gate);
+    gather(S->w_up, d, neur, ff2, ch, d2, D->w_up);
+    gather(S->w_down, ff1, ch, d2, neur, ff2, D->w_down);
+    if (c->qk_norm) { /* per head_dim: every kept head shares them */
+        memcpy(D->q_norm, S->q_norm, (size_t)hd * sizeof(float));
+        memcpy(D->k_norm, S->k_norm, (size_t)hd * sizeof(float));
+    }
+    if (c->sandwich_norm) {
+        gather(S->attn_post_norm, d, iota, 1, ch, d2, D->attn_post_norm);
+        gather(S->mlp_post_norm, d, iota, 1, ch, d2, D->mlp_post_norm);
+        if (c->embed_scale && d2 != d) {
+            /* The embeddings enter the residual stream times sqrt(d_model), which falls with
+             * the width. Every other addend of the stream leaves a post-norm whose weights
+             * (1 + w) are scaled by the same ratio, so the stream as a whole keeps its balance
+             * (each norm that reads it is scale-invariant up to eps). */
+            float r = (float)(sqrt((double)d2) / sqrt((double)d));
+            for (size_t j = 0; j < d2; j++) {
+                D->attn_post_norm[j] = r * (1.0f + D->attn_post_norm[j]) - 1.0f;
+                D->mlp_post_norm[j] = r * (1.0f + D->mlp_post_norm[j]) - 1.0f;
+            }
+        }
+    }
+}
+
 tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **out) {
     *out = NULL;
     if (m->stream || !m->tok_emb)
@@ -363,82 +446,106 @@ tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **o
                        m->source ? m->source : "the model");
     tp_status s = tp_prune_plan_check(p, &m->cfg);
     if (s) return s;
-    /* the model's own config with the plan's sizes (a plan read back from JSON may name another
-     * architecture class for the same weights) */
     tp_config cfg;
-    tp_config_keep_layers(&m->cfg, p->layers, p->cfg.n_layers, &cfg);
-    cfg.d_model = p->cfg.d_model;
-    cfg.d_ff = p->cfg.d_ff;
-    cfg.n_heads = p->cfg.n_heads;
-    cfg.n_kv_heads = p->cfg.n_kv_heads;
+    pruned_config(&m->cfg, p, &cfg);
     tp_model *o = NULL;
     if ((s = tp_model_alloc(&cfg, &o))) return s;
     const tp_config *a = &m->cfg, *c = &cfg;
-    int hd = a->head_dim;
-    size_t d = (size_t)a->d_model, d2 = (size_t)c->d_model, V = (size_t)a->vocab;
-    size_t maxr = (size_t)a->n_heads * hd;
-    if ((size_t)a->d_ff > maxr) maxr = (size_t)a->d_ff;
-    if (d > maxr) maxr = d;
-    if (V > maxr) maxr = V;
-    int *iota = malloc(maxr * sizeof(int)), *qrows = malloc((size_t)c->n_heads * hd * sizeof(int)),
-        *kvrows = malloc((size_t)c->n_kv_heads * hd * sizeof(int));
-    if (!iota || !qrows || !kvrows) {
-        free(iota); free(qrows); free(kvrows);
+    gather_idx g;
+    if ((s = gather_idx_alloc(a, c, &g))) {
         tp_model_free(o);
-        return tp_fail(TP_ERR_NOMEM, "out of memory");
+        return s;
     }
-    for (size_t i = 0; i < maxr; i++) iota[i] = (int)i;
-    const int *ch = p->channels;
-    size_t q2 = (size_t)c->n_heads * hd, kv2 = (size_t)c->n_kv_heads * hd, ff2 = (size_t)c->d_ff;
-    size_t q1 = (size_t)a->n_heads * hd, ff1 = (size_t)a->d_ff;
-    gather(m->tok_emb, d, iota, V, ch, d2, o->tok_emb);
-    if (!c->tie_embeddings) gather(m->lm_head, d, iota, V, ch, d2, o->lm_head);
-    gather(m->final_norm, d, iota, 1, ch, d2, o->final_norm);
-    for (int i = 0; i < c->n_layers; i++) {
-        const tp_layer *S = &m->layers[p->layers[i]];
-        tp_layer *D = &o->layers[i];
-        const int *heads = p->heads + (size_t)i * c->n_heads, *neur = p->neurons + (size_t)i * ff2;
-        head_rows(heads, c->n_heads, hd, qrows);
-        head_rows(p->kv_groups + (size_t)i * c->n_kv_heads, c->n_kv_heads, hd, kvrows);
-        gather(S->attn_norm, d, iota, 1, ch, d2, D->attn_norm);
-        gather(S->wq, d, qrows, q2, ch, d2, D->wq);
-        gather(S->wk, d, kvrows, kv2, ch, d2, D->wk);
-        gather(S->wv, d, kvrows, kv2, ch, d2, D->wv);
-        if (c->attn_bias) {
-            gather(S->bq, q1, iota, 1, qrows, q2, D->bq);
-            gather(S->bk, (size_t)a->n_kv_heads * hd, iota, 1, kvrows, kv2, D->bk);
-            gather(S->bv, (size_t)a->n_kv_heads * hd, iota, 1, kvrows, kv2, D->bv);
-        }
-        gather(S->wo, q1, ch, d2, qrows, q2, D->wo);
-        gather(S->mlp_norm, d, iota, 1, ch, d2, D->mlp_norm);
-        gather(S->w_gate, d, neur, ff2, ch, d2, D->w_gate);
-        gather(S->w_up, d, neur, ff2, ch, d2, D->w_up);
-        gather(S->w_down, ff1, ch, d2, neur, ff2, D->w_down);
-        if (c->qk_norm) { /* per head_dim: every kept head shares them */
-            memcpy(D->q_norm, S->q_norm, (size_t)hd * sizeof(float));
-            memcpy(D->k_norm, S->k_norm, (size_t)hd * sizeof(float));
-        }
-        if (c->sandwich_norm) {
-            gather(S->attn_post_norm, d, iota, 1, ch, d2, D->attn_post_norm);
-            gather(S->mlp_post_norm, d, iota, 1, ch, d2, D->mlp_post_norm);
-            if (c->embed_scale && d2 != d) {
-                /* The embeddings enter the residual stream times sqrt(d_model), which falls with
-                 * the width. Every other addend of the stream leaves a post-norm whose weights
-                 * (1 + w) are scaled by the same ratio, so the stream as a whole keeps its balance
-                 * (each norm that reads it is scale-invariant up to eps). */
-                float r = (float)(sqrt((double)d2) / sqrt((double)d));
-                for (size_t j = 0; j < d2; j++) {
-                    D->attn_post_norm[j] = r * (1.0f + D->attn_post_norm[j]) - 1.0f;
-                    D->mlp_post_norm[j] = r * (1.0f + D->mlp_post_norm[j]) - 1.0f;
-                }
-            }
-        }
-    }
-    free(iota); free(qrows); free(kvrows);
+    size_t d = (size_t)a->d_model, d2 = (size_t)c->d_model, V = (size_t)a->vocab;
+    gather(m->tok_emb, d, g.iota, V, p->channels, d2, o->tok_emb);
+    if (!c->tie_embeddings) gather(m->lm_head, d, g.iota, V, p->channels, d2, o->lm_head);
+    gather(m->final_norm, d, g.iota, 1, p->channels, d2, o->final_norm);
+    for (int i = 0; i < c->n_layers; i++) prune_layer(a, c, p, i, &m->layers[p->layers[i]], &o->layers[i], &g);
+    gather_idx_free(&g);
     if (m->chat_template && !(o->chat_template = strdup(m->chat_template))) {
         tp_model_free(o);
         return tp_fail(TP_ERR_NOMEM, "out of memory");
     }
     *out = o;
     return TP_OK;
+}
+
+/* ---- writing the pruned model tensor by tensor ---- */
+
+typedef struct {
+    const tp_model *m;        /* the source, loaded or streamed */
+    const tp_prune_plan *p;
+    tp_model *o;              /* shell of the pruned model: one layer buffer */
+    tp_tensor_ref *refs;      /* its tensor table */
+    gather_idx g;
+    int done;                 /* the pruned layer the shell's buffer holds; -1: none */
+    float *rows;              /* source embedding / lm_head rows */
+    size_t rows_cap;          /* in rows */
+    tp_progress *progress;
+} export_ctx;
+
+static tp_status export_fill(void *user, int idx, size_t e0, size_t n, float *dst) {
+    export_ctx *x = user;
+    const tp_tensor_ref *r = &x->refs[idx];
+    const tp_config *a = &x->m->cfg, *c = &x->o->cfg;
+    size_t d = (size_t)a->d_model, d2 = (size_t)c->d_model;
+    int head = !strcmp(r->name, "lm_head.weight");
+    if (head || !strcmp(r->name, "model.embed_tokens.weight")) {
+        size_t r0 = e0 / d2, r1 = (e0 + n - 1) / d2 + 1, nr = r1 - r0;
+        if (nr > x->rows_cap) {
+            float *q = realloc(x->rows, nr * (d + d2) * sizeof(float));
+            if (!q) return tp_fail(TP_ERR_NOMEM, "out of memory");
+            x->rows = q;
+            x->rows_cap = nr;
+        }
+        tp_status s = tp_model_rows(x->m, head, r0, nr, x->rows);
+        if (s) return s;
+        float *g = x->rows + nr * d;
+        gather(x->rows, d, x->g.iota, nr, x->p->channels, d2, g);
+        memcpy(dst, g + (e0 - r0 * d2), n * sizeof(float));
+        return TP_OK;
+    }
+    if (!strcmp(r->name, "model.norm.weight")) {
+        gather(x->m->final_norm, d, x->g.iota, 1, x->p->channels, d2, r->data);
+        memcpy(dst, r->data + e0, n * sizeof(float));
+        return TP_OK;
+    }
+    int i = -1;
+    if (sscanf(r->name, "model.layers.%d.", &i) != 1 || i < 0 || i >= c->n_layers)
+        return tp_fail(TP_ERR_ARG, "prune export: unexpected tensor %s", r->name);
+    if (x->done != i) {
+        tp_status s = tp_model_layer_ready(x->m, x->p->layers[i]);
+        if (s) return s;
+        prune_layer(a, c, x->p, i, &x->m->layers[x->p->layers[i]], &x->o->layers[i], &x->g);
+        x->done = i;
+        if (x->progress) tp_progress_update(x->progress, (double)(i + 1));
+    }
+    memcpy(dst, r->data + e0, n * sizeof(float));
+    return TP_OK;
+}
+
+tp_status tp_prune_export_hf(const tp_model *m, const tp_prune_plan *p, const char *dir, const char *dtype,
+                             tp_progress *progress) {
+    tp_status s = tp_prune_plan_check(p, &m->cfg);
+    if (s) return s;
+    tp_config cfg;
+    pruned_config(&m->cfg, p, &cfg);
+    export_ctx x = {m, p, NULL, NULL, {0}, -1, NULL, 0, progress};
+    if ((s = tp_model_alloc_streamed(&cfg, &x.o))) return s;
+    x.o->tok = m->tok; /* borrowed: the vocabulary is unchanged */
+    x.o->chat_template = m->chat_template;
+    int n = tp_model_tensors(x.o, NULL, 0);
+    if (!(x.refs = malloc((size_t)n * sizeof *x.refs))) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    else tp_model_tensors(x.o, x.refs, n);
+    if (!s) s = gather_idx_alloc(&m->cfg, &cfg, &x.g);
+    else x.g.iota = x.g.qrows = x.g.kvrows = NULL;
+    if (progress) progress->total = cfg.n_layers;
+    if (!s) s = tp_model_save_hf_fill(x.o, dir, dtype, export_fill, &x);
+    gather_idx_free(&x.g);
+    free(x.refs);
+    free(x.rows);
+    x.o->tok = NULL;
+    x.o->chat_template = NULL;
+    tp_model_free(x.o);
+    return s;
 }

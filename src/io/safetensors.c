@@ -571,7 +571,9 @@ typedef struct {
     int n_dims;
     uint64_t shape[ST_MAX_DIMS];
     size_t n_elem;
-    const float *data;  /* (n_elem), referenced */
+    const float *data;  /* (n_elem), referenced; or */
+    tp_st_fill_fn fill; /* produces them while writing */
+    void *user;
     uint64_t off;       /* byte offset in the data section, set by tp_st_write */
 } st_wtensor;
 
@@ -619,8 +621,22 @@ tp_status tp_st_writer_meta(tp_st_writer *w, const char *key, const char *value)
     return TP_OK;
 }
 
+static tp_status writer_add(tp_st_writer *w, const char *name, tp_st_dtype dtype, int n_dims,
+                            const uint64_t *shape, const float *data, tp_st_fill_fn fill, void *user);
+
 tp_status tp_st_writer_add(tp_st_writer *w, const char *name, tp_st_dtype dtype,
                            int n_dims, const uint64_t *shape, const float *data) {
+    return writer_add(w, name, dtype, n_dims, shape, data, NULL, NULL);
+}
+
+tp_status tp_st_writer_add_fill(tp_st_writer *w, const char *name, tp_st_dtype dtype, int n_dims,
+                                const uint64_t *shape, tp_st_fill_fn fill, void *user) {
+    if (!fill) return tp_fail(TP_ERR_ARG, "safetensors writer: tensor '%s': no fill function", name ? name : "(null)");
+    return writer_add(w, name, dtype, n_dims, shape, NULL, fill, user);
+}
+
+static tp_status writer_add(tp_st_writer *w, const char *name, tp_st_dtype dtype, int n_dims,
+                            const uint64_t *shape, const float *data, tp_st_fill_fn fill, void *user) {
     if (!name || !name[0] || strcmp(name, "__metadata__") == 0)
         return tp_fail(TP_ERR_ARG, "safetensors writer: tensor name \"%s\" is not allowed",
                        name ? name : "(null)");
@@ -637,7 +653,7 @@ tp_status tp_st_writer_add(tp_st_writer *w, const char *name, tp_st_dtype dtype,
                            name);
     if (tp_mul_overflow(n, 4, &bytes) || (double)n > ST_MAX_JSON_INT / 4)
         return tp_fail(TP_ERR_ARG, "safetensors writer: tensor '%s': too large", name);
-    if (n > 0 && !data)
+    if (n > 0 && !data && !fill)
         return tp_fail(TP_ERR_ARG, "safetensors writer: tensor '%s': no data", name);
     if (w->n == w->cap) {
         size_t cap = w->cap ? 2 * w->cap : 64;
@@ -655,6 +671,8 @@ tp_status tp_st_writer_add(tp_st_writer *w, const char *name, tp_st_dtype dtype,
     for (int i = 0; i < n_dims; i++) t->shape[i] = shape[i];
     t->n_elem = n;
     t->data = data;
+    t->fill = fill;
+    t->user = user;
     w->n++;
     return TP_OK;
 }
@@ -708,11 +726,16 @@ static tp_status write_all(int fd, const void *data, size_t len, const char *pat
 }
 
 /* Streams one tensor's data, converted to its stored dtype, in bounded chunks. */
-static tp_status write_tensor_data(int fd, const st_wtensor *t, uint8_t *chunk, size_t chunk_elems,
+static tp_status write_tensor_data(int fd, const st_wtensor *t, uint8_t *chunk, float *filled, size_t chunk_elems,
                                    const char *path) {
     for (size_t i0 = 0; i0 < t->n_elem; i0 += chunk_elems) {
         size_t m = t->n_elem - i0 < chunk_elems ? t->n_elem - i0 : chunk_elems;
         const float *src = t->data + i0;
+        if (t->fill) {
+            tp_status s = t->fill(t->user, i0, m, filled);
+            if (s) return tp_fail_ctx(s, "%s: tensor %s: ", path, t->name);
+            src = filled;
+        }
         size_t bytes;
         if (t->dtype == TP_ST_F32) {
             memcpy(chunk, src, m * 4);
@@ -809,15 +832,16 @@ tp_status tp_st_write(tp_st_writer *w, const char *path) {
     char *tmp = malloc(plen);
     enum { CHUNK = 1 << 16 };
     uint8_t *chunk = malloc((size_t)CHUNK * 4);
-    if (!tmp || !chunk) {
-        free(hdr); free(tmp); free(chunk);
+    float *filled = malloc((size_t)CHUNK * sizeof(float));
+    if (!tmp || !chunk || !filled) {
+        free(hdr); free(tmp); free(chunk); free(filled);
         return tp_fail(TP_ERR_NOMEM, "out of memory");
     }
     snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
         s = tp_fail(TP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(hdr); free(tmp); free(chunk);
+        free(hdr); free(tmp); free(chunk); free(filled);
         return s;
     }
     uint64_t hl = hlen;
@@ -826,7 +850,7 @@ tp_status tp_st_write(tp_st_writer *w, const char *path) {
     for (int pass = 0; pass < 2 && !s; pass++)
         for (size_t i = 0; i < w->n && !s; i++)
             if ((pass == 0) == (w->t[i].dtype == TP_ST_F32))
-                s = write_tensor_data(fd, &w->t[i], chunk, CHUNK, tmp);
+                s = write_tensor_data(fd, &w->t[i], chunk, filled, CHUNK, tmp);
     if (!s && fsync(fd) != 0) s = tp_fail(TP_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
     if (close(fd) != 0 && !s) s = tp_fail(TP_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
     if (!s && rename(tmp, path) != 0)
@@ -836,5 +860,6 @@ tp_status tp_st_write(tp_st_writer *w, const char *path) {
     free(hdr);
     free(tmp);
     free(chunk);
+    free(filled);
     return s;
 }

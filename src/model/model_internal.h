@@ -25,6 +25,13 @@ struct tp_stream {
  * lm_head (n_params counts that buffer): a streamed model's storage, or a shell that names the
  * tensors of a model being written tensor by tensor. */
 tp_status tp_model_alloc_streamed(const tp_config *c, tp_model **out);
+/* HF export of a model written tensor by tensor: the folder tp_model_save_hf would write for a model
+ * with m's config, tokenizer, chat template and tensor table (tp_model_tensors(m), e.g. a shell
+ * from tp_model_alloc_streamed), the values of tensor idx coming from fill(user, idx, e0, n, dst):
+ * elements e0 .. e0+n-1, in increasing order of idx and e0. Same bytes as tp_model_save_hf. */
+typedef tp_status (*tp_tensor_fill_fn)(void *user, int idx, size_t e0, size_t n, float *dst);
+tp_status tp_model_save_hf_fill(const tp_model *m, const char *dir, const char *dtype, tp_tensor_fill_fn fill,
+                                void *user);
 /* Frees m->stream (closes its file); tp_model_free calls it. */
 void tp_stream_close(tp_model *m);
 /* Loaders' pieces that the streamed model reuses, so that streamed and loaded weights are the

@@ -116,10 +116,20 @@ static tp_status not_streamed(const tp_model *m, const char *what) {
                    "streamed pruning path, or load it", what, m->source ? m->source : "the model");
 }
 
-tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype) {
+typedef struct {
+    tp_tensor_fill_fn fill;
+    void *user;
+    int idx;
+} fill_closure;
+
+static tp_status fill_one(void *user, size_t e0, size_t n, float *dst) {
+    const fill_closure *c = user;
+    return c->fill(c->user, c->idx, e0, n, dst);
+}
+
+/* The HF folder of m, the tensor values from m's views, or (fill != NULL) from fill. */
+static tp_status save_hf(const tp_model *m, const char *dir, const char *dtype, tp_tensor_fill_fn fill, void *user) {
     const tp_config *c = &m->cfg;
-    tp_status s0 = not_streamed(m, "HF export");
-    if (s0) return s0;
     tp_st_dtype dt;
     if (!dtype || strcmp(dtype, "F32") == 0) dt = TP_ST_F32;
     else if (strcmp(dtype, "F16") == 0) dt = TP_ST_F16;
@@ -137,16 +147,22 @@ tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype
     if ((s = tp_st_writer_new(&w))) return s;
     int n_t = tp_model_tensors(m, NULL, 0);
     tp_tensor_ref *refs = malloc((size_t)n_t * sizeof *refs);
-    if (!refs) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    fill_closure *cl = fill ? malloc((size_t)n_t * sizeof *cl) : NULL;
+    if (!refs || (fill && !cl)) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     else tp_model_tensors(m, refs, n_t);
-    for (int i = 0; refs && i < n_t && !s; i++) {
+    for (int i = 0; !s && i < n_t; i++) {
         uint64_t shape[2] = {refs[i].rows ? refs[i].rows : refs[i].cols, refs[i].cols};
-        s = tp_st_writer_add(w, refs[i].name, dt, refs[i].rows ? 2 : 1, shape, refs[i].data);
+        if (fill) {
+            cl[i] = (fill_closure){fill, user, i};
+            s = tp_st_writer_add_fill(w, refs[i].name, dt, refs[i].rows ? 2 : 1, shape, fill_one, &cl[i]);
+        } else
+            s = tp_st_writer_add(w, refs[i].name, dt, refs[i].rows ? 2 : 1, shape, refs[i].data);
     }
     free(refs);
     char *st_path = tp_path_join(dir, "model.safetensors");
     if (!s) s = st_path ? tp_st_write(w, st_path) : tp_fail(TP_ERR_NOMEM, "out of memory");
     free(st_path);
+    free(cl);
     tp_st_writer_free(w);
     if (s) return s;
     if (m->tok) {
@@ -154,6 +170,17 @@ tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype
         if ((s = add_chat_template(m, dir))) return s;
     }
     return TP_OK;
+}
+
+tp_status tp_model_save_hf(const tp_model *m, const char *dir, const char *dtype) {
+    tp_status s = not_streamed(m, "HF export");
+    return s ? s : save_hf(m, dir, dtype, NULL, NULL);
+}
+
+tp_status tp_model_save_hf_fill(const tp_model *m, const char *dir, const char *dtype, tp_tensor_fill_fn fill,
+                                void *user) {
+    if (!fill) return tp_fail(TP_ERR_ARG, "HF export: no fill function");
+    return save_hf(m, dir, dtype, fill, user);
 }
 
 /* ---- GGUF ---- */
