@@ -127,6 +127,46 @@ int cli_json_out(cJSON *obj, const char *dest) {
     return rc;
 }
 
+int cli_stream(const char *cmd, const char *arg, int *out) {
+    if (!arg || !strcmp(arg, "on")) *out = 1;
+    else if (!strcmp(arg, "off")) *out = -1;
+    else if (!strcmp(arg, "auto")) *out = 0;
+    else return cli_usage(cmd, "--stream must be auto, on or off, got '%s'", arg);
+    return CLI_OK;
+}
+
+/* "6G", "512M", "1.5G", "100000" (bytes; K, M, G, T are powers of 1024) -> bytes; -1 if malformed. */
+static double parse_bytes(const char *s) {
+    char *end = NULL;
+    double v = s ? strtod(s, &end) : -1;
+    if (!s || end == s || !(v >= 0)) return -1;
+    const char *units = "KMGT";
+    if (*end) {
+        const char *u = strchr(units, *end == 'k' ? 'K' : *end);
+        if (!u || !*u || (end[1] && !((end[1] == 'B' || end[1] == 'i') && (!end[2] || (end[1] == 'i' && end[2] == 'B' && !end[3])))))
+            return -1;
+        for (const char *q = units; q <= u; q++) v *= 1024;
+    }
+    return v;
+}
+
+int cli_mem_limit(const char *cmd, const char *arg, double *out) {
+    double v = parse_bytes(arg);
+    if (v <= 0) return cli_usage(cmd, "--mem-limit expects a size like 6G or 512M, got '%s'", arg ? arg : "");
+    *out = v;
+    return CLI_OK;
+}
+
+double cli_mem_limit_env(void) {
+    const char *e = getenv("TAPER_MEM_LIMIT");
+    double v = e && *e ? parse_bytes(e) : 0;
+    if (v < 0) {
+        fprintf(stderr, "taper: TAPER_MEM_LIMIT='%s' is not a size like 6G; ignored\n", e);
+        v = 0;
+    }
+    return v;
+}
+
 int cli_precision(const char *cmd, const char *arg) {
     if (tp_set_precision(arg)) return cli_usage(cmd, "--precision: %s", tp_errmsg());
     return CLI_OK;

@@ -41,6 +41,12 @@ void cli_stop_signals_end(void);
 const char *cli_data_dir(const char *given);
 /* --precision fp32|bf16 (tp_set_precision); CLI_OK or a usage error naming cmd. */
 int cli_precision(const char *cmd, const char *arg);
+/* --stream[=auto|on|off] -> 0, 1, -1 (the jobs' stream field). */
+int cli_stream(const char *cmd, const char *arg, int *out);
+/* --mem-limit SIZE (6G, 512M: powers of 1024) -> bytes. */
+int cli_mem_limit(const char *cmd, const char *arg, double *out);
+/* TAPER_MEM_LIMIT as bytes (0 when unset), the default of --mem-limit. */
+double cli_mem_limit_env(void);
 
 /* taper train's options, job, signals and summary (cli/cmd_train.c); with d, `taper distill`'s
  * job (cli/cmd_distill.c hands over what is left after removing its own options). */

@@ -38,6 +38,13 @@ static const char *HELP =
     "  --data-dir DIR         benchmark files (default $TAPER_DATA, else ../shared/data)\n"
     "  --show SCORES          print per-layer summaries of a score file (no model needed)\n"
     "  --agg BATCH,SEQ        pair shown by --show (default: the file's default, l2,mean)\n"
+    "memory:\n"
+    "  --stream[=auto|on|off] read the weights a layer at a time instead of loading the model (auto,\n"
+    "                         the default: only when the loaded estimate does not fit); same scores\n"
+    "  --mem-limit SIZE       memory the run may use, e.g. 6G (default: $TAPER_MEM_LIMIT, else what\n"
+    "                         the machine has available); a run that would not fit exits 1 up front\n"
+    "  --dry-run              print the memory estimates and the choice; read no weights\n"
+    "  --precision P          fp32 (default) or bf16 products (faster where the CPU has bf16)\n"
     "  --threads N            OpenMP threads (default: all cores)\n"
     "  --json[=FILE]          also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help             this help\n";
@@ -117,12 +124,18 @@ int cmd_importance(int argc, char **argv) {
                                          {"show", required_argument, 0, 's'},
                                          {"agg", required_argument, 0, 'a'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"stream", optional_argument, 0, 'S'},
+                                         {"mem-limit", required_argument, 0, 'L'},
+                                         {"dry-run", no_argument, 0, 'y'},
+                                         {"precision", required_argument, 0, 'P'},
                                          {"json", optional_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *data = NULL, *out = "importance.json", *show_path = NULL, *json = NULL, *agg = NULL, *metric = NULL;
     const char *data_dir = NULL;
     int samples = 1024, seq = 512, batch = 4, depth = 64, block = 0, threads = 0, metric_limit = 0, c, rc;
+    int stream = 0, dry = 0;
+    double mem_limit = cli_mem_limit_env();
     tp_neuron_source src = TP_NEURON_ACT;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
@@ -147,6 +160,10 @@ int cmd_importance(int argc, char **argv) {
         case 's': show_path = optarg; break;
         case 'a': agg = optarg; break;
         case 'j': json = optarg ? optarg : "-"; break;
+        case 'S': if ((rc = cli_stream("importance", optarg, &stream))) return rc; break;
+        case 'L': if ((rc = cli_mem_limit("importance", optarg, &mem_limit))) return rc; break;
+        case 'y': dry = 1; break;
+        case 'P': if ((rc = cli_precision("importance", optarg))) return rc; break;
         default: return cli_usage("importance", "unknown option");
         }
     }
@@ -183,22 +200,29 @@ int cmd_importance(int argc, char **argv) {
         const char *env = getenv("TAPER_DATA");
         j.data_dir = data_dir ? data_dir : env && *env ? env : "../shared/data";
     }
-    /* loaded here so that a --block too large for the model is a usage error naming the flag */
-    tp_model *m = NULL;
-    tp_status s = tp_model_load(j.model, &m);
+    j.stream = stream;
+    j.mem_limit = mem_limit;
+    j.dry_run = dry;
+    /* the config (metadata only) here so that a --block too large for the model is a usage error */
+    tp_config cfg;
+    tp_status s = tp_config_load(j.model, &cfg);
     if (s) return cli_error(s);
-    if (block >= m->cfg.n_layers) {
-        fprintf(stderr, "taper importance: --block %d must be below the model's %d layers\n", block, m->cfg.n_layers);
-        tp_model_free(m);
+    if (block >= cfg.n_layers) {
+        fprintf(stderr, "taper importance: --block %d must be below the model's %d layers\n", block, cfg.n_layers);
         return CLI_USAGE;
     }
-    j.loaded = m;
     tp_importance *imp = NULL;
     s = tp_importance_job_run(&j, &imp);
-    tp_model_free(m);
     /* tp_importance_job fields the library's messages name, as flags ("block" stays: it is also a word there) */
     static const char *const flags[] = {"block_metric", "--block-metric", "depth_samples", "--depth-samples",
-                                        "metric_limit", "--metric-limit", "seq_len", "--seq-len", NULL};
+                                        "metric_limit", "--metric-limit", "seq_len", "--seq-len",
+                                        "mem_limit", "--mem-limit", "stream on", "--stream",
+                                        "fewer samples", "fewer --samples", "smaller batch", "smaller --batch",
+                                        NULL};
     if (s) return cli_error_map(s, flags);
+    if (dry) {
+        printf("dry run: nothing read or written (memory estimates above)\n");
+        return CLI_OK;
+    }
     return finish(imp, pair >= 0 ? pair : imp->default_pair, out, j.json_path ? NULL : json);
 }

@@ -51,9 +51,16 @@ static const char *HELP =
     "  --plan FILE         replay a prune_plan.json instead of planning\n"
     "  --plan-out FILE     where to write the plan (default OUT/prune_plan.json); with no -o, only the\n"
     "                      plan is written\n"
-    "  --dtype T           HF tensors: f32 (default), f16, bf16\n"
-    "  --gguf FILE         also write a GGUF\n"
-    "  --gguf-type T       f32 (default), f16, bf16, q8_0\n"
+    "  --dtype T           HF tensors: source (default: the source's f32/f16/bf16; f32 for a quantized\n"
+    "                      GGUF), f32, f16, bf16\n"
+    "  --gguf FILE         also write a GGUF (needs the model loaded)\n"
+    "  --gguf-type T       source (default), f32, f16, bf16, q8_0\n"
+    "memory:\n"
+    "  --stream[=auto|on|off]  read the source a layer at a time and write the HF folder tensor by tensor\n"
+    "                      (auto, the default: only when the loaded estimate does not fit); same bytes\n"
+    "  --mem-limit SIZE    memory the run may use, e.g. 6G (default: $TAPER_MEM_LIMIT, else what the\n"
+    "                      machine has available); a run that would not fit exits 1 up front\n"
+    "  --dry-run           plan, print the memory estimates and the choice; read no weights, write nothing\n"
     "  --heterogeneous     per-layer widths (not supported yet)\n"
     "  --threads N         OpenMP threads (default: all cores)\n"
     "  --json[=FILE]       also write the numbers as JSON (stdout, or FILE)\n"
@@ -94,9 +101,9 @@ static void report(const tp_prune_job *j, const tp_prune_job_result *r) {
     if (p->agg_pair >= 0) printf("ranking  %s\n", tp_agg_pair_name(p->agg_pair));
     if (j->out)
         printf("wrote    %s (HF folder, %s)\n", j->out,
-               !strcasecmp(j->dtype, "f16") ? "F16" : !strcasecmp(j->dtype, "bf16") ? "BF16" : "F32");
+               r->dtype);
     printf("wrote    %s\n", r->plan_path);
-    if (j->gguf) printf("wrote    %s (GGUF, %s)\n", j->gguf, j->gguf_type);
+    if (j->gguf) printf("wrote    %s (GGUF, %s)\n", j->gguf, r->gguf_type);
 }
 
 /* The job's fields the library's messages name, as this command's flags. */
@@ -104,7 +111,8 @@ static const char *const FLAGS[] = {"hidden", "--hidden", "ffn", "--ffn", "heads
                                     "layers", "--layers", "drop_layers", "--drop-layers", "depth_metric",
                                     "--depth-metric", "target_params", "--target-params", "tolerance", "--tolerance",
                                     "max_candidates", "--max-candidates", "eval_samples", "--eval-samples", "seq_len",
-                                    "--seq-len", NULL};
+                                    "--seq-len", "mem_limit", "--mem-limit", "stream on", "--stream", "gguf",
+                                    "--gguf", NULL};
 
 int cmd_prune(int argc, char **argv) {
     static const struct option opts[] = {{"scores", required_argument, 0, 'S'},
@@ -130,11 +138,15 @@ int cmd_prune(int argc, char **argv) {
                                          {"gguf-type", required_argument, 0, 'G'},
                                          {"heterogeneous", no_argument, 0, 'Z'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"stream", optional_argument, 0, 's'},
+                                         {"mem-limit", required_argument, 0, 'M'},
+                                         {"dry-run", no_argument, 0, 'y'},
                                          {"json", optional_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     tp_prune_job a;
     tp_prune_job_default(&a);
+    a.mem_limit = cli_mem_limit_env();
     const char *json = NULL;
     int threads = 0, c, rc, hetero = 0, width_given = 0;
     float tol;
@@ -192,6 +204,9 @@ int cmd_prune(int argc, char **argv) {
         case 'Z': hetero = 1; break;
         case 't': INT_OPT("--threads", 1, 1024, &threads) break;
         case 'j': json = optarg ? optarg : "-"; break;
+        case 's': if ((rc = cli_stream("prune", optarg, &a.stream))) return rc; break;
+        case 'M': if ((rc = cli_mem_limit("prune", optarg, &a.mem_limit))) return rc; break;
+        case 'y': a.dry_run = 1; break;
         default: return cli_usage("prune", "unknown option");
         }
     }
@@ -199,11 +214,12 @@ int cmd_prune(int argc, char **argv) {
     if (optind != argc - 1) return cli_usage("prune", "expects exactly one MODEL");
     a.model = argv[optind];
     if (!a.out && !a.plan_out) return cli_usage("prune", "-o OUT (or --plan-out FILE) is required");
-    if (strcasecmp(a.dtype, "f32") && strcasecmp(a.dtype, "f16") && strcasecmp(a.dtype, "bf16"))
-        return cli_usage("prune", "--dtype must be f32, f16 or bf16, got '%s'", a.dtype);
-    if (strcasecmp(a.gguf_type, "f32") && strcasecmp(a.gguf_type, "f16") && strcasecmp(a.gguf_type, "bf16") &&
-        strcasecmp(a.gguf_type, "q8_0"))
-        return cli_usage("prune", "--gguf-type must be f32, f16, bf16 or q8_0, got '%s'", a.gguf_type);
+    if (a.dtype && strcasecmp(a.dtype, "source") && strcasecmp(a.dtype, "f32") && strcasecmp(a.dtype, "f16") &&
+        strcasecmp(a.dtype, "bf16"))
+        return cli_usage("prune", "--dtype must be source, f32, f16 or bf16, got '%s'", a.dtype);
+    if (a.gguf_type && strcasecmp(a.gguf_type, "source") && strcasecmp(a.gguf_type, "f32") &&
+        strcasecmp(a.gguf_type, "f16") && strcasecmp(a.gguf_type, "bf16") && strcasecmp(a.gguf_type, "q8_0"))
+        return cli_usage("prune", "--gguf-type must be source, f32, f16, bf16 or q8_0, got '%s'", a.gguf_type);
     if (a.plan && (a.scores || width_given || a.layers || a.drop_layers || a.target_params || a.agg))
         return cli_usage("prune",
                          "--plan replays a plan; it takes no --scores, sizes, --drop-layers, --agg or --target-params");
@@ -222,6 +238,10 @@ int cmd_prune(int argc, char **argv) {
     tp_status s = tp_prune_job_run(&a, &r);
     /* a replayed plan takes no sizes; its file's messages say "layers[3]" of the plan itself */
     if (s) return cli_error_map(s, a.plan ? NULL : FLAGS);
+    if (a.dry_run) {
+        printf("dry run: nothing read or written (memory estimates above)\n");
+        return CLI_OK;
+    }
     report(&a, &r);
     cJSON *j = json && !a.json_path ? tp_prune_job_json(&a, &r) : NULL;
     tp_prune_job_result_free(&r);

@@ -162,6 +162,9 @@ tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int
                              tp_prune_plan **out);
 /* Checks every index of p against the model config src (sizes, ranges, ascending, GQA rule). */
 tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src);
+/* The config of the model src pruned by p: src's own config (family, RoPE, ...) with the plan's
+ * sizes and kept layers (a plan read back from JSON may name another architecture class). */
+void tp_prune_plan_config(const tp_config *src, const tp_prune_plan *p, tp_config *cfg);
 /* The pruned model: gathered rows/columns of m (tied lm_head stays tied). out->tok is NULL (the
  * vocabulary is unchanged, so the caller may move m->tok over); the chat template is copied. */
 tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **out);
@@ -224,6 +227,25 @@ tp_status tp_prune_plan_compose(const tp_prune_plan *p1, const tp_prune_plan *p2
  * caller to prefix with the option's name. */
 tp_status tp_layer_list_parse(const char *s, int **out, int *n);
 
+/* ---- memory planning ----
+ * Peak resident bytes estimated from the shapes (formulas in docs/memory.md), with the model
+ * loaded (streamed = 0) or streamed (1): importance over n samples of T tokens in batches of
+ * batch, layer-removal losses on depth samples (and blocks of block layers); pruning from src to
+ * dst. The bf16 precision's conversion buffers are counted when it is the one in use. */
+double tp_importance_mem(const tp_config *c, size_t n, int T, int batch, int depth, int block, int streamed);
+double tp_prune_mem(const tp_config *src, const tp_config *dst, int streamed);
+typedef struct {
+    double loaded, streamed;  /* the two estimates */
+    double available;         /* the limit they were held against (0: unknown) */
+    int stream;               /* the path chosen: 1 streamed, 0 loaded */
+} tp_mem_plan;
+/* Chooses the path for want: 1 streamed, -1 loaded, 0 loaded when it fits, else streamed. limit:
+ * bytes the job may use (0: tp_mem_available()). Fails with TP_ERR_NOMEM, before anything is
+ * allocated, when the chosen path does not fit: the message names the estimates, the memory
+ * available and what would fit (streaming, or hint: e.g. the settings that shrink the estimate). */
+tp_status tp_mem_choose(const char *what, double loaded, double streamed, double limit, int want, const char *hint,
+                        tp_mem_plan *out);
+
 /* ---- jobs: `taper importance` and `taper prune` as library calls ---- */
 
 /* What `taper importance MODEL --data FILE -o OUT` does: loads the model and calibration text,
@@ -245,6 +267,10 @@ typedef struct {
     const char *data_dir;        /* where the task's files are (NULL: ../shared/data) */
     const char *agg;             /* aggregation pair of the json_path summary (NULL: the default) */
     const char *json_path;       /* NULL, or where to write tp_importance_summary_json() */
+    int stream;                  /* 1: stream the model (a layer at a time), -1: load it, 0 (default):
+                                    load it when the estimate fits, else stream (tp_mem_choose) */
+    double mem_limit;            /* bytes the job may use; 0: the memory available */
+    int dry_run;                 /* estimate, choose and log the plan; read no weights, write nothing */
 } tp_importance_job;
 
 void tp_importance_job_default(tp_importance_job *j);
@@ -264,9 +290,10 @@ typedef struct {
     const char *plan;            /* replay this prune_plan.json instead of planning */
     const char *out;             /* HF folder to write, or NULL (then only the plan is written) */
     const char *plan_out;        /* NULL: out/prune_plan.json */
-    const char *dtype;           /* HF tensors: "f32" (default), "f16", "bf16" */
+    const char *dtype;           /* HF tensors: "f32", "f16", "bf16"; NULL or "source" (default): the
+                                    source's (tp_model_source_dtype) */
     const char *gguf;            /* NULL, or also write this GGUF */
-    const char *gguf_type;       /* "f32" (default), "f16", "bf16", "q8_0" */
+    const char *gguf_type;       /* "f32", "f16", "bf16", "q8_0"; NULL or "source" (default): the source's */
     const char *agg;             /* "BATCH,SEQ" ranking pair; NULL: the scores' default */
     const char *drop_layers;     /* NULL, or explicit layers to drop, e.g. "12-17" */
     const char *depth_metric;    /* NULL (auto), "block", "block-metric", "loss", "bi" */
@@ -278,6 +305,11 @@ typedef struct {
     int eval_samples;            /* held-out samples (default 16) */
     int seq_len;                 /* tokens per held-out sample (0: the scores' seq_len) */
     const char *json_path;       /* NULL, or where to write tp_prune_job_json() */
+    int stream;                  /* as tp_importance_job's: 1 streamed, -1 loaded, 0 auto. Streamed,
+                                    the HF folder is written tensor by tensor (tp_prune_export_hf);
+                                    target_params and gguf need the model loaded */
+    double mem_limit;            /* bytes the job may use; 0: the memory available */
+    int dry_run;                 /* plan, estimate and log; read no weights, write nothing */
 } tp_prune_job;
 
 typedef struct {
@@ -292,6 +324,8 @@ typedef struct {
     size_t eval_first, eval_samples; /* held-out samples eval_first .. eval_first+eval_samples-1 */
     int eval_seq_len;
     double seconds;              /* wall time of the job */
+    tp_mem_plan mem;             /* the memory estimates and the path taken */
+    char dtype[8], gguf_type[8]; /* what the HF folder and the GGUF were written in ("F32", "BF16", ...) */
 } tp_prune_job_result;
 
 void tp_prune_job_default(tp_prune_job *j);

@@ -138,7 +138,8 @@ tp_status tp_model_layer_ready(const tp_model *m, int l);
  * when tied) as fp32 into dst (n x d_model), for either kind of model. */
 tp_status tp_model_rows(const tp_model *m, int head, size_t r0, size_t n, float *dst);
 /* Streamed model: reads the whole lm_head (fp32, vocab x d_model floats) for tp_forward_final /
- * releases it. No-op on a loaded model. */
+ * releases it. The layer buffer's memory is given back first (no layer is ready afterwards). No-op
+ * on a loaded model. */
 tp_status tp_model_stream_head(const tp_model *m);
 void tp_model_stream_head_release(const tp_model *m);
 /* The residual stream entering layer 0 as tp_model_embed gives it, for either kind of model

@@ -26,6 +26,12 @@ typedef struct {
 } tp_mmap;
 tp_status tp_mmap_open(const char *path, tp_mmap *m);
 void tp_mmap_close(tp_mmap *m);
+/* Drops the pages of [p, p+n) of a read-only mapping from the process's resident set (rounded out
+ * to whole pages; the page cache keeps them and a later read maps them again). */
+void tp_mmap_release(const void *p, size_t n);
+/* Bytes of memory this process can still use: MemAvailable (/proc/meminfo), lowered to the
+ * cgroup's memory.max minus its memory.current when that is smaller; 0 when unknown. */
+double tp_mem_available(void);
 
 float tp_fp16_to_fp32(uint16_t h);
 uint16_t tp_fp32_to_fp16(float f);   /* round to nearest even */

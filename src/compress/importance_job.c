@@ -141,9 +141,30 @@ tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out)
     tp_model *owned = NULL;
     const tp_model *m = j->loaded;
     if (!m) {
-        if ((s = tp_model_load(j->model, &owned))) return s;
+        tp_config cfg;
+        if ((s = tp_config_load(j->model, &cfg))) return s;
+        int depth = j->depth_samples < j->samples ? j->depth_samples : j->samples;
+        double lo = tp_importance_mem(&cfg, (size_t)j->samples, j->seq_len, j->batch, depth, j->block, 0);
+        double st = tp_importance_mem(&cfg, (size_t)j->samples, j->seq_len, j->batch, depth, j->block, 1);
+        int want = j->stream;
+        if (j->block_metric) {
+            if (want > 0)
+                return tp_fail(TP_ERR_UNSUPPORTED, "importance job: block_metric needs the model loaded, not streamed");
+            want = -1;
+        }
+        tp_mem_plan mp;
+        s = tp_mem_choose("importance", lo, st, j->mem_limit, want,
+                          "fewer samples or depth_samples (each layer-removal variant keeps a stream of them), or "
+                          "a smaller batch", &mp);
+        if (s) return s;
+        tp_log(TP_LOG_INFO, "taper importance: memory: about %.2f GiB loaded, %.2f GiB streamed, %.2f GiB available: %s",
+               lo / (1 << 30), st / (1 << 30), mp.available / (1 << 30),
+               mp.stream ? "streaming the model (weights read a layer at a time)" : "loading the model");
+        if (j->dry_run) return TP_OK;
+        if ((s = mp.stream ? tp_model_open_streamed(j->model, &owned) : tp_model_load(j->model, &owned))) return s;
         m = owned;
-    }
+    } else if (j->dry_run)
+        return TP_OK;
     if (j->block >= m->cfg.n_layers) {
         tp_model_free(owned);
         return tp_fail(TP_ERR_ARG, "importance job: block %d must be below the model's %d layers", j->block,

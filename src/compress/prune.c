@@ -357,9 +357,7 @@ static void head_rows(const int *heads, int n, int hd, int *rows) {
         for (int j = 0; j < hd; j++) rows[h * hd + j] = heads[h] * hd + j;
 }
 
-/* The config of m's model pruned by p: m's own config with the plan's sizes (a plan read back from
- * JSON may name another architecture class for the same weights). */
-static void pruned_config(const tp_config *src, const tp_prune_plan *p, tp_config *cfg) {
+void tp_prune_plan_config(const tp_config *src, const tp_prune_plan *p, tp_config *cfg) {
     tp_config_keep_layers(src, p->layers, p->cfg.n_layers, cfg);
     cfg->d_model = p->cfg.d_model;
     cfg->d_ff = p->cfg.d_ff;
@@ -447,7 +445,7 @@ tp_status tp_prune_apply(const tp_model *m, const tp_prune_plan *p, tp_model **o
     tp_status s = tp_prune_plan_check(p, &m->cfg);
     if (s) return s;
     tp_config cfg;
-    pruned_config(&m->cfg, p, &cfg);
+    tp_prune_plan_config(&m->cfg, p, &cfg);
     tp_model *o = NULL;
     if ((s = tp_model_alloc(&cfg, &o))) return s;
     const tp_config *a = &m->cfg, *c = &cfg;
@@ -529,7 +527,7 @@ tp_status tp_prune_export_hf(const tp_model *m, const tp_prune_plan *p, const ch
     tp_status s = tp_prune_plan_check(p, &m->cfg);
     if (s) return s;
     tp_config cfg;
-    pruned_config(&m->cfg, p, &cfg);
+    tp_prune_plan_config(&m->cfg, p, &cfg);
     export_ctx x = {m, p, NULL, NULL, {0}, -1, NULL, 0, progress};
     if ((s = tp_model_alloc_streamed(&cfg, &x.o))) return s;
     x.o->tok = m->tok; /* borrowed: the vocabulary is unchanged */

@@ -16,8 +16,8 @@
 
 void tp_prune_job_default(tp_prune_job *j) {
     memset(j, 0, sizeof *j);
-    j->dtype = "f32";
-    j->gguf_type = "f32";
+    j->dtype = NULL;     /* the source's */
+    j->gguf_type = NULL; /* the source's */
     j->tolerance = 0.05;
     j->max_candidates = 12;
     j->eval_samples = 16;
@@ -79,7 +79,10 @@ cJSON *tp_prune_job_json(const tp_prune_job *j, const tp_prune_job_result *r) {
     if (p->agg_pair >= 0) cJSON_AddStringToObject(o, "aggregation", tp_agg_pair_name(p->agg_pair));
     cJSON_AddStringToObject(o, "plan", r->plan_path);
     if (j->out) cJSON_AddStringToObject(o, "out", j->out);
+    if (j->out) cJSON_AddStringToObject(o, "dtype", r->dtype);
     if (j->gguf) cJSON_AddStringToObject(o, "gguf", j->gguf);
+    if (j->gguf) cJSON_AddStringToObject(o, "gguf_type", r->gguf_type);
+    cJSON_AddBoolToObject(o, "streamed", r->mem.stream);
     cJSON_AddNumberToObject(o, "seconds", r->seconds);
     return o;
 }
@@ -94,13 +97,13 @@ typedef struct {
 static tp_status check_job(const tp_prune_job *j, parsed *a) {
     if (!j->model) return tp_fail(TP_ERR_ARG, "prune job: model is required");
     if (!j->out && !j->plan_out) return tp_fail(TP_ERR_ARG, "prune job: out (or plan_out) is required");
-    if (!j->dtype || (strcasecmp(j->dtype, "f32") && strcasecmp(j->dtype, "f16") && strcasecmp(j->dtype, "bf16")))
-        return tp_fail(TP_ERR_ARG, "prune job: dtype must be f32, f16 or bf16, got '%s'",
-                       j->dtype ? j->dtype : "(null)");
-    if (!j->gguf_type || (strcasecmp(j->gguf_type, "f32") && strcasecmp(j->gguf_type, "f16") &&
-                          strcasecmp(j->gguf_type, "bf16") && strcasecmp(j->gguf_type, "q8_0")))
-        return tp_fail(TP_ERR_ARG, "prune job: gguf_type must be f32, f16, bf16 or q8_0, got '%s'",
-                       j->gguf_type ? j->gguf_type : "(null)");
+    if (j->dtype && strcasecmp(j->dtype, "source") && strcasecmp(j->dtype, "f32") && strcasecmp(j->dtype, "f16") &&
+        strcasecmp(j->dtype, "bf16"))
+        return tp_fail(TP_ERR_ARG, "prune job: dtype must be source, f32, f16 or bf16, got '%s'", j->dtype);
+    if (j->gguf_type && strcasecmp(j->gguf_type, "source") && strcasecmp(j->gguf_type, "f32") &&
+        strcasecmp(j->gguf_type, "f16") && strcasecmp(j->gguf_type, "bf16") && strcasecmp(j->gguf_type, "q8_0"))
+        return tp_fail(TP_ERR_ARG, "prune job: gguf_type must be source, f32, f16, bf16 or q8_0, got '%s'",
+                       j->gguf_type);
     const struct { const char *name; int v, lo; } f[] = {
         {"hidden", j->hidden, 0},          {"ffn", j->ffn, 0},
         {"heads", j->heads, 0},            {"kv_heads", j->kv_heads, 0},
@@ -187,6 +190,12 @@ static tp_status search(const tp_model *m, const tp_importance *imp, const tp_pr
     return TP_OK;
 }
 
+/* "F32", "F16", "BF16" for a dtype setting ("source" or NULL: src, the source model's). */
+static const char *hf_dtype(const char *want, const char *src) {
+    if (!want || !strcasecmp(want, "source")) return src;
+    return !strcasecmp(want, "f16") ? "F16" : !strcasecmp(want, "bf16") ? "BF16" : "F32";
+}
+
 tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     memset(r, 0, sizeof *r);
     parsed a;
@@ -199,37 +208,80 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     tp_model *m = NULL, *pm = NULL;
     tp_importance *imp = NULL;
     tp_prune_plan *plan = NULL;
+    tp_config src;
     double t0 = tp_time_s();
     if (j->plan) s = tp_prune_plan_load(j->plan, &plan);
     else if (j->scores) s = tp_importance_load(j->scores, &imp);
-    if (!s) s = tp_model_load(j->model, &m);
-    if (!s && imp) s = tp_importance_check_model(imp, &m->cfg, j->scores);
+    /* plan from the metadata; the weights are read only once the memory plan says how */
+    if (!s) s = tp_config_load(j->model, &src);
+    if (!s && imp) s = tp_importance_check_model(imp, &src, j->scores);
+    if (!s && plan) s = tp_prune_plan_check(plan, &src);
     if (!s && imp && a.pair < 0) a.pair = imp->default_pair;
     r->replayed = plan != NULL;
-    if (!s && !plan && j->target_params) s = search(m, imp, j, &a, r);
-    if (!s && !plan) s = tp_prune_plan_make(&m->cfg, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
+    int search_first = !plan && j->target_params;
+    if (!s && !plan && !search_first) s = tp_prune_plan_make(&src, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
+    if (!s) {
+        /* the search evaluates candidates on the loaded model; its winner is at most the source */
+        tp_config dst = plan ? plan->cfg : src;
+        int want = j->stream;
+        const char *why = search_first ? "target_params" : j->gguf ? "gguf" : NULL;
+        if (why && want > 0)
+            s = tp_fail(TP_ERR_UNSUPPORTED, "prune job: %s needs the model loaded, not streamed (give the sizes "
+                        "instead, or write the HF folder and convert it)", why);
+        if (why) want = -1;
+        /* the GGUF writer holds the file it writes (at most 4 bytes a parameter) */
+        double gguf = j->gguf ? 4.0 * (double)tp_config_n_params(&dst) : 0;
+        if (!s) s = tp_mem_choose("prune", tp_prune_mem(&src, &dst, 0) + gguf, tp_prune_mem(&src, &dst, 1), j->mem_limit,
+                                  want, NULL, &r->mem);
+        if (!s) tp_log(TP_LOG_INFO, "taper prune: memory: about %.2f GiB loaded, %.2f GiB streamed, %.2f GiB available: %s",
+                       r->mem.loaded / (1 << 30), r->mem.streamed / (1 << 30), r->mem.available / (1 << 30),
+                       r->mem.stream ? "streaming the model (a layer at a time, written tensor by tensor)"
+                                     : "loading the model");
+    }
+    if (!s && j->dry_run) {
+        tp_prune_plan_free(plan);
+        tp_importance_free(imp);
+        free(a.drop);
+        memset(r, 0, sizeof *r);
+        return TP_OK;
+    }
+    if (!s) s = r->mem.stream ? tp_model_open_streamed(j->model, &m) : tp_model_load(j->model, &m);
+    if (!s && search_first) s = search(m, imp, j, &a, r);
+    if (!s && search_first) s = tp_prune_plan_make(&m->cfg, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
     if (!s && !plan->scores && j->scores && !(plan->scores = strdup(j->scores)))
         s = tp_fail(TP_ERR_NOMEM, "out of memory");
-    if (!s) s = tp_prune_apply(m, plan, &pm);
+    if (!s && !r->mem.stream) s = tp_prune_apply(m, plan, &pm);
     if (!s) {
-        pm->tok = m->tok; /* the vocabulary is unchanged */
-        m->tok = NULL;
         r->src = m->cfg;
-        r->pruned = pm->cfg;
+        tp_prune_plan_config(&m->cfg, plan, &r->pruned);
+        if (pm) {
+            pm->tok = m->tok; /* the vocabulary is unchanged */
+            m->tok = NULL;
+        }
         if (j->plan_out) r->plan_path = strdup(j->plan_out);
         else if ((r->plan_path = malloc(strlen(j->out) + 20))) sprintf(r->plan_path, "%s/prune_plan.json", j->out);
         if (!r->plan_path) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     }
+    const char *src_dt = s ? "F32" : tp_model_source_dtype(m);
     if (!s && j->out) {
-        const char *dt = !strcasecmp(j->dtype, "f16") ? "F16" : !strcasecmp(j->dtype, "bf16") ? "BF16" : "F32";
-        s = tp_model_save_hf(pm, j->out, dt);
+        const char *dt = hf_dtype(j->dtype, src_dt);
+        snprintf(r->dtype, sizeof r->dtype, "%s", dt);
+        if (pm) s = tp_model_save_hf(pm, j->out, dt);
+        else {
+            tp_progress prog;
+            tp_progress_begin(&prog, "export", 0, "layers");
+            s = tp_prune_export_hf(m, plan, j->out, dt, &prog);
+            tp_progress_end(&prog);
+        }
         char note[1024];
         if (!s && tp_model_hf_tokenizer_note(j->out, note, sizeof note)) tp_log(TP_LOG_NOTE, "note: %s", note);
     }
     if (!s) s = tp_prune_plan_save(plan, r->plan_path);
     if (!s && j->gguf) {
-        int gt = !strcasecmp(j->gguf_type, "f16") ? TP_GGML_F16 : !strcasecmp(j->gguf_type, "bf16") ? TP_GGML_BF16
-                 : !strcasecmp(j->gguf_type, "q8_0") ? TP_GGML_Q8_0 : TP_GGML_F32;
+        const char *gt_s = hf_dtype(j->gguf_type, src_dt);
+        int gt = j->gguf_type && !strcasecmp(j->gguf_type, "q8_0") ? TP_GGML_Q8_0
+                 : !strcmp(gt_s, "F16") ? TP_GGML_F16 : !strcmp(gt_s, "BF16") ? TP_GGML_BF16 : TP_GGML_F32;
+        snprintf(r->gguf_type, sizeof r->gguf_type, "%s", tp_ggml_type_name((tp_ggml_type)gt));
         s = tp_model_save_gguf(pm, j->gguf, gt);
     }
     r->plan = plan;

@@ -110,6 +110,43 @@ void tp_mmap_close(tp_mmap *m) {
     m->data = NULL; m->size = 0;
 }
 
+void tp_mmap_release(const void *p, size_t n) {
+    static size_t page;
+    if (!page) {
+        long ps = sysconf(_SC_PAGESIZE);
+        page = ps > 0 ? (size_t)ps : 4096;
+    }
+    if (!p || !n) return;
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1), e = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
+    madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* The number after key in a /proc-style file (e.g. "MemAvailable:"), times unit; -1 if absent. */
+static double file_number(const char *path, const char *key, double unit) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[256];
+    double v = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl)) {
+            char *end = NULL;
+            double x = strtod(line + kl, &end);
+            if (end != line + kl) v = x * unit;
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+double tp_mem_available(void) {
+    double avail = file_number("/proc/meminfo", "MemAvailable:", 1024.0);
+    double max = file_number("/sys/fs/cgroup/memory.max", "", 1.0);
+    double cur = file_number("/sys/fs/cgroup/memory.current", "", 1.0);
+    if (max > 0 && cur >= 0 && (avail < 0 || max - cur < avail)) avail = max - cur > 0 ? max - cur : 0;
+    return avail > 0 ? avail : 0;
+}
+
 float tp_fp16_to_fp32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;

@@ -257,6 +257,7 @@ tp_status tp_gguf_load_tensor(const tp_gguf *g, const char *name, float *dst, si
                        g->path, name, (unsigned long long)t->ne[0],
                        (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows);
     tp_status s = tp_gguf_tensor_to_f32(t, dst);
+    tp_mmap_release(t->data, t->nbytes); /* the file's pages leave the resident set: only the fp32 copy counts */
     if (s) return tp_fail_ctx(s, "%s: tensor %s: ", g->path, name);
     return TP_OK;
 }

@@ -24,6 +24,7 @@ static tp_status load_st(const tp_safetensors *st, const char *dir, const char *
                        name, t->n_dims, (unsigned long long)(t->n_dims > 0 ? t->shape[0] : 0),
                        (unsigned long long)(t->n_dims > 1 ? t->shape[1] : 0), rows, cols);
     tp_status s = tp_st_to_f32(t, dst);
+    tp_mmap_release(t->data, t->nbytes); /* the file's pages leave the resident set: only the fp32 copy counts */
     if (s) return tp_fail_ctx(s, "%s: tensor %s: ", dir, name);
     return TP_OK;
 }

@@ -16,23 +16,11 @@
 #include "core/internal.h"
 #include "kernels.h"
 
-/* Drops the pages of [p, p+n) from the resident set (rounded out to whole pages). */
-static void release_pages(const void *p, size_t n) {
-    static size_t page;
-    if (!page) {
-        long ps = sysconf(_SC_PAGESIZE);
-        page = ps > 0 ? (size_t)ps : 4096;
-    }
-    if (!n) return;
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1), e = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
-    madvise((void *)a, e - a, MADV_DONTNEED);
-}
-
 /* Every mapping of the source: dropped whole after a layer (cheap: only mapped pages count). */
 static void release_all(const struct tp_stream *ms) {
     if (ms->st)
-        for (int i = 0; i < ms->st->n_shards; i++) release_pages(ms->st->maps[i].data, ms->st->maps[i].size);
-    if (ms->g) release_pages(ms->g->map.data, ms->g->map.size);
+        for (int i = 0; i < ms->st->n_shards; i++) tp_mmap_release(ms->st->maps[i].data, ms->st->maps[i].size);
+    if (ms->g) tp_mmap_release(ms->g->map.data, ms->g->map.size);
 }
 
 void tp_stream_close(tp_model *m) {
@@ -136,7 +124,7 @@ tp_status tp_model_rows(const tp_model *m, int head, size_t r0, size_t n, float 
         part.n_elem = n * d;
         part.nbytes = n * d * es;
         s = tp_st_to_f32(&part, dst);
-        release_pages(part.data, part.nbytes);
+        tp_mmap_release(part.data, part.nbytes);
     } else {
         const char *name = head && !tied ? "output.weight" : "token_embd.weight";
         const tp_gguf_tensor *t = tp_gguf_find_tensor(ms->g, name);
@@ -150,14 +138,25 @@ tp_status tp_model_rows(const tp_model *m, int head, size_t r0, size_t n, float 
         part.n_elem = n * d;
         part.nbytes = n * row;
         s = tp_gguf_tensor_to_f32(&part, dst);
-        release_pages(part.data, part.nbytes);
+        tp_mmap_release(part.data, part.nbytes);
     }
     return s;
+}
+
+/* Gives the layer buffer's memory back (its whole pages, rounded inward: the final norm after it
+ * stays) until the next tp_model_layer_ready reads a layer into it. */
+static void drop_layer_buffer(const tp_model *m) {
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t a = ((uintptr_t)m->params + page - 1) & ~(page - 1), e = (uintptr_t)m->final_norm & ~(page - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED); /* anonymous memory: reads back as zeros */
+    m->stream->loaded = -1;
 }
 
 tp_status tp_model_stream_head(const tp_model *m) {
     struct tp_stream *ms = m->stream;
     if (!ms || ms->head) return TP_OK;
+    drop_layer_buffer(m); /* the lm_head and a layer are never needed at once */
     size_t V = (size_t)m->cfg.vocab, d = (size_t)m->cfg.d_model, n;
     float *head = NULL;
     if (tp_mul_overflow(V, d, &n) || !(head = malloc(n * sizeof(float))))
