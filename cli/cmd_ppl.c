@@ -8,8 +8,8 @@
 #include "taper/eval.h"
 
 static const char *HELP =
-    "usage: taper ppl MODEL --data FILE [--ctx 512] [--max-chunks N] [--precision P] [--threads N]\n"
-    "                 [--json[=FILE]]\n\n"
+    "usage: taper ppl MODEL --data FILE [--ctx 512] [--max-chunks N] [--precision P] [--stream]\n"
+    "                 [--logits FILE] [--threads N] [--json[=FILE]]\n\n"
     "Tokenizes the whole text file (as bytes, no BOS) and reports perplexity under two protocols:\n"
     "  chunks     non-overlapping ctx-token chunks, last partial chunk dropped, every token after the\n"
     "             first of each chunk scored (GPTQ / Wanda / SparseGPT papers)\n"
@@ -19,6 +19,10 @@ static const char *HELP =
     "  --ctx N          tokens per chunk (default 512)\n"
     "  --max-chunks N   score only the first N chunks (default: all)\n"
     "  --precision P    fp32 (default) or bf16 (weight products with bf16 inputs, fp32 accumulation)\n"
+    "  --stream         read the weights a layer at a time instead of loading the model (for models\n"
+    "                   larger than memory; every chunk reads the whole file once: slow)\n"
+    "  --logits FILE    also write the first chunk's logits (ctx tokens, no BOS) as raw float32,\n"
+    "                   ctx x vocab, to compare with another runtime\n"
     "  --threads N      OpenMP threads (default: all cores)\n"
     "  --json[=FILE]    also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help       this help\n";
@@ -29,6 +33,8 @@ int cmd_ppl(int argc, char **argv) {
                                          {"max-chunks", required_argument, 0, 'm'},
                                          {"threads", required_argument, 0, 't'},
                                          {"precision", required_argument, 0, 'P'},
+                                         {"stream", no_argument, 0, 's'},
+                                         {"logits", required_argument, 0, 'L'},
                                          {"json", optional_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -46,6 +52,8 @@ int cmd_ppl(int argc, char **argv) {
         case 't': if ((rc = cli_int("ppl", "--threads", optarg, 1, 1024, &threads))) return rc; break;
         case 'P': if ((rc = cli_precision("ppl", optarg))) return rc; break;
         case 'j': json = optarg ? optarg : "-"; break;
+        case 's': job.stream = 1; break;
+        case 'L': job.logits_path = optarg; break;
         default: return cli_usage("ppl", "unknown option");
         }
     }

@@ -2,7 +2,8 @@
  * lm_head row and the final norm read by a streamed model equal the loaded model's bit for bit
  * (HF safetensors of every tiny family, SmolLM2's Q4_1 GGUF, Gemma 3's Q4_K_M GGUF); the streamed
  * importance pass (layer-major, one read per layer) gives exactly the loaded model's scores and
- * layer-removal losses; whole-model operations refuse a streamed model. */
+ * layer-removal losses, the streamed forward its logits; the pruned HF folder written tensor by
+ * tensor has the bytes of apply + save; decoding, exports and apply refuse a streamed model. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,13 +178,26 @@ TT_TEST(stream_refuses_whole_model_operations) {
     char *dir = tt_path(tt_fixtures_dir(), "tiny"), *p = tt_path(dir, "llama3");
     tp_model *b = NULL;
     if (!TT_CHECK(tp_model_open_streamed(p, &b) == TP_OK, "%s", tp_errmsg())) goto done;
-    int32_t ids[4] = {1, 2, 3, 4};
-    float *logits = malloc(4 * (size_t)b->cfg.vocab * sizeof(float));
-    TT_CHECK(tp_forward(b, ids, 1, 4, NULL, logits, 0) != TP_OK && strstr(tp_errmsg(), "streamed"),
-             "forward: %s", tp_errmsg());
+    int32_t ids[8] = {1, 2, 3, 4, 50, 60, 70, 80};
+    size_t V = (size_t)b->cfg.vocab;
+    float *logits = malloc(8 * V * sizeof(float)), *ref = malloc(8 * V * sizeof(float));
+    tp_model *a = NULL;
+    /* a whole forward reads every layer on the way: the loaded model's logits, bit for bit */
+    TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_forward(a, ids, 2, 4, NULL, ref, 0) == TP_OK &&
+             tp_forward(b, ids, 2, 4, NULL, logits, 0) == TP_OK && same_floats(ref, logits, 8 * V),
+             "streamed forward: %s", tp_errmsg());
+    TT_CHECK(tp_forward(a, ids, 2, 4, NULL, ref, 1) == TP_OK && tp_forward(b, ids, 2, 4, NULL, logits, 1) == TP_OK &&
+             same_floats(ref, logits, 2 * V), "streamed forward, last positions: %s", tp_errmsg());
+    tp_kvcache *kv = NULL;
+    TT_CHECK(tp_kvcache_alloc(&b->cfg, 1, 8, &kv) == TP_OK &&
+             tp_forward(b, ids, 1, 4, kv, logits, 0) != TP_OK && strstr(tp_errmsg(), "streamed"),
+             "decoding with a KV cache is refused: %s", tp_errmsg());
+    tp_kvcache_free(kv);
+    tp_model_free(a);
     free(logits);
+    free(ref);
     float *x = calloc(4 * (size_t)b->cfg.d_model, sizeof(float));
-    TT_CHECK(tp_forward_layer(b, 1, x, 1, 4, NULL) != TP_OK && strstr(tp_errmsg(), "not the one read"),
+    TT_CHECK(tp_forward_layer(b, 0, x, 1, 4, NULL) != TP_OK && strstr(tp_errmsg(), "not the one read"),
              "a layer not read: %s", tp_errmsg());
     TT_CHECK(tp_model_layer_ready(b, 1) == TP_OK && tp_forward_layer(b, 1, x, 1, 4, NULL) == TP_OK, "%s",
              tp_errmsg());

@@ -54,6 +54,10 @@ typedef struct {
     size_t max_chunks;     /* score only the first max_chunks chunks (0 = all) */
     const char *precision; /* "fp32" / "bf16" for the job's duration, restored after; NULL = leave as is */
     const char *json_path; /* when set: the JSON `taper ppl --json=FILE` writes (tp_ppl_job_json) */
+    int stream;            /* read the weights a layer at a time (tp_model_open_streamed) instead of
+                              loading the model: every chunk reads the file once */
+    const char *logits_path; /* when set: the logits of the first chunk (its ctx tokens, no BOS) as raw
+                              float32, ctx x vocab, for comparison with another runtime */
 } tp_ppl_job;
 
 typedef struct {

@@ -126,8 +126,9 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
  * made ready by tp_model_layer_ready; tok_emb and lm_head are NULL (embedding and lm_head rows
  * come from tp_model_rows, the whole lm_head from tp_model_stream_head). The weights are
  * converted to fp32 by the same code as tp_model_load, so a streamed layer is bit-identical to
- * the loaded one. Whole-model operations (tp_forward_ex, exports, tp_prune_apply, training)
- * refuse a streamed model. The file pages read are dropped from the process's resident set
+ * the loaded one. tp_forward_ex without a KV cache reads every layer on the way (the same logits
+ * as the loaded model, one file read per call); decoding with a KV cache, exports, tp_prune_apply
+ * and training refuse a streamed model. The file pages read are dropped from the process's resident set
  * after each read (the page cache keeps them): memory stays one layer, whatever the model size. */
 tp_status tp_model_open_streamed(const char *path, tp_model **out);
 int tp_model_is_streamed(const tp_model *m);

@@ -60,7 +60,7 @@ static tp_status ppl_run(const tp_ppl_job *j, tp_ppl_job_result *res) {
     if (!j->data) return tp_fail(TP_ERR_ARG, "ppl: data is required");
     if (j->ctx < 4) return tp_fail(TP_ERR_ARG, "ppl: ctx must be >= 4, got %d", j->ctx);
     tp_model *m = NULL;
-    tp_status s = load_model(j->model, &m);
+    tp_status s = j->stream ? tp_model_open_streamed(j->model, &m) : load_model(j->model, &m);
     if (s) return s;
     res->max_pos = m->cfg.max_pos;
     if (j->ctx > m->cfg.max_pos)
@@ -82,6 +82,15 @@ static tp_status ppl_run(const tp_ppl_job *j, tp_ppl_job_result *res) {
         tp_progress_begin(&prog, "ppl", (double)(chunks * (size_t)j->ctx * (bos >= 0 ? 2 : 1)), "tok");
         s = tp_perplexity(m, ids, n, j->ctx, bos, j->max_chunks, &prog, res->r);
         tp_progress_end(&prog);
+    }
+    if (!s && j->logits_path) {
+        size_t V = (size_t)m->cfg.vocab, T = (size_t)j->ctx;
+        float *lg = n >= T ? malloc(T * V * sizeof(float)) : NULL;
+        if (n < T) s = tp_fail(TP_ERR_ARG, "ppl: logits: the text has %zu tokens, fewer than ctx %d", n, j->ctx);
+        else if (!lg) s = tp_fail(TP_ERR_NOMEM, "ppl: out of memory for %zu x %zu logits", T, V);
+        else s = tp_forward(m, ids, 1, (int)T, NULL, lg, 0);
+        if (!s) s = tp_write_file_atomic(j->logits_path, lg, T * V * sizeof(float));
+        free(lg);
     }
     free(ids);
     tp_model_free(m);

@@ -298,9 +298,10 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     const unsigned char *skip = opts ? opts->skip_layer : NULL;
     const tp_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
-    if (m->stream || !m->tok_emb)
-        return tp_fail(TP_ERR_UNSUPPORTED, "forward: %s is streamed (weights read a layer at a time); a whole-model "
-                       "forward needs it loaded", m->source ? m->source : "the model");
+    if (!m->stream && !m->tok_emb) return tp_fail(TP_ERR_ARG, "forward: the model has no weights");
+    if (m->stream && cache)
+        return tp_fail(TP_ERR_UNSUPPORTED, "forward: %s is streamed (weights read a layer at a time); decoding with "
+                       "a KV cache needs it loaded", m->source ? m->source : "the model");
     if (cache && cache->B != B)
         return tp_fail(TP_ERR_ARG, "forward: KV cache holds %d sequences, batch is %d", cache->B, B);
     int Tk_max = T;
@@ -320,11 +321,18 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     if (st) return st;
     for (int s = 0; s < B; s++)
         for (int t = 0; t < T; t++) b.pos[(size_t)s * T + t] = (cache ? cache->len[s] : 0) + t;
-    tp_model_embed(m, tokens, N, b.x);
-
-    for (int l = 0; l < c->n_layers; l++) {
+    /* a streamed model reads every layer on the way (the same code on the same bits) */
+    if (m->stream) st = tp_model_embed_any(m, tokens, N, b.x);
+    else tp_model_embed(m, tokens, N, b.x);
+    for (int l = 0; l < c->n_layers && !st; l++) {
         if (skip && skip[l]) continue;
+        if (m->stream && (st = tp_model_layer_ready(m, l))) break;
         layer_forward(m, l, &b, B, T, cache, Tk_max, hook, user);
+    }
+    if (!st && m->stream && logits) st = tp_model_stream_head(m);
+    if (st) {
+        free_buf(&b);
+        return st;
     }
     if (cache)
         for (int s = 0; s < B; s++) cache->len[s] += T;
@@ -336,8 +344,7 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
         if (last_only) {
             for (int s = 0; s < B; s++)
                 memcpy(b.proj + (size_t)s * d, b.x + ((size_t)s * T + (size_t)(T - 1)) * d, d * sizeof(float));
-            norm_rows(c, b.proj, m->final_norm, b.h, (size_t)B, d, b.normw);
-            tp_matmul_wt(b.h, m->lm_head, NULL, logits, (size_t)B, d, V);
+            final_rows(m, b.proj, (size_t)B, b.h, b.normw, logits);
         } else
             final_rows(m, b.x, N, b.h, b.normw, logits);
     }
