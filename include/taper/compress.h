@@ -102,6 +102,10 @@ typedef struct {
     double seconds;              /* importance pass (forwards with hooks) */
     double tokens_per_s;         /* importance-pass tokens per second */
     double depth_seconds;        /* layer-removal scoring */
+    /* memory of the run that computed them (0 when unknown; not in the score file) */
+    int streamed;                /* the model was streamed (a layer at a time) */
+    double mem_estimate;         /* bytes: the estimate of the path taken (tp_importance_mem) */
+    double peak_rss;             /* bytes: the process's peak resident set when they were done */
 } tp_importance;
 
 /* Runs the importance pass over n samples of seq_len tokens (ids: (n, seq_len)) and, when asked,
@@ -326,6 +330,7 @@ typedef struct {
     double seconds;              /* wall time of the job */
     tp_mem_plan mem;             /* the memory estimates and the path taken */
     char dtype[8], gguf_type[8]; /* what the HF folder and the GGUF were written in ("F32", "BF16", ...) */
+    double peak_rss;             /* bytes: the process's peak resident set at the end of the job */
 } tp_prune_job_result;
 
 void tp_prune_job_default(tp_prune_job *j);

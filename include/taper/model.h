@@ -80,6 +80,7 @@ typedef struct {
     char *source_format;/* "gguf" or "hf" */
     char *chat_template;/* may be NULL */
     struct tp_stream *stream; /* NULL, or the file a streamed model reads its weights from */
+    int bf16_only;      /* tp_model_freeze_bf16: the weight matrices exist as bf16 copies only */
 } tp_model;
 
 /* Validates a config (positive sizes, heads divisible by kv heads, ...). */
@@ -175,6 +176,13 @@ const char *tp_gemm_info(void);
  * (frozen: m never changes, e.g. a teacher; otherwise they follow optimizer updates). No-op under
  * fp32. tp_model_free releases them. */
 tp_status tp_model_prepare_precision(const tp_model *m, int frozen);
+/* A frozen model (a teacher) under bf16: keeps the bf16 copies of its weight matrices and gives
+ * the fp32 memory of those matrices back (the embedding, whose rows the forward reads in fp32, and
+ * the norms stay), so it takes about half the memory of its fp32 weights instead of 1.5 times
+ * them. Its products are the ones it computed before (they read the bf16 copies anyway). From
+ * then on m must not change and must only run under bf16 (its forward refuses fp32). No-op under
+ * fp32 precision. */
+tp_status tp_model_freeze_bf16(tp_model *m);
 
 /* ---- forward ---- */
 /* Key/value cache for incremental decoding of B sequences up to cap positions. */

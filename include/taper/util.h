@@ -32,6 +32,8 @@ void tp_mmap_release(const void *p, size_t n);
 /* Bytes of memory this process can still use: MemAvailable (/proc/meminfo), lowered to the
  * cgroup's memory.max minus its memory.current when that is smaller; 0 when unknown. */
 double tp_mem_available(void);
+/* The process's peak resident set so far, in bytes (getrusage's ru_maxrss). */
+double tp_peak_rss(void);
 
 float tp_fp16_to_fp32(uint16_t h);
 uint16_t tp_fp32_to_fp16(float f);   /* round to nearest even */

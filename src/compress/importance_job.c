@@ -81,6 +81,11 @@ cJSON *tp_importance_summary_json(const tp_importance *imp, int pair, const char
     if (isfinite(imp->tokens_per_s)) cJSON_AddNumberToObject(j, "importance_tokens_per_s", imp->tokens_per_s);
     if (isfinite(imp->seconds)) cJSON_AddNumberToObject(j, "importance_seconds", imp->seconds);
     if (isfinite(imp->depth_seconds)) cJSON_AddNumberToObject(j, "depth_seconds", imp->depth_seconds);
+    if (imp->peak_rss > 0) {
+        cJSON_AddBoolToObject(j, "streamed", imp->streamed);
+        cJSON_AddNumberToObject(j, "memory_estimate_bytes", imp->mem_estimate);
+        cJSON_AddNumberToObject(j, "peak_rss_bytes", imp->peak_rss);
+    }
     return j;
 }
 
@@ -140,6 +145,7 @@ tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out)
     if (s) return s;
     tp_model *owned = NULL;
     const tp_model *m = j->loaded;
+    tp_mem_plan mp = {0};
     if (!m) {
         tp_config cfg;
         if ((s = tp_config_load(j->model, &cfg))) return s;
@@ -152,7 +158,6 @@ tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out)
                 return tp_fail(TP_ERR_UNSUPPORTED, "importance job: block_metric needs the model loaded, not streamed");
             want = -1;
         }
-        tp_mem_plan mp;
         s = tp_mem_choose("importance", lo, st, j->mem_limit, want,
                           "fewer samples or depth_samples (each layer-removal variant keeps a stream of them), or "
                           "a smaller batch", &mp);
@@ -213,6 +218,14 @@ tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out)
     tp_importance *imp = NULL;
     s = tp_importance_compute(m, ids, n, j->seq_len, &o, &imp);
     tp_progress_end(&prog);
+    if (!s) {
+        imp->streamed = tp_model_is_streamed(m);
+        imp->mem_estimate = imp->streamed ? mp.streamed : mp.loaded;
+        imp->peak_rss = tp_peak_rss();
+        if (imp->mem_estimate > 0)
+            tp_log(TP_LOG_INFO, "taper importance: peak memory %.2f GiB (estimated %.2f GiB)", imp->peak_rss / (1 << 30),
+                   imp->mem_estimate / (1 << 30));
+    }
     tp_task_free(tm.task);
     free(ids);
     tp_model_free(owned);

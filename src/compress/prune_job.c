@@ -83,6 +83,8 @@ cJSON *tp_prune_job_json(const tp_prune_job *j, const tp_prune_job_result *r) {
     if (j->gguf) cJSON_AddStringToObject(o, "gguf", j->gguf);
     if (j->gguf) cJSON_AddStringToObject(o, "gguf_type", r->gguf_type);
     cJSON_AddBoolToObject(o, "streamed", r->mem.stream);
+    cJSON_AddNumberToObject(o, "memory_estimate_bytes", r->mem.stream ? r->mem.streamed : r->mem.loaded);
+    cJSON_AddNumberToObject(o, "peak_rss_bytes", r->peak_rss);
     cJSON_AddNumberToObject(o, "seconds", r->seconds);
     return o;
 }
@@ -286,6 +288,10 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     }
     r->plan = plan;
     r->seconds = tp_time_s() - t0;
+    r->peak_rss = tp_peak_rss();
+    if (!s)
+        tp_log(TP_LOG_INFO, "taper prune: peak memory %.2f GiB (estimated %.2f GiB)", r->peak_rss / (1 << 30),
+               (r->mem.stream ? r->mem.streamed : r->mem.loaded) / (1 << 30));
     if (!s && j->json_path) {
         cJSON *js = tp_prune_job_json(j, r);
         s = js ? tp_write_json_atomic(j->json_path, js) : tp_fail(TP_ERR_NOMEM, "out of memory");

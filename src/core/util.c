@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,6 +146,11 @@ double tp_mem_available(void) {
     double cur = file_number("/sys/fs/cgroup/memory.current", "", 1.0);
     if (max > 0 && cur >= 0 && (avail < 0 || max - cur < avail)) avail = max - cur > 0 ? max - cur : 0;
     return avail > 0 ? avail : 0;
+}
+
+double tp_peak_rss(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss * 1024.0 : 0;
 }
 
 float tp_fp16_to_fp32(uint16_t h) {

@@ -277,6 +277,8 @@ tp_status tp_forward_layer(const tp_model *m, int l, float *x, int B, int T, con
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
     if (l < 0 || l >= m->cfg.n_layers)
         return tp_fail(TP_ERR_ARG, "forward: layer %d is outside the model's %d layers", l, m->cfg.n_layers);
+    if (m->bf16_only && tp_gemm_precision() != TP_PREC_BF16)
+        return tp_fail(TP_ERR_ARG, "forward: the model's weights are held in bf16 only; it runs under bf16 precision");
     if (m->stream && m->stream->loaded != l)
         return tp_fail(TP_ERR_ARG, "forward: layer %d of the streamed model is not the one read (tp_model_layer_ready)", l);
     fwd_buf b;
@@ -299,6 +301,9 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     const tp_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return tp_fail(TP_ERR_ARG, "forward: batch %d x length %d must be > 0", B, T);
     if (!m->stream && !m->tok_emb) return tp_fail(TP_ERR_ARG, "forward: the model has no weights");
+    if (m->bf16_only && tp_gemm_precision() != TP_PREC_BF16)
+        return tp_fail(TP_ERR_ARG, "forward: the model's weights are held in bf16 only (tp_model_freeze_bf16); it "
+                       "runs under bf16 precision");
     if (m->stream && cache)
         return tp_fail(TP_ERR_UNSUPPORTED, "forward: %s is streamed (weights read a layer at a time); decoding with "
                        "a KV cache needs it loaded", m->source ? m->source : "the model");

@@ -281,10 +281,16 @@ static int gemm_rounded(int ta, int tb, int M, int N, int K, float alpha, const 
         free(b);
         return -1;
     }
+    /* a registered weight is read from its bf16 copy (the same values: it is the fp32 rounded),
+     * since a frozen one may have given its fp32 memory back (tp_model_freeze_bf16) */
+    const uint16_t *ra = (size_t)lda == ac ? bf16_lookup(A, ar * ac) : NULL;
+    const uint16_t *rb = (size_t)ldb == bc ? bf16_lookup(B, br * bc) : NULL;
     for (size_t r = 0; r < ar; r++)
-        for (size_t c = 0; c < ac; c++) a[r * ac + c] = tp_bf16_to_f32(tp_f32_to_bf16(A[r * (size_t)lda + c]));
+        for (size_t c = 0; c < ac; c++)
+            a[r * ac + c] = tp_bf16_to_f32(ra ? ra[r * ac + c] : tp_f32_to_bf16(A[r * (size_t)lda + c]));
     for (size_t r = 0; r < br; r++)
-        for (size_t c = 0; c < bc; c++) b[r * bc + c] = tp_bf16_to_f32(tp_f32_to_bf16(B[r * (size_t)ldb + c]));
+        for (size_t c = 0; c < bc; c++)
+            b[r * bc + c] = tp_bf16_to_f32(rb ? rb[r * bc + c] : tp_f32_to_bf16(B[r * (size_t)ldb + c]));
     gemm_fp32(ta, tb, M, N, K, alpha, a, (int)ac, b, (int)bc, beta, C, ldc);
     free(a);
     free(b);

@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
+#include <stdint.h>
 #include "model_internal.h"
 #include "kernels.h"
 
@@ -244,6 +247,40 @@ tp_status tp_model_prepare_precision(const tp_model *m, int frozen) {
     }
     bad |= tp_gemm_bf16_register(m->lm_head, (size_t)c->vocab * d, frozen);
     return bad ? tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights") : TP_OK;
+}
+
+/* Gives back the whole pages inside [p, p + n floats) (anonymous memory: reads back as zeros). */
+static void drop_floats(const float *p, size_t n) {
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), e = (uintptr_t)(p + n) & ~(page - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+tp_status tp_model_freeze_bf16(tp_model *m) {
+    (void)tp_gemm_backend();
+    if (tp_gemm_precision() != TP_PREC_BF16 || !m || m->bf16_only) return TP_OK;
+    if (m->stream) return tp_fail(TP_ERR_ARG, "a streamed model cannot be frozen in bf16");
+    const tp_config *c = &m->cfg;
+    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
+           ff = (size_t)c->d_ff;
+    /* matrix by matrix: registered (converted), then its fp32 pages dropped, so the peak is the
+     * fp32 weights plus one matrix */
+    for (int l = 0; l < c->n_layers; l++) {
+        const tp_layer *L = &m->layers[l];
+        float *w[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        size_t n[] = {q * d, kv * d, kv * d, d * q, ff * d, ff * d, d * ff};
+        for (int k = 0; k < 7; k++) {
+            if (tp_gemm_bf16_register(w[k], n[k], 1))
+                return tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights");
+            drop_floats(w[k], n[k]);
+        }
+    }
+    if (tp_gemm_bf16_register(m->lm_head, (size_t)c->vocab * d, 1))
+        return tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights");
+    if (!c->tie_embeddings) drop_floats(m->lm_head, (size_t)c->vocab * d); /* tied: the embedding rows are read */
+    m->bf16_only = 1;
+    return TP_OK;
 }
 
 const char *tp_gemm_info(void) { return tp_gemm_describe(); }

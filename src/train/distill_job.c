@@ -204,7 +204,8 @@ static tp_status state_load(void *user, const void *buf, size_t bytes) {
 static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const tp_train_hooks **hooks) {
     distill_state *st = user;
     const tp_distill_job *J = st->job;
-    tp_status s = st->teacher ? tp_model_prepare_precision(st->teacher, 1) : TP_OK; /* bf16 copies, made once */
+    /* under bf16 the frozen teacher keeps its bf16 copies only (half its fp32 size, the same products) */
+    tp_status s = st->teacher ? tp_model_freeze_bf16(st->teacher) : TP_OK;
     if (s) return s;
     s = tp_distiller_new(st->teacher, m, &st->dc, cfg->B, cfg->T, &cfg->opt, &st->d);
     if (s) return s;
