@@ -202,6 +202,7 @@ int cmd_importance(int argc, char **argv) {
     }
     j.stream = stream;
     j.mem_limit = mem_limit;
+    tp_set_mem_limit(mem_limit);
     j.dry_run = dry;
     /* the config (metadata only) here so that a --block too large for the model is a usage error */
     tp_config cfg;

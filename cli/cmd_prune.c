@@ -233,6 +233,7 @@ int cmd_prune(int argc, char **argv) {
         return cli_error(tp_fail(TP_ERR_UNSUPPORTED, "--heterogeneous: per-layer widths are not supported yet "
                                  "(tp_model has one shape for every layer); prune to homogeneous sizes"));
     cli_set_threads(threads);
+    tp_set_mem_limit(a.mem_limit);
     a.json_path = json && strcmp(json, "-") ? json : NULL;
     tp_prune_job_result r;
     tp_status s = tp_prune_job_run(&a, &r);

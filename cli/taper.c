@@ -65,14 +65,15 @@ static void keep_freed_memory(void) {
 #endif
 }
 
-/* The environment the library does not read itself: TAPER_PROGRESS, TAPER_GEMM, TAPER_PRECISION
- * (a command's --precision still overrides the last). */
+/* The environment the library does not read itself: TAPER_PROGRESS, TAPER_GEMM, TAPER_MEM_LIMIT,
+ * TAPER_PRECISION (a command's --precision and --mem-limit still override the last two). */
 static int apply_environment(void) {
     const char *e = getenv("TAPER_PROGRESS");
     if (e && e[0] == '0') tp_progress_set_mode(0);
     else if (e && e[0] == '1') tp_progress_set_mode(1);
     e = getenv("TAPER_GEMM");
     if (e && *e && tp_set_gemm_backend(e)) fprintf(stderr, "taper: TAPER_GEMM: %s; using the default\n", tp_errmsg());
+    tp_set_mem_limit(cli_mem_limit_env()); /* 0 when unset: the memory available */
     e = getenv("TAPER_PRECISION");
     if (e && *e && tp_set_precision(e)) {
         fprintf(stderr, "taper: TAPER_PRECISION: %s\n", tp_errmsg());

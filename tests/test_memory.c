@@ -242,3 +242,31 @@ TT_TEST(memory_streamed_perplexity) {
     free(la);
     free(lb);
 }
+
+/* Every command that loads a model refuses, before reading a weight, fp32 weights that do not fit. */
+TT_TEST(memory_load_refused_up_front) {
+    const char *m = tt_model_path();
+    if (!m) {
+        tt_skip("the default model (SmolLM2 GGUF) is missing: run make deps");
+        return;
+    }
+    tp_model *x = NULL;
+    tp_set_mem_limit(64.0 * (1 << 20));
+    tp_status s = tp_model_load(m, &x);
+    TT_CHECK(s == TP_ERR_NOMEM && !x && strstr(tp_errmsg(), "needs about 0.59 GiB for its fp32 weights, 0.06 GiB is available") &&
+             strstr(tp_errmsg(), "stream on"), "refused: %s", tp_errmsg());
+    tp_set_mem_limit(0);
+    TT_CHECK(tp_model_load(m, &x) == TP_OK, "no limit: %s", tp_errmsg());
+    tp_model_free(x);
+    if (!tt_bin()) return;
+    char *log = tt_path(tt_tmp_dir(), "mem-refused.log");
+    int rc = tt_sh("TAPER_MEM_LIMIT=64M TAPER_PROGRESS=0 %s generate %s --prompt hi --max-tokens 2 > '%s' 2>&1", tt_bin(),
+                   m, log);
+    char *out = NULL;
+    tp_read_file(log, &out, NULL);
+    TT_CHECK(rc == 1 && out && strstr(out, "0.06 GiB is available"), "taper generate under TAPER_MEM_LIMIT=64M: rc %d: %s",
+             rc, out ? out : "");
+    free(out);
+    unlink(log);
+    free(log);
+}

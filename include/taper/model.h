@@ -105,8 +105,13 @@ int tp_model_tensors(const tp_model *m, tp_tensor_ref *out, int cap);
 /* The tensor HF calls name ("lm_head.weight" also when tied: then it is the embedding) and its
  * element count in *n; NULL for a name the model does not have. */
 float *tp_model_tensor(const tp_model *m, const char *name, size_t *n);
-/* Path may be a .gguf file or an HF folder (config.json + safetensors + tokenizer.json). */
+/* Path may be a .gguf file or an HF folder (config.json + safetensors + tokenizer.json). Before
+ * reading a weight it checks that the fp32 weights fit (4 bytes a parameter + 96 MiB) in the
+ * process's memory limit, and fails with TP_ERR_NOMEM naming both when they do not. */
 tp_status tp_model_load(const char *path, tp_model **out);
+/* The memory limit tp_model_load holds models to, in bytes: 0 (default) the memory available
+ * (tp_mem_available), < 0 no check. Process-wide. */
+void tp_set_mem_limit(double bytes);
 tp_status tp_model_load_gguf(const char *path, tp_model **out);
 tp_status tp_model_load_hf(const char *dir, tp_model **out);
 /* The config of the model at path (as tp_model_load would give it) from its metadata alone: an HF

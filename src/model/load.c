@@ -26,10 +26,25 @@ static tp_status model_kind(const char *path, int *kind) {
     return tp_fail(TP_ERR_FORMAT, "%s: not a GGUF file (no GGUF magic) and not an HF model folder", path);
 }
 
+static double g_mem_limit; /* bytes; 0: the memory available; < 0: no check */
+
+void tp_set_mem_limit(double bytes) { g_mem_limit = bytes; }
+
 tp_status tp_model_load(const char *path, tp_model **out) {
     int kind;
     *out = NULL;
     tp_status s = model_kind(path, &kind);
+    if (s) return s;
+    /* the fp32 weights must fit before any is read: a clear refusal, not the OOM killer */
+    tp_config c;
+    if (g_mem_limit >= 0 && (s = tp_config_load(path, &c)) == TP_OK) {
+        double need = 4.0 * (double)tp_config_n_params(&c) + 96.0 * (1 << 20);
+        double avail = g_mem_limit > 0 ? g_mem_limit : tp_mem_available();
+        if (avail > 0 && need > avail)
+            return tp_fail(TP_ERR_NOMEM, "%s: loading it needs about %.2f GiB for its fp32 weights, %.2f GiB is "
+                           "available (mem_limit); the importance, prune and ppl jobs can read it a layer at a time "
+                           "instead (stream on)", path, need / (1 << 30), avail / (1 << 30));
+    }
     if (s) return s;
     return kind == 1 ? tp_model_load_hf(path, out) : tp_model_load_gguf(path, out);
 }
