@@ -1004,15 +1004,6 @@ TT_TEST(data_tokenize_cli_matches_tp_tok_encode) {
     free(tokp);
 }
 
-static int files_equal(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int eq = tp_read_file(a, &x, &nx) == TP_OK && tp_read_file(b, &y, &ny) == TP_OK && nx == ny && !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return eq;
-}
-
 TT_TEST(data_tokenize_is_thread_count_independent) {
     if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
     char *tokp = NULL;
@@ -1061,7 +1052,7 @@ TT_TEST(data_tokenize_is_thread_count_independent) {
         raw_shard rs = {0};
         int exists = raw_read(a, &rs) == 0;
         if (exists) {
-            same &= files_equal(a, b);
+            same &= tt_same_file(a, b);
             sizes_ok &= rs.n_tokens <= 2000 && rs.n_tokens > 0;
             for (size_t i = 0; i < rs.n_tokens && content_ok; i++)
                 content_ok = tok_total + i < e.tok.n && rs.tokens[i] == (uint32_t)e.tok.v[tok_total + i];
@@ -1076,7 +1067,7 @@ TT_TEST(data_tokenize_is_thread_count_independent) {
         if (!exists) break;
     }
     char *m1 = tt_path(o1, "manifest.json"), *m2 = tt_path(o2, "manifest.json");
-    TT_CHECK(n_shards >= 3 && same && files_equal(m1, m2), "%zu shards and manifest byte-identical for 1 and 2 threads",
+    TT_CHECK(n_shards >= 3 && same && tt_same_file(m1, m2), "%zu shards and manifest byte-identical for 1 and 2 threads",
              n_shards);
     TT_CHECK(sizes_ok && content_ok && tok_total == e.tok.n && doc_total == 600,
              "shards <= 2000 tokens, documents whole and in order (%zu tokens, %zu docs)", tok_total, doc_total);

@@ -116,15 +116,6 @@ static double num(const cJSON *j, const char *k) {
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
-static int same_file(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int ok = tp_read_file(a, &x, &nx) == TP_OK && tp_read_file(b, &y, &ny) == TP_OK && nx == ny && !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return ok;
-}
-
 TT_TEST(memory_cli_limits_and_streaming) {
     const char *m = tt_model_path();
     const char *data = tt_data_dir();
@@ -201,7 +192,7 @@ TT_TEST(memory_cli_limits_and_streaming) {
     TT_CHECK(rc == 0 && strstr(out, "loading the model"), "prune loaded: %s", out);
     free(out);
     char *f1 = tt_path(o1, "model.safetensors"), *f2 = tt_path(o2, "model.safetensors");
-    TT_CHECK(same_file(f1, f2), "streamed and loaded prunes wrote the same bytes");
+    TT_CHECK(tt_same_file(f1, f2), "streamed and loaded prunes wrote the same bytes");
     free(f1);
     free(f2);
     x = read_json(pj);
@@ -236,7 +227,7 @@ TT_TEST(memory_streamed_perplexity) {
     TT_CHECK(tp_ppl_job_run(&j, &r2) == TP_OK, "streamed: %s", tp_errmsg());
     TT_CHECK(r1.r[0].nll_sum == r2.r[0].nll_sum && r1.r[1].nll_sum == r2.r[1].nll_sum && r1.r[0].n_scored == 126 &&
              isfinite(r1.r[0].ppl), "the same perplexity: %.17g vs %.17g", r1.r[0].nll_sum, r2.r[0].nll_sum);
-    TT_CHECK(same_file(la, lb), "the same first-chunk logits");
+    TT_CHECK(tt_same_file(la, lb), "the same first-chunk logits");
     unlink(la);
     unlink(lb);
     free(la);

@@ -32,6 +32,17 @@ static char *model_path(int i) {
 }
 #define N_MODELS (N_TINY + 2)
 
+/* Model i loaded (*a) and streamed (*b); 0 (both NULL, a failed check recorded) when either fails. */
+static int open_both(const char *p, tp_model **a, tp_model **b) {
+    *a = *b = NULL;
+    if (TT_CHECK(tp_model_load(p, a) == TP_OK && tp_model_open_streamed(p, b) == TP_OK, "%s: %s", p, tp_errmsg()))
+        return 1;
+    tp_model_free(*a);
+    tp_model_free(*b);
+    *a = *b = NULL;
+    return 0;
+}
+
 static int same_floats(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
 
 TT_TEST(stream_weights_match_loaded) {
@@ -43,10 +54,7 @@ TT_TEST(stream_weights_match_loaded) {
             continue;
         }
         tp_model *a = NULL, *b = NULL;
-        if (!TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_model_open_streamed(p, &b) == TP_OK, "%s: %s", p,
-                      tp_errmsg())) {
-            tp_model_free(a);
-            tp_model_free(b);
+        if (!open_both(p, &a, &b)) {
             free(p);
             continue;
         }
@@ -131,10 +139,7 @@ TT_TEST(stream_importance_is_identical) {
         char *p = model_path(i);
         if (!p) continue;
         tp_model *a = NULL, *b = NULL;
-        if (!TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_model_open_streamed(p, &b) == TP_OK, "%s: %s", p,
-                      tp_errmsg())) {
-            tp_model_free(a);
-            tp_model_free(b);
+        if (!open_both(p, &a, &b)) {
             free(p);
             continue;
         }
@@ -219,16 +224,6 @@ done:
     free(dir);
 }
 
-/* 1 when the two files have the same bytes. */
-static int same_file(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int ok = tp_read_file(a, &x, &nx) == TP_OK && tp_read_file(b, &y, &ny) == TP_OK && nx == ny && !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return ok;
-}
-
 static void rm_dir(const char *d) {
     if (d) tt_sh("rm -rf '%s'", d);
 }
@@ -241,10 +236,7 @@ TT_TEST(stream_prune_export_is_identical) {
         char *p = model_path(i);
         if (!p) continue;
         tp_model *a = NULL, *b = NULL;
-        if (!TT_CHECK(tp_model_load(p, &a) == TP_OK && tp_model_open_streamed(p, &b) == TP_OK, "%s: %s", p,
-                      tp_errmsg())) {
-            tp_model_free(a);
-            tp_model_free(b);
+        if (!open_both(p, &a, &b)) {
             free(p);
             continue;
         }
@@ -293,7 +285,7 @@ TT_TEST(stream_prune_export_is_identical) {
                 char *fa = tt_path(da, files[f]), *fb = tt_path(db, files[f]), *fc = tt_path(dc, files[f]);
                 int present = access(fa, R_OK) == 0;
                 TT_CHECK(present || f == 3, "%s: %s written", p, files[f]);
-                TT_CHECK(!present || (same_file(fa, fb) && same_file(fa, fc)), "%s: %s differs", p, files[f]);
+                TT_CHECK(!present || (tt_same_file(fa, fb) && tt_same_file(fa, fc)), "%s: %s differs", p, files[f]);
                 free(fa); free(fb); free(fc);
             }
             tp_model *back = NULL;

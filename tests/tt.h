@@ -49,6 +49,8 @@ struct cJSON *tt_fixture_json(const char *rel);
 float *tt_fixture_f32(const char *rel, size_t n, int required);
 /* Writes n bytes of s to path: 1 on success, 0 on failure. */
 int tt_write_text(const char *path, const char *s, size_t n);
+/* 1 when the two files can be read and hold the same bytes. */
+int tt_same_file(const char *a, const char *b);
 /* text written to tmp/subdir/name and loaded as a tokenizer.json; a failure's message must name
  * the file (a failed check otherwise). */
 struct tp_tokenizer;

@@ -160,6 +160,15 @@ tp_model *tt_model(void) {
     return shared_model;
 }
 
+int tt_same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    int eq = tp_read_file(a, &x, &nx) == TP_OK && tp_read_file(b, &y, &ny) == TP_OK && nx == ny && !memcmp(x, y, nx);
+    free(x);
+    free(y);
+    return eq;
+}
+
 int tt_sh(const char *fmt, ...) {
     char cmd[8192];
     va_list ap;

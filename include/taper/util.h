@@ -32,6 +32,8 @@ void tp_mmap_release(const void *p, size_t n);
 /* Bytes of memory this process can still use: MemAvailable (/proc/meminfo), lowered to the
  * cgroup's memory.max minus its memory.current when that is smaller; 0 when unknown. */
 double tp_mem_available(void);
+/* Size of the file at path in bytes; 0 when path is NULL or cannot be stat'ed. */
+double tp_file_size(const char *path);
 /* The process's peak resident set so far, in bytes (getrusage's ru_maxrss). */
 double tp_peak_rss(void);
 

@@ -150,8 +150,10 @@ tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out)
         tp_config cfg;
         if ((s = tp_config_load(j->model, &cfg))) return s;
         int depth = j->depth_samples < j->samples ? j->depth_samples : j->samples;
-        double lo = tp_importance_mem(&cfg, (size_t)j->samples, j->seq_len, j->batch, depth, j->block, 0);
-        double st = tp_importance_mem(&cfg, (size_t)j->samples, j->seq_len, j->batch, depth, j->block, 1);
+        /* the calibration text, read whole and tokenized (text + ids + the tokenizer's work) */
+        double text = 3.0 * (double)tp_file_size(j->data);
+        double lo = tp_importance_mem(&cfg, (size_t)j->samples, j->seq_len, j->batch, depth, j->block, 0) + text;
+        double st = tp_importance_mem(&cfg, (size_t)j->samples, j->seq_len, j->batch, depth, j->block, 1) + text;
         int want = j->stream;
         if (j->block_metric) {
             if (want > 0)

@@ -59,16 +59,24 @@ static double state_bytes(const tp_config *c, double B, int T) {
     return 8 * (acc + scores) + 4 * B * T * d + 8 * B * T * nh + 8 * 3 * (d > ff ? d : ff);
 }
 
+/* The mapped file pages of the tensor being converted (dropped after it; at most 4 bytes an
+ * element): the largest a loader reads whole. */
+static double mapped_bytes(const tp_config *c, int streamed) {
+    double ffd = (double)c->d_ff * c->d_model, vd = (double)c->vocab * c->d_model;
+    return 4 * (streamed || ffd > vd ? ffd : vd);
+}
+
 double tp_importance_mem(const tp_config *c, size_t n, int T, int batch, int depth, int block, int streamed) {
     double d = c->d_model, V = c->vocab, L = c->n_layers, ds = depth, B = batch > 0 ? batch : 1;
     double nb = block > 0 ? L - block + 1 : 0, Bl = ds > 0 ? loss_batch(T, c->vocab, ds) : 0;
     double Bmax = B > Bl ? B : Bl, logits = 4 * Bl * T * V, big = V * d > d * c->d_ff ? V * d : d * c->d_ff;
     double common = base_bytes(c) + fwd_bytes(c, Bmax * T, T) + state_bytes(c, B, T);
     if (!streamed)
-        return common + 4 * (double)tp_config_n_params(c) + logits + bf16_bytes(big, Bmax * T * (d > c->d_ff ? d : c->d_ff));
+        return common + 4 * (double)tp_config_n_params(c) + mapped_bytes(c, 0) + logits +
+               bf16_bytes(big, Bmax * T * (d > c->d_ff ? d : c->d_ff));
     /* layer phase: one layer, the stream of all samples, the layer-removal streams */
     double variants = ds > 0 ? 4 * (1 + L + nb) * ds * T * d : 0;
-    double layers = 4 * (layer_params(c) + d) + 4 * (double)n * T * d + variants +
+    double layers = 4 * (layer_params(c) + d) + mapped_bytes(c, 1) + 4 * (double)n * T * d + variants +
                     bf16_bytes(d * c->d_ff, B * T * c->d_ff);
     /* head phase (layer buffer dropped): the lm_head in fp32, the streams, one batch of logits */
     double head = ds > 0 ? 4 * d + variants + 4 * V * d + logits + 4 * Bl * T * d + bf16_bytes(V * d, Bl * T * d) : 0;
@@ -76,9 +84,12 @@ double tp_importance_mem(const tp_config *c, size_t n, int T, int batch, int dep
 }
 
 double tp_prune_mem(const tp_config *src, const tp_config *dst, int streamed) {
-    if (!streamed) return base_bytes(src) + 4 * ((double)tp_config_n_params(src) + (double)tp_config_n_params(dst));
+    if (!streamed)
+        return base_bytes(src) + 4 * ((double)tp_config_n_params(src) + (double)tp_config_n_params(dst)) +
+               mapped_bytes(src, 0);
     /* one source layer, one pruned layer, slices of embedding rows, the writer's buffers */
-    return base_bytes(src) + 4 * (layer_params(src) + layer_params(dst) + 2.0 * src->d_model) + 8 * MIB;
+    return base_bytes(src) + 4 * (layer_params(src) + layer_params(dst) + 2.0 * src->d_model) + mapped_bytes(src, 1) +
+           8 * MIB;
 }
 
 static const char *gib(double b, char *buf) {

@@ -231,10 +231,12 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
             s = tp_fail(TP_ERR_UNSUPPORTED, "prune job: %s needs the model loaded, not streamed (give the sizes "
                         "instead, or write the HF folder and convert it)", why);
         if (why) want = -1;
-        /* the GGUF writer holds the file it writes (at most 4 bytes a parameter) */
+        /* the GGUF writer holds the file it writes (at most 4 bytes a parameter); the score or plan
+         * file was parsed (a JSON tree: about 8 times the file, kept by the allocator) */
         double gguf = j->gguf ? 4.0 * (double)tp_config_n_params(&dst) : 0;
-        if (!s) s = tp_mem_choose("prune", tp_prune_mem(&src, &dst, 0) + gguf, tp_prune_mem(&src, &dst, 1), j->mem_limit,
-                                  want, NULL, &r->mem);
+        double parsed_json = 8.0 * (double)tp_file_size(j->plan ? j->plan : j->scores);
+        if (!s) s = tp_mem_choose("prune", tp_prune_mem(&src, &dst, 0) + gguf + parsed_json,
+                                  tp_prune_mem(&src, &dst, 1) + parsed_json, j->mem_limit, want, NULL, &r->mem);
         if (!s) tp_log(TP_LOG_INFO, "taper prune: memory: about %.2f GiB loaded, %.2f GiB streamed, %.2f GiB available: %s",
                        r->mem.loaded / (1 << 30), r->mem.streamed / (1 << 30), r->mem.available / (1 << 30),
                        r->mem.stream ? "streaming the model (a layer at a time, written tensor by tensor)"

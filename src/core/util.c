@@ -148,6 +148,11 @@ double tp_mem_available(void) {
     return avail > 0 ? avail : 0;
 }
 
+double tp_file_size(const char *path) {
+    struct stat st;
+    return path && stat(path, &st) == 0 ? (double)st.st_size : 0;
+}
+
 double tp_peak_rss(void) {
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss * 1024.0 : 0;
