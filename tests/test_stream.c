@@ -12,7 +12,9 @@
 
 #include "taper/compress.h"
 #include "taper/model.h"
+#include "taper/gguf.h"
 #include "taper/rng.h"
+#include "taper/safetensors.h"
 #include "taper/util.h"
 #include "tt.h"
 
@@ -305,4 +307,41 @@ TT_TEST(stream_prune_export_is_identical) {
         free(p);
     }
     TT_CHECK(compared >= N_TINY, "compared %d models", compared);
+}
+
+/* Exports keep the source's dtype unless told otherwise: bf16 in, bf16 out (prune, convert to HF
+ * and to GGUF); a quantised GGUF's values are exact only in fp32. */
+TT_TEST(exports_default_to_the_source_dtype) {
+    if (!tt_bin()) {
+        tt_skip("TAPER_BIN is not set");
+        return;
+    }
+    char *dir = tt_path(tt_fixtures_dir(), "tiny"), *src = tt_path(dir, "llama3");
+    char *bf = tt_path(tt_tmp_dir(), "src-bf16"), *pr = tt_path(tt_tmp_dir(), "pruned-bf16"),
+         *gg = tt_path(tt_tmp_dir(), "src-bf16.gguf"), *q = tt_path(tt_tmp_dir(), "from-q4");
+    char a[4096], *out = NULL;
+    snprintf(a, sizeof a, "convert %s --to hf %s --dtype bf16", src, bf);
+    TT_CHECK(tt_taper(a, &out) == 0, "%s", out);
+    free(out);
+    snprintf(a, sizeof a, "prune %s --drop-layers 1 -o %s", bf, pr);
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "(HF folder, BF16)"), "prune keeps bf16: %s", out);
+    free(out);
+    snprintf(a, sizeof a, "convert %s --to gguf %s", bf, gg);
+    TT_CHECK(tt_taper(a, &out) == 0, "%s", out);
+    free(out);
+    tp_safetensors *st = NULL;
+    TT_CHECK(tp_st_open(pr, &st) == TP_OK && tp_st_find(st, "model.layers.0.mlp.up_proj.weight") &&
+             tp_st_find(st, "model.layers.0.mlp.up_proj.weight")->dtype == TP_ST_BF16, "pruned tensors are BF16");
+    tp_st_close(st);
+    tp_gguf *g = NULL;
+    TT_CHECK(tp_gguf_open(gg, &g) == TP_OK && tp_gguf_find_tensor(g, "blk.0.ffn_up.weight") &&
+             tp_gguf_find_tensor(g, "blk.0.ffn_up.weight")->type == TP_GGML_BF16, "converted GGUF matrices are BF16");
+    tp_gguf_close(g);
+    if (tt_model_path()) {
+        snprintf(a, sizeof a, "convert %s --to hf %s", tt_model_path(), q);
+        TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "(hf, F32,"), "a Q4_1 source converts to F32: %s", out);
+        free(out);
+    }
+    tt_sh("rm -rf '%s' '%s' '%s' '%s'", bf, pr, gg, q);
+    free(dir); free(src); free(bf); free(pr); free(gg); free(q);
 }
