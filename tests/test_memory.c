@@ -160,8 +160,13 @@ TT_TEST(memory_cli_limits_and_streaming) {
     for (int k = 0; k < 2; k++) {
         const cJSON *j = k ? y : x;
         double est = num(j, "memory_estimate_bytes"), peak = num(j, "peak_rss_bytes");
+#ifdef __SANITIZE_ADDRESS__ /* shadow memory and redzones: the peak says nothing about the estimate */
+        TT_CHECK(peak > 0 && est > 0, "%s: peak %.0f MB, estimate %.0f MB", k ? "loaded" : "streamed", peak / 1e6,
+                 est / 1e6);
+#else
         TT_CHECK(peak > 0 && peak <= est && peak >= 0.35 * est, "%s: peak %.0f MB, estimate %.0f MB",
                  k ? "loaded" : "streamed", peak / 1e6, est / 1e6);
+#endif
     }
     cJSON_Delete(x);
     cJSON_Delete(y);
@@ -196,8 +201,11 @@ TT_TEST(memory_cli_limits_and_streaming) {
     free(f1);
     free(f2);
     x = read_json(pj);
-    TT_CHECK(x && cJSON_IsTrue(cJSON_GetObjectItem(x, "streamed")) &&
-             num(x, "peak_rss_bytes") <= num(x, "memory_estimate_bytes"), "prune JSON: streamed, under its estimate");
+    TT_CHECK(x && cJSON_IsTrue(cJSON_GetObjectItem(x, "streamed")), "prune JSON: streamed");
+#ifndef __SANITIZE_ADDRESS__
+    TT_CHECK(x && num(x, "peak_rss_bytes") <= num(x, "memory_estimate_bytes"), "prune: %.0f MB, under its estimate %.0f MB",
+             num(x, "peak_rss_bytes") / 1e6, num(x, "memory_estimate_bytes") / 1e6);
+#endif
     cJSON_Delete(x);
     tt_sh("rm -rf '%s'", dir);
     free(s1); free(s2); free(j1); free(j2); free(o1); free(o2); free(pj); free(dir);
