@@ -684,8 +684,8 @@ TT_TEST(prune_and_importance_jobs) {
     /* explicit sizes and a layer list; only the plan is written */
     tp_prune_job pj_job;
     tp_prune_job_default(&pj_job);
-    TT_CHECK(!strcmp(pj_job.dtype, "f32") && pj_job.tolerance == 0.05 && pj_job.max_candidates == 12 &&
-             pj_job.eval_samples == 16, "prune defaults");
+    TT_CHECK(pj_job.dtype == NULL && pj_job.gguf_type == NULL && pj_job.tolerance == 0.05 &&
+             pj_job.max_candidates == 12 && pj_job.eval_samples == 16, "prune defaults (dtypes: the source's)");
     pj_job.model = mp;
     pj_job.scores = sp;
     pj_job.hidden = 448;
