@@ -81,6 +81,7 @@ typedef struct {
     char *chat_template;/* may be NULL */
     struct tp_stream *stream; /* NULL, or the file a streamed model reads its weights from */
     int bf16_only;      /* tp_model_freeze_bf16: the weight matrices exist as bf16 copies only */
+    int bf16_emb_only;  /* ... and the embedding too (its values were exactly bf16) */
 } tp_model;
 
 /* Validates a config (positive sizes, heads divisible by kv heads, ...). */
@@ -182,11 +183,12 @@ const char *tp_gemm_info(void);
  * fp32. tp_model_free releases them. */
 tp_status tp_model_prepare_precision(const tp_model *m, int frozen);
 /* A frozen model (a teacher) under bf16: keeps the bf16 copies of its weight matrices and gives
- * the fp32 memory of those matrices back (the embedding, whose rows the forward reads in fp32, and
- * the norms stay), so it takes about half the memory of its fp32 weights instead of 1.5 times
- * them. Its products are the ones it computed before (they read the bf16 copies anyway). From
- * then on m must not change and must only run under bf16 (its forward refuses fp32). No-op under
- * fp32 precision. */
+ * the fp32 memory of those matrices back, so it takes half the memory of its fp32 weights instead
+ * of 1.5 times them. The embedding goes the same way when every value of it is exactly a bf16
+ * (a bf16 checkpoint); otherwise (a quantized GGUF) its fp32 rows stay, for the forward reads them.
+ * The norms stay fp32. Its outputs are the ones it computed before, bit for bit (the products read
+ * the bf16 copies anyway). From then on m must not change and must only run under bf16 (its
+ * forward refuses fp32). No-op under fp32 precision. */
 tp_status tp_model_freeze_bf16(tp_model *m);
 
 /* ---- forward ---- */

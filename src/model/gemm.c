@@ -222,6 +222,8 @@ static const uint16_t *bf16_lookup(const float *p, size_t elems) {
     return h;
 }
 
+const unsigned short *tp_gemm_bf16_find(const float *w, size_t n) { return bf16_lookup(w, n); }
+
 /* ------------------------------------------------------------------ scratch for converted inputs */
 
 typedef struct {

@@ -45,6 +45,8 @@ const char *tp_gemm_describe(void);
 int tp_gemm_bf16_register(const float *w, size_t n, int frozen);
 void tp_gemm_bf16_refresh(void);
 void tp_gemm_bf16_forget_range(const float *p, size_t n);
+/* The registered bf16 copy of the n-element weight at w (up to date), or NULL. */
+const unsigned short *tp_gemm_bf16_find(const float *w, size_t n);
 void tp_gemm_shutdown(void); /* frees cached primitives and buffers (tests, leak checkers) */
 unsigned short tp_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 float tp_bf16_to_f32(unsigned short h);

@@ -276,9 +276,17 @@ tp_status tp_model_freeze_bf16(tp_model *m) {
             drop_floats(w[k], n[k]);
         }
     }
-    if (tp_gemm_bf16_register(m->lm_head, (size_t)c->vocab * d, 1))
+    size_t vd = (size_t)c->vocab * d;
+    if (tp_gemm_bf16_register(m->lm_head, vd, 1))
         return tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights");
-    if (!c->tie_embeddings) drop_floats(m->lm_head, (size_t)c->vocab * d); /* tied: the embedding rows are read */
+    if (!c->tie_embeddings) drop_floats(m->lm_head, vd);
+    /* the embedding's rows are read as they are: only a bf16-exact embedding can lose its fp32 */
+    int exact = 1;
+    for (size_t i = 0; i < vd && exact; i++) exact = tp_bf16_to_f32(tp_f32_to_bf16(m->tok_emb[i])) == m->tok_emb[i];
+    if (exact && (c->tie_embeddings || !tp_gemm_bf16_register(m->tok_emb, vd, 1))) {
+        drop_floats(m->tok_emb, vd);
+        m->bf16_emb_only = 1;
+    }
     m->bf16_only = 1;
     return TP_OK;
 }
