@@ -8,7 +8,7 @@
 # Environment: MODEL (/work/l8b; written by make_llama8b.py when missing), WORK (/tmp/taper-8b),
 # PRECISION (bf16: the importance pass's products; fp32 is about 2.5x slower here), SAMPLES (64),
 # SEQ (256), DEPTH (8), TAPER_BIN, TAPER_DATA, PY (the reference venv's python).
-# Disk: 16 GB for the model, 9 GB for the export; WORK is deleted by KEEP=0.
+# Disk: 16 GB for the model (kept), 9 GB for the export: WORK is deleted at the end unless KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${TAPER_BIN:-build/taper}"
@@ -40,5 +40,5 @@ stage logits "$BIN" ppl "$WORK/pruned" --stream --data "$WORK/prompt.txt" --ctx 
   --logits "$WORK/taper_logits.f32"
 stage transformers "$PY" bench/stream8b_check.py "$WORK/pruned" "$WORK/prompt.txt" 16 "$WORK/taper_logits.f32"
 tail -3 "$WORK/transformers.log" | grep -v "^\s*$" | head -2
-[ "${KEEP:-1}" = 0 ] && rm -rf "$WORK"
+[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 exit 0

@@ -4,6 +4,7 @@
 # SmolLM2-135M teacher, the demo's pruned student (or STUDENT), STEPS steps of 4 x 128 tokens of
 # WikiText-2 under --precision bf16. The losses of the two runs are compared line by line.
 # usage: bench/teacher_bf16.sh OLD_TAPER NEW_TAPER   (e.g. a build of the commit before)
+# WORK (shards, checkpoints: about 2.6 GB) is deleted at the end unless KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$1 NEW=$2
@@ -28,3 +29,4 @@ if diff <(losses old) <(losses new) >/dev/null; then
 else
   echo "losses differ:"; diff <(losses old) <(losses new) | head -10
 fi
+[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
