@@ -26,6 +26,8 @@ tp_status tp_calib_load(const tp_tokenizer *tok, const char *path, int seq_len, 
 /* Mean next-token NLL (natural log) of n samples of seq_len tokens (each scored on its own, all
  * seq_len-1 predictions), with the layers flagged in skip (may be NULL) removed. Sums in double.
  * progress (may be NULL) advances by n*seq_len tokens from its current value. */
+/* Samples per forward of tp_lm_loss: its logits stay under ~256 MiB (1 .. 16). */
+size_t tp_lm_loss_batch(int seq_len, int vocab);
 tp_status tp_lm_loss(const tp_model *m, const int32_t *ids, size_t n, int seq_len,
                      const unsigned char *skip, tp_progress *progress, double *loss);
 

@@ -29,6 +29,9 @@ void tp_mmap_close(tp_mmap *m);
 /* Drops the pages of [p, p+n) of a read-only mapping from the process's resident set (rounded out
  * to whole pages; the page cache keeps them and a later read maps them again). */
 void tp_mmap_release(const void *p, size_t n);
+/* Gives the whole pages inside [p, p+n) of anonymous memory back to the system (rounded inward, so
+ * neighbouring data keeps its pages); they read back as zeros. */
+void tp_mem_discard(const void *p, size_t n);
 /* Bytes of memory this process can still use: MemAvailable (/proc/meminfo), lowered to the
  * cgroup's memory.max minus its memory.current when that is smaller; 0 when unknown. */
 double tp_mem_available(void);

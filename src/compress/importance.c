@@ -142,8 +142,7 @@ tp_status tp_calib_load(const tp_tokenizer *tok, const char *path, int seq_len, 
 /* ------------------------------------------------------------------------------------------ */
 /* LM loss */
 
-/* Samples per forward so that the logits stay under ~256 MiB. */
-static size_t loss_batch(int seq_len, int vocab) {
+size_t tp_lm_loss_batch(int seq_len, int vocab) {
     size_t per = (size_t)seq_len * (size_t)vocab * sizeof(float);
     size_t b = ((size_t)256 << 20) / (per ? per : 1);
     return b < 1 ? 1 : b > 16 ? 16 : b;
@@ -153,7 +152,7 @@ tp_status tp_lm_loss(const tp_model *m, const int32_t *ids, size_t n, int seq_le
                      const unsigned char *skip, tp_progress *progress, double *loss) {
     *loss = NAN;
     if (n == 0 || seq_len < 2) return tp_fail(TP_ERR_ARG, "LM loss: need >= 1 sample of >= 2 tokens");
-    size_t V = (size_t)m->cfg.vocab, T = (size_t)seq_len, B = loss_batch(seq_len, m->cfg.vocab);
+    size_t V = (size_t)m->cfg.vocab, T = (size_t)seq_len, B = tp_lm_loss_batch(seq_len, m->cfg.vocab);
     if (B > n) B = n;
     float *logits = malloc(B * T * V * sizeof(float));
     double *nll = malloc(T * sizeof(double));
@@ -389,7 +388,7 @@ static tp_status streamed_pass(const tp_model *m, const int32_t *ids, size_t n, 
     const tp_config *c = &m->cfg;
     size_t L = (size_t)c->n_layers, d = (size_t)c->d_model, V = (size_t)c->vocab, Td = (size_t)T * d;
     size_t ds = (size_t)imp->depth_samples, bs = (size_t)imp->block_size, nb = bs > 0 ? L - bs + 1 : 0;
-    size_t nv = ds ? 1 + L + nb : 0, Bl = loss_batch(T, c->vocab);
+    size_t nv = ds ? 1 + L + nb : 0, Bl = tp_lm_loss_batch(T, c->vocab);
     if (Bl > ds) Bl = ds;
     tp_forward_opts fo = {imp_hook, st, NULL};
     double total = o->progress ? o->progress->total : 0, t_depth = 0;

@@ -9,13 +9,8 @@
 #include "taper/compress.h"
 #include "taper/model.h"
 #include "taper/util.h"
+#include "model/kernels.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#define THREADS() omp_get_max_threads()
-#else
-#define THREADS() 1
-#endif
 
 #define MIB (1024.0 * 1024.0)
 #define GIB (1024.0 * MIB)
@@ -36,7 +31,7 @@ static double layer_params(const tp_config *c) {
 /* Work buffers of a forward over N tokens of sequences of T (forward.c's alloc_buf). */
 static double fwd_bytes(const tp_config *c, double N, int T) {
     double d = c->d_model, q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    return 4 * (N * (3 * d + 2 * q + 2 * kv + 2.0 * c->d_ff) + (double)THREADS() * T * T);
+    return 4 * (N * (3 * d + 2 * q + 2 * kv + 2.0 * c->d_ff) + (double)tp_max_threads() * T * T);
 }
 
 /* bf16 products convert both inputs per call (gemm.c's scratch): the largest weight and input. */
@@ -44,10 +39,9 @@ static double bf16_bytes(double weight_elems, double input_elems) {
     return strcmp(tp_precision_name(), "bf16") ? 0 : 2 * (weight_elems + input_elems);
 }
 
-/* Samples per LM-loss forward (importance.c's loss_batch): logits under ~256 MiB, 1..16. */
+/* Samples per LM-loss forward (tp_lm_loss_batch), at most the depth samples. */
 static double loss_batch(int T, int V, double ds) {
-    double b = (double)(int)(256 * MIB / ((double)T * V * 4));
-    b = b < 1 ? 1 : b > 16 ? 16 : b;
+    double b = (double)tp_lm_loss_batch(T, V);
     return b > ds ? ds : b;
 }
 

@@ -122,6 +122,13 @@ void tp_mmap_release(const void *p, size_t n) {
     madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
+void tp_mem_discard(const void *p, size_t n) {
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + n) & ~(page - 1);
+    if (p && e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 /* The number after key in a /proc-style file (e.g. "MemAvailable:"), times unit; -1 if absent. */
 static double file_number(const char *path, const char *key, double unit) {
     FILE *f = fopen(path, "r");

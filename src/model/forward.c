@@ -70,8 +70,8 @@ float tp_embed_scale(const tp_config *c) { return c->embed_scale ? (float)sqrt((
 void tp_model_embed(const tp_model *m, const int32_t *tokens, size_t N, float *x) {
     size_t d = (size_t)m->cfg.d_model;
     /* a frozen bf16 model whose embedding is exactly bf16 keeps only that copy (tp_model_freeze_bf16) */
-    const unsigned short *h = m->bf16_only ? tp_gemm_bf16_find(m->tok_emb, (size_t)m->cfg.vocab * d) : NULL;
-    if (h && m->bf16_emb_only)
+    const unsigned short *h = m->bf16_emb_only ? tp_gemm_bf16_find(m->tok_emb, (size_t)m->cfg.vocab * d) : NULL;
+    if (h)
         for (size_t i = 0; i < N; i++)
             for (size_t j = 0; j < d; j++) x[i * d + j] = tp_bf16_to_f32(h[(size_t)tokens[i] * d + j]);
     else

@@ -6,10 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
-#include <stdint.h>
 #include "model_internal.h"
 #include "kernels.h"
 
@@ -249,14 +246,6 @@ tp_status tp_model_prepare_precision(const tp_model *m, int frozen) {
     return bad ? tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights") : TP_OK;
 }
 
-/* Gives back the whole pages inside [p, p + n floats) (anonymous memory: reads back as zeros). */
-static void drop_floats(const float *p, size_t n) {
-    long ps = sysconf(_SC_PAGESIZE);
-    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
-    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), e = (uintptr_t)(p + n) & ~(page - 1);
-    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
-}
-
 tp_status tp_model_freeze_bf16(tp_model *m) {
     (void)tp_gemm_backend();
     if (tp_gemm_precision() != TP_PREC_BF16 || !m || m->bf16_only) return TP_OK;
@@ -273,18 +262,18 @@ tp_status tp_model_freeze_bf16(tp_model *m) {
         for (int k = 0; k < 7; k++) {
             if (tp_gemm_bf16_register(w[k], n[k], 1))
                 return tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights");
-            drop_floats(w[k], n[k]);
+            tp_mem_discard(w[k], n[k] * sizeof(float));
         }
     }
     size_t vd = (size_t)c->vocab * d;
     if (tp_gemm_bf16_register(m->lm_head, vd, 1))
         return tp_fail(TP_ERR_NOMEM, "out of memory for the bf16 copies of the weights");
-    if (!c->tie_embeddings) drop_floats(m->lm_head, vd);
+    if (!c->tie_embeddings) tp_mem_discard(m->lm_head, vd * sizeof(float));
     /* the embedding's rows are read as they are: only a bf16-exact embedding can lose its fp32 */
     int exact = 1;
     for (size_t i = 0; i < vd && exact; i++) exact = tp_bf16_to_f32(tp_f32_to_bf16(m->tok_emb[i])) == m->tok_emb[i];
     if (exact && (c->tie_embeddings || !tp_gemm_bf16_register(m->tok_emb, vd, 1))) {
-        drop_floats(m->tok_emb, vd);
+        tp_mem_discard(m->tok_emb, vd * sizeof(float));
         m->bf16_emb_only = 1;
     }
     m->bf16_only = 1;

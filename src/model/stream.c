@@ -7,16 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "model_internal.h"
 #include "taper/util.h"
 #include "core/internal.h"
 #include "kernels.h"
 
-/* Every mapping of the source: dropped whole after a layer (cheap: only mapped pages count). */
+/* Every mapping of the source, dropped whole once it is open: the tokenizer's metadata pages (the
+ * tensors' pages go as each is read, in the loaders). */
 static void release_all(const struct tp_stream *ms) {
     if (ms->st)
         for (int i = 0; i < ms->st->n_shards; i++) tp_mmap_release(ms->st->maps[i].data, ms->st->maps[i].size);
@@ -96,7 +95,6 @@ tp_status tp_model_layer_ready(const tp_model *m, int l) {
         s = tp_hf_load_prefix(ms->st, m->source, m, prefix);
     } else
         s = tp_gguf_load_layer(ms->g, &m->cfg, l, &m->layers[l], ms->tmp);
-    release_all(ms);
     if (s) return s;
     tp_gemm_bf16_forget_range(m->params, m->n_params); /* the buffer's bf16 copies, if any, are stale */
     ms->loaded = l;
@@ -143,20 +141,13 @@ tp_status tp_model_rows(const tp_model *m, int head, size_t r0, size_t n, float 
     return s;
 }
 
-/* Gives the layer buffer's memory back (its whole pages, rounded inward: the final norm after it
- * stays) until the next tp_model_layer_ready reads a layer into it. */
-static void drop_layer_buffer(const tp_model *m) {
-    long ps = sysconf(_SC_PAGESIZE);
-    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
-    uintptr_t a = ((uintptr_t)m->params + page - 1) & ~(page - 1), e = (uintptr_t)m->final_norm & ~(page - 1);
-    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED); /* anonymous memory: reads back as zeros */
-    m->stream->loaded = -1;
-}
-
 tp_status tp_model_stream_head(const tp_model *m) {
     struct tp_stream *ms = m->stream;
     if (!ms || ms->head) return TP_OK;
-    drop_layer_buffer(m); /* the lm_head and a layer are never needed at once */
+    /* the lm_head and a layer are never needed at once: the layer buffer's memory goes back (the
+     * final norm after it stays) and no layer is ready until the next read */
+    tp_mem_discard(m->params, (size_t)((const char *)m->final_norm - (const char *)m->params));
+    ms->loaded = -1;
     size_t V = (size_t)m->cfg.vocab, d = (size_t)m->cfg.d_model, n;
     float *head = NULL;
     if (tp_mul_overflow(V, d, &n) || !(head = malloc(n * sizeof(float))))
@@ -207,12 +198,9 @@ const char *tp_model_source_dtype(const tp_model *m) {
     if (!m || !m->source) return dt;
     tp_safetensors *st = m->stream ? m->stream->st : NULL;
     tp_gguf *g = m->stream ? m->stream->g : NULL;
-    int own = !m->stream;
+    int own = !m->stream, hf = m->source_format && !strcmp(m->source_format, "hf");
     if (own) {
-        if (is_dir(m->source)) {
-            if (tp_st_open(m->source, &st)) st = NULL;
-        } else if (tp_gguf_open(m->source, &g))
-            g = NULL;
+        if (hf ? tp_st_open(m->source, &st) : tp_gguf_open(m->source, &g)) st = NULL, g = NULL;
         tp_clear_error();
     }
     if (st) {
