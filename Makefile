@@ -1,5 +1,5 @@
 # taper — build, test, demo. `make help` lists the targets.
-# Switches (printed at build time): SANITIZE=1 (ASan+UBSan), OPENMP=0, BLAS=0, DNNL=0, NATIVE=0, CC=clang.
+# Switches (printed at build time): SANITIZE=1 (ASan+UBSan), OPENMP=0, BLAS=0, DNNL=0, MPI=0, NATIVE=0, CC=clang.
 # STRICT=1 (make test; CI sets it): a test skipped for anything but an optional part fails.
 
 CC      ?= cc
@@ -8,6 +8,7 @@ STRICT  ?= 0
 OPENMP  ?= 1
 BLAS    ?= 1
 DNNL    ?= 1
+MPI     ?= 1
 NATIVE  ?= 1
 TAPER_CACHE ?= $(HOME)/.cache/taper
 TAPER_DATA  ?= $(abspath ../shared/data)
@@ -33,7 +34,10 @@ BLAS_INFO   := $(shell [ "$(BLAS)" = 1 ] && CC="$(CC)" scripts/have-blas.sh)
 HAVE_BLAS   := $(if $(BLAS_INFO),1,0)
 HAVE_DNNL   := $(shell [ "$(DNNL)" = 1 ] && printf '#include <dnnl.h>\nint main(void){dnnl_engine_t e;return dnnl_engine_create(&e,dnnl_cpu,0)!=dnnl_success;}\n' | $(CC) -x c - -ldnnl -o /dev/null 2>/dev/null && echo 1 || echo 0)
 HAVE_CUDA   := $(shell command -v nvcc >/dev/null 2>&1 && echo 1 || echo 0)
-HAVE_MPI    := $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
+# Open MPI (libopenmpi-dev): the flags its compiler wrapper would add, so that CC stays the compiler.
+MPI_CFLAGS  := $(shell [ "$(MPI)" = 1 ] && mpicc --showme:compile 2>/dev/null)
+MPI_LIBS    := $(shell [ "$(MPI)" = 1 ] && mpicc --showme:link 2>/dev/null)
+HAVE_MPI    := $(shell [ "$(MPI)" = 1 ] && [ -n "$(MPI_LIBS)" ] && printf '#include <mpi.h>\nint main(void){return MPI_Init(0,0);}\n' | $(CC) $(MPI_CFLAGS) -x c - $(MPI_LIBS) -o /dev/null 2>/dev/null && echo 1 || echo 0)
 
 ifeq ($(HAVE_OPENMP),1)
   CFLAGS  += -fopenmp
@@ -47,6 +51,10 @@ endif
 ifeq ($(HAVE_DNNL),1)
   CFLAGS  += -DTP_HAVE_DNNL
   LDLIBS  += -ldnnl
+endif
+ifeq ($(HAVE_MPI),1)
+  CFLAGS  += -DTP_HAVE_MPI $(MPI_CFLAGS)
+  LDLIBS  += $(MPI_LIBS)
 endif
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
@@ -64,7 +72,7 @@ TESTBIN  := $(BUILD)/taper-tests
 all: config $(BIN)
 
 config:
-	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS=$(HAVE_BLAS) ($(firstword $(subst |, ,$(BLAS_INFO)))) oneDNN=$(HAVE_DNNL) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) [not used yet] -> $(BUILD)/"
+	@echo "taper build: CC=$(CC) SANITIZE=$(SANITIZE) OpenMP=$(HAVE_OPENMP) BLAS=$(HAVE_BLAS) ($(firstword $(subst |, ,$(BLAS_INFO)))) oneDNN=$(HAVE_DNNL) CUDA(nvcc)=$(HAVE_CUDA) [backend not built yet] MPI=$(HAVE_MPI) (Open MPI: mpirun -np N taper train|distill|teacher-cache|importance) -> $(BUILD)/"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

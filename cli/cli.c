@@ -12,10 +12,20 @@
 #include <omp.h>
 #endif
 
+#include "taper/comm.h"
 #include "taper/util.h"
 
+/* "rank R: " when several ranks run the job, so that each error says where it happened. */
+static const char *rank_tag(void) {
+    static char tag[32];
+    tp_comm *w = tp_comm_world();
+    if (tp_comm_size(w) < 2) return "";
+    snprintf(tag, sizeof tag, "rank %d: ", tp_comm_rank(w));
+    return tag;
+}
+
 int cli_error(tp_status s) {
-    fprintf(stderr, "taper: error (%s): %s\n", tp_status_name(s), tp_errmsg());
+    fprintf(stderr, "taper: %serror (%s): %s\n", rank_tag(), tp_status_name(s), tp_errmsg());
     return CLI_FAIL;
 }
 
@@ -65,7 +75,7 @@ char *cli_map_fields(const char *msg, const char *const *map) {
 
 int cli_error_map(tp_status s, const char *const *map) {
     char *m = cli_map_fields(tp_errmsg(), map);
-    fprintf(stderr, "taper: error (%s): %s\n", tp_status_name(s), m ? m : tp_errmsg());
+    fprintf(stderr, "taper: %serror (%s): %s\n", rank_tag(), tp_status_name(s), m ? m : tp_errmsg());
     free(m);
     return CLI_FAIL;
 }

@@ -8,6 +8,10 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "taper/comm.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TAPER_VERSION "0.1.0"
 
@@ -82,11 +86,51 @@ static int apply_environment(void) {
     return CLI_OK;
 }
 
+/* Several ranks on one machine share its cores: unless told (OMP_NUM_THREADS, --threads), each
+ * rank takes its share of the cores it may run on. Rank 0 alone logs, draws progress and prints
+ * the results (every rank computes them alike). */
+static void settle_ranks(void) {
+    tp_comm *w = tp_comm_world();
+    if (tp_comm_size(w) < 2) return;
+#ifdef _OPENMP
+    if (!getenv("OMP_NUM_THREADS")) {
+        int n = omp_get_num_procs() / (tp_comm_local_size(w) > 0 ? tp_comm_local_size(w) : 1);
+        omp_set_num_threads(n > 0 ? n : 1);
+    }
+#endif
+    if (tp_comm_rank(w) != 0) { /* its errors still reach stderr, with its rank */
+        tp_set_log(NULL, NULL);
+        tp_progress_set_mode(0);
+        if (!freopen("/dev/null", "w", stdout)) fprintf(stderr, "taper: rank %d: cannot silence stdout\n", tp_comm_rank(w));
+    }
+}
+
+static int run_command(int argc, char **argv);
+
 int main(int argc, char **argv) {
     prefer_passive_openmp(argv);
     keep_freed_memory();
+    if (tp_comm_init(&argc, &argv)) {
+        fprintf(stderr, "taper: error: %s\n", tp_errmsg());
+        return CLI_FAIL;
+    }
+    int rc = run_command(argc, argv);
+    tp_comm *w = tp_comm_world();
+    if (tp_comm_size(w) > 1 && rc != CLI_OK && rc != 130 && rc != 143) {
+        /* This rank failed (its message is above): the others may be waiting for it in a
+         * collective, so the whole job goes down now rather than hang. */
+        fprintf(stderr, "taper: rank %d of %d failed (exit %d): stopping every rank\n", tp_comm_rank(w),
+                tp_comm_size(w), rc);
+        tp_comm_abort(rc);
+    }
+    tp_comm_finalize();
+    return rc;
+}
+
+static int run_command(int argc, char **argv) {
     int env_rc = apply_environment();
     if (env_rc != CLI_OK) return env_rc;
+    settle_ranks();
     if (argc < 2) {
         usage(stderr);
         return CLI_USAGE;
@@ -96,7 +140,7 @@ int main(int argc, char **argv) {
         return CLI_OK;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("taper %s\n", TAPER_VERSION);
+        printf("taper %s\nmpi %s\n", TAPER_VERSION, tp_comm_built_with_mpi() ? "yes" : "no");
         return CLI_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

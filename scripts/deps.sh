@@ -4,7 +4,7 @@
 # into $TAPER_CACHE (default ~/.cache/taper). Idempotent and quiet when all is present.
 set -euo pipefail
 CACHE="${TAPER_CACHE:-$HOME/.cache/taper}"
-PKGS=(build-essential libopenblas-openmp-dev libdnnl-dev libcjson-dev libpcre2-dev libutf8proc-dev python3 python3-venv unzip gnuplot-nox)
+PKGS=(build-essential libopenblas-openmp-dev libdnnl-dev libopenmpi-dev openmpi-bin libcjson-dev libpcre2-dev libutf8proc-dev python3 python3-venv unzip gnuplot-nox)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -176,6 +176,9 @@ tp_status tp_loader_seek(tp_loader *L, tp_data_cursor c);
  * served (0 <= j < n_train: the j-th training window in stream order, window w = j + floor(j/(k-1)),
  * docs/data.md rule 4). The id names the window's content whatever the epoch, shuffle or resume. */
 tp_status tp_loader_next_ids(tp_loader *L, int B, int32_t *tokens, int32_t *targets, uint64_t *ids);
+/* Moves the cursor past the next n training windows without reading them, exactly as n calls of
+ * tp_loader_next would (epochs wrap the same way): a rank skips the other ranks' windows. */
+tp_status tp_loader_skip(tp_loader *L, uint64_t n);
 /* Training windows j .. j+B-1 in stream order (clamped: *got tells how many were filled); the
  * window with id j is exactly what tp_loader_next_ids serves under that id. */
 tp_status tp_loader_train(const tp_loader *L, uint64_t j, int B, int32_t *tokens, int32_t *targets, int *got);

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "taper/comm.h"
 #include "taper/model.h"
 #include "taper/rng.h"
 #include "taper/status.h"
@@ -39,6 +40,12 @@ typedef struct {
     int quiet;            /* no progress bar, no log lines on stderr */
     volatile sig_atomic_t *stop; /* when it becomes nonzero: finish the current update, write a
                                     checkpoint, return with res->stopped = 1 (may be NULL) */
+    tp_comm *comm;        /* the ranks of a data-parallel run (NULL: tp_comm_world()). Each rank
+                             computes accum micro-batches of every update (rank r the global
+                             micro-batches accum*r .. accum*(r+1)-1, so the update equals one
+                             process's with accum*size); gradients and the hooks' state are summed
+                             in rank order; rank 0 alone writes metrics and checkpoints; a stop
+                             request seen by any rank stops all after the same update. */
 } tp_train_cfg;
 
 /* Sensible defaults: B 4, T 256, accum 1, tp_adamw_defaults, val_every 0, val_batches 8,
@@ -59,10 +66,11 @@ typedef struct {
 /* Per micro-batch context handed to hooks. */
 typedef struct {
     long step;            /* 0-based index of the update being computed */
-    int micro;            /* 0 .. accum-1 */
+    int micro;            /* 0 .. accum-1: this rank's micro-batches of the update */
     const int32_t *tokens, *targets; /* (B,T) */
     int B, T;
-    tp_rng *rng;          /* the trainer RNG: saved in checkpoints, so its use resumes exactly */
+    tp_rng *rng;          /* seeded for this micro-batch from the trainer RNG (which checkpoints
+                             save), the same whichever rank computes it: its use resumes exactly */
     const uint64_t *windows; /* (B) the loader's training-window id of each row (tp_loader_next_ids);
                                 NULL when the batches come from a batch function */
 } tp_train_micro;
@@ -81,6 +89,11 @@ typedef struct {
      * status aborts the run. A checkpoint with extra state refuses to resume without state_load. */
     tp_status (*state_save)(void *user, void **buf, size_t *bytes);
     tp_status (*state_load)(void *user, const void *buf, size_t bytes);
+    /* With several ranks: called once per update after this rank's micro-batches and the
+     * gradient all-reduce, before the optimizer and metrics; sums over the ranks whatever the
+     * owner accumulated per micro-batch (a distiller's projection gradients and loss terms), so
+     * that every rank continues with the same state. May be NULL when there is nothing to sum. */
+    tp_status (*reduce)(void *user, tp_comm *comm);
     void *user;
 } tp_train_hooks;
 
@@ -99,6 +112,8 @@ typedef struct {
     size_t state_bytes;   /* gradients + Adam moments */
     char *resumed_from;   /* checkpoint loaded (malloc'd) or NULL */
     char *last_ckpt;      /* checkpoint written last (malloc'd) or NULL */
+    int ranks;            /* processes that shared each update */
+    double comm_seconds;  /* time in the gradient all-reduce (0 with one process) */
 } tp_train_result;
 void tp_train_result_free(tp_train_result *r);
 

@@ -787,6 +787,19 @@ tp_status tp_loader_next_ids(tp_loader *L, int B, int32_t *tokens, int32_t *targ
     return TP_OK;
 }
 
+tp_status tp_loader_skip(tp_loader *L, uint64_t n) {
+    if (!L || !L->n_train) return tp_fail(TP_ERR_ARG, "tp_loader_skip: no loader or no training windows");
+    uint64_t left = L->n_train - L->cur.index; /* windows to the end of this epoch */
+    if (n < left) {
+        L->cur.index += n;
+        return TP_OK;
+    }
+    n -= left;
+    L->cur.epoch += 1 + n / L->n_train;
+    L->cur.index = n % L->n_train;
+    return TP_OK;
+}
+
 tp_status tp_loader_train(const tp_loader *L, uint64_t j, int B, int32_t *tokens, int32_t *targets, int *got) {
     if (got) *got = 0;
     if (!L || !tokens || !targets || !got) return tp_fail(TP_ERR_ARG, "tp_loader_train: NULL argument");

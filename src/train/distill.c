@@ -50,6 +50,7 @@ struct tp_distiller {
     double pair_loss[TP_DISTILL_MAX_PAIRS + 1];
     double mb_logits, mb_ce, mb_inter, mb_alpha, mb_con;  /* current micro-batch */
     double acc_logits, acc_ce, acc_inter, acc_alpha, acc_con; int acc_n;
+    int finished;          /* the update's last micro-batch is in acc_* (and summed over ranks) */
     tp_distill_losses last;
     char metrics_buf[256];
 };
@@ -466,6 +467,7 @@ static tp_status prepare(void *user, const tp_train_micro *mb, tp_step_opts *o) 
     if (mb->micro == 0) {
         d->acc_logits = d->acc_ce = d->acc_inter = d->acc_alpha = d->acc_con = 0;
         d->acc_n = 0;
+        d->finished = 0;
     } else {
         accumulate(d);
     }
@@ -519,15 +521,40 @@ static void step_projections(tp_distiller *d, long step, int accum) {
     memset(d->dP, 0, n * sizeof(float));
 }
 
+/* The update's last micro-batch into the sums (once). */
+static void finish_update(tp_distiller *d) {
+    if (d->finished) return;
+    accumulate(d);
+    d->finished = 1;
+}
+
+/* Several ranks: the loss terms, the micro-batch count and the projections' gradients summed over
+ * them, so every rank steps the projections alike and logs the means over the whole update. */
+static tp_status reduce(void *user, tp_comm *comm) {
+    tp_distiller *d = user;
+    finish_update(d);
+    double acc[6] = {d->acc_logits, d->acc_ce, d->acc_inter, d->acc_alpha, d->acc_con, (double)d->acc_n};
+    tp_status s = tp_comm_sum_f64(comm, acc, 6);
+    if (!s && d->dP) s = tp_comm_sum_f32(comm, d->dP, (size_t)d->n_states * d->dt * d->ds);
+    if (s) return s;
+    d->acc_logits = acc[0];
+    d->acc_ce = acc[1];
+    d->acc_inter = acc[2];
+    d->acc_alpha = acc[3];
+    d->acc_con = acc[4];
+    d->acc_n = (int)acc[5];
+    return TP_OK;
+}
+
 static const char *metrics(void *user, long step) {
     tp_distiller *d = user;
-    accumulate(d); /* the last micro-batch; means over the update's micro-batches */
+    finish_update(d); /* the last micro-batch; means over the update's micro-batches (of all ranks) */
     d->last.logits = d->acc_logits / d->acc_n;
     d->last.ce = d->acc_ce / d->acc_n;
     d->last.inter = d->acc_inter / d->acc_n;
     d->last.alpha = d->acc_alpha / d->acc_n;
     d->last.contrast = d->acc_con / d->acc_n;
-    step_projections(d, step, d->micro + 1);
+    step_projections(d, step, d->acc_n);
     int w = snprintf(d->metrics_buf, sizeof d->metrics_buf, "\"kd\":%.9g,\"ce\":%.9g,\"inter\":%.9g,\"alpha\":%.6g",
                      d->last.logits, d->last.ce, d->last.inter, d->last.alpha);
     if (d->cfg.w_contrast != 0 && w > 0 && (size_t)w < sizeof d->metrics_buf)
@@ -600,6 +627,7 @@ void tp_distiller_hooks(tp_distiller *d, tp_train_hooks *h) {
     h->metrics = metrics;
     h->state_save = state_save;
     h->state_load = state_load;
+    h->reduce = reduce;
     h->user = d;
 }
 

@@ -201,6 +201,11 @@ static tp_status state_load(void *user, const void *buf, size_t bytes) {
     return st->inner.state_load(st->inner.user, buf, bytes);
 }
 
+static tp_status reduce(void *user, tp_comm *comm) {
+    distill_state *st = user;
+    return st->inner.reduce ? st->inner.reduce(st->inner.user, comm) : TP_OK;
+}
+
 static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const tp_train_hooks **hooks) {
     distill_state *st = user;
     const tp_distill_job *J = st->job;
@@ -216,6 +221,7 @@ static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const t
     st->outer.metrics = metrics;
     st->outer.state_save = state_save;
     st->outer.state_load = state_load;
+    st->outer.reduce = reduce;
     st->outer.user = st;
     *hooks = &st->outer;
     char who[512];

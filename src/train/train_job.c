@@ -17,6 +17,7 @@
 #endif
 
 #include "job_internal.h"
+#include "taper/comm.h"
 #include "taper/gguf.h"
 #include "taper/model.h"
 #include "taper/tokenizer.h"
@@ -29,7 +30,10 @@
 static const char *const TRAJECTORY_KEYS[] = {"model_hash", "vocab", "data_tokens", "data_docs", "seq", "batch",
                                               "accum", "lr", "min_lr", "warmup", "schedule_steps", "weight_decay",
                                               "beta1", "beta2", "eps", "clip", "seed", "val_frac", "distill",
-                                              "precision", NULL};
+                                              "precision", "ranks", NULL};
+
+static int my_rank(void) { return tp_comm_rank(tp_comm_world()); }
+static int n_ranks(void) { return tp_comm_size(tp_comm_world()); }
 
 void tp_train_job_default(tp_train_job *j) {
     tp_adamw_cfg od;
@@ -159,6 +163,10 @@ static cJSON *make_args(const tp_train_job *j, const tp_model *m, const tp_datas
     if (strcmp(tp_precision_name(), "fp32")) /* absent for fp32: runs from before the option resume */
         cJSON_AddStringToObject(a, "precision", tp_precision_name());
     cJSON_AddNumberToObject(a, "threads", n_threads());
+    /* Absent for one process (runs from before data parallelism resume). The windows of an update
+     * and the checkpointed state do not depend on the rank count, but the sums' rounding does: a
+     * run resumes only with the rank count it started with. */
+    if (n_ranks() > 1) cJSON_AddNumberToObject(a, "ranks", n_ranks());
     return a;
 }
 
@@ -253,6 +261,8 @@ static void add_summary(const tp_train_job *j, const tp_train_result *r, double 
     cJSON_AddNumberToObject(sum, "activation_bytes", (double)r->tape_bytes);
     cJSON_AddNumberToObject(sum, "state_bytes", (double)r->state_bytes);
     cJSON_AddNumberToObject(sum, "threads", n_threads());
+    cJSON_AddNumberToObject(sum, "ranks", r->ranks > 0 ? r->ranks : 1);
+    cJSON_AddNumberToObject(sum, "allreduce_s", r->comm_seconds);
     if (r->last_ckpt) cJSON_AddStringToObject(sum, "checkpoint", r->last_ckpt);
 }
 
@@ -291,6 +301,7 @@ static tp_status finish(const tp_train_job *j, const tp_model *m, tp_train_job_r
     res->peak_rss_mib = ru.ru_maxrss / 1024.0;
     res->threads = n_threads();
     if (res->r.stopped) res->stop_signal = j->stop ? (int)*j->stop : 0;
+    if (my_rank() != 0) return TP_OK; /* rank 0 writes the summary and the exports */
     cJSON *sum = cJSON_CreateObject();
     if (!sum) return tp_fail(TP_ERR_NOMEM, "out of memory");
     add_summary(j, &res->r, res->peak_rss_mib, sum);
@@ -374,7 +385,7 @@ static tp_status run(const tp_train_job *j, const tp_train_variant *v, tp_train_
         args_text = cJSON_Print(args);
         args_path = tp_path_join(j->run_dir, "args.json");
         if (!args_text || !args_path) s = tp_fail(TP_ERR_NOMEM, "out of memory");
-        else s = tp_write_file_atomic(args_path, args_text, strlen(args_text));
+        else if (my_rank() == 0) s = tp_write_file_atomic(args_path, args_text, strlen(args_text));
     }
     if (!s) {
         tp_train_cfg cfg;
@@ -382,12 +393,15 @@ static tp_status run(const tp_train_job *j, const tp_train_variant *v, tp_train_
         tp_train_data data = {L, NULL, NULL};
         const tp_train_hooks *hooks = NULL;
         if (v) s = v->setup(v->user, m, &cfg, &hooks);
-        if (!s && !j->quiet) {
-            char desc[1024];
+        if (!s && !j->quiet && my_rank() == 0) {
+            char desc[1024], ranks[96] = "";
             tp_loader_describe(L, desc, sizeof desc);
-            tp_log(TP_LOG_INFO, "taper train: %zu params; %d x %d x %d = %d tokens per step; %d threads; products: %s\n%s",
-                   m->n_params, j->batch, j->seq, j->accum, j->batch * j->seq * j->accum, n_threads(), tp_gemm_info(),
-                   desc);
+            if (n_ranks() > 1)
+                snprintf(ranks, sizeof ranks, " x %d ranks (%s)", n_ranks(), tp_comm_backend(tp_comm_world()));
+            tp_log(TP_LOG_INFO,
+                   "taper train: %zu params; %d x %d x %d%s = %d tokens per step; %d threads%s; products: %s\n%s",
+                   m->n_params, j->batch, j->seq, j->accum, ranks, j->batch * j->seq * j->accum * n_ranks(),
+                   n_threads(), n_ranks() > 1 ? " per rank" : "", tp_gemm_info(), desc);
         }
         if (!s) s = tp_train_run(m, &cfg, &data, hooks, &res->r);
     }

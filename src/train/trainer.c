@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "taper/comm.h"
 #include "taper/util.h"
 #include "core/internal.h"
 
@@ -262,11 +263,16 @@ typedef struct {
     double tokens_seen, elapsed0, t0;
     tp_progress prog;
     int prog_drawn;
+    tp_comm *comm;              /* the ranks sharing each update (one process: the single world) */
+    int rank, size;             /* rank 0 writes the metrics, the checkpoints and the log */
+    tp_rng micro_rng;           /* the RNG handed to a micro-batch's hooks, seeded per global micro-batch */
+    double comm_s;              /* seconds in the gradient all-reduce, this call */
+    int stop_all;               /* some rank saw the stop request in the last update */
 } trainer;
 
 static void say(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(trainer *t, const char *fmt, ...) {
-    if (t->cfg->quiet) return;
+    if (t->cfg->quiet || t->rank != 0) return;
     if (t->prog.enabled && t->prog_drawn) fputc('\n', stderr); /* end the progress bar's line */
     t->prog_drawn = 0;
     char buf[2048];
@@ -289,7 +295,7 @@ static tp_status validate_cfg(const tp_model *m, const tp_train_cfg *c, const tp
 }
 
 static tp_status save_ckpt(trainer *t, long step) {
-    if (!t->cfg->run_dir) return TP_OK;
+    if (!t->cfg->run_dir || t->rank != 0) return TP_OK; /* every rank holds the same state */
     /* Checked here rather than after every update: a non-finite weight never reaches a file. */
     if (!all_finite(t->m->params, t->m->n_params))
         return tp_fail(TP_ERR_NUMERIC, "step %ld: the weights hold NaN/inf after the update; not saved", step);
@@ -320,8 +326,9 @@ static tp_status validate(trainer *t, double *loss, size_t *n_tok) {
     size_t n_val = tp_loader_n_val(L), limit = n_val;
     if (c->val_batches > 0 && (size_t)c->val_batches * (size_t)c->B < limit) limit = (size_t)c->val_batches * (size_t)c->B;
     double sum = 0;
-    size_t cnt = 0;
-    for (size_t i = 0; i < limit; i += (size_t)c->B) {
+    size_t cnt = 0, k = 0;
+    for (size_t i = 0; i < limit; i += (size_t)c->B, k++) {
+        if (k % (size_t)t->size != (size_t)t->rank) continue; /* batch k is rank k mod size's */
         int want = (int)(limit - i < (size_t)c->B ? limit - i : (size_t)c->B), got = 0;
         tp_status s = tp_loader_val(L, i, want, t->tokens, t->targets, &got);
         if (s) return s;
@@ -332,6 +339,11 @@ static tp_status validate(trainer *t, double *loss, size_t *n_tok) {
         sum += sl;
         cnt += nc;
     }
+    double tot[2] = {sum, (double)cnt};
+    tp_status s = tp_comm_sum_f64(t->comm, tot, 2);
+    if (s) return s;
+    sum = tot[0];
+    cnt = (size_t)tot[1];
     if (cnt) *loss = sum / (double)cnt;
     *n_tok = cnt;
     return TP_OK;
@@ -362,39 +374,88 @@ static tp_status run_validation(trainer *t, long step, tp_train_result *res) {
     return TP_OK;
 }
 
-static tp_status get_batch(trainer *t, long step, int micro) {
+/* Global micro-batch g of an update (0 .. accum * size - 1): rank r computes accum * r ..
+ * accum * (r + 1) - 1, so that size ranks with accum each see, in order, the micro-batches of one
+ * process with accum * size. The loader skips the windows of the other ranks' micro-batches. */
+static tp_status get_batch(trainer *t, long step, int g) {
     const tp_train_cfg *c = t->cfg;
     if (t->data->batch)
-        return t->data->batch(t->data->batch_user, step, micro, t->tokens, t->targets, c->B, c->T);
+        return t->data->batch(t->data->batch_user, step, g, t->tokens, t->targets, c->B, c->T);
     return tp_loader_next_ids(t->data->loader, c->B, t->tokens, t->targets, t->windows);
+}
+
+static tp_status skip_micro(trainer *t, int n) {
+    if (t->data->batch || n <= 0) return TP_OK;
+    return tp_loader_skip(t->data->loader, (uint64_t)n * (uint64_t)t->cfg->B);
 }
 
 /* One optimizer update (0-based index step). Weights change only if everything was finite. */
 static tp_status one_update(trainer *t, long step, double *loss_out, double *gnorm_out) {
     const tp_train_cfg *c = t->cfg;
     tp_status s;
+    int G = c->accum * t->size, g0 = c->accum * t->rank; /* global micro-batches; this rank's first */
     memset(t->grad->params, 0, t->grad->n_params * sizeof(float));
-    double loss_sum = 0;
-    for (int j = 0; j < c->accum; j++) {
-        if ((s = get_batch(t, step, j))) return tp_fail_ctx(s, "step %ld: reading micro-batch %d: ", step + 1, j);
+    /* One seed per global micro-batch, drawn by every rank: the hooks' randomness (contrastive
+     * negatives) is the same whichever rank computes a micro-batch. */
+    uint64_t seed_mine[64], *seeds = seed_mine;
+    if (G > 64 && !(seeds = malloc((size_t)G * sizeof *seeds))) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    for (int g = 0; g < G; g++) seeds[g] = tp_rng_u64(&t->rng);
+    double red[3] = {0, 0, 0}; /* loss sum, micro-batches with a non-finite loss, stop requested */
+    int bad_g = -1, bad_nan = 0;
+    s = skip_micro(t, g0);
+    for (int j = 0; j < c->accum && !s && red[1] == 0; j++) {
+        int g = g0 + j;
+        if ((s = get_batch(t, step, g))) {
+            s = tp_fail_ctx(s, "step %ld: reading micro-batch %d: ", step + 1, g);
+            break;
+        }
         tp_step_opts o;
         memset(&o, 0, sizeof o);
         o.targets = t->targets;
-        o.grad_scale = 1.0f / (float)c->accum;
+        o.grad_scale = 1.0f / (float)G;
+        tp_rng_seed(&t->micro_rng, seeds[g]);
         if (t->hooks && t->hooks->prepare) {
-            tp_train_micro mb = {step, j, t->tokens, t->targets, c->B, c->T, &t->rng,
+            tp_train_micro mb = {step, j, t->tokens, t->targets, c->B, c->T, &t->micro_rng,
                                  t->data->batch ? NULL : t->windows};
-            if ((s = t->hooks->prepare(t->hooks->user, &mb, &o))) return tp_fail_ctx(s, "step %ld: ", step + 1);
+            if ((s = t->hooks->prepare(t->hooks->user, &mb, &o))) {
+                s = tp_fail_ctx(s, "step %ld: ", step + 1);
+                break;
+            }
         }
         double loss = 0;
         size_t nc = 0;
-        if ((s = tp_train_step(t->m, t->grad, t->tape, t->tokens, c->B, c->T, &o, &loss, &nc)))
-            return tp_fail_ctx(s, "step %ld, micro-batch %d: ", step + 1, j);
-        if (!isfinite(loss))
-            return tp_fail(TP_ERR_NUMERIC, "step %ld: the loss is %s (micro-batch %d of %d); stopped before the update",
-                           step + 1, isnan(loss) ? "NaN" : "infinite", j + 1, c->accum);
-        loss_sum += loss;
+        if ((s = tp_train_step(t->m, t->grad, t->tape, t->tokens, c->B, c->T, &o, &loss, &nc))) {
+            s = tp_fail_ctx(s, "step %ld, micro-batch %d: ", step + 1, g);
+            break;
+        }
+        if (!isfinite(loss)) {
+            red[1] = 1;
+            bad_g = g;
+            bad_nan = isnan(loss);
+        } else {
+            red[0] += loss;
+        }
     }
+    if (seeds != seed_mine) free(seeds);
+    if (s) return s; /* a rank that fails here takes the job down (the CLI aborts every rank) */
+    if ((s = skip_micro(t, G - g0 - c->accum))) return s;
+    if (t->size > 1) {
+        red[2] = c->stop && *c->stop ? 1 : 0;
+        double tc = tp_time_s();
+        if ((s = tp_comm_sum_f32(t->comm, t->grad->params, t->grad->n_params)) ||
+            (s = tp_comm_sum_f64(t->comm, red, 2)) || (s = tp_comm_max_f64(t->comm, red + 2, 1)))
+            return tp_fail_ctx(s, "step %ld: all-reduce: ", step + 1);
+        t->comm_s += tp_time_s() - tc;
+        t->stop_all = red[2] != 0;
+    }
+    if (red[1] != 0 && bad_g < 0)
+        return tp_fail(TP_ERR_NUMERIC, "step %ld: the loss is not finite on another rank; stopped before the update",
+                       step + 1);
+    if (red[1] != 0)
+        return tp_fail(TP_ERR_NUMERIC, "step %ld: the loss is %s (micro-batch %d of %d); stopped before the update",
+                       step + 1, bad_nan ? "NaN" : "infinite", bad_g + 1, G);
+    if (t->hooks && t->hooks->reduce && t->size > 1 && (s = t->hooks->reduce(t->hooks->user, t->comm)))
+        return tp_fail_ctx(s, "step %ld: all-reduce of the hooks' state: ", step + 1);
     double gnorm = 0;
     s = tp_adamw_step(&t->opt, t->m, t->grad, &gnorm);
     if (s == TP_ERR_NUMERIC) {
@@ -404,7 +465,7 @@ static tp_status one_update(trainer *t, long step, double *loss_out, double *gno
                        why);
     }
     if (s) return tp_fail_ctx(s, "step %ld: optimizer: ", step + 1);
-    *loss_out = loss_sum / c->accum;
+    *loss_out = red[0] / G;
     *gnorm_out = gnorm;
     return TP_OK;
 }
@@ -462,8 +523,8 @@ static tp_status start_state(trainer *t, long *start, tp_train_result *res) {
     }
     /* Lines logged after the state being resumed (or by a run killed before its first
      * checkpoint) are dropped so the log has each step once. */
-    if (!s) s = tp_metrics_truncate(mpath, *start > 0 ? *start : -1);
-    if (!s) {
+    if (!s && t->rank == 0) s = tp_metrics_truncate(mpath, *start > 0 ? *start : -1);
+    if (!s && t->rank == 0) {
         t->metrics = fopen(mpath, "a");
         if (!t->metrics) s = tp_fail(TP_ERR_IO, "%s: cannot open for appending: %s", mpath, strerror(errno));
     }
@@ -484,7 +545,7 @@ static void trainer_free(trainer *t) {
 static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
     const tp_train_cfg *c = t->cfg;
     tp_status s;
-    double step_tokens = (double)c->B * c->T * c->accum;
+    double step_tokens = (double)c->B * c->T * c->accum * t->size;
     if (c->val_every >= 0 && start == 0 && c->steps > 0 && (s = run_validation(t, 0, res))) return s;
     tp_progress_begin(&t->prog, "train", (double)(c->steps > start ? c->steps - start : 0) * step_tokens, "tok");
     if (c->quiet) t->prog.enabled = 0;
@@ -508,7 +569,8 @@ static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
                  t->elapsed0 + (tp_time_s() - t->t0), extra && *extra ? "," : "", extra ? extra : "");
         tp_progress_update(&t->prog, res->tokens);
         t->prog_drawn = t->prog.enabled;
-        int last = step == c->steps, stop = c->stop && *c->stop;
+        /* with several ranks, the request as reduced in the update: every rank stops at the same step */
+        int last = step == c->steps, stop = t->size > 1 ? t->stop_all : c->stop && *c->stop;
         if (last) { /* the bar's rate: updates only, before the final validation and checkpoint */
             tp_progress_end(&t->prog);
             t->prog_drawn = 0;
@@ -520,7 +582,7 @@ static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
         if (last || stop || (c->ckpt_every > 0 && step % c->ckpt_every == 0)) {
             if ((s = save_ckpt(t, step))) break;
             char name[256] = "";
-            if (c->run_dir && tp_run_dir_ckpts(c->run_dir, name, sizeof name) > 0) {
+            if (c->run_dir && t->rank == 0 && tp_run_dir_ckpts(c->run_dir, name, sizeof name) > 0) {
                 free(res->last_ckpt);
                 res->last_ckpt = tp_path_join(c->run_dir, name);
             }
@@ -560,6 +622,9 @@ tp_status tp_train_run(tp_model *m, const tp_train_cfg *cfg, const tp_train_data
     t.hooks = hooks;
     t.m = m;
     t.t0 = tp_time_s();
+    t.comm = cfg->comm ? cfg->comm : tp_comm_world();
+    t.rank = tp_comm_rank(t.comm);
+    t.size = tp_comm_size(t.comm);
     tp_rng_seed(&t.rng, cfg->seed ^ 0x7472616e65723131ull);
     size_t bt = (size_t)cfg->B * (size_t)cfg->T;
     t.tokens = malloc(bt * sizeof(int32_t));
@@ -580,6 +645,8 @@ tp_status tp_train_run(tp_model *m, const tp_train_cfg *cfg, const tp_train_data
     res->tokens_seen = t.tokens_seen;
     res->elapsed_s = t.elapsed0 + (tp_time_s() - t.t0);
     res->seconds = tp_time_s() - t.t0;
+    res->comm_seconds = t.comm_s;
+    res->ranks = t.size;
     trainer_free(&t);
     if (res == &local) tp_train_result_free(&local);
     return s;
