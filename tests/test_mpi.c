@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "taper/comm.h"
+#include "taper/compress.h"
 #include "taper/model.h"
 #include "taper/rng.h"
 #include "taper/train.h"
@@ -154,8 +155,8 @@ static char *fresh_dir(const char *name) {
 
 /* One process with accum 2 vs two ranks with accum 1 (same global batch), then the same two
  * ranks again: bit-identical. cmd is "train MODEL ..." or "distill STUDENT --teacher ..." without
- * --accum, --run-dir and --export-hf. */
-static void compare_runs(const char *what, const char *dir, const char *cmd, int steps) {
+ * --accum, --run-dir and --export-hf; start names the fixture the run starts from. */
+static void compare_runs(const char *what, const char *dir, const char *cmd, const char *start, int steps) {
     char args[4096];
     char *log = NULL;
     snprintf(args, sizeof args, "%s --accum 2 --run-dir '%s/one' --export-hf '%s/one.out'", cmd, dir, dir);
@@ -192,7 +193,7 @@ static void compare_runs(const char *what, const char *dir, const char *cmd, int
     TT_CHECK(worst <= 1e-6, "%s: losses of 2 ranks vs one process differ by %.3g relative", what, worst);
     TT_CHECK(same, "%s: the losses of two identical 2-rank runs differ", what);
     /* the run moved the weights: equality is not that of two untouched copies */
-    char *src = fixture_model(strstr(cmd, "narrow") ? "narrow" : "teacher");
+    char *src = fixture_model(start);
     if (tp_model_load_hf(src, &init) == TP_OK && a) {
         double moved = rel_diff(init, a);
         TT_CHECK(moved > 1e-3, "%s: training moved the weights by only %.3g relative", what, moved);
@@ -216,7 +217,7 @@ TT_TEST(mpi_train_equals_one_process) {
              "train '%s' --data '%s' --steps 10 --seq 32 --batch 2 --lr 3e-3 --min-lr 3e-4 --warmup 2 --clip 1 "
              "--weight-decay 0.1 --seed 3 --val-frac 0.1 --val-every 5 --val-batches 3 --ckpt-every 4 --threads 1",
              model, data);
-    compare_runs("train", dir, cmd, 10);
+    compare_runs("train", dir, cmd, "teacher", 10);
     /* validation: split over the ranks and summed, the same loss to rounding */
     free(dir);
     free(model);
@@ -235,7 +236,7 @@ TT_TEST(mpi_distill_equals_one_process) {
              "--seed 5 --val-frac 0.1 --val-every 4 --val-batches 2 --ckpt-every 4 --threads 1 --inter cosine "
              "--emb-loss --contrastive-weight 0.3 --negatives 8",
              student, teacher, data);
-    compare_runs("distill", dir, cmd, 8);
+    compare_runs("distill", dir, cmd, "narrow", 8);
     free(dir);
     free(teacher);
     free(student);
@@ -380,4 +381,106 @@ TT_TEST(comm_single_and_shares) {
         prev = hi;
     }
     TT_CHECK(total == 10, "shares cover everything");
+}
+
+/* The cache of 2 (and 3) ranks is the same file as one process's: each rank computes whole
+ * batches of the windows, the same rows one process batches together. Then distillation from it
+ * under 2 ranks equals one process with accum 2. */
+TT_TEST(mpi_teacher_cache_same_bytes_and_distill) {
+    if (!have_mpi()) return;
+    const char *data = data_fixture();
+    if (!data) return;
+    char *dir = fresh_dir("mpi_tcache"), *teacher = fixture_model("teacher"), *student = fixture_model("shallow");
+    char args[4096], *log = NULL;
+    const char *names[3] = {"one.tkc", "two.tkc", "three.tkc"};
+    for (int np = 1; np <= 3; np++) {
+        snprintf(args, sizeof args, "teacher-cache '%s' --data '%s' --seq 32 --topk 8 --val-frac 0.1 -o '%s/%s' --threads 1",
+                 teacher, data, dir, names[np - 1]);
+        int rc = run(np == 1 ? 0 : np, dir, names[np - 1], args, &log);
+        TT_CHECK(rc == 0, "teacher-cache with %d rank(s) (rc %d): %.1500s", np, rc, log);
+        free(log);
+    }
+    char *p1 = tt_path(dir, names[0]), *p2 = tt_path(dir, names[1]), *p3 = tt_path(dir, names[2]);
+    TT_CHECK(tt_same_file(p1, p2) && tt_same_file(p1, p3), "caches of 1, 2 and 3 ranks are not the same bytes");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "distill '%s' --teacher-cache '%s' --data '%s' --steps 6 --seq 32 --batch 2 --lr 3e-3 --warmup 1 "
+             "--seed 4 --val-frac 0.1 --val-every 3 --val-batches 2 --threads 1 --topk 8",
+             student, p2, data);
+    compare_runs("distill from a teacher cache", dir, cmd, "shallow", 6);
+    free(p1);
+    free(p2);
+    free(p3);
+    free(dir);
+    free(teacher);
+    free(student);
+}
+
+static double worst_rel(const double *a, const double *b, size_t n) {
+    double w = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(a[i]));
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(a[i] - b[i]) / (scale > 0 ? scale : 1);
+        if (d > w || isnan(d)) w = isnan(d) ? INFINITY : d;
+    }
+    return w;
+}
+
+/* Importance scores of 2 ranks (each its share of the samples, accumulators merged) against one
+ * process, loaded and streamed. The forwards batch other rows together than one process does, so
+ * the activations may differ by float rounding; the bound is 1e-6 of each score array's scale. */
+TT_TEST(mpi_importance_equals_one_process) {
+    if (!have_mpi()) return;
+    const char *model = tt_model_path();
+    if (!model) {
+        tt_skip("the default model is absent (make deps fetches it)");
+        return;
+    }
+    char *text = tt_path(tt_data_dir(), "tinyshakespeare/input.txt");
+    if (access(text, R_OK) != 0) {
+        tt_skip("%s not found (TAPER_DATA)", text);
+        free(text);
+        return;
+    }
+    char *dir = fresh_dir("mpi_importance"), args[4096], *log = NULL;
+    const char *common = "--samples 7 --seq-len 24 --depth-samples 3 --block 2 --batch 2";
+    snprintf(args, sizeof args, "importance '%s' --data '%s' %s --threads 2 -o '%s/one.json'", model, text, common, dir);
+    int rc = run(0, dir, "one", args, &log);
+    TT_CHECK(rc == 0, "importance, one process (rc %d): %.1500s", rc, log);
+    free(log);
+    for (int streamed = 0; streamed < 2; streamed++) {
+        const char *name = streamed ? "mpi_streamed" : "mpi";
+        snprintf(args, sizeof args, "importance '%s' --data '%s' %s --threads 1 --stream=%s -o '%s/%s.json'", model,
+                 text, common, streamed ? "on" : "off", dir, name);
+        rc = run(2, dir, name, args, &log);
+        TT_CHECK(rc == 0, "importance, 2 ranks%s (rc %d): %.1500s", streamed ? " streamed" : "", rc, log);
+        free(log);
+        char *pa = tt_path(dir, "one.json"), *pb = NULL;
+        if (asprintf(&pb, "%s/%s.json", dir, name) < 0) abort();
+        tp_importance *a = NULL, *b = NULL;
+        if (tp_importance_load(pa, &a) == TP_OK && tp_importance_load(pb, &b) == TP_OK) {
+            size_t L = (size_t)a->n_layers, nb = L - 1;
+            double w[6] = {worst_rel(a->heads, b->heads, TP_AGG_PAIRS * L * (size_t)a->n_heads),
+                           worst_rel(a->neurons, b->neurons, TP_AGG_PAIRS * L * (size_t)a->d_ff),
+                           worst_rel(a->channels, b->channels, TP_AGG_PAIRS * (size_t)a->d_model),
+                           worst_rel(a->block_influence, b->block_influence, L),
+                           worst_rel(a->layer_loss, b->layer_loss, L),
+                           worst_rel(a->block_loss, b->block_loss, nb)};
+            double bl = fabs(a->base_loss - b->base_loss) / a->base_loss, worst = bl;
+            for (int i = 0; i < 6; i++) worst = fmax(worst, w[i]);
+            TT_CHECK(worst <= 1e-6 && b->n_samples == 7 && b->depth_samples == 3,
+                     "%s: heads %.2g neurons %.2g channels %.2g BI %.2g layer loss %.2g block loss %.2g base %.2g", name,
+                     w[0], w[1], w[2], w[3], w[4], w[5], bl);
+            tt_note("2 ranks%s vs 1 process: worst relative difference of the scores %.2g", streamed ? " (streamed)" : "",
+                    worst);
+        } else {
+            TT_CHECK(0, "loading %s / %s: %s", pa, pb, tp_errmsg());
+        }
+        tp_importance_free(a);
+        tp_importance_free(b);
+        free(pa);
+        free(pb);
+    }
+    free(dir);
+    free(text);
 }

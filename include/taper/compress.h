@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "taper/comm.h"
 #include "taper/model.h"
 #include "taper/status.h"
 #include "taper/util.h"
@@ -71,6 +72,11 @@ typedef struct {
     int block_size;                  /* > 0: also score removing each block of this many contiguous layers */
     const tp_layer_metric *block_metric; /* NULL, or a downstream metric also scored for each block */
     tp_progress *progress;           /* NULL, or a begun progress bar: its total is set here (tokens) */
+    tp_comm *comm;                   /* ranks sharing the samples (NULL: tp_comm_world()): each scores
+                                        its share of the depth samples and of the others, and the
+                                        accumulators are merged (exactly: sums, and Chan's merge of
+                                        the running means and variances); every rank ends with the
+                                        same scores, equal to one process's up to rounding */
 } tp_importance_opts;
 
 void tp_importance_opts_default(tp_importance_opts *o);

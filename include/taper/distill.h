@@ -147,6 +147,11 @@ typedef struct {
     uint64_t max_windows;        /* compute at most this many windows in this call, then stop as if
                                     interrupted (0 = no limit; for tests) */
     volatile sig_atomic_t *stop; /* nonzero: stop after the current batch, keep PATH.partial */
+    tp_comm *comm;               /* ranks sharing the windows (NULL: tp_comm_world()): rank 0 makes or
+                                    resumes PATH.partial, each rank computes its share of the windows
+                                    still missing and writes their entries in place (PATH must be
+                                    on a file system every rank sees), rank 0 renames it when all are
+                                    there; the file is the same bytes whatever the rank count */
 } tp_tcache_build_opts;
 void tp_tcache_build_defaults(tp_tcache_build_opts *o); /* K 32, B 4, tau {1} */
 typedef struct {

@@ -317,6 +317,35 @@ static void imp_hook(void *user, tp_hook_point p, int layer, const float *x, int
     }
 }
 
+/* Several ranks: merges the accumulators (groups of ACC: sum |v|, sum v^2, running mean, running
+ * sum of squared deviations) of n_local samples per rank into those of n_all samples, on every
+ * rank: the sums added in rank order, the variance by Chan et al.'s pairwise rule written as two
+ * sums, mean = sum n_r mean_r / n and M2 = sum (M2_r + n_r (mean_r - mean)^2). */
+static tp_status merge_acc(tp_comm *cm, double *acc, size_t groups, double n_local, double n_all) {
+    double *x = malloc(3 * groups * sizeof(double)), *y = malloc(groups * sizeof(double));
+    tp_status s = x && y ? TP_OK : tp_fail(TP_ERR_NOMEM, "importance: out of memory merging the ranks' statistics");
+    for (size_t g = 0; g < groups && !s; g++) {
+        x[3 * g] = acc[g * ACC];
+        x[3 * g + 1] = acc[g * ACC + 1];
+        x[3 * g + 2] = n_local * acc[g * ACC + 2];
+    }
+    if (!s) s = tp_comm_sum_f64(cm, x, 3 * groups);
+    for (size_t g = 0; g < groups && !s; g++) {
+        double mean = x[3 * g + 2] / n_all, dm = acc[g * ACC + 2] - mean;
+        y[g] = acc[g * ACC + 3] + n_local * dm * dm;
+        acc[g * ACC] = x[3 * g];
+        acc[g * ACC + 1] = x[3 * g + 1];
+        acc[g * ACC + 2] = mean;
+    }
+    if (!s) s = tp_comm_sum_f64(cm, y, groups);
+    for (size_t g = 0; g < groups && !s; g++) acc[g * ACC + 3] = y[g];
+    free(x);
+    free(y);
+    return s;
+}
+
+static tp_comm *comm_of(const tp_importance_opts *o) { return o->comm ? o->comm : tp_comm_world(); }
+
 /* Batch aggregate j of accumulator A over n samples. */
 static double batch_final(const double *A, int j, double n) {
     switch (j) {
@@ -479,8 +508,8 @@ static tp_status streamed_pass(const tp_model *m, const int32_t *ids, size_t n, 
 }
 
 /* The forward pass with hooks over every sample; fills the width scores and Block Influence. */
-static tp_status importance_pass(const tp_model *m, const int32_t *ids, size_t n, int T, const tp_importance_opts *o,
-                                 tp_importance *imp) {
+static tp_status importance_pass(const tp_model *m, const int32_t *ids, size_t n, size_t n_all, int T,
+                                 const tp_importance_opts *o, tp_importance *imp) {
     const tp_config *c = &m->cfg;
     size_t L = (size_t)c->n_layers, d = (size_t)c->d_model, nh = (size_t)c->n_heads, ff = (size_t)c->d_ff;
     size_t B = o->batch > 0 ? (size_t)o->batch : 1;
@@ -515,8 +544,18 @@ static tp_status importance_pass(const tp_model *m, const int32_t *ids, size_t n
     }
     imp->seconds = tp_time_s() - t0 - imp->depth_seconds;
     imp->tokens_per_s = imp->seconds > 0 ? (double)(n * (size_t)T) / imp->seconds : 0;
+    tp_comm *cm = comm_of(o);
+    if (!s && tp_comm_size(cm) > 1) {
+        double nl = (double)n, na = (double)n_all;
+        if (!(s = merge_acc(cm, st.acc_heads, L * nh * TP_AGG_COUNT, nl, na)) &&
+            !(s = merge_acc(cm, st.acc_neur, L * ff * TP_AGG_COUNT, nl, na)) &&
+            !(s = merge_acc(cm, st.acc_norm, (2 * L + 1) * d * TP_AGG_COUNT, nl, na)) &&
+            !(s = tp_comm_sum_f64(cm, st.bi_sum, L)))
+            s = tp_comm_sum_f64(cm, st.bi_cnt, L);
+        if (s) s = tp_fail_ctx(s, "importance: merging the ranks' statistics: ");
+    }
     if (!s) {
-        double dn = (double)n;
+        double dn = (double)n_all;
         finalize(st.acc_heads, L, nh, dn, imp->heads);
         finalize(st.acc_neur, L, ff, dn, imp->neurons);
         /* channels: finalize each norm point, then sum the 2L+1 points */
@@ -637,13 +676,60 @@ tp_status tp_importance_compute(const tp_model *m, const int32_t *ids, size_t n,
         tp_importance_free(imp);
         return tp_fail(TP_ERR_NOMEM, "importance: out of memory");
     }
+    /* Several ranks: rank r scores its share of the depth samples followed by its share of the
+     * others (the passes want the depth samples first), and the results are merged. */
+    tp_comm *cm = comm_of(o);
+    int R = tp_comm_size(cm), r = tp_comm_rank(cm);
+    size_t ds = (size_t)o->depth_samples, dlo = 0, dhi = ds, lo = 0, hi = n - ds, n_loc = n;
+    int32_t *local = NULL;
+    const int32_t *use = ids;
+    tp_importance_opts lo_opts = *o;
+    if (R > 1) {
+        if (n < (size_t)R || (ds > 0 && ds < (size_t)R)) {
+            tp_importance_free(imp);
+            return tp_fail(TP_ERR_ARG, "importance over %d ranks needs at least %d samples and 0 or at least %d depth "
+                                       "samples (got %zu and %zu)", R, R, R, n, ds);
+        }
+        tp_comm_share(ds, r, R, &dlo, &dhi);
+        tp_comm_share(n - ds, r, R, &lo, &hi);
+        n_loc = (dhi - dlo) + (hi - lo);
+        local = malloc(n_loc * (size_t)seq_len * sizeof(int32_t));
+        if (!local) {
+            tp_importance_free(imp);
+            return tp_fail(TP_ERR_NOMEM, "importance: out of memory");
+        }
+        memcpy(local, ids + dlo * (size_t)seq_len, (dhi - dlo) * (size_t)seq_len * sizeof(int32_t));
+        memcpy(local + (dhi - dlo) * (size_t)seq_len, ids + (ds + lo) * (size_t)seq_len,
+               (hi - lo) * (size_t)seq_len * sizeof(int32_t));
+        use = local;
+        lo_opts.depth_samples = (int)(dhi - dlo);
+        imp->depth_samples = lo_opts.depth_samples; /* the passes read it; set back below */
+    }
     if (o->progress) {
-        o->progress->total = (double)(n * (size_t)seq_len) +
-                             (double)((size_t)o->depth_samples * (size_t)seq_len) * (double)(1 + L + nb);
+        o->progress->total = (double)(n_loc * (size_t)seq_len) +
+                             (double)((dhi - dlo) * (size_t)seq_len) * (double)(1 + L + nb);
         o->progress->done = 0;
     }
-    tp_status s = importance_pass(m, ids, n, seq_len, o, imp);
-    if (!s && o->depth_samples > 0 && !m->stream) s = depth_pass(m, ids, seq_len, o, imp);
+    tp_status s = importance_pass(m, use, n_loc, n, seq_len, &lo_opts, imp);
+    if (!s && ds > 0 && !m->stream) s = depth_pass(m, use, seq_len, &lo_opts, imp);
+    imp->depth_samples = o->depth_samples;
+    if (!s && R > 1 && ds > 0) { /* each rank's mean losses, weighted by its samples */
+        size_t nl = 2 + L + nb;
+        double *v = calloc(nl, sizeof(double)), w = (double)(dhi - dlo) / (double)ds;
+        if (!v) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; !s && i < nl; i++) {
+            double x = i == 0 ? imp->base_loss : i <= L ? imp->layer_loss[i - 1] : i <= L + nb ? imp->block_loss[i - 1 - L] : 0;
+            v[i] = x * w;
+        }
+        if (!s) s = tp_comm_sum_f64(cm, v, nl);
+        for (size_t i = 0; !s && i < L + nb + 1; i++) {
+            if (i == 0) imp->base_loss = v[0];
+            else if (i <= L) imp->layer_loss[i - 1] = v[i];
+            else imp->block_loss[i - 1 - L] = v[i];
+        }
+        free(v);
+    }
+    free(local);
     if (s) {
         tp_importance_free(imp);
         return s;

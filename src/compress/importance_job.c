@@ -233,11 +233,12 @@ tp_status tp_importance_job_run(const tp_importance_job *j, tp_importance **out)
     tp_model_free(owned);
     if (!s && ((j->model && !(imp->model = strdup(j->model))) || !(imp->data = strdup(j->data))))
         s = tp_fail(TP_ERR_NOMEM, "out of memory");
-    if (!s && j->out) {
+    int writer = tp_comm_rank(tp_comm_world()) == 0; /* every rank holds the same scores */
+    if (!s && j->out && writer) {
         s = tp_importance_save(imp, j->out);
         if (!s) tp_log(TP_LOG_INFO, "taper importance: wrote %s", j->out);
     }
-    if (!s && j->json_path) {
+    if (!s && j->json_path && writer) {
         cJSON *js = tp_importance_summary_json(imp, pair >= 0 ? pair : imp->default_pair, j->out);
         s = js ? tp_write_json_atomic(j->json_path, js) : tp_fail(TP_ERR_NOMEM, "out of memory");
         cJSON_Delete(js);

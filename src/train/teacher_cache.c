@@ -482,6 +482,63 @@ static tp_status build_info(const tp_model *t, const tp_loader *L, const tp_tcac
     return TP_OK;
 }
 
+/* Rank 0 (or the only process): resumes PATH.partial when its header matches (marking the windows
+ * already there in done) or creates it with the header and an empty index. */
+static tp_status prepare_partial(const char *ppath, const uint8_t *header, const tp_tcache_info *inp,
+                                 const uint64_t *tok_hash, const tp_tcache_build_opts *o, unsigned char *done,
+                                 uint64_t *n_done_out, int *fd_out) {
+    const tp_tcache_info in = *inp;
+    const size_t n = (size_t)in.n_windows;
+    const uint64_t idx_off = TC_HEADER;
+    tp_status s = TP_OK;
+    int fd = -1;
+    uint64_t n_done = 0;
+    if (!o->restart && (fd = open(ppath, O_RDWR)) >= 0) {
+        tp_status r = resume_partial(fd, ppath, header, &in, tok_hash, done, &n_done);
+        if (r == TP_ERR_FORMAT) { /* another header: start again */
+            if (!o->quiet)
+                tp_log(TP_LOG_NOTE, "teacher-cache: %s was made with other settings, teacher or data: starting again",
+                       ppath);
+            close(fd);
+            fd = -1;
+            memset(done, 0, n);
+            n_done = 0;
+        } else if (r) {
+            s = r;
+            goto fail;
+        } else if (!o->quiet) {
+            tp_log(TP_LOG_NOTE, "teacher-cache: resuming %s: %llu of %zu windows already done", ppath,
+                   (unsigned long long)n_done, n);
+        }
+    }
+    if (fd < 0) {
+        fd = open(ppath, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) {
+            s = tp_fail(TP_ERR_IO, "%s: cannot create: %s", ppath, strerror(errno));
+            goto fail;
+        }
+        uint64_t total = file_bytes(in.n_windows, in.window_bytes);
+        if (ftruncate(fd, (off_t)total) != 0) {
+            s = tp_fail(TP_ERR_IO, "%s: cannot size to %llu bytes: %s", ppath, (unsigned long long)total, strerror(errno));
+            goto fail;
+        }
+        if ((s = pwrite_all(fd, header, TC_HEADER, 0, ppath))) goto fail;
+        for (size_t j = 0; j < n && !s; j++) {
+            uint8_t ix[TC_INDEX_ENTRY];
+            put64(ix, tok_hash[j]);
+            put64(ix + 8, 0);
+            s = pwrite_all(fd, ix, sizeof ix, idx_off + j * TC_INDEX_ENTRY, ppath);
+        }
+        if (s) goto fail;
+    }
+    *fd_out = fd;
+    *n_done_out = n_done;
+    return TP_OK;
+fail:
+    if (fd >= 0) close(fd);
+    return s;
+}
+
 tp_status tp_tcache_build(const tp_model *teacher, const tp_loader *L, const char *path, const tp_tcache_build_opts *o,
                           tp_tcache_build_result *res) {
     tp_tcache_build_result local;
@@ -518,48 +575,39 @@ tp_status tp_tcache_build(const tp_model *teacher, const tp_loader *L, const cha
     header_write(header, &in);
 
     uint64_t n_done = 0;
-    if (!o->restart && (fd = open(ppath, O_RDWR)) >= 0) {
-        tp_status r = resume_partial(fd, ppath, header, &in, tok_hash, done, &n_done);
-        if (r == TP_ERR_FORMAT) { /* another header: start again */
-            if (!o->quiet)
-                tp_log(TP_LOG_NOTE, "teacher-cache: %s was made with other settings, teacher or data: starting again",
-                       ppath);
-            close(fd);
-            fd = -1;
-            memset(done, 0, n);
-            n_done = 0;
-        } else if (r) {
-            s = r;
-            goto out;
-        } else if (!o->quiet) {
-            tp_log(TP_LOG_NOTE, "teacher-cache: resuming %s: %llu of %zu windows already done", ppath,
-                   (unsigned long long)n_done, n);
-        }
+    tp_comm *cm = o->comm ? o->comm : tp_comm_world();
+    int R = tp_comm_size(cm), rk = tp_comm_rank(cm);
+    if (rk == 0) s = prepare_partial(ppath, header, &in, tok_hash, o, done, &n_done, &fd);
+    if (R > 1) { /* rank 0's outcome and the windows already done, then every rank opens the file */
+        double st[2] = {s ? 1.0 : 0.0, (double)n_done};
+        tp_status cs = tp_comm_bcast(cm, st, sizeof st, 0);
+        if (!cs && st[0] == 0) cs = tp_comm_bcast(cm, done, n, 0);
+        if (!s && cs) s = cs;
+        if (!s && st[0] != 0) s = tp_fail(TP_ERR_IO, "teacher cache: rank 0 could not prepare %s", ppath);
+        n_done = (uint64_t)st[1];
+        if (!s && rk != 0 && (fd = open(ppath, O_RDWR)) < 0)
+            s = tp_fail(TP_ERR_IO, "%s: rank %d cannot open it (is it on a file system every rank sees?): %s", ppath,
+                        rk, strerror(errno));
+        /* this rank's share of the windows still missing, in whole batches of B (so that every
+         * forward has the rows one process would give it: the products' rounding depends on the
+         * row count); the others' are marked 2 here */
+        size_t ulo, uhi, k = 0, U = n - (size_t)n_done;
+        tp_comm_share((U + B - 1) / B, rk, R, &ulo, &uhi);
+        ulo *= B;
+        uhi = uhi * B < U ? uhi * B : U;
+        for (size_t w = 0; w < n; w++)
+            if (!done[w]) {
+                if (k < ulo || k >= uhi) done[w] = 2;
+                k++;
+            }
     }
-    if (fd < 0) {
-        fd = open(ppath, O_RDWR | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) {
-            s = tp_fail(TP_ERR_IO, "%s: cannot create: %s", ppath, strerror(errno));
-            goto out;
-        }
-        uint64_t total = file_bytes(in.n_windows, in.window_bytes);
-        if (ftruncate(fd, (off_t)total) != 0) {
-            s = tp_fail(TP_ERR_IO, "%s: cannot size to %llu bytes: %s", ppath, (unsigned long long)total, strerror(errno));
-            goto out;
-        }
-        if ((s = pwrite_all(fd, header, TC_HEADER, 0, ppath))) goto out;
-        for (size_t j = 0; j < n && !s; j++) {
-            uint8_t ix[TC_INDEX_ENTRY];
-            put64(ix, tok_hash[j]);
-            put64(ix + 8, 0);
-            s = pwrite_all(fd, ix, sizeof ix, idx_off + j * TC_INDEX_ENTRY, ppath);
-        }
-        if (s) goto out;
-    }
+    if (s) goto out;
     res->done_before = n_done;
 
     tp_progress prog;
-    tp_progress_begin(&prog, "teacher-cache", (double)(n - n_done) * (double)T, "tok");
+    size_t mine = 0;
+    for (size_t w = 0; w < n; w++) mine += done[w] == 0;
+    tp_progress_begin(&prog, "teacher-cache", (double)mine * (double)T, "tok");
     if (o->quiet) prog.enabled = 0;
     double t0 = tp_time_s();
     build_hook_ctx hc = {h};
@@ -606,6 +654,17 @@ tp_status tp_tcache_build(const tp_model *teacher, const tp_loader *L, const cha
     if (fsync(fd) != 0) {
         s = tp_fail(TP_ERR_IO, "%s: fsync failed: %s", ppath, strerror(errno));
         goto out;
+    }
+    if (R > 1) { /* every rank's entries are on disk: the windows computed and who stopped early */
+        double st[2] = {(double)res->computed, stopped ? 1.0 : 0.0};
+        if ((s = tp_comm_sum_f64(cm, st, 2))) goto out;
+        res->computed = (uint64_t)st[0];
+        stopped = st[1] != 0 || res->computed + n_done < n;
+        if (rk != 0) { /* rank 0 renames */
+            res->complete = !stopped;
+            if (!stopped) res->bytes = file_bytes(in.n_windows, in.window_bytes);
+            goto out;
+        }
     }
     if (stopped) goto out;
     close(fd);
