@@ -3,6 +3,9 @@
   report.py metrics-tps METRICS.jsonl WARM TOKENS_PER_STEP
       tokens/s of a taper train/distill run over the steps after the first WARM, each step's own
       time (TOKENS_PER_STEP / its tokens_per_s), from metrics.jsonl
+  report.py metrics-allreduce METRICS.jsonl WARM
+      mean seconds per step in the gradient all-reduce (allreduce_s of a multi-rank run) and in
+      the wait for the slowest rank before it (wait_s), over the steps after the first WARM
   report.py rss TIMEFILE
       "Maximum resident set size" of /usr/bin/time -v, in MiB
   report.py row LABEL TPS TIMEFILE [NOTE]
@@ -51,6 +54,14 @@ def metrics_tps(path, warm, step_tok):
         raise SystemExit(f"{path}: no timed steps after {warm} warm-up")
     secs = sum(step_tok / r["tokens_per_s"] for r in rows)
     return step_tok * len(rows) / secs
+
+
+def metrics_allreduce(path, warm):
+    rows = [json.loads(l) for l in open(path) if '"allreduce_s"' in l][warm:]
+    if not rows:
+        raise SystemExit(f"{path}: no allreduce_s after {warm} warm-up (one rank?)")
+    n = len(rows)
+    return (sum(r["allreduce_s"] for r in rows) / n, sum(r.get("wait_s", 0) for r in rows) / n)
 
 
 def peer_row(label, out, timefile, rc, timeout):
@@ -172,6 +183,9 @@ def main():
     cmd = a[0]
     if cmd == "metrics-tps" and len(a) == 4:
         print(f"{metrics_tps(a[1], int(a[2]), int(a[3])):.1f}")
+    elif cmd == "metrics-allreduce" and len(a) == 3:
+        ar, wait = metrics_allreduce(a[1], int(a[2]))
+        print(f"all-reduce {ar:.3f} s + wait for the slower rank {wait:.3f} s per step")
     elif cmd == "rss" and len(a) == 2:
         print(f"{rss_mib(a[1]):.0f}")
     elif cmd == "row" and len(a) in (4, 5):

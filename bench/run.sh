@@ -3,7 +3,7 @@
 # GGUF dequantised to fp32 on both sides), same shapes, same threads — with ratio tables.
 # Prints only: copy the tables into bench/RESULTS.md with the date.
 #
-# usage: bench/run.sh [SECTION...]     SECTION: forward, importance, train, distill, check, all (default)
+# usage: bench/run.sh [SECTION...]     SECTION: forward, importance, train, distill, mpi, check, all (default)
 #   forward     perplexity forward tok/s: taper ppl vs transformers fp32 / bf16 autocast / bf16 weights
 #   importance  taper importance pass vs taper ppl on the same tokens (same seq, same count)
 #   train       CE training step, seq 512: taper train vs PyTorch fp32, bf16 autocast, torch.compile,
@@ -11,6 +11,9 @@
 #   distill     distillation step, teacher SmolLM2-135M -> pruned ~90M student (made with taper
 #               importance + prune), seq 512, forward KL tau 1, and + intermediate cosine losses:
 #               taper distill vs the same four PyTorch configurations
+#   mpi         data parallelism: taper train and distill (logits, + intermediate) as 1 process x
+#               THREADS threads vs mpirun -np THREADS x 1 thread, same global batch (BATCH x SEQ
+#               tokens per update), fp32; tokens/s and the gradient all-reduce's time per step
 #   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
 #               intermediate loss and gradient norm of both on the same window (about a minute)
 # Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
@@ -244,6 +247,55 @@ distill() {
   done
 }
 
+# mpi_pair NAME CMD...: CMD (taper train|distill ...) once as one process with THREADS threads and
+# batch BATCH, once under mpirun with THREADS ranks of 1 thread and batch BATCH / THREADS: one row
+# each, with the all-reduce time per step of the multi-rank run
+mpi_pair() {
+  local name=$1; shift
+  local np=$THREADS per=$((BATCH / THREADS)) rows="$WORK/mpi_$name.rows"
+  : >"$rows"
+  if [ "$per" -lt 1 ] || [ $((per * np)) -ne "$BATCH" ]; then
+    echo "  n/a: BATCH $BATCH does not split over $np ranks"; return 0
+  fi
+  rm -rf "${WORK:?}/mpi_${name}_one" "${WORK:?}/mpi_${name}_ranks"
+  timed "mpi_${name}_one" "$@" --batch "$BATCH" --threads "$THREADS" --run-dir "$WORK/mpi_${name}_one"
+  local tps="n/a (exit $RC)"
+  [ "$RC" -eq 0 ] && tps=$(report metrics-tps "$WORK/mpi_${name}_one/metrics.jsonl" "$WARMUP" $((BATCH * SEQ)))
+  report row "1 process x $THREADS threads, batch $BATCH" "$tps" "$WORK/mpi_${name}_one.time" >>"$rows"
+  timed "mpi_${name}_ranks" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 \
+    mpirun -np "$np" --bind-to core "$@" --batch "$per" --threads 1 --run-dir "$WORK/mpi_${name}_ranks"
+  tps="n/a (exit $RC)" note=""
+  if [ "$RC" -eq 0 ]; then
+    tps=$(report metrics-tps "$WORK/mpi_${name}_ranks/metrics.jsonl" "$WARMUP" $((BATCH * SEQ)))
+    note=$(report metrics-allreduce "$WORK/mpi_${name}_ranks/metrics.jsonl" "$WARMUP")
+  fi
+  report row "mpirun -np $np x 1 thread, batch $per per rank" "$tps" "$WORK/mpi_${name}_ranks.time" "$note" >>"$rows"
+  rm -f "$WORK"/mpi_"${name}"_*/ckpt-*.tpc
+  echo
+  report table "$rows" --min 0
+  awk -F'\t' 'NR == 1 { a = $2 } NR == 2 { b = $2 } END { if (a + 0 > 0 && b + 0 > 0) printf "ranks / one process: %.2fx\n", b / a }' "$rows"
+}
+
+mpi() {
+  echo
+  echo "## data parallelism: 1 process x $THREADS threads vs $THREADS ranks x 1 thread (Open MPI), fp32, seq $SEQ," \
+       "global batch $BATCH, $WARMUP warm-up + $STEPS timed steps (load average $(loadavg))"
+  command -v mpirun >/dev/null || { echo "  n/a: mpirun not found (make deps installs Open MPI)"; return 0; }
+  teacher_info
+  [ -f "$WORK/wiki_valid/manifest.json" ] ||
+    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  local common=(--data "$WORK/wiki_valid" --steps $((WARMUP + STEPS)) --seq "$SEQ" --val-every -1 --ckpt-every 0
+                --keep 1 --quiet)
+  echo; echo "### taper train (CE)"
+  mpi_pair train "$BIN" train "$MODEL" "${common[@]}" --lr 1e-4 --min-lr 1e-5
+  make_student
+  echo; echo "### taper distill, logits KL"
+  mpi_pair distill "$BIN" distill "$STUDENT" --teacher "$MODEL" "${common[@]}"
+  echo; echo "### taper distill, logits KL + intermediate cosine (auto map from the plan)"
+  mpi_pair distill_inter "$BIN" distill "$STUDENT" --teacher "$MODEL" "${common[@]}" --inter cosine \
+    --plan "$STUDENT/prune_plan.json"
+}
+
 # the first distillation step of taper and of bench/distill_peer.py on one identical window: a
 # one-document shard of T+1 tokens (no BOS/EOS for this tokenizer), --val-frac 0, so taper's only
 # training window is the text's first T tokens, which is the peer's window too
@@ -275,9 +327,9 @@ sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(all)
 for s in "${sections[@]}"; do
   case "$s" in
-    forward|importance|train|distill|check|all) ;;
+    forward|importance|train|distill|mpi|check|all) ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: bench/run.sh [forward|importance|train|distill|check|all]..." >&2; exit 2 ;;
+    *) echo "usage: bench/run.sh [forward|importance|train|distill|mpi|check|all]..." >&2; exit 2 ;;
   esac
 done
 for cfg in $PEER_CONFIGS; do peer_setup "$cfg" || exit 2; done
@@ -285,7 +337,7 @@ header
 t0=$SECONDS
 for s in "${sections[@]}"; do
   case "$s" in
-    all) forward; importance; train; distill ;;
+    all) forward; importance; train; distill; mpi ;;
     *) "$s" ;;
   esac
 done

@@ -47,7 +47,10 @@ static const char *HELP =
     "  --precision P          fp32 (default) or bf16 products (faster where the CPU has bf16)\n"
     "  --threads N            OpenMP threads (default: all cores)\n"
     "  --json[=FILE]          also write the numbers as JSON (stdout, or FILE)\n"
-    "  -h, --help             this help\n";
+    "  -h, --help             this help\n"
+    "Under mpirun -np N the samples are shared out (each rank its part of the depth samples and of\n"
+    "the rest), the statistics merged, and rank 0 writes the scores (equal to one process's up to\n"
+    "rounding; docs/distributed.md).\n";
 
 /* Per-layer summary of one aggregation pair on stdout. */
 static void show(const tp_importance *imp, int pair, const char *path) {

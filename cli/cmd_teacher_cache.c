@@ -36,6 +36,8 @@ static const char *HELP =
     "  -h, --help       this help\n\n"
     "Size: windows x T x (8 K + 8 n_tau) bytes. An interrupted run (Ctrl-C, SIGTERM, a crash) leaves\n"
     "F.partial; the same command continues it, keeping every window whose checksum holds.\n"
+    "Under mpirun -np N each rank computes its share of the missing windows (whole batches) into the\n"
+    "same file (on a file system every rank sees); the cache is the same bytes for any N.\n"
     "Exit codes: 0 done, 1 failure, 2 usage error, 130/143 stopped by a signal (F.partial kept).\n";
 
 

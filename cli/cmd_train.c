@@ -61,9 +61,12 @@ static const char *HELP =
     "  --export-gguf-type T f32 (default), f16, bf16, q8_0\n"
     "other\n"
     "  --recompute          recompute activations in the backward (less memory, ~1/3 more compute)\n"
-    "  --threads N          OpenMP threads (default: all cores)\n"
+    "  --threads N          OpenMP threads (default: all cores; under mpirun, each rank its share)\n"
     "  --quiet              no progress bar or log lines on stderr\n"
     "  -h, --help           this help\n\n"
+    "Several processes (data parallel, docs/distributed.md): mpirun -np N taper train ... runs N ranks;\n"
+    "each computes --accum micro-batches of --batch per update (global batch B x A x N), gradients are\n"
+    "summed in rank order, rank 0 writes DIR. A run resumes only with the rank count it started with.\n\n"
     "Exit codes: 0 done, 1 failure (NaN/inf stops name the step and keep the last good checkpoint),\n"
     "2 usage error, 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.\n";
 

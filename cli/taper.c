@@ -107,6 +107,18 @@ static void settle_ranks(void) {
 
 static int run_command(int argc, char **argv);
 
+static int wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return 1;
+    return 0;
+}
+
+/* The commands whose work is shared out over several ranks (the others refuse to run N copies). */
+static int is_parallel(const char *cmd) {
+    return !strcmp(cmd, "train") || !strcmp(cmd, "distill") || !strcmp(cmd, "teacher-cache") ||
+           !strcmp(cmd, "importance");
+}
+
 int main(int argc, char **argv) {
     prefer_passive_openmp(argv);
     keep_freed_memory();
@@ -116,9 +128,10 @@ int main(int argc, char **argv) {
     }
     int rc = run_command(argc, argv);
     tp_comm *w = tp_comm_world();
-    if (tp_comm_size(w) > 1 && rc != CLI_OK && rc != 130 && rc != 143) {
+    if (tp_comm_size(w) > 1 && rc != CLI_OK && rc != CLI_USAGE && rc != 130 && rc != 143) {
         /* This rank failed (its message is above): the others may be waiting for it in a
-         * collective, so the whole job goes down now rather than hang. */
+         * collective, so the whole job goes down now rather than hang. A usage error is every
+         * rank's alike (same arguments), before any collective: each returns it. */
         fprintf(stderr, "taper: rank %d of %d failed (exit %d): stopping every rank\n", tp_comm_rank(w),
                 tp_comm_size(w), rc);
         tp_comm_abort(rc);
@@ -143,8 +156,19 @@ static int run_command(int argc, char **argv) {
         printf("taper %s\nmpi %s\n", TAPER_VERSION, tp_comm_built_with_mpi() ? "yes" : "no");
         return CLI_OK;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name)) continue;
+        tp_comm *w = tp_comm_world();
+        if (tp_comm_size(w) > 1 && !is_parallel(argv[1]) && !wants_help(argc - 1, argv + 1)) {
+            if (tp_comm_rank(w) == 0)
+                fprintf(stderr,
+                        "taper %s runs in one process: start it without mpirun/srun (%d ranks were started). Data "
+                        "parallelism covers train, distill, teacher-cache and importance (docs/distributed.md).\n",
+                        argv[1], tp_comm_size(w));
+            return CLI_USAGE;
+        }
+        return commands[i].fn(argc - 1, argv + 1);
+    }
     fprintf(stderr, "taper: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return CLI_USAGE;

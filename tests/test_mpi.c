@@ -484,3 +484,31 @@ TT_TEST(mpi_importance_equals_one_process) {
     free(dir);
     free(text);
 }
+
+/* A command that does not share its work refuses to run as N copies; a rank that fails (here:
+ * every rank, on a missing file) takes the job down with its message instead of hanging. */
+TT_TEST(mpi_refusals_and_failing_ranks) {
+    if (!have_mpi()) return;
+    const char *data = data_fixture();
+    if (!data) return;
+    char *dir = fresh_dir("mpi_refuse"), *model = fixture_model("teacher"), args[4096], *log = NULL;
+    snprintf(args, sizeof args, "info '%s'", model);
+    int rc = run(2, dir, "info", args, &log);
+    TT_CHECK(rc == 2 && strstr(log, "taper info runs in one process") && strstr(log, "2 ranks were started"),
+             "mpirun -np 2 taper info (rc %d): %.1500s", rc, log);
+    free(log);
+    snprintf(args, sizeof args, "info --help");
+    rc = run(2, dir, "info_help", args, &log);
+    TT_CHECK(rc == 0 && strstr(log, "usage: taper info"), "--help still answers under mpirun (rc %d): %.500s", rc, log);
+    free(log);
+    double t0 = tp_time_s();
+    snprintf(args, sizeof args, "train '%s' --data '%s/nope.tpt' --steps 3 --run-dir '%s/run' --threads 1", model, dir,
+             dir);
+    rc = run(2, dir, "missing", args, &log);
+    double took = tp_time_s() - t0;
+    TT_CHECK(rc == 1 && strstr(log, "nope.tpt") && strstr(log, "rank 0 of 2 failed") && took < 20,
+             "a failing run under mpirun (rc %d, %.1f s): %.1500s", rc, took, log);
+    free(log);
+    free(dir);
+    free(model);
+}

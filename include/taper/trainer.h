@@ -114,6 +114,7 @@ typedef struct {
     char *last_ckpt;      /* checkpoint written last (malloc'd) or NULL */
     int ranks;            /* processes that shared each update */
     double comm_seconds;  /* time in the gradient all-reduce (0 with one process) */
+    double wait_seconds;  /* time waiting for the slowest rank before each all-reduce (this rank) */
 } tp_train_result;
 void tp_train_result_free(tp_train_result *r);
 

@@ -263,6 +263,7 @@ static void add_summary(const tp_train_job *j, const tp_train_result *r, double 
     cJSON_AddNumberToObject(sum, "threads", n_threads());
     cJSON_AddNumberToObject(sum, "ranks", r->ranks > 0 ? r->ranks : 1);
     cJSON_AddNumberToObject(sum, "allreduce_s", r->comm_seconds);
+    cJSON_AddNumberToObject(sum, "rank_wait_s", r->wait_seconds);
     if (r->last_ckpt) cJSON_AddStringToObject(sum, "checkpoint", r->last_ckpt);
 }
 

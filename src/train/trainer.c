@@ -267,6 +267,7 @@ typedef struct {
     int rank, size;             /* rank 0 writes the metrics, the checkpoints and the log */
     tp_rng micro_rng;           /* the RNG handed to a micro-batch's hooks, seeded per global micro-batch */
     double comm_s;              /* seconds in the gradient all-reduce, this call */
+    double wait_s;              /* seconds waiting for the slowest rank before it */
     int stop_all;               /* some rank saw the stop request in the last update */
 } trainer;
 
@@ -441,7 +442,11 @@ static tp_status one_update(trainer *t, long step, double *loss_out, double *gno
     if ((s = skip_micro(t, G - g0 - c->accum))) return s;
     if (t->size > 1) {
         red[2] = c->stop && *c->stop ? 1 : 0;
+        /* the wait for the slowest rank, apart from the transfer itself */
+        double tw = tp_time_s();
+        if ((s = tp_comm_barrier(t->comm))) return tp_fail_ctx(s, "step %ld: barrier: ", step + 1);
         double tc = tp_time_s();
+        t->wait_s += tc - tw;
         if ((s = tp_comm_sum_f32(t->comm, t->grad->params, t->grad->n_params)) ||
             (s = tp_comm_sum_f64(t->comm, red, 2)) || (s = tp_comm_max_f64(t->comm, red + 2, 1)))
             return tp_fail_ctx(s, "step %ld: all-reduce: ", step + 1);
@@ -552,7 +557,8 @@ static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
     long step = start;
     int ended = 0;
     while (step < c->steps) {
-        double ts = tp_time_s(), lr = tp_lr_at(&t->opt.cfg, t->opt.step), loss = NAN, gnorm = NAN;
+        double ts = tp_time_s(), lr = tp_lr_at(&t->opt.cfg, t->opt.step), loss = NAN, gnorm = NAN, cs = t->comm_s,
+               ws = t->wait_s;
         if ((s = one_update(t, step, &loss, &gnorm))) break;
         step++;
         double dt = tp_time_s() - ts;
@@ -562,11 +568,14 @@ static tp_status train_loop(trainer *t, long start, tp_train_result *res) {
         res->loss = loss;
         res->step = step;
         const char *extra = t->hooks && t->hooks->metrics ? t->hooks->metrics(t->hooks->user, step) : NULL;
+        char ar[96] = ""; /* several ranks: the gradient all-reduce's share of the update, and the wait */
+        if (t->size > 1)
+            snprintf(ar, sizeof ar, ",\"allreduce_s\":%.6f,\"wait_s\":%.6f", t->comm_s - cs, t->wait_s - ws);
         log_line(t,
                  "{\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%.0f,\"tokens_per_s\":%.1f,"
-                 "\"elapsed_s\":%.3f%s%s}\n",
+                 "\"elapsed_s\":%.3f%s%s%s}\n",
                  step, loss, lr, gnorm, t->tokens_seen, dt > 0 ? step_tokens / dt : 0.0,
-                 t->elapsed0 + (tp_time_s() - t->t0), extra && *extra ? "," : "", extra ? extra : "");
+                 t->elapsed0 + (tp_time_s() - t->t0), ar, extra && *extra ? "," : "", extra ? extra : "");
         tp_progress_update(&t->prog, res->tokens);
         t->prog_drawn = t->prog.enabled;
         /* with several ranks, the request as reduced in the update: every rank stops at the same step */
@@ -646,6 +655,7 @@ tp_status tp_train_run(tp_model *m, const tp_train_cfg *cfg, const tp_train_data
     res->elapsed_s = t.elapsed0 + (tp_time_s() - t.t0);
     res->seconds = tp_time_s() - t.t0;
     res->comm_seconds = t.comm_s;
+    res->wait_seconds = t.wait_s;
     res->ranks = t.size;
     trainer_free(&t);
     if (res == &local) tp_train_result_free(&local);
