@@ -34,6 +34,14 @@
     "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 " \
     "OMPI_MCA_btl_vader_single_copy_mechanism=none TAPER_PROGRESS=0 OMP_WAIT_POLICY=PASSIVE"
 
+/* LSAN_OPTIONS for a sanitized taper under mpirun: Open MPI's own allocations suppressed. */
+static const char *lsan_env(void) {
+    static char buf[1024];
+    if (!buf[0]) snprintf(buf, sizeof buf, "LSAN_OPTIONS=suppressions=%s/../lsan-mpi.supp:print_suppressions=0",
+                          tt_fixtures_dir());
+    return buf;
+}
+
 /* 1 when mpirun is on PATH and TAPER_BIN was built with MPI; else skips with the reason. */
 static int have_mpi(void) {
     if (!tt_bin()) {
@@ -95,7 +103,7 @@ static int run(int np, const char *dir, const char *name, const char *args, char
     char *lp = NULL;
     if (asprintf(&lp, "%s/log.%s", dir, name) < 0) return -1;
     int rc;
-    if (np > 0) rc = tt_sh("%s mpirun -np %d %s %s > '%s' 2>&1", MPIRUN_ENV, np, tt_bin(), args, lp);
+    if (np > 0) rc = tt_sh("%s %s mpirun -np %d %s %s > '%s' 2>&1", MPIRUN_ENV, lsan_env(), np, tt_bin(), args, lp);
     else rc = tt_sh("TAPER_PROGRESS=0 OMP_WAIT_POLICY=PASSIVE %s %s > '%s' 2>&1", tt_bin(), args, lp);
     if (log) {
         *log = NULL;
@@ -304,7 +312,8 @@ TT_TEST(mpi_rank_killed_then_resume_is_exact) {
     /* the same, rank 1 SIGKILLed after some checkpoints */
     char full[8192], *runlog = tt_path(dir, "log.killed"), *metrics = NULL;
     snprintf(args, sizeof args, "%s --run-dir '%s/run' --export-hf '%s/run.out'", cmd, dir, dir);
-    snprintf(full, sizeof full, "exec env %s mpirun -np 2 %s %s > '%s' 2>&1", MPIRUN_ENV, tt_bin(), args, runlog);
+    snprintf(full, sizeof full, "exec env %s %s mpirun -np 2 %s %s > '%s' 2>&1", MPIRUN_ENV, lsan_env(), tt_bin(), args,
+             runlog);
     if (asprintf(&metrics, "%s/run/metrics.jsonl", dir) < 0) abort();
     pid_t mp = fork();
     if (mp == 0) {
