@@ -78,6 +78,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# comm.c is the one file that differs with MPI: rebuilt when MPI=0/1 flips in the same BUILD.
+$(BUILD)/.mpi-$(HAVE_MPI):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.mpi-* && touch $@
+$(BUILD)/src/core/comm.o: $(BUILD)/.mpi-$(HAVE_MPI)
+
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

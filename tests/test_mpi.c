@@ -34,13 +34,11 @@
     "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 " \
     "OMPI_MCA_btl_vader_single_copy_mechanism=none TAPER_PROGRESS=0 OMP_WAIT_POLICY=PASSIVE"
 
-/* LSAN_OPTIONS for a sanitized taper under mpirun: Open MPI's own allocations suppressed. */
-static const char *lsan_env(void) {
-    static char buf[1024];
-    if (!buf[0]) snprintf(buf, sizeof buf, "LSAN_OPTIONS=suppressions=%s/../lsan-mpi.supp:print_suppressions=0",
-                          tt_fixtures_dir());
-    return buf;
-}
+/* A sanitized taper under mpirun: Open MPI keeps allocations past MPI_Finalize in components it
+ * has unloaded by then (LeakSanitizer sees "<unknown module>" frames, which no suppression can
+ * name), so leak checking is off for these runs only. The same code paths run in one process in
+ * the other tests, where leaks are checked; everything else ASan/UBSan checks stays on. */
+static const char *lsan_env(void) { return "LSAN_OPTIONS=detect_leaks=0"; }
 
 /* 1 when mpirun is on PATH and TAPER_BIN was built with MPI; else skips with the reason. */
 static int have_mpi(void) {
