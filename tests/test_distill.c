@@ -22,8 +22,7 @@ static char *fx(const char *name) {
 
 static tp_model *load(const char *name) {
     char *p = fx(name);
-    tp_model *m = NULL;
-    if (tp_model_load_hf(p, &m) != TP_OK) TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
+    tp_model *m = tt_load_hf(p);
     free(p);
     return m;
 }

@@ -64,16 +64,9 @@ static float *grad_file(const char *name, size_t n) {
 }
 
 static tp_model *grad_model(const char *name) {
-    char *dir = tt_path(tt_fixtures_dir(), "grad");
-    char *p = tt_path(dir, name);
-    tp_model *m = NULL;
-    if (tp_model_load_hf(p, &m) != TP_OK) {
-        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-        m = NULL;
-    }
-    free(p);
-    free(dir);
-    return m;
+    char rel[256];
+    snprintf(rel, sizeof rel, "grad/%s", name);
+    return tt_fixture_model(rel);
 }
 
 static int32_t *json_i32(const cJSON *arr, size_t n) {

@@ -63,25 +63,7 @@ static const char *g_data;
 static const char *data_fixture(void) {
     if (g_data) return g_data;
     char *data = tt_path(tt_tmp_dir(), "mpi_data.tpt");
-    enum { DOCS = 80 };
-    uint32_t *tok = malloc(DOCS * 160 * sizeof *tok);
-    uint64_t starts[DOCS];
-    size_t n = 0;
-    tp_rng r;
-    tp_rng_seed(&r, 29);
-    for (int d = 0; tok && d < DOCS; d++) {
-        starts[d] = n;
-        int len = 40 + (int)(tp_rng_u64(&r) % 110);
-        uint32_t t = 3 + (uint32_t)(tp_rng_u64(&r) % 90);
-        for (int i = 0; i < len; i++) {
-            tok[n++] = t;
-            t = 3 + (t * 5 + (uint32_t)(tp_rng_u64(&r) % 3)) % 90;
-        }
-    }
-    tp_status s = tok ? tp_shard_write(data, tok, n, starts, DOCS, 97, 1, 2) : TP_ERR_NOMEM;
-    free(tok);
-    if (s) {
-        TT_CHECK(0, "writing the MPI data fixture: %s", tp_errmsg());
+    if (!tt_markov_shard(data, 80, 40, 110, 90, 5, 97, 29)) {
         free(data);
         return NULL;
     }
@@ -113,11 +95,7 @@ static int run(int np, const char *dir, const char *name, const char *args, char
 
 static tp_model *load_export(const char *dir, const char *name) {
     char *p = tt_path(dir, name);
-    tp_model *m = NULL;
-    if (tp_model_load_hf(p, &m) != TP_OK) {
-        TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-        m = NULL;
-    }
+    tp_model *m = tt_load_hf(p);
     free(p);
     return m;
 }

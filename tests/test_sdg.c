@@ -31,13 +31,7 @@ static tp_status collect(void *user, size_t index, const int32_t *prompt, size_t
     return TP_OK;
 }
 
-static tp_model *tiny(void) {
-    char *p = tt_path(tt_fixtures_dir(), "tiny/llama3");
-    tp_model *m = NULL;
-    if (tp_model_load_hf(p, &m) != TP_OK) TT_CHECK(0, "%s: %s", p, tp_errmsg());
-    free(p);
-    return m;
-}
+static tp_model *tiny(void) { return tt_fixture_model("tiny/llama3"); }
 
 TT_TEST(sdg_batched_equals_single) {
     tp_model *m = tiny();

@@ -22,12 +22,9 @@
 enum { TV = 97, TT = 13 };
 
 static tp_model *load_fx(const char *name) {
-    char *dir = tt_path(tt_fixtures_dir(), "distill"), *p = tt_path(dir, name);
-    tp_model *m = NULL;
-    if (tp_model_load_hf(p, &m) != TP_OK) TT_CHECK(0, "loading %s: %s", p, tp_errmsg());
-    free(dir);
-    free(p);
-    return m;
+    char rel[256];
+    snprintf(rel, sizeof rel, "distill/%s", name);
+    return tt_fixture_model(rel);
 }
 
 /* A dataset of random tokens below 97 in a few documents (EOS 0 after each); change: one token

@@ -376,25 +376,9 @@ static int cli_fixture(void) {
         s = tp_model_save_hf(m, model, "F32");
     }
     tp_model_free(m);
-    enum { DOCS = 60 };
-    uint32_t *tok = malloc(DOCS * 128 * sizeof *tok);
-    uint64_t starts[DOCS];
-    size_t n = 0;
-    tp_rng r;
-    tp_rng_seed(&r, 11);
-    for (int d = 0; d < DOCS; d++) {
-        starts[d] = n;
-        int len = 30 + (int)(tp_rng_u64(&r) % 90);
-        uint32_t t = 3 + (uint32_t)(tp_rng_u64(&r) % 250);
-        for (int i = 0; i < len; i++) {
-            tok[n++] = t;
-            t = 3 + (t * 7 + (uint32_t)(tp_rng_u64(&r) % 3)) % 250;
-        }
-    }
-    if (!s) s = tp_shard_write(data, tok, n, starts, DOCS, 256, 1, 2);
-    free(tok);
+    if (s) TT_CHECK(0, "writing the CLI fixture: %s", tp_errmsg());
+    if (!s && !tt_markov_shard(data, 60, 30, 90, 250, 7, 256, 11)) s = TP_ERR_IO;
     if (s) {
-        TT_CHECK(0, "writing the CLI fixture: %s", tp_errmsg());
         free(model);
         free(data);
         return 0;

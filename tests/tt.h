@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "taper/model.h"
 
@@ -51,6 +52,15 @@ float *tt_fixture_f32(const char *rel, size_t n, int required);
 int tt_write_text(const char *path, const char *s, size_t n);
 /* 1 when the two files can be read and hold the same bytes. */
 int tt_same_file(const char *a, const char *b);
+/* The HF folder at path loaded, or NULL after a failed check naming it; tt_fixture_model does the
+ * same for tests/fixtures/REL. */
+tp_model *tt_load_hf(const char *path);
+tp_model *tt_fixture_model(const char *rel);
+/* A token shard of `docs` Markov-chain documents a model can learn, written to path: lengths
+ * min_len + [0, len_span), first symbol 3 + [0, n_sym), then 3 + (prev * mult + {0, 1, 2}) mod
+ * n_sym; vocab ids, BOS 1 and EOS 2 around each. Returns 1, or 0 after a failed check. */
+int tt_markov_shard(const char *path, int docs, int min_len, int len_span, int n_sym, int mult, int vocab,
+                    uint64_t seed);
 /* text written to tmp/subdir/name and loaded as a tokenizer.json; a failure's message must name
  * the file (a failed check otherwise). */
 struct tp_tokenizer;

@@ -16,6 +16,8 @@
 #include "taper/status.h"
 #include "taper/tokenizer.h"
 #include "taper/util.h"
+#include "taper/rng.h"
+#include "taper/train.h"
 #include "taper/trainer.h"
 
 typedef struct { const char *name, *file; tt_fn fn; } tt_case;
@@ -289,4 +291,43 @@ tp_status tt_tok_load_text(const char *subdir, const char *name, const char *tex
     free(p);
     free(dir);
     return rc;
+}
+
+tp_model *tt_load_hf(const char *path) {
+    tp_model *m = NULL;
+    if (tp_model_load_hf(path, &m) != TP_OK) {
+        TT_CHECK(0, "loading %s: %s", path, tp_errmsg());
+        return NULL;
+    }
+    return m;
+}
+
+tp_model *tt_fixture_model(const char *rel) {
+    char *p = tt_path(tt_fixtures_dir(), rel);
+    tp_model *m = tt_load_hf(p);
+    free(p);
+    return m;
+}
+
+int tt_markov_shard(const char *path, int docs, int min_len, int len_span, int n_sym, int mult, int vocab,
+                    uint64_t seed) {
+    uint32_t *tok = malloc((size_t)docs * (size_t)(min_len + len_span) * sizeof *tok);
+    uint64_t *starts = malloc((size_t)docs * sizeof *starts);
+    size_t n = 0;
+    tp_rng r;
+    tp_rng_seed(&r, seed);
+    for (int d = 0; tok && starts && d < docs; d++) {
+        starts[d] = n;
+        int len = min_len + (int)(tp_rng_u64(&r) % (uint64_t)len_span);
+        uint32_t t = 3 + (uint32_t)(tp_rng_u64(&r) % (uint64_t)n_sym);
+        for (int i = 0; i < len; i++) {
+            tok[n++] = t;
+            t = 3 + (t * (uint32_t)mult + (uint32_t)(tp_rng_u64(&r) % 3)) % (uint32_t)n_sym;
+        }
+    }
+    tp_status s = tok && starts ? tp_shard_write(path, tok, n, starts, (size_t)docs, (uint32_t)vocab, 1, 2)
+                                : tp_fail(TP_ERR_NOMEM, "out of memory");
+    free(tok);
+    free(starts);
+    return TT_CHECK(s == TP_OK, "writing the token shard %s: %s", path, tp_errmsg());
 }
