@@ -58,6 +58,7 @@ int cmd_ppl(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_importance(int argc, char **argv);
+int cmd_search(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_sparsify(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

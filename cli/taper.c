@@ -27,6 +27,7 @@ static const struct {
     {"eval", cmd_eval, "zero-shot benchmarks scored as lm-evaluation-harness does"},
     {"importance", cmd_importance, "score heads, neurons, channels and layers on calibration text"},
     {"prune", cmd_prune, "structured pruning (width and depth) to target sizes or a parameter budget"},
+    {"search", cmd_search, "architecture search: candidate shapes ranked after a short distillation each"},
     {"sparsify", cmd_sparsify, "unstructured and N:M sparsity (magnitude, Wanda, SparseGPT)"},
     {"tokenize", cmd_tokenize, "turn text / jsonl / directories into binary token shards"},
     {"generate-data", cmd_generate_data, "synthetic training data sampled from a teacher (SDG)"},

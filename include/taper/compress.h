@@ -7,6 +7,7 @@
 #ifndef TAPER_COMPRESS_H
 #define TAPER_COMPRESS_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "taper/comm.h"
@@ -200,6 +201,7 @@ typedef struct {
     tp_prune_shape shape;
     size_t n_params;
     double loss;          /* held-out mean NLL; NAN when not evaluated */
+    double mem_bytes;     /* weights at mem_weight_bytes each + the KV cache of mem_ctx tokens (bf16) */
 } tp_prune_candidate;
 
 typedef struct {
@@ -214,19 +216,97 @@ typedef struct {
     size_t eval_samples;
     int seq_len;
     tp_progress *progress;   /* NULL, or begun: total is set here (candidates) */
+    /* the grid (0: the defaults below) */
+    int hidden_step, ffn_step, layer_step; /* defaults 64, 128 (64 when d_ff is not a multiple of
+                                              128), 1 */
+    double max_cut;          /* fraction of each axis that may go, in (0, 1) (0: hidden and ffn down
+                                to one step, layers down to half) */
+    /* a memory target instead of a parameter count: target_mem bytes for the weights at
+       mem_weight_bytes each (default 2, bf16) plus the KV cache of mem_ctx tokens (default 4096) at
+       2 bytes per value; target is then ignored */
+    double target_mem;
+    int mem_ctx;
+    double mem_weight_bytes;
 } tp_search_opts;
 void tp_search_opts_default(tp_search_opts *o);
 
-/* Grid: hidden in multiples of 64, ffn in multiples of 128 (64 when d_ff is not a multiple of
- * 128), every (kv groups, heads per group) with at most the model's, layers from ceil(L/2) to L;
- * each axis also at its full size. Candidates with params within target*(1 +- tolerance) are
- * evaluated (spread evenly when more than max_candidates) and returned sorted by loss (best
- * first). n_total: how many qualified. Fails with the closest shape named when none qualifies. */
+/* Grid: hidden in multiples of hidden_step (64), ffn in multiples of ffn_step (128, or 64 when d_ff
+ * is not a multiple of 128), layers in steps of layer_step (1) from ceil(L/2) (or (1 - max_cut) of
+ * each axis) up to the full size, every (kv groups, heads per group) with at most the model's;
+ * each axis also at its full size. Candidates whose params (or memory, with target_mem) are within
+ * target*(1 +- tolerance) are evaluated (spread evenly when more than max_candidates) and returned
+ * sorted by loss (best first). n_total: how many qualified. Fails with the closest shape named
+ * when none qualifies. */
 tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_search_opts *o,
                           tp_prune_candidate **cands, int *n_cands, int *n_total);
 
 /* Parameter count of the model m pruned to shape (0 axes kept). */
 size_t tp_prune_shape_params(const tp_config *src, const tp_prune_shape *shape);
+/* Bytes of the model src pruned to shape: its parameters at weight_bytes each plus the KV cache of
+ * ctx tokens at 2 bytes per value (layers x 2 x kv_heads x head_dim x ctx); 0 for an impossible
+ * shape. */
+double tp_prune_shape_mem(const tp_config *src, const tp_prune_shape *shape, int ctx, double weight_bytes);
+
+/* ---- architecture search ranked by short distillation (src/compress/search.c) ----
+ * Stage 1 scores every shape of the budget grid (tp_prune_search's enumeration, grid.max_candidates
+ * 0 = all) untrained on held-out windows of the data: mean next-token CE and mean KL from the
+ * teacher (its top-k + the rest, as distillation from a cache). Stage 2 distils the best
+ * `candidates` of them by untrained CE for `steps` steps each from one teacher cache (built once
+ * into run_dir/teacher.tkc, or teacher_cache reused) and scores them again on the same windows,
+ * ranked by held-out KL. Each candidate works in run_dir/cand-h..-f..-q..-kv..-l.. (student,
+ * run, final, result.json): a finished one is read back, an interrupted one resumes.
+ * run_dir/search.json holds both rankings and their Spearman correlations. */
+typedef struct {
+    const char *model;          /* the teacher, which every candidate is pruned from (loaded) */
+    const char *scores;         /* its importance scores */
+    const char *data;           /* token shards: distillation windows and held-out windows */
+    const char *run_dir;
+    const char *teacher_cache;  /* NULL: run_dir/teacher.tkc, built when absent */
+    tp_search_opts grid;        /* target / target_mem, tolerance, fixed sizes, steps, max_cut;
+                                   its eval_ids are not used */
+    int list_only;              /* enumerate and write search.json; score and distil nothing */
+    int candidates;             /* K distilled (default 4) */
+    int steps;                  /* distillation steps of each (default 200) */
+    int seq, batch, accum, warmup; /* 256, 4, 1, 10 */
+    float lr, min_lr;           /* 3e-4, 3e-5 */
+    double val_frac;            /* held-out fraction of the data's windows (0.05) */
+    uint64_t seed;
+    int eval_windows;           /* held-out windows scored (default 32) */
+    int topk;                   /* the teacher cache's K and the distillation's top-k (default 32) */
+    int quiet;
+    volatile sig_atomic_t *stop; /* a distillation stops at its next update, resumably */
+} tp_search_job;
+void tp_search_job_default(tp_search_job *j);
+
+typedef struct {
+    char name[64];              /* cand-h<hidden>-f<ffn>-q<heads>-kv<kv_heads>-l<layers> */
+    tp_prune_shape shape;
+    size_t n_params;
+    double mem_bytes;
+    double loss0, kd0;          /* untrained held-out CE and KL (nats per token) */
+    int rank0;                  /* 1-based, by loss0 over every candidate */
+    int distilled;
+    double loss, kd;            /* after the short distillation */
+    int rank;                   /* 1-based among the distilled, by kd */
+    double seconds;             /* the distillation's wall time */
+} tp_search_row;
+
+typedef struct {
+    tp_search_row *rows;        /* every candidate, best untrained first */
+    int n_rows, n_qualifying, n_distilled;
+    int best;                   /* row of the best distilled candidate (-1: none yet) */
+    double spearman_kd;         /* Spearman of untrained CE vs distilled KL over the distilled */
+    double spearman_loss;       /* ... vs distilled CE */
+    int eval_windows;
+    uint64_t teacher_windows;   /* windows the teacher ran on in this call (held-out + cache) */
+    int stopped;                /* 1: stopped on request; the same call resumes */
+    double stage1_seconds, cache_seconds, stage2_seconds;
+} tp_search_result;
+tp_status tp_search_run(const tp_search_job *j, tp_search_result *r);
+void tp_search_result_free(tp_search_result *r);
+/* Spearman's rank correlation of a and b (n; ties share their mean rank); NAN when n < 2 or a side
+ * is constant. */
+double tp_spearman(const double *a, const double *b, int n);
 
 /* Plan composition for pruning in rounds: p2 prunes the model p1 produced (p2->src is p1->cfg);
  * the result maps p1's source straight to p2's target (applying it to p1's source gives the

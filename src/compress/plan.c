@@ -18,6 +18,13 @@ void tp_search_opts_default(tp_search_opts *o) {
     o->depth_rule = TP_DEPTH_AUTO;
 }
 
+double tp_prune_shape_mem(const tp_config *src, const tp_prune_shape *shape, int ctx, double weight_bytes) {
+    size_t np = tp_prune_shape_params(src, shape);
+    if (!np) return 0;
+    double L = shape->n_layers ? shape->n_layers : src->n_layers, kv = shape->n_kv_heads ? shape->n_kv_heads : src->n_kv_heads;
+    return (double)np * weight_bytes + L * 2.0 * kv * (double)src->head_dim * (double)ctx * 2.0;
+}
+
 /* Values of one axis: the fixed one, or multiples of step from lo up to full, plus full. */
 static int axis_values(int fixed, int full, int step, int lo, int *out, int cap) {
     int n = 0;
@@ -56,6 +63,10 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
     if (o->eval_ids && (o->eval_samples == 0 || o->seq_len < 2))
         return tp_fail(TP_ERR_ARG, "target_params: held-out text needs >= 1 sample of >= 2 tokens");
     if (!(o->tolerance > 0 && o->tolerance < 1)) return tp_fail(TP_ERR_ARG, "tolerance %g must be in (0, 1)", o->tolerance);
+    if (o->max_cut < 0 || o->max_cut >= 1) return tp_fail(TP_ERR_ARG, "max_cut %g must be in [0, 1)", o->max_cut);
+    if (o->hidden_step < 0 || o->ffn_step < 0 || o->layer_step < 0)
+        return tp_fail(TP_ERR_ARG, "search steps must be >= 0 (0: the default)");
+    if (!o->target && !(o->target_mem > 0)) return tp_fail(TP_ERR_ARG, "the search needs a parameter or memory target");
     tp_status s = tp_importance_check_model(imp, c, "importance scores");
     if (s) return s;
     int rep = c->n_heads / c->n_kv_heads;
@@ -65,14 +76,24 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
         free(hid); free(ffn); free(lay);
         return tp_fail(TP_ERR_NOMEM, "out of memory");
     }
-    int nhid = axis_values(o->fixed.d_model, c->d_model, 64, 64, hid, CAP);
-    int nffn = axis_values(o->fixed.d_ff, c->d_ff, c->d_ff % 128 == 0 ? 128 : 64, 64, ffn, CAP);
-    int nlay = axis_values(o->fixed.n_layers, c->n_layers, 1, (c->n_layers + 1) / 2, lay, CAP);
+    int hstep = o->hidden_step ? o->hidden_step : 64, fstep = o->ffn_step ? o->ffn_step : c->d_ff % 128 == 0 ? 128 : 64;
+    int lstep = o->layer_step ? o->layer_step : 1;
+    int hlo = hstep, flo = fstep, llo = (c->n_layers + 1) / 2;
+    if (o->max_cut > 0) {
+        hlo = (int)ceil((1 - o->max_cut) * c->d_model);
+        flo = (int)ceil((1 - o->max_cut) * c->d_ff);
+        llo = (int)ceil((1 - o->max_cut) * c->n_layers);
+    }
+    int nhid = axis_values(o->fixed.d_model, c->d_model, hstep, hlo, hid, CAP);
+    int nffn = axis_values(o->fixed.d_ff, c->d_ff, fstep, flo, ffn, CAP);
+    int nlay = axis_values(o->fixed.n_layers, c->n_layers, lstep, llo, lay, CAP);
+    int mem = o->target_mem > 0, ctx = o->mem_ctx > 0 ? o->mem_ctx : 4096;
+    double wb = o->mem_weight_bytes > 0 ? o->mem_weight_bytes : 2.0, target = mem ? o->target_mem : (double)o->target;
     size_t cap = 256, n = 0;
     tp_prune_candidate *all = malloc(cap * sizeof *all);
     size_t best_p = 0;
     tp_prune_shape best_sh = {0};
-    double lo = (double)o->target * (1 - o->tolerance), hi = (double)o->target * (1 + o->tolerance);
+    double lo = target * (1 - o->tolerance), hi = target * (1 + o->tolerance), best_v = 0;
     for (int a = 0; a < nlay && all; a++)
         for (int b = 0; b < nhid && all; b++)
             for (int kv = 1; kv <= c->n_kv_heads && all; kv++)
@@ -83,31 +104,35 @@ tp_status tp_prune_search(const tp_model *m, const tp_importance *imp, const tp_
                         if (o->fixed.n_heads && kv * r != o->fixed.n_heads) continue;
                         size_t np = tp_prune_shape_params(c, &sh);
                         if (!np) continue;
-                        if (!best_p || fabs((double)np - (double)o->target) < fabs((double)best_p - (double)o->target)) {
+                        double mb = tp_prune_shape_mem(c, &sh, ctx, wb), v = mem ? mb : (double)np;
+                        if (!best_p || fabs(v - target) < fabs(best_v - target)) {
                             best_p = np;
+                            best_v = v;
                             best_sh = sh;
                         }
-                        if ((double)np < lo || (double)np > hi) continue;
+                        if (v < lo || v > hi) continue;
                         if (n == cap) {
                             cap *= 2;
                             tp_prune_candidate *na = realloc(all, cap * sizeof *all);
                             if (!na) { free(all); all = NULL; break; }
                             all = na;
                         }
-                        all[n++] = (tp_prune_candidate){sh, np, NAN};
+                        all[n++] = (tp_prune_candidate){sh, np, NAN, mb};
                     }
     free(hid); free(ffn); free(lay);
     if (!all) return tp_fail(TP_ERR_NOMEM, "out of memory");
     if (n == 0) {
         free(all);
+        char what[96];
+        if (mem) snprintf(what, sizeof what, "target_mem %.0f bytes (context %d)", o->target_mem, ctx);
+        else snprintf(what, sizeof what, "target_params %zu", o->target);
         if (!best_p)
-            return tp_fail(TP_ERR_ARG, "target_params %zu: no shape on the grid is possible with the fixed sizes given",
-                           o->target);
-        return tp_fail(TP_ERR_ARG, "target_params %zu: no shape on the grid (hidden multiple of 64, ffn multiple of "
-                       "%d, equal GQA groups, layers >= %d, with the fixed sizes given) is within +-%.0f%%; "
-                       "the closest is hidden %d, ffn %d, heads %d, kv_heads %d, layers %d with %zu params",
-                       o->target, c->d_ff % 128 == 0 ? 128 : 64, (c->n_layers + 1) / 2, 100 * o->tolerance,
-                       best_sh.d_model, best_sh.d_ff, best_sh.n_heads, best_sh.n_kv_heads, best_sh.n_layers, best_p);
+            return tp_fail(TP_ERR_ARG, "%s: no shape on the grid is possible with the fixed sizes given", what);
+        return tp_fail(TP_ERR_ARG, "%s: no shape on the grid (hidden multiple of %d, ffn multiple of %d, equal GQA "
+                       "groups, layers >= %d, with the fixed sizes given) is within +-%.0f%%; the closest is hidden "
+                       "%d, ffn %d, heads %d, kv_heads %d, layers %d with %zu params%s",
+                       what, hstep, fstep, llo, 100 * o->tolerance, best_sh.d_model, best_sh.d_ff, best_sh.n_heads,
+                       best_sh.n_kv_heads, best_sh.n_layers, best_p, mem ? " (the memory closest to the target)" : "");
     }
     qsort(all, n, sizeof *all, cmp_cand_shape);
     size_t k = o->max_candidates > 0 && (size_t)o->max_candidates < n ? (size_t)o->max_candidates : n;

@@ -224,6 +224,7 @@ static tp_status setup(void *user, tp_model *m, const tp_train_cfg *cfg, const t
     st->outer.reduce = reduce;
     st->outer.user = st;
     *hooks = &st->outer;
+    if (cfg->quiet) return TP_OK;
     char who[512];
     if (st->cache)
         snprintf(who, sizeof who, "teacher cache %s (top-%d of %d, %llu windows)", J->teacher_cache, st->topk,
