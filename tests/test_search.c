@@ -200,3 +200,41 @@ TT_TEST(search_spearman_and_memory_target) {
     /* weights at 2 bytes + KV cache: 4 layers x 2 (K, V) x 2 kv heads x 16 x ctx 1000 x 2 bytes */
     TT_NEAR(tp_prune_shape_mem(&c0, &sh, 1000, 2.0), (double)np * 2 + 4.0 * 2 * 2 * 16 * 1000 * 2, 0, 0);
 }
+
+/* taper compress --search short-kd: the prune stage takes its shape from the search's winner. */
+TT_TEST(search_in_compress) {
+    if (!tt_bin()) {
+        tt_skip("TAPER_BIN not set (run through make test)");
+        return;
+    }
+    char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *dir = tt_path(tt_tmp_dir(), "search_compress");
+    char *text = tt_path(dir, "text.txt"), args[4096], *out = NULL;
+    tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    FILE *f = fopen(text, "w");
+    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
+    if (f) fclose(f);
+    snprintf(args, sizeof args,
+             "compress '%s' --target-params 43152 --axes depth -o '%s/run' --sdg-samples 16 --sdg-tokens 40 "
+             "--calib-samples 4 --calib-seq 16 --depth-samples 2 --steps 3 --seq 16 --batch 2 --ckpt-every 2 "
+             "--eval-text '%s' --eval-chunks 2 --eval-ctx 16 --tasks '' --threads 1 --search short-kd --candidates 2 "
+             "--search-steps 2 --topk 8",
+             model, dir, text);
+    int rc = tt_taper(args, &out);
+    TT_CHECK(rc == 0 && strstr(out, "ranks first after 2 steps"), "compress --search short-kd (rc %d): %.3000s", rc,
+             out);
+    free(out);
+    char *sj = tt_path(dir, "run/search/search.json");
+    cJSON *o = tt_read_json(sj);
+    const cJSON *best = cJSON_GetObjectItemCaseSensitive(o, "best");
+    TT_CHECK(cJSON_IsString(best) && tp_json_number(o, "n_distilled") >= 1, "search.json names the best candidate");
+    cJSON_Delete(o);
+    char *st = tt_path(dir, "run/student");
+    tp_model *m = NULL;
+    TT_CHECK(tp_model_load_hf(st, &m) == TP_OK && m->cfg.n_layers == 1, "the student has the searched shape");
+    tp_model_free(m);
+    free(st);
+    free(sj);
+    free(model);
+    free(text);
+    free(dir);
+}

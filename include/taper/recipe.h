@@ -24,6 +24,11 @@ typedef struct {
     size_t target_params; /* "target-params": parameters of the student (required; text: 90M, 1.5B) */
     char *axes;           /* "axes": all | width | depth: which axes the search may shrink */
     double tolerance;     /* "tolerance": the search takes shapes within +-tolerance of each target */
+    char *search;         /* "search": untrained (default: the shapes ranked by untrained held-out loss)
+                             | short-kd (the best "candidates" of them each distilled "search-steps"
+                             steps from one teacher cache, ranked by held-out KL: tp_search_run) */
+    int candidates;       /* "candidates": shapes distilled by short-kd (default 4) */
+    int search_steps;     /* "search-steps": their distillation steps (default 200) */
     char *data;           /* "data": distillation token shards; NULL: the teacher generates them (sdg) */
     char *calib;          /* "calib": calibration text; NULL: the SDG samples (then data must be NULL) */
     int calib_samples, calib_seq, depth_samples; /* "calib-samples", "calib-seq", "depth-samples" */

@@ -300,6 +300,47 @@ static tp_status do_prune(run *x, const void *arg) {
             }
         }
     }
+    if (!s && !strcmp(r->search, "short-kd")) { /* the shape from a short distillation of each candidate */
+        char *sn = tp_recipe_round_name(r, "search", a->round, "");
+        char *sdir = sn ? tp_path_join(x->out, sn) : NULL;
+        tp_search_job sj;
+        tp_search_job_default(&sj);
+        sj.model = a->model;
+        sj.scores = scores;
+        sj.data = x->data;
+        sj.run_dir = sdir;
+        sj.grid.target = a->target;
+        sj.grid.tolerance = r->tolerance;
+        sj.grid.fixed = (tp_prune_shape){j.hidden, j.ffn, j.heads, j.kv_heads, j.layers};
+        sj.candidates = r->candidates;
+        sj.steps = r->search_steps;
+        sj.seq = r->seq;
+        sj.batch = r->batch;
+        sj.accum = r->accum;
+        sj.lr = r->lr;
+        sj.min_lr = r->lr / 10;
+        sj.warmup = r->warmup;
+        sj.topk = r->topk > 0 ? r->topk : 32;
+        tp_search_result sr;
+        s = sdir ? tp_search_run(&sj, &sr) : tp_fail(TP_ERR_NOMEM, "out of memory");
+        if (!s && sr.stopped) s = tp_fail(TP_ERR_ARG, "the search stopped on request; run again to continue it");
+        if (!s && sr.best < 0) s = tp_fail(TP_ERR_ARG, "the search distilled no candidate");
+        if (!s) {
+            const tp_prune_shape *b = &sr.rows[sr.best].shape;
+            tp_log(TP_LOG_INFO, "compress: search: %s ranks first after %d steps (of %d distilled; Spearman untrained "
+                                "vs distilled %.2f)", sr.rows[sr.best].name, r->search_steps, sr.n_distilled,
+                   sr.spearman_kd);
+            j.target_params = 0;
+            j.hidden = b->d_model;
+            j.ffn = b->d_ff;
+            j.heads = b->n_heads;
+            j.kv_heads = b->n_kv_heads;
+            j.layers = b->n_layers;
+        }
+        tp_search_result_free(&sr);
+        free(sn);
+        free(sdir);
+    }
     if (!s) {
         tp_prune_job_result res;
         s = tp_prune_job_run(&j, &res);

@@ -32,6 +32,9 @@ static const keydef KEYS[] = {
     {{"target-params", 0}, K_COUNT, offsetof(tp_recipe, target_params), 0, 0},
     S("axes", axes),
     D("tolerance", tolerance, 1e-4, 0.99),
+    S("search", search),
+    I("candidates", candidates, 1, 4096),
+    I("search-steps", search_steps, 1, 1 << 30),
     S("data", data),
     S("calib", calib),
     I("calib-samples", calib_samples, 1, 1 << 20),
@@ -117,8 +120,10 @@ tp_status tp_recipe_init(tp_recipe *r) {
     r->tau = 1.0f;
     r->correct_lr = 2e-5f;
     r->tolerance = 0.05;
+    r->candidates = 4;
+    r->search_steps = 200;
     tp_status s;
-    if ((s = set_str(&r->axes, "all")) || (s = set_str(&r->eval_text, "/usr/share/common-licenses/GPL-3")) ||
+    if ((s = set_str(&r->axes, "all")) || (s = set_str(&r->search, "untrained")) || (s = set_str(&r->eval_text, "/usr/share/common-licenses/GPL-3")) ||
         (s = set_str(&r->kd, "fkl")) || (s = set_str(&r->precision, "fp32")) || (s = set_str(&r->inter, "none")) ||
         (s = set_str(&r->alpha, "dynamic")) || (s = set_str(&r->iterate_teacher, "original"))) {
         tp_recipe_free(r);
@@ -267,6 +272,10 @@ cJSON *tp_recipe_to_json(const tp_recipe *r) {
     for (int i = 0; i < N_KEYS; i++) {
         const keydef *k = &KEYS[i];
         const void *f = (const char *)r + k->off;
+        /* the short-kd settings only when used: a recipe.json from before them compares equal */
+        if ((!strcmp(k->pub.key, "search") || !strcmp(k->pub.key, "candidates") ||
+             !strcmp(k->pub.key, "search-steps")) && (!r->search || !strcmp(r->search, "untrained")))
+            continue;
         switch (k->kind) {
         case K_STR:
             if (*(char *const *)f) cJSON_AddStringToObject(j, k->pub.key, *(char *const *)f);
@@ -335,11 +344,14 @@ tp_status tp_recipe_validate(const tp_recipe *r) {
     static const char *const PREC[] = {"fp32", "bf16", NULL}, *const AXES[] = {"all", "width", "depth", NULL},
                              *const KD[] = {"fkl", "rkl", "jsd", "none", NULL},
                              *const INTER[] = {"none", "cosine", "mse", NULL},
-                             *const ITER[] = {"original", "prev", NULL};
+                             *const ITER[] = {"original", "prev", NULL},
+                             *const SEARCH[] = {"untrained", "short-kd", NULL};
     if (!r->teacher) return tp_fail(TP_ERR_ARG, "teacher is required (the model to compress)");
     if (!r->target_params) return tp_fail(TP_ERR_ARG, "target-params is required (e.g. 100M)");
     if (!one_of(r->precision, PREC)) return tp_fail(TP_ERR_ARG, "precision must be fp32 or bf16, got '%s'", r->precision);
     if (!one_of(r->axes, AXES)) return tp_fail(TP_ERR_ARG, "axes must be all, width or depth, got '%s'", r->axes);
+    if (!one_of(r->search, SEARCH))
+        return tp_fail(TP_ERR_ARG, "search must be untrained or short-kd, got '%s'", r->search);
     if (!one_of(r->kd, KD)) return tp_fail(TP_ERR_ARG, "kd must be fkl, rkl, jsd or none, got '%s'", r->kd);
     if (!one_of(r->inter, INTER)) return tp_fail(TP_ERR_ARG, "inter must be none, cosine or mse, got '%s'", r->inter);
     if (!one_of(r->iterate_teacher, ITER))
