@@ -121,6 +121,16 @@ TT_TEST(search_lists_ranks_and_caches_once) {
     TT_CHECK(!isnan(r.spearman_kd) && fabs(r.spearman_kd) <= 1, "spearman %g", r.spearman_kd);
     double kd[3];
     for (int i = 0; i < 3; i++) kd[i] = r.rows[i].kd;
+    /* disk: a scored candidate keeps result.json; only the leader keeps its final model */
+    int kept = 1;
+    for (int i = 0; i < 3; i++) {
+        char *p1 = tp_strfmt("%s/%s/student", dir, r.rows[i].name), *p2 = tp_strfmt("%s/%s/run", dir, r.rows[i].name);
+        char *p3 = tp_strfmt("%s/%s/final", dir, r.rows[i].name), *p4 = tp_strfmt("%s/%s/result.json", dir, r.rows[i].name);
+        kept &= access(p1, F_OK) != 0 && access(p2, F_OK) != 0 && (access(p3, F_OK) == 0) == (i == r.best) &&
+                access(p4, F_OK) == 0;
+        free(p1), free(p2), free(p3), free(p4);
+    }
+    TT_CHECK(kept, "candidate folders hold result.json, and final only for the best");
     char *sj = tt_path(dir, "search.json");
     cJSON *o = tt_read_json(sj);
     const cJSON *rows = cJSON_GetObjectItemCaseSensitive(o, "candidates");

@@ -254,7 +254,8 @@ double tp_prune_shape_mem(const tp_config *src, const tp_prune_shape *shape, int
  * `candidates` of them by untrained CE for `steps` steps each from one teacher cache (built once
  * into run_dir/teacher.tkc, or teacher_cache reused) and scores them again on the same windows,
  * ranked by held-out KL. Each candidate works in run_dir/cand-h..-f..-q..-kv..-l.. (student,
- * run, final, result.json): a finished one is read back, an interrupted one resumes.
+ * run, final, result.json): a finished one is read back, an interrupted one resumes. Once scored,
+ * a candidate's student and checkpoints are deleted; only the leading one keeps final/.
  * run_dir/search.json holds both rankings and their Spearman correlations. */
 typedef struct {
     const char *model;          /* the teacher, which every candidate is pruned from (loaded) */

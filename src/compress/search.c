@@ -10,6 +10,7 @@
  * finished one is read back, an interrupted one resumes from its checkpoint. RUN/search.json holds
  * both rankings and their Spearman correlation, rewritten after every candidate. */
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -270,6 +271,31 @@ static int cmp_row_loss0(const void *pa, const void *pb) {
 
 /* ---------------------------------------------------------------- stage 2, one candidate */
 
+/* rm -r of a directory whose entries are files (a candidate's student, run and final). */
+static void remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = tp_path_join(dir, e->d_name);
+        if (p && unlink(p) != 0 && errno == EISDIR) remove_tree(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* Only the leading candidate keeps its distilled model (its final folder). */
+static void drop_other_finals(const tp_search_job *j, const tp_search_result *r) {
+    for (int i = 0; i < r->n_rows; i++) {
+        if (!r->rows[i].distilled || i == r->best) continue;
+        char *p = tp_strfmt("%s/%s/final", j->run_dir, r->rows[i].name);
+        if (p) remove_tree(p);
+        free(p);
+    }
+}
+
 static tp_status read_result(const char *path, tp_search_row *row) {
     char *text = NULL;
     tp_status s = tp_read_file(path, &text, NULL);
@@ -352,6 +378,12 @@ static tp_status distill_one(const tp_search_job *j, const tp_model *m, const tp
         cJSON *o = row_json(row);
         s = o ? tp_write_json_atomic(res, o) : tp_fail(TP_ERR_NOMEM, "out of memory");
         cJSON_Delete(o);
+        /* result.json holds what the search needs: the pruned student and the run's checkpoints
+         * (weights + AdamW, 20 bytes per parameter) go; final stays while the candidate leads */
+        if (!s) {
+            remove_tree(student);
+            remove_tree(run);
+        }
     }
 out:
     tp_model_free(pm);
@@ -478,6 +510,7 @@ tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
         s = distill_one(j, m, imp, cache, &h, &r->rows[i], &stopped);
         if (stopped) r->stopped = 1;
         rank_distilled(r);
+        if (!s) drop_other_finals(j, r);
         if (!s) s = write_search_json(j, r);
     }
     r->stage2_seconds = tp_time_s() - t0;
