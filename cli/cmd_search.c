@@ -83,6 +83,9 @@ static void print_tables(const tp_search_result *r, int list_only) {
     }
     if (list_only) return;
     printf("\n");
+    if (!isnan(r->split_half))
+        printf("stability  untrained ranking by each half of the %d held-out windows: Spearman %.3f\n",
+               r->eval_windows, r->split_half);
     if (!isnan(r->spearman_kd))
         printf("spearman   untrained CE vs distilled KL %.3f, vs distilled CE %.3f (%d distilled)\n", r->spearman_kd,
                r->spearman_loss, r->n_distilled);

@@ -119,6 +119,7 @@ TT_TEST(search_lists_ranks_and_caches_once) {
              "rankings: sorted %d, ranks mask %x, best %d", sorted, ranks, r.best);
     TT_CHECK(better == 3, "%d of 3 candidates have a lower held-out KL after distillation", better);
     TT_CHECK(!isnan(r.spearman_kd) && fabs(r.spearman_kd) <= 1, "spearman %g", r.spearman_kd);
+    TT_CHECK(!isnan(r.split_half) && fabs(r.split_half) <= 1, "split-half stability %g", r.split_half);
     double kd[3];
     for (int i = 0; i < 3; i++) kd[i] = r.rows[i].kd;
     /* disk: a scored candidate keeps result.json; only the leader keeps its final model */

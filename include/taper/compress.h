@@ -298,6 +298,8 @@ typedef struct {
     int best;                   /* row of the best distilled candidate (-1: none yet) */
     double spearman_kd;         /* Spearman of untrained CE vs distilled KL over the distilled */
     double spearman_loss;       /* ... vs distilled CE */
+    double split_half;          /* Spearman of the untrained rankings by the first and the second half
+                                   of the held-out windows: how stable stage 1's ranking is */
     int eval_windows;
     uint64_t teacher_windows;   /* windows the teacher ran on in this call (held-out + cache) */
     int stopped;                /* 1: stopped on request; the same call resumes */

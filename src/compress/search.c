@@ -67,22 +67,26 @@ static void heldout_free(heldout *h) {
 
 /* Mean CE over the counted targets and mean KL(teacher top-k + rest || model) over every position
  * of the held-out windows; with teacher set, fills h's top-k from m instead (KL then 0). */
-static tp_status score(const tp_model *m, heldout *h, int teacher, double *ce, double *kd) {
+static tp_status score(const tp_model *m, heldout *h, int teacher, double *ce, double *kd, double half[2]) {
     size_t T = (size_t)h->T, V = (size_t)m->cfg.vocab, k = (size_t)h->k;
     float *logits = malloc(T * V * sizeof(float));
     if (!logits) return tp_fail(TP_ERR_NOMEM, "search: out of memory for %zu x %zu logits", T, V);
     tp_kd_cfg kc = {TP_KD_FKL, 1.0f, 0, 0.5f};
-    double sce = 0, skd = 0;
-    size_t nce = 0;
+    double sce = 0, skd = 0, hs[2] = {0, 0};
+    size_t nce = 0, hn[2] = {0, 0};
     tp_status s = TP_OK;
     for (int w = 0; w < h->n && !s; w++) {
         const int32_t *tok = h->tok + (size_t)w * T, *tgt = h->tgt + (size_t)w * T;
         if ((s = tp_forward(m, tok, 1, (int)T, NULL, logits, 0))) break;
+        int part = w >= h->n / 2; /* the two halves of the windows, for the split-half stability */
         for (size_t t = 0; t < T; t++) {
             if (tgt[t] < 0) continue;
             const float *row = logits + t * V;
-            sce += tp_kd_lse(row, V, 1.0f) - row[tgt[t]];
+            double nll = tp_kd_lse(row, V, 1.0f) - row[tgt[t]];
+            sce += nll;
             nce++;
+            hs[part] += nll;
+            hn[part]++;
         }
         int32_t *ix = h->idx + (size_t)w * T * k;
         float *lp = h->logp + (size_t)w * T * k;
@@ -94,6 +98,8 @@ static tp_status score(const tp_model *m, heldout *h, int teacher, double *ce, d
     free(logits);
     *ce = nce ? sce / (double)nce : NAN;
     *kd = skd / ((double)h->n * (double)T);
+    if (half)
+        for (int i = 0; i < 2; i++) half[i] = hn[i] ? hs[i] / (double)hn[i] : NAN;
     return s;
 }
 
@@ -116,7 +122,7 @@ static tp_status heldout_make(const tp_model *teacher, const tp_loader *L, int n
     tp_status s = tp_loader_val(L, 0, h->n, h->tok, h->tgt, &got);
     if (s) return s;
     double ce, kd;
-    return score(teacher, h, 1, &ce, &kd);
+    return score(teacher, h, 1, &ce, &kd, NULL);
 }
 
 /* ---------------------------------------------------------------- ranks and files */
@@ -219,6 +225,7 @@ static tp_status write_search_json(const tp_search_job *j, const tp_search_resul
     cJSON_AddNumberToObject(o, "n_distilled", r->n_distilled);
     if (!isnan(r->spearman_kd)) cJSON_AddNumberToObject(o, "spearman_untrained_vs_kd", r->spearman_kd);
     if (!isnan(r->spearman_loss)) cJSON_AddNumberToObject(o, "spearman_untrained_vs_loss", r->spearman_loss);
+    if (!isnan(r->split_half)) cJSON_AddNumberToObject(o, "untrained_split_half_spearman", r->split_half);
     if (r->best >= 0) cJSON_AddStringToObject(o, "best", r->rows[r->best].name);
     cJSON_AddNumberToObject(o, "teacher_windows", (double)r->teacher_windows);
     cJSON_AddNumberToObject(o, "stage1_seconds", r->stage1_seconds);
@@ -373,7 +380,7 @@ static tp_status distill_one(const tp_search_job *j, const tp_model *m, const tp
     }
     if (!s && !*stopped) {
         if ((s = tp_model_load_hf(fin, &fm))) goto out;
-        if ((s = score(fm, h, 0, &row->loss, &row->kd))) goto out;
+        if ((s = score(fm, h, 0, &row->loss, &row->kd, NULL))) goto out;
         row->distilled = 1;
         cJSON *o = row_json(row);
         s = o ? tp_write_json_atomic(res, o) : tp_fail(TP_ERR_NOMEM, "out of memory");
@@ -402,7 +409,7 @@ out:
 tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
     memset(r, 0, sizeof *r);
     r->best = -1;
-    r->spearman_kd = r->spearman_loss = NAN;
+    r->spearman_kd = r->spearman_loss = r->split_half = NAN;
     if (!j->model || !j->scores || !j->data || !j->run_dir)
         return tp_fail(TP_ERR_ARG, "search: model, scores, data and run_dir are required");
     if (j->candidates < 1 || j->steps < 1 || j->seq < 2 || j->batch < 1 || j->eval_windows < 1 || j->topk < 1)
@@ -450,6 +457,8 @@ tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
         s = heldout_make(m, L, j->eval_windows, j->topk, &h);
         r->teacher_windows += (uint64_t)h.n;
         r->eval_windows = h.n;
+        double *halves = s ? NULL : malloc(2 * (size_t)(n_c > 0 ? n_c : 1) * sizeof(double));
+        if (!s && !halves) s = tp_fail(TP_ERR_NOMEM, "out of memory");
         tp_progress prog;
         tp_progress_begin(&prog, "search: untrained", (double)n_c, "cand");
         if (j->quiet) prog.enabled = 0;
@@ -462,12 +471,25 @@ tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
             tp_model *pm = NULL;
             s = tp_prune_plan_make(&m->cfg, imp, j->grid.agg_pair, &r->rows[i].shape, j->grid.depth_rule, NULL, 0, &p);
             if (!s) s = tp_prune_apply(m, p, &pm);
-            if (!s) s = score(pm, &h, 0, &r->rows[i].loss0, &r->rows[i].kd0);
+            if (!s) s = score(pm, &h, 0, &r->rows[i].loss0, &r->rows[i].kd0, halves + 2 * i);
             tp_model_free(pm);
             tp_prune_plan_free(p);
             tp_progress_update(&prog, (double)(i + 1));
         }
         tp_progress_end(&prog);
+        /* how stable the untrained ranking is: the rankings by the two halves of the windows */
+        if (!s && !r->stopped && halves) {
+            double *a = malloc(2 * (size_t)(n_c > 0 ? n_c : 1) * sizeof(double));
+            if (a) {
+                for (int i = 0; i < n_c; i++) {
+                    a[i] = halves[2 * i];
+                    a[n_c + i] = halves[2 * i + 1];
+                }
+                r->split_half = tp_spearman(a, a + n_c, n_c);
+            }
+            free(a);
+        }
+        free(halves);
     }
     r->stage1_seconds = tp_time_s() - t0;
     if (!s) {
