@@ -146,8 +146,9 @@ TT_TEST(search_lists_ranks_and_caches_once) {
 
     /* the same command again: nothing is distilled or cached again */
     TT_CHECK(tp_search_run(&j, &r) == TP_OK, "rerun: %s", tp_errmsg());
-    TT_CHECK(r.teacher_windows == 4 && r.n_distilled == 3, "rerun ran the teacher on %llu windows, %d distilled",
-             (unsigned long long)r.teacher_windows, r.n_distilled);
+    TT_CHECK(r.teacher_windows == 4 && r.n_distilled == 3 && r.stage1_reused,
+             "rerun ran the teacher on %llu windows, %d distilled, untrained scores reused %d",
+             (unsigned long long)r.teacher_windows, r.n_distilled, r.stage1_reused);
     for (int i = 0; i < 3; i++) TT_CHECK(r.rows[i].kd == kd[i], "rerun row %d: kd %.9g vs %.9g", i, r.rows[i].kd, kd[i]);
     tp_search_result_free(&r);
 

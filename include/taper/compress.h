@@ -254,7 +254,8 @@ double tp_prune_shape_mem(const tp_config *src, const tp_prune_shape *shape, int
  * `candidates` of them by untrained CE for `steps` steps each from one teacher cache (built once
  * into run_dir/teacher.tkc, or teacher_cache reused) and scores them again on the same windows,
  * ranked by held-out KL. Each candidate works in run_dir/cand-h..-f..-q..-kv..-l.. (student,
- * run, final, result.json): a finished one is read back, an interrupted one resumes. Once scored,
+ * run, final, result.json): a finished one is read back, an interrupted one resumes, and the
+ * untrained scores of the earlier call (search.json, same settings) are reused. Once scored,
  * a candidate's student and checkpoints are deleted; only the leading one keeps final/.
  * run_dir/search.json holds both rankings and their Spearman correlations. */
 typedef struct {
@@ -285,6 +286,7 @@ typedef struct {
     size_t n_params;
     double mem_bytes;
     double loss0, kd0;          /* untrained held-out CE and KL (nats per token) */
+    double loss0_half[2];       /* untrained CE on each half of the held-out windows */
     int rank0;                  /* 1-based, by loss0 over every candidate */
     int distilled;
     double loss, kd;            /* after the short distillation */
@@ -303,6 +305,7 @@ typedef struct {
     int eval_windows;
     uint64_t teacher_windows;   /* windows the teacher ran on in this call (held-out + cache) */
     int stopped;                /* 1: stopped on request; the same call resumes */
+    int stage1_reused;          /* 1: the untrained scores came from the earlier call's search.json */
     double stage1_seconds, cache_seconds, stage2_seconds;
 } tp_search_result;
 tp_status tp_search_run(const tp_search_job *j, tp_search_result *r);

@@ -178,6 +178,8 @@ static cJSON *row_json(const tp_search_row *r) {
     cJSON_AddNumberToObject(o, "mem_bytes", r->mem_bytes);
     if (!isnan(r->loss0)) cJSON_AddNumberToObject(o, "untrained_loss", r->loss0);
     if (!isnan(r->kd0)) cJSON_AddNumberToObject(o, "untrained_kd", r->kd0);
+    if (!isnan(r->loss0_half[0])) cJSON_AddNumberToObject(o, "untrained_loss_half1", r->loss0_half[0]);
+    if (!isnan(r->loss0_half[1])) cJSON_AddNumberToObject(o, "untrained_loss_half2", r->loss0_half[1]);
     cJSON_AddNumberToObject(o, "untrained_rank", r->rank0);
     if (r->distilled) {
         cJSON_AddNumberToObject(o, "kd", r->kd);
@@ -215,6 +217,10 @@ static tp_status write_search_json(const tp_search_job *j, const tp_search_resul
     cJSON_AddNumberToObject(set, "batch", j->batch);
     cJSON_AddNumberToObject(set, "lr", j->lr);
     cJSON_AddNumberToObject(set, "eval_windows", r->eval_windows);
+    cJSON_AddNumberToObject(set, "val_frac", (double)(float)j->val_frac);
+    cJSON_AddNumberToObject(set, "seed", (double)j->seed);
+    cJSON_AddNumberToObject(set, "agg_pair", j->grid.agg_pair);
+    cJSON_AddNumberToObject(set, "depth_rule", (double)j->grid.depth_rule);
     cJSON_AddNumberToObject(set, "topk", j->topk);
     cJSON_AddItemToObject(o, "settings", set);
     for (int i = 0; i < r->n_rows; i++) {
@@ -268,6 +274,52 @@ static void rank_distilled(tp_search_result *r) {
     r->spearman_kd = tp_spearman(a, kd, n);
     r->spearman_loss = tp_spearman(a, lo, n);
     free(a);
+}
+
+/* The untrained scores of an earlier call of the same search (run_dir/search.json with the same
+ * model, scores, data, windows and pruning rules, every candidate there): 1 when r's rows were
+ * filled from it. Stage 1 is then not recomputed on resume. */
+static int reuse_stage1(const tp_search_job *j, tp_search_result *r) {
+    char *p = tp_path_join(j->run_dir, "search.json"), *text = NULL;
+    if (!p || access(p, F_OK) != 0 || tp_read_file(p, &text, NULL) != TP_OK) {
+        tp_clear_error();
+        free(p);
+        return 0;
+    }
+    free(p);
+    cJSON *o = cJSON_Parse(text);
+    free(text);
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(o, "settings"), *rows = cJSON_GetObjectItemCaseSensitive(o, "candidates");
+    const cJSON *sm = cJSON_GetObjectItemCaseSensitive(set, "model"), *ss = cJSON_GetObjectItemCaseSensitive(set, "scores");
+    const cJSON *sd = cJSON_GetObjectItemCaseSensitive(set, "data");
+    int ok = cJSON_IsString(sm) && cJSON_IsString(ss) && cJSON_IsString(sd) && !strcmp(sm->valuestring, j->model) &&
+             !strcmp(ss->valuestring, j->scores) && !strcmp(sd->valuestring, j->data) &&
+             tp_json_number(set, "seq") == j->seq && tp_json_number(set, "eval_windows") == r->eval_windows &&
+             tp_json_number(set, "topk") == j->topk && tp_json_number(set, "val_frac") == (double)(float)j->val_frac &&
+             tp_json_number(set, "seed") == (double)j->seed && tp_json_number(set, "agg_pair") == j->grid.agg_pair &&
+             tp_json_number(set, "depth_rule") == (double)j->grid.depth_rule && cJSON_IsArray(rows);
+    for (int i = 0; ok && i < r->n_rows; i++) {
+        tp_search_row *x = &r->rows[i];
+        const cJSON *found = NULL, *e;
+        cJSON_ArrayForEach(e, rows) {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(e, "name");
+            if (cJSON_IsString(n) && !strcmp(n->valuestring, x->name)) found = e;
+        }
+        double l = tp_json_number(found, "untrained_loss"), k = tp_json_number(found, "untrained_kd");
+        double a = tp_json_number(found, "untrained_loss_half1"), b = tp_json_number(found, "untrained_loss_half2");
+        ok = found && !isnan(l) && !isnan(k) && !isnan(a) && !isnan(b);
+        if (ok) {
+            x->loss0 = l;
+            x->kd0 = k;
+            x->loss0_half[0] = a;
+            x->loss0_half[1] = b;
+        }
+    }
+    cJSON_Delete(o);
+    if (!ok)
+        for (int i = 0; i < r->n_rows; i++)
+            r->rows[i].loss0 = r->rows[i].kd0 = r->rows[i].loss0_half[0] = r->rows[i].loss0_half[1] = NAN;
+    return ok;
 }
 
 static int cmp_row_loss0(const void *pa, const void *pb) {
@@ -445,7 +497,10 @@ tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
             x->shape = cands[i].shape;
             x->n_params = cands[i].n_params;
             x->mem_bytes = cands[i].mem_bytes;
-            x->loss0 = x->kd0 = x->loss = x->kd = NAN;
+            x->loss0 = x->kd0 = x->loss = x->kd = x->loss0_half[0] = x->loss0_half[1] = NAN;
+            /* named by shape, so a rerun with other settings never mixes candidates up */
+            snprintf(x->name, sizeof x->name, "cand-h%d-f%d-q%d-kv%d-l%d", x->shape.d_model, x->shape.d_ff,
+                     x->shape.n_heads, x->shape.n_kv_heads, x->shape.n_layers);
         }
     }
     if (!s) s = tp_dataset_open(j->data, &ds);
@@ -457,12 +512,15 @@ tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
         s = heldout_make(m, L, j->eval_windows, j->topk, &h);
         r->teacher_windows += (uint64_t)h.n;
         r->eval_windows = h.n;
-        double *halves = s ? NULL : malloc(2 * (size_t)(n_c > 0 ? n_c : 1) * sizeof(double));
-        if (!s && !halves) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+        int reused = !s && reuse_stage1(j, r);
+        r->stage1_reused = reused;
+        if (reused && !j->quiet)
+            tp_log(TP_LOG_INFO, "search: the untrained scores of the %d candidates come from the earlier run's "
+                                "search.json (same model, scores, data and windows)", n_c);
         tp_progress prog;
-        tp_progress_begin(&prog, "search: untrained", (double)n_c, "cand");
-        if (j->quiet) prog.enabled = 0;
-        for (int i = 0; !s && i < n_c; i++) {
+        tp_progress_begin(&prog, "search: untrained", reused ? 0 : (double)n_c, "cand");
+        if (j->quiet || reused) prog.enabled = 0;
+        for (int i = 0; !s && !reused && i < n_c; i++) {
             if (j->stop && *j->stop) { /* stage 1 is recomputed by the next call */
                 r->stopped = 1;
                 break;
@@ -471,36 +529,29 @@ tp_status tp_search_run(const tp_search_job *j, tp_search_result *r) {
             tp_model *pm = NULL;
             s = tp_prune_plan_make(&m->cfg, imp, j->grid.agg_pair, &r->rows[i].shape, j->grid.depth_rule, NULL, 0, &p);
             if (!s) s = tp_prune_apply(m, p, &pm);
-            if (!s) s = score(pm, &h, 0, &r->rows[i].loss0, &r->rows[i].kd0, halves + 2 * i);
+            if (!s) s = score(pm, &h, 0, &r->rows[i].loss0, &r->rows[i].kd0, r->rows[i].loss0_half);
             tp_model_free(pm);
             tp_prune_plan_free(p);
             tp_progress_update(&prog, (double)(i + 1));
         }
         tp_progress_end(&prog);
         /* how stable the untrained ranking is: the rankings by the two halves of the windows */
-        if (!s && !r->stopped && halves) {
+        if (!s && !r->stopped) {
             double *a = malloc(2 * (size_t)(n_c > 0 ? n_c : 1) * sizeof(double));
             if (a) {
                 for (int i = 0; i < n_c; i++) {
-                    a[i] = halves[2 * i];
-                    a[n_c + i] = halves[2 * i + 1];
+                    a[i] = r->rows[i].loss0_half[0];
+                    a[n_c + i] = r->rows[i].loss0_half[1];
                 }
                 r->split_half = tp_spearman(a, a + n_c, n_c);
             }
             free(a);
         }
-        free(halves);
     }
     r->stage1_seconds = tp_time_s() - t0;
     if (!s) {
         qsort(r->rows, (size_t)r->n_rows, sizeof *r->rows, cmp_row_loss0);
-        for (int i = 0; i < r->n_rows; i++) {
-            r->rows[i].rank0 = i + 1;
-            /* named by shape, so a rerun with other settings never mixes candidates up */
-            snprintf(r->rows[i].name, sizeof r->rows[i].name, "cand-h%d-f%d-q%d-kv%d-l%d", r->rows[i].shape.d_model,
-                     r->rows[i].shape.d_ff, r->rows[i].shape.n_heads, r->rows[i].shape.n_kv_heads,
-                     r->rows[i].shape.n_layers);
-        }
+        for (int i = 0; i < r->n_rows; i++) r->rows[i].rank0 = i + 1;
         s = write_search_json(j, r);
     }
     if (s || j->list_only || r->stopped) goto out;
