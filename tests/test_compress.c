@@ -74,9 +74,7 @@ static char *setup(const char *name, const char **bin) {
     }
     char *dir = tt_path(tt_tmp_dir(), name), *text = tt_path(dir, "text.txt");
     tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
-    FILE *f = fopen(text, "w");
-    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
-    if (f) fclose(f);
+    tt_fox_text(text, 60);
     free(text);
     return dir;
 }
@@ -535,9 +533,7 @@ TT_TEST(compress_run_library) {
     char *dir = tt_path(tt_tmp_dir(), "compress-lib"), *text = tt_path(dir, "text.txt");
     char *teacher = tt_path(tt_fixtures_dir(), "sparsify/model");
     tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
-    FILE *f = fopen(text, "w");
-    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
-    if (f) fclose(f);
+    tt_fox_text(text, 60);
     tp_recipe r;
     small_recipe(&r, teacher, text);
     TT_CHECK(tp_recipe_validate(&r) == TP_OK, "recipe valid: %s", tp_errmsg());

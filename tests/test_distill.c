@@ -234,9 +234,7 @@ TT_TEST(distill_cli_keep_mask) {
     char *dir = tt_path(tt_tmp_dir(), "keepmask"), *text = tt_path(dir, "text.txt"), cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
     tt_sh("%s", cmd);
-    FILE *f = fopen(text, "w");
-    for (int i = 0; f && i < 40; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
-    if (f) fclose(f);
+    tt_fox_text(text, 40);
     snprintf(cmd, sizeof cmd, "TAPER_PROGRESS=0 '%s' tokenize '%s' -o '%s/shards' '%s' > '%s/log' 2>&1", bin, model, dir,
              text, dir);
     TT_CHECK(tt_sh("%s", cmd) == 0, "tokenize");
@@ -282,9 +280,7 @@ TT_TEST(distill_cli_compress_pipeline) {
     char *text = tt_path(dir, "text.txt"), cmd[8192], run_cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
     tt_sh("%s", cmd);
-    FILE *f = fopen(text, "w");
-    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
-    if (f) fclose(f);
+    tt_fox_text(text, 60);
     snprintf(run_cmd, sizeof run_cmd,
              "TAPER_PROGRESS=0 '%s' compress '%s' --target-params 43152 --axes depth -o '%s/run' --sdg-samples 8 "
              "--sdg-tokens 40 --calib-samples 4 --calib-seq 16 --depth-samples 2 --steps 3 --seq 16 --batch 2 "

@@ -222,9 +222,7 @@ TT_TEST(search_in_compress) {
     char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *dir = tt_path(tt_tmp_dir(), "search_compress");
     char *text = tt_path(dir, "text.txt"), args[4096], *out = NULL;
     tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
-    FILE *f = fopen(text, "w");
-    for (int i = 0; f && i < 60; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
-    if (f) fclose(f);
+    tt_fox_text(text, 60);
     snprintf(args, sizeof args,
              "compress '%s' --target-params 43152 --axes depth -o '%s/run' --sdg-samples 16 --sdg-tokens 40 "
              "--calib-samples 4 --calib-seq 16 --depth-samples 2 --steps 3 --seq 16 --batch 2 --ckpt-every 2 "

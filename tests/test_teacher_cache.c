@@ -602,9 +602,7 @@ TT_TEST(tcache_cli) {
     char *dir = tt_path(tt_tmp_dir(), "tcache_cli"), *text = tt_path(dir, "text.txt"), cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
     tt_sh("%s", cmd);
-    FILE *f = fopen(text, "w");
-    for (int i = 0; f && i < 40; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
-    if (f) fclose(f);
+    tt_fox_text(text, 40);
     const char *env = "TAPER_PROGRESS=0 OMP_NUM_THREADS=1";
     snprintf(cmd, sizeof cmd, "%s '%s' tokenize '%s' -o '%s/shards' '%s' > '%s/log' 2>&1", env, bin, model, dir, text,
              dir);

@@ -56,6 +56,9 @@ int tt_same_file(const char *a, const char *b);
  * same for tests/fixtures/REL. */
 tp_model *tt_load_hf(const char *path);
 tp_model *tt_fixture_model(const char *rel);
+/* n sentences "the quick brown fox <i> jumps over the lazy dog and runs away. " written to path
+ * (calibration / evaluation text of the tiny-model command tests). Returns 1 on success. */
+int tt_fox_text(const char *path, int n);
 /* A token shard of `docs` Markov-chain documents a model can learn, written to path: lengths
  * min_len + [0, len_span), first symbol 3 + [0, n_sym), then 3 + (prev * mult + {0, 1, 2}) mod
  * n_sym; vocab ids, BOS 1 and EOS 2 around each. Returns 1, or 0 after a failed check. */

@@ -331,3 +331,9 @@ int tt_markov_shard(const char *path, int docs, int min_len, int len_span, int n
     free(starts);
     return TT_CHECK(s == TP_OK, "writing the token shard %s: %s", path, tp_errmsg());
 }
+
+int tt_fox_text(const char *path, int n) {
+    FILE *f = fopen(path, "w");
+    for (int i = 0; f && i < n; i++) fprintf(f, "the quick brown fox %d jumps over the lazy dog and runs away. ", i);
+    return f && fclose(f) == 0;
+}
