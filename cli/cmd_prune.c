@@ -17,11 +17,12 @@ static const char *HELP =
     "usage: taper prune MODEL --scores SCORES [--hidden N] [--ffn N] [--heads N] [--kv-heads N]\n"
     "                   [--layers N] [--drop-layers LIST] [--depth-metric M] [--agg BATCH,SEQ] -o OUT\n"
     "       taper prune MODEL --scores SCORES --target-params 90M [--data FILE] [...] -o OUT\n"
+    "       taper prune MODEL --scores SCORES --per-layer [sizes | --target-params N] --gguf FILE\n"
     "       taper prune MODEL --plan prune_plan.json -o OUT\n\n"
     "Keeps the top-ranked parts of MODEL by the importance scores (taper importance) and writes the\n"
     "smaller model as an HF folder OUT (config.json with every changed size and head_dim, safetensors,\n"
     "tokenizer) plus OUT/prune_plan.json, which lists exactly which source indices were kept.\n"
-    "Every layer keeps the same sizes (what transformers and llama.cpp load).\n\n"
+    "Every layer keeps the same sizes (what transformers and llama.cpp load), unless --per-layer.\n\n"
     "width (0 or absent keeps the axis):\n"
     "  --hidden N          embedding channels (one set for embeddings, norms, projections, lm_head)\n"
     "  --ffn N             MLP neurons per layer (rows of gate/up, columns of down)\n"
@@ -61,7 +62,14 @@ static const char *HELP =
     "  --mem-limit SIZE    memory the run may use, e.g. 6G (default: $TAPER_MEM_LIMIT, else what the\n"
     "                      machine has available); a run that would not fit exits 1 up front\n"
     "  --dry-run           plan, print the memory estimates and the choice; read no weights, write nothing\n"
-    "  --heterogeneous     per-layer widths (not supported yet)\n"
+    "per-layer widths:\n"
+    "  --per-layer         redistribute the MLP neurons and the query heads (per KV group) of the uniform\n"
+    "                      target over the layers, same totals: units ranked across layers by their score\n"
+    "                      divided by their layer's mean score (docs/pruning.md). Written as GGUF only\n"
+    "                      (--gguf; llama.cpp runs it as its DeciLM graph; transformers cannot hold it);\n"
+    "                      the plan goes to --plan-out (default FILE.plan.json)\n"
+    "  --per-layer-step N  a layer's MLP width is a multiple of N (default 64)\n"
+    "  --per-layer-min F   each layer keeps at least this fraction of its neurons and heads (default 0.25)\n"
     "  --threads N         OpenMP threads (default: all cores)\n"
     "  --json[=FILE]       also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help          this help\n\n"
@@ -93,6 +101,12 @@ static void report(const tp_prune_job *j, const tp_prune_job_result *r) {
     const tp_prune_plan *p = r->plan;
     print_shape("source", &r->src, p->src_params);
     print_shape("pruned", &r->pruned, p->n_params);
+    if (r->pruned.hetero) {
+        printf("per layer (ffn/heads):");
+        for (int i = 0; i < r->pruned.n_layers; i++)
+            printf(" %d/%d", r->pruned.layer_ff[i], r->pruned.layer_heads[i]);
+        printf("\n");
+    }
     printf("depth    %s; kept layers",
            r->replayed ? "from the plan"
            : r->pruned.n_layers == r->src.n_layers ? "all layers kept" : tp_depth_rule_name(p->depth_rule));
@@ -112,7 +126,8 @@ static const char *const FLAGS[] = {"hidden", "--hidden", "ffn", "--ffn", "heads
                                     "--depth-metric", "target_params", "--target-params", "tolerance", "--tolerance",
                                     "max_candidates", "--max-candidates", "eval_samples", "--eval-samples", "seq_len",
                                     "--seq-len", "mem_limit", "--mem-limit", "stream on", "--stream", "gguf",
-                                    "--gguf", NULL};
+                                    "--gguf", "per-layer ffn step", "--per-layer-step", "per-layer minimum",
+                                    "--per-layer-min", NULL};
 
 int cmd_prune(int argc, char **argv) {
     static const struct option opts[] = {{"scores", required_argument, 0, 'S'},
@@ -137,6 +152,9 @@ int cmd_prune(int argc, char **argv) {
                                          {"gguf", required_argument, 0, 'g'},
                                          {"gguf-type", required_argument, 0, 'G'},
                                          {"heterogeneous", no_argument, 0, 'Z'},
+                                         {"per-layer", no_argument, 0, 'Z'},
+                                         {"per-layer-step", required_argument, 0, 'W'},
+                                         {"per-layer-min", required_argument, 0, 'N'},
                                          {"threads", required_argument, 0, 't'},
                                          {"stream", optional_argument, 0, 's'},
                                          {"mem-limit", required_argument, 0, 'M'},
@@ -148,7 +166,7 @@ int cmd_prune(int argc, char **argv) {
     tp_prune_job_default(&a);
     a.mem_limit = cli_mem_limit_env();
     const char *json = NULL;
-    int threads = 0, c, rc, hetero = 0, width_given = 0;
+    int threads = 0, c, rc, width_given = 0;
     float tol;
     tp_depth_rule rule;
     optind = 1;
@@ -201,7 +219,12 @@ int cmd_prune(int argc, char **argv) {
         case 'D': a.dtype = optarg; break;
         case 'g': a.gguf = optarg; break;
         case 'G': a.gguf_type = optarg; break;
-        case 'Z': hetero = 1; break;
+        case 'Z': a.per_layer = 1; break;
+        case 'W': INT_OPT("--per-layer-step", 1, 1 << 24, &a.per_layer_opts.ffn_step) break;
+        case 'N':
+            if ((rc = cli_float("prune", "--per-layer-min", optarg, 1e-3, 1, &tol))) return rc;
+            a.per_layer_opts.min_keep = tol;
+            break;
         case 't': INT_OPT("--threads", 1, 1024, &threads) break;
         case 'j': json = optarg ? optarg : "-"; break;
         case 's': if ((rc = cli_stream("prune", optarg, &a.stream))) return rc; break;
@@ -213,7 +236,10 @@ int cmd_prune(int argc, char **argv) {
 #undef INT_OPT
     if (optind != argc - 1) return cli_usage("prune", "expects exactly one MODEL");
     a.model = argv[optind];
-    if (!a.out && !a.plan_out) return cli_usage("prune", "-o OUT (or --plan-out FILE) is required");
+    if (a.per_layer && (a.out || !a.gguf || a.plan))
+        return cli_usage("prune", "--per-layer writes a GGUF: give --gguf FILE and no -o (an HF folder cannot hold "
+                                  "per-layer widths) and no --plan (a plan file carries its own widths)");
+    if (!a.out && !a.plan_out && !a.per_layer) return cli_usage("prune", "-o OUT (or --plan-out FILE) is required");
     if (a.dtype && strcasecmp(a.dtype, "source") && strcasecmp(a.dtype, "f32") && strcasecmp(a.dtype, "f16") &&
         strcasecmp(a.dtype, "bf16"))
         return cli_usage("prune", "--dtype must be source, f32, f16 or bf16, got '%s'", a.dtype);
@@ -229,9 +255,7 @@ int cmd_prune(int argc, char **argv) {
     if (a.target_params && a.drop_layers)
         return cli_usage("prune",
                          "--target-params chooses the depth itself; give --layers to fix it, not --drop-layers");
-    if (hetero)
-        return cli_error(tp_fail(TP_ERR_UNSUPPORTED, "--heterogeneous: per-layer widths are not supported yet "
-                                 "(tp_model has one shape for every layer); prune to homogeneous sizes"));
+    if (a.per_layer && !a.scores) return cli_usage("prune", "--per-layer needs --scores SCORES (from taper importance)");
     cli_set_threads(threads);
     tp_set_mem_limit(a.mem_limit);
     a.json_path = json && strcmp(json, "-") ? json : NULL;

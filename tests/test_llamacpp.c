@@ -298,6 +298,64 @@ TT_TEST(llamacpp_gemma3_pruned) {
     free(g);
 }
 
+/* SmolLM2-135M pruned with per-layer widths (taper prune --per-layer: FFN 1536 -> 1024 and 9 -> 6
+ * query heads on average, from an importance pass over 4 x 128 tokens of WikiText-2), written as
+ * F32 GGUF: llama.cpp runs it as its "deci" graph with per-layer feed_forward_length and
+ * attention.head_count arrays. Perplexity must agree within 0.1 % (the issue's bar; it is far
+ * closer); the greedy text is compared too. */
+TT_TEST(llamacpp_per_layer) {
+    const char *mp = tt_model_path();
+    if (!mp) { tt_skip("SmolLM2 GGUF not present"); return; }
+    if (!ll_ready()) return;
+    tp_model *m = NULL, *pm = NULL;
+    tp_importance *imp = NULL;
+    tp_prune_plan *p = NULL;
+    char *wp = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw"), *text = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL;
+    if (TT_CHECK(tp_model_load(mp, &m) == TP_OK, "load: %s", tp_errmsg()) &&
+        TT_CHECK(tp_read_file(wp, &text, &len) == TP_OK && m->tok, "read %s", wp) &&
+        TT_CHECK(tp_tok_encode(m->tok, text + 200000, 8000, 0, &ids, &n) == TP_OK && n >= 4 * 128, "tokenize")) {
+        tp_importance_opts o;
+        tp_importance_opts_default(&o);
+        o.depth_samples = 0;
+        tp_prune_shape sh = {0, 1024, 6, 0, 0};
+        if (TT_CHECK(tp_importance_compute(m, ids, 4, 128, &o, &imp) == TP_OK, "importance: %s", tp_errmsg()) &&
+            TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
+                         tp_prune_plan_per_layer(p, imp, NULL) == TP_OK,
+                     "plan: %s", tp_errmsg()) &&
+            TT_CHECK(tp_prune_apply(m, p, &pm) == TP_OK, "apply: %s", tp_errmsg())) {
+            int lo = 1 << 30, hi = 0, hlo = 99, hhi = 0;
+            for (int l = 0; l < pm->cfg.n_layers; l++) {
+                int f = tp_config_ff(&pm->cfg, l), h = tp_config_heads(&pm->cfg, l);
+                lo = f < lo ? f : lo, hi = f > hi ? f : hi, hlo = h < hlo ? h : hlo, hhi = h > hhi ? h : hhi;
+            }
+            TT_CHECK(pm->cfg.hetero && lo < hi, "per-layer widths: FFN %d..%d, heads %d..%d", lo, hi, hlo, hhi);
+            tt_note("per-layer SmolLM2: FFN %d..%d, heads %d..%d, %zu params", lo, hi, hlo, hhi, pm->n_params);
+            pm->tok = m->tok;
+            char *gg = tt_path(tt_tmp_dir(), "llamacpp-per-layer-f32.gguf");
+            tp_status s = tp_model_save_gguf(pm, gg, TP_GGML_F32);
+            pm->tok = NULL;
+            if (TT_CHECK(s == TP_OK, "save: %s", tp_errmsg())) {
+                const char *bin = ll_bin_dir();
+                char *data = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw");
+                ll_check_ppl(bin, gg, "smollm2 per-layer (deci) f32", data, "fp32", 1e-3);
+                ll_check_greedy(bin, gg, "smollm2 per-layer (deci) f32", 0);
+                free(data);
+            }
+            unlink(gg);
+            free(gg);
+        }
+    }
+    free(ids);
+    free(text);
+    free(wp);
+    tp_model_free(pm);
+    tp_model_free(m);
+    tp_prune_plan_free(p);
+    tp_importance_free(imp);
+}
+
 /* Seeded random models of each architecture (3 layers, hidden 64, 4 heads / 2 KV heads) with a
  * real vocabulary from llama.cpp's test files, as initialised and pruned in every axis, written
  * as F32 GGUF: what llama.cpp computes from taper's metadata and tensor layout, family by family.

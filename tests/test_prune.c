@@ -784,8 +784,11 @@ TT_TEST(prune_cli) {
                  usage[i].expect, rc, out);
         free(out);
     }
-    TT_CHECK(tt_taper("prune m.gguf --scores s.json --ffn 1024 --heterogeneous -o x", &out) == 1 &&
-             strstr(out, "not supported yet"), "--heterogeneous -> 1");
+    TT_CHECK(tt_taper("prune m.gguf --scores s.json --ffn 1024 --per-layer -o x", &out) == 2 &&
+             strstr(out, "--gguf FILE and no -o"), "--per-layer with -o -> 2 (an HF folder cannot hold it): %s", out);
+    free(out);
+    TT_CHECK(tt_taper("prune m.gguf --ffn 1024 --per-layer --gguf x.gguf", &out) == 2 && strstr(out, "--scores"),
+             "--per-layer without --scores -> 2: %s", out);
     free(out);
     const char *mp = tt_model_path();
     tp_model *m = tt_model();

@@ -160,8 +160,9 @@ typedef struct {
     int *layers;          /* (cfg.n_layers) kept source layers */
     int *channels;        /* (cfg.d_model) kept embedding channels, shared by every tensor */
     int *kv_groups;       /* (cfg.n_layers, cfg.n_kv_heads) kept KV groups per kept layer */
-    int *heads;           /* (cfg.n_layers, cfg.n_heads) kept query heads (source indices) */
-    int *neurons;         /* (cfg.n_layers, cfg.d_ff) kept MLP neurons */
+    int *heads;           /* (cfg.n_layers, cfg.n_heads) kept query heads (source indices); with per-layer
+                             widths row i holds tp_config_heads(&cfg, i) of them */
+    int *neurons;         /* (cfg.n_layers, cfg.d_ff) kept MLP neurons; row i holds tp_config_ff(&cfg, i) */
     tp_depth_rule depth_rule;
     int agg_pair;         /* -1 when no scores were used */
     char *scores;         /* score file the plan came from, or NULL */
@@ -173,6 +174,19 @@ typedef struct {
 tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int agg_pair,
                              const tp_prune_shape *shape, tp_depth_rule rule, const int *drop, int n_drop,
                              tp_prune_plan **out);
+/* Per-layer widths: the plan's MLP neurons and query heads (per KV group) redistributed over its
+ * kept layers at the same totals, by a global ranking of units whose scores are divided by their
+ * layer's mean score (rule and reasons in src/compress/per_layer.c and docs/pruning.md). */
+typedef struct {
+    int ffn_step;     /* a layer's MLP width is a multiple of this (or the source's full width); default 64 */
+    double min_keep;  /* every layer keeps at least this fraction of its source neurons and of the query
+                         heads of each kept group; default 0.25 */
+} tp_per_layer_opts;
+void tp_per_layer_opts_default(tp_per_layer_opts *o);
+/* p: a plan from tp_prune_plan_make with the scores imp (the same aggregation is used). On return
+ * p->cfg has per-layer widths (hetero, unless every layer came out equal), heads/neurons are
+ * re-listed at the strides of the widest layer, n_params is recounted. */
+tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, const tp_per_layer_opts *o);
 /* Checks every index of p against the model config src (sizes, ranges, ascending, GQA rule). */
 tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src);
 /* The config of the model src pruned by p: src's own config (family, RoPE, ...) with the plan's
@@ -408,6 +422,11 @@ typedef struct {
                                     target_params and gguf need the model loaded */
     double mem_limit;            /* bytes the job may use; 0: the memory available */
     int dry_run;                 /* plan, estimate and log; read no weights, write nothing */
+    /* per-layer widths (tp_prune_plan_per_layer) at the uniform target's totals: needs scores and
+       gguf (an HF folder cannot hold them; out must be NULL); the plan goes to plan_out, default
+       GGUF path + ".plan.json" */
+    int per_layer;
+    tp_per_layer_opts per_layer_opts;
 } tp_prune_job;
 
 typedef struct {

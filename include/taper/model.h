@@ -13,6 +13,7 @@ typedef enum { TP_ROPE_NONE = 0, TP_ROPE_LLAMA3, TP_ROPE_LINEAR } tp_rope_scalin
 typedef enum { TP_ACT_SILU = 0, TP_ACT_GELU_TANH } tp_act;
 
 #define TP_MAX_LAYERS (1 << 14)
+#define TP_MAX_HET_LAYERS 512 /* layers a model with per-layer widths may have */
 
 typedef struct {
     tp_arch arch;
@@ -42,7 +43,21 @@ typedef struct {
     int sliding_window; /* 0: none; W > 0: on a sliding layer, position p attends to p-W+1 .. p */
     float rope_local_theta; /* RoPE base of sliding layers (no scaling there): Gemma 3; 0: as the others */
     uint8_t layer_sliding[TP_MAX_LAYERS / 8]; /* bit l (byte l/8, bit l%8): layer l is a sliding layer */
+    /* Per-layer widths (`taper prune --per-layer`): with hetero 1, layer l has layer_ff[l] MLP
+     * neurons and layer_heads[l] query heads (a multiple of n_kv_heads; KV groups stay uniform),
+     * and d_ff / n_heads are the largest of them. With hetero 0 every layer has d_ff and n_heads
+     * and the arrays are zero. Entries past n_layers are zero. */
+    int hetero;
+    int layer_ff[TP_MAX_HET_LAYERS];
+    int layer_heads[TP_MAX_HET_LAYERS];
 } tp_config;
+
+/* MLP width and query heads of layer l. */
+static inline int tp_config_ff(const tp_config *c, int l) { return c->hetero ? c->layer_ff[l] : c->d_ff; }
+static inline int tp_config_heads(const tp_config *c, int l) { return c->hetero ? c->layer_heads[l] : c->n_heads; }
+/* Sets per-layer widths (ff[l], heads[l] for l < n_layers; either may be NULL for "as now"): d_ff and
+ * n_heads become their maxima, and hetero 0 when every layer is equal. */
+void tp_config_set_widths(tp_config *c, const int *ff, const int *heads);
 
 /* 1 if layer l of c attends through the sliding window (window set and the layer's bit set). */
 int tp_config_layer_sliding(const tp_config *c, int l);

@@ -627,6 +627,9 @@ tp_status tp_importance_compute(const tp_model *m, const int32_t *ids, size_t n,
         o = &def;
     }
     const tp_config *c = &m->cfg;
+    if (c->hetero)
+        return tp_fail(TP_ERR_UNSUPPORTED, "importance: scoring a model with per-layer widths is not supported yet "
+                       "(score the uniform model it was pruned from)");
     if (n == 0 || seq_len < 2) return tp_fail(TP_ERR_ARG, "importance: need >= 1 sample of >= 2 tokens");
     if (o->depth_samples < 0 || (size_t)o->depth_samples > n)
         return tp_fail(TP_ERR_ARG, "importance: depth samples %d must be in [0, %zu] (the calibration samples)",

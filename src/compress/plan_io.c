@@ -60,6 +60,10 @@ tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path) {
                                                       "RMSNorm weight, every projection and the (tied) lm_head");
     ok = ok && cJSON_AddStringToObject(r, "depth", p->cfg.n_layers == p->src.n_layers ? "none (all layers kept)"
                                                    : tp_depth_rule_name(p->depth_rule));
+    if (ok && c->hetero)
+        ok = cJSON_AddStringToObject(r, "widths", "per layer: MLP neurons and query heads per KV group redistributed "
+                                                  "over the layers at the uniform target's totals, by scores divided "
+                                                  "by their layer's mean") != NULL;
     if (ok && p->agg_pair >= 0) {
         cJSON *a = cJSON_AddObjectToObject(r, "aggregation");
         ok = a && cJSON_AddStringToObject(a, "batch", tp_agg_name((tp_agg)(p->agg_pair / 3))) &&
@@ -77,8 +81,8 @@ tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path) {
         if (!ok) { cJSON_Delete(e); break; }
         ok = cJSON_AddNumberToObject(e, "source_layer", p->layers[i]) &&
              add_item(e, "kv_groups", int_array(p->kv_groups + (size_t)i * c->n_kv_heads, c->n_kv_heads)) &&
-             add_item(e, "heads", int_array(p->heads + (size_t)i * c->n_heads, c->n_heads)) &&
-             add_item(e, "neurons", int_array(p->neurons + (size_t)i * c->d_ff, c->d_ff));
+             add_item(e, "heads", int_array(p->heads + (size_t)i * c->n_heads, tp_config_heads(c, i))) &&
+             add_item(e, "neurons", int_array(p->neurons + (size_t)i * c->d_ff, tp_config_ff(c, i)));
     }
     tp_status s = ok ? tp_write_json_atomic(path, o) : tp_fail(TP_ERR_NOMEM, "out of memory writing %s", path);
     cJSON_Delete(o);
@@ -87,10 +91,14 @@ tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path) {
 
 /* ------------------------------------------------------------------------------------------ */
 
-static tp_status get_ints(const char *path, const cJSON *a, const char *field, int n, int *out) {
+/* An index list of exactly n entries, or (got != NULL) of 1..n entries, their count in *got. */
+static tp_status get_ints_upto(const char *path, const cJSON *a, const char *field, int n, int *out, int *got) {
     if (!cJSON_IsArray(a)) return tp_fail(TP_ERR_FORMAT, "%s: %s is missing or not an array", path, field);
     int k = cJSON_GetArraySize(a);
-    if (k != n) return tp_fail(TP_ERR_FORMAT, "%s: %s has %d entries, the target sizes need %d", path, field, k, n);
+    if (got && k >= 1 && k <= n) *got = k;
+    else if (k != n)
+        return tp_fail(TP_ERR_FORMAT, "%s: %s has %d entries, the target sizes need %s%d", path, field, k,
+                       got ? "1 to " : "", n);
     int i = 0;
     for (const cJSON *e = a->child; e; e = e->next, i++) {
         if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || fabs(e->valuedouble) > 1e9)
@@ -100,11 +108,64 @@ static tp_status get_ints(const char *path, const cJSON *a, const char *field, i
     return TP_OK;
 }
 
+static tp_status get_ints(const char *path, const cJSON *a, const char *field, int n, int *out) {
+    return get_ints_upto(path, a, field, n, out, NULL);
+}
+
 static tp_status get_size(const char *path, const cJSON *o, const char *where, const char *key, int *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < 1 || j->valuedouble > (1 << 24))
         return tp_fail(TP_ERR_FORMAT, "%s: %s.%s is missing or not a positive integer", path, where, key);
     *out = (int)j->valuedouble;
+    return TP_OK;
+}
+
+/* The per_layer entries of a plan whose layers, target sizes and source are read; wh / wf
+ * (n_layers each) receive the head and neuron counts. */
+static tp_status read_per_layer(const char *path, const cJSON *per, tp_prune_plan *p, int *wh, int *wf) {
+    const tp_config *c = &p->cfg;
+    int i = 0, het = 0;
+    tp_status s;
+    for (const cJSON *e = per->child; e; e = e->next, i++) {
+        char fld[64];
+        const cJSON *sl = cJSON_GetObjectItemCaseSensitive(e, "source_layer");
+        if (!cJSON_IsNumber(sl) || sl->valuedouble != p->layers[i])
+            return tp_fail(TP_ERR_FORMAT, "%s: per_layer[%d].source_layer is missing or differs from layers[%d] = %d",
+                           path, i, i, p->layers[i]);
+        snprintf(fld, sizeof fld, "per_layer[%d].kv_groups", i);
+        if ((s = get_ints(path, cJSON_GetObjectItemCaseSensitive(e, "kv_groups"), fld, c->n_kv_heads,
+                          p->kv_groups + (size_t)i * c->n_kv_heads)))
+            return s;
+        /* per-layer widths: a layer may list fewer heads / neurons than the target's (widest) sizes */
+        snprintf(fld, sizeof fld, "per_layer[%d].heads", i);
+        if ((s = get_ints_upto(path, cJSON_GetObjectItemCaseSensitive(e, "heads"), fld, c->n_heads,
+                               p->heads + (size_t)i * c->n_heads, &wh[i])))
+            return s;
+        if (wh[i] % c->n_kv_heads)
+            return tp_fail(TP_ERR_FORMAT, "%s: %s lists %d heads, not a multiple of num_key_value_heads %d", path, fld,
+                           wh[i], c->n_kv_heads);
+        snprintf(fld, sizeof fld, "per_layer[%d].neurons", i);
+        if ((s = get_ints_upto(path, cJSON_GetObjectItemCaseSensitive(e, "neurons"), fld, c->d_ff,
+                               p->neurons + (size_t)i * c->d_ff, &wf[i])))
+            return s;
+        het |= wh[i] != c->n_heads || wf[i] != c->d_ff;
+    }
+    if (het) {
+        if (c->n_layers > TP_MAX_HET_LAYERS)
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: per-layer widths are supported up to %d layers", path,
+                           TP_MAX_HET_LAYERS);
+        int mf = 0, mh = 0;
+        for (int l = 0; l < c->n_layers; l++) {
+            if (wf[l] > mf) mf = wf[l];
+            if (wh[l] > mh) mh = wh[l];
+        }
+        if (mf != c->d_ff || mh != c->n_heads)
+            return tp_fail(TP_ERR_FORMAT, "%s: target.intermediate_size / num_attention_heads (%d, %d) must be the "
+                           "widest layer's (%d, %d)", path, c->d_ff, c->n_heads, mf, mh);
+        tp_config_set_widths(&p->cfg, wf, wh);
+        if ((s = tp_config_validate(c))) return tp_fail_ctx(s, "%s: target: ", path);
+        p->n_params = tp_config_n_params(c);
+    }
     return TP_OK;
 }
 
@@ -204,26 +265,11 @@ static tp_status load_plan(const char *path, const cJSON *root, size_t file_len,
     if (!cJSON_IsArray(per) || cJSON_GetArraySize(per) != c->n_layers)
         return tp_fail(TP_ERR_FORMAT, "%s: per_layer is missing or does not have target.num_hidden_layers = %d entries",
                        path, c->n_layers);
-    int i = 0;
-    for (const cJSON *e = per->child; e; e = e->next, i++) {
-        char fld[64];
-        const cJSON *sl = cJSON_GetObjectItemCaseSensitive(e, "source_layer");
-        if (!cJSON_IsNumber(sl) || sl->valuedouble != p->layers[i])
-            return tp_fail(TP_ERR_FORMAT, "%s: per_layer[%d].source_layer is missing or differs from layers[%d] = %d",
-                           path, i, i, p->layers[i]);
-        snprintf(fld, sizeof fld, "per_layer[%d].kv_groups", i);
-        if ((s = get_ints(path, cJSON_GetObjectItemCaseSensitive(e, "kv_groups"), fld, c->n_kv_heads,
-                          p->kv_groups + (size_t)i * c->n_kv_heads)))
-            return s;
-        snprintf(fld, sizeof fld, "per_layer[%d].heads", i);
-        if ((s = get_ints(path, cJSON_GetObjectItemCaseSensitive(e, "heads"), fld, c->n_heads,
-                          p->heads + (size_t)i * c->n_heads)))
-            return s;
-        snprintf(fld, sizeof fld, "per_layer[%d].neurons", i);
-        if ((s = get_ints(path, cJSON_GetObjectItemCaseSensitive(e, "neurons"), fld, c->d_ff,
-                          p->neurons + (size_t)i * c->d_ff)))
-            return s;
-    }
+    int *w = malloc(2 * (size_t)c->n_layers * sizeof *w);
+    if (!w) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    s = read_per_layer(path, per, p, w, w + c->n_layers);
+    free(w);
+    if (s) return s;
     if ((s = tp_prune_plan_check(p, &p->src))) return tp_fail_ctx(s, "%s: ", path);
     return TP_OK;
 }

@@ -207,6 +207,9 @@ tp_status tp_prune_plan_make(const tp_config *src, const tp_importance *imp, int
     *out = NULL;
     tp_prune_shape sh = *shape;
     tp_status s;
+    if (src->hetero)
+        return tp_fail(TP_ERR_UNSUPPORTED, "pruning a model that already has per-layer widths is not supported yet "
+                       "(prune the uniform model it came from)");
     if (drop) {
         if (n_drop < 0 || n_drop >= src->n_layers)
             return tp_fail(TP_ERR_ARG, "drop_layers lists %d; the model has %d and must keep at least one",
@@ -301,6 +304,9 @@ static tp_status check_list(const int *v, int n, int lo, int hi, const char *wha
 
 tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src) {
     const tp_config *a = &p->src;
+    if (src->hetero || a->hetero)
+        return tp_fail(TP_ERR_UNSUPPORTED, "pruning a model that already has per-layer widths is not supported yet "
+                       "(prune the uniform model it came from)");
     const struct { const char *name; long have, want; } f[] = {
         {"num_hidden_layers", a->n_layers, src->n_layers},     {"hidden_size", a->d_model, src->d_model},
         {"num_attention_heads", a->n_heads, src->n_heads},     {"num_key_value_heads", a->n_kv_heads, src->n_kv_heads},
@@ -318,7 +324,7 @@ tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src) {
     if (p->cfg.head_dim != src->head_dim || p->cfg.vocab != src->vocab)
         return tp_fail(TP_ERR_FORMAT, "plan: the target changes head_dim or vocab_size, which pruning keeps");
     const tp_config *c = &p->cfg;
-    int rep = src->n_heads / src->n_kv_heads, rep2 = c->n_heads / c->n_kv_heads;
+    int rep = src->n_heads / src->n_kv_heads;
     if ((s = check_list(p->layers, c->n_layers, 0, src->n_layers, "layers")) ||
         (s = check_list(p->channels, c->d_model, 0, src->d_model, "channels")))
         return s;
@@ -327,12 +333,13 @@ tp_status tp_prune_plan_check(const tp_prune_plan *p, const tp_config *src) {
         snprintf(what, sizeof what, "per_layer[%d].kv_groups", i);
         const int *kv = p->kv_groups + (size_t)i * c->n_kv_heads, *hd = p->heads + (size_t)i * c->n_heads;
         if ((s = check_list(kv, c->n_kv_heads, 0, src->n_kv_heads, what))) return s;
+        int rep2 = tp_config_heads(c, i) / c->n_kv_heads;
         for (int g = 0; g < c->n_kv_heads; g++) {
             snprintf(what, sizeof what, "per_layer[%d].heads (group %d)", i, kv[g]);
             if ((s = check_list(hd + g * rep2, rep2, kv[g] * rep, (kv[g] + 1) * rep, what))) return s;
         }
         snprintf(what, sizeof what, "per_layer[%d].neurons", i);
-        if ((s = check_list(p->neurons + (size_t)i * c->d_ff, c->d_ff, 0, src->d_ff, what))) return s;
+        if ((s = check_list(p->neurons + (size_t)i * c->d_ff, tp_config_ff(c, i), 0, src->d_ff, what))) return s;
     }
     return TP_OK;
 }
@@ -363,6 +370,10 @@ void tp_prune_plan_config(const tp_config *src, const tp_prune_plan *p, tp_confi
     cfg->d_ff = p->cfg.d_ff;
     cfg->n_heads = p->cfg.n_heads;
     cfg->n_kv_heads = p->cfg.n_kv_heads;
+    cfg->hetero = 0;
+    memset(cfg->layer_ff, 0, sizeof cfg->layer_ff);
+    memset(cfg->layer_heads, 0, sizeof cfg->layer_heads);
+    if (p->cfg.hetero) tp_config_set_widths(cfg, p->cfg.layer_ff, p->cfg.layer_heads);
 }
 
 /* Index lists shared by the per-layer gathers. */
@@ -397,10 +408,11 @@ static void prune_layer(const tp_config *a, const tp_config *c, const tp_prune_p
     int hd = a->head_dim;
     size_t d = (size_t)a->d_model, d2 = (size_t)c->d_model;
     const int *ch = p->channels, *iota = g->iota;
-    size_t q2 = (size_t)c->n_heads * hd, kv2 = (size_t)c->n_kv_heads * hd, ff2 = (size_t)c->d_ff;
+    int nh2 = tp_config_heads(c, i);
+    size_t q2 = (size_t)nh2 * hd, kv2 = (size_t)c->n_kv_heads * hd, ff2 = (size_t)tp_config_ff(c, i);
     size_t q1 = (size_t)a->n_heads * hd, ff1 = (size_t)a->d_ff;
-    const int *heads = p->heads + (size_t)i * c->n_heads, *neur = p->neurons + (size_t)i * ff2;
-    head_rows(heads, c->n_heads, hd, g->qrows);
+    const int *heads = p->heads + (size_t)i * c->n_heads, *neur = p->neurons + (size_t)i * c->d_ff;
+    head_rows(heads, nh2, hd, g->qrows);
     head_rows(p->kv_groups + (size_t)i * c->n_kv_heads, c->n_kv_heads, hd, g->kvrows);
     gather(S->attn_norm, d, iota, 1, ch, d2, D->attn_norm);
     gather(S->wq, d, g->qrows, q2, ch, d2, D->wq);

@@ -21,6 +21,7 @@ void tp_prune_job_default(tp_prune_job *j) {
     j->tolerance = 0.05;
     j->max_candidates = 12;
     j->eval_samples = 16;
+    tp_per_layer_opts_default(&j->per_layer_opts);
 }
 
 void tp_prune_job_result_free(tp_prune_job_result *r) {
@@ -75,6 +76,11 @@ cJSON *tp_prune_job_json(const tp_prune_job *j, const tp_prune_job_result *r) {
     cJSON_AddItemToObject(o, "source", shape_json(&r->src, p->src_params));
     cJSON_AddItemToObject(o, "pruned", shape_json(&r->pruned, p->n_params));
     cJSON_AddItemToObject(o, "layers_kept", cJSON_CreateIntArray(p->layers, r->pruned.n_layers));
+    if (r->pruned.hetero) {
+        cJSON_AddItemToObject(o, "layer_intermediate_size", cJSON_CreateIntArray(r->pruned.layer_ff, r->pruned.n_layers));
+        cJSON_AddItemToObject(o, "layer_num_attention_heads",
+                              cJSON_CreateIntArray(r->pruned.layer_heads, r->pruned.n_layers));
+    }
     cJSON_AddStringToObject(o, "depth_rule", tp_prune_job_result_depth(r));
     if (p->agg_pair >= 0) cJSON_AddStringToObject(o, "aggregation", tp_agg_pair_name(p->agg_pair));
     cJSON_AddStringToObject(o, "plan", r->plan_path);
@@ -98,7 +104,13 @@ typedef struct {
 
 static tp_status check_job(const tp_prune_job *j, parsed *a) {
     if (!j->model) return tp_fail(TP_ERR_ARG, "prune job: model is required");
-    if (!j->out && !j->plan_out) return tp_fail(TP_ERR_ARG, "prune job: out (or plan_out) is required");
+    if (j->per_layer && j->out)
+        return tp_fail(TP_ERR_ARG, "prune job: per-layer widths cannot be written as an HF folder (transformers' "
+                       "configs have one MLP width and head count); write the GGUF (gguf) instead of out");
+    if (j->per_layer && (!j->gguf || !j->scores))
+        return tp_fail(TP_ERR_ARG, "prune job: per-layer widths need scores and a GGUF to write (gguf)");
+    if (!j->out && !j->plan_out && !(j->per_layer && j->gguf))
+        return tp_fail(TP_ERR_ARG, "prune job: out (or plan_out) is required");
     if (j->dtype && strcasecmp(j->dtype, "source") && strcasecmp(j->dtype, "f32") && strcasecmp(j->dtype, "f16") &&
         strcasecmp(j->dtype, "bf16"))
         return tp_fail(TP_ERR_ARG, "prune job: dtype must be source, f32, f16 or bf16, got '%s'", j->dtype);
@@ -222,6 +234,10 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     r->replayed = plan != NULL;
     int search_first = !plan && j->target_params;
     if (!s && !plan && !search_first) s = tp_prune_plan_make(&src, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
+    if (!s && !search_first && j->per_layer) s = tp_prune_plan_per_layer(plan, imp, &j->per_layer_opts);
+    if (!s && plan && plan->cfg.hetero && j->out)
+        s = tp_fail(TP_ERR_UNSUPPORTED, "prune job: the plan has per-layer widths, which an HF folder cannot hold; "
+                    "write the GGUF (gguf) instead of out");
     if (!s) {
         /* the search evaluates candidates on the loaded model; its winner is at most the source */
         tp_config dst = plan ? plan->cfg : src;
@@ -252,6 +268,7 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     if (!s) s = r->mem.stream ? tp_model_open_streamed(j->model, &m) : tp_model_load(j->model, &m);
     if (!s && search_first) s = search(m, imp, j, &a, r);
     if (!s && search_first) s = tp_prune_plan_make(&m->cfg, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
+    if (!s && search_first && j->per_layer) s = tp_prune_plan_per_layer(plan, imp, &j->per_layer_opts);
     if (!s && !plan->scores && j->scores && !(plan->scores = strdup(j->scores)))
         s = tp_fail(TP_ERR_NOMEM, "out of memory");
     if (!s && !r->mem.stream) s = tp_prune_apply(m, plan, &pm);
@@ -263,7 +280,9 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
             m->tok = NULL;
         }
         if (j->plan_out) r->plan_path = strdup(j->plan_out);
-        else if ((r->plan_path = malloc(strlen(j->out) + 20))) sprintf(r->plan_path, "%s/prune_plan.json", j->out);
+        else if (!j->out) {
+            if ((r->plan_path = malloc(strlen(j->gguf) + 16))) sprintf(r->plan_path, "%s.plan.json", j->gguf);
+        } else if ((r->plan_path = malloc(strlen(j->out) + 20))) sprintf(r->plan_path, "%s/prune_plan.json", j->out);
         if (!r->plan_path) s = tp_fail(TP_ERR_NOMEM, "out of memory");
     }
     const char *src_dt = s ? "F32" : tp_model_source_dtype(m);

@@ -85,9 +85,10 @@ static int parse_tensor_name(const char *name, int *layer, int *matrix) {
     return 0;
 }
 
-/* Shape of matrix k (rows = outputs, cols = inputs); 0 for an unknown k. */
-static int matrix_shape(const tp_config *c, int k, int *rows, int *cols) {
-    int d = c->d_model, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim, ff = c->d_ff;
+/* Shape of matrix k of layer l (rows = outputs, cols = inputs); 0 for an unknown k. */
+static int matrix_shape(const tp_config *c, int l, int k, int *rows, int *cols) {
+    int d = c->d_model, q = tp_config_heads(c, l) * c->head_dim, kv = c->n_kv_heads * c->head_dim,
+        ff = tp_config_ff(c, l);
     static const int rsel[TP_SP_MATRICES] = {1, 2, 2, 0, 3, 3, 0}, csel[TP_SP_MATRICES] = {0, 0, 0, 1, 0, 0, 3};
     if (k < 0 || k >= TP_SP_MATRICES) return 0;
     const int dims[4] = {d, q, kv, ff};
@@ -97,7 +98,7 @@ static int matrix_shape(const tp_config *c, int k, int *rows, int *cols) {
 }
 
 float *tp_sparse_matrix_data(const tp_model *m, int l, int k, int *rows, int *cols) {
-    if (l < 0 || l >= m->cfg.n_layers || !matrix_shape(&m->cfg, k, rows, cols)) return NULL;
+    if (l < 0 || l >= m->cfg.n_layers || !matrix_shape(&m->cfg, l, k, rows, cols)) return NULL;
     const tp_layer *L = &m->layers[l];
     float *const w[TP_SP_MATRICES] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
     return w[k];
@@ -134,7 +135,7 @@ tp_status tp_mask_alloc(const tp_config *c, unsigned targets, tp_mask **out) {
             if (!((targets >> k) & 1)) continue;
             tp_mask_tensor *t = &mk->t[mk->n++];
             int r = 0, cl = 0;
-            matrix_shape(c, k, &r, &cl);
+            matrix_shape(c, l, k, &r, &cl);
             char name[96];
             tp_sparse_tensor_name(l, k, name, sizeof name);
             t->name = strdup(name);

@@ -337,6 +337,9 @@ static tp_status layer_pass(const tp_model *m, int l, float *x, float *copy, siz
 static tp_status layerwise(tp_model *m, const int32_t *ids, size_t n, int T, const tp_sparsify_opts *o, tp_mask *mk,
                            tp_sparsify_stats *stats) {
     const tp_config *c = &m->cfg;
+    if (c->hetero)
+        return tp_fail(TP_ERR_UNSUPPORTED, "sparsify: %s on a model with per-layer widths is not supported yet "
+                       "(magnitude is)", o->method == TP_SPARSE_WANDA ? "Wanda" : "SparseGPT");
     size_t d = (size_t)c->d_model, L = (size_t)c->n_layers, V = (size_t)c->vocab;
     size_t batch = o->batch > 0 ? (size_t)o->batch : 1;
     if (batch > n) batch = n;

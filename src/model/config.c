@@ -126,6 +126,27 @@ static const char *cfg_problem(const tp_config *c, char *buf, size_t n) {
     if (c->arch == TP_ARCH_MISTRAL && c->sliding_window && n_sliding != c->n_layers)
         BAD("MistralForCausalLM applies its sliding window to every layer (%d of %d marked)", n_sliding,
             c->n_layers);
+    if (c->hetero != 0 && c->hetero != 1) BAD("hetero = %d must be 0 or 1", c->hetero);
+    if (c->hetero && c->n_layers > TP_MAX_HET_LAYERS)
+        BAD("per-layer widths are supported up to %d layers; this model has %d", TP_MAX_HET_LAYERS, c->n_layers);
+    int max_ff = 0, max_h = 0;
+    for (int l = 0; l < TP_MAX_HET_LAYERS; l++) {
+        int ff = c->layer_ff[l], h = c->layer_heads[l];
+        if (!c->hetero || l >= c->n_layers) {
+            if (ff || h) BAD("layer %d has per-layer widths (%d, %d), but %s", l, ff, h,
+                             c->hetero ? "the model has fewer layers" : "the model is uniform");
+            continue;
+        }
+        RANGE(ff, 1, c->d_ff, "a layer's intermediate_size");
+        RANGE(h, c->n_kv_heads, c->n_heads, "a layer's num_attention_heads");
+        if (h % c->n_kv_heads != 0)
+            BAD("layer %d has %d query heads, not a multiple of num_key_value_heads (%d)", l, h, c->n_kv_heads);
+        if (ff > max_ff) max_ff = ff;
+        if (h > max_h) max_h = h;
+    }
+    if (c->hetero && (max_ff != c->d_ff || max_h != c->n_heads))
+        BAD("intermediate_size / num_attention_heads (%d, %d) are not the largest per-layer widths (%d, %d)",
+            c->d_ff, c->n_heads, max_ff, max_h);
     if (c->bos_id < -1) BAD("bos_token_id = %d must be >= 0 (or -1 for unknown)", (int)c->bos_id);
     if (c->eos_id < -1) BAD("eos_token_id = %d must be >= 0 (or -1 for unknown)", (int)c->eos_id);
     return NULL;
@@ -152,10 +173,43 @@ void tp_config_keep_layers(const tp_config *src, const int *kept, int n, tp_conf
             bits[i / 8] |= (uint8_t)(1u << (i % 8));
             any = 1;
         }
+    int ff[TP_MAX_HET_LAYERS], heads[TP_MAX_HET_LAYERS];
+    int het = src->hetero && n <= TP_MAX_HET_LAYERS;
+    for (int i = 0; het && i < n; i++) {
+        ff[i] = tp_config_ff(src, kept[i]);
+        heads[i] = tp_config_heads(src, kept[i]);
+    }
     if (dst != src) *dst = *src;
     dst->n_layers = n;
     memcpy(dst->layer_sliding, bits, sizeof bits);
     if (!any) dst->sliding_window = 0;
+    if (src->hetero) tp_config_set_widths(dst, het ? ff : NULL, het ? heads : NULL);
+}
+
+void tp_config_set_widths(tp_config *c, const int *ff, const int *heads) {
+    int n = c->n_layers, f[TP_MAX_HET_LAYERS], h[TP_MAX_HET_LAYERS];
+    if (n > TP_MAX_HET_LAYERS) { /* left for validation to refuse, unless uniform */
+        if (!ff && !heads) c->hetero = 0;
+        return;
+    }
+    int max_f = 0, max_h = 0, same = 1;
+    for (int l = 0; l < n; l++) {
+        f[l] = ff ? ff[l] : tp_config_ff(c, l);
+        h[l] = heads ? heads[l] : tp_config_heads(c, l);
+        if (f[l] > max_f) max_f = f[l];
+        if (h[l] > max_h) max_h = h[l];
+        same &= f[l] == f[0] && h[l] == h[0];
+    }
+    memset(c->layer_ff, 0, sizeof c->layer_ff);
+    memset(c->layer_heads, 0, sizeof c->layer_heads);
+    c->d_ff = max_f;
+    c->n_heads = max_h;
+    c->hetero = !same;
+    if (same) return;
+    for (int l = 0; l < n; l++) {
+        c->layer_ff[l] = f[l];
+        c->layer_heads[l] = h[l];
+    }
 }
 
 tp_status tp_config_validate(const tp_config *c) {
@@ -167,17 +221,19 @@ tp_status tp_config_validate(const tp_config *c) {
 size_t tp_config_n_params(const tp_config *c) {
     char buf[256];
     if (cfg_problem(c, buf, sizeof buf)) return 0;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t kv = (size_t)c->n_kv_heads * (size_t)c->head_dim, ff = (size_t)c->d_ff;
-    size_t emb = (size_t)c->vocab * d;
-    size_t layer = 2 * d                 /* input and post-attention RMSNorm weights */
-                 + d * q + 2 * d * kv    /* q, k, v projections */
-                 + q * d                 /* o projection */
-                 + (c->attn_bias ? q + 2 * kv : 0)
-                 + (c->qk_norm ? 2 * (size_t)c->head_dim : 0)
-                 + (c->sandwich_norm ? 2 * d : 0)
-                 + 3 * d * ff;           /* gate, up, down */
-    return emb + (c->tie_embeddings ? 0 : emb) + (size_t)c->n_layers * layer + d;
+    size_t d = (size_t)c->d_model, kv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t emb = (size_t)c->vocab * d, layers = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t q = (size_t)tp_config_heads(c, l) * (size_t)c->head_dim, ff = (size_t)tp_config_ff(c, l);
+        layers += 2 * d                  /* input and post-attention RMSNorm weights */
+                + d * q + 2 * d * kv     /* q, k, v projections */
+                + q * d                  /* o projection */
+                + (c->attn_bias ? q + 2 * kv : 0)
+                + (c->qk_norm ? 2 * (size_t)c->head_dim : 0)
+                + (c->sandwich_norm ? 2 * d : 0)
+                + 3 * d * ff;            /* gate, up, down */
+    }
+    return emb + (c->tie_embeddings ? 0 : emb) + layers + d;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -516,6 +572,34 @@ static tp_status cfg_sliding(const char *path, const cJSON *root, tp_config *c) 
     return TP_OK;
 }
 
+/* taper's per-layer widths ("taper_layer_intermediate_size", "taper_layer_num_attention_heads", one
+ * integer per layer, both or neither): in run files and checkpoints only, never in an HF export. */
+#define KEY_LAYER_FF "taper_layer_intermediate_size"
+#define KEY_LAYER_HEADS "taper_layer_num_attention_heads"
+static tp_status cfg_widths(const char *path, const cJSON *root, tp_config *c) {
+    const cJSON *a[2] = {cJSON_GetObjectItemCaseSensitive(root, KEY_LAYER_FF),
+                         cJSON_GetObjectItemCaseSensitive(root, KEY_LAYER_HEADS)};
+    const char *key[2] = {KEY_LAYER_FF, KEY_LAYER_HEADS};
+    if (absent(a[0]) && absent(a[1])) return TP_OK;
+    int v[2][TP_MAX_HET_LAYERS];
+    for (int k = 0; k < 2; k++) {
+        if (!cJSON_IsArray(a[k]) || cJSON_GetArraySize(a[k]) != c->n_layers || c->n_layers > TP_MAX_HET_LAYERS)
+            return tp_fail(TP_ERR_FORMAT, "%s: \"%s\" must be an array of num_hidden_layers (%d) integers "
+                           "(at most %d layers)", path, key[k], c->n_layers, TP_MAX_HET_LAYERS);
+        int i = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, a[k]) {
+            if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int)e->valuedouble || e->valuedouble < 1 ||
+                e->valuedouble > (k ? c->n_heads : c->d_ff))
+                return tp_fail(TP_ERR_FORMAT, "%s: \"%s\"[%d] must be an integer in [1, %d]", path, key[k], i,
+                               k ? c->n_heads : c->d_ff);
+            v[k][i++] = (int)e->valuedouble;
+        }
+    }
+    tp_config_set_widths(c, v[0], v[1]);
+    return TP_OK;
+}
+
 static tp_status cfg_parse(const char *path, const cJSON *root, tp_config *c) {
     tp_status s;
     if ((s = unique_keys(path, root, NULL)) || (s = cfg_arch(path, root, &c->arch))) return s;
@@ -587,7 +671,7 @@ static tp_status cfg_parse(const char *path, const cJSON *root, tp_config *c) {
         c->attn_scale_base = 256.0f;
         if (!absent(qs) && (s = get_pos_float(path, qs, "query_pre_attn_scalar", &c->attn_scale_base))) return s;
     }
-    if ((s = cfg_sliding(path, root, c))) return s;
+    if ((s = cfg_sliding(path, root, c)) || (s = cfg_widths(path, root, c))) return s;
     if ((s = get_token_id(path, root, "bos_token_id", &c->bos_id)) ||
         (s = get_token_id(path, root, "eos_token_id", &c->eos_id)))
         return s;
@@ -761,6 +845,10 @@ tp_status tp_config_to_json_dtype(const tp_config *c, const char *dtype, char **
                 ok &= add_float(o, "query_pre_attn_scalar", c->attn_scale_base);
             ok &= cJSON_AddNullToObject(o, "final_logit_softcapping") != NULL;
             ok &= cJSON_AddNullToObject(o, "attn_logit_softcapping") != NULL;
+        }
+        if (c->hetero) {
+            ok &= add_object(o, KEY_LAYER_FF, cJSON_CreateIntArray(c->layer_ff, c->n_layers));
+            ok &= add_object(o, KEY_LAYER_HEADS, cJSON_CreateIntArray(c->layer_heads, c->n_layers));
         }
         ok &= cJSON_AddRawToObject(o, "attention_dropout", "0.0") != NULL;
         ok &= add_int_or_null(o, "bos_token_id", c->bos_id);

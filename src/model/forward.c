@@ -145,7 +145,7 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
                       tp_kvcache *cache, int Tk_max) {
     const tp_config *c = &m->cfg;
     size_t N = (size_t)B * T, d = (size_t)c->d_model;
-    int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    int hd = c->head_dim, nh = tp_config_heads(c, layer), nkv = c->n_kv_heads;
     size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
     tp_matmul_wt(b->h, L->wq, L->bq, b->q, N, d, qd);
     tp_matmul_wt(b->h, L->wk, L->bk, b->k, N, d, kvd);
@@ -255,7 +255,8 @@ static void layer_forward(const tp_model *m, int l, fwd_buf *b, int B, int T, tp
     } while (0)
     const tp_config *c = &m->cfg;
     const tp_layer *L = &m->layers[l];
-    size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim, ff = (size_t)c->d_ff;
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)tp_config_heads(c, l) * c->head_dim,
+           ff = (size_t)tp_config_ff(c, l);
     HOOK(TP_HOOK_LAYER_IN, b->x, d);
     norm_rows(c, b->x, L->attn_norm, b->h, N, d, b->normw);
     HOOK(TP_HOOK_ATTN_NORM, b->h, d);

@@ -33,6 +33,37 @@ static tp_status get_u32(const tp_gguf *g, const char *arch, const char *key, in
     return TP_OK;
 }
 
+/* A per-layer width key: a scalar (every layer) or an array of n_layers integers (llama.cpp's
+ * get_key_or_arr). out[0..n_layers) gets the values; *uniform is 1 when they are all equal. */
+static tp_status get_u32_or_arr(const tp_gguf *g, const char *arch, const char *key, int n_layers, int *out) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    const tp_gguf_kv *kv = tp_gguf_find(g, full);
+    if (!kv) return tp_fail(TP_ERR_FORMAT, "%s: metadata key %s is missing", g->path, full);
+    if (kv->type != TP_GGUF_ARRAY) {
+        int v;
+        tp_status s = get_u32(g, arch, key, 1, 0, &v);
+        for (int l = 0; !s && l < n_layers; l++) out[l] = v;
+        return s;
+    }
+    if (kv->v.arr.n != (uint64_t)n_layers ||
+        (kv->v.arr.type != TP_GGUF_UINT32 && kv->v.arr.type != TP_GGUF_INT32))
+        return tp_fail(TP_ERR_FORMAT, "%s: metadata %s must be one 32-bit integer per layer (%d)", g->path, full,
+                       n_layers);
+    if (n_layers > TP_MAX_HET_LAYERS)
+        return tp_fail(TP_ERR_UNSUPPORTED, "%s: %s holds per-layer widths; taper supports them up to %d layers",
+                       g->path, full, TP_MAX_HET_LAYERS);
+    for (int l = 0; l < n_layers; l++) {
+        uint64_t v = tp_gguf_arr_u64(kv, (uint64_t)l);
+        if (v == 0 || v > (1u << 30))
+            return tp_fail(TP_ERR_UNSUPPORTED, "%s: metadata %s[%d] = %llu: layers without %s are not supported",
+                           g->path, full, l, (unsigned long long)v,
+                           strstr(key, "feed") ? "an MLP" : "attention");
+        out[l] = (int)v;
+    }
+    return TP_OK;
+}
+
 static tp_status get_f32(const tp_gguf *g, const char *arch, const char *key, float dflt, float *out) {
     char full[128];
     snprintf(full, sizeof full, "%s.%s", arch, key);
@@ -126,7 +157,7 @@ static tp_status rope_from_freqs(const tp_gguf *g, const tp_gguf_tensor *t, tp_c
  * slides when l % n < n - 1; default 6), their RoPE base from rope.freq_base_swa (default
  * 10000), scores scaled by 1/sqrt(head_dim) (1/sqrt(d_model / heads) for the 62-layer 27B). */
 float tp_gemma3_llamacpp_scale_base(const tp_config *c) {
-    return c->n_layers == 62 ? (float)(c->d_model / c->n_heads) : (float)c->head_dim;
+    return c->n_layers == 62 ? (float)(c->d_model / tp_config_heads(c, 0)) : (float)c->head_dim;
 }
 
 static tp_status gemma3_from_gguf(const tp_gguf *g, tp_config *c) {
@@ -175,13 +206,14 @@ static tp_status config_from_gguf(const tp_gguf *g, tp_config *c) {
     tp_status s = tp_gguf_get_str(g, "general.architecture", &arch);
     if (s) return s;
     memset(c, 0, sizeof *c);
-    if (strcmp(arch, "llama") == 0) c->arch = TP_ARCH_LLAMA;
+    int deci = strcmp(arch, "deci") == 0; /* llama with per-layer widths (llama.cpp's DeciLM graph) */
+    if (strcmp(arch, "llama") == 0 || deci) c->arch = TP_ARCH_LLAMA;
     else if (strcmp(arch, "qwen2") == 0) c->arch = TP_ARCH_QWEN2;
     else if (strcmp(arch, "qwen3") == 0) c->arch = TP_ARCH_QWEN3;
     else if (strcmp(arch, "gemma3") == 0) c->arch = TP_ARCH_GEMMA3;
     else {
         s = tp_fail(TP_ERR_UNSUPPORTED,
-                    "%s: general.architecture = \"%s\" is not supported (llama, qwen2, qwen3, gemma3)", g->path,
+                    "%s: general.architecture = \"%s\" is not supported (llama, deci, qwen2, qwen3, gemma3)", g->path,
                     arch);
         free(arch);
         return s;
@@ -189,17 +221,32 @@ static tp_status config_from_gguf(const tp_gguf *g, tp_config *c) {
     c->attn_bias = c->arch == TP_ARCH_QWEN2;
     c->qk_norm = c->arch == TP_ARCH_QWEN3;
     if ((s = get_u32(g, arch, "block_count", 1, 0, &c->n_layers)) ||
-        (s = get_u32(g, arch, "embedding_length", 1, 0, &c->d_model)) ||
-        (s = get_u32(g, arch, "feed_forward_length", 1, 0, &c->d_ff)) ||
-        (s = get_u32(g, arch, "attention.head_count", 1, 0, &c->n_heads)) ||
-        (s = get_u32(g, arch, "attention.head_count_kv", 0, (uint32_t)c->n_heads, &c->n_kv_heads)) ||
+        (s = get_u32(g, arch, "embedding_length", 1, 0, &c->d_model))) {
+        free(arch);
+        return s;
+    }
+    /* feed_forward_length and attention.head_count may be per-layer arrays (deci, or any family:
+     * llama.cpp reads both forms) */
+    int *lw = malloc(2 * (size_t)c->n_layers * sizeof *lw);
+    if (!lw) { free(arch); return tp_fail(TP_ERR_NOMEM, "out of memory"); }
+    if (!(s = get_u32_or_arr(g, arch, "feed_forward_length", c->n_layers, lw)) &&
+        !(s = get_u32_or_arr(g, arch, "attention.head_count", c->n_layers, lw + c->n_layers))) {
+        int het = 0;
+        for (int l = 0; l < c->n_layers; l++) het |= lw[l] != lw[0] || lw[c->n_layers + l] != lw[c->n_layers];
+        c->d_ff = lw[0];
+        c->n_heads = lw[c->n_layers];
+        if (het) tp_config_set_widths(c, lw, lw + c->n_layers);
+    }
+    free(lw);
+    if (s) { free(arch); return s; }
+    if ((s = get_u32(g, arch, "attention.head_count_kv", 0, (uint32_t)tp_config_heads(c, 0), &c->n_kv_heads)) ||
         (s = get_u32(g, arch, "context_length", 0, 2048, &c->max_pos)) ||
         (s = get_f32(g, arch, "rope.freq_base", 10000.0f, &c->rope_theta)) ||
         (s = get_f32(g, arch, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps))) {
         free(arch);
         return s;
     }
-    int hd = c->n_heads ? c->d_model / c->n_heads : 0;
+    int hd = tp_config_heads(c, 0) ? c->d_model / tp_config_heads(c, 0) : 0; /* llama.cpp's default */
     if ((s = get_u32(g, arch, "attention.key_length", 0, (uint32_t)hd, &c->head_dim))) {
         free(arch);
         return s;
@@ -263,8 +310,9 @@ tp_status tp_gguf_load_tensor(const tp_gguf *g, const char *name, float *dst, si
 }
 
 static tp_status load_layer(const tp_gguf *g, const tp_config *c, int l, tp_layer *L, float *tmp) {
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
-           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff;
+    int nh = tp_config_heads(c, l);
+    size_t d = (size_t)c->d_model, q = (size_t)nh * c->head_dim,
+           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)tp_config_ff(c, l);
     char name[96];
     tp_status s;
 #define LOAD(suffix, dst, rows, cols)                                  \
@@ -290,13 +338,13 @@ static tp_status load_layer(const tp_gguf *g, const tp_config *c, int l, tp_laye
     int permuted = c->arch == TP_ARCH_LLAMA || c->arch == TP_ARCH_MISTRAL; /* llama.cpp permutes Q/K rows for llama only */
     if (c->attn_bias) {
         LOAD("attn_q.bias", permuted ? tmp : L->bq, 1, q);
-        if (permuted) tp_rope_rows_unpermute(tmp, L->bq, c->n_heads, c->head_dim, 1);
+        if (permuted) tp_rope_rows_unpermute(tmp, L->bq, nh, c->head_dim, 1);
         LOAD("attn_k.bias", permuted ? tmp : L->bk, 1, kv);
         if (permuted) tp_rope_rows_unpermute(tmp, L->bk, c->n_kv_heads, c->head_dim, 1);
         LOAD("attn_v.bias", L->bv, 1, kv);
     }
     LOAD("attn_q.weight", permuted ? tmp : L->wq, q, d);
-    if (permuted) tp_rope_rows_unpermute(tmp, L->wq, c->n_heads, c->head_dim, d);
+    if (permuted) tp_rope_rows_unpermute(tmp, L->wq, nh, c->head_dim, d);
     LOAD("attn_k.weight", permuted ? tmp : L->wk, kv, d);
     if (permuted) tp_rope_rows_unpermute(tmp, L->wk, c->n_kv_heads, c->head_dim, d);
 #undef LOAD

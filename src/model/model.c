@@ -22,9 +22,9 @@ static float *take(cursor *cu, size_t n) {
 }
 
 /* Sets the views of one layer at the cursor. */
-static void layout_layer(const tp_config *c, tp_layer *L, cursor *cu) {
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim,
-           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->d_ff;
+static void layout_layer(const tp_config *c, int l, tp_layer *L, cursor *cu) {
+    size_t d = (size_t)c->d_model, q = (size_t)tp_config_heads(c, l) * c->head_dim,
+           kv = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)tp_config_ff(c, l);
     L->attn_norm = take(cu, d);
     L->wq = take(cu, q * d);
     L->wk = take(cu, kv * d);
@@ -50,7 +50,7 @@ static size_t layout(tp_model *m, float *base) {
     size_t d = (size_t)c->d_model, V = (size_t)c->vocab;
     cursor cu = {base, 0};
     m->tok_emb = take(&cu, V * d);
-    for (int l = 0; l < c->n_layers; l++) layout_layer(c, &m->layers[l], &cu);
+    for (int l = 0; l < c->n_layers; l++) layout_layer(c, l, &m->layers[l], &cu);
     m->final_norm = take(&cu, d);
     m->lm_head = c->tie_embeddings ? m->tok_emb : take(&cu, V * d);
     return cu.off;
@@ -61,11 +61,24 @@ static size_t layout(tp_model *m, float *base) {
 static size_t layout_streamed(tp_model *m, float *base) {
     cursor cu = {base, 0};
     tp_layer slot;
-    layout_layer(&m->cfg, &slot, &cu);
-    for (int l = 0; l < m->cfg.n_layers; l++) m->layers[l] = slot;
+    tp_config widest = m->cfg; /* the slot holds the widest layer */
+    tp_config_set_widths(&widest, NULL, NULL);
+    widest.hetero = 0;
+    memset(widest.layer_ff, 0, sizeof widest.layer_ff);
+    memset(widest.layer_heads, 0, sizeof widest.layer_heads);
+    layout_layer(&widest, 0, &slot, &cu);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        m->layers[l] = slot;
+        if (base && m->cfg.hetero) tp_model_layout_slot(m, l);
+    }
     m->final_norm = take(&cu, (size_t)m->cfg.d_model);
     m->tok_emb = m->lm_head = NULL;
     return cu.off;
+}
+
+void tp_model_layout_slot(tp_model *m, int l) {
+    cursor cu = {m->params, 0};
+    layout_layer(&m->cfg, l, &m->layers[l], &cu);
 }
 
 static tp_status alloc_with(const tp_config *c, size_t (*lay)(tp_model *, float *), tp_model **out) {
@@ -123,13 +136,13 @@ static void put_ref(tp_tensor_ref *out, int cap, int *n, const char *name, float
 
 int tp_model_tensors(const tp_model *m, tp_tensor_ref *out, int cap) {
     const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
-           ff = (size_t)c->d_ff, V = (size_t)c->vocab;
+    size_t d = (size_t)c->d_model, kv = (size_t)c->n_kv_heads * c->head_dim, V = (size_t)c->vocab;
     int n = 0;
     char name[64];
     put_ref(out, cap, &n, "model.embed_tokens.weight", m->tok_emb, V, d);
     for (int l = 0; l < c->n_layers; l++) {
         const tp_layer *L = &m->layers[l];
+        size_t q = (size_t)tp_config_heads(c, l) * c->head_dim, ff = (size_t)tp_config_ff(c, l);
         /* Gemma 3 names its four norms input_layernorm, post_attention_layernorm (on the attention
          * output), pre_feedforward_layernorm and post_feedforward_layernorm; Llama's
          * post_attention_layernorm is the norm before the MLP. */
@@ -232,11 +245,11 @@ tp_status tp_model_prepare_precision(const tp_model *m, int frozen) {
     (void)tp_gemm_backend();
     if (tp_gemm_precision() != TP_PREC_BF16 || !m) return TP_OK;
     const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
-           ff = (size_t)c->d_ff;
+    size_t d = (size_t)c->d_model, kv = (size_t)c->n_kv_heads * c->head_dim;
     int bad = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const tp_layer *L = &m->layers[l];
+        size_t q = (size_t)tp_config_heads(c, l) * c->head_dim, ff = (size_t)tp_config_ff(c, l);
         bad |= tp_gemm_bf16_register(L->wq, q * d, frozen) | tp_gemm_bf16_register(L->wk, kv * d, frozen) |
                tp_gemm_bf16_register(L->wv, kv * d, frozen) | tp_gemm_bf16_register(L->wo, d * q, frozen) |
                tp_gemm_bf16_register(L->w_gate, ff * d, frozen) | tp_gemm_bf16_register(L->w_up, ff * d, frozen) |
@@ -251,12 +264,12 @@ tp_status tp_model_freeze_bf16(tp_model *m) {
     if (tp_gemm_precision() != TP_PREC_BF16 || !m || m->bf16_only) return TP_OK;
     if (m->stream) return tp_fail(TP_ERR_ARG, "a streamed model cannot be frozen in bf16");
     const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
-           ff = (size_t)c->d_ff;
+    size_t d = (size_t)c->d_model, kv = (size_t)c->n_kv_heads * c->head_dim;
     /* matrix by matrix: registered (converted), then its fp32 pages dropped, so the peak is the
      * fp32 weights plus one matrix */
     for (int l = 0; l < c->n_layers; l++) {
         const tp_layer *L = &m->layers[l];
+        size_t q = (size_t)tp_config_heads(c, l) * c->head_dim, ff = (size_t)tp_config_ff(c, l);
         float *w[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
         size_t n[] = {q * d, kv * d, kv * d, d * q, ff * d, ff * d, d * ff};
         for (int k = 0; k < 7; k++) {

@@ -25,6 +25,9 @@ struct tp_stream {
  * lm_head (n_params counts that buffer): a streamed model's storage, or a shell that names the
  * tensors of a model being written tensor by tensor. */
 tp_status tp_model_alloc_streamed(const tp_config *c, tp_model **out);
+/* Points m->layers[l]'s views at the start of the shared layer buffer with layer l's widths (a
+ * streamed model with per-layer widths, before reading layer l into it). */
+void tp_model_layout_slot(tp_model *m, int l);
 /* HF export of a model written tensor by tensor: the folder tp_model_save_hf would write for a model
  * with m's config, tokenizer, chat template and tensor table (tp_model_tensors(m), e.g. a shell
  * from tp_model_alloc_streamed), the values of tensor idx coming from fill(user, idx, e0, n, dst):

@@ -135,6 +135,12 @@ static tp_status save_hf(const tp_model *m, const char *dir, const char *dtype, 
     else if (strcmp(dtype, "F16") == 0) dt = TP_ST_F16;
     else if (strcmp(dtype, "BF16") == 0) dt = TP_ST_BF16;
     else return tp_fail(TP_ERR_ARG, "HF export: dtype \"%s\" is not one of F32, F16, BF16", dtype);
+    if (c->hetero)
+        return tp_fail(TP_ERR_UNSUPPORTED, "HF export: this model has per-layer widths (MLP width and query heads "
+                       "differ between layers), which transformers' %s cannot express; export it as GGUF "
+                       "(--to gguf), which llama.cpp runs", c->arch == TP_ARCH_GEMMA3 ? "Gemma3ForCausalLM"
+                       : c->arch == TP_ARCH_QWEN2 ? "Qwen2ForCausalLM" : c->arch == TP_ARCH_QWEN3
+                       ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
     tp_status s = make_dir(dir);
     if (s) return s;
     char *cfg = NULL;
@@ -227,8 +233,15 @@ static tp_status gguf_metadata(const tp_model *m, tp_gguf_writer *w, const char 
     if (c->arch != TP_ARCH_GEMMA3 && c->sliding_window > 0 && c->sliding_window < ctx) ctx = c->sliding_window;
     U32("context_length", ctx);
     U32("embedding_length", c->d_model);
-    U32("feed_forward_length", c->d_ff);
-    U32("attention.head_count", c->n_heads);
+    if (c->hetero) { /* per-layer arrays, as llama.cpp reads them (get_key_or_arr) */
+        snprintf(k, sizeof k, "%s.feed_forward_length", arch);
+        if (!s) s = tp_gguf_set_arr(w, k, TP_GGUF_INT32, c->layer_ff, (uint64_t)c->n_layers);
+        snprintf(k, sizeof k, "%s.attention.head_count", arch);
+        if (!s) s = tp_gguf_set_arr(w, k, TP_GGUF_INT32, c->layer_heads, (uint64_t)c->n_layers);
+    } else {
+        U32("feed_forward_length", c->d_ff);
+        U32("attention.head_count", c->n_heads);
+    }
     U32("attention.head_count_kv", c->n_kv_heads);
     U32("attention.key_length", c->head_dim);
     U32("attention.value_length", c->head_dim);
@@ -291,8 +304,15 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
         if (c->sliding_window > 0 && c->rope_local_theta <= 0)
             return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: Gemma 3 sliding layers need their own RoPE base");
     }
+    if (c->hetero && c->arch != TP_ARCH_LLAMA && c->arch != TP_ARCH_MISTRAL)
+        return tp_fail(TP_ERR_UNSUPPORTED, "GGUF export: this %s model has per-layer widths; llama.cpp runs those "
+                       "only in its DeciLM graph, which has the Llama family's layers (no q/k/v biases, q/k norms "
+                       "or Gemma's norms)", c->arch == TP_ARCH_QWEN2 ? "Qwen2" : c->arch == TP_ARCH_QWEN3 ? "Qwen3"
+                                                                                                           : "Gemma 3");
     static const char *const arch_names[] = {"llama", "llama", "qwen2", "qwen3", "gemma3"};
-    const char *arch = arch_names[c->arch];
+    /* Llama with per-layer widths: llama.cpp's "deci" graph (Llama layers whose head count and MLP
+     * width come per layer) */
+    const char *arch = c->hetero ? "deci" : arch_names[c->arch];
     int permute = c->arch == TP_ARCH_LLAMA || c->arch == TP_ARCH_MISTRAL;
     tp_gguf_writer *w = NULL;
     tp_status s = tp_gguf_writer_new(&w);
@@ -315,6 +335,9 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
     char name[96];
     for (int l = 0; l < c->n_layers && !s; l++) {
         const tp_layer *L = &m->layers[l];
+        int nh = tp_config_heads(c, l);
+        q = (uint64_t)nh * c->head_dim;
+        ff = (uint64_t)tp_config_ff(c, l);
 #define ADD(suffix, data, r, cl)                                       \
     do {                                                               \
         snprintf(name, sizeof name, "blk.%d.%s", l, suffix);           \
@@ -330,13 +353,13 @@ tp_status tp_model_save_gguf(const tp_model *m, const char *path, int ggml_type)
             ADD("post_attention_norm.weight", NORM(L->attn_post_norm, d), 0, d);
             ADD("post_ffw_norm.weight", NORM(L->mlp_post_norm, d), 0, d);
         }
-        if (permute) tp_rope_rows_permute(L->wq, tmp, c->n_heads, c->head_dim, (size_t)d);
+        if (permute) tp_rope_rows_permute(L->wq, tmp, nh, c->head_dim, (size_t)d);
         ADD("attn_q.weight", permute ? tmp : L->wq, q, d);
         if (permute) tp_rope_rows_permute(L->wk, tmp, c->n_kv_heads, c->head_dim, (size_t)d);
         ADD("attn_k.weight", permute ? tmp : L->wk, kv, d);
         ADD("attn_v.weight", L->wv, kv, d);
         if (c->attn_bias) {
-            if (permute) tp_rope_rows_permute(L->bq, tmp, c->n_heads, c->head_dim, 1);
+            if (permute) tp_rope_rows_permute(L->bq, tmp, nh, c->head_dim, 1);
             ADD("attn_q.bias", permute ? tmp : L->bq, 0, q);
             if (permute) tp_rope_rows_permute(L->bk, tmp, c->n_kv_heads, c->head_dim, 1);
             ADD("attn_k.bias", permute ? tmp : L->bk, 0, kv);

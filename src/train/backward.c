@@ -98,19 +98,22 @@ static void tape_layout(tp_tape *t, layout *ly) {
             *s = t->lt[0];
             continue;
         }
+        /* a layer's own widths, or the widest for the slot all layers share */
+        size_t lnh = t->recompute ? nh : (size_t)tp_config_heads(c, l), lff = t->recompute ? ff : (size_t)tp_config_ff(c, l);
+        size_t lqd = lnh * (size_t)c->head_dim;
         s->rstd1 = place(ly, N, 1);
-        s->q = place(ly, N, qd);
+        s->q = place(ly, N, lqd);
         s->k = place(ly, N, kvd);
         s->v = place(ly, N, kvd);
-        s->att = place(ly, N, qd);
-        s->lse = place(ly, N, nh);
+        s->att = place(ly, N, lqd);
+        s->lse = place(ly, N, lnh);
         s->x_mid = place(ly, N, d);
         s->rstd2 = place(ly, N, 1);
-        s->g = place(ly, N, ff);
-        s->u = place(ly, N, ff);
-        s->qr = c->qk_norm ? place(ly, N, qd) : NULL;
+        s->g = place(ly, N, lff);
+        s->u = place(ly, N, lff);
+        s->qr = c->qk_norm ? place(ly, N, lqd) : NULL;
         s->kr = c->qk_norm ? place(ly, N, kvd) : NULL;
-        s->rstd_q = c->qk_norm ? place(ly, N, nh) : NULL;
+        s->rstd_q = c->qk_norm ? place(ly, N, lnh) : NULL;
         s->rstd_k = c->qk_norm ? place(ly, N, (size_t)c->n_kv_heads) : NULL;
         s->ao = c->sandwich_norm ? place(ly, N, d) : NULL;
         s->mo = c->sandwich_norm ? place(ly, N, d) : NULL;
@@ -258,7 +261,9 @@ static int same_shape(const tp_config *a, const tp_config *b) {
     return a->n_layers == b->n_layers && a->d_model == b->d_model && a->n_heads == b->n_heads &&
            a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim && a->d_ff == b->d_ff &&
            a->vocab == b->vocab && !a->tie_embeddings == !b->tie_embeddings && !a->attn_bias == !b->attn_bias &&
-           !a->qk_norm == !b->qk_norm && !a->sandwich_norm == !b->sandwich_norm;
+           !a->qk_norm == !b->qk_norm && !a->sandwich_norm == !b->sandwich_norm && a->hetero == b->hetero &&
+           !memcmp(a->layer_ff, b->layer_ff, sizeof a->layer_ff) &&
+           !memcmp(a->layer_heads, b->layer_heads, sizeof a->layer_heads);
 }
 
 /* ------------------------------- the step ------------------------------- */
@@ -291,8 +296,8 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     const tp_layer *L = &cx->m->layers[l];
     tp_tape *tp = cx->tp;
     layer_tape *s = &tp->lt[l];
-    int B = cx->B, T = cx->T, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, rep = nh / nkv;
-    size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)c->d_ff;
+    int B = cx->B, T = cx->T, hd = c->head_dim, nh = tp_config_heads(c, l), nkv = c->n_kv_heads, rep = nh / nkv;
+    size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)tp_config_ff(c, l);
     size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
     const float *x = layer_x(cx, l);
     float eps = c->norm_eps;
@@ -357,7 +362,7 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
 static void attention_backward(const step_ctx *cx, const layer_tape *s, int l) {
     const tp_config *c = &cx->m->cfg;
     tp_tape *tp = cx->tp;
-    int B = cx->B, T = cx->T, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, rep = nh / nkv;
+    int B = cx->B, T = cx->T, hd = c->head_dim, nh = tp_config_heads(c, l), nkv = c->n_kv_heads, rep = nh / nkv;
     size_t N = cx->N, qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
     float *dK = rep > 1 ? tp->dkh : tp->dk, *dV = rep > 1 ? tp->dvh : tp->dv; /* (N, nh*hd) either way */
     float scale = tp_attn_scale(c);
@@ -397,8 +402,8 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     const tp_layer *L = &cx->m->layers[l];
     tp_tape *tp = cx->tp;
     const layer_tape *s = &tp->lt[l];
-    int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)c->d_ff;
+    int hd = c->head_dim, nh = tp_config_heads(c, l), nkv = c->n_kv_heads;
+    size_t N = cx->N, d = (size_t)c->d_model, ff = (size_t)tp_config_ff(c, l);
     size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
     float a = cx->alpha;
     const float *x = layer_x(cx, l);

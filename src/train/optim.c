@@ -71,8 +71,7 @@ static tp_status decay_ranges(tp_adamw *o, const tp_model *m) {
     size_t cap = 2 + 7 * (size_t)c->n_layers;
     o->ranges = malloc(cap * sizeof *o->ranges);
     if (!o->ranges) return tp_fail(TP_ERR_NOMEM, "adamw: out of memory");
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim,
-           ff = (size_t)c->d_ff, V = (size_t)c->vocab, k = 0;
+    size_t d = (size_t)c->d_model, kv = (size_t)c->n_kv_heads * c->head_dim, V = (size_t)c->vocab, k = 0;
     if (o->cfg.decay_all) {
         o->ranges[k][0] = 0;
         o->ranges[k++][1] = m->n_params;
@@ -85,6 +84,7 @@ static tp_status decay_ranges(tp_adamw *o, const tp_model *m) {
         ADD(m->tok_emb, V * d);
         for (int l = 0; l < c->n_layers; l++) {
             const tp_layer *L = &m->layers[l];
+            size_t q = (size_t)tp_config_heads(c, l) * c->head_dim, ff = (size_t)tp_config_ff(c, l);
             ADD(L->wq, q * d);
             ADD(L->wk, kv * d);
             ADD(L->wv, kv * d);

@@ -58,14 +58,14 @@ static void fill_const(float *x, size_t n, float v) {
 
 void tp_model_init_random(tp_model *m, uint64_t seed, float std) {
     const tp_config *c = &m->cfg;
-    size_t d = (size_t)c->d_model, q = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t kv = (size_t)c->n_kv_heads * (size_t)c->head_dim, ff = (size_t)c->d_ff, V = (size_t)c->vocab;
+    size_t d = (size_t)c->d_model, kv = (size_t)c->n_kv_heads * (size_t)c->head_dim, V = (size_t)c->vocab;
     tp_rng r;
     tp_rng_seed(&r, seed);
     float one = c->norm_plus_one ? 0.0f : 1.0f; /* norms start as the identity: w = 1, or 1 + w with w = 0 */
     fill_normal(m->tok_emb, V * d, &r, std);
     for (int l = 0; l < c->n_layers; l++) {
         tp_layer *L = &m->layers[l];
+        size_t q = (size_t)tp_config_heads(c, l) * (size_t)c->head_dim, ff = (size_t)tp_config_ff(c, l);
         fill_const(L->attn_norm, d, one);
         if (L->q_norm) fill_const(L->q_norm, (size_t)c->head_dim, one);
         if (L->k_norm) fill_const(L->k_norm, (size_t)c->head_dim, one);
