@@ -195,16 +195,24 @@ int cmd_info(int argc, char **argv) {
     tp_status s = info_open(argv[optind], &m);
     if (s) return cli_error(s);
     const tp_config *k = &m.cfg;
-    size_t d = (size_t)k->d_model, q = (size_t)k->n_heads * k->head_dim, kv = (size_t)k->n_kv_heads * k->head_dim;
-    size_t emb = (size_t)k->vocab * d;
-    size_t attn = (size_t)k->n_layers * (2 * q * d + 2 * kv * d + (k->attn_bias ? q + 2 * kv : 0));
-    size_t mlp = (size_t)k->n_layers * 3 * (size_t)k->d_ff * d;
+    size_t d = (size_t)k->d_model, kv = (size_t)k->n_kv_heads * k->head_dim;
+    size_t emb = (size_t)k->vocab * d, attn = 0, mlp = 0;
+    for (int l = 0; l < k->n_layers; l++) {
+        size_t q = (size_t)tp_config_heads(k, l) * k->head_dim;
+        attn += 2 * q * d + 2 * kv * d + (k->attn_bias ? q + 2 * kv : 0);
+        mlp += 3 * (size_t)tp_config_ff(k, l) * d;
+    }
     size_t norms = (size_t)((2 + 2 * !!k->sandwich_norm) * k->n_layers + 1) * d +
                    (k->qk_norm ? (size_t)k->n_layers * 2 * (size_t)k->head_dim : 0);
     size_t head = k->tie_embeddings ? 0 : emb;
     printf("model        %s (%s)\n", m.path, m.format);
     printf("architecture %s: %d layers, d_model %d, %d heads / %d KV heads, head_dim %d, ffn %d, vocab %d\n",
            arch_name(k->arch), k->n_layers, k->d_model, k->n_heads, k->n_kv_heads, k->head_dim, k->d_ff, k->vocab);
+    if (k->hetero) {
+        printf("per layer    ffn/heads:");
+        for (int l = 0; l < k->n_layers; l++) printf(" %d/%d", k->layer_ff[l], k->layer_heads[l]);
+        printf(" (the sizes above are the widest)\n");
+    }
     printf("rope         theta %g, scaling %s; rms_norm_eps %g; context %d; %s embeddings%s\n", k->rope_theta,
            k->rope_scaling == TP_ROPE_LLAMA3 ? "llama3" : k->rope_scaling == TP_ROPE_LINEAR ? "linear" : "none",
            k->norm_eps, k->max_pos, k->tie_embeddings ? "tied" : "untied", k->attn_bias ? "; q/k/v bias" : "");
@@ -244,6 +252,10 @@ int cmd_info(int argc, char **argv) {
     cJSON_AddNumberToObject(j, "n_kv_heads", k->n_kv_heads);
     cJSON_AddNumberToObject(j, "head_dim", k->head_dim);
     cJSON_AddNumberToObject(j, "d_ff", k->d_ff);
+    if (k->hetero) {
+        cJSON_AddItemToObject(j, "layer_d_ff", cJSON_CreateIntArray(k->layer_ff, k->n_layers));
+        cJSON_AddItemToObject(j, "layer_n_heads", cJSON_CreateIntArray(k->layer_heads, k->n_layers));
+    }
     cJSON_AddNumberToObject(j, "vocab", k->vocab);
     cJSON_AddBoolToObject(j, "tied_embeddings", k->tie_embeddings);
     cJSON_AddNumberToObject(j, "n_params", (double)m.n_params);

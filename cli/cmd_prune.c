@@ -76,8 +76,9 @@ static const char *HELP =
     "Exit codes: 2 for malformed options, 1 for targets this model cannot meet (message names the option).\n";
 
 static void print_shape(const char *what, const tp_config *c, size_t params) {
-    printf("%-8s hidden %d, ffn %d, heads %d / kv-heads %d (head_dim %d), layers %d: %zu params (%.1fM)\n", what,
-           c->d_model, c->d_ff, c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers, params, (double)params / 1e6);
+    printf("%-8s hidden %d, ffn %s%d, heads %s%d / kv-heads %d (head_dim %d), layers %d: %zu params (%.1fM)\n", what,
+           c->d_model, c->hetero ? "up to " : "", c->d_ff, c->hetero ? "up to " : "", c->n_heads, c->n_kv_heads,
+           c->head_dim, c->n_layers, params, (double)params / 1e6);
 }
 
 /* What the job did, on stdout: the candidate table of a budget search, the shapes, the kept

@@ -384,3 +384,63 @@ done:
     free(txt);
     free(dir);
 }
+
+/* taper train on a per-layer model: 4 steps in one go, and 2 steps (of a 4-step schedule) then
+ * resumed to 4 from the checkpoint (whose config carries the widths), give the same bits; the
+ * export is the per-layer GGUF again. */
+TT_TEST(per_layer_train_resume_exact) {
+    if (!tt_bin()) {
+        tt_skip("TAPER_BIN not set (run through make test)");
+        return;
+    }
+    tp_model *m = pl_model(), *h = NULL, *a = NULL, *b = NULL;
+    tp_importance *imp = NULL;
+    tp_prune_plan *p = NULL;
+    char *dir = tt_path(tt_tmp_dir(), "per_layer_train"), args[4096], *out = NULL;
+    tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    char *gg = tt_path(dir, "het.gguf"), *shard = tt_path(dir, "d.tpt");
+    if (!m || !(imp = pl_scores(m))) goto done;
+    pl_design(imp);
+    tp_prune_shape sh = {0, 30, 4, 0, 0};
+    tp_per_layer_opts o = {5, 0.25};
+    if (!TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
+                      tp_prune_plan_per_layer(p, imp, &o) == TP_OK && tp_prune_apply(m, p, &h) == TP_OK &&
+                      tp_model_save_gguf(h, gg, TP_GGML_F32) == TP_OK,
+                  "per-layer model: %s", tp_errmsg()) ||
+        !TT_CHECK(tt_markov_shard(shard, 40, 20, 30, 50, 7, m->cfg.vocab, 3), "shard"))
+        goto done;
+    const char *common = "--seq 16 --batch 2 --lr 1e-3 --warmup 1 --ckpt-every 2 --threads 1";
+    snprintf(args, sizeof args, "train '%s' --data '%s' --steps 4 %s --run-dir '%s/a' --export-gguf '%s/a.gguf'", gg,
+             shard, common, dir, dir);
+    TT_CHECK(tt_taper(args, &out) == 0, "4 steps: %s", out);
+    free(out);
+    snprintf(args, sizeof args, "train '%s' --data '%s' --steps 2 --schedule-steps 4 %s --run-dir '%s/b'", gg, shard, common, dir);
+    TT_CHECK(tt_taper(args, &out) == 0, "2 steps: %s", out);
+    free(out);
+    snprintf(args, sizeof args, "train '%s' --data '%s' --steps 4 %s --run-dir '%s/b' --resume --export-gguf '%s/b.gguf'",
+             gg, shard, common, dir, dir);
+    TT_CHECK(tt_taper(args, &out) == 0 && strstr(out, "resumed"), "resumed to 4: %s", out);
+    free(out);
+    out = NULL;
+    snprintf(args, sizeof args, "%s/a.gguf", dir);
+    char bp[4096];
+    snprintf(bp, sizeof bp, "%s/b.gguf", dir);
+    if (TT_CHECK(tp_model_load(args, &a) == TP_OK && tp_model_load(bp, &b) == TP_OK, "exports: %s", tp_errmsg())) {
+        TT_CHECK(a->cfg.hetero && !memcmp(a->cfg.layer_ff, h->cfg.layer_ff, sizeof a->cfg.layer_ff) &&
+                     !memcmp(a->cfg.layer_heads, h->cfg.layer_heads, sizeof a->cfg.layer_heads),
+                 "the export keeps the widths");
+        TT_CHECK(a->n_params == b->n_params && memcmp(a->params, b->params, a->n_params * sizeof(float)) == 0,
+                 "resumed = uninterrupted, bit for bit");
+        TT_CHECK(memcmp(a->params, h->params, a->n_params * sizeof(float)) != 0, "and training changed the weights");
+    }
+done:
+    free(out);
+    if (!getenv("PL_KEEP")) tt_sh("rm -rf '%s'", dir);
+    free(dir); free(gg); free(shard);
+    tp_model_free(a);
+    tp_model_free(b);
+    tp_model_free(h);
+    tp_prune_plan_free(p);
+    tp_importance_free(imp);
+    tp_model_free(m);
+}
