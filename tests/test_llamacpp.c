@@ -249,111 +249,97 @@ static int ll_ready(void) {
     return have;
 }
 
-/* Gemma-3-270M pruned in width (hidden 640 -> 512, FFN 2048 -> 1536, from an importance pass over
- * 4 x 128 tokens of WikiText-2) and depth (layer 4, a sliding one, removed: the global layers 5,
- * 11, 17 become 4, 10, 16), written as F32 GGUF with per-layer sliding flags. */
+/* The model at path pruned as told (shape, an optional drop list, optionally per-layer widths)
+ * from an importance pass over 4 x 128 tokens of WikiText-2 test (from byte 200000), with the
+ * source's tokenizer borrowed: NULL after a failed check. *src receives the source (to free after
+ * the pruned model, whose tokenizer it owns). */
+static tp_model *ll_pruned(const char *path, tp_prune_shape sh, const int *drop, int n_drop, int per_layer,
+                           tp_model **src) {
+    tp_model *m = NULL, *pm = NULL;
+    tp_importance *imp = NULL;
+    tp_prune_plan *p = NULL;
+    char *wp = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw"), *text = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL;
+    tp_importance_opts o;
+    tp_importance_opts_default(&o);
+    o.depth_samples = 0;
+    if (TT_CHECK(tp_model_load(path, &m) == TP_OK, "load: %s", tp_errmsg()) &&
+        TT_CHECK(tp_read_file(wp, &text, &len) == TP_OK && m->tok, "read %s", wp) &&
+        TT_CHECK(tp_tok_encode(m->tok, text + 200000, 8000, 0, &ids, &n) == TP_OK && n >= 4 * 128, "tokenize") &&
+        TT_CHECK(tp_importance_compute(m, ids, 4, 128, &o, &imp) == TP_OK, "importance: %s", tp_errmsg()) &&
+        TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, drop ? TP_DEPTH_LIST : TP_DEPTH_AUTO, drop, n_drop, &p) ==
+                         TP_OK &&
+                     (!per_layer || tp_prune_plan_per_layer(p, imp, NULL) == TP_OK),
+                 "plan: %s", tp_errmsg()) &&
+        TT_CHECK(tp_prune_apply(m, p, &pm) == TP_OK, "apply: %s", tp_errmsg()))
+        pm->tok = m->tok;
+    free(ids);
+    free(text);
+    free(wp);
+    tp_prune_plan_free(p);
+    tp_importance_free(imp);
+    *src = m;
+    return pm;
+}
+
+/* pm written as F32 GGUF (its tokenizer borrowed, then dropped) and checked by ll_check_written. */
+static void ll_check_pruned(tp_model *pm, const char *file, const char *tag) {
+    char *gg = tt_path(tt_tmp_dir(), file);
+    tp_status s = tp_model_save_gguf(pm, gg, TP_GGML_F32);
+    if (TT_CHECK(s == TP_OK, "save: %s", tp_errmsg())) ll_check_written(gg, tag, !pm->cfg.hetero);
+    unlink(gg);
+    free(gg);
+}
+
+/* Gemma-3-270M pruned in width (hidden 640 -> 512, FFN 2048 -> 1536) and depth (layer 4, a
+ * sliding one, removed: the global layers 5, 11, 17 become 4, 10, 16), written as F32 GGUF with
+ * per-layer sliding flags. */
 TT_TEST(llamacpp_gemma3_pruned) {
     char *g = tt_gemma3_path();
     if (!g) { tt_skip("Gemma-3-270M not found (make deps fetches it)"); return; }
     if (!ll_ready()) { free(g); return; }
-    tp_model *m = NULL, *pm = NULL;
-    tp_importance *imp = NULL;
-    tp_prune_plan *p = NULL;
-    char *wp = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw"), *text = NULL;
-    size_t len = 0, n = 0;
-    int32_t *ids = NULL;
-    if (TT_CHECK(tp_model_load(g, &m) == TP_OK, "load: %s", tp_errmsg()) &&
-        TT_CHECK(tp_read_file(wp, &text, &len) == TP_OK && m->tok, "read %s", wp) &&
-        TT_CHECK(tp_tok_encode(m->tok, text + 200000, 8000, 0, &ids, &n) == TP_OK && n >= 4 * 128, "tokenize")) {
-        tp_importance_opts o;
-        tp_importance_opts_default(&o);
-        o.depth_samples = 0;
-        tp_prune_shape sh = {512, 1536, 0, 0, 0};
-        int drop[1] = {4};
-        if (TT_CHECK(tp_importance_compute(m, ids, 4, 128, &o, &imp) == TP_OK, "importance: %s", tp_errmsg()) &&
-            TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_LIST, drop, 1, &p) == TP_OK, "plan: %s",
-                     tp_errmsg()) &&
-            TT_CHECK(tp_prune_apply(m, p, &pm) == TP_OK, "apply: %s", tp_errmsg())) {
-            int n_sl = 0;
-            for (int l = 0; l < pm->cfg.n_layers; l++) n_sl += tp_config_layer_sliding(&pm->cfg, l);
-            TT_CHECK(pm->cfg.n_layers == 17 && n_sl == 14 && !tp_config_layer_sliding(&pm->cfg, 4) &&
-                         !tp_config_layer_sliding(&pm->cfg, 10) && !tp_config_layer_sliding(&pm->cfg, 16),
-                     "17 layers, global ones now 4, 10 and 16 (%d sliding)", n_sl);
-            pm->tok = m->tok;
-            char *gg = tt_path(tt_tmp_dir(), "llamacpp-gemma3-pruned-f32.gguf");
-            tp_status s = tp_model_save_gguf(pm, gg, TP_GGML_F32);
-            pm->tok = NULL;
-            if (TT_CHECK(s == TP_OK, "save: %s", tp_errmsg())) ll_check_written(gg, "gemma3 pruned (512/1536, 17 layers) f32", 1);
-            unlink(gg);
-            free(gg);
-        }
+    tp_model *m = NULL;
+    int drop[1] = {4};
+    tp_model *pm = ll_pruned(g, (tp_prune_shape){512, 1536, 0, 0, 0}, drop, 1, 0, &m);
+    if (pm) {
+        int n_sl = 0;
+        for (int l = 0; l < pm->cfg.n_layers; l++) n_sl += tp_config_layer_sliding(&pm->cfg, l);
+        TT_CHECK(pm->cfg.n_layers == 17 && n_sl == 14 && !tp_config_layer_sliding(&pm->cfg, 4) &&
+                     !tp_config_layer_sliding(&pm->cfg, 10) && !tp_config_layer_sliding(&pm->cfg, 16),
+                 "17 layers, global ones now 4, 10 and 16 (%d sliding)", n_sl);
+        ll_check_pruned(pm, "llamacpp-gemma3-pruned-f32.gguf", "gemma3 pruned (512/1536, 17 layers) f32");
+        pm->tok = NULL;
     }
-    free(ids);
-    free(text);
-    free(wp);
     tp_model_free(pm);
     tp_model_free(m);
-    tp_prune_plan_free(p);
-    tp_importance_free(imp);
     free(g);
 }
 
 /* SmolLM2-135M pruned with per-layer widths (taper prune --per-layer: FFN 1536 -> 1024 and 9 -> 6
- * query heads on average, from an importance pass over 4 x 128 tokens of WikiText-2), written as
- * F32 GGUF: llama.cpp runs it as its "deci" graph with per-layer feed_forward_length and
- * attention.head_count arrays. Perplexity must agree within 0.1 % (the issue's bar; it is far
- * closer); the greedy text is compared too. */
+ * query heads on average), written as F32 GGUF: llama.cpp runs it as its "deci" graph with
+ * per-layer feed_forward_length and attention.head_count arrays. Perplexity must agree within the
+ * 1e-4 of every written GGUF here (the issue asks 0.1 %); the greedy text of an untrained pruned
+ * model is only reported. */
 TT_TEST(llamacpp_per_layer) {
     const char *mp = tt_model_path();
     if (!mp) { tt_skip("SmolLM2 GGUF not present"); return; }
     if (!ll_ready()) return;
-    tp_model *m = NULL, *pm = NULL;
-    tp_importance *imp = NULL;
-    tp_prune_plan *p = NULL;
-    char *wp = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw"), *text = NULL;
-    size_t len = 0, n = 0;
-    int32_t *ids = NULL;
-    if (TT_CHECK(tp_model_load(mp, &m) == TP_OK, "load: %s", tp_errmsg()) &&
-        TT_CHECK(tp_read_file(wp, &text, &len) == TP_OK && m->tok, "read %s", wp) &&
-        TT_CHECK(tp_tok_encode(m->tok, text + 200000, 8000, 0, &ids, &n) == TP_OK && n >= 4 * 128, "tokenize")) {
-        tp_importance_opts o;
-        tp_importance_opts_default(&o);
-        o.depth_samples = 0;
-        tp_prune_shape sh = {0, 1024, 6, 0, 0};
-        if (TT_CHECK(tp_importance_compute(m, ids, 4, 128, &o, &imp) == TP_OK, "importance: %s", tp_errmsg()) &&
-            TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
-                         tp_prune_plan_per_layer(p, imp, NULL) == TP_OK,
-                     "plan: %s", tp_errmsg()) &&
-            TT_CHECK(tp_prune_apply(m, p, &pm) == TP_OK, "apply: %s", tp_errmsg())) {
-            int lo = 1 << 30, hi = 0, hlo = 99, hhi = 0;
-            for (int l = 0; l < pm->cfg.n_layers; l++) {
-                int f = tp_config_ff(&pm->cfg, l), h = tp_config_heads(&pm->cfg, l);
-                lo = f < lo ? f : lo, hi = f > hi ? f : hi, hlo = h < hlo ? h : hlo, hhi = h > hhi ? h : hhi;
-            }
-            TT_CHECK(pm->cfg.hetero && lo < hi, "per-layer widths: FFN %d..%d, heads %d..%d", lo, hi, hlo, hhi);
-            tt_note("per-layer SmolLM2: FFN %d..%d, heads %d..%d, %zu params", lo, hi, hlo, hhi, pm->n_params);
-            pm->tok = m->tok;
-            char *gg = tt_path(tt_tmp_dir(), "llamacpp-per-layer-f32.gguf");
-            tp_status s = tp_model_save_gguf(pm, gg, TP_GGML_F32);
-            pm->tok = NULL;
-            if (TT_CHECK(s == TP_OK, "save: %s", tp_errmsg())) {
-                const char *bin = ll_bin_dir();
-                char *data = tt_path(tt_data_dir(), "wikitext2/wiki.test.raw");
-                ll_check_ppl(bin, gg, "smollm2 per-layer (deci) f32", data, "fp32", 1e-3);
-                ll_check_greedy(bin, gg, "smollm2 per-layer (deci) f32", 0);
-                free(data);
-            }
-            unlink(gg);
-            free(gg);
+    tp_model *m = NULL;
+    tp_model *pm = ll_pruned(mp, (tp_prune_shape){0, 1024, 6, 0, 0}, NULL, 0, 1, &m);
+    if (pm) {
+        int lo = 1 << 30, hi = 0, hlo = 99, hhi = 0;
+        for (int l = 0; l < pm->cfg.n_layers; l++) {
+            int f = tp_config_ff(&pm->cfg, l), h = tp_config_heads(&pm->cfg, l);
+            lo = f < lo ? f : lo, hi = f > hi ? f : hi, hlo = h < hlo ? h : hlo, hhi = h > hhi ? h : hhi;
         }
+        TT_CHECK(pm->cfg.hetero && lo < hi, "per-layer widths: FFN %d..%d, heads %d..%d", lo, hi, hlo, hhi);
+        tt_note("per-layer SmolLM2: FFN %d..%d, heads %d..%d, %zu params", lo, hi, hlo, hhi, pm->n_params);
+        ll_check_pruned(pm, "llamacpp-per-layer-f32.gguf", "smollm2 per-layer (deci) f32");
+        pm->tok = NULL;
     }
-    free(ids);
-    free(text);
-    free(wp);
     tp_model_free(pm);
     tp_model_free(m);
-    tp_prune_plan_free(p);
-    tp_importance_free(imp);
 }
 
 /* Seeded random models of each architecture (3 layers, hidden 64, 4 heads / 2 KV heads) with a
