@@ -70,6 +70,7 @@ static const char *HELP =
     "                      the plan goes to --plan-out (default FILE.plan.json)\n"
     "  --per-layer-step N  a layer's MLP width is a multiple of N (default 64)\n"
     "  --per-layer-min F   each layer keeps at least this fraction of its neurons and heads (default 0.25)\n"
+    "  --per-layer-ffn-only  only the MLP widths vary; every layer keeps the uniform target's heads\n"
     "  --threads N         OpenMP threads (default: all cores)\n"
     "  --json[=FILE]       also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help          this help\n\n"
@@ -156,6 +157,7 @@ int cmd_prune(int argc, char **argv) {
                                          {"per-layer", no_argument, 0, 'Z'},
                                          {"per-layer-step", required_argument, 0, 'W'},
                                          {"per-layer-min", required_argument, 0, 'N'},
+                                         {"per-layer-ffn-only", no_argument, 0, 'O'},
                                          {"threads", required_argument, 0, 't'},
                                          {"stream", optional_argument, 0, 's'},
                                          {"mem-limit", required_argument, 0, 'M'},
@@ -221,6 +223,7 @@ int cmd_prune(int argc, char **argv) {
         case 'g': a.gguf = optarg; break;
         case 'G': a.gguf_type = optarg; break;
         case 'Z': a.per_layer = 1; break;
+        case 'O': a.per_layer_opts.ffn_only = 1; break;
         case 'W': INT_OPT("--per-layer-step", 1, 1 << 24, &a.per_layer_opts.ffn_step) break;
         case 'N':
             if ((rc = cli_float("prune", "--per-layer-min", optarg, 1e-3, 1, &tol))) return rc;
@@ -237,6 +240,7 @@ int cmd_prune(int argc, char **argv) {
 #undef INT_OPT
     if (optind != argc - 1) return cli_usage("prune", "expects exactly one MODEL");
     a.model = argv[optind];
+    if (a.per_layer_opts.ffn_only && !a.per_layer) return cli_usage("prune", "--per-layer-ffn-only needs --per-layer");
     if (a.per_layer && (a.out || !a.gguf || a.plan))
         return cli_usage("prune", "--per-layer writes a GGUF: give --gguf FILE and no -o (an HF folder cannot hold "
                                   "per-layer widths) and no --plan (a plan file carries its own widths)");

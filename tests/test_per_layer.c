@@ -75,7 +75,7 @@ TT_TEST(per_layer_allocation_rule) {
                   tp_errmsg()))
         goto done;
     size_t uniform = p->n_params;
-    tp_per_layer_opts o = {5, 0.25};
+    tp_per_layer_opts o = {5, 0.25, 0};
     TT_CHECK(tp_prune_plan_per_layer(p, imp, &o) == TP_OK, "per layer: %s", tp_errmsg());
     const tp_config *c = &p->cfg;
     TT_CHECK(c->hetero == 1 && c->d_ff == 45 && c->n_heads == 6, "hetero, widest 45 / 6 (got %d %d %d)", c->hetero,
@@ -109,8 +109,23 @@ TT_TEST(per_layer_allocation_rule) {
     }
     tp_prune_plan_free(q);
     free(pp);
+    /* ffn_only: the same widths for the MLP, and every layer keeps the uniform plan's heads */
+    tp_prune_plan *pu = NULL, *pf = NULL;
+    tp_per_layer_opts fo = {5, 0.25, 1};
+    if (TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &pu) == TP_OK &&
+                     tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &pf) == TP_OK &&
+                     tp_prune_plan_per_layer(pf, imp, &fo) == TP_OK,
+                 "ffn only: %s", tp_errmsg())) {
+        int ok = pf->cfg.hetero && pf->cfg.n_heads == 4;
+        for (int l = 0; l < 3; l++)
+            ok &= tp_config_ff(&pf->cfg, l) == ff[l] && tp_config_heads(&pf->cfg, l) == 4 &&
+                  same_ints(pf->heads + l * 4, pu->heads + l * 4, 4);
+        TT_CHECK(ok, "ffn only: widths 45/15/30, 4 heads each, the uniform plan's heads");
+    }
+    tp_prune_plan_free(pu);
+    tp_prune_plan_free(pf);
     /* impossible floors, and a second redistribution, are refused */
-    tp_per_layer_opts hi = {5, 0.9};
+    tp_per_layer_opts hi = {5, 0.9, 0};
     tp_prune_plan *p2 = NULL;
     TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p2) == TP_OK &&
                  tp_prune_plan_per_layer(p2, imp, &hi) == TP_ERR_ARG && strstr(tp_errmsg(), "lower the minimum"),
@@ -204,7 +219,7 @@ TT_TEST(per_layer_model_equals_masked_source) {
     if (!(imp = pl_scores(m))) goto done;
     pl_design(imp);
     tp_prune_shape sh = {0, 30, 4, 0, 0};
-    tp_per_layer_opts o = {5, 0.25};
+    tp_per_layer_opts o = {5, 0.25, 0};
     if (!TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
                       tp_prune_plan_per_layer(p, imp, &o) == TP_OK && tp_prune_apply(m, p, &h) == TP_OK,
                   "plan and apply: %s", tp_errmsg()))
@@ -402,7 +417,7 @@ TT_TEST(per_layer_train_resume_exact) {
     if (!m || !(imp = pl_scores(m))) goto done;
     pl_design(imp);
     tp_prune_shape sh = {0, 30, 4, 0, 0};
-    tp_per_layer_opts o = {5, 0.25};
+    tp_per_layer_opts o = {5, 0.25, 0};
     if (!TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
                       tp_prune_plan_per_layer(p, imp, &o) == TP_OK && tp_prune_apply(m, p, &h) == TP_OK &&
                       tp_model_save_gguf(h, gg, TP_GGML_F32) == TP_OK,

@@ -181,6 +181,7 @@ typedef struct {
     int ffn_step;     /* a layer's MLP width is a multiple of this (or the source's full width); default 64 */
     double min_keep;  /* every layer keeps at least this fraction of its source neurons and of the query
                          heads of each kept group; default 0.25 */
+    int ffn_only;     /* 1: only the MLP widths vary, every layer keeps the uniform target's heads */
 } tp_per_layer_opts;
 void tp_per_layer_opts_default(tp_per_layer_opts *o);
 /* p: a plan from tp_prune_plan_make with the scores imp (the same aggregation is used). On return

@@ -10,7 +10,8 @@
  * Neurons move in chunks of ffn_step (a layer's neurons sorted by score, a chunk worth the sum of
  * its normalised scores), query heads one per KV group at a time (a layer keeps the same count in
  * every kept group, worth the sum over the groups of the next-best head's normalised score).
- * Every layer keeps at least min_keep of its source units. The greedy pick of the best next chunk
+ * Every layer keeps at least min_keep of its source units (ffn_only: exactly the uniform target's
+ * heads, the ones the uniform plan keeps). The greedy pick of the best next chunk
  * is the global ranking, since a layer's chunks come in falling order. */
 #include <math.h>
 #include <stdlib.h>
@@ -99,6 +100,7 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
     if (lo_ff < 1) lo_ff = 1;
     if (lo_ff > nchunk) lo_ff = nchunk;
     if (lo_rep < 1) lo_rep = 1;
+    if (o.ffn_only) lo_rep = rep2; /* every layer at the target: the same heads as the uniform plan */
     long lo_ff_elems = lo_ff >= nchunk ? F : (long)lo_ff * step;
     if (lo_ff_elems > c->d_ff || lo_rep > rep2)
         return tp_fail(TP_ERR_ARG, "per-layer widths: each layer keeps at least %.0f%% of its units (%ld neurons, %d "
