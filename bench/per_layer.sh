@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Per-layer (heterogeneous) widths against the uniform shape at the same parameter count and the
 # same distillation budget (issue 17). SmolLM2-135M: one importance pass; `taper prune` to FFN
-# FFN / HEADS query heads, once uniform and once --per-layer (the same neuron and head totals, so
-# the same parameters); one teacher cache (top-32) over WikiText-2 valid; both students distilled
+# FFN / HEADS query heads three ways: uniform, --per-layer (neurons and heads per layer) and
+# --per-layer --per-layer-ffn-only (neurons only), each with the same neuron and head totals, so
+# the same parameters; one teacher cache (top-32) over WikiText-2 valid; every student distilled
 # STEPS steps with the same settings; then WikiText-2 test perplexity (llama.cpp protocol) and
-# zero-shot tasks for both, untrained and distilled. Resumable (finished stages are skipped).
+# zero-shot tasks, untrained and distilled. Resumable (finished stages are skipped).
 #
 # Environment: TAPER_BIN (build/taper), TAPER_MODEL, TAPER_DATA, WORK (/tmp/taper-per-layer),
 # FFN (768), HEADS (6), STEPS (300), SEQ (128), BATCH (4), LR (3e-4), CHUNKS (40), TASKS
@@ -22,7 +23,7 @@ THREADS="${THREADS:-2}"
 export TAPER_PROGRESS="${TAPER_PROGRESS:-0}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 mkdir -p "$WORK"
 say() { echo "[$(date +%H:%M:%S)] $*"; }
-timed() { local t0=$SECONDS; "$@"; say "  ($((SECONDS - t0)) s)"; }
+timed() { local t0=$SECONDS; "$@"; say "  ($((SECONDS - t0)) s)" >&2; }
 
 [ -f "$WORK/shards/manifest.json" ] ||
   "$BIN" tokenize "$MODEL" -o "$WORK/shards" --doc-split blank --threads "$THREADS" "$DATA/wikitext2/wiki.valid.tokens" >/dev/null
@@ -31,18 +32,21 @@ if [ ! -f "$WORK/scores.json" ]; then
   timed "$BIN" importance "$MODEL" --data "$DATA/wikitext2/wiki.valid.tokens" --samples 16 --seq-len 256 \
     --threads "$THREADS" -o "$WORK/scores.json" >/dev/null
 fi
-[ -f "$WORK/uniform.gguf" ] ||
-  "$BIN" prune "$MODEL" --scores "$WORK/scores.json" --ffn "$FFN" --heads "$HEADS" --gguf "$WORK/uniform.gguf" \
-    --gguf-type f32 --plan-out "$WORK/uniform.plan.json" | tee "$WORK/prune-uniform.txt"
-[ -f "$WORK/per-layer.gguf" ] ||
-  "$BIN" prune "$MODEL" --scores "$WORK/scores.json" --ffn "$FFN" --heads "$HEADS" --per-layer \
-    --gguf "$WORK/per-layer.gguf" --gguf-type f32 | tee "$WORK/prune-per-layer.txt"
+VARIANTS=(uniform per-layer ffn-only)
+declare -A FLAGS=([uniform]="--plan-out $WORK/uniform.plan.json" [per-layer]="--per-layer"
+                  [ffn-only]="--per-layer --per-layer-ffn-only")
+for v in "${VARIANTS[@]}"; do
+  # shellcheck disable=SC2086
+  [ -f "$WORK/$v.gguf" ] ||
+    "$BIN" prune "$MODEL" --scores "$WORK/scores.json" --ffn "$FFN" --heads "$HEADS" ${FLAGS[$v]} \
+      --gguf "$WORK/$v.gguf" --gguf-type f32 | tee "$WORK/prune-$v.txt"
+done
 if [ ! -f "$WORK/teacher.tkc" ]; then
   say "teacher cache: top-32 over WikiText-2 valid at seq $SEQ"
   timed "$BIN" teacher-cache "$MODEL" --data "$WORK/shards" --seq "$SEQ" --topk 32 --threads "$THREADS" --quiet \
     -o "$WORK/teacher.tkc"
 fi
-for s in uniform per-layer; do
+for s in "${VARIANTS[@]}"; do
   if [ ! -f "$WORK/$s-student.gguf" ]; then
     say "distill $s: $STEPS steps x $BATCH x $SEQ tokens"
     timed "$BIN" distill "$WORK/$s.gguf" --teacher-cache "$WORK/teacher.tkc" --data "$WORK/shards" --seq "$SEQ" \
@@ -50,12 +54,12 @@ for s in uniform per-layer; do
       --run-dir "$WORK/run-$s" --export-gguf "$WORK/$s-student.gguf" --export-gguf-type f32 >/dev/null
   fi
 done
-for m in uniform per-layer uniform-student per-layer-student; do
+for m in "${VARIANTS[@]}" "${VARIANTS[@]/%/-student}"; do
   [ -f "$WORK/ppl-$m.json" ] ||
     "$BIN" ppl "$WORK/$m.gguf" --data "$DATA/wikitext2/wiki.test.raw" --ctx 512 --max-chunks "$CHUNKS" \
       --threads "$THREADS" --json="$WORK/ppl-$m.json" >/dev/null
 done
-for m in uniform-student per-layer-student; do
+for m in "${VARIANTS[@]/%/-student}"; do
   if [ ! -f "$WORK/tasks-$m.json" ]; then
     say "zero-shot $m: $TASKS, $LIMIT items each"
     timed "$BIN" eval "$WORK/$m.gguf" --tasks "$TASKS" --limit "$LIMIT" --data-dir "$DATA" --threads "$THREADS" \
@@ -76,12 +80,13 @@ def tasks(m):
         k = "acc_norm" if "acc_norm" in mt else "acc"
         out[f"{t['task']} {k}"] = mt[k]
     return out
-tu, tp = tasks("uniform-student"), tasks("per-layer-student")
-print("| student | WikiText-2 test PPL untrained | PPL distilled | " + " | ".join(tu) + " | mean |")
-print("|---|---:|---:|" + "---:|" * (len(tu) + 1))
-for name, s, t in (("uniform", "uniform", tu), ("per-layer", "per-layer", tp)):
-    vals = [t[k] for k in tu]
-    print(f"| {name} | {ppl(s):.2f} | {ppl(s + '-student'):.2f} | " + " | ".join(f"{100*v:.1f}" for v in vals)
+rows = [(v, tasks(v + "-student")) for v in ("uniform", "per-layer", "ffn-only")]
+keys = list(rows[0][1])
+print("| student | WikiText-2 test PPL untrained | PPL distilled | " + " | ".join(keys) + " | mean |")
+print("|---|---:|---:|" + "---:|" * (len(keys) + 1))
+for v, t in rows:
+    vals = [t[k] for k in keys]
+    print(f"| {v} | {ppl(v):.2f} | {ppl(v + '-student'):.2f} | " + " | ".join(f"{100*x:.1f}" for x in vals)
           + f" | {100*sum(vals)/len(vals):.1f} |")
 EOF
 [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"

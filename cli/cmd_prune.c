@@ -71,6 +71,10 @@ static const char *HELP =
     "  --per-layer-step N  a layer's MLP width is a multiple of N (default 64)\n"
     "  --per-layer-min F   each layer keeps at least this fraction of its neurons and heads (default 0.25)\n"
     "  --per-layer-ffn-only  only the MLP widths vary; every layer keeps the uniform target's heads\n"
+    "  --per-layer-rule R  how MLP chunks are valued: activation (default; the scores, divided by the\n"
+    "                      layer mean) or loss (held-out LM loss of the model with one layer's MLP cut,\n"
+    "                      measured every 4 chunks per layer on --eval-samples samples of --data; needs\n"
+    "                      the model loaded)\n"
     "  --threads N         OpenMP threads (default: all cores)\n"
     "  --json[=FILE]       also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help          this help\n\n"
@@ -158,6 +162,7 @@ int cmd_prune(int argc, char **argv) {
                                          {"per-layer-step", required_argument, 0, 'W'},
                                          {"per-layer-min", required_argument, 0, 'N'},
                                          {"per-layer-ffn-only", no_argument, 0, 'O'},
+                                         {"per-layer-rule", required_argument, 0, 'R'},
                                          {"threads", required_argument, 0, 't'},
                                          {"stream", optional_argument, 0, 's'},
                                          {"mem-limit", required_argument, 0, 'M'},
@@ -224,6 +229,11 @@ int cmd_prune(int argc, char **argv) {
         case 'G': a.gguf_type = optarg; break;
         case 'Z': a.per_layer = 1; break;
         case 'O': a.per_layer_opts.ffn_only = 1; break;
+        case 'R':
+            if (strcmp(optarg, "activation") && strcmp(optarg, "loss"))
+                return cli_usage("prune", "--per-layer-rule must be activation or loss, got '%s'", optarg);
+            a.per_layer_opts.loss_rule = !strcmp(optarg, "loss");
+            break;
         case 'W': INT_OPT("--per-layer-step", 1, 1 << 24, &a.per_layer_opts.ffn_step) break;
         case 'N':
             if ((rc = cli_float("prune", "--per-layer-min", optarg, 1e-3, 1, &tol))) return rc;
@@ -240,7 +250,8 @@ int cmd_prune(int argc, char **argv) {
 #undef INT_OPT
     if (optind != argc - 1) return cli_usage("prune", "expects exactly one MODEL");
     a.model = argv[optind];
-    if (a.per_layer_opts.ffn_only && !a.per_layer) return cli_usage("prune", "--per-layer-ffn-only needs --per-layer");
+    if ((a.per_layer_opts.ffn_only || a.per_layer_opts.loss_rule) && !a.per_layer)
+        return cli_usage("prune", "--per-layer-ffn-only and --per-layer-rule need --per-layer");
     if (a.per_layer && (a.out || !a.gguf || a.plan))
         return cli_usage("prune", "--per-layer writes a GGUF: give --gguf FILE and no -o (an HF folder cannot hold "
                                   "per-layer widths) and no --plan (a plan file carries its own widths)");

@@ -75,7 +75,7 @@ TT_TEST(per_layer_allocation_rule) {
                   tp_errmsg()))
         goto done;
     size_t uniform = p->n_params;
-    tp_per_layer_opts o = {5, 0.25, 0};
+    tp_per_layer_opts o = {.ffn_step = 5, .min_keep = 0.25};
     TT_CHECK(tp_prune_plan_per_layer(p, imp, &o) == TP_OK, "per layer: %s", tp_errmsg());
     const tp_config *c = &p->cfg;
     TT_CHECK(c->hetero == 1 && c->d_ff == 45 && c->n_heads == 6, "hetero, widest 45 / 6 (got %d %d %d)", c->hetero,
@@ -111,7 +111,7 @@ TT_TEST(per_layer_allocation_rule) {
     free(pp);
     /* ffn_only: the same widths for the MLP, and every layer keeps the uniform plan's heads */
     tp_prune_plan *pu = NULL, *pf = NULL;
-    tp_per_layer_opts fo = {5, 0.25, 1};
+    tp_per_layer_opts fo = {.ffn_step = 5, .min_keep = 0.25, .ffn_only = 1};
     if (TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &pu) == TP_OK &&
                      tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &pf) == TP_OK &&
                      tp_prune_plan_per_layer(pf, imp, &fo) == TP_OK,
@@ -125,7 +125,7 @@ TT_TEST(per_layer_allocation_rule) {
     tp_prune_plan_free(pu);
     tp_prune_plan_free(pf);
     /* impossible floors, and a second redistribution, are refused */
-    tp_per_layer_opts hi = {5, 0.9, 0};
+    tp_per_layer_opts hi = {.ffn_step = 5, .min_keep = 0.9};
     tp_prune_plan *p2 = NULL;
     TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p2) == TP_OK &&
                  tp_prune_plan_per_layer(p2, imp, &hi) == TP_ERR_ARG && strstr(tp_errmsg(), "lower the minimum"),
@@ -219,7 +219,7 @@ TT_TEST(per_layer_model_equals_masked_source) {
     if (!(imp = pl_scores(m))) goto done;
     pl_design(imp);
     tp_prune_shape sh = {0, 30, 4, 0, 0};
-    tp_per_layer_opts o = {5, 0.25, 0};
+    tp_per_layer_opts o = {.ffn_step = 5, .min_keep = 0.25};
     if (!TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
                       tp_prune_plan_per_layer(p, imp, &o) == TP_OK && tp_prune_apply(m, p, &h) == TP_OK,
                   "plan and apply: %s", tp_errmsg()))
@@ -417,7 +417,7 @@ TT_TEST(per_layer_train_resume_exact) {
     if (!m || !(imp = pl_scores(m))) goto done;
     pl_design(imp);
     tp_prune_shape sh = {0, 30, 4, 0, 0};
-    tp_per_layer_opts o = {5, 0.25, 0};
+    tp_per_layer_opts o = {.ffn_step = 5, .min_keep = 0.25};
     if (!TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
                       tp_prune_plan_per_layer(p, imp, &o) == TP_OK && tp_prune_apply(m, p, &h) == TP_OK &&
                       tp_model_save_gguf(h, gg, TP_GGML_F32) == TP_OK,
@@ -456,6 +456,68 @@ done:
     tp_model_free(b);
     tp_model_free(h);
     tp_prune_plan_free(p);
+    tp_importance_free(imp);
+    tp_model_free(m);
+}
+
+/* Per-layer MLP widths by loss sensitivity. On the random model: totals kept, floors held, widths
+ * in steps, heads uniform (ffn only), the model's weights restored bit for bit after the
+ * measurements. With every down_proj zeroed no width changes the loss: every chunk is worth 0, the
+ * ties go to the earlier layer, so layer 0 fills up first: 60 / 15 / 15 exactly. */
+TT_TEST(per_layer_loss_rule) {
+    tp_model *m = pl_model();
+    tp_importance *imp = NULL;
+    tp_prune_plan *p = NULL, *q = NULL;
+    float *before = NULL;
+    int32_t *ids = NULL;
+    if (!m || !(imp = pl_scores(m))) goto done;
+    before = malloc(m->n_params * sizeof(float));
+    memcpy(before, m->params, m->n_params * sizeof(float));
+    ids = pl_ids(4 * 16, m->cfg.vocab, 21);
+    tp_prune_shape sh = {0, 30, 4, 0, 0};
+    tp_per_layer_opts o;
+    tp_per_layer_opts_default(&o);
+    o.ffn_step = 5;
+    o.ffn_only = 1;
+    o.loss_rule = 1;
+    o.model = m;
+    o.ids = ids;
+    o.n = 4;
+    o.seq_len = 16;
+    o.probe = 2;
+    if (!TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &p) == TP_OK &&
+                      tp_prune_plan_per_layer(p, imp, &o) == TP_OK,
+                  "loss rule: %s", tp_errmsg()))
+        goto done;
+    int f[3], ok = 1;
+    for (int l = 0; l < 3; l++) {
+        f[l] = tp_config_ff(&p->cfg, l);
+        ok &= f[l] % 5 == 0 && f[l] >= 15 && f[l] <= 60 && tp_config_heads(&p->cfg, l) == 4;
+    }
+    TT_CHECK(ok && f[0] + f[1] + f[2] == 90, "widths %d / %d / %d: steps of 5, floor 15, total 90, 4 heads each", f[0],
+             f[1], f[2]);
+    TT_CHECK(memcmp(before, m->params, m->n_params * sizeof(float)) == 0, "the model's weights are restored");
+    tt_note("loss rule on the random model: widths %d / %d / %d", f[0], f[1], f[2]);
+    size_t d = (size_t)m->cfg.d_model, F = (size_t)m->cfg.d_ff;
+    for (int l = 0; l < 3; l++) memset(m->layers[l].w_down, 0, d * F * sizeof(float));
+    if (TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &q) == TP_OK &&
+                     tp_prune_plan_per_layer(q, imp, &o) == TP_OK,
+                 "zeroed MLPs: %s", tp_errmsg()))
+        TT_CHECK(tp_config_ff(&q->cfg, 0) == 60 && tp_config_ff(&q->cfg, 1) == 15 && tp_config_ff(&q->cfg, 2) == 15,
+                 "zeroed MLPs: 60 / 15 / 15 (got %d / %d / %d)", tp_config_ff(&q->cfg, 0), tp_config_ff(&q->cfg, 1),
+                 tp_config_ff(&q->cfg, 2));
+    tp_prune_plan_free(q);
+    q = NULL;
+    tp_per_layer_opts bad = o;
+    bad.model = NULL;
+    TT_CHECK(tp_prune_plan_make(&m->cfg, imp, -1, &sh, TP_DEPTH_AUTO, NULL, 0, &q) == TP_OK &&
+                 tp_prune_plan_per_layer(q, imp, &bad) == TP_ERR_ARG,
+             "no model: refused");
+done:
+    free(before);
+    free(ids);
+    tp_prune_plan_free(p);
+    tp_prune_plan_free(q);
     tp_importance_free(imp);
     tp_model_free(m);
 }

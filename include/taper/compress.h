@@ -182,6 +182,18 @@ typedef struct {
     double min_keep;  /* every layer keeps at least this fraction of its source neurons and of the query
                          heads of each kept group; default 0.25 */
     int ffn_only;     /* 1: only the MLP widths vary, every layer keeps the uniform target's heads */
+    /* how MLP chunks are valued: 0 (default) by their layer-normalised activation scores; 1 by loss
+       sensitivity: for each kept layer alone, the held-out LM loss of model with that layer's MLP cut
+       to its top-w neurons (w every probe chunks from the floor to the full width; the others whole),
+       a chunk worth the loss it saves (interpolated between the measured widths) */
+    int loss_rule;
+    tp_model *model;        /* loss_rule: the source model (its down_proj columns are zeroed while a
+                               width is measured, then restored bit for bit) */
+    const int32_t *ids;     /* loss_rule: (n, seq_len) held-out samples */
+    size_t n;
+    int seq_len;
+    int probe;              /* loss_rule: chunks between measured widths (default 4) */
+    tp_progress *progress;  /* loss_rule: NULL, or begun: total set here (forwards) */
 } tp_per_layer_opts;
 void tp_per_layer_opts_default(tp_per_layer_opts *o);
 /* p: a plan from tp_prune_plan_make with the scores imp (the same aggregation is used). On return

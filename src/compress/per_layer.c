@@ -18,11 +18,51 @@
 #include <string.h>
 
 #include "taper/compress.h"
+#include "model/kernels.h"
 
 void tp_per_layer_opts_default(tp_per_layer_opts *o) {
     memset(o, 0, sizeof *o);
     o->ffn_step = 64;
     o->min_keep = 0.25;
+    o->probe = 4;
+}
+
+/* Loss sensitivity of one kept layer's MLP: fval[k] (k >= lo) = the held-out loss saved per chunk
+ * between the measured widths around chunk k, measuring the loss with source layer sl's MLP cut to
+ * its first w neurons of order (the others zeroed in down_proj) for w at every probe-th chunk from
+ * lo to the full width. */
+static tp_status loss_values(const tp_per_layer_opts *o, int sl, const int *order, int F, int step, int nchunk,
+                             int lo, double *fval, double *scratch_loss, float *backup) {
+    tp_model *m = o->model;
+    tp_layer *L = &m->layers[sl];
+    size_t d = (size_t)m->cfg.d_model;
+    memcpy(backup, L->w_down, d * (size_t)F * sizeof(float));
+    int probe = o->probe > 0 ? o->probe : 4;
+    /* measured chunk counts: lo, lo+probe, ..., nchunk */
+    int pts[4096], np = 0;
+    for (int k = lo; k < nchunk && np < 4095; k += probe) pts[np++] = k;
+    pts[np++] = nchunk;
+    tp_status s = TP_OK;
+    for (int a = 0; a < np && !s; a++) {
+        int w = pts[a] >= nchunk ? F : pts[a] * step;
+        memcpy(L->w_down, backup, d * (size_t)F * sizeof(float));
+        for (int j = w; j < F; j++) {
+            int col = order[j];
+            for (size_t r = 0; r < d; r++) L->w_down[r * (size_t)F + (size_t)col] = 0;
+        }
+        tp_gemm_bf16_forget_range(L->w_down, d * (size_t)F);
+        s = tp_lm_loss(m, o->ids, o->n, o->seq_len, NULL, NULL, &scratch_loss[a]);
+        if (o->progress) tp_progress_update(o->progress, o->progress->done + 1);
+    }
+    memcpy(L->w_down, backup, d * (size_t)F * sizeof(float));
+    tp_gemm_bf16_forget_range(L->w_down, d * (size_t)F);
+    if (s) return s;
+    for (int k = 0; k < nchunk; k++) fval[k] = 0;
+    for (int a = 0; a + 1 < np; a++) {
+        double per = (scratch_loss[a] - scratch_loss[a + 1]) / (double)(pts[a + 1] - pts[a]);
+        for (int k = pts[a]; k < pts[a + 1]; k++) fval[k] = per; /* allocate: per element, all chunks alike */
+    }
+    return TP_OK;
 }
 
 typedef struct {
@@ -94,6 +134,14 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
         return tp_fail(TP_ERR_ARG, "per-layer minimum %g must be in (0, 1]", o.min_keep);
     tp_status s = tp_importance_check_model(imp, a, "importance scores");
     if (s) return s;
+    if (o.loss_rule) {
+        if (!o.model || !o.ids || o.n == 0 || o.seq_len < 2)
+            return tp_fail(TP_ERR_ARG, "per-layer widths by loss need the model and held-out samples");
+        if (o.model->stream || !o.model->tok_emb)
+            return tp_fail(TP_ERR_UNSUPPORTED, "per-layer widths by loss need the model loaded, not streamed");
+        if (memcmp(&o.model->cfg, a, sizeof *a) != 0)
+            return tp_fail(TP_ERR_ARG, "per-layer widths by loss: the model is not the plan's source");
+    }
     int L = c->n_layers, nkv = c->n_kv_heads, rep = a->n_heads / a->n_kv_heads, rep2 = c->n_heads / nkv;
     int F = a->d_ff, step = o.ffn_step, nchunk = (F + step - 1) / step;
     int lo_ff = (int)ceil(o.min_keep * F / step), lo_rep = (int)ceil(o.min_keep * rep);
@@ -114,7 +162,11 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
     int *ftake = malloc((size_t)L * sizeof(int)), *htake = malloc((size_t)L * sizeof(int));
     int *ff = malloc((size_t)L * sizeof(int)), *nh = malloc((size_t)L * sizeof(int));
     int *heads = NULL, *neurons = NULL;
-    s = norm && sc && fval && hval && forder && horder && ftake && htake && ff && nh ? TP_OK
+    double *lbuf = o.loss_rule ? malloc(((size_t)nchunk + 2) * sizeof(double)) : NULL;
+    float *backup = o.loss_rule ? malloc((size_t)a->d_model * (size_t)F * sizeof(float)) : NULL;
+    if (o.loss_rule && (!lbuf || !backup)) s = tp_fail(TP_ERR_NOMEM, "out of memory");
+    if (o.loss_rule && o.progress) o.progress->total = (double)L * ((nchunk - lo_ff + o.probe - 1) / (o.probe > 0 ? o.probe : 4) + 1);
+    if (!s) s = norm && sc && fval && hval && forder && horder && ftake && htake && ff && nh ? TP_OK
                                                                                       : tp_fail(TP_ERR_NOMEM, "out of memory");
     for (int i = 0; i < L && !s; i++) {
         size_t sl = (size_t)p->layers[i];
@@ -136,6 +188,8 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
             for (int j = k * step; j < F && j < (k + 1) * step; j++) v += sc[j].v;
             fval[i][k] = v;
         }
+        if (o.loss_rule && (s = loss_values(&o, (int)sl, forder[i], F, step, nchunk, lo_ff, fval[i], lbuf, backup)))
+            break;
         /* heads: per kept group sorted; slot j = the j-th best head of every kept group */
         normalise(imp->heads + ((size_t)p->agg_pair * a->n_layers + sl) * a->n_heads, a->n_heads, norm);
         for (int g = 0; g < nkv; g++) {
@@ -193,6 +247,7 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
         free(horder ? horder[i] : NULL);
     }
     free(fval); free(hval); free(forder); free(horder);
+    free(lbuf); free(backup);
     free(norm); free(sc); free(ftake); free(htake); free(ff); free(nh); free(heads); free(neurons);
     return s;
 }

@@ -148,6 +148,50 @@ static tp_status check_job(const tp_prune_job *j, parsed *a) {
     return TP_OK;
 }
 
+/* The held-out samples of the budget search and of per-layer widths by loss: eval_samples
+ * windows of j->data (default the scores' calibration file) right after the calibration ones. */
+static tp_status heldout(const tp_model *m, const tp_importance *imp, const tp_prune_job *j, int32_t **ids,
+                         size_t *first_out, size_t *ne_out, int *T_out) {
+    const char *data = j->data ? j->data : imp->data;
+    if (!data) return tp_fail(TP_ERR_ARG, "held-out text: the scores name no calibration file; set data");
+    int T = j->seq_len ? j->seq_len : imp->seq_len;
+    size_t avail = 0;
+    tp_status s = tp_calib_load(m->tok, data, T, ids, &avail);
+    if (s) return s;
+    size_t ne = (size_t)j->eval_samples, first = (size_t)imp->n_samples;
+    if (ne > avail) ne = avail;
+    if (first + ne > avail) {
+        first = avail - ne;
+        tp_log(TP_LOG_WARN, "taper prune: %s has only %zu samples of %d tokens; held-out samples start at %zu and may "
+               "overlap the calibration ones", data, avail, T, first);
+    }
+    *first_out = first;
+    *ne_out = ne;
+    *T_out = T;
+    return TP_OK;
+}
+
+/* Per-layer widths by loss sensitivity on the loaded model m (the job's held-out samples). */
+static tp_status per_layer_loss(tp_model *m, const tp_importance *imp, const tp_prune_job *j, tp_prune_plan *plan) {
+    int32_t *ids = NULL;
+    size_t first = 0, ne = 0;
+    int T = 0;
+    tp_status s = heldout(m, imp, j, &ids, &first, &ne, &T);
+    if (s) return s;
+    tp_per_layer_opts o = j->per_layer_opts;
+    o.model = m;
+    o.ids = ids + first * (size_t)T;
+    o.n = ne;
+    o.seq_len = T;
+    tp_progress prog;
+    tp_progress_begin(&prog, "per-layer", 0, "fwd");
+    o.progress = &prog;
+    s = tp_prune_plan_per_layer(plan, imp, &o);
+    tp_progress_end(&prog);
+    free(ids);
+    return s;
+}
+
 /* Runs the budget search: a->shape becomes the winner; the table goes into r. */
 static tp_status search(const tp_model *m, const tp_importance *imp, const tp_prune_job *j, parsed *a,
                         tp_prune_job_result *r) {
@@ -167,19 +211,10 @@ static tp_status search(const tp_model *m, const tp_importance *imp, const tp_pr
     c = NULL;
     if (s) return s;
     const char *data = j->data ? j->data : imp->data;
-    if (!data) return tp_fail(TP_ERR_ARG, "target_params: the scores name no calibration file; set data");
-    int T = j->seq_len ? j->seq_len : imp->seq_len;
     int32_t *ids = NULL;
-    size_t avail = 0;
-    s = tp_calib_load(m->tok, data, T, &ids, &avail);
-    if (s) return s;
-    size_t ne = (size_t)j->eval_samples, first = (size_t)imp->n_samples;
-    if (ne > avail) ne = avail;
-    if (first + ne > avail) {
-        first = avail - ne;
-        tp_log(TP_LOG_WARN, "taper prune: %s has only %zu samples of %d tokens; held-out samples start at %zu and may "
-               "overlap the calibration ones", data, avail, T, first);
-    }
+    size_t ne = 0, first = 0;
+    int T = 0;
+    if ((s = heldout(m, imp, j, &ids, &first, &ne, &T))) return s;
     o.eval_ids = ids + first * (size_t)T;
     o.eval_samples = ne;
     o.seq_len = T;
@@ -234,7 +269,8 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     r->replayed = plan != NULL;
     int search_first = !plan && j->target_params;
     if (!s && !plan && !search_first) s = tp_prune_plan_make(&src, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
-    if (!s && !search_first && j->per_layer) s = tp_prune_plan_per_layer(plan, imp, &j->per_layer_opts);
+    int loss_rule = j->per_layer && j->per_layer_opts.loss_rule; /* needs the model loaded: after loading */
+    if (!s && !search_first && j->per_layer && !loss_rule) s = tp_prune_plan_per_layer(plan, imp, &j->per_layer_opts);
     if (!s && plan && plan->cfg.hetero && j->out)
         s = tp_fail(TP_ERR_UNSUPPORTED, "prune job: the plan has per-layer widths, which an HF folder cannot hold; "
                     "write the GGUF (gguf) instead of out");
@@ -242,7 +278,7 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
         /* the search evaluates candidates on the loaded model; its winner is at most the source */
         tp_config dst = plan ? plan->cfg : src;
         int want = j->stream;
-        const char *why = search_first ? "target_params" : j->gguf ? "gguf" : NULL;
+        const char *why = search_first ? "target_params" : loss_rule ? "per-layer widths by loss" : j->gguf ? "gguf" : NULL;
         if (why && want > 0)
             s = tp_fail(TP_ERR_UNSUPPORTED, "prune job: %s needs the model loaded, not streamed (give the sizes "
                         "instead, or write the HF folder and convert it)", why);
@@ -268,7 +304,8 @@ tp_status tp_prune_job_run(const tp_prune_job *j, tp_prune_job_result *r) {
     if (!s) s = r->mem.stream ? tp_model_open_streamed(j->model, &m) : tp_model_load(j->model, &m);
     if (!s && search_first) s = search(m, imp, j, &a, r);
     if (!s && search_first) s = tp_prune_plan_make(&m->cfg, imp, a.pair, &a.shape, a.rule, a.drop, a.n_drop, &plan);
-    if (!s && search_first && j->per_layer) s = tp_prune_plan_per_layer(plan, imp, &j->per_layer_opts);
+    if (!s && search_first && j->per_layer && !loss_rule) s = tp_prune_plan_per_layer(plan, imp, &j->per_layer_opts);
+    if (!s && loss_rule) s = per_layer_loss(m, imp, j, plan);
     if (!s && !plan->scores && j->scores && !(plan->scores = strdup(j->scores)))
         s = tp_fail(TP_ERR_NOMEM, "out of memory");
     if (!s && !r->mem.stream) s = tp_prune_apply(m, plan, &pm);
