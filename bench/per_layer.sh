@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Per-layer (heterogeneous) widths against the uniform shape at the same parameter count and the
 # same distillation budget (issue 17). SmolLM2-135M: one importance pass; `taper prune` to FFN
-# FFN / HEADS query heads three ways: uniform, --per-layer (neurons and heads per layer) and
-# --per-layer --per-layer-ffn-only (neurons only), each with the same neuron and head totals, so
-# the same parameters; one teacher cache (top-32) over WikiText-2 valid; every student distilled
+# FFN / HEADS query heads four ways: uniform, --per-layer (neurons and heads per layer),
+# --per-layer --per-layer-ffn-only (neurons only) and the same with --per-layer-rule loss (neurons
+# by loss sensitivity, on 4 held-out samples), each with the same neuron and head totals, so the
+# same parameters; one teacher cache (top-32) over WikiText-2 valid; every student distilled
 # STEPS steps with the same settings; then WikiText-2 test perplexity (llama.cpp protocol) and
 # zero-shot tasks, untrained and distilled. Resumable (finished stages are skipped).
 #
@@ -32,9 +33,10 @@ if [ ! -f "$WORK/scores.json" ]; then
   timed "$BIN" importance "$MODEL" --data "$DATA/wikitext2/wiki.valid.tokens" --samples 16 --seq-len 256 \
     --threads "$THREADS" -o "$WORK/scores.json" >/dev/null
 fi
-VARIANTS=(uniform per-layer ffn-only)
+VARIANTS=(uniform per-layer ffn-only loss-ffn)
 declare -A FLAGS=([uniform]="--plan-out $WORK/uniform.plan.json" [per-layer]="--per-layer"
-                  [ffn-only]="--per-layer --per-layer-ffn-only")
+                  [ffn-only]="--per-layer --per-layer-ffn-only"
+                  [loss-ffn]="--per-layer --per-layer-ffn-only --per-layer-rule loss --eval-samples 4")
 for v in "${VARIANTS[@]}"; do
   # shellcheck disable=SC2086
   [ -f "$WORK/$v.gguf" ] ||
@@ -80,7 +82,7 @@ def tasks(m):
         k = "acc_norm" if "acc_norm" in mt else "acc"
         out[f"{t['task']} {k}"] = mt[k]
     return out
-rows = [(v, tasks(v + "-student")) for v in ("uniform", "per-layer", "ffn-only")]
+rows = [(v, tasks(v + "-student")) for v in ("uniform", "per-layer", "ffn-only", "loss-ffn")]
 keys = list(rows[0][1])
 print("| student | WikiText-2 test PPL untrained | PPL distilled | " + " | ".join(keys) + " | mean |")
 print("|---|---:|---:|" + "---:|" * (len(keys) + 1))
