@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Per-layer (heterogeneous) widths against the uniform shape at the same parameter count and the
 # same distillation budget (issue 17). SmolLM2-135M: one importance pass; `taper prune` to FFN
-# FFN / HEADS query heads four ways: uniform, --per-layer (neurons and heads per layer),
-# --per-layer --per-layer-ffn-only (neurons only) and the same with --per-layer-rule loss (neurons
-# by loss sensitivity, on 4 held-out samples), each with the same neuron and head totals, so the
-# same parameters; one teacher cache (top-32) over WikiText-2 valid; every student distilled
+# FFN / HEADS query heads four ways: uniform; per-layer neurons and heads by the activation rule
+# (--per-layer-rule activation --per-layer-heads); per-layer neurons only by the activation rule;
+# per-layer neurons by loss sensitivity (the default --per-layer, on 4 held-out samples); each
+# with the same neuron and head totals, so the same parameters; one teacher cache (top-32) over WikiText-2 valid; every student distilled
 # STEPS steps with the same settings; then WikiText-2 test perplexity (llama.cpp protocol) and
 # zero-shot tasks, untrained and distilled. Resumable (finished stages are skipped).
 #
@@ -34,9 +34,10 @@ if [ ! -f "$WORK/scores.json" ]; then
     --threads "$THREADS" -o "$WORK/scores.json" >/dev/null
 fi
 VARIANTS=(uniform per-layer ffn-only loss-ffn)
-declare -A FLAGS=([uniform]="--plan-out $WORK/uniform.plan.json" [per-layer]="--per-layer"
-                  [ffn-only]="--per-layer --per-layer-ffn-only"
-                  [loss-ffn]="--per-layer --per-layer-ffn-only --per-layer-rule loss --eval-samples 4")
+declare -A FLAGS=([uniform]="--plan-out $WORK/uniform.plan.json"
+                  [per-layer]="--per-layer --per-layer-rule activation --per-layer-heads"
+                  [ffn-only]="--per-layer --per-layer-rule activation"
+                  [loss-ffn]="--per-layer --eval-samples 4")
 for v in "${VARIANTS[@]}"; do
   # shellcheck disable=SC2086
   [ -f "$WORK/$v.gguf" ] ||

@@ -63,18 +63,18 @@ static const char *HELP =
     "                      machine has available); a run that would not fit exits 1 up front\n"
     "  --dry-run           plan, print the memory estimates and the choice; read no weights, write nothing\n"
     "per-layer widths:\n"
-    "  --per-layer         redistribute the MLP neurons and the query heads (per KV group) of the uniform\n"
-    "                      target over the layers, same totals: units ranked across layers by their score\n"
-    "                      divided by their layer's mean score (docs/pruning.md). Written as GGUF only\n"
-    "                      (--gguf; llama.cpp runs it as its DeciLM graph; transformers cannot hold it);\n"
-    "                      the plan goes to --plan-out (default FILE.plan.json)\n"
+    "  --per-layer         redistribute the MLP neurons of the uniform target over the layers, same\n"
+    "                      total (so the same parameters), each layer's width chosen by loss: the\n"
+    "                      held-out LM loss of the model with one layer's MLP cut, measured every 4\n"
+    "                      chunks per layer on --eval-samples samples of --data (docs/pruning.md).\n"
+    "                      Written as GGUF only (--gguf; llama.cpp runs it as its DeciLM graph;\n"
+    "                      transformers cannot hold it); the plan goes to --plan-out (default\n"
+    "                      FILE.plan.json)\n"
+    "  --per-layer-rule R  loss (default) or activation: chunks valued by their importance scores\n"
+    "                      divided by the layer mean (fast: no forward passes)\n"
+    "  --per-layer-heads   also redistribute the query heads (per KV group, by the activation rule)\n"
     "  --per-layer-step N  a layer's MLP width is a multiple of N (default 64)\n"
     "  --per-layer-min F   each layer keeps at least this fraction of its neurons and heads (default 0.25)\n"
-    "  --per-layer-ffn-only  only the MLP widths vary; every layer keeps the uniform target's heads\n"
-    "  --per-layer-rule R  how MLP chunks are valued: activation (default; the scores, divided by the\n"
-    "                      layer mean) or loss (held-out LM loss of the model with one layer's MLP cut,\n"
-    "                      measured every 4 chunks per layer on --eval-samples samples of --data; needs\n"
-    "                      the model loaded)\n"
     "  --threads N         OpenMP threads (default: all cores)\n"
     "  --json[=FILE]       also write the numbers as JSON (stdout, or FILE)\n"
     "  -h, --help          this help\n\n"
@@ -161,7 +161,7 @@ int cmd_prune(int argc, char **argv) {
                                          {"per-layer", no_argument, 0, 'Z'},
                                          {"per-layer-step", required_argument, 0, 'W'},
                                          {"per-layer-min", required_argument, 0, 'N'},
-                                         {"per-layer-ffn-only", no_argument, 0, 'O'},
+                                         {"per-layer-heads", no_argument, 0, 'O'},
                                          {"per-layer-rule", required_argument, 0, 'R'},
                                          {"threads", required_argument, 0, 't'},
                                          {"stream", optional_argument, 0, 's'},
@@ -174,7 +174,7 @@ int cmd_prune(int argc, char **argv) {
     tp_prune_job_default(&a);
     a.mem_limit = cli_mem_limit_env();
     const char *json = NULL;
-    int threads = 0, c, rc, width_given = 0;
+    int threads = 0, c, rc, width_given = 0, heads_flag = 0, rule_flag = 0;
     float tol;
     tp_depth_rule rule;
     optind = 1;
@@ -228,11 +228,12 @@ int cmd_prune(int argc, char **argv) {
         case 'g': a.gguf = optarg; break;
         case 'G': a.gguf_type = optarg; break;
         case 'Z': a.per_layer = 1; break;
-        case 'O': a.per_layer_opts.ffn_only = 1; break;
+        case 'O': a.per_layer_opts.ffn_only = 0; heads_flag = 1; break;
         case 'R':
             if (strcmp(optarg, "activation") && strcmp(optarg, "loss"))
                 return cli_usage("prune", "--per-layer-rule must be activation or loss, got '%s'", optarg);
             a.per_layer_opts.loss_rule = !strcmp(optarg, "loss");
+            rule_flag = 1;
             break;
         case 'W': INT_OPT("--per-layer-step", 1, 1 << 24, &a.per_layer_opts.ffn_step) break;
         case 'N':
@@ -250,8 +251,8 @@ int cmd_prune(int argc, char **argv) {
 #undef INT_OPT
     if (optind != argc - 1) return cli_usage("prune", "expects exactly one MODEL");
     a.model = argv[optind];
-    if ((a.per_layer_opts.ffn_only || a.per_layer_opts.loss_rule) && !a.per_layer)
-        return cli_usage("prune", "--per-layer-ffn-only and --per-layer-rule need --per-layer");
+    if ((heads_flag || rule_flag) && !a.per_layer)
+        return cli_usage("prune", "--per-layer-heads and --per-layer-rule need --per-layer");
     if (a.per_layer && (a.out || !a.gguf || a.plan))
         return cli_usage("prune", "--per-layer writes a GGUF: give --gguf FILE and no -o (an HF folder cannot hold "
                                   "per-layer widths) and no --plan (a plan file carries its own widths)");

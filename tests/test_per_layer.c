@@ -368,8 +368,26 @@ TT_TEST(per_layer_cli) {
     snprintf(a, sizeof a, "importance %s --data %s --samples 8 --seq-len 64 -o %s/s.json", mp, txt, dir);
     if (!TT_CHECK(tt_taper(a, &out) == 0, "importance: %s", out)) goto done;
     free(out);
-    snprintf(a, sizeof a, "prune %s --scores %s/s.json --ffn 1024 --heads 6 --per-layer --gguf %s/het.gguf "
-             "--gguf-type f32 --json=%s/prune.json", mp, dir, dir, dir);
+    /* the default rule (loss, heads uniform), kept cheap: 1 held-out sample, chunks of 256 */
+    snprintf(a, sizeof a, "prune %s --scores %s/s.json --ffn 1024 --heads 6 --per-layer --per-layer-step 256 "
+             "--eval-samples 1 --gguf %s/loss.gguf", mp, dir, dir);
+    if (TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "per layer (ffn/heads):"), "prune --per-layer (loss): %s", out)) {
+        tp_config lc;
+        snprintf(a, sizeof a, "%s/loss.gguf", dir);
+        if (TT_CHECK(tp_config_load(a, &lc) == TP_OK && lc.hetero, "loss rule: per-layer widths (%s)", tp_errmsg())) {
+            int ok = 1;
+            long tf = 0;
+            for (int l = 0; l < lc.n_layers; l++) {
+                tf += tp_config_ff(&lc, l);
+                ok &= tp_config_ff(&lc, l) % 256 == 0 && tp_config_heads(&lc, l) == 6;
+            }
+            TT_CHECK(ok && tf == 1024L * lc.n_layers, "loss rule: widths in steps of 256, total %ld, 6 heads each", tf);
+        }
+    }
+    free(out);
+    out = NULL;
+    snprintf(a, sizeof a, "prune %s --scores %s/s.json --ffn 1024 --heads 6 --per-layer --per-layer-rule activation "
+             "--per-layer-heads --gguf %s/het.gguf --gguf-type f32 --json=%s/prune.json", mp, dir, dir, dir);
     if (!TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "per layer (ffn/heads):"), "prune --per-layer: %s", out))
         goto done;
     free(out);
@@ -385,6 +403,9 @@ TT_TEST(per_layer_cli) {
         long tf = 0, th = 0;
         for (int l = 0; l < L; l++) tf += tp_config_ff(&h->cfg, l), th += tp_config_heads(&h->cfg, l);
         TT_CHECK(tf == 1024L * L && th == 6L * L, "totals of the uniform target: %ld neurons, %ld heads", tf, th);
+        int hv = 0;
+        for (int l = 0; l < L; l++) hv |= tp_config_heads(&h->cfg, l) != 6;
+        TT_CHECK(hv, "--per-layer-heads: the heads vary too");
     }
     tp_model_free(h);
     tp_prune_plan_free(p);

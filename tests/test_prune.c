@@ -778,7 +778,7 @@ TT_TEST(prune_cli) {
         {"prune m.gguf --plan p.json --ffn 1024 -o x", "--plan"},
         {"prune m.gguf --scores s.json --dtype q4 -o x", "--dtype"},
         {"prune m.gguf --scores s.json --ffn 1024 --per-layer --per-layer-rule fast --gguf x.gguf", "--per-layer-rule"},
-        {"prune m.gguf --scores s.json --ffn 1024 --per-layer-ffn-only -o x", "--per-layer"},
+        {"prune m.gguf --scores s.json --ffn 1024 --per-layer-heads -o x", "--per-layer"},
     };
     for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++) {
         int rc = tt_taper(usage[i].args, &out);

@@ -437,7 +437,8 @@ typedef struct {
     int dry_run;                 /* plan, estimate and log; read no weights, write nothing */
     /* per-layer widths (tp_prune_plan_per_layer) at the uniform target's totals: needs scores and
        gguf (an HF folder cannot hold them; out must be NULL); the plan goes to plan_out, default
-       GGUF path + ".plan.json" */
+       GGUF path + ".plan.json". tp_prune_job_default sets per_layer_opts to MLP widths by loss
+       (on eval_samples held-out samples of data, the model loaded) with uniform heads */
     int per_layer;
     tp_per_layer_opts per_layer_opts;
 } tp_prune_job;

@@ -61,9 +61,9 @@ tp_status tp_prune_plan_save(const tp_prune_plan *p, const char *path) {
     ok = ok && cJSON_AddStringToObject(r, "depth", p->cfg.n_layers == p->src.n_layers ? "none (all layers kept)"
                                                    : tp_depth_rule_name(p->depth_rule));
     if (ok && c->hetero)
-        ok = cJSON_AddStringToObject(r, "widths", "per layer: MLP neurons and query heads per KV group redistributed "
-                                                  "over the layers at the uniform target's totals, by scores divided "
-                                                  "by their layer's mean") != NULL;
+        ok = cJSON_AddStringToObject(r, "widths", "per layer: MLP neurons (and query heads per KV group) "
+                                                  "redistributed over the layers at the uniform target's totals "
+                                                  "(taper prune --per-layer); each layer lists its own") != NULL;
     if (ok && p->agg_pair >= 0) {
         cJSON *a = cJSON_AddObjectToObject(r, "aggregation");
         ok = a && cJSON_AddStringToObject(a, "batch", tp_agg_name((tp_agg)(p->agg_pair / 3))) &&

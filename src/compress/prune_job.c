@@ -22,6 +22,9 @@ void tp_prune_job_default(tp_prune_job *j) {
     j->max_candidates = 12;
     j->eval_samples = 16;
     tp_per_layer_opts_default(&j->per_layer_opts);
+    /* what measured best on SmolLM2 (bench/RESULTS.md): MLP widths by loss, heads uniform */
+    j->per_layer_opts.loss_rule = 1;
+    j->per_layer_opts.ffn_only = 1;
 }
 
 void tp_prune_job_result_free(tp_prune_job_result *r) {
