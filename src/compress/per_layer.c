@@ -19,6 +19,7 @@
 
 #include "taper/compress.h"
 #include "model/kernels.h"
+#include "rank_internal.h"
 
 void tp_per_layer_opts_default(tp_per_layer_opts *o) {
     memset(o, 0, sizeof *o);
@@ -65,21 +66,6 @@ static tp_status loss_values(const tp_per_layer_opts *o, int sl, const int *orde
     return TP_OK;
 }
 
-typedef struct {
-    double v;
-    int i;
-} scored;
-
-static int by_score_desc(const void *a, const void *b) {
-    const scored *x = a, *y = b;
-    if (x->v != y->v) return x->v > y->v ? -1 : 1;
-    return x->i - y->i;
-}
-
-static int by_int(const void *a, const void *b) {
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
 
 /* Units of L layers; layer l offers unit values val[l][0..n) (falling), unit k holding size[k]
  * elements (every unit size elements, the last one possibly fewer: n_elem[l] in all). Each layer
@@ -155,8 +141,9 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
                        "heads per group), more than the uniform target (%d, %d); lower the minimum", 100 * o.min_keep,
                        lo_ff_elems, lo_rep, c->d_ff, rep2);
 
+    if (rep > 256) return tp_fail(TP_ERR_UNSUPPORTED, "per-layer widths: GQA groups of %d heads (at most 256)", rep);
     double *norm = malloc((size_t)(F > a->n_heads ? F : a->n_heads) * sizeof(double));
-    scored *sc = malloc((size_t)F * sizeof *sc);
+    tp_ranked *sc = malloc((size_t)F * sizeof *sc);
     double **fval = calloc((size_t)L, sizeof *fval), **hval = calloc((size_t)L, sizeof *hval);
     int **forder = calloc((size_t)L, sizeof *forder), **horder = calloc((size_t)L, sizeof *horder);
     int *ftake = malloc((size_t)L * sizeof(int)), *htake = malloc((size_t)L * sizeof(int));
@@ -180,12 +167,12 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
         }
         /* neurons: normalised, sorted, summed in chunks */
         normalise(imp->neurons + ((size_t)p->agg_pair * a->n_layers + sl) * F, F, norm);
-        for (int j = 0; j < F; j++) sc[j] = (scored){norm[j], j};
-        qsort(sc, (size_t)F, sizeof *sc, by_score_desc);
-        for (int j = 0; j < F; j++) forder[i][j] = sc[j].i;
+        for (int j = 0; j < F; j++) sc[j] = (tp_ranked){norm[j], j};
+        qsort(sc, (size_t)F, sizeof *sc, tp_ranked_desc);
+        for (int j = 0; j < F; j++) forder[i][j] = sc[j].idx;
         for (int k = 0; k < nchunk; k++) {
             double v = 0;
-            for (int j = k * step; j < F && j < (k + 1) * step; j++) v += sc[j].v;
+            for (int j = k * step; j < F && j < (k + 1) * step; j++) v += sc[j].score;
             fval[i][k] = v;
         }
         if (o.loss_rule && (s = loss_values(&o, (int)sl, forder[i], F, step, nchunk, lo_ff, fval[i], lbuf, backup)))
@@ -194,17 +181,16 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
         normalise(imp->heads + ((size_t)p->agg_pair * a->n_layers + sl) * a->n_heads, a->n_heads, norm);
         for (int g = 0; g < nkv; g++) {
             int grp = p->kv_groups[(size_t)i * nkv + g];
-            scored hs[256];
-            int r = rep < 256 ? rep : 256;
-            for (int j = 0; j < r; j++) hs[j] = (scored){norm[grp * rep + j], grp * rep + j};
-            qsort(hs, (size_t)r, sizeof *hs, by_score_desc);
+            tp_ranked hs[256];
+            int r = rep;
+            for (int j = 0; j < r; j++) hs[j] = (tp_ranked){norm[grp * rep + j], grp * rep + j};
+            qsort(hs, (size_t)r, sizeof *hs, tp_ranked_desc);
             for (int j = 0; j < r; j++) {
-                horder[i][g * rep + j] = hs[j].i;
-                hval[i][j] += hs[j].v;
+                horder[i][g * rep + j] = hs[j].idx;
+                hval[i][j] += hs[j].score;
             }
         }
     }
-    if (!s && rep > 256) s = tp_fail(TP_ERR_UNSUPPORTED, "per-layer widths: GQA groups of %d heads (at most 256)", rep);
     if (!s) {
         allocate(L, fval, nchunk, step, F, lo_ff, (long)L * c->d_ff, ftake);
         allocate(L, hval, rep, 1, rep, lo_rep, (long)L * rep2, htake);
@@ -221,11 +207,11 @@ tp_status tp_prune_plan_per_layer(tp_prune_plan *p, const tp_importance *imp, co
         for (int i = 0; i < L && !s; i++) {
             int *nr = neurons + (size_t)i * max_ff, *hd = heads + (size_t)i * max_h, r2 = htake[i];
             memcpy(nr, forder[i], (size_t)ff[i] * sizeof(int));
-            qsort(nr, (size_t)ff[i], sizeof(int), by_int);
+            qsort(nr, (size_t)ff[i], sizeof(int), tp_int_asc);
             for (int j = ff[i]; j < max_ff; j++) nr[j] = 0;
             for (int g = 0; g < nkv; g++) {
                 memcpy(hd + g * r2, horder[i] + g * rep, (size_t)r2 * sizeof(int));
-                qsort(hd + g * r2, (size_t)r2, sizeof(int), by_int);
+                qsort(hd + g * r2, (size_t)r2, sizeof(int), tp_int_asc);
             }
             for (int j = nkv * r2; j < max_h; j++) hd[j] = 0;
         }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "taper/compress.h"
+#include "rank_internal.h"
 #include "model/model_internal.h"
 
 static const char *const rule_names[] = {"auto", "block", "block-metric", "loss", "bi", "list"};
@@ -95,31 +96,15 @@ size_t tp_prune_shape_params(const tp_config *src, const tp_prune_shape *shape) 
 /* ------------------------------------------------------------------------------------------ */
 /* ranking */
 
-typedef struct {
-    double score;
-    int idx;
-} ranked;
-
-/* Higher score first; ties keep the lower index first. */
-static int cmp_ranked(const void *a, const void *b) {
-    const ranked *x = a, *y = b;
-    if (x->score != y->score) return x->score > y->score ? -1 : 1;
-    return x->idx - y->idx;
-}
-
-static int cmp_int(const void *a, const void *b) {
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
 
 /* The k indices (offset + i*stride for i in 0..n-1) with the highest scores, ascending. */
 static tp_status top_k(const double *scores, int n, int k, int offset, int *out) {
-    ranked *r = malloc((size_t)n * sizeof *r);
+    tp_ranked *r = malloc((size_t)n * sizeof *r);
     if (!r) return tp_fail(TP_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < n; i++) r[i] = (ranked){scores[i], i};
-    qsort(r, (size_t)n, sizeof *r, cmp_ranked);
+    for (int i = 0; i < n; i++) r[i] = (tp_ranked){scores[i], i};
+    qsort(r, (size_t)n, sizeof *r, tp_ranked_desc);
     for (int i = 0; i < k; i++) out[i] = offset + r[i].idx;
-    qsort(out, (size_t)k, sizeof *out, cmp_int);
+    qsort(out, (size_t)k, sizeof *out, tp_int_asc);
     free(r);
     return TP_OK;
 }

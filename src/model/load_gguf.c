@@ -34,7 +34,7 @@ static tp_status get_u32(const tp_gguf *g, const char *arch, const char *key, in
 }
 
 /* A per-layer width key: a scalar (every layer) or an array of n_layers integers (llama.cpp's
- * get_key_or_arr). out[0..n_layers) gets the values; *uniform is 1 when they are all equal. */
+ * get_key_or_arr). out[0..n_layers) gets the values. */
 static tp_status get_u32_or_arr(const tp_gguf *g, const char *arch, const char *key, int n_layers, int *out) {
     char full[128];
     snprintf(full, sizeof full, "%s.%s", arch, key);

@@ -61,8 +61,7 @@ static size_t layout(tp_model *m, float *base) {
 static size_t layout_streamed(tp_model *m, float *base) {
     cursor cu = {base, 0};
     tp_layer slot;
-    tp_config widest = m->cfg; /* the slot holds the widest layer */
-    tp_config_set_widths(&widest, NULL, NULL);
+    tp_config widest = m->cfg; /* the slot holds the widest layer (d_ff, n_heads) */
     widest.hetero = 0;
     memset(widest.layer_ff, 0, sizeof widest.layer_ff);
     memset(widest.layer_heads, 0, sizeof widest.layer_heads);
