@@ -7,12 +7,62 @@
 
 typedef struct { float p; int32_t id; } cand;
 
+/* The candidates' order: probability descending, then id ascending (a total order). */
+static int before(const cand *x, const cand *y) { return x->p != y->p ? x->p > y->p : x->id < y->id; }
+
 static int by_prob_desc(const void *a, const void *b) {
     const cand *x = a, *y = b;
-    if (x->p != y->p) return x->p < y->p ? 1 : -1;
-    return x->id < y->id ? -1 : (x->id > y->id);
+    return before(x, y) ? -1 : before(y, x);
 }
 
+static void swap_cand(cand *a, cand *b) {
+    cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Rearranges c[0..n) so that c[0..k) hold its k first candidates in that order, unsorted among
+ * themselves: quickselect, median-of-three pivot, O(n) on average. Invariant: everything in
+ * c[0..lo) comes before everything in c[lo..n), and c[0..hi) before c[hi..n). */
+static void select_first(cand *c, size_t n, size_t k) {
+    size_t lo = 0, hi = n;
+    while (lo < k && k < hi) {
+        size_t mid = lo + (hi - lo) / 2, last = hi - 1;
+        if (before(&c[mid], &c[lo])) swap_cand(&c[mid], &c[lo]);
+        if (before(&c[last], &c[lo])) swap_cand(&c[last], &c[lo]);
+        if (before(&c[mid], &c[last])) swap_cand(&c[mid], &c[last]); /* the median is now at last */
+        cand pv = c[last];
+        size_t store = lo;
+        for (size_t i = lo; i < last; i++)
+            if (before(&c[i], &pv)) swap_cand(&c[i], &c[store++]);
+        swap_cand(&c[store], &c[last]);
+        if (k <= store) hi = store;
+        else lo = store + 1;
+    }
+}
+
+/* The walk over the candidates in order, sorting lazily: c[0..sorted) are the first ones in
+ * order; at(i) extends that (by selection, then sorting the new part) until i is inside. */
+typedef struct {
+    cand *c;
+    size_t n, sorted;
+} walk;
+
+static const cand *at(walk *w, size_t i) {
+    if (i >= w->sorted) {
+        size_t k = w->sorted * 4 > i + 1 ? w->sorted * 4 : i + 1;
+        if (k < 256) k = 256;
+        if (k > w->n) k = w->n;
+        select_first(w->c + w->sorted, w->n - w->sorted, k - w->sorted);
+        qsort(w->c + w->sorted, k - w->sorted, sizeof *w->c, by_prob_desc);
+        w->sorted = k;
+    }
+    return &w->c[i];
+}
+
+/* In the candidates' order: keep the top_k first, then the fewest whose mass reaches top_p of
+ * theirs, then draw one in proportion to its weight. Only the part of the order the walk reaches
+ * is sorted (a few hundred candidates typically, not the vocabulary). */
 int32_t tp_sample(float *logits, int vocab, const tp_sampler *s, tp_rng *rng) {
     int32_t best = 0;
     for (int i = 1; i < vocab; i++)
@@ -21,32 +71,41 @@ int32_t tp_sample(float *logits, int vocab, const tp_sampler *s, tp_rng *rng) {
     float mx = logits[best];
     cand *c = malloc((size_t)vocab * sizeof *c);
     if (!c) return best;
-    double sum = 0;
+    double total = 0;
     for (int i = 0; i < vocab; i++) {
         c[i].p = expf((logits[i] - mx) / s->temperature);
         c[i].id = i;
-        sum += c[i].p;
+        total += c[i].p;
     }
-    qsort(c, (size_t)vocab, sizeof *c, by_prob_desc);
-    int n = vocab;
-    if (s->top_k > 0 && s->top_k < n) n = s->top_k;
-    double kept = 0;
-    for (int i = 0; i < n; i++) kept += c[i].p;
+    walk w = {c, (size_t)vocab, 0};
+    size_t n = (size_t)vocab;
+    double kept = total;
+    if (s->top_k > 0 && (size_t)s->top_k < n) {
+        n = (size_t)s->top_k;
+        kept = 0;
+        for (size_t i = 0; i < n; i++) kept += at(&w, i)->p;
+    }
     if (s->top_p > 0 && s->top_p < 1) {
         double acc = 0;
-        for (int i = 0; i < n; i++) {
-            acc += c[i].p;
-            if (acc >= s->top_p * kept) { n = i + 1; break; }
+        for (size_t i = 0; i < n; i++) {
+            acc += at(&w, i)->p;
+            if (acc >= s->top_p * kept) {
+                n = i + 1;
+                break;
+            }
         }
         kept = acc < kept ? acc : kept;
     }
-    (void)sum;
     double u = tp_rng_uniform(rng) * kept, acc = 0;
-    int32_t pick = c[n - 1].id;
-    for (int i = 0; i < n; i++) {
-        acc += c[i].p;
-        if (u < acc) { pick = c[i].id; break; }
+    int32_t pick = -1;
+    for (size_t i = 0; i < n; i++) {
+        acc += at(&w, i)->p;
+        if (u < acc) {
+            pick = c[i].id;
+            break;
+        }
     }
+    if (pick < 0) pick = at(&w, n - 1)->id; /* u at the rounding edge of the mass */
     free(c);
     return pick;
 }
