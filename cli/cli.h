@@ -53,6 +53,7 @@ double cli_mem_limit_env(void);
 int cli_train_main(int argc, char **argv, const tp_distill_job *d);
 
 int cmd_info(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
 int cmd_convert(int argc, char **argv);

@@ -35,6 +35,7 @@ static const struct {
     {"distill", cmd_distill, "knowledge distillation of a student from a teacher (train + KD losses)"},
     {"teacher-cache", cmd_teacher_cache, "precompute a teacher's top-k logits over the training windows"},
     {"compress", cmd_compress, "the whole recipe: importance, prune, distil, evaluate, export, report"},
+    {"bench", cmd_bench, "prompt and generation speed, batched (llama-batched-bench's protocol)"},
 };
 
 static void usage(FILE *f) {

@@ -25,4 +25,15 @@ tp_status tp_generate(const tp_model *m, const int32_t *prompt, size_t n_prompt,
                       const tp_sampler *s, tp_rng *rng, tp_token_cb cb, void *user, int32_t **out,
                       size_t *n_out);
 
+/* Decoding speed as llama.cpp's llama-batched-bench measures it: batch sequences of n_prompt
+ * tokens each are read in one forward (the prompt phase; each sequence's last logits computed),
+ * then n_gen steps each decode one token of every sequence (greedy, the token fed back). The
+ * prompt ids are fixed pseudo-random ones. One untimed decode step of the same batch runs first
+ * (warm-up). Times are wall-clock seconds. */
+typedef struct {
+    int batch, n_prompt, n_gen;
+    double t_prompt, t_gen; /* results */
+} tp_decode_bench;
+tp_status tp_bench_decode(const tp_model *m, tp_decode_bench *b);
+
 #endif

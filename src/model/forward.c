@@ -147,9 +147,10 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
     size_t N = (size_t)B * T, d = (size_t)c->d_model;
     int hd = c->head_dim, nh = tp_config_heads(c, layer), nkv = c->n_kv_heads;
     size_t qd = (size_t)nh * hd, kvd = (size_t)nkv * hd;
-    tp_matmul_wt(b->h, L->wq, L->bq, b->q, N, d, qd);
-    tp_matmul_wt(b->h, L->wk, L->bk, b->k, N, d, kvd);
-    tp_matmul_wt(b->h, L->wv, L->bv, b->v, N, d, kvd);
+    const float *W3[3] = {L->wq, L->wk, L->wv}, *b3[3] = {L->bq, L->bk, L->bv};
+    float *Y3[3] = {b->q, b->k, b->v};
+    size_t o3[3] = {qd, kvd, kvd};
+    tp_matmul_wt_shared(b->h, N, d, 3, W3, b3, Y3, o3);
     if (c->qk_norm) { /* every head's row normalised over head_dim, before RoPE */
         norm_rows(c, b->q, L->q_norm, b->q, N * (size_t)nh, (size_t)hd, b->normw);
         norm_rows(c, b->k, L->k_norm, b->k, N * (size_t)nkv, (size_t)hd, b->normw);
@@ -266,8 +267,10 @@ static void layer_forward(const tp_model *m, int l, fwd_buf *b, int B, int T, tp
     add_inplace(b->x, b->proj, N * d);
     norm_rows(c, b->x, L->mlp_norm, b->h, N, d, b->normw);
     HOOK(TP_HOOK_MLP_NORM, b->h, d);
-    tp_matmul_wt(b->h, L->w_gate, NULL, b->g, N, d, ff);
-    tp_matmul_wt(b->h, L->w_up, NULL, b->u, N, d, ff);
+    const float *W2[2] = {L->w_gate, L->w_up};
+    float *Y2[2] = {b->g, b->u};
+    size_t o2[2] = {ff, ff};
+    tp_matmul_wt_shared(b->h, N, d, 2, W2, NULL, Y2, o2);
     HOOK(TP_HOOK_MLP_GATE, b->g, ff);
     HOOK(TP_HOOK_MLP_UP, b->u, ff);
     if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul(b->g, b->u, N * ff);

@@ -52,6 +52,10 @@ static int in_parallel(void) {
 }
 
 static int g_prec = TP_PREC_FP32;
+static int g_decode_kernels = 1;
+
+void tp_set_decode_kernels(int on) { g_decode_kernels = on != 0; }
+int tp_decode_kernels(void) { return g_decode_kernels; }
 static int g_backend = -1; /* resolved lazily: TP_GEMM_* */
 
 void tp_gemm_set_precision(int prec) { g_prec = prec == TP_PREC_BF16 ? TP_PREC_BF16 : TP_PREC_FP32; }
@@ -448,6 +452,8 @@ static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha,
 #endif
 
 /* Products below this many multiply-adds go to BLAS even when oneDNN is the backend. */
+/* B matrices from this many elements take the skinny path when A has few rows. */
+#define SKINNY_MIN_WORK ((size_t)1 << 14)
 #define DNNL_MIN_WORK ((size_t)1 << 18)
 
 static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -462,6 +468,13 @@ static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha,
         return;
     }
     int be = tp_gemm_backend();
+    /* decoding's matrix-vector products: a few rows times a weight's transpose */
+    if (g_decode_kernels && !ta && tb && M <= TP_SKINNY_MAX_M && be != TP_GEMM_LOOPS && (size_t)N * K >= SKINNY_MIN_WORK) {
+        int par = (size_t)M * N * K >= TP_PAR_MIN_WORK && !in_parallel();
+        if (!bf16 && tp_skinny_f32(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, par) == 0) return;
+        const uint16_t *h = bf16 && (size_t)ldb == (size_t)K ? bf16_lookup(B, (size_t)N * K) : NULL;
+        if (h && tp_skinny_bf16(M, N, K, alpha, A, lda, h, beta, C, ldc, par) == 0) return;
+    }
 #ifdef TP_HAVE_DNNL
     if (be == TP_GEMM_DNNL && (beta == 0.0f || beta == 1.0f) && (size_t)M * N * K >= DNNL_MIN_WORK && !in_parallel() &&
         gemm_dnnl(bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0)
@@ -470,6 +483,22 @@ static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha,
     (void)be;
     if (bf16 && gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0) return;
     gemm_fp32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+int tp_sgemm_prec_shared(int M, int K, const float *A, int lda, int n, const float *const *B, const int *N,
+                         float *const *C) {
+    if (!g_decode_kernels || n < 1 || n > 4 || M > TP_SKINNY_MAX_M || tp_gemm_backend() == TP_GEMM_LOOPS) return -1;
+    int bf16 = g_prec == TP_PREC_BF16;
+    tp_skinny_seg seg[4];
+    size_t work = 0;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *h = bf16 ? bf16_lookup(B[i], (size_t)N[i] * K) : NULL;
+        if (bf16 && !h) return -1;
+        seg[i] = (tp_skinny_seg){B[i], h, N[i], K, C[i], N[i]};
+        work += (size_t)N[i] * K;
+    }
+    int par = (size_t)M * work >= TP_PAR_MIN_WORK && !in_parallel();
+    return tp_skinny_multi(bf16, M, K, 1.0f, A, lda, 0.0f, n, seg, par);
 }
 
 void tp_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,

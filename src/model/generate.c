@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "taper/generate.h"
+#include "taper/util.h"
 
 typedef struct { float p; int32_t id; } cand;
 
@@ -145,5 +146,58 @@ done:
     free(ids);
     free(logits);
     tp_kvcache_free(kv);
+    return st;
+}
+
+static void argmax_rows(const float *logits, int B, int V, int32_t *out) {
+    for (int b = 0; b < B; b++) {
+        const float *row = logits + (size_t)b * (size_t)V;
+        int32_t best = 0;
+        for (int i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        out[b] = best;
+    }
+}
+
+tp_status tp_bench_decode(const tp_model *m, tp_decode_bench *r) {
+    int B = r->batch, P = r->n_prompt, G = r->n_gen, V = m->cfg.vocab;
+    r->t_prompt = r->t_gen = 0;
+    if (B < 1 || P < 1 || G < 0)
+        return tp_fail(TP_ERR_ARG, "bench: batch %d and prompt %d must be >= 1, generated tokens %d >= 0", B, P, G);
+    if ((size_t)P + (size_t)G > (size_t)m->cfg.max_pos)
+        return tp_fail(TP_ERR_ARG, "bench: prompt %d + generated %d tokens exceed the model's context %d", P, G,
+                       m->cfg.max_pos);
+    size_t np;
+    if (tp_mul_overflow((size_t)B, (size_t)P, &np)) return tp_fail(TP_ERR_ARG, "bench: batch x prompt overflows");
+    int32_t *ids = malloc(np * sizeof *ids), *next = malloc((size_t)B * sizeof *next);
+    float *logits = malloc((size_t)B * (size_t)V * sizeof *logits);
+    tp_kvcache *kv = NULL, *warm = NULL;
+    tp_status st = ids && next && logits ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
+    if (!st) st = tp_kvcache_alloc(&m->cfg, B, P + G, &kv);
+    if (!st) st = tp_kvcache_alloc(&m->cfg, B, 1, &warm);
+    if (!st) {
+        tp_rng rng;
+        tp_rng_seed(&rng, 1234);
+        for (size_t i = 0; i < np; i++) ids[i] = (int32_t)(tp_rng_uniform(&rng) * V);
+        st = tp_forward(m, ids, B, 1, warm, logits, 1); /* warm-up: the decode step's shapes */
+    }
+    double t0 = tp_time_s();
+    if (!st) st = tp_forward(m, ids, B, P, kv, logits, 1);
+    double t1 = tp_time_s();
+    if (!st) argmax_rows(logits, B, V, next);
+    for (int g = 0; g < G && !st; g++) {
+        st = tp_forward(m, next, B, 1, kv, logits, 1);
+        if (!st) argmax_rows(logits, B, V, next);
+    }
+    double t2 = tp_time_s();
+    if (!st) {
+        r->t_prompt = t1 - t0;
+        r->t_gen = t2 - t1;
+    }
+    tp_kvcache_free(kv);
+    tp_kvcache_free(warm);
+    free(ids);
+    free(next);
+    free(logits);
     return st;
 }

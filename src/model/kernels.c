@@ -3,6 +3,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
@@ -115,6 +116,24 @@ void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, s
 #endif
 }
 
+void tp_matmul_wt_shared(const float *X, size_t N, size_t in, int n, const float *const *W, const float *const *bias,
+                         float *const *Y, const size_t *out) {
+    int No[4];
+    int fits = n >= 1 && n <= 4 && N <= TP_SKINNY_MAX_M && in <= (size_t)INT32_MAX;
+    for (int i = 0; fits && i < n; i++) {
+        fits = out[i] <= (size_t)INT32_MAX;
+        No[i] = (int)out[i];
+    }
+    if (!fits || tp_sgemm_prec_shared((int)N, (int)in, X, (int)in, n, W, No, Y) != 0) {
+        for (int i = 0; i < n; i++) tp_matmul_wt(X, W[i], bias ? bias[i] : NULL, Y[i], N, in, out[i]);
+        return;
+    }
+    for (int i = 0; bias && i < n; i++)
+        if (bias[i])
+            for (size_t r = 0; r < N; r++)
+                for (size_t o = 0; o < out[i]; o++) Y[i][r * out[i] + o] += bias[i][o];
+}
+
 void tp_rmsnorm(const float *x, const float *w, float *out, size_t N, size_t d, float eps) {
 #pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
@@ -186,9 +205,73 @@ static void softmax_causal_rows(float *S, int T, int Tk, int p0, int window) {
     }
 }
 
+static float dot_f32(const float *a, const float *b, int n) {
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    for (int e = 0; e < n; e += 16) {
+        __mmask16 m = tail_mask((size_t)(n - e));
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + e), _mm512_maskz_loadu_ps(m, b + e), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+#else
+    float acc = 0;
+    for (int e = 0; e < n; e++) acc += a[e] * b[e];
+    return acc;
+#endif
+}
+
+/* out(hd) = sum over keys j in [lo, hi) of p[j] * V row j, times mul */
+static void weighted_rows(const float *p, const float *V, size_t ldk, int lo, int hi, int hd, float mul, float *out) {
+#if defined(__AVX512F__)
+    for (int e0 = 0; e0 < hd; e0 += 128) { /* up to 8 registers of the output at a time */
+        int nv = (hd - e0 + 15) / 16 < 8 ? (hd - e0 + 15) / 16 : 8;
+        __m512 acc[8];
+        __mmask16 mk[8];
+        for (int v = 0; v < nv; v++) {
+            acc[v] = _mm512_setzero_ps();
+            mk[v] = tail_mask((size_t)(hd - e0 - 16 * v));
+        }
+        for (int j = lo; j < hi; j++) {
+            __m512 pj = _mm512_set1_ps(p[j]);
+            const float *vr = V + (size_t)j * ldk + e0;
+            for (int v = 0; v < nv; v++)
+                acc[v] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mk[v], vr + 16 * v), acc[v]);
+        }
+        for (int v = 0; v < nv; v++)
+            _mm512_mask_storeu_ps(out + e0 + 16 * v, mk[v], _mm512_mul_ps(acc[v], _mm512_set1_ps(mul)));
+    }
+#else
+    for (int e = 0; e < hd; e++) {
+        float acc = 0;
+        for (int j = lo; j < hi; j++) acc += p[j] * V[(size_t)j * ldk + e];
+        out[e] = acc * mul;
+    }
+#endif
+}
+
+/* A few query rows (decoding): scores, softmax and the weighted sum of V row by row, without the
+ * general product (a product call per head and row costs more than the work at T = 1). */
+static void attention_rows_direct(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
+                                  float *out, size_t ldo, int T, int p0, int window, int hd, float scale, float *S) {
+    int Tk = p0 + T;
+    for (int i = 0; i < T; i++) {
+        float *r = S + (size_t)i * Tk;
+        const float *q = Q + (size_t)i * ldq;
+        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        for (int j = lo; j < nvis; j++) r[j] = scale * dot_f32(q, K + (size_t)j * ldk, hd);
+        float mx = tp_vmax(r + lo, (size_t)(nvis - lo));
+        float inv = (float)(1.0 / tp_exp_shift_sum(r + lo, mx, r + lo, (size_t)(nvis - lo)));
+        weighted_rows(r, V, ldk, lo, nvis, hd, inv, out + (size_t)i * ldo);
+    }
+}
+
 void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                        size_t ldo, int T, int p0, int window, int hd, float scale, float *S) {
     int Tk = p0 + T;
+    if (T <= TP_ATT_DIRECT && tp_decode_kernels()) {
+        attention_rows_direct(Q, ldq, K, V, ldk, out, ldo, T, p0, window, hd, scale, S);
+        return;
+    }
     if (T > TP_ATT_BLOCK) { /* blocks of query rows: only the causal part is computed (about half) */
         float *lse = S + (size_t)TP_ATT_BLOCK * (size_t)Tk; /* fits: (T - 64) * Tk >= Tk >= T */
         tp_attention_head_lse(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, window, hd, scale, S);

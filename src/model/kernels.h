@@ -53,6 +53,45 @@ float tp_bf16_to_f32(unsigned short h);
 /* n values at once (AVX512-BF16 when the build targets it): the same bits as tp_f32_to_bf16. */
 void tp_bf16_convert(const float *src, size_t n, unsigned short *dst);
 
+/* Skinny products (src/model/skinny.c): C(M,N) = alpha * A(M,K) B(N,K)^T, + C when beta == 1
+ * (beta 0 or 1 only), for 1 <= M <= TP_SKINNY_MAX_M rows: each row of B read once for all M rows
+ * (decoding's matrix-vector products). _bf16 takes B as bf16 (a registered weight copy, rows K
+ * apart) and rounds A to bf16, accumulating in fp32. par: split the rows of B between the OpenMP
+ * threads. Return -1 (nothing done) when the build has no AVX-512 (AVX512-BF16 for _bf16) or the
+ * shape is outside these limits. */
+#define TP_SKINNY_MAX_M 4
+/* The decoding kernels (skinny products, direct attention of a few query rows) are used by
+ * default; off, every product goes to the general GEMM (tests compare the two paths). */
+void tp_set_decode_kernels(int on);
+int tp_decode_kernels(void);
+/* One product of several sharing A (q/k/v, gate/up): segment i is C_i(M,N_i) from B_i(N_i,K) (fp32
+ * B with row stride ldb, or bf16 Bh with rows K apart), all in one parallel pass. */
+typedef struct {
+    const float *B;
+    const unsigned short *Bh;
+    int N, ldb;
+    float *C;
+    int ldc;
+} tp_skinny_seg;
+int tp_skinny_multi(int bf16, int M, int K, float alpha, const float *A, int lda, float beta, int nseg,
+                    const tp_skinny_seg *seg, int par);
+int tp_skinny_f32(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                  float *C, int ldc, int par);
+int tp_skinny_bf16(int M, int N, int K, float alpha, const float *A, int lda, const unsigned short *Bh, float beta,
+                   float *C, int ldc, int par);
+
+/* C_i(M,N_i) = A(M,K) B_i(N_i,K)^T for n <= 4 weights sharing A, in the precision of tp_sgemm_prec,
+ * as one skinny pass when M <= TP_SKINNY_MAX_M (each C_i dense, N_i wide). -1 when that path does
+ * not apply (more rows, no AVX-512, a bf16 copy missing, the loops backend): nothing is done. */
+int tp_sgemm_prec_shared(int M, int K, const float *A, int lda, int n, const float *const *B, const int *N,
+                         float *const *C);
+
+/* Y_i(N,out_i) = X(N,in) W_i(out_i,in)^T (+ bias_i) for n <= 4 products of one input: one pass
+ * over the weights while decoding (tp_sgemm_prec_shared), tp_matmul_wt each otherwise. bias may be
+ * NULL, or hold NULLs. */
+void tp_matmul_wt_shared(const float *X, size_t N, size_t in, int n, const float *const *W, const float *const *bias,
+                         float *const *Y, const size_t *out);
+
 /* Y(N,out) = X(N,in) * W(out,in)^T (+ bias(out) if bias != NULL). BLAS when built with it. */
 void tp_matmul_wt(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in, size_t out);
 void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in, size_t out);
@@ -126,6 +165,8 @@ void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float
 
 /* Rows of query block size used by the blocked attention kernels below. */
 #define TP_ATT_BLOCK 64
+/* Up to this many query rows (decoding), tp_attention_head works row by row without products. */
+#define TP_ATT_DIRECT 4
 
 /* tp_attention_head that also writes lse(T): row i's log sum_j exp(scale q_i.k_j) over its
  * visible keys (what the backward needs to recompute the probabilities). Processes query rows

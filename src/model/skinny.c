@@ -1,0 +1,202 @@
+/* Skinny products: C(M,N) = alpha * A(M,K) B(N,K)^T (+ C) for a handful of rows M, the shape of
+ * every weight product while decoding (M = the sequences decoded together, often 1). Such a
+ * product is a matrix-vector product that reads all of B once and does little arithmetic per
+ * element, so its speed is the speed of streaming B from memory; the general GEMM libraries
+ * pack B first (another pass over it) or fall back to slower paths at M = 1. Here each row of B
+ * is loaded once into registers and multiplied with all M rows of A; four rows of B at a time,
+ * output rows split between the threads.
+ *
+ * bf16: B is the registered bf16 copy of a weight and A is rounded to bf16 (round to nearest
+ * even), multiplied with AVX512-BF16's dot-product instruction and accumulated in fp32: the same
+ * "bf16 inputs, fp32 accumulation" as the oneDNN path, in another summation order. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kernels.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+
+/* dot products of rows b[0..nb) (nb <= 4) with rows a[0..M) (M <= TP_SKINNY_MAX_M) over K floats */
+static inline __attribute__((always_inline)) void dots_f32(const int M, int nb, int K, const float *A, int lda,
+                                                          const float *const *b, float out[4][TP_SKINNY_MAX_M]) {
+    __m512 acc[4][TP_SKINNY_MAX_M];
+    for (int j = 0; j < 4; j++)
+        for (int m = 0; m < M; m++) acc[j][m] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 x[TP_SKINNY_MAX_M];
+        for (int m = 0; m < M; m++) x[m] = _mm512_loadu_ps(A + (size_t)m * lda + k);
+        for (int j = 0; j < nb; j++) {
+            __m512 w = _mm512_loadu_ps(b[j] + k);
+            for (int m = 0; m < M; m++) acc[j][m] = _mm512_fmadd_ps(w, x[m], acc[j][m]);
+        }
+    }
+    if (k < K) {
+        __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        __m512 x[TP_SKINNY_MAX_M];
+        for (int m = 0; m < M; m++) x[m] = _mm512_maskz_loadu_ps(mk, A + (size_t)m * lda + k);
+        for (int j = 0; j < nb; j++) {
+            __m512 w = _mm512_maskz_loadu_ps(mk, b[j] + k);
+            for (int m = 0; m < M; m++) acc[j][m] = _mm512_fmadd_ps(w, x[m], acc[j][m]);
+        }
+    }
+    for (int j = 0; j < nb; j++)
+        for (int m = 0; m < M; m++) out[j][m] = _mm512_reduce_add_ps(acc[j][m]);
+}
+
+#if defined(__AVX512BF16__)
+/* the same over K bf16 values (a: M rows of bf16, K apart) */
+static inline __attribute__((always_inline)) void dots_bf16(const int M, int nb, int K, const uint16_t *a,
+                                                           const uint16_t *const *b,
+                                                           float out[4][TP_SKINNY_MAX_M]) {
+    __m512 acc[4][TP_SKINNY_MAX_M];
+    for (int j = 0; j < 4; j++)
+        for (int m = 0; m < M; m++) acc[j][m] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh x[TP_SKINNY_MAX_M];
+        for (int m = 0; m < M; m++) x[m] = (__m512bh)_mm512_loadu_si512(a + (size_t)m * K + k);
+        for (int j = 0; j < nb; j++) {
+            __m512bh w = (__m512bh)_mm512_loadu_si512(b[j] + k);
+            for (int m = 0; m < M; m++) acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, x[m]);
+        }
+    }
+    if (k < K) {
+        __mmask32 mk = (__mmask32)((1ull << (K - k)) - 1);
+        __m512bh x[TP_SKINNY_MAX_M];
+        for (int m = 0; m < M; m++) x[m] = (__m512bh)_mm512_maskz_loadu_epi16(mk, a + (size_t)m * K + k);
+        for (int j = 0; j < nb; j++) {
+            __m512bh w = (__m512bh)_mm512_maskz_loadu_epi16(mk, b[j] + k);
+            for (int m = 0; m < M; m++) acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, x[m]);
+        }
+    }
+    for (int j = 0; j < nb; j++)
+        for (int m = 0; m < M; m++) out[j][m] = _mm512_reduce_add_ps(acc[j][m]);
+}
+#endif
+
+static inline __attribute__((always_inline)) void store(int M, int nb, int j0, float alpha, float beta, float *C,
+                                                       int ldc, float d[4][TP_SKINNY_MAX_M]) {
+    for (int j = 0; j < nb; j++)
+        for (int m = 0; m < M; m++) {
+            float *c = C + (size_t)m * ldc + j0 + j;
+            *c = alpha * d[j][m] + (beta == 0.0f ? 0.0f : *c);
+        }
+}
+
+/* block q of 4 rows of B, counted across the segments: its segment and first row */
+static inline const tp_skinny_seg *find_block(const tp_skinny_seg *seg, int nseg, int q, int *j0) {
+    for (int i = 0; i < nseg - 1; i++) {
+        int nb = (seg[i].N + 3) / 4;
+        if (q < nb) {
+            *j0 = 4 * q;
+            return &seg[i];
+        }
+        q -= nb;
+    }
+    *j0 = 4 * q;
+    return &seg[nseg - 1];
+}
+
+static int total_blocks(const tp_skinny_seg *seg, int nseg) {
+    int t = 0;
+    for (int i = 0; i < nseg; i++) t += (seg[i].N + 3) / 4;
+    return t;
+}
+
+/* one instance per M, so the loops over M unroll into registers */
+#define SKINNY_F32(MM)                                                                                           \
+    static void skinny_f32_##MM(int nseg, const tp_skinny_seg *seg, int K, float alpha, const float *A, int lda, \
+                                float beta, int par) {                                                           \
+        int nblk = total_blocks(seg, nseg);                                                                      \
+        _Pragma("omp parallel for schedule(static) if (par)") for (int q = 0; q < nblk; q++) {                  \
+            int j0;                                                                                              \
+            const tp_skinny_seg *sg = find_block(seg, nseg, q, &j0);                                             \
+            int nb = sg->N - j0 < 4 ? sg->N - j0 : 4;                                                            \
+            const float *b[4];                                                                                   \
+            for (int j = 0; j < 4; j++) b[j] = sg->B + (size_t)(j0 + (j < nb ? j : 0)) * sg->ldb;                \
+            float d[4][TP_SKINNY_MAX_M];                                                                         \
+            dots_f32(MM, nb, K, A, lda, b, d);                                                                   \
+            store(MM, nb, j0, alpha, beta, sg->C, sg->ldc, d);                                                   \
+        }                                                                                                        \
+    }
+SKINNY_F32(1)
+SKINNY_F32(2)
+SKINNY_F32(3)
+SKINNY_F32(4)
+
+#if defined(__AVX512BF16__)
+#define SKINNY_BF16(MM)                                                                                          \
+    static void skinny_bf16_##MM(int nseg, const tp_skinny_seg *seg, int K, float alpha, const uint16_t *a,     \
+                                 float beta, int par) {                                                          \
+        int nblk = total_blocks(seg, nseg);                                                                      \
+        _Pragma("omp parallel for schedule(static) if (par)") for (int q = 0; q < nblk; q++) {                  \
+            int j0;                                                                                              \
+            const tp_skinny_seg *sg = find_block(seg, nseg, q, &j0);                                             \
+            int nb = sg->N - j0 < 4 ? sg->N - j0 : 4;                                                            \
+            const uint16_t *b[4];                                                                                \
+            for (int j = 0; j < 4; j++) b[j] = sg->Bh + (size_t)(j0 + (j < nb ? j : 0)) * K;                     \
+            float d[4][TP_SKINNY_MAX_M];                                                                         \
+            dots_bf16(MM, nb, K, a, b, d);                                                                       \
+            store(MM, nb, j0, alpha, beta, sg->C, sg->ldc, d);                                                   \
+        }                                                                                                        \
+    }
+SKINNY_BF16(1)
+SKINNY_BF16(2)
+SKINNY_BF16(3)
+SKINNY_BF16(4)
+#endif
+
+#endif /* __AVX512F__ */
+
+static int seg_ok(int M, int K, int nseg, const tp_skinny_seg *seg, float beta, int bf16) {
+    if (M < 1 || M > TP_SKINNY_MAX_M || K < 1 || nseg < 1 || (beta != 0.0f && beta != 1.0f)) return 0;
+    for (int i = 0; i < nseg; i++)
+        if (seg[i].N < 1 || (bf16 ? !seg[i].Bh : !seg[i].B)) return 0;
+    return 1;
+}
+
+int tp_skinny_multi(int bf16, int M, int K, float alpha, const float *A, int lda, float beta, int nseg,
+                    const tp_skinny_seg *seg, int par) {
+    if (!seg_ok(M, K, nseg, seg, beta, bf16)) return -1;
+#if defined(__AVX512F__)
+    if (!bf16) {
+        switch (M) {
+        case 1: skinny_f32_1(nseg, seg, K, alpha, A, lda, beta, par); return 0;
+        case 2: skinny_f32_2(nseg, seg, K, alpha, A, lda, beta, par); return 0;
+        case 3: skinny_f32_3(nseg, seg, K, alpha, A, lda, beta, par); return 0;
+        default: skinny_f32_4(nseg, seg, K, alpha, A, lda, beta, par); return 0;
+        }
+    }
+#if defined(__AVX512BF16__)
+    uint16_t stackbuf[4096], *a = (size_t)M * K <= 4096 ? stackbuf : malloc((size_t)M * K * sizeof *a);
+    if (!a) return -1;
+    for (int m = 0; m < M; m++) tp_bf16_convert(A + (size_t)m * lda, (size_t)K, a + (size_t)m * K);
+    switch (M) {
+    case 1: skinny_bf16_1(nseg, seg, K, alpha, a, beta, par); break;
+    case 2: skinny_bf16_2(nseg, seg, K, alpha, a, beta, par); break;
+    case 3: skinny_bf16_3(nseg, seg, K, alpha, a, beta, par); break;
+    default: skinny_bf16_4(nseg, seg, K, alpha, a, beta, par); break;
+    }
+    if (a != stackbuf) free(a);
+    return 0;
+#endif
+#endif
+    (void)alpha, (void)A, (void)lda, (void)par;
+    return -1;
+}
+
+int tp_skinny_f32(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                  float *C, int ldc, int par) {
+    tp_skinny_seg sg = {B, NULL, N, ldb, C, ldc};
+    return tp_skinny_multi(0, M, K, alpha, A, lda, beta, 1, &sg, par);
+}
+
+int tp_skinny_bf16(int M, int N, int K, float alpha, const float *A, int lda, const unsigned short *Bh, float beta,
+                   float *C, int ldc, int par) {
+    tp_skinny_seg sg = {NULL, Bh, N, K, C, ldc};
+    return tp_skinny_multi(1, M, K, alpha, A, lda, beta, 1, &sg, par);
+}
