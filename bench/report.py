@@ -16,6 +16,11 @@
   report.py table ROWS.tsv --min MIB [--title T]
       markdown table of the rows (the first row is taper): tok/s, taper / row, peak RSS, RSS /
       analytic minimum, note; then taper / the best peer row
+  report.py batched DTYPE TAPER_BENCH.json LLAMA_BATCHED_BENCH.out
+      markdown rows per batch size: prompt and generation tokens/s of llama.cpp and taper, the
+      generation ratio and the target (>= 1x; >= 1/1.2 at batch 1)
+  report.py ppl-row DTYPE TAPER_PPL.json LLAMA_PERPLEXITY.out
+      one markdown row: llama-perplexity's and taper ppl's tokens/s, their ratio, both PPLs
   report.py get FILE KEY[.KEY...] [FORMAT]
       one value of a JSON file (list indices are numbers), printed with FORMAT (default %s)
   report.py get-mib FILE KEY[.KEY...]
@@ -32,6 +37,7 @@
 """
 import argparse
 import json
+import re
 import math
 import sys
 
@@ -175,6 +181,55 @@ def versions():
             f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
 
 
+def llama_batched_rows(path):
+    """{B: (S_PP, S_TG)} from llama-batched-bench's markdown table"""
+    rows = {}
+    for line in open(path, errors="replace"):
+        f = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(f) == 10 and f[2].isdigit():
+            rows[int(f[2])] = (float(f[5]), float(f[7]))
+    return rows
+
+
+def batched_table(dtype, taper_json, llama_out):
+    t = {r["batch"]: (r["prompt_tok_s"], r["gen_tok_s"]) for r in json.load(open(taper_json))["rows"]}
+    ll = llama_batched_rows(llama_out)
+    for b in sorted(set(t) | set(ll)):
+        tp, tg = t.get(b, (None, None))
+        lp, lg = ll.get(b, (None, None))
+        need = 1 / 1.2 if b == 1 else 1.0
+        r = tg / lg if tg and lg else None
+        verdict = "" if r is None else ("met" if r >= need else "not met")
+        f = lambda v: f"{v:.1f}" if v else "n/a"
+        print(f"| {dtype} | {b} | {f(lp)} | {f(tp)} | {f(lg)} | {f(tg)} | "
+              f"{f'{r:.2f}x' if r else 'n/a'} | >= {need:.2f}x: {verdict} |")
+
+
+def llama_ppl(path):
+    """(tokens/s, final PPL) from llama-perplexity's log: the chunks x n_ctx tokens over the time
+    between its "calculating perplexity" and "Final estimate" log stamps (M.SS.mmm.uuu)"""
+    stamp = r"(\d+)\.(\d+)\.(\d+)\.(\d+) I "
+    sec = lambda m: int(m[0]) * 60 + int(m[1]) + int(m[2]) / 1e3 + int(m[3]) / 1e6
+    t0 = t1 = ntok = ppl = None
+    for line in open(path, errors="replace"):
+        m = re.search(stamp + r"perplexity: calculating perplexity over (\d+) chunks, n_ctx=(\d+)", line)
+        if m:
+            t0, ntok = sec(m.groups()[:4]), int(m.group(5)) * int(m.group(6))
+        m = re.search(stamp + r"Final estimate: PPL = ([0-9.]+)", line)
+        if m:
+            t1, ppl = sec(m.groups()[:4]), float(m.group(5))
+    tps = ntok / (t1 - t0) if t0 is not None and t1 is not None and t1 > t0 else None
+    return tps, ppl
+
+
+def ppl_row(dtype, taper_json, llama_out):
+    r = [x for x in json.load(open(taper_json))["results"] if x["protocol"] == "llama.cpp"][0]
+    lt, lp = llama_ppl(llama_out)
+    ratio = r["tokens_per_s"] / lt if lt else None
+    print(f"| {dtype} | {f'{lt:.1f}' if lt else 'n/a'} | {r['tokens_per_s']:.1f} | {f'{ratio:.2f}x' if ratio else 'n/a'} | "
+          f"{lp or 'n/a'} | {r['ppl']:.4f} |")
+
+
 def main():
     a = sys.argv[1:]
     if not a or a[0] in ("-h", "--help"):
@@ -203,6 +258,10 @@ def main():
         print(student(a[1]))
     elif cmd == "check" and len(a) == 4:
         return check(a[1], a[2], a[3])
+    elif cmd == "batched" and len(a) == 4:
+        batched_table(a[1], a[2], a[3])
+    elif cmd == "ppl-row" and len(a) == 4:
+        ppl_row(a[1], a[2], a[3])
     elif cmd == "versions" and len(a) == 1:
         print(versions())
     elif cmd == "table":

@@ -14,10 +14,13 @@
 #   mpi         data parallelism: taper train and distill (logits, + intermediate) as 1 process x
 #               THREADS threads vs mpirun -np THREADS x 1 thread, same global batch (BATCH x SEQ
 #               tokens per update), fp32; tokens/s and the gradient all-reduce's time per step
+#   generate    batched generation and perplexity forward against llama.cpp on the same GGUF (MODEL
+#               converted to F32 and to BF16): llama-batched-bench vs taper bench (prompt 128,
+#               generate 128, batch GEN_BATCHES), llama-perplexity vs taper ppl (CHUNKS x 512)
 #   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
 #               intermediate loss and gradient norm of both on the same window (about a minute)
 # Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
-# Environment: TAPER_BIN (build/taper), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
+# Environment: GEN_BATCHES (1,16,64), GEN_DTYPES (f32 bf16), TAPER_BIN (build/taper), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
 # (/tmp/taper-bench), CHUNKS (16: forward chunks and importance samples of 512 tokens), STEPS (3
 # timed steps), WARMUP (1), BATCH (2), SEQ (512), PEER_CONFIGS (fp32 bf16 compile compile-bf16:
 # any subset), COMPILE_TIMEOUT (1200 s per torch.compile run), STUDENT (an HF folder with
@@ -40,6 +43,8 @@ TAPER_PRECISIONS="${TAPER_PRECISIONS:-fp32 bf16}"
 COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-1200}"
 STUDENT_ARGS="${STUDENT_ARGS:---hidden 512 --ffn 896}"
 WORK="${WORK:-/tmp/taper-bench}"
+GEN_BATCHES="${GEN_BATCHES:-1,16,64}"
+GEN_DTYPES="${GEN_DTYPES:-f32 bf16}"
 TOKJSON=tests/fixtures/tok/smollm2/tokenizer.json
 TEST_TEXT="$DATA/wikitext2/wiki.test.raw"
 VALID_TEXT="$DATA/wikitext2/wiki.valid.tokens"
@@ -323,13 +328,52 @@ check() {
   return "$bad"
 }
 
+generate() {
+  echo
+  echo "## generation and perplexity forward vs llama.cpp, same GGUF, $THREADS threads (load average $(loadavg))"
+  local lbin
+  lbin=$(scripts/llama-cpp.sh build | tail -1)
+  local dt g prec ctx
+  local brows="$WORK/gen.rows" prows="$WORK/genppl.rows"
+  : >"$brows"
+  : >"$prows"
+  for dt in $GEN_DTYPES; do
+    g="$WORK/model-$dt.gguf"
+    [ -f "$g" ] || "$BIN" convert "$MODEL" --to gguf "$g" --dtype "$dt" >/dev/null
+    prec=fp32
+    [ "$dt" = bf16 ] && prec=bf16
+    ctx=$(( (128 + 128) * ${GEN_BATCHES##*,} ))
+    timed "gen_llama_$dt" "$lbin/llama-batched-bench" -m "$g" -c "$ctx" -b 2048 -ub 512 -npp 128 -ntg 128 \
+      -npl "$GEN_BATCHES" -t "$THREADS" -tb "$THREADS"
+    timed "gen_taper_$dt" "$BIN" bench "$g" --batch "$GEN_BATCHES" --prompt 128 --gen 128 --precision "$prec" \
+      --threads "$THREADS" --json="$WORK/gen_taper_$dt.json"
+    cat "$WORK/gen_llama_$dt.out" "$WORK/gen_llama_$dt.err" >"$WORK/gen_llama_$dt.log"
+    report batched "$dt" "$WORK/gen_taper_$dt.json" "$WORK/gen_llama_$dt.log" >>"$brows" || true
+    timed "ppl_llama_$dt" "$lbin/llama-perplexity" -m "$g" -f "$TEST_TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
+      -t "$THREADS" -tb "$THREADS"
+    rm -f "$WORK/ppl_taper_$dt.json"
+    timed "ppl_taper_$dt" "$BIN" ppl "$g" --data "$TEST_TEXT" --ctx 512 --max-chunks "$CHUNKS" --precision "$prec" \
+      --threads "$THREADS" --json="$WORK/ppl_taper_$dt.json"
+    cat "$WORK/ppl_llama_$dt.out" "$WORK/ppl_llama_$dt.err" >"$WORK/ppl_llama_$dt.log"
+    report ppl-row "$dt" "$WORK/ppl_taper_$dt.json" "$WORK/ppl_llama_$dt.log" >>"$prows" || true
+  done
+  echo
+  echo "| GGUF | batch | llama.cpp PP tok/s | taper PP tok/s | llama.cpp TG tok/s | taper TG tok/s | TG taper / llama.cpp | target |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  cat "$brows"
+  echo
+  echo "| GGUF | llama-perplexity tok/s | taper ppl tok/s | taper / llama.cpp | PPL llama.cpp | PPL taper |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  cat "$prows"
+}
+
 sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(all)
 for s in "${sections[@]}"; do
   case "$s" in
-    forward|importance|train|distill|mpi|check|all) ;;
+    forward|importance|train|distill|mpi|generate|check|all) ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: bench/run.sh [forward|importance|train|distill|mpi|check|all]..." >&2; exit 2 ;;
+    *) echo "usage: bench/run.sh [forward|importance|train|distill|mpi|generate|check|all]..." >&2; exit 2 ;;
   esac
 done
 for cfg in $PEER_CONFIGS; do peer_setup "$cfg" || exit 2; done
@@ -337,7 +381,7 @@ header
 t0=$SECONDS
 for s in "${sections[@]}"; do
   case "$s" in
-    all) forward; importance; train; distill; mpi ;;
+    all) forward; importance; train; distill; mpi; generate ;;
     *) "$s" ;;
   esac
 done

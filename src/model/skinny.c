@@ -19,31 +19,46 @@
 
 #if defined(__AVX512F__)
 
-/* dot products of rows b[0..nb) (nb <= 4) with rows a[0..M) (M <= TP_SKINNY_MAX_M) over K floats */
+/* the loops over the 4 rows of B and the M rows of A, unrolled so the accumulators live in registers */
+#define UNROLL _Pragma("GCC unroll 4")
+
+/* dot products of rows b[0..nb) (nb <= 4) with rows a[0..M) (M <= TP_SKINNY_MAX_M) over K floats;
+ * always four rows of b (a partial block repeats its first row), so every loop has constant
+ * bounds and the accumulators stay in registers */
 static inline __attribute__((always_inline)) void dots_f32(const int M, int nb, int K, const float *A, int lda,
                                                           const float *const *b, float out[4][TP_SKINNY_MAX_M]) {
     __m512 acc[4][TP_SKINNY_MAX_M];
+    UNROLL
     for (int j = 0; j < 4; j++)
+        UNROLL
         for (int m = 0; m < M; m++) acc[j][m] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
         __m512 x[TP_SKINNY_MAX_M];
+        UNROLL
         for (int m = 0; m < M; m++) x[m] = _mm512_loadu_ps(A + (size_t)m * lda + k);
-        for (int j = 0; j < nb; j++) {
+        UNROLL
+        for (int j = 0; j < 4; j++) {
             __m512 w = _mm512_loadu_ps(b[j] + k);
+            UNROLL
             for (int m = 0; m < M; m++) acc[j][m] = _mm512_fmadd_ps(w, x[m], acc[j][m]);
         }
     }
     if (k < K) {
         __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
         __m512 x[TP_SKINNY_MAX_M];
+        UNROLL
         for (int m = 0; m < M; m++) x[m] = _mm512_maskz_loadu_ps(mk, A + (size_t)m * lda + k);
-        for (int j = 0; j < nb; j++) {
+        UNROLL
+        for (int j = 0; j < 4; j++) {
             __m512 w = _mm512_maskz_loadu_ps(mk, b[j] + k);
+            UNROLL
             for (int m = 0; m < M; m++) acc[j][m] = _mm512_fmadd_ps(w, x[m], acc[j][m]);
         }
     }
+    UNROLL
     for (int j = 0; j < nb; j++)
+        UNROLL
         for (int m = 0; m < M; m++) out[j][m] = _mm512_reduce_add_ps(acc[j][m]);
 }
 
@@ -53,27 +68,37 @@ static inline __attribute__((always_inline)) void dots_bf16(const int M, int nb,
                                                            const uint16_t *const *b,
                                                            float out[4][TP_SKINNY_MAX_M]) {
     __m512 acc[4][TP_SKINNY_MAX_M];
+    UNROLL
     for (int j = 0; j < 4; j++)
+        UNROLL
         for (int m = 0; m < M; m++) acc[j][m] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 32 <= K; k += 32) {
         __m512bh x[TP_SKINNY_MAX_M];
+        UNROLL
         for (int m = 0; m < M; m++) x[m] = (__m512bh)_mm512_loadu_si512(a + (size_t)m * K + k);
-        for (int j = 0; j < nb; j++) {
+        UNROLL
+        for (int j = 0; j < 4; j++) {
             __m512bh w = (__m512bh)_mm512_loadu_si512(b[j] + k);
+            UNROLL
             for (int m = 0; m < M; m++) acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, x[m]);
         }
     }
     if (k < K) {
         __mmask32 mk = (__mmask32)((1ull << (K - k)) - 1);
         __m512bh x[TP_SKINNY_MAX_M];
+        UNROLL
         for (int m = 0; m < M; m++) x[m] = (__m512bh)_mm512_maskz_loadu_epi16(mk, a + (size_t)m * K + k);
-        for (int j = 0; j < nb; j++) {
+        UNROLL
+        for (int j = 0; j < 4; j++) {
             __m512bh w = (__m512bh)_mm512_maskz_loadu_epi16(mk, b[j] + k);
+            UNROLL
             for (int m = 0; m < M; m++) acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, x[m]);
         }
     }
+    UNROLL
     for (int j = 0; j < nb; j++)
+        UNROLL
         for (int m = 0; m < M; m++) out[j][m] = _mm512_reduce_add_ps(acc[j][m]);
 }
 #endif
