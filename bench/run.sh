@@ -16,7 +16,8 @@
 #               tokens per update), fp32; tokens/s and the gradient all-reduce's time per step
 #   generate    batched generation and perplexity forward against llama.cpp on the same GGUF (MODEL
 #               converted to F32 and to BF16): llama-batched-bench vs taper bench (prompt 128,
-#               generate 128, batch GEN_BATCHES), llama-perplexity vs taper ppl (CHUNKS x 512)
+#               generate 128, batch GEN_BATCHES), llama-perplexity vs taper ppl (CHUNKS x 512);
+#               llama.cpp runs with its own OpenMP wait policy (spinning), taper with its PASSIVE
 #   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
 #               intermediate loss and gradient norm of both on the same window (about a minute)
 # Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
@@ -343,13 +344,13 @@ generate() {
     prec=fp32
     [ "$dt" = bf16 ] && prec=bf16
     ctx=$(( (128 + 128) * ${GEN_BATCHES##*,} ))
-    timed "gen_llama_$dt" "$lbin/llama-batched-bench" -m "$g" -c "$ctx" -b 2048 -ub 512 -npp 128 -ntg 128 \
+    timed "gen_llama_$dt" env -u OMP_WAIT_POLICY "$lbin/llama-batched-bench" -m "$g" -c "$ctx" -b 2048 -ub 512 -npp 128 -ntg 128 \
       -npl "$GEN_BATCHES" -t "$THREADS" -tb "$THREADS"
     timed "gen_taper_$dt" "$BIN" bench "$g" --batch "$GEN_BATCHES" --prompt 128 --gen 128 --precision "$prec" \
       --threads "$THREADS" --json="$WORK/gen_taper_$dt.json"
     cat "$WORK/gen_llama_$dt.out" "$WORK/gen_llama_$dt.err" >"$WORK/gen_llama_$dt.log"
     report batched "$dt" "$WORK/gen_taper_$dt.json" "$WORK/gen_llama_$dt.log" >>"$brows" || true
-    timed "ppl_llama_$dt" "$lbin/llama-perplexity" -m "$g" -f "$TEST_TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
+    timed "ppl_llama_$dt" env -u OMP_WAIT_POLICY "$lbin/llama-perplexity" -m "$g" -f "$TEST_TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
       -t "$THREADS" -tb "$THREADS"
     rm -f "$WORK/ppl_taper_$dt.json"
     timed "ppl_taper_$dt" "$BIN" ppl "$g" --data "$TEST_TEXT" --ctx 512 --max-chunks "$CHUNKS" --precision "$prec" \

@@ -191,6 +191,9 @@ tp_status tp_set_precision(const char *name);
 /* "dnnl" (oneDNN, the default when built in), "blas" (OpenBLAS) or "loops" (plain C). */
 tp_status tp_set_gemm_backend(const char *name);
 const char *tp_precision_name(void);
+/* The name of the kernels OpenBLAS picked for this CPU ("Cooperlake", "Haswell", "Prescott", ...),
+ * or NULL in a build without OpenBLAS. */
+const char *tp_gemm_blas_core(void);
 /* One line naming the matrix-product backend and precision in use, for logs. */
 const char *tp_gemm_info(void);
 /* Under bf16, keeps bf16 copies of m's weight matrices so they are not converted at every product

@@ -88,6 +88,14 @@ int tp_gemm_set_backend(int b) {
     return 0;
 }
 
+const char *tp_gemm_blas_core(void) {
+#ifdef TP_HAVE_BLAS
+    return openblas_get_corename();
+#else
+    return NULL;
+#endif
+}
+
 const char *tp_gemm_describe(void) {
     switch (tp_gemm_backend()) {
     case TP_GEMM_DNNL: return g_prec == TP_PREC_BF16 ? "oneDNN matmul, bf16 inputs / fp32 accumulation" : "oneDNN matmul, fp32";
