@@ -8,6 +8,7 @@
 
 #include "taper/generate.h"
 #include "taper/sdg.h"
+#include "taper/tokenizer.h"
 #include "taper/train.h"
 #include "taper/util.h"
 #include "tt.h"
@@ -76,6 +77,36 @@ TT_TEST(sdg_batched_equals_single) {
         TT_CHECK(ended || n == 40, "sample %d: %zu tokens, ends at EOS or at max", i, n);
         for (size_t k = 0; k + 1 < n; k++) TT_CHECK(a.ids[i][k] != eos, "sample %d: EOS only at the end", i);
     }
+    tp_model_free(m);
+}
+
+/* Prompts of different lengths in one batch: the positions they share are read in one forward,
+ * the rest one at a time; greedy, every sample equals tp_generate on its prompt alone. */
+TT_TEST(sdg_prompts_of_different_lengths_equal_single) {
+    char *dir = tt_path(tt_fixtures_dir(), "sparsify/model");
+    tp_model *m = NULL;
+    TT_CHECK(tp_model_load(dir, &m) == TP_OK, "load %s: %s", dir, tp_errmsg());
+    free(dir);
+    if (!m) return;
+    m->cfg.eos_id = -1;
+    const char *prompts[] = {"the quick brown fox jumps", "hello", "a b c d e f g h i j", "hello world"};
+    tp_sdg_cfg c = {4, 10, 4, {0.0f, 1.0f, 0}, 5, prompts, 4, 0};
+    collected a = {0};
+    TT_CHECK(tp_sdg_run(m, &c, collect, &a, NULL) == TP_OK, "batched run: %s", tp_errmsg());
+    size_t lens[4] = {0, 0, 0, 0};
+    int same = a.count == 4;
+    for (int i = 0; i < 4 && same; i++) {
+        int32_t *ids = NULL, *g = NULL;
+        size_t n = 0, ng = 0;
+        TT_CHECK(tp_tok_encode(m->tok, prompts[i], strlen(prompts[i]), 1, &ids, &n) == TP_OK, "encode");
+        lens[i] = n;
+        TT_CHECK(tp_generate(m, ids, n, 10, -1, &c.sampler, NULL, NULL, NULL, &g, &ng) == TP_OK, "tp_generate");
+        same &= a.n_prompt[i] == n && a.n[i] == ng && !memcmp(a.ids[i], g, ng * sizeof *g);
+        free(ids);
+        free(g);
+    }
+    TT_CHECK(same && lens[1] < lens[0] && lens[1] < lens[2], "greedy: every sample (prompts of %zu, %zu, %zu, %zu tokens) "
+             "equals tp_generate on its prompt", lens[0], lens[1], lens[2], lens[3]);
     tp_model_free(m);
 }
 

@@ -1,6 +1,7 @@
-/* Synthetic data generation (include/taper/sdg.h). Each batch advances all its sequences one
- * token per forward (B x 1 with the KV cache): a sequence still inside its prompt is fed its next
- * prompt token, one past it is fed the token it just sampled, a finished one idles on EOS.
+/* Synthetic data generation (include/taper/sdg.h). Each batch reads the prompt positions all its
+ * sequences share in one forward, then advances every sequence one token per forward (B x 1 with
+ * the KV cache): a sequence still inside its prompt is fed its next prompt token, one past it is
+ * fed the token it just sampled, a finished one idles on EOS.
  * Also the generate-data job (tp_sdg_job_run): the samples go to one token shard, samples.jsonl
  * and manifest.json. */
 #include <cjson/cJSON.h>
@@ -87,8 +88,16 @@ static tp_status run_batch(const tp_model *m, const tp_sdg_cfg *c, size_t i0, in
         tp_log(TP_LOG_NOTE, "taper: note: prompt + %d tokens = %d positions, past the model's %d", c->max_tokens, cap,
                m->cfg.max_pos);
     if (!st) st = tp_kvcache_alloc(&m->cfg, B, cap, &kv);
-    /* position p: sequence b is fed prompt[p] while p < n_prompt, else its last sampled token */
-    for (int p = 0; !st; p++) {
+    /* the positions every prompt covers are read in one forward (B x L), the rest one position per
+     * forward: at position p sequence b is fed prompt[p] while p < n_prompt, else its last sampled
+     * token; the logits after position p are sampled by the sequences whose prompt ends there or
+     * earlier */
+    size_t L = max_prompt;
+    for (int b = 0; b < B; b++)
+        if (sq && sq[b].n_prompt < L) L = sq[b].n_prompt;
+    int32_t *pre = !st && L > 1 ? malloc((size_t)B * L * sizeof *pre) : NULL;
+    if (!st && L > 1 && !pre) st = tp_fail(TP_ERR_NOMEM, "out of memory");
+    for (int p = L > 1 ? (int)L - 1 : 0; !st; p++) {
         int active = 0;
         for (int b = 0; b < B; b++) {
             seq *s = &sq[b];
@@ -99,7 +108,15 @@ static tp_status run_batch(const tp_model *m, const tp_sdg_cfg *c, size_t i0, in
             active += !s->done;
         }
         if (!active) break;
-        if ((st = tp_forward(m, tok, B, 1, kv, logits, 1))) break;
+        if (pre) { /* the first forward: positions 0..L-1 */
+            for (int b = 0; b < B; b++) memcpy(pre + (size_t)b * L, sq[b].prompt, L * sizeof *pre);
+            st = tp_forward(m, pre, B, (int)L, kv, logits, 1);
+            free(pre);
+            pre = NULL;
+        } else {
+            st = tp_forward(m, tok, B, 1, kv, logits, 1);
+        }
+        if (st) break;
         for (int b = 0; b < B; b++) {
             seq *s = &sq[b];
             if (s->done || (size_t)p + 1 < s->n_prompt) continue;
@@ -110,6 +127,7 @@ static tp_status run_batch(const tp_model *m, const tp_sdg_cfg *c, size_t i0, in
         }
         if (prog) tp_progress_update(prog, *done_tokens);
     }
+    free(pre);
     for (int b = 0; !st && b < B; b++)
         st = sink(user, i0 + (size_t)b, sq[b].prompt, sq[b].n_prompt, sq[b].gen, sq[b].n_gen);
     for (int b = 0; sq && b < B; b++) {
