@@ -379,3 +379,70 @@ TT_TEST(optim_rejects_bad_config) {
     TT_CHECK(tp_adamw_init(&o, m, &c) == TP_ERR_ARG && strstr(tp_errmsg(), "eps"), "eps 0: %s", tp_errmsg());
     tp_model_free(m);
 }
+
+/* The vectorised AdamW pass against its scalar twin (the formula of adam_span, element by element,
+ * the same operations in the same order): bit for bit, with clipping and decay on and off, with a
+ * learning-rate and weight-decay schedule, on a parameter count that is not a multiple of 16. */
+TT_TEST(optim_adamw_vector_pass_bitwise_scalar) {
+    /* the tiny Llama's shape with a 24-wide hidden size: tensors of 24 and 97 x 24 leave tails */
+    tp_model *src = load_tiny("llama3"), *m = NULL, *g = NULL;
+    if (!src) return;
+    tp_config cfg = src->cfg;
+    cfg.d_model = 24;
+    tp_model_free(src);
+    if (!TT_CHECK(tp_model_alloc(&cfg, &m) == TP_OK && tp_model_alloc(&cfg, &g) == TP_OK, "models: %s", tp_errmsg())) {
+        tp_model_free(m);
+        return;
+    }
+    size_t n = m->n_params;
+    tp_rng r;
+    tp_rng_seed(&r, 21);
+    for (size_t i = 0; i < n; i++) m->params[i] = 0.1f * tp_rng_normal(&r);
+    tp_adamw_cfg c;
+    tp_adamw_defaults(&c);
+    c.lr = 1e-2f;
+    c.warmup_steps = 2;
+    c.total_steps = 6;
+    float *p = malloc(n * 4), *mm = calloc(n, 4), *vv = calloc(n, 4);
+    memcpy(p, m->params, n * 4);
+    tp_adamw o = {0};
+    TT_CHECK(tp_adamw_init(&o, m, &c) == TP_OK, "init");
+    int same = 1, clipped = 0, unclipped = 0;
+    for (int s = 0; s < 6 && same; s++) {
+        float scale = s % 2 ? 3.0f : 1e-3f; /* clipped on odd updates, not on even ones */
+        for (size_t i = 0; i < n; i++) g->params[i] = scale * tp_rng_normal(&r);
+        double lr = tp_lr_at(&c, s), t = s + 1, norm = tp_grad_norm(g->params, n);
+        float w1 = (float)(1.0 - c.beta1), b2 = c.beta2, ob2 = (float)(1.0 - c.beta2);
+        float decay = (float)(1.0 - lr * (double)c.weight_decay), bc2 = (float)pow(1.0 - pow(c.beta2, t), 0.5);
+        float ns = (float)(-(lr / (1.0 - pow(c.beta1, t)))), coef = (float)c.clip / ((float)norm + 1e-6f);
+        int clip = coef < 1.0f;
+        clipped += clip;
+        unclipped += !clip;
+        for (size_t i = 0; i < n; i++) {
+            int decayed = 0;
+            for (size_t q = 0; q < o.n_ranges; q++)
+                decayed |= i >= o.ranges[q][0] && i < o.ranges[q][0] + o.ranges[q][1];
+            float gi = clip ? g->params[i] * coef : g->params[i], pi = decayed ? p[i] * decay : p[i], mi = mm[i];
+            mi = w1 < 0.5f ? mi + w1 * (gi - mi) : gi - (gi - mi) * (1.0f - w1);
+            float vi = vv[i] * b2;
+            vi = vi + ob2 * gi * gi;
+            float denom = sqrtf(vi) / bc2 + c.eps;
+            mm[i] = mi;
+            vv[i] = vi;
+            p[i] = pi + ns * mi / denom;
+        }
+        TT_CHECK(tp_adamw_step(&o, m, g, NULL) == TP_OK, "step %d", s);
+        same = !memcmp(p, m->params, n * 4) && !memcmp(mm, o.m, n * 4) && !memcmp(vv, o.v, n * 4);
+        TT_CHECK(same, "update %d (clipped %d): parameters and moments bit for bit", s, clip);
+    }
+    int tail = 0; /* a span (decayed range or the gap before it) whose length leaves a scalar tail */
+    for (size_t q = 0, pos = 0; q < o.n_ranges; pos = o.ranges[q][0] + o.ranges[q][1], q++)
+        tail |= (o.ranges[q][0] - pos) % 16 != 0 || o.ranges[q][1] % 16 != 0;
+    TT_CHECK(clipped >= 2 && unclipped >= 2 && tail && o.n_ranges > 0,
+             "both clipping branches (%d / %d), spans with scalar tails (%d), %zu decayed ranges", clipped, unclipped,
+             tail, o.n_ranges);
+    tp_adamw_free(&o);
+    free(p); free(mm); free(vv);
+    tp_model_free(g);
+    tp_model_free(m);
+}

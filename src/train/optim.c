@@ -7,6 +7,9 @@
 #include "model/kernels.h"
 
 #include <math.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,8 +197,34 @@ static void adam_span(float *p, const float *g, float *m, float *v, size_t n, in
     const float w1 = k->w1, b2 = k->beta2, ob2 = k->one_minus_beta2, decay = k->decay, bc2 = k->bc2_sqrt,
                 eps = k->eps, ns = k->neg_step, gs = k->gscale;
     const int clipping = k->clipping;
+    size_t nv = 0;
+#if defined(__AVX512F__)
+    /* 16 elements at a time with the same operations in the same order (no contraction into FMA):
+     * bit for bit the scalar loop below, which the compiler leaves scalar (its divisions and square
+     * root made this pass compute-bound) */
+    nv = n / 16;
+    const __m512 vw1 = _mm512_set1_ps(w1), vow1 = _mm512_set1_ps(1.0f - w1), vb2 = _mm512_set1_ps(b2),
+                 vob2 = _mm512_set1_ps(ob2), vdecay = _mm512_set1_ps(decay), vbc2 = _mm512_set1_ps(bc2),
+                 veps = _mm512_set1_ps(eps), vns = _mm512_set1_ps(ns), vgs = _mm512_set1_ps(gs);
+    const int lerp_low = w1 < 0.5f;
 #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (size_t i = 0; i < n; i++) {
+    for (size_t b = 0; b < nv; b++) {
+        size_t i = b * 16;
+        __m512 gi = _mm512_loadu_ps(g + i), pi = _mm512_loadu_ps(p + i), mi = _mm512_loadu_ps(m + i);
+        if (clipping) gi = _mm512_mul_ps(gi, vgs);
+        if (decayed) pi = _mm512_mul_ps(pi, vdecay);
+        __m512 d = _mm512_sub_ps(gi, mi);
+        mi = lerp_low ? _mm512_add_ps(mi, _mm512_mul_ps(vw1, d)) : _mm512_sub_ps(gi, _mm512_mul_ps(d, vow1));
+        __m512 vi = _mm512_mul_ps(_mm512_loadu_ps(v + i), vb2);
+        vi = _mm512_add_ps(vi, _mm512_mul_ps(_mm512_mul_ps(vob2, gi), gi));
+        __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), vbc2), veps);
+        _mm512_storeu_ps(m + i, mi);
+        _mm512_storeu_ps(v + i, vi);
+        _mm512_storeu_ps(p + i, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(vns, mi), denom)));
+    }
+    nv *= 16;
+#endif
+    for (size_t i = nv; i < n; i++) {
         float gi = clipping ? g[i] * gs : g[i];
         float pi = decayed ? p[i] * decay : p[i];
         float mi = m[i];
