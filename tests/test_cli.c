@@ -98,6 +98,44 @@ TT_TEST(cli_info_ppl_generate_on_default_model) {
     free(js);
 }
 
+/* taper bench: one row per batch size with both phases' rates, as JSON; bad lists refused. */
+TT_TEST(cli_bench_rows) {
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    const char *model = tt_model_path();
+    if (!model) { tt_skip("default model not found (run make deps)"); return; }
+    char a[1024], *out = NULL, *text = NULL;
+    char *js = tt_path(tt_tmp_dir(), "bench.json");
+    snprintf(a, sizeof a, "bench %s --batch 1,3 --prompt 16 --gen 4 --json=%s", model, js);
+    int rc = tt_taper(a, &out);
+    TT_CHECK(rc == 0 && strstr(out, "S_TG t/s"), "bench prints its table (rc %d): %s", rc, out);
+    free(out);
+    cJSON *j = NULL;
+    if (tp_read_file(js, &text, NULL) == TP_OK) j = cJSON_Parse(text);
+    cJSON *rows = j ? cJSON_GetObjectItem(j, "rows") : NULL;
+    int ok = cJSON_GetArraySize(rows) == 2;
+    for (int i = 0; ok && i < 2; i++) {
+        cJSON *r = cJSON_GetArrayItem(rows, i);
+        ok = cJSON_GetObjectItem(r, "batch")->valueint == (i ? 3 : 1) &&
+             cJSON_GetObjectItem(r, "prompt_tok_s")->valuedouble > 0 &&
+             cJSON_GetObjectItem(r, "gen_tok_s")->valuedouble > 0 && cJSON_GetObjectItem(r, "gen")->valueint == 4;
+    }
+    TT_CHECK(ok, "bench --json: rows for batch 1 and 3 with positive rates: %s", text ? text : "(none)");
+    cJSON_Delete(j);
+    free(text);
+    free(js);
+    const char *bad[] = {"--batch 0", "--batch 1,,2", "--batch x", "--prompt 0"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(a, sizeof a, "bench %s %s", model, bad[i]);
+        rc = tt_taper(a, &out);
+        TT_CHECK(rc == 2, "bench %s is a usage error (rc %d): %s", bad[i], rc, out);
+        free(out);
+    }
+    snprintf(a, sizeof a, "bench %s --prompt 9000 --gen 1 --batch 1", model);
+    rc = tt_taper(a, &out);
+    TT_CHECK(rc == 1 && strstr(out, "context"), "prompt past the context is refused (rc %d): %s", rc, out);
+    free(out);
+}
+
 /* ---- taper info on an 8B checkpoint whose weights are a sparse hole ---- */
 
 /* Llama-3.1-8B's config.json (the fields taper reads). */
