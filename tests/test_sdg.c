@@ -77,6 +77,18 @@ TT_TEST(sdg_batched_equals_single) {
         TT_CHECK(ended || n == 40, "sample %d: %zu tokens, ends at EOS or at max", i, n);
         for (size_t k = 0; k + 1 < n; k++) TT_CHECK(a.ids[i][k] != eos, "sample %d: EOS only at the end", i);
     }
+    /* continuous batching: slots freed by early EOS take the next samples; the samples are the
+     * ones batch 1 makes */
+    c.batch = 1;
+    memset(&b, 0, sizeof b);
+    TT_CHECK(tp_sdg_run(m, &c, collect, &b, NULL) == TP_OK, "sampled run with EOS, batch 1");
+    int early = 0;
+    same = a.count == 6 && b.count == 6;
+    for (int i = 0; i < 6 && same; i++) {
+        same &= a.n[i] == b.n[i] && !memcmp(a.ids[i], b.ids[i], a.n[i] * sizeof(int32_t));
+        early += a.n[i] < 40;
+    }
+    TT_CHECK(same && early > 0, "with EOS: batch 3 and batch 1 give identical samples (%d ended early)", early);
     tp_model_free(m);
 }
 

@@ -1,7 +1,5 @@
-/* Synthetic data generation (include/taper/sdg.h). Each batch reads the prompt positions all its
- * sequences share in one forward, then advances every sequence one token per forward (B x 1 with
- * the KV cache): a sequence still inside its prompt is fed its next prompt token, one past it is
- * fed the token it just sampled, a finished one idles on EOS.
+/* Synthetic data generation (include/taper/sdg.h): continuous batching over --batch slots
+ * (tp_sdg_run says how).
  * Also the generate-data job (tp_sdg_job_run): the samples go to one token shard, samples.jsonl
  * and manifest.json. */
 #include <cjson/cJSON.h>
@@ -64,94 +62,119 @@ static uint64_t sample_seed(uint64_t seed, size_t i) {
     return z ^ (z >> 31);
 }
 
-static tp_status run_batch(const tp_model *m, const tp_sdg_cfg *c, size_t i0, int B, tp_sdg_sink sink, void *user,
-                           tp_progress *prog, double *done_tokens) {
-    size_t V = (size_t)m->cfg.vocab;
+/* Continuous batching over B slots: every forward advances each slot's sample by one position
+ * (B x 1 with the KV cache); a slot whose sample has ended takes the next sample at the next
+ * step, its cache rewound to position 0, so a batch never waits for its longest sample. The
+ * first B samples start together and read the prompt positions they all share in one forward.
+ * Finished samples reach the sink in index order (a sample that ends early waits for the ones
+ * before it). Each sample has its own random stream, so what it samples does not depend on the
+ * slot or the step it runs in (up to the float rounding of the batched products). */
+tp_status tp_sdg_run(const tp_model *m, const tp_sdg_cfg *c, tp_sdg_sink sink, void *user, tp_progress *prog) {
+    if (c->samples <= 0 || c->max_tokens <= 0 || c->batch <= 0)
+        return tp_fail(TP_ERR_ARG, "SDG: samples %d, max tokens %d and batch %d must be > 0", c->samples,
+                       c->max_tokens, c->batch);
+    size_t V = (size_t)m->cfg.vocab, N = (size_t)c->samples;
+    size_t n_tab = c->n_prompts ? (c->n_prompts < N ? c->n_prompts : N) : 1;
+    int B = c->batch < c->samples ? c->batch : c->samples;
     int32_t eos = m->cfg.eos_id;
-    seq *sq = calloc((size_t)B, sizeof *sq);
+    seq *tab = calloc(n_tab, sizeof *tab), *all = calloc(N, sizeof *all);
+    int *slot = malloc((size_t)B * sizeof *slot);
+    size_t *pos = calloc((size_t)B, sizeof *pos);
     int32_t *tok = malloc((size_t)B * sizeof *tok);
     float *logits = malloc((size_t)B * V * sizeof *logits);
     tp_kvcache *kv = NULL;
-    tp_status st = sq && tok && logits ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_status st = tab && all && slot && pos && tok && logits ? TP_OK : tp_fail(TP_ERR_NOMEM, "out of memory");
+    /* each distinct prompt encoded once; the samples share it */
     size_t max_prompt = 0;
-    for (int b = 0; !st && b < B; b++) {
-        st = encode_prompt(m, c, i0 + (size_t)b, &sq[b]);
-        if (!st) {
-            sq[b].gen = malloc(((size_t)c->max_tokens + 1) * sizeof(int32_t));
-            if (!sq[b].gen) st = tp_fail(TP_ERR_NOMEM, "out of memory");
-            tp_rng_seed(&sq[b].rng, sample_seed(c->seed, i0 + (size_t)b));
-            if (sq[b].n_prompt > max_prompt) max_prompt = sq[b].n_prompt;
-        }
+    for (size_t i = 0; !st && i < n_tab; i++) {
+        st = encode_prompt(m, c, i, &tab[i]);
+        if (!st && tab[i].n_prompt > max_prompt) max_prompt = tab[i].n_prompt;
     }
     int cap = (int)max_prompt + c->max_tokens;
     if (!st && cap > m->cfg.max_pos)
         tp_log(TP_LOG_NOTE, "taper: note: prompt + %d tokens = %d positions, past the model's %d", c->max_tokens, cap,
                m->cfg.max_pos);
     if (!st) st = tp_kvcache_alloc(&m->cfg, B, cap, &kv);
-    /* the positions every prompt covers are read in one forward (B x L), the rest one position per
-     * forward: at position p sequence b is fed prompt[p] while p < n_prompt, else its last sampled
-     * token; the logits after position p are sampled by the sequences whose prompt ends there or
-     * earlier */
+    size_t next = 0, next_sink = 0;
+    double done_tokens = 0;
+    /* a sample takes slot b: its prompt from the table, its buffer and stream */
+#define START(b)                                                                                               \
+    do {                                                                                                       \
+        seq *s_ = &all[next];                                                                                  \
+        s_->prompt = tab[next % n_tab].prompt;                                                                 \
+        s_->n_prompt = tab[next % n_tab].n_prompt;                                                             \
+        s_->gen = malloc(((size_t)c->max_tokens + 1) * sizeof(int32_t));                                       \
+        if (!s_->gen) st = tp_fail(TP_ERR_NOMEM, "out of memory");                                             \
+        tp_rng_seed(&s_->rng, sample_seed(c->seed, next));                                                     \
+        slot[b] = (int)next++;                                                                                 \
+        pos[b] = 0;                                                                                            \
+        kv->len[b] = 0;                                                                                        \
+    } while (0)
+    for (int b = 0; !st && b < B; b++) START(b);
+    /* the positions all first B prompts cover, in one forward */
     size_t L = max_prompt;
-    for (int b = 0; b < B; b++)
-        if (sq && sq[b].n_prompt < L) L = sq[b].n_prompt;
+    for (int b = 0; !st && b < B; b++)
+        if (all[b].n_prompt < L) L = all[b].n_prompt;
     int32_t *pre = !st && L > 1 ? malloc((size_t)B * L * sizeof *pre) : NULL;
     if (!st && L > 1 && !pre) st = tp_fail(TP_ERR_NOMEM, "out of memory");
-    for (int p = L > 1 ? (int)L - 1 : 0; !st; p++) {
+    while (!st) {
         int active = 0;
-        for (int b = 0; b < B; b++) {
-            seq *s = &sq[b];
-            if ((size_t)p < s->n_prompt)
-                tok[b] = s->prompt[p];
-            else
-                tok[b] = s->n_gen ? s->gen[s->n_gen - 1] : s->prompt[s->n_prompt - 1];
-            active += !s->done;
+        for (int b = 0; b < B && !st; b++) {
+            if (slot[b] < 0 && next < N) START(b);
+            if (slot[b] < 0) { /* nothing left for this slot: it idles at position 0 */
+                kv->len[b] = 0;
+                tok[b] = 0;
+                continue;
+            }
+            seq *s = &all[slot[b]];
+            tok[b] = pos[b] < s->n_prompt ? s->prompt[pos[b]] : s->gen[s->n_gen - 1];
+            active++;
         }
-        if (!active) break;
-        if (pre) { /* the first forward: positions 0..L-1 */
-            for (int b = 0; b < B; b++) memcpy(pre + (size_t)b * L, sq[b].prompt, L * sizeof *pre);
+        if (st || !active) break;
+        if (pre) { /* the first forward: positions 0..L-1 of every slot */
+            for (int b = 0; b < B; b++) {
+                memcpy(pre + (size_t)b * L, all[slot[b]].prompt, L * sizeof *pre);
+                pos[b] = L - 1;
+            }
             st = tp_forward(m, pre, B, (int)L, kv, logits, 1);
             free(pre);
             pre = NULL;
         } else {
             st = tp_forward(m, tok, B, 1, kv, logits, 1);
         }
-        if (st) break;
-        for (int b = 0; b < B; b++) {
-            seq *s = &sq[b];
-            if (s->done || (size_t)p + 1 < s->n_prompt) continue;
+        for (int b = 0; b < B && !st; b++) {
+            if (slot[b] < 0) continue;
+            seq *s = &all[slot[b]];
+            size_t p = pos[b]++;
+            if (p + 1 < s->n_prompt) continue; /* still reading the prompt */
             int32_t id = tp_sample(logits + (size_t)b * V, (int)V, &c->sampler, &s->rng);
             s->gen[s->n_gen++] = id;
-            *done_tokens += 1;
-            if ((eos >= 0 && id == eos) || s->n_gen >= (size_t)c->max_tokens) s->done = 1;
+            done_tokens += 1;
+            if ((eos >= 0 && id == eos) || s->n_gen >= (size_t)c->max_tokens) {
+                s->done = 1;
+                slot[b] = -1;
+            }
         }
-        if (prog) tp_progress_update(prog, *done_tokens);
+        for (; !st && next_sink < next && all[next_sink].done; next_sink++) {
+            seq *s = &all[next_sink];
+            st = sink(user, next_sink, s->prompt, s->n_prompt, s->gen, s->n_gen);
+            free(s->gen);
+            s->gen = NULL;
+        }
+        if (prog) tp_progress_update(prog, done_tokens);
     }
+#undef START
     free(pre);
-    for (int b = 0; !st && b < B; b++)
-        st = sink(user, i0 + (size_t)b, sq[b].prompt, sq[b].n_prompt, sq[b].gen, sq[b].n_gen);
-    for (int b = 0; sq && b < B; b++) {
-        free(sq[b].prompt);
-        free(sq[b].gen);
-    }
-    free(sq);
+    for (size_t i = 0; all && i < N; i++) free(all[i].gen);
+    for (size_t i = 0; tab && i < n_tab; i++) free(tab[i].prompt);
+    free(all);
+    free(tab);
+    free(slot);
+    free(pos);
     free(tok);
     free(logits);
     tp_kvcache_free(kv);
     return st;
-}
-
-tp_status tp_sdg_run(const tp_model *m, const tp_sdg_cfg *c, tp_sdg_sink sink, void *user, tp_progress *prog) {
-    if (c->samples <= 0 || c->max_tokens <= 0 || c->batch <= 0)
-        return tp_fail(TP_ERR_ARG, "SDG: samples %d, max tokens %d and batch %d must be > 0", c->samples,
-                       c->max_tokens, c->batch);
-    double done = 0;
-    for (size_t i0 = 0; i0 < (size_t)c->samples; i0 += (size_t)c->batch) {
-        int B = (int)((size_t)c->samples - i0 < (size_t)c->batch ? (size_t)c->samples - i0 : (size_t)c->batch);
-        tp_status st = run_batch(m, c, i0, B, sink, user, prog, &done);
-        if (st) return st;
-    }
-    return TP_OK;
 }
 
 /* ------------------------------------------------------------ the job --- */
