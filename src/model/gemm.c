@@ -460,9 +460,29 @@ static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha,
 #endif
 
 /* Products below this many multiply-adds go to BLAS even when oneDNN is the backend. */
+#define DNNL_MIN_WORK ((size_t)1 << 18)
 /* B matrices from this many elements take the skinny path when A has few rows. */
 #define SKINNY_MIN_WORK ((size_t)1 << 14)
-#define DNNL_MIN_WORK ((size_t)1 << 18)
+
+/* C_i = alpha * A B_i^T (+ C_i) for n <= 4 weights B_i (N_i x K, rows ldb[i] apart) sharing A,
+ * through the skinny kernels: decoding's matrix-vector products. -1 (nothing done) when they do
+ * not apply: switched off, too many rows, the loops backend, too little work, or under bf16 a
+ * weight without its registered bf16 copy. */
+static int skinny(int bf16, int M, int K, float alpha, const float *A, int lda, float beta, int n,
+                  const float *const *B, const int *N, const int *ldb, float *const *C, const int *ldc) {
+    if (!g_decode_kernels || n < 1 || n > 4 || M > TP_SKINNY_MAX_M || tp_gemm_backend() == TP_GEMM_LOOPS) return -1;
+    tp_skinny_seg seg[4];
+    size_t work = 0;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *h = NULL;
+        if (bf16 && (ldb[i] != K || !(h = bf16_lookup(B[i], (size_t)N[i] * K)))) return -1;
+        seg[i] = (tp_skinny_seg){B[i], h, N[i], ldb[i], C[i], ldc[i]};
+        work += (size_t)N[i] * K;
+    }
+    if (work < SKINNY_MIN_WORK) return -1;
+    int par = (size_t)M * work >= TP_PAR_MIN_WORK && !in_parallel();
+    return tp_skinny_multi(bf16, M, K, alpha, A, lda, beta, n, seg, par);
+}
 
 static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
@@ -477,12 +497,7 @@ static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha,
     }
     int be = tp_gemm_backend();
     /* decoding's matrix-vector products: a few rows times a weight's transpose */
-    if (g_decode_kernels && !ta && tb && M <= TP_SKINNY_MAX_M && be != TP_GEMM_LOOPS && (size_t)N * K >= SKINNY_MIN_WORK) {
-        int par = (size_t)M * N * K >= TP_PAR_MIN_WORK && !in_parallel();
-        if (!bf16 && tp_skinny_f32(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, par) == 0) return;
-        const uint16_t *h = bf16 && (size_t)ldb == (size_t)K ? bf16_lookup(B, (size_t)N * K) : NULL;
-        if (h && tp_skinny_bf16(M, N, K, alpha, A, lda, h, beta, C, ldc, par) == 0) return;
-    }
+    if (!ta && tb && skinny(bf16, M, K, alpha, A, lda, beta, 1, &B, &N, &ldb, &C, &ldc) == 0) return;
 #ifdef TP_HAVE_DNNL
     if (be == TP_GEMM_DNNL && (beta == 0.0f || beta == 1.0f) && (size_t)M * N * K >= DNNL_MIN_WORK && !in_parallel() &&
         gemm_dnnl(bf16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0)
@@ -495,18 +510,9 @@ static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha,
 
 int tp_sgemm_prec_shared(int M, int K, const float *A, int lda, int n, const float *const *B, const int *N,
                          float *const *C) {
-    if (!g_decode_kernels || n < 1 || n > 4 || M > TP_SKINNY_MAX_M || tp_gemm_backend() == TP_GEMM_LOOPS) return -1;
-    int bf16 = g_prec == TP_PREC_BF16;
-    tp_skinny_seg seg[4];
-    size_t work = 0;
-    for (int i = 0; i < n; i++) {
-        const uint16_t *h = bf16 ? bf16_lookup(B[i], (size_t)N[i] * K) : NULL;
-        if (bf16 && !h) return -1;
-        seg[i] = (tp_skinny_seg){B[i], h, N[i], K, C[i], N[i]};
-        work += (size_t)N[i] * K;
-    }
-    int par = (size_t)M * work >= TP_PAR_MIN_WORK && !in_parallel();
-    return tp_skinny_multi(bf16, M, K, 1.0f, A, lda, 0.0f, n, seg, par);
+    int ld[4];
+    for (int i = 0; i < n && i < 4; i++) ld[i] = K;
+    return n > 4 ? -1 : skinny(g_prec == TP_PREC_BF16, M, K, 1.0f, A, lda, 0.0f, n, B, N, ld, C, N);
 }
 
 void tp_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
