@@ -149,14 +149,10 @@ done:
     return st;
 }
 
-static void argmax_rows(const float *logits, int B, int V, int32_t *out) {
-    for (int b = 0; b < B; b++) {
-        const float *row = logits + (size_t)b * (size_t)V;
-        int32_t best = 0;
-        for (int i = 1; i < V; i++)
-            if (row[i] > row[best]) best = i;
-        out[b] = best;
-    }
+/* each of the B rows' greedy token (tp_sample's argmax) */
+static void argmax_rows(float *logits, int B, int V, int32_t *out) {
+    const tp_sampler greedy = {0, 1, 0};
+    for (int b = 0; b < B; b++) out[b] = tp_sample(logits + (size_t)b * (size_t)V, V, &greedy, NULL);
 }
 
 tp_status tp_bench_decode(const tp_model *m, tp_decode_bench *r) {

@@ -62,6 +62,22 @@ static uint64_t sample_seed(uint64_t seed, size_t i) {
     return z ^ (z >> 31);
 }
 
+/* Sample i takes slot b: its prompt from the table of encoded prompts, its buffer and random
+ * stream; the slot's cache is rewound to position 0. */
+static tp_status start_sample(const tp_sdg_cfg *c, const seq *tab, size_t n_tab, seq *all, size_t i, tp_kvcache *kv,
+                              int b, int *slot, size_t *pos) {
+    seq *s = &all[i];
+    s->prompt = tab[i % n_tab].prompt;
+    s->n_prompt = tab[i % n_tab].n_prompt;
+    s->gen = malloc(((size_t)c->max_tokens + 1) * sizeof(int32_t));
+    if (!s->gen) return tp_fail(TP_ERR_NOMEM, "out of memory");
+    tp_rng_seed(&s->rng, sample_seed(c->seed, i));
+    slot[b] = (int)i;
+    pos[b] = 0;
+    kv->len[b] = 0;
+    return TP_OK;
+}
+
 /* Continuous batching over B slots: every forward advances each slot's sample by one position
  * (B x 1 with the KV cache); a slot whose sample has ended takes the next sample at the next
  * step, its cache rewound to position 0, so a batch never waits for its longest sample. The
@@ -97,20 +113,7 @@ tp_status tp_sdg_run(const tp_model *m, const tp_sdg_cfg *c, tp_sdg_sink sink, v
     if (!st) st = tp_kvcache_alloc(&m->cfg, B, cap, &kv);
     size_t next = 0, next_sink = 0;
     double done_tokens = 0;
-    /* a sample takes slot b: its prompt from the table, its buffer and stream */
-#define START(b)                                                                                               \
-    do {                                                                                                       \
-        seq *s_ = &all[next];                                                                                  \
-        s_->prompt = tab[next % n_tab].prompt;                                                                 \
-        s_->n_prompt = tab[next % n_tab].n_prompt;                                                             \
-        s_->gen = malloc(((size_t)c->max_tokens + 1) * sizeof(int32_t));                                       \
-        if (!s_->gen) st = tp_fail(TP_ERR_NOMEM, "out of memory");                                             \
-        tp_rng_seed(&s_->rng, sample_seed(c->seed, next));                                                     \
-        slot[b] = (int)next++;                                                                                 \
-        pos[b] = 0;                                                                                            \
-        kv->len[b] = 0;                                                                                        \
-    } while (0)
-    for (int b = 0; !st && b < B; b++) START(b);
+    for (int b = 0; !st && b < B; b++) st = start_sample(c, tab, n_tab, all, next++, kv, b, slot, pos);
     /* the positions all first B prompts cover, in one forward */
     size_t L = max_prompt;
     for (int b = 0; !st && b < B; b++)
@@ -120,7 +123,7 @@ tp_status tp_sdg_run(const tp_model *m, const tp_sdg_cfg *c, tp_sdg_sink sink, v
     while (!st) {
         int active = 0;
         for (int b = 0; b < B && !st; b++) {
-            if (slot[b] < 0 && next < N) START(b);
+            if (slot[b] < 0 && next < N) st = start_sample(c, tab, n_tab, all, next++, kv, b, slot, pos);
             if (slot[b] < 0) { /* nothing left for this slot: it idles at position 0 */
                 kv->len[b] = 0;
                 tok[b] = 0;
@@ -163,7 +166,6 @@ tp_status tp_sdg_run(const tp_model *m, const tp_sdg_cfg *c, tp_sdg_sink sink, v
         }
         if (prog) tp_progress_update(prog, done_tokens);
     }
-#undef START
     free(pre);
     for (size_t i = 0; all && i < N; i++) free(all[i].gen);
     for (size_t i = 0; tab && i < n_tab; i++) free(tab[i].prompt);
