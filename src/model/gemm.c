@@ -243,7 +243,7 @@ typedef struct {
     size_t cap;
 } scratch;
 
-static uint16_t *scratch_get(scratch *s, size_t n) {
+static inline uint16_t *scratch_get(scratch *s, size_t n) {
     if (n > s->cap) {
         uint16_t *p = realloc(s->p, n * sizeof *p);
         if (!p) return NULL;

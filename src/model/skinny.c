@@ -132,48 +132,37 @@ static int total_blocks(const tp_skinny_seg *seg, int nseg) {
     return t;
 }
 
-/* one instance per M, so the loops over M unroll into registers */
-#define SKINNY_F32(MM)                                                                                           \
-    static void skinny_f32_##MM(int nseg, const tp_skinny_seg *seg, int K, float alpha, const float *A, int lda, \
-                                float beta, int par) {                                                           \
-        int nblk = total_blocks(seg, nseg);                                                                      \
-        _Pragma("omp parallel for schedule(static) if (par)") for (int q = 0; q < nblk; q++) {                  \
-            int j0;                                                                                              \
-            const tp_skinny_seg *sg = find_block(seg, nseg, q, &j0);                                             \
-            int nb = sg->N - j0 < 4 ? sg->N - j0 : 4;                                                            \
-            const float *b[4];                                                                                   \
-            for (int j = 0; j < 4; j++) b[j] = sg->B + (size_t)(j0 + (j < nb ? j : 0)) * sg->ldb;                \
-            float d[4][TP_SKINNY_MAX_M];                                                                         \
-            dots_f32(MM, nb, K, A, lda, b, d);                                                                   \
-            store(MM, nb, j0, alpha, beta, sg->C, sg->ldc, d);                                                   \
-        }                                                                                                        \
-    }
-SKINNY_F32(1)
-SKINNY_F32(2)
-SKINNY_F32(3)
-SKINNY_F32(4)
-
+/* One instance per M, so the loops over M unroll into registers. B rows come from the fp32
+ * weights (rows ldb apart, A read in fp32) or, with ah (A already rounded to bf16, rows K apart),
+ * from the bf16 copies (rows K apart). */
 #if defined(__AVX512BF16__)
-#define SKINNY_BF16(MM)                                                                                          \
-    static void skinny_bf16_##MM(int nseg, const tp_skinny_seg *seg, int K, float alpha, const uint16_t *a,     \
-                                 float beta, int par) {                                                          \
+#define DOTS_BF16(MM) dots_bf16(MM, nb, K, ah, (const uint16_t *const *)b, d)
+#else
+#define DOTS_BF16(MM) (void)ah
+#endif
+#define SKINNY(MM)                                                                                               \
+    static void skinny_##MM(int nseg, const tp_skinny_seg *seg, int K, float alpha, const float *A, int lda,     \
+                            const uint16_t *ah, float beta, int par) {                                           \
         int nblk = total_blocks(seg, nseg);                                                                      \
         _Pragma("omp parallel for schedule(static) if (par)") for (int q = 0; q < nblk; q++) {                  \
             int j0;                                                                                              \
             const tp_skinny_seg *sg = find_block(seg, nseg, q, &j0);                                             \
             int nb = sg->N - j0 < 4 ? sg->N - j0 : 4;                                                            \
-            const uint16_t *b[4];                                                                                \
-            for (int j = 0; j < 4; j++) b[j] = sg->Bh + (size_t)(j0 + (j < nb ? j : 0)) * K;                     \
+            const void *b[4];                                                                                    \
+            for (int j = 0; j < 4; j++) {                                                                        \
+                size_t r = (size_t)(j0 + (j < nb ? j : 0));                                                      \
+                b[j] = ah ? (const void *)(sg->Bh + r * K) : (const void *)(sg->B + r * sg->ldb);                \
+            }                                                                                                    \
             float d[4][TP_SKINNY_MAX_M];                                                                         \
-            dots_bf16(MM, nb, K, a, b, d);                                                                       \
+            if (ah) DOTS_BF16(MM);                                                                               \
+            else dots_f32(MM, nb, K, A, lda, (const float *const *)b, d);                                        \
             store(MM, nb, j0, alpha, beta, sg->C, sg->ldc, d);                                                   \
         }                                                                                                        \
     }
-SKINNY_BF16(1)
-SKINNY_BF16(2)
-SKINNY_BF16(3)
-SKINNY_BF16(4)
-#endif
+SKINNY(1)
+SKINNY(2)
+SKINNY(3)
+SKINNY(4)
 
 #endif /* __AVX512F__ */
 
@@ -188,30 +177,27 @@ int tp_skinny_multi(int bf16, int M, int K, float alpha, const float *A, int lda
                     const tp_skinny_seg *seg, int par) {
     if (!seg_ok(M, K, nseg, seg, beta, bf16)) return -1;
 #if defined(__AVX512F__)
-    if (!bf16) {
-        switch (M) {
-        case 1: skinny_f32_1(nseg, seg, K, alpha, A, lda, beta, par); return 0;
-        case 2: skinny_f32_2(nseg, seg, K, alpha, A, lda, beta, par); return 0;
-        case 3: skinny_f32_3(nseg, seg, K, alpha, A, lda, beta, par); return 0;
-        default: skinny_f32_4(nseg, seg, K, alpha, A, lda, beta, par); return 0;
-        }
+#if !defined(__AVX512BF16__)
+    if (bf16) return -1;
+#endif
+    uint16_t stackbuf[4096], *ah = NULL;
+    if (bf16) { /* A rounded to bf16 once for every segment */
+        ah = (size_t)M * K <= 4096 ? stackbuf : malloc((size_t)M * K * sizeof *ah);
+        if (!ah) return -1;
+        for (int m = 0; m < M; m++) tp_bf16_convert(A + (size_t)m * lda, (size_t)K, ah + (size_t)m * K);
     }
-#if defined(__AVX512BF16__)
-    uint16_t stackbuf[4096], *a = (size_t)M * K <= 4096 ? stackbuf : malloc((size_t)M * K * sizeof *a);
-    if (!a) return -1;
-    for (int m = 0; m < M; m++) tp_bf16_convert(A + (size_t)m * lda, (size_t)K, a + (size_t)m * K);
     switch (M) {
-    case 1: skinny_bf16_1(nseg, seg, K, alpha, a, beta, par); break;
-    case 2: skinny_bf16_2(nseg, seg, K, alpha, a, beta, par); break;
-    case 3: skinny_bf16_3(nseg, seg, K, alpha, a, beta, par); break;
-    default: skinny_bf16_4(nseg, seg, K, alpha, a, beta, par); break;
+    case 1: skinny_1(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
+    case 2: skinny_2(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
+    case 3: skinny_3(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
+    default: skinny_4(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
     }
-    if (a != stackbuf) free(a);
+    if (ah != stackbuf) free(ah);
     return 0;
-#endif
-#endif
+#else
     (void)alpha, (void)A, (void)lda, (void)par;
     return -1;
+#endif
 }
 
 int tp_skinny_f32(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta,
