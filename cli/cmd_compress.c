@@ -30,6 +30,8 @@ static const char *HELP =
     "budget and data:\n"
     "  --target-params N     parameters of the student, e.g. 100M (required)\n"
     "  --axes A              which axes the search may shrink: all (default), width, depth\n"
+    "  --agg BATCH,SEQ       importance aggregation the pruning ranks by (default l2,mean; see\n"
+    "                        taper importance --help)\n"
     "  --tolerance F         the search takes shapes within +-F of each target (default 0.05)\n"
     "  --search S            untrained (default): the shape with the lowest untrained held-out loss;\n"
     "                        short-kd: the best --candidates of them each distilled --search-steps\n"

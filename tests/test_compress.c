@@ -583,6 +583,34 @@ TT_TEST(compress_run_library) {
     free(run1), free(run2), free(teacher), free(text), free(dir);
 }
 
+/* "agg" reaches the pruning: the prune stage ranks by the pair the recipe names (prune.json
+ * records it), and the run's recipe.json keeps it, so a rerun with another pair is refused. */
+TT_TEST(compress_agg) {
+    char *dir = tt_path(tt_tmp_dir(), "compress-agg"), *text = tt_path(dir, "text.txt");
+    char *teacher = tt_path(tt_fixtures_dir(), "sparsify/model"), *run = tt_path(dir, "run");
+    tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    tt_fox_text(text, 60);
+    tp_recipe r;
+    small_recipe(&r, teacher, text);
+    tp_recipe_set(&r, "agg", "mean,l2");
+    tp_compress_result res;
+    tp_status s = tp_compress_run(&r, run, NULL, &res);
+    TT_CHECK(s == TP_OK, "tp_compress_run: %s", s ? tp_errmsg() : "ok");
+    cJSON *pj = json_at(run, "prune.json"), *rj = json_at(run, "recipe.json");
+    const cJSON *a = pj ? cJSON_GetObjectItem(pj, "aggregation") : NULL, *ra = rj ? cJSON_GetObjectItem(rj, "agg") : NULL;
+    TT_CHECK(cJSON_IsString(a) && !strcmp(a->valuestring, "batch=mean,seq=l2"), "prune.json aggregation: %s",
+             cJSON_IsString(a) ? a->valuestring : "(none)");
+    TT_CHECK(cJSON_IsString(ra) && !strcmp(ra->valuestring, "mean,l2"), "recipe.json agg: %s",
+             cJSON_IsString(ra) ? ra->valuestring : "(none)");
+    tp_recipe_set(&r, "agg", "l2,l2");
+    s = tp_compress_run(&r, run, NULL, &res);
+    TT_CHECK(s == TP_ERR_ARG && strstr(tp_errmsg(), "agg"), "another agg on rerun: %s", tp_errmsg());
+    cJSON_Delete(pj);
+    cJSON_Delete(rj);
+    tp_recipe_free(&r);
+    free(run), free(teacher), free(text), free(dir);
+}
+
 /* tp_recipe without a model: JSON round trip, the comparison, and messages naming the key. */
 TT_TEST(compress_recipe_settings) {
     tp_recipe a, b;
@@ -614,6 +642,13 @@ TT_TEST(compress_recipe_settings) {
     tp_recipe_set(&b, "kd", "kl");
     TT_CHECK(tp_recipe_validate(&b) == TP_ERR_ARG && strstr(tp_errmsg(), "kd must be fkl, rkl, jsd or none"),
              "validate names the key: %s", tp_errmsg());
+    tp_recipe_set(&b, "kd", "fkl");
+    TT_CHECK(tp_recipe_set(&b, "agg", "l2") == TP_OK && tp_recipe_validate(&b) == TP_ERR_ARG &&
+                 strstr(tp_errmsg(), "agg: aggregation \"l2\" is not BATCH,SEQ"),
+             "agg l2: %s", tp_errmsg());
+    TT_CHECK(tp_recipe_set(&b, "agg", "mean,max") == TP_OK && tp_recipe_validate(&b) == TP_ERR_ARG &&
+                 strstr(tp_errmsg(), "agg: "),
+             "agg mean,max: %s", tp_errmsg());
     TT_CHECK(tp_recipe_round_target(&b, 1000, 1) == (size_t)llround(1000 * sqrt(1500000000.0 / 1000)) &&
                  tp_recipe_round_target(&b, 1000, 2) == 1500000000u,
              "round targets %zu %zu", tp_recipe_round_target(&b, 1000, 1), tp_recipe_round_target(&b, 1000, 2));

@@ -32,6 +32,8 @@ typedef struct {
     char *data;           /* "data": distillation token shards; NULL: the teacher generates them (sdg) */
     char *calib;          /* "calib": calibration text; NULL: the SDG samples (then data must be NULL) */
     int calib_samples, calib_seq, depth_samples; /* "calib-samples", "calib-seq", "depth-samples" */
+    char *agg;            /* "agg": BATCH,SEQ aggregation pair the pruning ranks by (e.g. mean,l2);
+                             NULL: the score file's default (l2,mean) */
     int sdg_samples, sdg_tokens;                 /* "sdg-samples", "sdg-tokens" */
     int correct_steps;    /* "correct-steps": teacher correction steps (0 = off) */
     float correct_lr;     /* "correct-lr": its peak learning rate (cosine to a tenth) */

@@ -285,6 +285,7 @@ static tp_status do_prune(run *x, const void *arg) {
     j.tolerance = r->tolerance;
     j.data = x->calib;
     j.eval_samples = 8;
+    j.agg = r->agg;
     j.out = out;
     j.json_path = json;
     if (!s && strcmp(r->axes, "all")) {
@@ -312,6 +313,7 @@ static tp_status do_prune(run *x, const void *arg) {
         sj.grid.target = a->target;
         sj.grid.tolerance = r->tolerance;
         sj.grid.fixed = (tp_prune_shape){j.hidden, j.ffn, j.heads, j.kv_heads, j.layers};
+        if (r->agg) tp_agg_pair_parse(r->agg, &sj.grid.agg_pair); /* checked by tp_recipe_validate */
         sj.candidates = r->candidates;
         sj.steps = r->search_steps;
         sj.seq = r->seq;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "taper/compress.h"
 #include "taper/recipe.h"
 #include "taper/util.h"
 
@@ -40,6 +41,7 @@ static const keydef KEYS[] = {
     I("calib-samples", calib_samples, 1, 1 << 20),
     I("calib-seq", calib_seq, 2, 1 << 16),
     I("depth-samples", depth_samples, 0, 1 << 20),
+    S("agg", agg),
     I("sdg-samples", sdg_samples, 1, 1 << 24),
     I("sdg-tokens", sdg_tokens, 1, 1 << 16),
     I("correct-steps", correct_steps, 0, 1 << 30),
@@ -362,6 +364,8 @@ tp_status tp_recipe_validate(const tp_recipe *r) {
         if (!*r->alpha || *end || !(a >= 0) || isinf(a))
             return tp_fail(TP_ERR_ARG, "alpha must be dynamic or a number >= 0, got '%s'", r->alpha);
     }
+    int pair;
+    if (r->agg && tp_agg_pair_parse(r->agg, &pair)) return tp_fail_ctx(TP_ERR_ARG, "agg: ");
     if (r->correct_steps > 0 && r->correct_lr <= 0) return tp_fail(TP_ERR_ARG, "correct-lr must be > 0");
     if (access(r->teacher, F_OK)) return tp_fail(TP_ERR_ARG, "teacher %s does not exist", r->teacher);
     if (!r->eval_text || access(r->eval_text, F_OK))
