@@ -9,12 +9,16 @@
 #   data      general text (bench/quality/general_text.py: Austen from r-cran-janeaustenr, the
 #             Python 3.11 docs from python3.11-doc; held-out part never trained on), its shards,
 #             the SDG prompts (bench/quality/sdg_prompts.py) and the teacher's synthetic corpus
-#             (taper generate-data --chat --dedup, resumable)
+#             (taper generate-data --chat --dedup, resumable); then the contamination check
+#             (bench/quality/overlap.py: word 13-grams shared with every scored set)
 #   teacher   the teacher's scores
 #   report    bench/quality.json and the tables from what is finished
 #   RUN       one ablation (names below); `bench/quality.sh list` prints them with their flags
 # Everything is resumable: run it again with the same WORK and it goes on where it stopped
 # (finished stages skipped, compress resumes from its last checkpoint, evaluation per task).
+# Every run: taper compress TEACHER --target-params TARGET --calib <general text> --steps STEPS
+# --seq SEQ --batch BATCH --lr LR --warmup STEPS/10 --precision PRECISION, then the run's flags
+# (`bench/quality.sh list`; a flag given twice: the run's wins).
 # Environment: WORK ($TAPER_CACHE/quality), TAPER_BIN (build/taper), TAPER_MODEL, TAPER_DATA,
 # TOKENS (1048576 distillation tokens per run), SEQ (512), BATCH (4), LR (2e-4), TARGET (90M),
 # PRECISION (bf16, training and scoring), THREADS (2), SDG_SAMPLES (4096), SDG_TOKENS (384),
@@ -47,6 +51,7 @@ data() {
     run "$BIN" tokenize "$MODEL" -o "$GEN" --threads "$THREADS" "$WORK/general/train.jsonl" >/dev/null
   [ -f "$WORK/prompts.txt" ] || run python3 bench/quality/sdg_prompts.py "$WORK/prompts.txt" >/dev/null
   sdg
+  [ -f "$WORK/overlap.json" ] || run python3 bench/quality/overlap.py "$WORK" "$DATA" > "$WORK/overlap.md"
 }
 sdg() { # resumable: generate-data continues after its last complete part
   if [ ! -f "$SDG/.done" ]; then
@@ -58,16 +63,23 @@ sdg() { # resumable: generate-data continues after its last complete part
 }
 
 # ---- the ablations: name -> taper compress flags (besides size, tokens, schedule) ----
-RUNS="kd-general kd-sdg kd-mix kd-mix-inter kd-mix-inter-emb kd-mix-iter3 kd-mix-correct"
+RUNS="kd-general kd-sdg kd-mix kd-mix-inter kd-mix-inter-emb kd-mix-iter3 kd-mix-agg-mean-l2 kd-mix-agg-l2-l2
+kd-mix-correct fam70-direct fam70-iter2"
+# Iterated runs split the same tokens over their rounds (--steps per round).
 flags() {
+  local mix="--data $GEN,$SDG"
   case $1 in
-    kd-general) echo "--data $GEN" ;;                         # KD on real general text only
-    kd-sdg) echo "--data $SDG" ;;                             # KD on the teacher's synthetic text only
-    kd-mix) echo "--data $GEN,$SDG" ;;                        # both (windows drawn from the union)
-    kd-mix-inter) echo "--data $GEN,$SDG --inter cosine" ;;   # + intermediate states
-    kd-mix-inter-emb) echo "--data $GEN,$SDG --inter cosine --emb-loss" ;;
-    kd-mix-iter3) echo "--data $GEN,$SDG --iterate 3" ;;      # importance recomputed, 3 prune/distill rounds
-    kd-mix-correct) echo "--data $GEN,$SDG --correct-steps $((STEPS / 4))" ;; # teacher corrected on the same data first
+    kd-general) echo "--data $GEN" ;;                    # KD on real general text only
+    kd-sdg) echo "--data $SDG" ;;                        # KD on the teacher's synthetic text only
+    kd-mix) echo "$mix" ;;                               # both (windows drawn from the union); today's defaults
+    kd-mix-inter) echo "$mix --inter cosine" ;;          # + intermediate states (cosine, mapped by the plan)
+    kd-mix-inter-emb) echo "$mix --inter cosine --emb-loss" ;; # + the embedding output too
+    kd-mix-iter3) echo "$mix --iterate 3 --steps $((STEPS / 3))" ;; # importance recomputed, 3 prune/distill rounds
+    kd-mix-agg-mean-l2) echo "$mix --agg mean,l2" ;;     # aggregation (batch, seq) after retraining
+    kd-mix-agg-l2-l2) echo "$mix --agg l2,l2" ;;
+    kd-mix-correct) echo "$mix --correct-steps $((STEPS / 4))" ;; # teacher corrected on the same data first
+    fam70-direct) echo "$mix --target-params 70M" ;;     # 135M -> 70M in one cut
+    fam70-iter2) echo "$mix --target-params 70M --iterate 2 --steps $((STEPS / 2))" ;; # 135M -> ~97M -> 70M
     *) echo "bench/quality.sh: unknown run '$1' (bench/quality.sh list)" >&2; return 2 ;;
   esac
 }
@@ -131,14 +143,17 @@ EOF
 
 report() { python3 bench/quality/report.py "$WORK" bench/quality.json; }
 
-[ $# -gt 0 ] || set -- data teacher $RUNS report
-for a in "$@"; do
-  case $a in
-    list) for r in $RUNS; do echo "$r: $(flags "$r")"; done ;;
-    data) data ;;
-    sdg) sdg ;;
-    teacher) score teacher "$MODEL" ;;
-    report) report ;;
-    *) flags "$a" >/dev/null && one_run "$a" ;;
-  esac
-done
+main() {
+  [ $# -gt 0 ] || set -- data teacher $RUNS report
+  for a in "$@"; do
+    case $a in
+      list) for r in $RUNS; do echo "$r: $(flags "$r")"; done ;;
+      data) data ;;
+      sdg) sdg ;;
+      teacher) score teacher "$MODEL" ;;
+      report) report ;;
+      *) flags "$a" >/dev/null && one_run "$a" ;;
+    esac
+  done
+}
+main "$@"; exit  # on one line: bash has read the whole file before anything runs, so editing it mid-run is safe
