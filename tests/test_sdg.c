@@ -483,6 +483,17 @@ TT_TEST(sdg_job_resume_refusals_and_restart) {
     }
     TT_CHECK(tt_same_file(p0, keep) && count_lines(jsonl) == 4 && count_files(dir) == 3,
              "the refusals left the directory as it was");
+    /* stopped before its first part: nothing to protect, other settings start afresh */
+    tp_sdg_job k = j;
+    k.out_dir = ref;
+    k.stop_after_samples = 2;
+    TT_CHECK(tp_sdg_job_run(&k, &r) == TP_OK && r.stopped && r.parts == 0 && count_files(ref) == 2,
+             "stopped inside part 0: manifest and empty samples.jsonl (%d files): %s", count_files(ref), tp_errmsg());
+    k.stop_after_samples = 0;
+    k.seed = 8;
+    TT_CHECK(tp_sdg_job_run(&k, &r) == TP_OK && r.complete && r.parts_before == 0, "then another seed runs: %s",
+             tp_errmsg());
+    tt_sh("rm -rf '%s'", ref);
     /* another batch resumes (with a note); the result is complete */
     j.batch = 3;
     TT_CHECK(tp_sdg_job_run(&j, &r) == TP_OK && r.complete && r.parts_before == 1 && r.parts == 2 && r.samples == 6,

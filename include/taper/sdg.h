@@ -53,10 +53,11 @@ tp_status tp_sdg_run(const tp_model *m, const tp_sdg_cfg *c, tp_sdg_sink sink, v
  * after the first incomplete one are removed, and the part is made again. The settings that decide
  * the samples (teacher fingerprint, seed, temperature, top_p, top_k, max_tokens, the prompts read,
  * chat, part_samples, dedup) must equal the manifest's, or the job is refused naming the first that
- * differs; samples may grow (a short last part is then made again, longer), not shrink below the
- * samples done; batch may differ (it changes the float rounding of the products). A finished job
- * run again changes nothing. A directory holding other *.tpt files, or a manifest.json that
- * generate-data did not write, is refused; so is one held by another running job. */
+ * differs (unless no part was written yet: then it starts afresh); samples may grow (a short last
+ * part is then made again, longer), not shrink below the samples its parts cover; batch may differ
+ * (it changes the float rounding of the products). A finished job run again changes nothing. A
+ * directory holding other *.tpt files, or a manifest.json that generate-data did not write, is
+ * refused; so is one held by another running job (a lock on the directory). */
 typedef struct {
     const char *teacher;     /* GGUF file or HF folder; it must have a tokenizer */
     const char *out_dir;     /* created if missing; receives the part shards, samples.jsonl, manifest.json */

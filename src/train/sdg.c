@@ -1015,7 +1015,7 @@ static tp_status prepare_dir(job_ctx *x, const char *jsonl_path, int *changed) {
         st = tp_fail(TP_ERR_ARG, "%s holds a generate-data run of an older taper, which cannot be resumed: restart "
                                  "(--restart) to replace it, or choose another directory",
                      j->out_dir);
-    else if (d.kind == MAN_OURS && !j->restart) {
+    else if (d.kind == MAN_OURS && !j->restart && d.any_part) {
         double ver = tp_json_number(d.manifest, "version");
         if (!(ver >= 1 && ver <= SDG_VERSION))
             st = tp_fail(TP_ERR_FORMAT, "%s/manifest.json: field version: %g is not one this build reads (1..%d)",
@@ -1037,7 +1037,7 @@ static tp_status prepare_dir(job_ctx *x, const char *jsonl_path, int *changed) {
                 tp_log(TP_LOG_NOTE, "generate-data: note: precision %s, the earlier parts were made under %s",
                        tp_precision_name(), pr->valuestring);
         }
-    } else { /* a fresh start (or --restart): what an earlier run wrote goes */
+    } else { /* a fresh start, --restart, or a run stopped before its first part: what it wrote goes */
         st = wipe_dir(j->out_dir, &d);
     }
     dir_scan_free(&d);
