@@ -797,10 +797,14 @@ static tp_status read_back(job_ctx *x, const dir_scan *d, const char *jsonl_path
         part_docs pd;
         tp_status ps = part_docs_open(path, &pd);
         free(path);
-        if (ps) {
-            tp_log(TP_LOG_WARN, "generate-data: warning: %s cannot be read back (%s): it is made again", name,
+        if (ps == TP_ERR_FORMAT) { /* damaged: made again; any other failure (access, memory) stops the job */
+            tp_log(TP_LOG_WARN, "generate-data: warning: %s is not a valid shard (%s): it is made again", name,
                    tp_errmsg());
             tp_clear_error();
+            break;
+        }
+        if (ps) {
+            st = ps;
             break;
         }
         int ok = pd.vocab == (uint32_t)x->m->cfg.vocab && pd.tok_fp == x->id.tok_fp && li + pd.n_docs <= n_lines;
