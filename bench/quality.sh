@@ -56,7 +56,7 @@ data() {
 sdg() { # resumable: generate-data continues after its last complete part
   if [ ! -f "$SDG/.done" ]; then
     run "$BIN" generate-data "$MODEL" -o "$SDG" --chat --prompts "$WORK/prompts.txt" --samples "$SDG_SAMPLES" \
-      --max-tokens "$SDG_TOKENS" --temperature "$SDG_TEMP" --top-p 0.95 --seed "$SEED" --batch 32 --dedup \
+      --max-tokens "$SDG_TOKENS" --temperature "$SDG_TEMP" --top-p 0.95 --seed "$SEED" --batch 32 --part-samples 128 --dedup \
       --threads "$THREADS" >&2
     touch "$SDG/.done"
   fi

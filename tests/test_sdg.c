@@ -691,8 +691,12 @@ TT_TEST(sdg_cli_interrupt_and_resume) {
              "--help documents parts, dedup, restart and resuming");
     free(out);
     const char *opts = "--samples 1500 --max-tokens 64 --part-samples 250 --batch 8 --threads 1";
-    tt_sh("TAPER_PROGRESS=0 '%s' generate-data '%s' -o '%s' %s > /dev/null 2>&1 & p=$!; sleep 1; kill -INT $p; "
-          "wait $p; echo $? > '%s'", tt_bin(), model, dir, opts, rcf);
+    /* the signal once the first part is on disk (a fixed sleep could land before the handlers are
+     * installed on a loaded machine, or after the end on a fast one) */
+    tt_sh("TAPER_PROGRESS=0 '%s' generate-data '%s' -o '%s' %s > /dev/null 2>&1 & p=$!; "
+          "for i in $(seq 1 1200); do [ -f '%s/sdg-00000.tpt' ] && break; kill -0 $p 2>/dev/null || break; "
+          "sleep 0.05; done; kill -INT $p; wait $p; echo $? > '%s'",
+          tt_bin(), model, dir, opts, dir, rcf);
     char *rc_text = NULL;
     int rc = tp_read_file(rcf, &rc_text, NULL) == TP_OK ? atoi(rc_text) : -1;
     free(rc_text);
@@ -702,7 +706,7 @@ TT_TEST(sdg_cli_interrupt_and_resume) {
         size_t lines = count_lines(jsonl);
         TT_CHECK(lines % 250 == 0 && lines < 1500 && count_files(dir) == (int)(lines / 250) + 2,
                  "stopped: only complete parts and their lines remain (%zu lines, %d files)", lines, count_files(dir));
-        tt_note("SIGINT after 1 s: exit 130 with %zu of 6 parts complete", lines / 250);
+        tt_note("SIGINT after the first part: exit 130 with %zu of 6 parts complete", lines / 250);
     } else {
         tt_note("the run ended before the signal: the interruption was not exercised");
     }
