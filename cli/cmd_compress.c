@@ -484,8 +484,8 @@ int cmd_compress(int argc, char **argv) {
     }
     if (r.threads) cli_set_threads(r.threads);
     volatile sig_atomic_t *stop = cli_stop_signals("\ntaper compress: stop requested: a training stage finishes "
-                                                   "its step and writes a checkpoint; no new stage starts (signal "
-                                                   "again to abort)\n");
+                                                   "its step and writes a checkpoint, SDG keeps its complete parts; "
+                                                   "no new stage starts (signal again to abort)\n");
     tp_compress_hooks hooks = {.stop = stop, .isolate = isolate, .force = force, .data_dir = dd};
     tp_compress_result res;
     cli_log_map(LOG_FLAGS);

@@ -146,8 +146,10 @@ static tp_status do_sdg(run *x, const void *arg) {
     j.out_dir = x->data;
     j.samples = x->r->sdg_samples;
     j.max_tokens = x->r->sdg_tokens;
+    j.stop = x->h->stop; /* a stop keeps the complete parts; the rerun resumes after them */
     tp_sdg_job_result res;
     tp_status s = tp_sdg_job_run(&j, &res);
+    if (!s && res.stopped) x->stopped = 1;
     tp_sdg_job_result_free(&res);
     return s;
 }
