@@ -67,7 +67,7 @@ LIB      := $(BUILD)/libtaper.a
 BIN      := $(BUILD)/taper
 TESTBIN  := $(BUILD)/taper-tests
 
-.PHONY: all config deps llama-cpp test test-long test-ref demo bench clean help alloc-fail fuzz
+.PHONY: all config deps llama-cpp test test-long test-ref demo bench quality clean help alloc-fail fuzz
 
 all: config $(BIN)
 
@@ -134,6 +134,11 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@TAPER_BIN=$(abspath $(BIN)) bench/run.sh $(SECTIONS)
 
+# Issue 18's quality ablations (hours; resumable: run it again to go on). RUNS="kd-mix ..." picks.
+quality: deps
+	@$(MAKE) --no-print-directory all
+	@TAPER_BIN=$(abspath $(BIN)) bench/quality.sh $(RUNS)
+
 # The suite with the long checks on (whole WikiText-2 file, ...).
 test-long: deps llama-cpp
 	@$(MAKE) --no-print-directory all $(TESTBIN) $(TESTING_BIN)
@@ -168,6 +173,7 @@ help:
 	@echo "make llama-cpp  build llama.cpp's CPU tools into the cache (a second runtime for GGUF exports)"
 	@echo "make test-long  the suite with the long checks (whole WikiText-2 perplexity, ...)"
 	@echo "make bench    speed of taper vs PyTorch on this machine, SECTIONS=\"forward importance train distill\" (bench/RESULTS.md)"
+	@echo "make quality  the compression-quality ablations, resumable, hours (bench/quality.sh; bench/quality.json)"
 	@echo "make test-ref regenerate reference values with Python (transformers etc.) and compare"
 	@echo "make demo     run the main job on the default model and print a short report"
 	@echo "make SANITIZE=1 test   the suite under ASan+UBSan"
