@@ -89,6 +89,8 @@ needs_sdg() { flags "$1" | grep -q "$SDG"; }
 score() { # score NAME MODEL
   local d="$WORK/scores/$1" t
   mkdir -p "$d"
+  [ -f "$d/model.json" ] ||
+    echo "{\"model\": \"$2\", \"params\": $("$BIN" info "$2" | awk '/^total/ {print $2}')}" > "$d/model.json"
   [ -f "$d/ppl-wikitext2.json" ] || { run "$BIN" ppl "$2" --data "$DATA/wikitext2/wiki.test.raw" --ctx 512 \
       --precision "$PRECISION" --threads "$THREADS" --json="$d/ppl-wikitext2.json.partial" >/dev/null &&
     mv "$d/ppl-wikitext2.json.partial" "$d/ppl-wikitext2.json"; }
@@ -102,7 +104,6 @@ score() { # score NAME MODEL
       --json="$d/task-$t.json.partial" >/dev/null
     mv "$d/task-$t.json.partial" "$d/task-$t.json"
   done
-  echo "{\"model\": \"$2\", \"params\": $("$BIN" info "$2" | awk '/^total/ {print $2}')}" > "$d/model.json"
 }
 
 one_run() { # one_run NAME
@@ -119,7 +120,7 @@ one_run() { # one_run NAME
     echo $(($(date +%s) - t0)) >> "$out/.wall"
     touch "$out/.trained"
   fi
-  score "$name" "$out/student"
+  mkdir -p "$WORK/scores/$name"
   python3 - "$out" "$WORK/scores/$name" "$name" "$f" "$TOKENS" "$STEPS" "$SEED" <<'EOF'
 import json, os, sys
 out, d, name, f, tokens, steps, seed = sys.argv[1:]
@@ -130,11 +131,13 @@ except (OSError, ValueError):
     pass
 try:
     rep = json.load(open(os.path.join(out, "report.json")))
-    r["report"] = {k: rep[k] for k in ("stages", "seconds", "recipe") if k in rep}
+    r["student"] = {k: v for k, v in rep["rounds"][-1]["student"].items() if k not in ("tasks", "path")}
+    r["distill"] = rep["rounds"][-1].get("distill")
 except (OSError, ValueError):
     pass
 json.dump(r, open(os.path.join(d, "run.json"), "w"), indent=1)
 EOF
+  score "$name" "$out/student"
   if [ "$KEEP_RUNS" = 0 ]; then # the student, the report and the logs stay; checkpoints go
     find "$out" -name 'ckpt-*' -prune -exec rm -rf {} + 2>/dev/null || true
     rm -rf "$out/teacher-cache" "$out/search" 2>/dev/null || true

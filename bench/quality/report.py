@@ -3,7 +3,9 @@
 markdown tables on stdout.
 
 Per student (one object each, the teacher as its own object with "teacher": true):
-  name, recipe (taper compress flags), params, tokens, steps, seed, wall_s (compress, all resumes),
+  name, recipe (taper compress flags beside the common ones, WORK written $WORK), params, shape
+  (layers, hidden, ffn, heads, kv_heads), tokens, steps, seed, wall_s (compress, all resumes),
+  distill (first/last training and validation losses),
   ppl and teacher_ppl ({"wikitext2", "heldout"}: chunks protocol, ctx 512, whole file),
   ppl_ratio (student / teacher, both texts), acc (per task: acc_norm where the task has it, else
   acc), acc_ratio (per task, student / teacher), zero_shot_ratio (mean of acc_ratio over the tasks
@@ -73,13 +75,16 @@ def main():
         run = load(os.path.join(d, "run.json")) or {"name": name}
         model = load(os.path.join(d, "model.json")) or {}
         p, a = ppls(d), task_metrics(d)
-        r = {"name": name, "recipe": run.get("flags"), "params": model.get("params"), "tokens": run.get("tokens"),
+        flags = (run.get("flags") or "").replace(os.path.abspath(work), "$WORK") or None
+        r = {"name": name, "recipe": flags, "params": model.get("params"), "tokens": run.get("tokens"),
              "steps": run.get("steps"), "seed": run.get("seed"), "wall_s": run.get("wall_s"),
              "ppl": p, "teacher_ppl": {k: t_ppl[k] for k in p if k in t_ppl},
              "ppl_ratio": {k: p[k] / t_ppl[k] for k in p if k in t_ppl},
              "acc": {t: v[1] for t, v in a.items()},
              "acc_ratio": {t: a[t][1] / t_acc[t][1] for t in a if t in t_acc},
-             "default": name == DEFAULT}
+             "shape": {k: run["student"][k] for k in ("layers", "hidden", "ffn", "heads", "kv_heads")
+                       if k in run.get("student", {})},
+             "distill": run.get("distill"), "default": name == DEFAULT}
         ratios = [r["acc_ratio"][t] for t in above if t in r["acc_ratio"]]
         done = complete_teacher and len(p) == len(TEXTS) and all(t in a for t in TASKS)
         r["zero_shot_ratio"] = sum(ratios) / len(ratios) if done and ratios else None
