@@ -51,7 +51,8 @@ data() {
     run "$BIN" tokenize "$MODEL" -o "$GEN" --threads "$THREADS" "$WORK/general/train.jsonl" >/dev/null
   [ -f "$WORK/prompts.txt" ] || run python3 bench/quality/sdg_prompts.py "$WORK/prompts.txt" >/dev/null
   sdg
-  [ -f "$WORK/overlap.json" ] || run python3 bench/quality/overlap.py "$WORK" "$DATA" > "$WORK/overlap.md"
+  [ "$WORK/overlap.json" -nt "$SDG/.done" ] || # again once the SDG corpus is complete
+    run python3 bench/quality/overlap.py "$WORK" "$DATA" > "$WORK/overlap.md"
 }
 sdg() { # resumable: generate-data continues after its last complete part
   if [ ! -f "$SDG/.done" ]; then
