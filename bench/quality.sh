@@ -49,12 +49,12 @@ data() {
   [ -f "$WORK/general/stats.json" ] || run python3 bench/quality/general_text.py "$WORK/general" >/dev/null
   [ -f "$GEN/manifest.json" ] ||
     run "$BIN" tokenize "$MODEL" -o "$GEN" --threads "$THREADS" "$WORK/general/train.jsonl" >/dev/null
-  [ -f "$WORK/prompts.txt" ] || run python3 bench/quality/sdg_prompts.py "$WORK/prompts.txt" >/dev/null
   sdg
   [ "$WORK/overlap.json" -nt "$SDG/.done" ] || # again once the SDG corpus is complete
     run python3 bench/quality/overlap.py "$WORK" "$DATA" > "$WORK/overlap.md"
 }
 sdg() { # resumable: generate-data continues after its last complete part
+  [ -f "$WORK/prompts.txt" ] || run python3 bench/quality/sdg_prompts.py "$WORK/prompts.txt" >/dev/null
   if [ ! -f "$SDG/.done" ]; then
     run "$BIN" generate-data "$MODEL" -o "$SDG" --chat --prompts "$WORK/prompts.txt" --samples "$SDG_SAMPLES" \
       --max-tokens "$SDG_TOKENS" --temperature "$SDG_TEMP" --top-p 0.95 --seed "$SEED" --batch 32 --part-samples 128 --dedup \
