@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "taper/rng.h"
 #include "taper/train.h"
 #include "taper/util.h"
 
@@ -251,22 +252,10 @@ void tp_shard_writer_abort(tp_shard_writer *w) {
 
 /* ----------------------------------------------------------- fingerprint --- */
 
-static uint64_t mix64(uint64_t z) { /* splitmix64's finaliser */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-    const uint8_t *p = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static uint64_t fnv_u64(uint64_t h, uint64_t v) {
     uint8_t b[8];
     put64(b, v);
-    return fnv1a(h, b, 8);
+    return tp_fnv1a(h, b, 8);
 }
 
 /* Exercises the pre-tokenizer (digits, contractions, spaces, punctuation, several scripts) and
@@ -279,18 +268,18 @@ static const char PROBE[] =
     "HTTP/1.1 200 OK <html><body>hello&nbsp;world</body></html> 0x1F 3.14159 1e-5 x_y-z__w";
 
 uint64_t tp_shard_tok_fingerprint(const tp_tokenizer *t) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    h = fnv1a(h, "taper-tok-fingerprint-v1", 24);
+    uint64_t h = TP_FNV1A_INIT;
+    h = tp_fnv1a(h, "taper-tok-fingerprint-v1", 24);
     int n = tp_tok_vocab_size(t);
     h = fnv_u64(h, (uint64_t)n);
     for (int32_t i = 0; i < n; i++) {
         const char *p = tp_tok_piece(t, i);
         size_t len = p ? strlen(p) : 0;
         h = fnv_u64(h, len);
-        h = fnv1a(h, p ? p : "", len);
+        h = tp_fnv1a(h, p ? p : "", len);
     }
     const char *pre = tp_tok_pre_name(t);
-    if (pre) h = fnv1a(h, pre, strlen(pre));
+    if (pre) h = tp_fnv1a(h, pre, strlen(pre));
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (tp_tok_encode(t, PROBE, sizeof PROBE - 1, 0, &ids, &n_ids) == TP_OK) {
@@ -300,7 +289,7 @@ uint64_t tp_shard_tok_fingerprint(const tp_tokenizer *t) {
         h = fnv_u64(h, ~0ull);
     }
     free(ids);
-    h = mix64(h);
+    h = tp_mix64(h);
     return h ? h : 1;
 }
 
@@ -558,7 +547,7 @@ struct tp_loader {
 
 /* Seed of the shuffle of (seed, epoch): both mixed so neighbouring seeds/epochs are unrelated. */
 static uint64_t epoch_seed(uint64_t seed, uint64_t epoch) {
-    return mix64(seed ^ mix64(epoch + 0x9e3779b97f4a7c15ull));
+    return tp_mix64(seed ^ tp_mix64(epoch + 0x9e3779b97f4a7c15ull));
 }
 
 /* Uniform in [0, m), m >= 1, without modulo bias (rejects the low (2^64 mod m) draws). */

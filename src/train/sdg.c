@@ -61,10 +61,7 @@ static tp_status encode_prompt(const tp_model *m, const tp_sdg_cfg *c, size_t i,
 
 /* splitmix-style mix of (seed, index) into a per-sample seed */
 static uint64_t sample_seed(uint64_t seed, size_t i) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * ((uint64_t)i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    return tp_mix64(seed + 0x9E3779B97F4A7C15ull * ((uint64_t)i + 1));
 }
 
 /* The encoded prompts a run needs: every prompt once when the run has at least as many samples
@@ -283,19 +280,6 @@ static tp_status read_prompts(const char *path, char ***out, size_t *n) {
 
 #define SDG_FORMAT "taper-sdg"
 #define SDG_VERSION 1 /* of the manifest's resume fields */
-#define FNV0 0xcbf29ce484222325ull
-
-static uint64_t fnv(uint64_t h, const void *data, size_t n) {
-    const uint8_t *p = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
-static uint64_t mix64(uint64_t z) { /* splitmix64's finaliser */
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* The teacher whatever path it was loaded from: its config's sizes and token ids, its tokenizer
  * and its norm weights (fp32 in every form a model takes, frozen or not, and moved by any
@@ -305,30 +289,30 @@ static uint64_t teacher_fingerprint(const tp_model *m) {
     int64_t f[] = {c->arch,  c->n_layers, c->d_model, c->n_heads,        c->n_kv_heads,       c->head_dim,
                    c->d_ff,  c->vocab,    c->max_pos, c->bos_id,         c->eos_id,           c->tie_embeddings,
                    c->hetero, c->qk_norm, c->act,     c->sliding_window, (int64_t)m->n_params};
-    uint64_t h = fnv(FNV0, f, sizeof f), tok = m->tok ? tp_shard_tok_fingerprint(m->tok) : 0;
-    h = fnv(h, &tok, sizeof tok);
-    h = fnv(h, &c->rope_theta, sizeof c->rope_theta);
+    uint64_t h = tp_fnv1a(TP_FNV1A_INIT, f, sizeof f), tok = m->tok ? tp_shard_tok_fingerprint(m->tok) : 0;
+    h = tp_fnv1a(h, &tok, sizeof tok);
+    h = tp_fnv1a(h, &c->rope_theta, sizeof c->rope_theta);
     size_t d = (size_t)c->d_model;
-    if (m->final_norm) h = fnv(h, m->final_norm, d * sizeof(float));
+    if (m->final_norm) h = tp_fnv1a(h, m->final_norm, d * sizeof(float));
     for (int l = 0; m->layers && !tp_model_is_streamed(m) && l < c->n_layers; l++) {
-        if (m->layers[l].attn_norm) h = fnv(h, m->layers[l].attn_norm, d * sizeof(float));
-        if (m->layers[l].mlp_norm) h = fnv(h, m->layers[l].mlp_norm, d * sizeof(float));
+        if (m->layers[l].attn_norm) h = tp_fnv1a(h, m->layers[l].attn_norm, d * sizeof(float));
+        if (m->layers[l].mlp_norm) h = tp_fnv1a(h, m->layers[l].mlp_norm, d * sizeof(float));
     }
-    return mix64(h);
+    return tp_mix64(h);
 }
 
 /* The prompts as read (after blank lines and CRs are dropped); 0 without prompts. */
 static uint64_t prompts_hash(char *const *p, size_t n) {
     if (!n) return 0;
-    uint64_t h = fnv(FNV0, &n, sizeof n);
-    for (size_t i = 0; i < n; i++) h = fnv(h, p[i], strlen(p[i]) + 1);
-    return mix64(h);
+    uint64_t h = tp_fnv1a(TP_FNV1A_INIT, &n, sizeof n);
+    for (size_t i = 0; i < n; i++) h = tp_fnv1a(h, p[i], strlen(p[i]) + 1);
+    return tp_mix64(h);
 }
 
 /* The dedup key of a generated sequence (EOS included when the sample ended there). */
 static uint64_t gen_hash(const uint32_t *g, size_t n) {
-    uint64_t h = mix64(0x5344472D44454455ull ^ (uint64_t)n);
-    for (size_t i = 0; i < n; i++) h = mix64(h ^ ((uint64_t)g[i] + 0x9E3779B97F4A7C15ull));
+    uint64_t h = tp_mix64(0x5344472D44454455ull ^ (uint64_t)n);
+    for (size_t i = 0; i < n; i++) h = tp_mix64(h ^ ((uint64_t)g[i] + 0x9E3779B97F4A7C15ull));
     return h;
 }
 

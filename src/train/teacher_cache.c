@@ -15,6 +15,7 @@
 
 #include "model/kernels.h"
 #include "taper/distill.h"
+#include "taper/rng.h"
 #include "taper/util.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -29,16 +30,10 @@
 
 /* ---------------------------------------------------------------- hashing --- */
 
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* 64-bit hash of n bytes (8 at a time, then the tail), never 0 */
 static uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
     const uint8_t *b = p;
-    uint64_t h = mix64(seed ^ 0x6b64636163686531ull);
+    uint64_t h = tp_mix64(seed ^ 0x6b64636163686531ull);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
@@ -48,13 +43,13 @@ static uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
     }
     uint64_t tail = 0;
     if (i < n) memcpy(&tail, b + i, n - i);
-    h = mix64(h ^ tail ^ ((uint64_t)n << 3));
+    h = tp_mix64(h ^ tail ^ ((uint64_t)n << 3));
     return h ? h : 1;
 }
 
 uint64_t tp_tcache_window_hash(const int32_t *tokens, int T, int32_t last_target) {
     uint64_t h = hash_bytes(tokens, (size_t)T * sizeof(int32_t), 0x77696e646f77ull);
-    h = mix64(h ^ (uint64_t)(uint32_t)last_target);
+    h = tp_mix64(h ^ (uint64_t)(uint32_t)last_target);
     return h ? h : 1;
 }
 
