@@ -34,6 +34,8 @@ static const char *HELP =
     "  --dedup              drop a sample whose generated tokens (EOS included) equal those of an\n"
     "                       earlier kept sample of the run, earlier parts and runs included\n"
     "  --restart            discard what an earlier run left in OUT_DIR and start again\n"
+    "  --precision P        fp32 (default) or bf16: weight products with bf16 inputs, fp32 accumulation\n"
+    "                       (about 1.5x faster on CPUs with AVX512-BF16 / AMX; samples differ by rounding)\n"
     "  --threads N          OpenMP threads (default: all cores)\n"
     "  -h, --help           this help\n\n"
     "Resume: the same command on the same OUT_DIR continues after the last complete part (nothing\n"
@@ -56,7 +58,7 @@ int cmd_generate_data(int argc, char **argv) {
         {"prompts", required_argument, 0, 'P'},   {"chat", no_argument, 0, 'C'},
         {"threads", required_argument, 0, 'j'},   {"help", no_argument, 0, 'h'},
         {"part-samples", required_argument, 0, 'S'}, {"dedup", no_argument, 0, 'D'},
-        {"restart", no_argument, 0, 'R'},
+        {"restart", no_argument, 0, 'R'},       {"precision", required_argument, 0, 'x'},
         {0, 0, 0, 0}};
     const char *cmd = "generate-data";
     tp_sdg_job job;
@@ -80,6 +82,7 @@ int cmd_generate_data(int argc, char **argv) {
         case 'S': rc = cli_int(cmd, "--part-samples", optarg, 1, 100000000, &job.part_samples); break;
         case 'D': job.dedup = 1; break;
         case 'R': job.restart = 1; break;
+        case 'x': rc = cli_precision(cmd, optarg); break;
         case 'h': fputs(HELP, stdout); return CLI_OK;
         default: return cli_usage(cmd, "unknown option (see taper generate-data --help)");
         }

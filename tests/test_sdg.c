@@ -742,3 +742,32 @@ TT_TEST(sdg_cli_interrupt_and_resume) {
     free(ref);
     free(rcf);
 }
+
+/* generate-data --precision: bf16 is recorded in the manifest; a bf16 run resumed under fp32 goes
+ * on with a note naming both; an unknown precision is a usage error (exit 2). */
+TT_TEST(sdg_cli_precision) {
+    if (!tt_bin()) { tt_skip("TAPER_BIN not set (run through make test)"); return; }
+    char *model = tt_path(tt_fixtures_dir(), "sparsify/model"), *dir = tt_path(tt_tmp_dir(), "sdg_prec");
+    char a[2048], *out = NULL;
+    tt_sh("rm -rf '%s'", dir);
+    snprintf(a, sizeof a, "generate-data '%s' -o '%s' --samples 4 --max-tokens 8 --precision fp16", model, dir);
+    TT_CHECK(tt_taper(a, &out) == 2 && strstr(out, "--precision"), "fp16: usage error: %s", out);
+    free(out);
+    const char *opts = "--samples 8 --max-tokens 8 --part-samples 4 --batch 4 --threads 1";
+    snprintf(a, sizeof a, "generate-data '%s' -o '%s' %s --samples 4 --precision bf16", model, dir, opts);
+    TT_CHECK(tt_taper(a, &out) == 0, "bf16 run: %s", out);
+    free(out);
+    char *man = tt_path(dir, "manifest.json");
+    cJSON *m = tt_read_json(man);
+    const cJSON *p = cJSON_GetObjectItem(m, "precision");
+    TT_CHECK(cJSON_IsString(p) && !strcmp(p->valuestring, "bf16"), "the manifest records bf16");
+    cJSON_Delete(m);
+    snprintf(a, sizeof a, "generate-data '%s' -o '%s' %s --precision fp32", model, dir, opts);
+    TT_CHECK(tt_taper(a, &out) == 0 && strstr(out, "precision fp32, the earlier parts were made under bf16"),
+             "resumed under fp32 with a note: %s", out);
+    free(out);
+    tt_sh("rm -rf '%s'", dir);
+    free(man);
+    free(model);
+    free(dir);
+}

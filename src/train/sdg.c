@@ -1124,6 +1124,7 @@ tp_status tp_sdg_job_run(const tp_sdg_job *j, tp_sdg_job_result *res) {
     if (j->prompts && (st = read_prompts(j->prompts, &prompts, &n_prompts))) return st;
     tp_model *m = NULL;
     st = tp_model_load(j->teacher, &m);
+    if (!st) st = tp_model_prepare_precision(m, 1); /* bf16: weights converted once, not per product */
     if (!st) st = run_job(j, m, prompts, n_prompts, res);
     tp_model_free(m);
     free_prompts(prompts, n_prompts);
