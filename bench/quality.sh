@@ -57,7 +57,7 @@ sdg() { # resumable: generate-data continues after its last complete part
   [ -f "$WORK/prompts.txt" ] || run python3 bench/quality/sdg_prompts.py "$WORK/prompts.txt" >/dev/null
   if [ ! -f "$SDG/.done" ]; then
     run "$BIN" generate-data "$MODEL" -o "$SDG" --chat --prompts "$WORK/prompts.txt" --samples "$SDG_SAMPLES" \
-      --max-tokens "$SDG_TOKENS" --temperature "$SDG_TEMP" --top-p 0.95 --seed "$SEED" --batch 64 --part-samples 128 --dedup \
+      --max-tokens "$SDG_TOKENS" --temperature "$SDG_TEMP" --top-p 0.95 --seed "$SEED" --batch 64 --part-samples 512 --dedup \
       --precision "$PRECISION" --threads "$THREADS" >&2
     touch "$SDG/.done"
   fi
