@@ -90,6 +90,51 @@ double tp_exp_affine_sum(const float *x, float sub, float mul, float *y, size_t 
 #endif
 }
 
+/* exp in double for x <= 0 (any x >= -708 is exact to within a few ulp; below, the terms are
+ * < 1e-307 and are clamped there): x = k ln2 + t, |t| <= ln2/2, exp(t) by its Taylor polynomial of
+ * degree 13 (truncation < 5e-18 relative), times 2^k by vscalefpd. */
+#if defined(__AVX512F__)
+static inline __m512d v_exp_neg_pd(__m512d x) {
+    static const double c[14] = {1.0,
+                                 1.0,
+                                 0.5,
+                                 1.0 / 6,
+                                 1.0 / 24,
+                                 1.0 / 120,
+                                 1.0 / 720,
+                                 1.0 / 5040,
+                                 1.0 / 40320,
+                                 1.0 / 362880,
+                                 1.0 / 3628800,
+                                 1.0 / 39916800,
+                                 1.0 / 479001600,
+                                 1.0 / 6227020800.0};
+    x = _mm512_max_pd(x, _mm512_set1_pd(-708.0));
+    __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d t = _mm512_fnmadd_pd(k, _mm512_set1_pd(6.93147180369123816490e-01), x); /* ln2 in two parts */
+    t = _mm512_fnmadd_pd(k, _mm512_set1_pd(1.90821492927058770002e-10), t);
+    __m512d p = _mm512_set1_pd(c[13]);
+    for (int i = 12; i >= 0; i--) p = _mm512_fmadd_pd(p, t, _mm512_set1_pd(c[i]));
+    return _mm512_scalef_pd(p, k);
+}
+#endif
+
+double tp_exp_shift_sum_f64(const float *x, double sub, size_t n) {
+    size_t i = 0;
+    double sum = 0;
+#if defined(__AVX512F__)
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), vs = _mm512_set1_pd(sub);
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm512_add_pd(s0, v_exp_neg_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), vs)));
+        s1 = _mm512_add_pd(s1, v_exp_neg_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)), vs)));
+    }
+    sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+#endif
+    for (; i < n; i++) sum += exp((double)x[i] - sub);
+    return sum;
+}
+
 void tp_matmul_wt_ref(const float *X, const float *W, const float *bias, float *Y, size_t N, size_t in,
                       size_t out) {
 #pragma omp parallel for schedule(static) collapse(2) if (N * out * in >= TP_PAR_MIN_WORK)

@@ -110,6 +110,10 @@ void tp_vexp(const float *x, float *y, size_t n);
 float tp_vmax(const float *x, size_t n);
 /* y[j] = exp(x[j] - sub) (y may be x, or NULL to only sum); returns the sum of those values in double. */
 double tp_exp_shift_sum(const float *x, float sub, float *y, size_t n);
+/* sum_j exp((double)x[j] - sub) in double, for sub >= max x (a log-sum-exp's shift): the terms
+ * within a few ulp of libm's exp (AVX-512: a degree-13 polynomial, terms below e^-708 counted as
+ * e^-708), summed in 16 lanes. */
+double tp_exp_shift_sum_f64(const float *x, double sub, size_t n);
 /* y[j] = exp((x[j] - sub) * mul), likewise. */
 double tp_exp_affine_sum(const float *x, float sub, float mul, float *y, size_t n);
 /* Forward KL(p || q) of one row, p = softmax(t * inv_tau), q = softmax(s * inv_tau): returns the

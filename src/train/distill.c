@@ -301,8 +301,7 @@ static double ce_rows(const float *s, const int32_t *targets, size_t R, size_t V
         }
         float mx = sr[0];
         for (size_t j = 1; j < V; j++) mx = sr[j] > mx ? sr[j] : mx;
-        double z = 0;
-        for (size_t j = 0; j < V; j++) z += exp((double)sr[j] - mx);
+        double z = tp_exp_shift_sum_f64(sr, mx, V);
         double lz = mx + log(z);
         total += lz - sr[y];
         for (size_t j = 0; j < V; j++) gr[j] = (float)(exp((double)sr[j] - lz) * scale);
