@@ -93,6 +93,26 @@ TT_TEST(sample_equals_full_sort) {
     }
     tt_note("%d of %d draws identical to the full sort", same, cases);
     TT_CHECK(same == cases && cases == 4 * 4 * 6 * 9, "every draw equal (%d of %d)", same, cases);
+    /* the sampler's threshold pass: one likely id and a long tail of 49,151 ids at relative
+     * probability e^-10 (the tail holds 69 % of the mass: the 1e-4 cut fails, the 1e-8 cut holds),
+     * and at 5e-9 with top_p 0.99999 (both cuts fail: the whole vocabulary is walked) */
+    const float tails[2] = {-10.0f, logf(5e-9f)};
+    const tp_sampler cut[2] = {{1, 0.95f, 0}, {1, 0.99999f, 0}};
+    int V = 49152, tail_same = 0;
+    float *lg = malloc((size_t)V * sizeof *lg), *tmp = malloc((size_t)V * sizeof *tmp);
+    for (int k = 0; k < 2; k++)
+        for (int rep = 0; rep < 20; rep++) {
+            for (int i = 0; i < V; i++) lg[i] = i == 777 ? 0.0f : tails[k] + 1e-3f * tp_rng_normal(&gen);
+            tp_rng a, b;
+            tp_rng_seed(&a, (uint64_t)(1000 + rep));
+            tp_rng_seed(&b, (uint64_t)(1000 + rep));
+            memcpy(tmp, lg, (size_t)V * sizeof *tmp);
+            int32_t got = tp_sample(tmp, V, &cut[k], &a), want = ref_sample(lg, V, &cut[k], &b);
+            tail_same += got == want;
+        }
+    free(lg);
+    free(tmp);
+    TT_CHECK(tail_same == 40, "long tails: %d of 40 draws equal to the full sort", tail_same);
 }
 
 static void fill_uniform(float *x, size_t n, tp_rng *r) {

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "taper/generate.h"
 #include "taper/util.h"
 
@@ -65,9 +66,16 @@ static const cand *at(walk *w, size_t i) {
  * theirs, then draw one in proportion to its weight. Only the part of the order the walk reaches
  * is sorted (a few hundred candidates typically, not the vocabulary). */
 int32_t tp_sample(float *logits, int vocab, const tp_sampler *s, tp_rng *rng) {
+    /* the first most likely token: the vector max, then its first position (a NaN, which the
+     * vector max may or may not return, falls back to the scalar scan) */
+    float vm = tp_vmax(logits, (size_t)vocab);
     int32_t best = 0;
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > logits[best]) best = i;
+    while (best < vocab && logits[best] != vm) best++;
+    if (best == vocab) {
+        best = 0;
+        for (int i = 1; i < vocab; i++)
+            if (logits[i] > logits[best]) best = i;
+    }
     if (!(s->temperature > 0)) return best;
     float mx = logits[best];
     cand *c = malloc((size_t)vocab * sizeof *c);
@@ -78,8 +86,29 @@ int32_t tp_sample(float *logits, int vocab, const tp_sampler *s, tp_rng *rng) {
         c[i].id = i;
         total += c[i].p;
     }
-    walk w = {c, (size_t)vocab, 0};
-    size_t n = (size_t)vocab;
+    /* Only the candidates that can be reached matter: when those at or above a threshold (p is
+     * relative to the most likely, 1) already hold the top_p mass (and the top_k first ones), every
+     * candidate below it comes after them in the order and is never reached, so the walk runs over
+     * them alone, with the same result; else over the whole vocabulary. The selection then touches
+     * a few hundred candidates instead of the vocabulary. */
+    size_t nc = (size_t)vocab;
+    if (s->top_p > 0 && s->top_p < 1)
+        for (float thr = 1e-4f; thr >= 1e-8f; thr *= 1e-4f) {
+            size_t f = 0;
+            double mass = 0;
+            for (size_t i = 0; i < nc; i++)
+                if (c[i].p >= thr) {
+                    mass += c[i].p;
+                    c[f++] = c[i];
+                }
+            if (mass >= s->top_p * total && (s->top_k <= 0 || f >= (size_t)s->top_k)) {
+                nc = f;
+                break;
+            }
+            for (size_t i = 0; i < nc; i++) c[i] = (cand){expf((logits[i] - mx) / s->temperature), (int32_t)i};
+        }
+    walk w = {c, nc, 0};
+    size_t n = nc;
     double kept = total;
     if (s->top_k > 0 && (size_t)s->top_k < n) {
         n = (size_t)s->top_k;
