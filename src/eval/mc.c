@@ -489,13 +489,14 @@ static tp_status run_rows(engine *e, unit_t *u, rows_t *R, const int *ids, int n
     return s;
 }
 
+/* The fewest context positions a forward of run_units' shared prefixes takes at once. */
+#define PREFIX_STEP 64
+
 /* Runs the units u[0..nu) together and sets each seq's ll and greedy flag. Their shared prefixes
  * go as one padded batch without logits. When every unit has a single row, the tails continue
  * in that same cache as one batch. Otherwise the rows, longest tail first, go in batches of at
  * most `chunk` tokens (padding only up to the longest tail of each batch), each row starting from
  * a copy of its unit's prefix cache. */
-#define PREFIX_STEP 64
-
 static tp_status run_units(engine *e, unit_t *u, int nu) {
     const tp_model *m = e->m;
     tp_status s;
