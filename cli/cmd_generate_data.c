@@ -35,7 +35,7 @@ static const char *HELP =
     "                       earlier kept sample of the run, earlier parts and runs included\n"
     "  --restart            discard what an earlier run left in OUT_DIR and start again\n"
     "  --precision P        fp32 (default) or bf16: weight products with bf16 inputs, fp32 accumulation\n"
-    "                       (about 1.5x faster on CPUs with AVX512-BF16 / AMX; samples differ by rounding)\n"
+    "                       (about twice as fast with AVX512-BF16 or AMX; samples differ by rounding)\n"
     "  --threads N          OpenMP threads (default: all cores)\n"
     "  -h, --help           this help\n\n"
     "Resume: the same command on the same OUT_DIR continues after the last complete part (nothing\n"
