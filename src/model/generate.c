@@ -62,6 +62,17 @@ static const cand *at(walk *w, size_t i) {
     return &w->c[i];
 }
 
+/* c[i] = (exp((logits[i] - mx) / temperature), i) for every id; returns the sum of the weights. */
+static double fill_cands(cand *c, const float *logits, int vocab, float mx, float temperature) {
+    double total = 0;
+    for (int i = 0; i < vocab; i++) {
+        c[i].p = expf((logits[i] - mx) / temperature);
+        c[i].id = i;
+        total += c[i].p;
+    }
+    return total;
+}
+
 /* In the candidates' order: keep the top_k first, then the fewest whose mass reaches top_p of
  * theirs, then draw one in proportion to its weight. Only the part of the order the walk reaches
  * is sorted (a few hundred candidates typically, not the vocabulary). */
@@ -80,12 +91,7 @@ int32_t tp_sample(float *logits, int vocab, const tp_sampler *s, tp_rng *rng) {
     float mx = logits[best];
     cand *c = malloc((size_t)vocab * sizeof *c);
     if (!c) return best;
-    double total = 0;
-    for (int i = 0; i < vocab; i++) {
-        c[i].p = expf((logits[i] - mx) / s->temperature);
-        c[i].id = i;
-        total += c[i].p;
-    }
+    double total = fill_cands(c, logits, vocab, mx, s->temperature);
     /* Only the candidates that can be reached matter: when those at or above a threshold (p is
      * relative to the most likely, 1) already hold the top_p mass (and the top_k first ones), every
      * candidate below it comes after them in the order and is never reached, so the walk runs over
@@ -105,7 +111,7 @@ int32_t tp_sample(float *logits, int vocab, const tp_sampler *s, tp_rng *rng) {
                 nc = f;
                 break;
             }
-            for (size_t i = 0; i < nc; i++) c[i] = (cand){expf((logits[i] - mx) / s->temperature), (int32_t)i};
+            fill_cands(c, logits, vocab, mx, s->temperature); /* the cut failed: all candidates back */
         }
     walk w = {c, nc, 0};
     size_t n = nc;
