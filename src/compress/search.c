@@ -165,6 +165,15 @@ double tp_spearman(const double *a, const double *b, int n) {
     return saa > 0 && sbb > 0 ? sab / sqrt(saa * sbb) : NAN;
 }
 
+/* A score read back on resume: written with 17 digits, so the rerun ranks on the same bits
+ * (cJSON's own printing keeps 15 digits when they read back within an epsilon). */
+static void add_exact(cJSON *o, const char *k, double v) {
+    char num[40];
+    if (!isfinite(v)) return;
+    snprintf(num, sizeof num, "%.17g", v);
+    cJSON_AddRawToObject(o, k, num);
+}
+
 static cJSON *row_json(const tp_search_row *r) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -176,14 +185,14 @@ static cJSON *row_json(const tp_search_row *r) {
     cJSON_AddNumberToObject(o, "layers", r->shape.n_layers);
     cJSON_AddNumberToObject(o, "params", (double)r->n_params);
     cJSON_AddNumberToObject(o, "mem_bytes", r->mem_bytes);
-    if (!isnan(r->loss0)) cJSON_AddNumberToObject(o, "untrained_loss", r->loss0);
-    if (!isnan(r->kd0)) cJSON_AddNumberToObject(o, "untrained_kd", r->kd0);
-    if (!isnan(r->loss0_half[0])) cJSON_AddNumberToObject(o, "untrained_loss_half1", r->loss0_half[0]);
-    if (!isnan(r->loss0_half[1])) cJSON_AddNumberToObject(o, "untrained_loss_half2", r->loss0_half[1]);
+    if (!isnan(r->loss0)) add_exact(o, "untrained_loss", r->loss0);
+    if (!isnan(r->kd0)) add_exact(o, "untrained_kd", r->kd0);
+    if (!isnan(r->loss0_half[0])) add_exact(o, "untrained_loss_half1", r->loss0_half[0]);
+    if (!isnan(r->loss0_half[1])) add_exact(o, "untrained_loss_half2", r->loss0_half[1]);
     cJSON_AddNumberToObject(o, "untrained_rank", r->rank0);
     if (r->distilled) {
-        cJSON_AddNumberToObject(o, "kd", r->kd);
-        cJSON_AddNumberToObject(o, "loss", r->loss);
+        add_exact(o, "kd", r->kd);
+        add_exact(o, "loss", r->loss);
         cJSON_AddNumberToObject(o, "ppl", exp(r->loss));
         cJSON_AddNumberToObject(o, "kd_rank", r->rank);
         cJSON_AddNumberToObject(o, "distill_seconds", r->seconds);
