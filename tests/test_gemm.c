@@ -226,6 +226,48 @@ TT_TEST(gemm_bf16_registered_weights_follow_updates) {
 
 /* A training step of a tiny random model: bf16 loss and gradient close to fp32 (bf16 has 8 bits
  * of mantissa: ~0.4 % per input), and not identical (the path is really taken). */
+/* A pinned input (converted once for several products) gives the bits of converting it per
+ * product, in every transpose; after unpin a changed input is read afresh; fp32 ignores pins. */
+TT_TEST(gemm_bf16_pinned_inputs_same_bits) {
+    tp_rng r;
+    tp_rng_seed(&r, 14);
+    int prec = tp_gemm_precision(), M = 96, N = 80, K = 128;
+    float *A = malloc((size_t)M * K * 4), *B = malloc((size_t)K * N * 4), *C1 = malloc((size_t)M * N * 4),
+          *C2 = malloc((size_t)M * N * 4);
+    fill(A, (size_t)M * K, &r, 1);
+    fill(B, (size_t)K * N, &r, 1);
+    tp_gemm_set_precision(TP_PREC_BF16);
+    for (int t = 0; t < 4; t++) {
+        int ta = t & 1, tb = t >> 1, lda = ta ? M : K, ldb = tb ? K : N;
+        tp_sgemm_prec(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0, C1, N);
+        tp_gemm_bf16_pin(A, (size_t)M * K);
+        tp_gemm_bf16_pin(B, (size_t)K * N);
+        tp_sgemm_prec(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0, C2, N);
+        TT_CHECK(!memcmp(C1, C2, (size_t)M * N * 4), "ta=%d tb=%d: pinned = converted per product", ta, tb);
+        tp_gemm_bf16_unpin(A);
+        tp_gemm_bf16_unpin(B);
+    }
+    tp_sgemm_prec(0, 0, M, N, K, 1, A, K, B, N, 0, C2, N);
+    tp_gemm_bf16_pin(A, (size_t)M * K);
+    tp_gemm_bf16_unpin(A);
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] *= 2; /* changed after unpin: no stale copy */
+    tp_sgemm_prec(0, 0, M, N, K, 1, A, K, B, N, 0, C1, N); /* doubling is exact: twice the first */
+    int twice = 1;
+    for (int i = 0; i < M * N; i++) twice &= C1[i] == 2 * C2[i];
+    TT_CHECK(twice, "after unpin the changed input is converted again");
+    tp_gemm_set_precision(TP_PREC_FP32);
+    tp_gemm_bf16_pin(A, (size_t)M * K); /* fp32: no pin, the fp32 product */
+    tp_sgemm_prec(0, 0, M, N, K, 1, A, K, B, N, 0, C1, N);
+    tp_sgemm(0, 0, M, N, K, 1, A, K, B, N, 0, C2, N);
+    TT_CHECK(!memcmp(C1, C2, (size_t)M * N * 4), "fp32 ignores pins");
+    tp_gemm_bf16_unpin(A);
+    tp_gemm_set_precision(prec);
+    free(A);
+    free(B);
+    free(C1);
+    free(C2);
+}
+
 TT_TEST(gemm_bf16_training_step_close_to_fp32) {
     tp_config c;
     memset(&c, 0, sizeof c);

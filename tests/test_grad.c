@@ -783,6 +783,110 @@ TT_TEST(grad_attention_kernels_match_naive) {
     }
 }
 
+/* The AMX forward (bf16 Q, K, V and probabilities, fp32 softmax) against the double twin fed the
+ * same bf16-rounded Q, K, V: what is left is the probabilities' rounding, at most 2^-9 of each
+ * weight, so |out - ref| <= 2^-8 max|V| and lse within 1e-4. Several query blocks, p0 > 0,
+ * windows inside and across blocks, strided rows, hd 64 and 128. Where the build or CPU has no
+ * AMX the kernel must decline and bf16 attention must give the fp32 path's bits. */
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = tp_bf16_to_f32(tp_f32_to_bf16(x[i]));
+}
+
+TT_TEST(grad_attention_amx_matches_naive) {
+    tp_rng r;
+    tp_rng_seed(&r, 33);
+    int ready = tp_attention_amx_ready();
+    double worst_f = 0, worst_b = 0; /* largest error seen, relative to the bound's scale */
+    tt_note("AMX attention %s", ready ? "available: checked against the double twin" : "not available: checked that it declines");
+    for (int pass = 0; pass < 6; pass++) {
+        int hd = pass < 4 ? 64 : 128, T = pass == 5 ? 40 : 150 + 70 * (pass & 1), p0 = pass % 2 ? 5 : 0;
+        int win = pass == 2 ? 37 : pass == 3 ? 100 : 0, Tk = p0 + T;
+        size_t ld = 2 * (size_t)hd + 8, no = (size_t)T * ld;
+        float scale = 1.0f / sqrtf((float)hd);
+        float *Q = malloc(no * 4), *K = malloc((size_t)Tk * ld * 4), *V = malloc((size_t)Tk * ld * 4);
+        float *O = calloc(no, 4), *Or = calloc(no, 4), *lse = calloc((size_t)T, 4), *lser = calloc((size_t)T, 4);
+        float *S = malloc(2 * TP_ATT_BLOCK * (size_t)Tk * 4);
+        fill(Q, no, &r, 2.0f);
+        fill(K, (size_t)Tk * ld, &r, 2.0f);
+        fill(V, (size_t)Tk * ld, &r, 1);
+        round_bf16(Q, no);
+        round_bf16(K, (size_t)Tk * ld);
+        round_bf16(V, (size_t)Tk * ld);
+        if (ready) {
+            TT_CHECK(tp_attention_head_lse_amx(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale) == 0, "amx runs");
+            tp_attention_head_lse_ref(Q, ld, K, V, ld, Or, ld, lser, T, p0, win, hd, scale);
+            double vmax = 0, eo = 0, el = 0;
+            int cols_ok = 1;
+            for (size_t i = 0; i < (size_t)Tk * ld; i++) vmax = fmax(vmax, fabs(V[i]));
+            for (int i = 0; i < T; i++) {
+                for (int e = 0; e < hd; e++) eo = fmax(eo, fabs(O[(size_t)i * ld + e] - Or[(size_t)i * ld + e]));
+                for (size_t e = (size_t)hd; e < ld; e++) cols_ok &= O[(size_t)i * ld + e] == 0;
+                el = fmax(el, fabs(lse[i] - lser[i]));
+            }
+            TT_CHECK(eo <= vmax / 256 && eo > 0, "hd %d T %d p0 %d window %d: max|out - ref| %.3g (bound %.3g)", hd, T, p0,
+                     win, eo, vmax / 256);
+            worst_f = fmax(worst_f, eo / vmax);
+            TT_CHECK(el <= 1e-4, "hd %d T %d p0 %d window %d: max|lse - ref| %.3g", hd, T, p0, win, el);
+            TT_CHECK(cols_ok, "writes only its head's columns");
+            /* under bf16 precision the blocked kernel takes this path */
+            float *O2 = calloc(no, 4), *lse2 = calloc((size_t)T, 4);
+            tp_gemm_set_precision(TP_PREC_BF16);
+            tp_attention_head_lse(Q, ld, K, V, ld, O2, ld, lse2, T, p0, win, hd, scale, S);
+            tp_gemm_set_precision(TP_PREC_FP32);
+            TT_CHECK(!memcmp(O, O2, no * 4) && !memcmp(lse, lse2, (size_t)T * 4), "bf16 precision takes the AMX path");
+            free(O2); free(lse2);
+            /* backward, fed the AMX forward's O and lse, against the double twin on the same inputs:
+             * P and dS rounded to bf16 (2^-9 each) bound the error at 1 % of the largest gradient */
+            float *dO = malloc(no * 4), *dQ = calloc(no, 4), *dQr = calloc(no, 4);
+            size_t nk = (size_t)Tk * ld;
+            float *dK = malloc(nk * 4), *dKr = malloc(nk * 4), *dV = malloc(nk * 4), *dVr = malloc(nk * 4);
+            fill(dO, no, &r, 1);
+            round_bf16(dO, no);
+            fill(dK, nk, &r, 1);
+            fill(dV, nk, &r, 1);
+            memcpy(dKr, dK, nk * 4);
+            memcpy(dVr, dV, nk * 4);
+            TT_CHECK(tp_attention_head_bwd_amx(Q, ld, K, V, ld, O, dO, ld, lse, dQ, ld, dK, dV, ld, T, p0, win, hd,
+                                               scale) == 0, "amx backward runs");
+            tp_attention_head_bwd_ref(Q, ld, K, V, ld, Or, dO, ld, lser, dQr, ld, dKr, dVr, ld, T, p0, win, hd, scale);
+            const char *nm[3] = {"dQ", "dK", "dV"};
+            const float *a[3] = {dQ, dK, dV}, *b[3] = {dQr, dKr, dVr};
+            size_t n[3] = {no, nk, nk};
+            for (int g = 0; g < 3; g++) {
+                double mb = 0, e = 0;
+                int other = 1;
+                for (size_t i = 0; i < n[g]; i++) {
+                    if (i % ld >= (size_t)hd) { /* other heads' columns: untouched */
+                        other &= g == 0 ? a[g][i] == 0 : a[g][i] == b[g][i];
+                        continue;
+                    }
+                    mb = fmax(mb, fabs(b[g][i]));
+                    e = fmax(e, fabs(a[g][i] - b[g][i]));
+                }
+                worst_b = fmax(worst_b, e / mb);
+                TT_CHECK(e <= 0.01 * mb && e > 0, "backward %s hd %d T %d p0 %d window %d: max err %.3g of max %.3g",
+                         nm[g], hd, T, p0, win, e, mb);
+                TT_CHECK(other, "backward %s: other heads' columns untouched", nm[g]);
+            }
+            free(dO); free(dQ); free(dQr); free(dK); free(dKr); free(dV); free(dVr);
+        } else {
+            TT_CHECK(tp_attention_head_lse_amx(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale) == -1, "declines");
+            TT_CHECK(tp_attention_head_bwd_amx(Q, ld, K, V, ld, O, Q, ld, lse, O, ld, K, V, ld, T, p0, win, hd, scale) == -1,
+                     "backward declines");
+            tp_attention_head_lse(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale, S);
+            tp_gemm_set_precision(TP_PREC_BF16);
+            tp_attention_head_lse(Q, ld, K, V, ld, Or, ld, lser, T, p0, win, hd, scale, S);
+            tp_gemm_set_precision(TP_PREC_FP32);
+            TT_CHECK(!memcmp(O, Or, no * 4) && !memcmp(lse, lser, (size_t)T * 4), "bf16 attention = fp32 path without AMX");
+        }
+        free(Q); free(K); free(V); free(O); free(Or); free(lse); free(lser); free(S);
+    }
+    if (ready) tt_note("largest errors: forward %.2g of max|V|, backward %.2g of the largest gradient", worst_f, worst_b);
+    /* hd not a multiple of 32: declined everywhere */
+    float q[16] = {0}, o[16], l[1];
+    TT_CHECK(tp_attention_head_lse_amx(q, 16, q, q, 16, o, 16, l, 1, 0, 0, 16, 1.0f) == -1, "hd 16 declined");
+}
+
 /* ----------------------- determinism and recompute ----------------------- */
 
 static int32_t *random_ids(tp_rng *r, size_t n, int V, int ignore_every) {

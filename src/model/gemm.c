@@ -236,6 +236,65 @@ static const uint16_t *bf16_lookup(const float *p, size_t elems) {
 
 const unsigned short *tp_gemm_bf16_find(const float *w, size_t n) { return bf16_lookup(w, n); }
 
+/* ------------------------------------------------------------------ pinned inputs
+ * An activation that several products read (the normed hidden state for Q, K and V; a gradient
+ * for both dX and dW; the logits' gradient) is converted once by tp_gemm_bf16_pin and found by
+ * pointer until tp_gemm_bf16_unpin. The buffers stay allocated between pins (no page faults for
+ * the logits' size at every step); tp_gemm_shutdown frees them. */
+#define NPIN 6
+typedef struct {
+    const float *p;
+    size_t n, cap;
+    uint16_t *h;
+} pin_entry;
+static pin_entry g_pins[NPIN];
+static pthread_mutex_t g_pin_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void tp_gemm_bf16_pin(const float *p, size_t n) {
+    if (g_prec != TP_PREC_BF16 || !p || !n) return;
+    pthread_mutex_lock(&g_pin_mu);
+    int slot = -1;
+    for (int i = 0; i < NPIN; i++)
+        if (g_pins[i].p == p || (slot < 0 && !g_pins[i].p)) slot = i;
+    if (slot >= 0 && g_pins[slot].cap < n) {
+        uint16_t *h = realloc(g_pins[slot].h, n * sizeof *h);
+        if (h) {
+            g_pins[slot].h = h;
+            g_pins[slot].cap = n;
+        } else
+            slot = -1; /* not pinned: the products convert it as before */
+    }
+    if (slot >= 0) {
+        to_bf16(p, 1, n, n, g_pins[slot].h);
+        g_pins[slot].p = p;
+        g_pins[slot].n = n;
+    }
+    pthread_mutex_unlock(&g_pin_mu);
+}
+
+void tp_gemm_bf16_unpin(const float *p) {
+    pthread_mutex_lock(&g_pin_mu);
+    for (int i = 0; i < NPIN; i++)
+        if (g_pins[i].p == p) g_pins[i].p = NULL;
+    pthread_mutex_unlock(&g_pin_mu);
+}
+
+/* The pinned bf16 copy of the elems values at p (a pin starting there and at least as long). */
+static const uint16_t *pin_lookup(const float *p, size_t elems) {
+    const uint16_t *h = NULL;
+    pthread_mutex_lock(&g_pin_mu);
+    for (int i = 0; i < NPIN && !h; i++)
+        if (g_pins[i].p == p && g_pins[i].n >= elems) h = g_pins[i].h;
+    pthread_mutex_unlock(&g_pin_mu);
+    return h;
+}
+
+/* A registered weight's copy, else a pinned input's. */
+static const uint16_t *bf16_copy(const float *p, size_t elems) {
+    const uint16_t *h = bf16_lookup(p, elems);
+    return h ? h : pin_lookup(p, elems);
+}
+
 /* ------------------------------------------------------------------ scratch for converted inputs */
 
 typedef struct {
@@ -434,8 +493,8 @@ static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha,
     if (bf16) {
         size_t ar = ta ? (size_t)K : (size_t)M, ac = ta ? (size_t)M : (size_t)K;
         size_t br = tb ? (size_t)N : (size_t)K, bc = tb ? (size_t)K : (size_t)N;
-        const uint16_t *ra = (size_t)lda == ac ? bf16_lookup(A, ar * ac) : NULL;
-        const uint16_t *rb = (size_t)ldb == bc ? bf16_lookup(B, br * bc) : NULL;
+        const uint16_t *ra = (size_t)lda == ac ? bf16_copy(A, ar * ac) : NULL;
+        const uint16_t *rb = (size_t)ldb == bc ? bf16_copy(B, br * bc) : NULL;
         pthread_mutex_lock(&g_scratch_mu);
         uint16_t *sa = ra ? NULL : scratch_get(&g_sa, ar * ac), *sb = rb ? NULL : scratch_get(&g_sb, br * bc);
         if ((!ra && !sa) || (!rb && !sb)) {
@@ -536,6 +595,10 @@ void tp_gemm_shutdown(void) {
     g_eng = NULL;
     pthread_mutex_unlock(&g_prim_mu);
 #endif
+    pthread_mutex_lock(&g_pin_mu);
+    for (int i = 0; i < NPIN; i++) free(g_pins[i].h);
+    memset(g_pins, 0, sizeof g_pins);
+    pthread_mutex_unlock(&g_pin_mu);
     pthread_mutex_lock(&g_scratch_mu);
     free(g_sa.p);
     free(g_sb.p);

@@ -3,6 +3,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,7 +171,9 @@ void tp_matmul_wt_shared(const float *X, size_t N, size_t in, int n, const float
         No[i] = (int)out[i];
     }
     if (!fits || tp_sgemm_prec_shared((int)N, (int)in, X, (int)in, n, W, No, Y) != 0) {
+        if (n > 1) tp_gemm_bf16_pin(X, N * in); /* one conversion of X for the n products */
         for (int i = 0; i < n; i++) tp_matmul_wt(X, W[i], bias ? bias[i] : NULL, Y[i], N, in, out[i]);
+        if (n > 1) tp_gemm_bf16_unpin(X);
         return;
     }
     for (int i = 0; bias && i < n; i++)
@@ -191,16 +194,77 @@ void tp_rmsnorm(const float *x, const float *w, float *out, size_t N, size_t d, 
     }
 }
 
+/* Rotation tables: cos and sin of (float)pos * inv_freq[j] for positions [0, npos), made once per
+ * set of frequencies (every layer, the queries and the keys, forward and backward share one) with
+ * the very expression the kernels used before, so the bits are the same. A table is never changed
+ * or freed once published: a longer one is made beside it (sizes double), so a kernel may read
+ * its pointer while another thread publishes. */
+typedef struct rope_tab {
+    struct rope_tab *next;
+    int half, npos;
+    float *inv, *cs; /* cs[p * 2 * half + j] = cos, [.. + half + j] = sin */
+} rope_tab;
+static rope_tab *g_rope;
+static pthread_mutex_t g_rope_mu = PTHREAD_MUTEX_INITIALIZER;
+#define ROPE_TAB_MAX ((size_t)16 << 20) /* floats: past this the kernels compute the angles */
+
+static const float *rope_table(const float *inv_freq, int half, const int *pos, size_t N) {
+    int mx = 0;
+    for (size_t n = 0; n < N; n++) {
+        if (pos[n] < 0) return NULL;
+        if (pos[n] > mx) mx = pos[n];
+    }
+    const float *cs = NULL;
+    pthread_mutex_lock(&g_rope_mu);
+    int have = 0;
+    for (rope_tab *t = g_rope; t; t = t->next) /* newest first */
+        if (t->half == half && !memcmp(t->inv, inv_freq, (size_t)half * sizeof(float))) {
+            if (t->npos > mx) cs = t->cs;
+            else if (!have) have = t->npos;
+            if (cs) break;
+        }
+    if (!cs) {
+        size_t np = (size_t)mx + 1 > 2 * (size_t)have ? (size_t)mx + 1 : 2 * (size_t)have;
+        if (np < 1024) np = 1024;
+        rope_tab *t = np * 2 * (size_t)half <= ROPE_TAB_MAX ? calloc(1, sizeof *t) : NULL;
+        if (t && (t->inv = malloc((size_t)half * sizeof(float))) && (t->cs = malloc(np * 2 * (size_t)half * sizeof(float)))) {
+            memcpy(t->inv, inv_freq, (size_t)half * sizeof(float));
+            t->half = half;
+            t->npos = (int)np;
+            for (size_t p = 0; p < np; p++)
+                for (int j = 0; j < half; j++) {
+                    float a = (float)p * inv_freq[j];
+                    t->cs[p * 2 * (size_t)half + (size_t)j] = cosf(a);
+                    t->cs[p * 2 * (size_t)half + (size_t)half + (size_t)j] = sinf(a);
+                }
+            t->next = g_rope;
+            g_rope = t;
+            cs = t->cs;
+        } else if (t) {
+            free(t->inv);
+            free(t);
+        }
+    }
+    pthread_mutex_unlock(&g_rope_mu);
+    return cs;
+}
+
 void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, const float *inv_freq) {
     int half = hd / 2;
+    const float *tab = rope_table(inv_freq, half, pos, N);
 #pragma omp parallel for schedule(static) if (N * (size_t)n_heads * (size_t)hd >= TP_PAR_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
-        float c[512], s[512]; /* head_dim <= 1024 is enforced by config validation */
-        for (int j = 0; j < half; j++) {
-            float a = (float)pos[n] * inv_freq[j];
-            c[j] = cosf(a);
-            s[j] = sinf(a);
-        }
+        float cb[512], sb[512]; /* head_dim <= 1024 is enforced by config validation */
+        const float *c = cb, *s = sb;
+        if (tab) {
+            c = tab + (size_t)pos[n] * 2 * (size_t)half;
+            s = c + half;
+        } else
+            for (int j = 0; j < half; j++) {
+                float a = (float)pos[n] * inv_freq[j];
+                cb[j] = cosf(a);
+                sb[j] = sinf(a);
+            }
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (n * (size_t)n_heads + (size_t)h) * (size_t)hd;
             for (int j = 0; j < half; j++) {
@@ -431,20 +495,63 @@ void tp_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const flo
         const float *xr = x + n * d, *dr = dout + n * d;
         float r = rstd[n];
         double dot = 0;
+        float *o = dx + n * d;
+#if defined(__AVX512F__)
+        /* the same float products, summed in double in 16 lanes */
+        __m512d d0 = _mm512_setzero_pd(), d1 = _mm512_setzero_pd();
+        __m512 vr = _mm512_set1_ps(r);
+        for (size_t i = 0; i < d; i += 16) {
+            __mmask16 m = tail_mask(d - i);
+            __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dr + i), _mm512_maskz_loadu_ps(m, w + i));
+            __m512 xh = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), vr);
+            d0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(g)), _mm512_cvtps_pd(_mm512_castps512_ps256(xh)), d0);
+            d1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(g), 1))),
+                                 _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xh), 1))), d1);
+        }
+        dot = _mm512_reduce_add_pd(_mm512_add_pd(d0, d1));
+        __m512 vm = _mm512_set1_ps((float)(dot / (double)d));
+        for (size_t i = 0; i < d; i += 16) {
+            __mmask16 m = tail_mask(d - i);
+            __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dr + i), _mm512_maskz_loadu_ps(m, w + i));
+            __m512 xh = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), vr);
+            __m512 v = _mm512_mul_ps(vr, _mm512_fnmadd_ps(xh, vm, g));
+            _mm512_mask_storeu_ps(o + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + i), v));
+        }
+#else
         for (size_t i = 0; i < d; i++) dot += (double)(dr[i] * w[i]) * (xr[i] * r);
         float mdot = (float)(dot / (double)d);
-        float *o = dx + n * d;
         for (size_t i = 0; i < d; i++) o[i] += r * (dr[i] * w[i] - (xr[i] * r) * mdot);
+#endif
     }
     size_t nb = (d + 63) / 64;
 #pragma omp parallel for schedule(static) if (N * d >= TP_PAR_MIN_WORK)
     for (size_t b = 0; b < nb; b++) {
         size_t i0 = b * 64, i1 = i0 + 64 < d ? i0 + 64 : d;
         double acc[64] = {0};
-        for (size_t n = 0; n < N; n++) {
-            float r = rstd[n];
-            for (size_t i = i0; i < i1; i++) acc[i - i0] += (double)dout[n * d + i] * (x[n * d + i] * r);
-        }
+#if defined(__AVX512F__)
+        if (i1 - i0 == 64) { /* 64 columns in 8 double lanes of 8: the same terms, the same order */
+            __m512d a[8];
+            for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_pd();
+            for (size_t n = 0; n < N; n++) {
+                __m512 vr = _mm512_set1_ps(rstd[n]);
+                for (int k = 0; k < 4; k++) {
+                    __m512 g = _mm512_loadu_ps(dout + n * d + i0 + 16 * (size_t)k);
+                    __m512 xh = _mm512_mul_ps(_mm512_loadu_ps(x + n * d + i0 + 16 * (size_t)k), vr);
+                    a[2 * k] = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(g)),
+                                               _mm512_cvtps_pd(_mm512_castps512_ps256(xh)), a[2 * k]);
+                    a[2 * k + 1] =
+                        _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(g), 1))),
+                                        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xh), 1))),
+                                        a[2 * k + 1]);
+                }
+            }
+            for (int k = 0; k < 8; k++) _mm512_storeu_pd(acc + 8 * k, a[k]);
+        } else
+#endif
+            for (size_t n = 0; n < N; n++) {
+                float r = rstd[n];
+                for (size_t i = i0; i < i1; i++) acc[i - i0] += (double)dout[n * d + i] * (x[n * d + i] * r);
+            }
         for (size_t i = i0; i < i1; i++) dw[i] += (float)(alpha * acc[i - i0]);
     }
 }
@@ -467,11 +574,19 @@ void tp_rmsnorm_bwd_ref(const float *x, const float *w, const float *rstd, const
 
 void tp_rope_bwd(float *dx, size_t N, int n_heads, int hd, const int *pos, const float *inv_freq) {
     int half = hd / 2;
+    const float *tab = rope_table(inv_freq, half, pos, N);
 #pragma omp parallel for schedule(static) if (N * (size_t)n_heads * (size_t)hd >= TP_PAR_MIN_WORK)
     for (size_t n = 0; n < N; n++)
         for (int j = 0; j < half; j++) {
-            float a = (float)pos[n] * inv_freq[j]; /* the forward's angle, bit for bit */
-            float c = cosf(a), s = sinf(a);
+            float c, s;
+            if (tab) {
+                c = tab[(size_t)pos[n] * 2 * (size_t)half + (size_t)j];
+                s = tab[(size_t)pos[n] * 2 * (size_t)half + (size_t)half + (size_t)j];
+            } else {
+                float a = (float)pos[n] * inv_freq[j]; /* the forward's angle, bit for bit */
+                c = cosf(a);
+                s = sinf(a);
+            }
             for (int h = 0; h < n_heads; h++) {
                 float *v = dx + (n * (size_t)n_heads + (size_t)h) * (size_t)hd;
                 float da = v[j], db = v[j + half];
@@ -535,6 +650,9 @@ void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg,
 
 void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                            size_t ldo, float *lse, int T, int p0, int window, int hd, float scale, float *S) {
+    if (tp_gemm_precision() == TP_PREC_BF16 &&
+        tp_attention_head_lse_amx(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, window, hd, scale) == 0)
+        return;
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         /* the block's rows see keys kmin..kmax-1 between them (kmin > 0 only under a window) */
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
@@ -585,6 +703,10 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
                            const float *O, const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq,
                            float *dK, float *dV, size_t lddk, int T, int p0, int window, int hd, float scale,
                            float *scratch) {
+    if (tp_gemm_precision() == TP_PREC_BF16 &&
+        tp_attention_head_bwd_amx(Q, ldq, K, V, ldk, O, dO, ldo, lse, dQ, lddq, dK, dV, lddk, T, p0, window, hd,
+                                  scale) == 0)
+        return;
     float *P = scratch, *dP = scratch + (size_t)TP_ATT_BLOCK * (size_t)(p0 + T);
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;

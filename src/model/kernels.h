@@ -47,6 +47,10 @@ void tp_gemm_bf16_refresh(void);
 void tp_gemm_bf16_forget_range(const float *p, size_t n);
 /* The registered bf16 copy of the n-element weight at w (up to date), or NULL. */
 const unsigned short *tp_gemm_bf16_find(const float *w, size_t n);
+/* Under bf16 precision, the n values at p converted once for the products that read them until
+ * unpin (p must not change in between); a no-op in fp32 or when the few slots are taken. */
+void tp_gemm_bf16_pin(const float *p, size_t n);
+void tp_gemm_bf16_unpin(const float *p);
 void tp_gemm_shutdown(void); /* frees cached primitives and buffers (tests, leak checkers) */
 unsigned short tp_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 float tp_bf16_to_f32(unsigned short h);
@@ -179,6 +183,20 @@ void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const flo
                            size_t ldo, float *lse, int T, int p0, int window, int hd, float scale, float *scratch);
 void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                                float *out, size_t ldo, float *lse, int T, int p0, int window, int hd, float scale);
+
+/* tp_attention_head_lse on AMX tiles (attn_amx.c): Q, K, V and the probabilities rounded to bf16,
+ * fp32 accumulation, the softmax in fp32. -1 (nothing written) where this build or CPU has no
+ * AMX-BF16, or hd is not a multiple of 32. tp_attention_head_lse takes it under bf16 precision. */
+int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
+                              size_t ldo, float *lse, int T, int p0, int window, int hd, float scale);
+/* tp_attention_head_bwd on AMX tiles: products in bf16 (Q, K, V, dO, P and dS rounded), fp32
+ * accumulation; -1 as above. tp_attention_head_bwd takes it under bf16 precision. */
+int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                              const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                              size_t lddk, int T, int p0, int window, int hd, float scale);
+/* 1 when the AMX kernels run here; tp_attention_amx_disable(1) turns them off (tests, A/B runs). */
+int tp_attention_amx_ready(void);
+void tp_attention_amx_disable(int off);
 
 /* Backward of one causal head (flash-attention style: probabilities recomputed from lse, block
  * by block). O, dO: (T,hd; stride ldo) forward output and its gradient. dQ (T,hd; stride lddq)

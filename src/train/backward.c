@@ -305,9 +305,11 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     tp_rmsnorm_fwd(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), tp->h, s->rstd1, N, d, eps);
     if (hooks) fhook(cx, TP_HOOK_ATTN_NORM, l, tp->h, d);
     float *q = c->qk_norm ? s->qr : s->q, *k = c->qk_norm ? s->kr : s->k;
+    tp_gemm_bf16_pin(tp->h, N * d); /* bf16: converted once for the three products */
     tp_matmul_wt(tp->h, L->wq, L->bq, q, N, d, qd);
     tp_matmul_wt(tp->h, L->wk, L->bk, k, N, d, kvd);
     tp_matmul_wt(tp->h, L->wv, L->bv, s->v, N, d, kvd);
+    tp_gemm_bf16_unpin(tp->h);
     if (c->qk_norm) {
         tp_rmsnorm_fwd(s->qr, tp_norm_weight(c, L->q_norm, (size_t)hd, tp->normw), s->q, s->rstd_q, N * nh, hd, eps);
         tp_rmsnorm_fwd(s->kr, tp_norm_weight(c, L->k_norm, (size_t)hd, tp->normw), s->k, s->rstd_k, N * nkv, hd, eps);
@@ -337,8 +339,10 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     add_to(s->x_mid, x, tp->proj, N * d);
     tp_rmsnorm_fwd(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), tp->h, s->rstd2, N, d, eps);
     if (hooks) fhook(cx, TP_HOOK_MLP_NORM, l, tp->h, d);
+    tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_wt(tp->h, L->w_gate, NULL, s->g, N, d, ff);
     tp_matmul_wt(tp->h, L->w_up, NULL, s->u, N, d, ff);
+    tp_gemm_bf16_unpin(tp->h);
     if (hooks) fhook(cx, TP_HOOK_MLP_GATE, l, s->g, ff);
     if (hooks) fhook(cx, TP_HOOK_MLP_UP, l, s->u, ff);
     /* recomputing: the rest is rebuilt by the backward itself, except the MLP output's norm */
@@ -418,17 +422,25 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     }
     norm_apply(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), s->rstd2, tp->h, N, d);
     act_mul_to(c, tp->act, s->g, s->u, N * ff);
+    tp_gemm_bf16_pin(dmlp, N * d); /* each gradient read by its dX and dW products */
     tp_matmul_dx(dmlp, L->w_down, tp->dact, N, ff, d, 0);
     tp_matmul_dw(dmlp, tp->act, G->w_down, NULL, N, ff, d, a);
+    tp_gemm_bf16_unpin(dmlp);
     ghook(cx, TP_HOOK_MLP_ACT, l, tp->act, tp->dact, ff);
     if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff);
     else tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
     ghook(cx, TP_HOOK_MLP_UP, l, s->u, tp->du, ff);
     ghook(cx, TP_HOOK_MLP_GATE, l, s->g, tp->dact, ff);
+    tp_gemm_bf16_pin(tp->dact, N * ff);
+    tp_gemm_bf16_pin(tp->du, N * ff);
+    tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_dx(tp->dact, L->w_gate, tp->dh, N, d, ff, 0);
     tp_matmul_dx(tp->du, L->w_up, tp->dh, N, d, ff, 1);
     tp_matmul_dw(tp->dact, tp->h, G->w_gate, NULL, N, d, ff, a);
     tp_matmul_dw(tp->du, tp->h, G->w_up, NULL, N, d, ff, a);
+    tp_gemm_bf16_unpin(tp->dact);
+    tp_gemm_bf16_unpin(tp->du);
+    tp_gemm_bf16_unpin(tp->h);
     ghook(cx, TP_HOOK_MLP_NORM, l, tp->h, tp->dh, d);
     tp_rmsnorm_bwd(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), s->rstd2, tp->dh, tp->dres, G->mlp_norm,
                    a, N, d);
@@ -442,8 +454,10 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
                        G->attn_post_norm, a, N, d);
         datt_out = tp->dproj;
     }
+    tp_gemm_bf16_pin(datt_out, N * d);
     tp_matmul_dx(datt_out, L->wo, tp->datt, N, qd, d, 0);
     tp_matmul_dw(datt_out, s->att, G->wo, NULL, N, qd, d, a);
+    tp_gemm_bf16_unpin(datt_out);
     ghook(cx, TP_HOOK_ATTN_OUT, l, s->att, tp->datt, qd);
     attention_backward(cx, s, l);
     const float *inv_freq = tp_layer_rope_local(c, l) ? tp->inv_freq_local : tp->inv_freq;
@@ -461,12 +475,20 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
         dk = tp->dkn;
     }
     norm_apply(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), s->rstd1, tp->h, N, d);
+    tp_gemm_bf16_pin(dq, N * qd);
+    tp_gemm_bf16_pin(dk, N * kvd);
+    tp_gemm_bf16_pin(tp->dv, N * kvd);
+    tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_dx(dq, L->wq, tp->dh, N, d, qd, 0);
     tp_matmul_dx(dk, L->wk, tp->dh, N, d, kvd, 1);
     tp_matmul_dx(tp->dv, L->wv, tp->dh, N, d, kvd, 1);
     tp_matmul_dw(dq, tp->h, G->wq, G->bq, N, d, qd, a);
     tp_matmul_dw(dk, tp->h, G->wk, G->bk, N, d, kvd, a);
     tp_matmul_dw(tp->dv, tp->h, G->wv, G->bv, N, d, kvd, a);
+    tp_gemm_bf16_unpin(dq);
+    tp_gemm_bf16_unpin(dk);
+    tp_gemm_bf16_unpin(tp->dv);
+    tp_gemm_bf16_unpin(tp->h);
     ghook(cx, TP_HOOK_ATTN_NORM, l, tp->h, tp->dh, d);
     tp_rmsnorm_bwd(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), s->rstd1, tp->dh, tp->dres, G->attn_norm, a,
                    N, d);
@@ -482,13 +504,17 @@ static double loss_and_head(const step_ctx *cx, tp_model *grad, const int32_t *t
     for (size_t r0 = 0; r0 < N; r0 += LOGIT_CHUNK) {
         size_t r1 = r0 + LOGIT_CHUNK < N ? r0 + LOGIT_CHUNK : N, nr = r1 - r0;
         const float *h = tp->h + r0 * d;
+        tp_gemm_bf16_pin(h, nr * d); /* read again by the dW product */
         tp_matmul_wt(h, m->lm_head, NULL, tp->logits, nr, d, V);
         if (cx->o->loss)
             total += cx->o->loss(cx->o->loss_user, r0, r1, tp->logits, V);
         else
             total += tp_ce_rows(tp->logits, targets + r0, nr, V, tp->row_loss, 1, inv_count);
+        tp_gemm_bf16_pin(tp->logits, nr * V); /* the logits' gradient, for dX and dW */
         tp_matmul_dx(tp->logits, m->lm_head, tp->dh + r0 * d, nr, d, V, 0);
         tp_matmul_dw(tp->logits, h, grad->lm_head, NULL, nr, d, V, cx->alpha);
+        tp_gemm_bf16_unpin(tp->logits);
+        tp_gemm_bf16_unpin(h);
     }
     return total;
 }

@@ -1,0 +1,409 @@
+/* Causal attention of one head on AMX tiles (bf16 products, fp32 accumulation and softmax).
+ *
+ * Built only where the compiler targets AMX-BF16 (NATIVE=1 on a CPU that has it); elsewhere the
+ * entry points report "not available" and the callers keep their fp32 products. At run time the
+ * CPU must list AMX-TILE and AMX-BF16, and Linux must grant the process the tile state
+ * (arch_prctl ARCH_REQ_XCOMP_PERM), asked once.
+ *
+ * Layout. A tile product C(16x16 fp32) += A(16x32 bf16, row-major) B where B holds 32x16 bf16 as
+ * 16 rows of 16 bf16 pairs ("VNNI": row r, column n = (B[2r][n], B[2r+1][n])). One head call packs
+ *   Kp[hd/2][Tkp]   pairs of K's columns, key-major within a row: B of S = Q K^T
+ *   Vp[Tkp/2][hd]   pairs of consecutive keys: B of O = P V
+ * once, then walks query blocks of TP_ATT_BLOCK rows as the fp32 kernel does: S for the block's
+ * visible keys, an exact softmax per row in fp32 (the same max, exp and sum as the fp32 path),
+ * P rounded to bf16, O = P V. Every tile product is 2x2 tiles (32 rows x 32 columns); rows and
+ * keys are padded with zeros to multiples of 32. */
+#include "model/kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__) && \
+    defined(__linux__)
+#define TP_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#ifdef TP_AMX
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int g_amx = -1; /* -1 not asked yet, 0 no, 1 yes */
+static int g_amx_off;  /* tests: force the fp32 path */
+static pthread_once_t g_amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    g_amx = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return; /* AMX-BF16, AMX-TILE */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return;
+    g_amx = 1;
+    const char *e = getenv("TAPER_ATTENTION_AMX"); /* 0: the fp32 products instead (A/B timings) */
+    if (e && !strcmp(e, "0")) g_amx_off = 1;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_cfg;
+
+/* Every tile 16 rows x 64 bytes: 0-3 accumulators, 4-5 A, 6-7 B. */
+static void tiles_on(void) {
+    tile_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* n floats (n a multiple of 16) to bf16, the same bits as tp_f32_to_bf16 (VCVTNEPS2BF16). */
+static inline void cvt_row(const float *src, int n, uint16_t *dst) {
+    for (int i = 0; i < n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+}
+
+/* C(32 x 32*nn fp32, row stride ldc floats) = A(32 x 32*kk bf16, row stride lda elements) times
+ * B (VNNI: kk*16 pair rows of 32*nn... columns, row stride ldb pairs): 2x2 tiles at a time. */
+static void tile_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
+                         int acc) {
+    for (int n = 0; n < nn; n++) {
+        float *c = C + (size_t)n * 32;
+        if (acc) {
+            _tile_loadd(0, c, ldc * 4);
+            _tile_loadd(1, c + 16, ldc * 4);
+            _tile_loadd(2, c + (size_t)16 * ldc, ldc * 4);
+            _tile_loadd(3, c + (size_t)16 * ldc + 16, ldc * 4);
+        } else {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+        }
+        for (int k = 0; k < kk; k++) {
+            const uint16_t *a = A + (size_t)k * 32;
+            const uint32_t *bb = B + (size_t)k * 16 * ldb + (size_t)n * 32;
+            _tile_loadd(4, a, lda * 2);
+            _tile_loadd(5, a + (size_t)16 * lda, lda * 2);
+            _tile_loadd(6, bb, ldb * 4);
+            _tile_loadd(7, bb + 16, ldb * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, c, ldc * 4);
+        _tile_stored(1, c + 16, ldc * 4);
+        _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
+        _tile_stored(3, c + (size_t)16 * ldc + 16, ldc * 4);
+    }
+}
+
+/* pb[0..n) = bf16(row[j] * inv) for lo <= j < nvis, 0 elsewhere (n a multiple of 16). */
+static inline void probs_bf16(const float *row, int lo, int nvis, int n, float inv, uint16_t *pb) {
+    const __m512 vi = _mm512_set1_ps(inv);
+    for (int j = 0; j < n; j += 16) {
+        int a = lo - j, b = nvis - j; /* lanes [a, b) are kept */
+        __mmask16 m = (__mmask16)((b >= 16 ? 0xffffu : b <= 0 ? 0u : (1u << b) - 1u) &
+                                  (a <= 0 ? 0xffffu : a >= 16 ? 0u : ~((1u << a) - 1u)));
+        __m512 v = _mm512_maskz_mul_ps(m, _mm512_maskz_loadu_ps(m, row + j), vi);
+        _mm256_storeu_si256((__m256i *)(pb + j), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
+/* X (n rows of hd floats, stride ld) as the B of a product with X^T: P[q][j] = the bf16 pair
+ * (X[j][2q], X[j][2q+1]), q < hd/2, j < np (rows past n are zero). np a multiple of 16. */
+static void pack_cols(const float *X, size_t ld, int n, int hd, uint32_t *P, int np) {
+    int hp = hd / 2;
+    uint32_t blk[16 * 256];
+    for (int j0 = 0; j0 < np; j0 += 16) {
+        for (int j = 0; j < 16; j++) {
+            if (j0 + j < n)
+                cvt_row(X + (size_t)(j0 + j) * ld, hd, (uint16_t *)(blk + (size_t)j * hp));
+            else
+                memset(blk + (size_t)j * hp, 0, (size_t)hp * 4);
+        }
+        for (int q = 0; q < hp; q++) {
+            uint32_t *d = P + (size_t)q * np + j0;
+            for (int j = 0; j < 16; j++) d[j] = blk[(size_t)j * hp + q];
+        }
+    }
+}
+
+/* X (n rows of w floats, stride ld) as the B of a product with X: P[r][e] = the bf16 pair
+ * (X[2r][e], X[2r+1][e]), r < np/2 (rows past n are zero). w a multiple of 16, np even. */
+static void pack_rows(const float *X, size_t ld, int n, int w, uint32_t *P, int np) {
+    for (int r = 0; r < np / 2; r++) {
+        const float *x0 = 2 * r < n ? X + (size_t)(2 * r) * ld : NULL;
+        const float *x1 = 2 * r + 1 < n ? X + (size_t)(2 * r + 1) * ld : NULL;
+        uint32_t *dst = P + (size_t)r * w;
+        for (int e = 0; e < w; e += 16) {
+            __m512i lo = x0 ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x0 + e)))
+                            : _mm512_setzero_si512();
+            __m512i hi = x1 ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x1 + e)))
+                            : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + e, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+/* X (n rows of hd floats, stride ld) transposed to bf16: D[e][i] = X[i][e], i < np (zero past n). */
+static void pack_t(const float *X, size_t ld, int n, int hd, uint16_t *D, int np) {
+    float blk[16 * 512];
+    for (int i0 = 0; i0 < np; i0 += 16) {
+        for (int i = 0; i < 16; i++) {
+            if (i0 + i < n)
+                memcpy(blk + (size_t)i * hd, X + (size_t)(i0 + i) * ld, (size_t)hd * 4);
+            else
+                memset(blk + (size_t)i * hd, 0, (size_t)hd * 4);
+        }
+        for (int e = 0; e < hd; e++) {
+            __m512 v = _mm512_i32gather_ps(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
+                                                                                3, 2, 1, 0),
+                                                               _mm512_set1_epi32(hd)),
+                                           blk + e, 4);
+            _mm256_storeu_si256((__m256i *)(D + (size_t)e * np + i0), (__m256i)_mm512_cvtneps_pbh(v));
+        }
+    }
+}
+
+/* D[j][e] += s * At[e][j] for j < n, e < hd (At rows ld apart; hd a multiple of 16). */
+static void add_t(const float *At, int ld, int n, int hd, float s, float *D, size_t ldd) {
+    float blk[512 * 16];
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(16));
+    const __m512 vs = _mm512_set1_ps(s);
+    for (int j0 = 0; j0 < n; j0 += 16) {
+        for (int e = 0; e < hd; e++) _mm512_storeu_ps(blk + (size_t)e * 16, _mm512_loadu_ps(At + (size_t)e * ld + j0));
+        int nj = n - j0 < 16 ? n - j0 : 16;
+        for (int j = 0; j < nj; j++) {
+            float *d = D + (size_t)(j0 + j) * ldd;
+            for (int e = 0; e < hd; e += 16) {
+                __m512 v = _mm512_i32gather_ps(idx, blk + (size_t)e * 16 + j, 4);
+                _mm512_storeu_ps(d + e, _mm512_fmadd_ps(vs, v, _mm512_loadu_ps(d + e)));
+            }
+        }
+    }
+}
+
+static inline int up32(int x) { return (x + 31) & ~31; }
+
+int tp_attention_amx_ready(void) {
+    pthread_once(&g_amx_once, amx_probe);
+    return g_amx == 1 && !g_amx_off;
+}
+
+void tp_attention_amx_disable(int off) { g_amx_off = off; }
+
+int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
+                              size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
+    if (hd % 32 || hd > 512 || T <= 0 || !tp_attention_amx_ready()) return -1;
+    int Tk = p0 + T, Tkp = up32(Tk), hp = hd / 2, BQ = TP_ATT_BLOCK;
+    size_t nkmax = (size_t)Tkp;
+    /* one allocation: Kp, Vp (pairs), Qb, Pb (bf16), S, O (fp32) */
+    size_t bytes = (size_t)hp * Tkp * 4 + (size_t)(Tkp / 2) * hd * 4 + (size_t)BQ * hd * 2 + (size_t)BQ * nkmax * 2 +
+                   (size_t)BQ * nkmax * 4 + (size_t)BQ * hd * 4 + 64 * 6;
+    unsigned char *mem = malloc(bytes);
+    if (!mem) return -1;
+    unsigned char *p = mem;
+#define TAKE(type, name, count)                                                                                        \
+    type *name = (type *)p;                                                                                            \
+    p += (((size_t)(count) * sizeof(type)) + 63) & ~(size_t)63;
+    TAKE(uint32_t, Kp, (size_t)hp * Tkp)
+    TAKE(uint32_t, Vp, (size_t)(Tkp / 2) * hd)
+    TAKE(uint16_t, Qb, (size_t)BQ * hd)
+    TAKE(uint16_t, Pb, (size_t)BQ * nkmax)
+    TAKE(float, S, (size_t)BQ * nkmax)
+    TAKE(float, O, (size_t)BQ * hd)
+#undef TAKE
+    pack_cols(K, ldk, Tk, hd, Kp, Tkp);
+    pack_rows(V, ldk, Tk, hd, Vp, Tkp);
+    tiles_on();
+    for (int i0 = 0; i0 < T; i0 += BQ) {
+        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
+        int kmin = 0;
+        if (window > 0) { /* first key any row of the block sees, aligned down to a pair of tiles */
+            int f = p0 + i0 - window + 1;
+            kmin = f > 0 ? f & ~31 : 0;
+        }
+        int nk = kmax - kmin, nkp = up32(nk), mp = up32(bq) / 32;
+        for (int r = 0; r < bq; r++) cvt_row(Q + (size_t)(i0 + r) * ldq, hd, Qb + (size_t)r * hd);
+        if (bq < mp * 32) memset(Qb + (size_t)bq * hd, 0, (size_t)(mp * 32 - bq) * hd * 2);
+        /* S = Q K^T, each 32-row pair only up to the keys its last row sees */
+        for (int m = 0; m < mp; m++) {
+            int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq); /* keys [kmin, last) */
+            int nn = up32(last - kmin) / 32;
+            tile_gemm_32(Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nn, S + (size_t)m * 32 * nkp, nkp, 0);
+        }
+        /* exact softmax per row in fp32, P in bf16 with zeros outside the visible keys */
+        for (int r = 0; r < bq; r++) {
+            float *row = S + (size_t)r * nkp;
+            uint16_t *pb = Pb + (size_t)r * nkp;
+            int qpos = p0 + i0 + r, nvis = qpos + 1 - kmin;
+            int lo = (window > 0 && qpos - window + 1 > 0 ? qpos - window + 1 : 0) - kmin;
+            float mx = tp_vmax(row + lo, (size_t)(nvis - lo));
+            float sum = (float)tp_exp_affine_sum(row + lo, mx, scale, row + lo, (size_t)(nvis - lo));
+            probs_bf16(row, lo, nvis, nkp, 1.0f / sum, pb);
+            lse[i0 + r] = mx * scale + logf(sum);
+        }
+        for (int r = bq; r < mp * 32; r++) memset(Pb + (size_t)r * nkp, 0, (size_t)nkp * 2);
+        /* O = P V over each pair's keys */
+        for (int m = 0; m < mp; m++) {
+            int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq);
+            int kk = up32(last - kmin) / 32;
+            tile_gemm_32(Pb + (size_t)m * 32 * nkp, nkp, Vp + (size_t)(kmin / 2) * hd, hd, kk, hd / 32,
+                         O + (size_t)m * 32 * hd, hd, 0);
+        }
+        for (int r = 0; r < bq; r++) memcpy(out + (size_t)(i0 + r) * ldo, O + (size_t)r * hd, (size_t)hd * sizeof(float));
+    }
+    _tile_release();
+    free(mem);
+    return 0;
+}
+
+/* Backward of one head (tp_attention_head_bwd's contract) on AMX tiles. Per head: K and V packed
+ * as B of S = Q K^T and dP = dO V^T, K as B of dQ = dS K, Q^T and dO^T in bf16. Per query block:
+ * S, P = exp(scale S - lse), dP, dS = P (dP - rowsum(dO O)) in fp32; then dV^T += dO^T P and
+ * dK^T += Q^T dS (P and dS as pairs of query rows) into fp32 accumulators transposed back at the
+ * end, and dQ = scale dS K. */
+int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                              const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                              size_t lddk, int T, int p0, int window, int hd, float scale) {
+    if (hd % 32 || hd > 512 || T <= 0 || !tp_attention_amx_ready()) return -1;
+    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK;
+    size_t bytes = (size_t)hp * Tkp * 4 * 2 + (size_t)(Tkp / 2) * hd * 4 + (size_t)hd * Tqp * 2 * 2 +
+                   (size_t)hd * Tkp * 4 * 2 + (size_t)BQ * hd * 2 * 2 + (size_t)BQ * Tkp * 4 * 2 +
+                   (size_t)(BQ / 2) * Tkp * 4 * 2 + (size_t)BQ * Tkp * 2 + (size_t)BQ * hd * 4 + 64 * 16;
+    unsigned char *mem = malloc(bytes);
+    if (!mem) return -1;
+    unsigned char *p = mem;
+#define TAKE(type, name, count)                                                                                        \
+    type *name = (type *)p;                                                                                            \
+    p += (((size_t)(count) * sizeof(type)) + 63) & ~(size_t)63;
+    TAKE(uint32_t, Kp, (size_t)hp * Tkp)
+    TAKE(uint32_t, Vt, (size_t)hp * Tkp)
+    TAKE(uint32_t, Kv, (size_t)(Tkp / 2) * hd)
+    TAKE(uint16_t, Qt, (size_t)hd * Tqp)
+    TAKE(uint16_t, dOt, (size_t)hd * Tqp)
+    TAKE(float, dKt, (size_t)hd * Tkp)
+    TAKE(float, dVt, (size_t)hd * Tkp)
+    TAKE(uint16_t, Qb, (size_t)BQ * hd)
+    TAKE(uint16_t, dOb, (size_t)BQ * hd)
+    TAKE(float, S, (size_t)BQ * Tkp)
+    TAKE(float, dP, (size_t)BQ * Tkp)
+    TAKE(uint32_t, Pv, (size_t)(BQ / 2) * Tkp)
+    TAKE(uint32_t, dSv, (size_t)(BQ / 2) * Tkp)
+    TAKE(uint16_t, dSb, (size_t)BQ * Tkp)
+    TAKE(float, G, (size_t)BQ * hd)
+#undef TAKE
+    pack_cols(K, ldk, Tk, hd, Kp, Tkp);
+    pack_cols(V, ldk, Tk, hd, Vt, Tkp);
+    pack_rows(K, ldk, Tk, hd, Kv, Tkp);
+    pack_t(Q, ldq, T, hd, Qt, Tqp);
+    pack_t(dO, ldo, T, hd, dOt, Tqp);
+    memset(dKt, 0, (size_t)hd * Tkp * 4);
+    memset(dVt, 0, (size_t)hd * Tkp * 4);
+    tiles_on();
+    for (int i0 = 0; i0 < T; i0 += BQ) {
+        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq, kmin = 0;
+        if (window > 0) {
+            int f = p0 + i0 - window + 1;
+            kmin = f > 0 ? f & ~31 : 0;
+        }
+        int nk = kmax - kmin, nkp = up32(nk), bqp = up32(bq), mp = bqp / 32;
+        for (int r = 0; r < bq; r++) {
+            cvt_row(Q + (size_t)(i0 + r) * ldq, hd, Qb + (size_t)r * hd);
+            cvt_row(dO + (size_t)(i0 + r) * ldo, hd, dOb + (size_t)r * hd);
+        }
+        if (bq < bqp) {
+            memset(Qb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
+            memset(dOb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
+        }
+        /* S = Q K^T and dP = dO V^T over the block's keys */
+        for (int m = 0; m < mp; m++) {
+            tile_gemm_32(Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nkp / 32, S + (size_t)m * 32 * nkp, nkp,
+                         0);
+            tile_gemm_32(dOb + (size_t)m * 32 * hd, hd, Vt + kmin, Tkp, hd / 32, nkp / 32, dP + (size_t)m * 32 * nkp,
+                         nkp, 0);
+        }
+        /* P and dS in fp32, zero outside the visible keys; rows past bq zero */
+        for (int r = 0; r < bqp; r++) {
+            float *pr = S + (size_t)r * nkp, *dr = dP + (size_t)r * nkp;
+            if (r >= bq) {
+                memset(pr, 0, (size_t)nkp * 4);
+                memset(dr, 0, (size_t)nkp * 4);
+                memset(dSb + (size_t)r * nkp, 0, (size_t)nkp * 2);
+                continue;
+            }
+            int qpos = p0 + i0 + r, nvis = qpos + 1 - kmin;
+            int lo = (window > 0 && qpos - window + 1 > 0 ? qpos - window + 1 : 0) - kmin;
+            tp_exp_affine_sum(pr + lo, lse[i0 + r] / scale, scale, pr + lo, (size_t)(nvis - lo));
+            for (int j = 0; j < lo; j++) pr[j] = 0;
+            for (int j = nvis; j < nkp; j++) pr[j] = 0;
+            const float *o = O + (size_t)(i0 + r) * ldo, *go = dO + (size_t)(i0 + r) * ldo;
+            __m512 acc = _mm512_setzero_ps();
+            for (int e = 0; e < hd; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(go + e), _mm512_loadu_ps(o + e), acc);
+            const __m512 vd = _mm512_set1_ps(_mm512_reduce_add_ps(acc)); /* sum_j P dP = dO . O */
+            for (int j = 0; j < nkp; j += 16) {
+                __m512 pj = _mm512_loadu_ps(pr + j);
+                _mm512_storeu_ps(dr + j, _mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(dr + j), vd)));
+            }
+            cvt_row(dr, nkp, dSb + (size_t)r * nkp);
+        }
+        pack_rows(S, (size_t)nkp, bqp, nkp, Pv, bqp);
+        pack_rows(dP, (size_t)nkp, bqp, nkp, dSv, bqp);
+        /* dV^T += dO^T P, dK^T += Q^T dS: hd rows, the block's keys as columns, its queries summed */
+        for (int m = 0; m < hd / 32; m++) {
+            tile_gemm_32(dOt + (size_t)m * 32 * Tqp + i0, Tqp, Pv, nkp, bqp / 32, nkp / 32,
+                         dVt + (size_t)m * 32 * Tkp + kmin, Tkp, 1);
+            tile_gemm_32(Qt + (size_t)m * 32 * Tqp + i0, Tqp, dSv, nkp, bqp / 32, nkp / 32,
+                         dKt + (size_t)m * 32 * Tkp + kmin, Tkp, 1);
+        }
+        /* dQ = scale dS K */
+        for (int m = 0; m < mp; m++)
+            tile_gemm_32(dSb + (size_t)m * 32 * nkp, nkp, Kv + (size_t)(kmin / 2) * hd, hd, nkp / 32, hd / 32,
+                         G + (size_t)m * 32 * hd, hd, 0);
+        const __m512 vs = _mm512_set1_ps(scale);
+        for (int r = 0; r < bq; r++) {
+            float *d = dQ + (size_t)(i0 + r) * lddq;
+            const float *g = G + (size_t)r * hd;
+            for (int e = 0; e < hd; e += 16) _mm512_storeu_ps(d + e, _mm512_mul_ps(vs, _mm512_loadu_ps(g + e)));
+        }
+    }
+    _tile_release();
+    /* the transposed accumulators back into dK, dV (added), 16 keys at a time */
+    add_t(dKt, Tkp, Tk, hd, scale, dK, lddk);
+    add_t(dVt, Tkp, Tk, hd, 1.0f, dV, lddk);
+    free(mem);
+    return 0;
+}
+
+#else /* no AMX in this build */
+
+int tp_attention_amx_ready(void) { return 0; }
+void tp_attention_amx_disable(int off) { (void)off; }
+int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
+                              size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
+    (void)Q, (void)ldq, (void)K, (void)V, (void)ldk, (void)out, (void)ldo, (void)lse, (void)T, (void)p0, (void)window,
+        (void)hd, (void)scale;
+    return -1;
+}
+int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                              const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                              size_t lddk, int T, int p0, int window, int hd, float scale) {
+    (void)Q, (void)ldq, (void)K, (void)V, (void)ldk, (void)O, (void)dO, (void)ldo, (void)lse, (void)dQ, (void)lddq,
+        (void)dK, (void)dV, (void)lddk, (void)T, (void)p0, (void)window, (void)hd, (void)scale;
+    return -1;
+}
+
+#endif
