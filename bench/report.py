@@ -37,6 +37,7 @@
 """
 import argparse
 import json
+import statistics
 import re
 import math
 import sys
@@ -128,6 +129,18 @@ def table(path, mn, title):
         print(f"analytic minimum {mn:.0f} MiB (bench/rss.py)")
     if t and best:
         print(f"ratio best taper / best peer ({best[0]}): {t / best[1]:.2f}x")
+    # REPEAT > 1: rows "LABEL #k"; the medians per label, taper's best against the best peer's
+    groups = {}
+    for r in rows:
+        if " #" in r[0] and num(r[1]):
+            groups.setdefault(r[0].rsplit(" #", 1)[0], []).append(num(r[1]))
+    if groups and max(len(v) for v in groups.values()) > 1:
+        med = {k: statistics.median(v) for k, v in groups.items()}
+        tm = max((v for k, v in med.items() if k.startswith("taper")), default=0)
+        pk = max((k for k in med if not k.startswith("taper")), key=lambda k: med[k], default=None)
+        print("medians over the rounds: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
+        if tm and pk:
+            print(f"ratio of medians, best taper / best peer ({pk}): {tm / med[pk]:.2f}x")
 
 
 def get(path, keys, fmt="%s"):

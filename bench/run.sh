@@ -36,6 +36,7 @@ DATA="${TAPER_DATA:-../shared/data}"
 THREADS="${THREADS:-2}"
 CHUNKS="${CHUNKS:-16}"
 STEPS="${STEPS:-3}"
+REPEAT="${REPEAT:-1}"  # train/distill: rounds of taper then the peers, each a row (" #k")
 WARMUP="${WARMUP:-1}"
 BATCH="${BATCH:-2}"
 SEQ="${SEQ:-512}"
@@ -91,7 +92,7 @@ header() {
   echo "taper: $BIN ($(cc --version | head -1)); model $MODEL"
   echo "peer: $(report versions 2>/dev/null)"
   echo "settings: OMP_WAIT_POLICY=$OMP_WAIT_POLICY OMP_NUM_THREADS=$OMP_NUM_THREADS CHUNKS=$CHUNKS WARMUP=$WARMUP" \
-       "STEPS=$STEPS BATCH=$BATCH SEQ=$SEQ PEER_CONFIGS=\"$PEER_CONFIGS\" TAPER_PRECISIONS=\"$TAPER_PRECISIONS\"" \
+       "STEPS=$STEPS REPEAT=$REPEAT BATCH=$BATCH SEQ=$SEQ PEER_CONFIGS=\"$PEER_CONFIGS\" TAPER_PRECISIONS=\"$TAPER_PRECISIONS\"" \
        "COMPILE_TIMEOUT=$COMPILE_TIMEOUT OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset (OpenBLAS picks)}"
 }
 
@@ -151,7 +152,9 @@ train() {
     "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
   local rows="$WORK/train.rows"
   : >"$rows"
-  local prec
+  local prec rep
+  for rep in $(seq "$REPEAT"); do
+  local tag=""; [ "$REPEAT" -gt 1 ] && tag=" #$rep"
   for prec in $TAPER_PRECISIONS; do
     rm -rf "$WORK/train_taper_$prec"
     timed "train_taper_$prec" "$BIN" train "$MODEL" --data "$WORK/wiki_valid" --steps $((WARMUP + STEPS)) \
@@ -159,7 +162,7 @@ train() {
       --threads "$THREADS" --precision "$prec" --quiet --run-dir "$WORK/train_taper_$prec"
     local t_tps="n/a (exit $RC)"
     [ "$RC" -eq 0 ] && t_tps=$(report metrics-tps "$WORK/train_taper_$prec/metrics.jsonl" "$WARMUP" $((BATCH * SEQ)))
-    report row "taper train $prec" "$t_tps" "$WORK/train_taper_$prec.time" >>"$rows"
+    report row "taper train $prec$tag" "$t_tps" "$WORK/train_taper_$prec.time" >>"$rows"
     rm -f "$WORK"/train_taper_"$prec"/ckpt-*.tpc
   done
   local cfg
@@ -168,8 +171,9 @@ train() {
     timed "train_peer_$cfg" "${PEER_PREFIX[@]}" "$PY" bench/train_peer.py --model "$MODEL" --tokenizer "$TOKJSON" \
       --data "$VALID_TEXT" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
       "${PEER_ARGS[@]}"
-    report peer-row "PyTorch $cfg" "$WORK/train_peer_$cfg.out" "$WORK/train_peer_$cfg.time" "$RC" \
+    report peer-row "PyTorch $cfg$tag" "$WORK/train_peer_$cfg.out" "$WORK/train_peer_$cfg.time" "$RC" \
       "$COMPILE_TIMEOUT" >>"$rows"
+  done
   done
   local rss_args=(train --config "$WORK/teacher.info.json" --batch "$BATCH" --seq "$SEQ")
   echo
@@ -224,7 +228,9 @@ distill() {
     echo
     echo "$title"
     : >"$rows"
-    local prec
+    local prec rep
+    for rep in $(seq "$REPEAT"); do  # REPEAT > 1: taper and the peers take turns (the host drifts)
+    local tag=""; [ "$REPEAT" -gt 1 ] && tag=" #$rep"
     for prec in $TAPER_PRECISIONS; do
       local run="distill_taper_${variant}_$prec"
       rm -rf "${WORK:?}/$run"
@@ -233,7 +239,7 @@ distill() {
         --threads "$THREADS" --precision "$prec" --quiet --run-dir "$WORK/$run" "${taper_extra[@]}"
       local t_tps="n/a (exit $RC)"
       [ "$RC" -eq 0 ] && t_tps=$(report metrics-tps "$WORK/$run/metrics.jsonl" "$WARMUP" $((BATCH * SEQ)))
-      report row "taper distill $prec" "$t_tps" "$WORK/$run.time" >>"$rows"
+      report row "taper distill $prec$tag" "$t_tps" "$WORK/$run.time" >>"$rows"
       rm -f "$WORK/$run"/ckpt-*.tpc
     done
     local cfg
@@ -242,8 +248,9 @@ distill() {
       timed "distill_peer_${variant}_$cfg" "${PEER_PREFIX[@]}" "$PY" bench/distill_peer.py --teacher "$MODEL" \
         --student "$STUDENT" --tokenizer "$TOKJSON" --data "$VALID_TEXT" --seq "$SEQ" --batch "$BATCH" \
         --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" "${peer_extra[@]}" "${PEER_ARGS[@]}"
-      report peer-row "PyTorch $cfg" "$WORK/distill_peer_${variant}_$cfg.out" "$WORK/distill_peer_${variant}_$cfg.time" \
-        "$RC" "$COMPILE_TIMEOUT" >>"$rows"
+      report peer-row "PyTorch $cfg$tag" "$WORK/distill_peer_${variant}_$cfg.out" \
+        "$WORK/distill_peer_${variant}_$cfg.time" "$RC" "$COMPILE_TIMEOUT" >>"$rows"
+    done
     done
     local rss_args=(distill --config "$STUDENT/config.json" --teacher-config "$WORK/teacher.info.json"
                     --batch "$BATCH" --seq "$SEQ" --pairs "$pairs")
