@@ -196,6 +196,20 @@ static void add_t(const float *At, int ld, int n, int hd, float s, float *D, siz
     }
 }
 
+/* One malloc cut into n pieces of sz[i] bytes, each 64-byte aligned (part[i]); free the return. */
+static unsigned char *carve(const size_t *sz, int n, void **part) {
+    size_t total = 64;
+    for (int i = 0; i < n; i++) total += (sz[i] + 63) & ~(size_t)63;
+    unsigned char *mem = malloc(total);
+    if (!mem) return NULL;
+    unsigned char *p = (unsigned char *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    for (int i = 0; i < n; i++) {
+        part[i] = p;
+        p += (sz[i] + 63) & ~(size_t)63;
+    }
+    return mem;
+}
+
 static inline int up32(int x) { return (x + 31) & ~31; }
 
 int tp_attention_amx_ready(void) {
@@ -211,21 +225,14 @@ int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const 
     int Tk = p0 + T, Tkp = up32(Tk), hp = hd / 2, BQ = TP_ATT_BLOCK;
     size_t nkmax = (size_t)Tkp;
     /* one allocation: Kp, Vp (pairs), Qb, Pb (bf16), S, O (fp32) */
-    size_t bytes = (size_t)hp * Tkp * 4 + (size_t)(Tkp / 2) * hd * 4 + (size_t)BQ * hd * 2 + (size_t)BQ * nkmax * 2 +
-                   (size_t)BQ * nkmax * 4 + (size_t)BQ * hd * 4 + 64 * 6;
-    unsigned char *mem = malloc(bytes);
+    const size_t sz[6] = {(size_t)hp * Tkp * 4, (size_t)(Tkp / 2) * hd * 4, (size_t)BQ * hd * 2,
+                          (size_t)BQ * nkmax * 2, (size_t)BQ * nkmax * 4, (size_t)BQ * hd * 4};
+    void *part[6];
+    unsigned char *mem = carve(sz, 6, part);
     if (!mem) return -1;
-    unsigned char *p = mem;
-#define TAKE(type, name, count)                                                                                        \
-    type *name = (type *)p;                                                                                            \
-    p += (((size_t)(count) * sizeof(type)) + 63) & ~(size_t)63;
-    TAKE(uint32_t, Kp, (size_t)hp * Tkp)
-    TAKE(uint32_t, Vp, (size_t)(Tkp / 2) * hd)
-    TAKE(uint16_t, Qb, (size_t)BQ * hd)
-    TAKE(uint16_t, Pb, (size_t)BQ * nkmax)
-    TAKE(float, S, (size_t)BQ * nkmax)
-    TAKE(float, O, (size_t)BQ * hd)
-#undef TAKE
+    uint32_t *Kp = part[0], *Vp = part[1];
+    uint16_t *Qb = part[2], *Pb = part[3];
+    float *S = part[4], *O = part[5];
     pack_cols(K, ldk, Tk, hd, Kp, Tkp);
     pack_rows(V, ldk, Tk, hd, Vp, Tkp);
     tiles_on();
@@ -281,31 +288,23 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
                               size_t lddk, int T, int p0, int window, int hd, float scale) {
     if (hd % 32 || hd > 512 || T <= 0 || !tp_attention_amx_ready()) return -1;
     int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK;
-    size_t bytes = (size_t)hp * Tkp * 4 * 2 + (size_t)(Tkp / 2) * hd * 4 + (size_t)hd * Tqp * 2 * 2 +
-                   (size_t)hd * Tkp * 4 * 2 + (size_t)BQ * hd * 2 * 2 + (size_t)BQ * Tkp * 4 * 2 +
-                   (size_t)(BQ / 2) * Tkp * 4 * 2 + (size_t)BQ * Tkp * 2 + (size_t)BQ * hd * 4 + 64 * 16;
-    unsigned char *mem = malloc(bytes);
+    /* one allocation: the per-head packs and accumulators, then the per-block buffers */
+    const size_t sz[15] = {(size_t)hp * Tkp * 4,        (size_t)hp * Tkp * 4,        (size_t)(Tkp / 2) * hd * 4,
+                           (size_t)hd * Tqp * 2,        (size_t)hd * Tqp * 2,        (size_t)hd * Tkp * 4,
+                           (size_t)hd * Tkp * 4,        (size_t)BQ * hd * 2,         (size_t)BQ * hd * 2,
+                           (size_t)BQ * Tkp * 4,        (size_t)BQ * Tkp * 4,        (size_t)(BQ / 2) * Tkp * 4,
+                           (size_t)(BQ / 2) * Tkp * 4, (size_t)BQ * Tkp * 2,        (size_t)BQ * hd * 4};
+    void *part[15];
+    unsigned char *mem = carve(sz, 15, part);
     if (!mem) return -1;
-    unsigned char *p = mem;
-#define TAKE(type, name, count)                                                                                        \
-    type *name = (type *)p;                                                                                            \
-    p += (((size_t)(count) * sizeof(type)) + 63) & ~(size_t)63;
-    TAKE(uint32_t, Kp, (size_t)hp * Tkp)
-    TAKE(uint32_t, Vt, (size_t)hp * Tkp)
-    TAKE(uint32_t, Kv, (size_t)(Tkp / 2) * hd)
-    TAKE(uint16_t, Qt, (size_t)hd * Tqp)
-    TAKE(uint16_t, dOt, (size_t)hd * Tqp)
-    TAKE(float, dKt, (size_t)hd * Tkp)
-    TAKE(float, dVt, (size_t)hd * Tkp)
-    TAKE(uint16_t, Qb, (size_t)BQ * hd)
-    TAKE(uint16_t, dOb, (size_t)BQ * hd)
-    TAKE(float, S, (size_t)BQ * Tkp)
-    TAKE(float, dP, (size_t)BQ * Tkp)
-    TAKE(uint32_t, Pv, (size_t)(BQ / 2) * Tkp)
-    TAKE(uint32_t, dSv, (size_t)(BQ / 2) * Tkp)
-    TAKE(uint16_t, dSb, (size_t)BQ * Tkp)
-    TAKE(float, G, (size_t)BQ * hd)
-#undef TAKE
+    uint32_t *Kp = part[0], *Vt = part[1], *Kv = part[2];
+    uint16_t *Qt = part[3], *dOt = part[4];
+    float *dKt = part[5], *dVt = part[6];
+    uint16_t *Qb = part[7], *dOb = part[8];
+    float *S = part[9], *dP = part[10];
+    uint32_t *Pv = part[11], *dSv = part[12];
+    uint16_t *dSb = part[13];
+    float *G = part[14];
     pack_cols(K, ldk, Tk, hd, Kp, Tkp);
     pack_cols(V, ldk, Tk, hd, Vt, Tkp);
     pack_rows(K, ldk, Tk, hd, Kv, Tkp);
