@@ -67,12 +67,6 @@ static void tiles_on(void) {
     _tile_loadconfig(&cfg);
 }
 
-/* n floats (n a multiple of 16) to bf16, the same bits as tp_f32_to_bf16 (VCVTNEPS2BF16). */
-static inline void cvt_row(const float *src, int n, uint16_t *dst) {
-    for (int i = 0; i < n; i += 16)
-        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-}
-
 /* C(32 x 32*nn fp32, row stride ldc floats) = A(32 x 32*kk bf16, row stride lda elements) times
  * B (VNNI: kk*16 pair rows of 32*nn... columns, row stride ldb pairs): 2x2 tiles at a time. */
 static void tile_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
@@ -129,7 +123,7 @@ static void pack_cols(const float *X, size_t ld, int n, int hd, uint32_t *P, int
     for (int j0 = 0; j0 < np; j0 += 16) {
         for (int j = 0; j < 16; j++) {
             if (j0 + j < n)
-                cvt_row(X + (size_t)(j0 + j) * ld, hd, (uint16_t *)(blk + (size_t)j * hp));
+                tp_bf16_convert(X + (size_t)(j0 + j) * ld, (size_t)hd, (uint16_t *)(blk + (size_t)j * hp));
             else
                 memset(blk + (size_t)j * hp, 0, (size_t)hp * 4);
         }
@@ -238,13 +232,9 @@ int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const 
     tiles_on();
     for (int i0 = 0; i0 < T; i0 += BQ) {
         int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
-        int kmin = 0;
-        if (window > 0) { /* first key any row of the block sees, aligned down to a pair of tiles */
-            int f = p0 + i0 - window + 1;
-            kmin = f > 0 ? f & ~31 : 0;
-        }
+        int kmin = tp_att_first_key(p0 + i0, window) & ~31; /* aligned down to a pair of tiles */
         int nk = kmax - kmin, nkp = up32(nk), mp = up32(bq) / 32;
-        for (int r = 0; r < bq; r++) cvt_row(Q + (size_t)(i0 + r) * ldq, hd, Qb + (size_t)r * hd);
+        for (int r = 0; r < bq; r++) tp_bf16_convert(Q + (size_t)(i0 + r) * ldq, (size_t)hd, Qb + (size_t)r * hd);
         if (bq < mp * 32) memset(Qb + (size_t)bq * hd, 0, (size_t)(mp * 32 - bq) * hd * 2);
         /* S = Q K^T, each 32-row pair only up to the keys its last row sees */
         for (int m = 0; m < mp; m++) {
@@ -257,7 +247,7 @@ int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const 
             float *row = S + (size_t)r * nkp;
             uint16_t *pb = Pb + (size_t)r * nkp;
             int qpos = p0 + i0 + r, nvis = qpos + 1 - kmin;
-            int lo = (window > 0 && qpos - window + 1 > 0 ? qpos - window + 1 : 0) - kmin;
+            int lo = tp_att_first_key(qpos, window) - kmin;
             float mx = tp_vmax(row + lo, (size_t)(nvis - lo));
             float sum = (float)tp_exp_affine_sum(row + lo, mx, scale, row + lo, (size_t)(nvis - lo));
             probs_bf16(row, lo, nvis, nkp, 1.0f / sum, pb);
@@ -314,15 +304,12 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
     memset(dVt, 0, (size_t)hd * Tkp * 4);
     tiles_on();
     for (int i0 = 0; i0 < T; i0 += BQ) {
-        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq, kmin = 0;
-        if (window > 0) {
-            int f = p0 + i0 - window + 1;
-            kmin = f > 0 ? f & ~31 : 0;
-        }
+        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
+        int kmin = tp_att_first_key(p0 + i0, window) & ~31;
         int nk = kmax - kmin, nkp = up32(nk), bqp = up32(bq), mp = bqp / 32;
         for (int r = 0; r < bq; r++) {
-            cvt_row(Q + (size_t)(i0 + r) * ldq, hd, Qb + (size_t)r * hd);
-            cvt_row(dO + (size_t)(i0 + r) * ldo, hd, dOb + (size_t)r * hd);
+            tp_bf16_convert(Q + (size_t)(i0 + r) * ldq, (size_t)hd, Qb + (size_t)r * hd);
+            tp_bf16_convert(dO + (size_t)(i0 + r) * ldo, (size_t)hd, dOb + (size_t)r * hd);
         }
         if (bq < bqp) {
             memset(Qb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
@@ -345,7 +332,7 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
                 continue;
             }
             int qpos = p0 + i0 + r, nvis = qpos + 1 - kmin;
-            int lo = (window > 0 && qpos - window + 1 > 0 ? qpos - window + 1 : 0) - kmin;
+            int lo = tp_att_first_key(qpos, window) - kmin;
             tp_exp_affine_sum(pr + lo, lse[i0 + r] / scale, scale, pr + lo, (size_t)(nvis - lo));
             for (int j = 0; j < lo; j++) pr[j] = 0;
             for (int j = nvis; j < nkp; j++) pr[j] = 0;
@@ -357,7 +344,7 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
                 __m512 pj = _mm512_loadu_ps(pr + j);
                 _mm512_storeu_ps(dr + j, _mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(dr + j), vd)));
             }
-            cvt_row(dr, nkp, dSb + (size_t)r * nkp);
+            tp_bf16_convert(dr, (size_t)nkp, dSb + (size_t)r * nkp);
         }
         pack_rows(S, (size_t)nkp, bqp, nkp, Pv, bqp);
         pack_rows(dP, (size_t)nkp, bqp, nkp, dSv, bqp);

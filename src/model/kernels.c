@@ -298,14 +298,10 @@ void tp_silu_mul(float *g, const float *u, size_t n) {
 }
 
 /* First key a query at absolute position pos sees: 0, or pos-window+1 under a sliding window. */
-static inline int att_first_key(int pos, int window) {
-    return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
-}
-
 static void softmax_causal_rows(float *S, int T, int Tk, int p0, int window) {
     for (int i = 0; i < T; i++) {
         float *r = S + (size_t)i * Tk;
-        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        int nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
         float mx = tp_vmax(r + lo, (size_t)(nvis - lo));
         float inv = (float)(1.0 / tp_exp_shift_sum(r + lo, mx, r + lo, (size_t)(nvis - lo)));
         for (int j = 0; j < lo; j++) r[j] = 0;
@@ -366,7 +362,7 @@ static void attention_rows_direct(const float *Q, size_t ldq, const float *K, co
     for (int i = 0; i < T; i++) {
         float *r = S + (size_t)i * Tk;
         const float *q = Q + (size_t)i * ldq;
-        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        int nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
         for (int j = lo; j < nvis; j++) r[j] = scale * dot_f32(q, K + (size_t)j * ldk, hd);
         float mx = tp_vmax(r + lo, (size_t)(nvis - lo));
         float inv = (float)(1.0 / tp_exp_shift_sum(r + lo, mx, r + lo, (size_t)(nvis - lo)));
@@ -395,7 +391,7 @@ void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *
 void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                            size_t ldo, int T, int p0, int window, int hd, float scale) {
     for (int i = 0; i < T; i++) {
-        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        int nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
         double mx = -INFINITY;
         for (int j = lo; j < nvis; j++) {
             double a = 0;
@@ -656,12 +652,12 @@ void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const flo
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         /* the block's rows see keys kmin..kmax-1 between them (kmin > 0 only under a window) */
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
-        int kmin = att_first_key(p0 + i0, window), nk = kmax - kmin;
+        int kmin = tp_att_first_key(p0 + i0, window), nk = kmax - kmin;
         tp_sgemm(0, 1, bq, nk, hd, scale, Q + (size_t)i0 * ldq, (int)ldq, K + (size_t)kmin * ldk, (int)ldk, 0.0f, S,
                  nk);
         for (int r = 0; r < bq; r++) {
             float *row = S + (size_t)r * nk;
-            int nvis = p0 + i0 + r + 1 - kmin, lo = att_first_key(p0 + i0 + r, window) - kmin;
+            int nvis = p0 + i0 + r + 1 - kmin, lo = tp_att_first_key(p0 + i0 + r, window) - kmin;
             float mx = tp_vmax(row + lo, (size_t)(nvis - lo));
             float sum = (float)tp_exp_shift_sum(row + lo, mx, row + lo, (size_t)(nvis - lo));
             float inv = 1.0f / sum;
@@ -680,7 +676,7 @@ void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const
     double *s = malloc((size_t)(p0 + T) * sizeof *s);
     if (!s) return;
     for (int i = 0; i < T; i++) {
-        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        int nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
         double mx = -INFINITY, sum = 0;
         for (int j = lo; j < nvis; j++) {
             double a = 0;
@@ -710,7 +706,7 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
     float *P = scratch, *dP = scratch + (size_t)TP_ATT_BLOCK * (size_t)(p0 + T);
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmax = p0 + i0 + bq;
-        int kmin = att_first_key(p0 + i0, window), nk = kmax - kmin;
+        int kmin = tp_att_first_key(p0 + i0, window), nk = kmax - kmin;
         const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldo;
         const float *Kb = K + (size_t)kmin * ldk, *Vb = V + (size_t)kmin * ldk;
         float *dKb = dK + (size_t)kmin * lddk, *dVb = dV + (size_t)kmin * lddk;
@@ -718,7 +714,7 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
         tp_sgemm(0, 1, bq, nk, hd, scale, Qb, (int)ldq, Kb, (int)ldk, 0.0f, P, nk);
         for (int r = 0; r < bq; r++) {
             float *row = P + (size_t)r * nk, l = lse[i0 + r];
-            int nvis = p0 + i0 + r + 1 - kmin, lo = att_first_key(p0 + i0 + r, window) - kmin;
+            int nvis = p0 + i0 + r + 1 - kmin, lo = tp_att_first_key(p0 + i0 + r, window) - kmin;
             tp_exp_shift_sum(row + lo, l, row + lo, (size_t)(nvis - lo));
             for (int j = 0; j < lo; j++) row[j] = 0;
             for (int j = nvis; j < nk; j++) row[j] = 0;
@@ -751,7 +747,7 @@ void tp_attention_head_bwd_ref(const float *Q, size_t ldq, const float *K, const
         return;
     }
     for (int i = 0; i < T; i++) {
-        int nvis = p0 + i + 1, lo = att_first_key(p0 + i, window);
+        int nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
         const float *q = Q + (size_t)i * ldq, *go = dO + (size_t)i * ldo;
         double mx = -INFINITY, sum = 0, D = 0;
         for (int j = lo; j < nvis; j++) {

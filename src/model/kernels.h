@@ -171,6 +171,11 @@ void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg,
 /* The same for a = gelu_tanh(g) * u. */
 void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n);
 
+/* The first key a query at pos sees under a sliding window of `window` keys (0: no window). */
+static inline int tp_att_first_key(int pos, int window) {
+    return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+}
+
 /* Rows of query block size used by the blocked attention kernels below. */
 #define TP_ATT_BLOCK 64
 /* Up to this many query rows (decoding), tp_attention_head works row by row without products. */
