@@ -6,6 +6,7 @@
 # (bench/quality/report.py) and prints the tables.
 #
 # usage: bench/quality.sh [STAGE|RUN ...]   (default: data teacher, then every run, then report)
+#   general   the general text and its shards only (the first half of data)
 #   data      general text (bench/quality/general_text.py: Austen from r-cran-janeaustenr, the
 #             Python 3.11 docs from python3.11-doc; held-out part never trained on), its shards,
 #             the SDG prompts (bench/quality/sdg_prompts.py) and the teacher's synthetic corpus
@@ -40,15 +41,21 @@ WARMUP=$((STEPS / 10 > 0 ? STEPS / 10 : 1))
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" TAPER_PROGRESS="${TAPER_PROGRESS:-0}" TAPER_DATA="$DATA"
 mkdir -p "$WORK/runs"
 run() { echo "+ $*" >&2; "$@"; }
+machine() { # the CPU and cores the scores were made on (numbers move a little between CPUs: bf16 kernels)
+  echo "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
+}
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 GEN="$WORK/shards-general" SDG="$WORK/sdg"
 
 # ---- data ----
-data() {
+general() {
   [ -f "$WORK/general/stats.json" ] || run python3 bench/quality/general_text.py "$WORK/general" >/dev/null
   [ -f "$GEN/manifest.json" ] ||
     run "$BIN" tokenize "$MODEL" -o "$GEN" --threads "$THREADS" "$WORK/general/train.jsonl" >/dev/null
+}
+data() {
+  general
   sdg
   [ "$WORK/overlap.json" -nt "$SDG/.done" ] || # again once the SDG corpus is complete
     run python3 bench/quality/overlap.py "$WORK" "$DATA" > "$WORK/overlap.md"
@@ -91,7 +98,7 @@ score() { # score NAME MODEL
   local d="$WORK/scores/$1" t
   mkdir -p "$d"
   [ -f "$d/model.json" ] ||
-    echo "{\"model\": \"$2\", \"params\": $("$BIN" info "$2" | awk '/^total/ {print $2}')}" > "$d/model.json"
+    echo "{\"model\": \"$2\", \"params\": $("$BIN" info "$2" | awk '/^total/ {print $2}'), \"machine\": \"$(machine)\"}" > "$d/model.json"
   [ -f "$d/ppl-wikitext2.json" ] || { run "$BIN" ppl "$2" --data "$DATA/wikitext2/wiki.test.raw" --ctx 512 \
       --precision "$PRECISION" --threads "$THREADS" --json="$d/ppl-wikitext2.json.partial" >/dev/null &&
     mv "$d/ppl-wikitext2.json.partial" "$d/ppl-wikitext2.json"; }
@@ -153,6 +160,7 @@ main() {
     case $a in
       list) for r in $RUNS; do echo "$r: $(flags "$r")"; done ;;
       data) data ;;
+      general) general ;;
       sdg) sdg ;;
       teacher) score teacher "$MODEL" ;;
       report) report ;;

@@ -13,6 +13,12 @@ Per student (one object each, the teacher as its own object with "teacher": true
   error), above_chance (that task list), default (true for the recipe `taper compress` uses by
   default: DEFAULT below).
 A model whose scores are not all finished is listed under "partial" with what it has.
+Every object also names the machine its scores were made on ("machine": CPU model and cores,
+from WORK/scores/NAME/model.json; the scores move a little between CPUs, whose bf16 kernels
+round differently). OUT_JSON's earlier objects whose work directory is gone (a new machine) are
+kept as they were: a model scored in WORK replaces its earlier object when WORK's scores are
+complete or the earlier ones were not. The teacher's values come from WORK where it has them,
+else from OUT_JSON's teacher ("carried" lists those).
 usage: report.py WORK OUT_JSON
 """
 import glob
@@ -24,6 +30,8 @@ TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu"]
 CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5, "mmlu": 0.25}
 TEXTS = ["wikitext2", "heldout"]
 DEFAULT = "kd-mix"  # the run whose flags are taper compress's defaults (beside data, size and tokens)
+# Objects written before "machine" existed were all scored on this project's Intel machine.
+EARLIER_MACHINE = "Intel Xeon with AMX, 2 cores"
 
 
 def load(path):
@@ -57,16 +65,43 @@ def ppls(d):
     return out
 
 
+def complete(r):
+    return r.get("zero_shot_ratio") is not None
+
+
 def main():
     work, out_json = sys.argv[1], sys.argv[2]
+    old = load(out_json) or {}
+    old_t = old.get("teacher") or {}
     tdir = os.path.join(work, "scores", "teacher")
     t_ppl, t_acc = ppls(tdir), task_metrics(tdir)
     t_model = load(os.path.join(tdir, "model.json")) or {}
+    carried = []
+    for k, v in (old_t.get("ppl") or {}).items():  # what WORK has not scored: the earlier teacher's
+        if k not in t_ppl:
+            t_ppl[k] = v
+            carried.append("ppl." + k)
+    for t, v in (old_t.get("acc") or {}).items():
+        if t not in t_acc:
+            se = (old_t.get("stderr") or {}).get(t)
+            if se is None:  # objects from before "stderr": the binomial standard error of the accuracy
+                n = (old_t.get("items") or {}).get(t)
+                se = (v * (1 - v) / (n - 1)) ** 0.5 if n else None
+            t_acc[t] = ((old_t.get("metric") or {}).get(t, "acc"), v, se, (old_t.get("items") or {}).get(t), None)
+            carried.append("acc." + t)
     above = [t for t in TASKS if t in t_acc and t_acc[t][2] is not None and t_acc[t][1] - CHANCE[t] > 2 * t_acc[t][2]]
+    if not above and old_t.get("above_chance"):
+        above = list(old_t["above_chance"])
     rows, partial = [], []
-    teacher = {"name": "teacher", "teacher": True, "model": t_model.get("model"), "params": t_model.get("params"),
+    teacher = {"name": "teacher", "teacher": True, "model": t_model.get("model") or old_t.get("model"),
+               "params": t_model.get("params") or old_t.get("params"),
+               "machine": t_model.get("machine") or old_t.get("machine") or EARLIER_MACHINE,
                "ppl": t_ppl, "acc": {t: v[1] for t, v in t_acc.items()},
+               "stderr": {t: v[2] for t, v in t_acc.items() if v[2] is not None},
+               "items": {t: v[3] for t, v in t_acc.items() if v[3] is not None},
                "metric": {t: v[0] for t, v in t_acc.items()}, "above_chance": above}
+    if carried:
+        teacher["carried"] = {"values": carried, "machine": old_t.get("machine") or EARLIER_MACHINE}
     complete_teacher = len(t_ppl) == len(TEXTS) and all(t in t_acc for t in TASKS)
     for d in sorted(glob.glob(os.path.join(work, "scores", "*"))):
         name = os.path.basename(d)
@@ -76,7 +111,8 @@ def main():
         model = load(os.path.join(d, "model.json")) or {}
         p, a = ppls(d), task_metrics(d)
         flags = (run.get("flags") or "").replace(os.path.abspath(work), "$WORK") or None
-        r = {"name": name, "recipe": flags, "params": model.get("params"), "tokens": run.get("tokens"),
+        r = {"name": name, "recipe": flags, "params": model.get("params"), "machine": model.get("machine"),
+             "tokens": run.get("tokens"),
              "steps": run.get("steps"), "seed": run.get("seed"), "wall_s": run.get("wall_s"),
              "ppl": p, "teacher_ppl": {k: t_ppl[k] for k in p if k in t_ppl},
              "ppl_ratio": {k: p[k] / t_ppl[k] for k in p if k in t_ppl},
@@ -90,6 +126,14 @@ def main():
         r["zero_shot_ratio"] = sum(ratios) / len(ratios) if done and ratios else None
         r["above_chance"] = above
         (rows if done else partial).append(r)
+    # earlier objects: kept unless WORK's object of that name is complete, or they were not
+    fresh = {r["name"]: r for r in rows + partial}
+    for was in old.get("students", []) + old.get("partial", []):
+        was.setdefault("machine", EARLIER_MACHINE)
+        now = fresh.get(was["name"])
+        if now is not None and (complete(now) or not complete(was)):
+            continue
+        (rows if complete(was) else partial).append(was)
     res = {"what": "bench/quality.sh: SmolLM2-135M-Instruct students, scored in full", "teacher": teacher,
            "students": rows, "partial": partial}
     tmp = out_json + ".tmp"
@@ -102,13 +146,13 @@ def main():
     def f3(x):
         return "–" if x is None else "%.3f" % x
 
-    hdr = "| model | params | tokens | wall | ppl WikiText-2 (×T) | ppl held-out (×T) | " + \
+    hdr = "| model | machine | params | tokens | wall | ppl WikiText-2 (×T) | ppl held-out (×T) | " + \
         " | ".join(TASKS) + " | zero-shot ×T |"
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     tp = teacher["ppl"]
-    print("| teacher | %s | – | – | %s | %s | %s | – |" % (
-        teacher["params"], f3(tp.get("wikitext2")), f3(tp.get("heldout")),
+    print("| teacher | %s | %s | – | – | %s | %s | %s | – |" % (
+        teacher["machine"] + (" (%s carried)" % ", ".join(carried) if carried else ""), teacher["params"], f3(tp.get("wikitext2")), f3(tp.get("heldout")),
         " | ".join(f3(teacher["acc"].get(t)) for t in TASKS)))
     for r in rows + partial:
         def pr(k):
@@ -116,8 +160,8 @@ def main():
                 return "–"
             return "%.3f (%.2f)" % (r["ppl"][k], r["ppl_ratio"].get(k, float("nan")))
         wall = "%.0f min" % (r["wall_s"] / 60) if r.get("wall_s") else "–"
-        print("| %s%s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["name"], "" if r in rows else " (partial)", r["params"], r["tokens"], wall, pr("wikitext2"),
+        print("| %s%s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["name"], "" if r in rows else " (partial)", r.get("machine"), r["params"], r["tokens"], wall, pr("wikitext2"),
             pr("heldout"), " | ".join(f3(r["acc"].get(t)) for t in TASKS), f3(r["zero_shot_ratio"])))
     print("\nacc: acc_norm where the task has it (ARC, HellaSwag, PIQA), else acc; ×T: student / teacher;"
           " zero-shot ×T: mean over the tasks where the teacher is above chance (%s)." % ", ".join(above))
