@@ -783,21 +783,25 @@ TT_TEST(grad_attention_kernels_match_naive) {
     }
 }
 
-/* The AMX forward (bf16 Q, K, V and probabilities, fp32 softmax) against the double twin fed the
- * same bf16-rounded Q, K, V: what is left is the probabilities' rounding, at most 2^-9 of each
- * weight, so |out - ref| <= 2^-8 max|V| and lse within 1e-4. Several query blocks, p0 > 0,
- * windows inside and across blocks, strided rows, hd 64 and 128. Where the build or CPU has no
- * AMX the kernel must decline and bf16 attention must give the fp32 path's bits. */
+/* The bf16 attention kernels (AVX512-BF16 dot products, AMX tiles: each that runs here, bf16 Q, K,
+ * V and probabilities, fp32 softmax) against the double twin fed the same bf16-rounded Q, K, V:
+ * what is left is the probabilities' rounding, at most 2^-9 of each weight, so
+ * |out - ref| <= 2^-8 max|V| and lse within 1e-4. Several query blocks, p0 > 0, windows inside
+ * and across blocks, strided rows, hd 64 and 128. Capped at fp32 (TAPER_ATTENTION=fp32, or a
+ * build or CPU without AVX512-BF16) the kernel must decline and bf16 attention must give the fp32
+ * path's bits. */
 static void round_bf16(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = tp_bf16_to_f32(tp_f32_to_bf16(x[i]));
 }
 
-TT_TEST(grad_attention_amx_matches_naive) {
+static void attention_bf16_check(int cap) {
+    static const char *name[3] = {"fp32 cap", "AVX512-BF16", "AMX"};
     tp_rng r;
     tp_rng_seed(&r, 33);
-    int ready = tp_attention_amx_ready();
+    tp_attention_bf16_cap(cap);
+    int ready = tp_attention_bf16_kernel() != 0;
+    TT_CHECK(tp_attention_bf16_kernel() == cap, "kernel %d runs under cap %d", tp_attention_bf16_kernel(), cap);
     double worst_f = 0, worst_b = 0; /* largest error seen, relative to the bound's scale */
-    tt_note("AMX attention %s", ready ? "available: checked against the double twin" : "not available: checked that it declines");
     for (int pass = 0; pass < 6; pass++) {
         int hd = pass < 4 ? 64 : 128, T = pass == 5 ? 40 : 150 + 70 * (pass & 1), p0 = pass % 2 ? 5 : 0;
         int win = pass == 2 ? 37 : pass == 3 ? 100 : 0, Tk = p0 + T;
@@ -813,7 +817,8 @@ TT_TEST(grad_attention_amx_matches_naive) {
         round_bf16(K, (size_t)Tk * ld);
         round_bf16(V, (size_t)Tk * ld);
         if (ready) {
-            TT_CHECK(tp_attention_head_lse_amx(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale) == 0, "amx runs");
+            TT_CHECK(tp_attention_head_lse_bf16(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale) == 0, "%s runs",
+                     name[cap]);
             tp_attention_head_lse_ref(Q, ld, K, V, ld, Or, ld, lser, T, p0, win, hd, scale);
             double vmax = 0, eo = 0, el = 0;
             int cols_ok = 1;
@@ -833,9 +838,9 @@ TT_TEST(grad_attention_amx_matches_naive) {
             tp_gemm_set_precision(TP_PREC_BF16);
             tp_attention_head_lse(Q, ld, K, V, ld, O2, ld, lse2, T, p0, win, hd, scale, S);
             tp_gemm_set_precision(TP_PREC_FP32);
-            TT_CHECK(!memcmp(O, O2, no * 4) && !memcmp(lse, lse2, (size_t)T * 4), "bf16 precision takes the AMX path");
+            TT_CHECK(!memcmp(O, O2, no * 4) && !memcmp(lse, lse2, (size_t)T * 4), "bf16 precision takes the %s path", name[cap]);
             free(O2); free(lse2);
-            /* backward, fed the AMX forward's O and lse, against the double twin on the same inputs:
+            /* backward, fed the bf16 forward's O and lse, against the double twin on the same inputs:
              * P and dS rounded to bf16 (2^-9 each) bound the error at 1 % of the largest gradient */
             float *dO = malloc(no * 4), *dQ = calloc(no, 4), *dQr = calloc(no, 4);
             size_t nk = (size_t)Tk * ld;
@@ -846,8 +851,8 @@ TT_TEST(grad_attention_amx_matches_naive) {
             fill(dV, nk, &r, 1);
             memcpy(dKr, dK, nk * 4);
             memcpy(dVr, dV, nk * 4);
-            TT_CHECK(tp_attention_head_bwd_amx(Q, ld, K, V, ld, O, dO, ld, lse, dQ, ld, dK, dV, ld, T, p0, win, hd,
-                                               scale) == 0, "amx backward runs");
+            TT_CHECK(tp_attention_head_bwd_bf16(Q, ld, K, V, ld, O, dO, ld, lse, dQ, ld, dK, dV, ld, T, p0, win, hd,
+                                                scale) == 0, "%s backward runs", name[cap]);
             tp_attention_head_bwd_ref(Q, ld, K, V, ld, Or, dO, ld, lser, dQr, ld, dKr, dVr, ld, T, p0, win, hd, scale);
             const char *nm[3] = {"dQ", "dK", "dV"};
             const float *a[3] = {dQ, dK, dV}, *b[3] = {dQr, dKr, dVr};
@@ -870,21 +875,33 @@ TT_TEST(grad_attention_amx_matches_naive) {
             }
             free(dO); free(dQ); free(dQr); free(dK); free(dKr); free(dV); free(dVr);
         } else {
-            TT_CHECK(tp_attention_head_lse_amx(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale) == -1, "declines");
-            TT_CHECK(tp_attention_head_bwd_amx(Q, ld, K, V, ld, O, Q, ld, lse, O, ld, K, V, ld, T, p0, win, hd, scale) == -1,
+            TT_CHECK(tp_attention_head_lse_bf16(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale) == -1, "declines");
+            TT_CHECK(tp_attention_head_bwd_bf16(Q, ld, K, V, ld, O, Q, ld, lse, O, ld, K, V, ld, T, p0, win, hd, scale) == -1,
                      "backward declines");
             tp_attention_head_lse(Q, ld, K, V, ld, O, ld, lse, T, p0, win, hd, scale, S);
             tp_gemm_set_precision(TP_PREC_BF16);
             tp_attention_head_lse(Q, ld, K, V, ld, Or, ld, lser, T, p0, win, hd, scale, S);
             tp_gemm_set_precision(TP_PREC_FP32);
-            TT_CHECK(!memcmp(O, Or, no * 4) && !memcmp(lse, lser, (size_t)T * 4), "bf16 attention = fp32 path without AMX");
+            TT_CHECK(!memcmp(O, Or, no * 4) && !memcmp(lse, lser, (size_t)T * 4), "bf16 attention = fp32 path when capped at fp32");
         }
         free(Q); free(K); free(V); free(O); free(Or); free(lse); free(lser); free(S);
     }
-    if (ready) tt_note("largest errors: forward %.2g of max|V|, backward %.2g of the largest gradient", worst_f, worst_b);
+    if (ready)
+        tt_note("%s: largest errors: forward %.2g of max|V|, backward %.2g of the largest gradient", name[cap], worst_f,
+                worst_b);
     /* hd not a multiple of 32: declined everywhere */
     float q[16] = {0}, o[16], l[1];
-    TT_CHECK(tp_attention_head_lse_amx(q, 16, q, q, 16, o, 16, l, 1, 0, 0, 16, 1.0f) == -1, "hd 16 declined");
+    TT_CHECK(tp_attention_head_lse_bf16(q, 16, q, q, 16, o, 16, l, 1, 0, 0, 16, 1.0f) == -1, "hd 16 declined");
+    tp_attention_bf16_cap(-1);
+}
+
+TT_TEST(grad_attention_bf16_matches_naive) {
+    tp_attention_bf16_cap(-1);
+    int best = tp_attention_bf16_kernel();
+    tt_note("bf16 attention here: %s", best == 2 ? "AMX tiles and AVX512-BF16 dot products, both checked"
+                                       : best == 1 ? "AVX512-BF16 dot products (no AMX), checked"
+                                                   : "none (this build or CPU lacks AVX512-BF16): checked that it declines");
+    for (int cap = 0; cap <= best; cap++) attention_bf16_check(cap);
 }
 
 /* ----------------------- determinism and recompute ----------------------- */

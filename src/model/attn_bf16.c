@@ -1,54 +1,74 @@
-/* Causal attention of one head on AMX tiles (bf16 products, fp32 accumulation and softmax).
+/* Causal attention of one head with bf16 products (fp32 accumulation and softmax), on AMX tiles
+ * or on AVX512-BF16 dot products.
  *
- * Built only where the compiler targets AMX-BF16 (NATIVE=1 on a CPU that has it); elsewhere the
- * entry points report "not available" and the callers keep their fp32 products. At run time the
- * CPU must list AMX-TILE and AMX-BF16, and Linux must grant the process the tile state
- * (arch_prctl ARCH_REQ_XCOMP_PERM), asked once.
+ * Built where the compiler targets AVX512-BF16 (NATIVE=1 on such a CPU: AMD Zen 4/5, Intel Cooper
+ * Lake, Sapphire Rapids and later); the AMX tiles too where it also targets AMX-BF16. Elsewhere
+ * the entry points report "not available" and the callers keep their fp32 products. At run time
+ * the CPU must list AVX512-BF16 (and AMX-TILE, AMX-BF16 for the tiles, with Linux granting the
+ * process the tile state through arch_prctl ARCH_REQ_XCOMP_PERM, asked once). TAPER_ATTENTION
+ * caps the choice: fp32 (OpenBLAS's products), avx512 (dot products even where AMX is), amx.
  *
- * Layout. A tile product C(16x16 fp32) += A(16x32 bf16, row-major) B where B holds 32x16 bf16 as
- * 16 rows of 16 bf16 pairs ("VNNI": row r, column n = (B[2r][n], B[2r+1][n])). One head call packs
+ * Layout. A product C(32 x 32 fp32) += A(32 x 32k bf16, row-major) B where B holds 32k x 32 bf16
+ * as 16k rows of 32 bf16 pairs ("VNNI": row r, column n = (B[2r][n], B[2r+1][n])): the operand
+ * both AMX's TDPBF16PS and AVX512-BF16's VDPBF16PS take. One head call packs
  *   Kp[hd/2][Tkp]   pairs of K's columns, key-major within a row: B of S = Q K^T
  *   Vp[Tkp/2][hd]   pairs of consecutive keys: B of O = P V
  * once, then walks query blocks of TP_ATT_BLOCK rows as the fp32 kernel does: S for the block's
  * visible keys, an exact softmax per row in fp32 (the same max, exp and sum as the fp32 path),
- * P rounded to bf16, O = P V. Every tile product is 2x2 tiles (32 rows x 32 columns); rows and
- * keys are padded with zeros to multiples of 32. */
+ * P rounded to bf16, O = P V. Every product is in blocks of 32 rows x 32 columns (2x2 tiles);
+ * rows and keys are padded with zeros to multiples of 32. */
 #include "model/kernels.h"
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__) && \
-    defined(__linux__)
-#define TP_AMX 1
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define TP_ATT_BF16 1
 #include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#define TP_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
+#endif
 
+#ifdef TP_ATT_BF16
+enum { K_NONE = 0, K_DOT = 1, K_AMX = 2 };
+static int g_have;         /* the best kernel this build and CPU run */
+static int g_env_cap = K_AMX, g_cap = K_AMX; /* TAPER_ATTENTION; tests change g_cap */
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void probe(void) {
+    unsigned a, b, c, d;
+    g_have = K_NONE;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 16)) && /* AVX512F */
+        __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)))     /* AVX512-BF16 */
+        g_have = K_DOT;
 #ifdef TP_AMX
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
-
-static int g_amx = -1; /* -1 not asked yet, 0 no, 1 yes */
-static int g_amx_off;  /* tests: force the fp32 path */
-static pthread_once_t g_amx_once = PTHREAD_ONCE_INIT;
-
-static void amx_probe(void) {
-    unsigned a, b, c, d;
-    g_amx = 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
-    if (!(d & (1u << 22)) || !(d & (1u << 24))) return; /* AMX-BF16, AMX-TILE */
-    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return;
-    g_amx = 1;
-    const char *e = getenv("TAPER_ATTENTION_AMX"); /* 0: the fp32 products instead (A/B timings) */
-    if (e && !strcmp(e, "0")) g_amx_off = 1;
+    if (g_have && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)) && (d & (1u << 24)) && /* AMX-BF16, -TILE */
+        syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0)
+        g_have = K_AMX;
+#endif
+    const char *e = getenv("TAPER_ATTENTION"); /* A/B timings: cap the kernel */
+    if (e && *e) {
+        if (!strcmp(e, "fp32"))
+            g_env_cap = K_NONE;
+        else if (!strcmp(e, "avx512"))
+            g_env_cap = K_DOT;
+        else if (strcmp(e, "amx"))
+            fprintf(stderr, "taper: TAPER_ATTENTION=%s is none of fp32, avx512, amx: ignored\n", e);
+    }
+    g_cap = g_env_cap;
 }
 
+#ifdef TP_AMX
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -101,6 +121,77 @@ static void tile_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb,
         _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
         _tile_stored(3, c + (size_t)16 * ldc + 16, ldc * 4);
     }
+}
+
+#endif /* TP_AMX */
+
+/* The bf16 pair at p (two consecutive elements) in every 32-bit lane. */
+static inline __m512bh pair_bcast(const uint16_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return (__m512bh)_mm512_set1_epi32((int)v);
+}
+
+/* tile_gemm_32's product on AVX512-BF16 (VDPBF16PS): per block of 32 columns, 8 rows at a time
+ * in 16 accumulators, each pair row of B loaded once per 8 rows and every A pair broadcast. */
+static void dot_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
+                        int acc) {
+    const int np = kk * 16; /* pair rows of B */
+    for (int n = 0; n < nn; n++) {
+        for (int m0 = 0; m0 < 32; m0 += 8) {
+            __m512 c0[8], c1[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                float *cr = C + (size_t)(m0 + r) * ldc + (size_t)n * 32;
+                c0[r] = acc ? _mm512_loadu_ps(cr) : _mm512_setzero_ps();
+                c1[r] = acc ? _mm512_loadu_ps(cr + 16) : _mm512_setzero_ps();
+            }
+            const uint16_t *a = A + (size_t)m0 * lda;
+            const uint32_t *b = B + (size_t)n * 32;
+            for (int p = 0; p < np; p++, b += ldb) {
+                const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    const __m512bh av = pair_bcast(a + (size_t)r * lda + 2 * (size_t)p);
+                    c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
+                    c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
+                }
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                float *cr = C + (size_t)(m0 + r) * ldc + (size_t)n * 32;
+                _mm512_storeu_ps(cr, c0[r]);
+                _mm512_storeu_ps(cr + 16, c1[r]);
+            }
+        }
+    }
+}
+
+/* C(32 x 32*nn) (+)= A B on the kernel k chose. */
+static void gemm_32(int k, const uint16_t *A, int lda, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
+                    int acc) {
+#ifdef TP_AMX
+    if (k == K_AMX) {
+        tile_gemm_32(A, lda, B, ldb, kk, nn, C, ldc, acc);
+        return;
+    }
+#endif
+    (void)k;
+    dot_gemm_32(A, lda, B, ldb, kk, nn, C, ldc, acc);
+}
+
+static void tiles_begin(int k) {
+#ifdef TP_AMX
+    if (k == K_AMX) tiles_on();
+#endif
+    (void)k;
+}
+
+static void tiles_end(int k) {
+#ifdef TP_AMX
+    if (k == K_AMX) _tile_release();
+#endif
+    (void)k;
 }
 
 /* pb[0..n) = bf16(row[j] * inv) for lo <= j < nvis, 0 elsewhere (n a multiple of 16). */
@@ -206,16 +297,20 @@ static unsigned char *carve(const size_t *sz, int n, void **part) {
 
 static inline int up32(int x) { return (x + 31) & ~31; }
 
-int tp_attention_amx_ready(void) {
-    pthread_once(&g_amx_once, amx_probe);
-    return g_amx == 1 && !g_amx_off;
+int tp_attention_bf16_kernel(void) {
+    pthread_once(&g_once, probe);
+    return g_have < g_cap ? g_have : g_cap;
 }
 
-void tp_attention_amx_disable(int off) { g_amx_off = off; }
+void tp_attention_bf16_cap(int cap) {
+    pthread_once(&g_once, probe);
+    g_cap = cap < 0 ? g_env_cap : cap;
+}
 
-int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                              size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
-    if (hd % 32 || hd > 512 || T <= 0 || !tp_attention_amx_ready()) return -1;
+int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
+                               size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
+    int kern = tp_attention_bf16_kernel();
+    if (hd % 32 || hd > 512 || T <= 0 || kern == K_NONE) return -1;
     int Tk = p0 + T, Tkp = up32(Tk), hp = hd / 2, BQ = TP_ATT_BLOCK;
     size_t nkmax = (size_t)Tkp;
     /* one allocation: Kp, Vp (pairs), Qb, Pb (bf16), S, O (fp32) */
@@ -229,7 +324,7 @@ int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const 
     float *S = part[4], *O = part[5];
     pack_cols(K, ldk, Tk, hd, Kp, Tkp);
     pack_rows(V, ldk, Tk, hd, Vp, Tkp);
-    tiles_on();
+    tiles_begin(kern);
     for (int i0 = 0; i0 < T; i0 += BQ) {
         int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
         int kmin = tp_att_first_key(p0 + i0, window) & ~31; /* aligned down to a pair of tiles */
@@ -240,7 +335,7 @@ int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const 
         for (int m = 0; m < mp; m++) {
             int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq); /* keys [kmin, last) */
             int nn = up32(last - kmin) / 32;
-            tile_gemm_32(Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nn, S + (size_t)m * 32 * nkp, nkp, 0);
+            gemm_32(kern, Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nn, S + (size_t)m * 32 * nkp, nkp, 0);
         }
         /* exact softmax per row in fp32, P in bf16 with zeros outside the visible keys */
         for (int r = 0; r < bq; r++) {
@@ -258,25 +353,26 @@ int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const 
         for (int m = 0; m < mp; m++) {
             int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq);
             int kk = up32(last - kmin) / 32;
-            tile_gemm_32(Pb + (size_t)m * 32 * nkp, nkp, Vp + (size_t)(kmin / 2) * hd, hd, kk, hd / 32,
+            gemm_32(kern, Pb + (size_t)m * 32 * nkp, nkp, Vp + (size_t)(kmin / 2) * hd, hd, kk, hd / 32,
                          O + (size_t)m * 32 * hd, hd, 0);
         }
         for (int r = 0; r < bq; r++) memcpy(out + (size_t)(i0 + r) * ldo, O + (size_t)r * hd, (size_t)hd * sizeof(float));
     }
-    _tile_release();
+    tiles_end(kern);
     free(mem);
     return 0;
 }
 
-/* Backward of one head (tp_attention_head_bwd's contract) on AMX tiles. Per head: K and V packed
+/* Backward of one head (tp_attention_head_bwd's contract) with bf16 products. Per head: K and V packed
  * as B of S = Q K^T and dP = dO V^T, K as B of dQ = dS K, Q^T and dO^T in bf16. Per query block:
  * S, P = exp(scale S - lse), dP, dS = P (dP - rowsum(dO O)) in fp32; then dV^T += dO^T P and
  * dK^T += Q^T dS (P and dS as pairs of query rows) into fp32 accumulators transposed back at the
  * end, and dQ = scale dS K. */
-int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
-                              const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
-                              size_t lddk, int T, int p0, int window, int hd, float scale) {
-    if (hd % 32 || hd > 512 || T <= 0 || !tp_attention_amx_ready()) return -1;
+int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                               const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                               size_t lddk, int T, int p0, int window, int hd, float scale) {
+    int kern = tp_attention_bf16_kernel();
+    if (hd % 32 || hd > 512 || T <= 0 || kern == K_NONE) return -1;
     int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK;
     /* one allocation: the per-head packs and accumulators, then the per-block buffers */
     const size_t sz[15] = {(size_t)hp * Tkp * 4,        (size_t)hp * Tkp * 4,        (size_t)(Tkp / 2) * hd * 4,
@@ -302,7 +398,7 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
     pack_t(dO, ldo, T, hd, dOt, Tqp);
     memset(dKt, 0, (size_t)hd * Tkp * 4);
     memset(dVt, 0, (size_t)hd * Tkp * 4);
-    tiles_on();
+    tiles_begin(kern);
     for (int i0 = 0; i0 < T; i0 += BQ) {
         int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
         int kmin = tp_att_first_key(p0 + i0, window) & ~31;
@@ -317,9 +413,9 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
         }
         /* S = Q K^T and dP = dO V^T over the block's keys */
         for (int m = 0; m < mp; m++) {
-            tile_gemm_32(Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nkp / 32, S + (size_t)m * 32 * nkp, nkp,
+            gemm_32(kern, Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nkp / 32, S + (size_t)m * 32 * nkp, nkp,
                          0);
-            tile_gemm_32(dOb + (size_t)m * 32 * hd, hd, Vt + kmin, Tkp, hd / 32, nkp / 32, dP + (size_t)m * 32 * nkp,
+            gemm_32(kern, dOb + (size_t)m * 32 * hd, hd, Vt + kmin, Tkp, hd / 32, nkp / 32, dP + (size_t)m * 32 * nkp,
                          nkp, 0);
         }
         /* P and dS in fp32, zero outside the visible keys; rows past bq zero */
@@ -350,15 +446,15 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
         pack_rows(dP, (size_t)nkp, bqp, nkp, dSv, bqp);
         /* dV^T += dO^T P, dK^T += Q^T dS: hd rows, the block's keys as columns, its queries summed */
         for (int m = 0; m < hd / 32; m++) {
-            tile_gemm_32(dOt + (size_t)m * 32 * Tqp + i0, Tqp, Pv, nkp, bqp / 32, nkp / 32,
-                         dVt + (size_t)m * 32 * Tkp + kmin, Tkp, 1);
-            tile_gemm_32(Qt + (size_t)m * 32 * Tqp + i0, Tqp, dSv, nkp, bqp / 32, nkp / 32,
-                         dKt + (size_t)m * 32 * Tkp + kmin, Tkp, 1);
+            gemm_32(kern, dOt + (size_t)m * 32 * Tqp + i0, Tqp, Pv, nkp, bqp / 32, nkp / 32,
+                    dVt + (size_t)m * 32 * Tkp + kmin, Tkp, 1);
+            gemm_32(kern, Qt + (size_t)m * 32 * Tqp + i0, Tqp, dSv, nkp, bqp / 32, nkp / 32,
+                    dKt + (size_t)m * 32 * Tkp + kmin, Tkp, 1);
         }
         /* dQ = scale dS K */
         for (int m = 0; m < mp; m++)
-            tile_gemm_32(dSb + (size_t)m * 32 * nkp, nkp, Kv + (size_t)(kmin / 2) * hd, hd, nkp / 32, hd / 32,
-                         G + (size_t)m * 32 * hd, hd, 0);
+            gemm_32(kern, dSb + (size_t)m * 32 * nkp, nkp, Kv + (size_t)(kmin / 2) * hd, hd, nkp / 32, hd / 32,
+                    G + (size_t)m * 32 * hd, hd, 0);
         const __m512 vs = _mm512_set1_ps(scale);
         for (int r = 0; r < bq; r++) {
             float *d = dQ + (size_t)(i0 + r) * lddq;
@@ -366,7 +462,7 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
             for (int e = 0; e < hd; e += 16) _mm512_storeu_ps(d + e, _mm512_mul_ps(vs, _mm512_loadu_ps(g + e)));
         }
     }
-    _tile_release();
+    tiles_end(kern);
     /* the transposed accumulators back into dK, dV (added), 16 keys at a time */
     add_t(dKt, Tkp, Tk, hd, scale, dK, lddk);
     add_t(dVt, Tkp, Tk, hd, 1.0f, dV, lddk);
@@ -374,19 +470,19 @@ int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const 
     return 0;
 }
 
-#else /* no AMX in this build */
+#else /* no AVX512-BF16 in this build */
 
-int tp_attention_amx_ready(void) { return 0; }
-void tp_attention_amx_disable(int off) { (void)off; }
-int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                              size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
+int tp_attention_bf16_kernel(void) { return 0; }
+void tp_attention_bf16_cap(int cap) { (void)cap; }
+int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
+                               size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
     (void)Q, (void)ldq, (void)K, (void)V, (void)ldk, (void)out, (void)ldo, (void)lse, (void)T, (void)p0, (void)window,
         (void)hd, (void)scale;
     return -1;
 }
-int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
-                              const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
-                              size_t lddk, int T, int p0, int window, int hd, float scale) {
+int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                               const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                               size_t lddk, int T, int p0, int window, int hd, float scale) {
     (void)Q, (void)ldq, (void)K, (void)V, (void)ldk, (void)O, (void)dO, (void)ldo, (void)lse, (void)dQ, (void)lddq,
         (void)dK, (void)dV, (void)lddk, (void)T, (void)p0, (void)window, (void)hd, (void)scale;
     return -1;

@@ -647,7 +647,7 @@ void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg,
 void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                            size_t ldo, float *lse, int T, int p0, int window, int hd, float scale, float *S) {
     if (tp_gemm_precision() == TP_PREC_BF16 &&
-        tp_attention_head_lse_amx(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, window, hd, scale) == 0)
+        tp_attention_head_lse_bf16(Q, ldq, K, V, ldk, out, ldo, lse, T, p0, window, hd, scale) == 0)
         return;
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {
         /* the block's rows see keys kmin..kmax-1 between them (kmin > 0 only under a window) */
@@ -700,8 +700,8 @@ void tp_attention_head_bwd(const float *Q, size_t ldq, const float *K, const flo
                            float *dK, float *dV, size_t lddk, int T, int p0, int window, int hd, float scale,
                            float *scratch) {
     if (tp_gemm_precision() == TP_PREC_BF16 &&
-        tp_attention_head_bwd_amx(Q, ldq, K, V, ldk, O, dO, ldo, lse, dQ, lddq, dK, dV, lddk, T, p0, window, hd,
-                                  scale) == 0)
+        tp_attention_head_bwd_bf16(Q, ldq, K, V, ldk, O, dO, ldo, lse, dQ, lddq, dK, dV, lddk, T, p0, window, hd,
+                                   scale) == 0)
         return;
     float *P = scratch, *dP = scratch + (size_t)TP_ATT_BLOCK * (size_t)(p0 + T);
     for (int i0 = 0; i0 < T; i0 += TP_ATT_BLOCK) {

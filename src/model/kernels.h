@@ -189,19 +189,22 @@ void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const flo
 void tp_attention_head_lse_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                                float *out, size_t ldo, float *lse, int T, int p0, int window, int hd, float scale);
 
-/* tp_attention_head_lse on AMX tiles (attn_amx.c): Q, K, V and the probabilities rounded to bf16,
- * fp32 accumulation, the softmax in fp32. -1 (nothing written) where this build or CPU has no
- * AMX-BF16, or hd is not a multiple of 32. tp_attention_head_lse takes it under bf16 precision. */
-int tp_attention_head_lse_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
-                              size_t ldo, float *lse, int T, int p0, int window, int hd, float scale);
-/* tp_attention_head_bwd on AMX tiles: products in bf16 (Q, K, V, dO, P and dS rounded), fp32
- * accumulation; -1 as above. tp_attention_head_bwd takes it under bf16 precision. */
-int tp_attention_head_bwd_amx(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
-                              const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
-                              size_t lddk, int T, int p0, int window, int hd, float scale);
-/* 1 when the AMX kernels run here; tp_attention_amx_disable(1) turns them off (tests, A/B runs). */
-int tp_attention_amx_ready(void);
-void tp_attention_amx_disable(int off);
+/* tp_attention_head_lse with bf16 products (attn_bf16.c: AMX tiles, else AVX512-BF16 dot
+ * products): Q, K, V and the probabilities rounded to bf16, fp32 accumulation, the softmax in
+ * fp32. -1 (nothing written) where this build or CPU has neither, or hd is not a multiple of 32.
+ * tp_attention_head_lse takes it under bf16 precision. */
+int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
+                               size_t ldo, float *lse, int T, int p0, int window, int hd, float scale);
+/* tp_attention_head_bwd with bf16 products (Q, K, V, dO, P and dS rounded), fp32 accumulation;
+ * -1 as above. tp_attention_head_bwd takes it under bf16 precision. */
+int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                               const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                               size_t lddk, int T, int p0, int window, int hd, float scale);
+/* The kernel the two above run here: 0 none (fp32 products), 1 AVX512-BF16 dot products, 2 AMX
+ * tiles; at most what TAPER_ATTENTION (fp32, avx512, amx) allows. tp_attention_bf16_cap(c) caps
+ * it at c instead (tests, A/B runs); -1 goes back to TAPER_ATTENTION's cap. */
+int tp_attention_bf16_kernel(void);
+void tp_attention_bf16_cap(int cap);
 
 /* Backward of one causal head (flash-attention style: probabilities recomputed from lse, block
  * by block). O, dO: (T,hd; stride ldo) forward output and its gradient. dQ (T,hd; stride lddq)
