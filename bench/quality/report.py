@@ -17,7 +17,7 @@ Every object also names the machine its scores were made on ("machine": CPU mode
 from WORK/scores/NAME/model.json; the scores move a little between CPUs, whose bf16 kernels
 round differently). OUT_JSON's earlier objects whose work directory is gone (a new machine) are
 kept as they were: a model scored in WORK replaces its earlier object when WORK's scores are
-complete or the earlier ones were not. The teacher's values come from WORK where it has them,
+complete, or cover every score the earlier (partial) object has; else both are listed. The teacher's values come from WORK where it has them,
 else from OUT_JSON's teacher ("carried" lists those).
 usage: report.py WORK OUT_JSON
 """
@@ -29,6 +29,8 @@ import sys
 TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu"]
 CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5, "mmlu": 0.25}
 TEXTS = ["wikitext2", "heldout"]
+# items of each task in full (the test splits lm-evaluation-harness scores; MMLU's 57 subjects)
+ITEMS = {"arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "piqa": 1838, "winogrande": 1267, "mmlu": 14042}
 DEFAULT = "kd-mix"  # the run whose flags are taper compress's defaults (beside data, size and tokens)
 # Objects written before "machine" existed were all scored on this project's Intel machine.
 EARLIER_MACHINE = "Intel Xeon with AMX, 2 cores"
@@ -85,9 +87,10 @@ def main():
         if t not in t_acc:
             se = (old_t.get("stderr") or {}).get(t)
             if se is None:  # objects from before "stderr": the binomial standard error of the accuracy
-                n = (old_t.get("items") or {}).get(t)
+                n = (old_t.get("items") or {}).get(t) or ITEMS.get(t)
                 se = (v * (1 - v) / (n - 1)) ** 0.5 if n else None
-            t_acc[t] = ((old_t.get("metric") or {}).get(t, "acc"), v, se, (old_t.get("items") or {}).get(t), None)
+            t_acc[t] = ((old_t.get("metric") or {}).get(t, "acc"), v, se,
+                        (old_t.get("items") or {}).get(t) or ITEMS.get(t), None)
             carried.append("acc." + t)
     above = [t for t in TASKS if t in t_acc and t_acc[t][2] is not None and t_acc[t][1] - CHANCE[t] > 2 * t_acc[t][2]]
     if not above and old_t.get("above_chance"):
@@ -126,12 +129,15 @@ def main():
         r["zero_shot_ratio"] = sum(ratios) / len(ratios) if done and ratios else None
         r["above_chance"] = above
         (rows if done else partial).append(r)
-    # earlier objects: kept unless WORK's object of that name is complete, or they were not
+    # earlier objects: kept unless WORK's object of that name is complete, or has every score
+    # the earlier one has (a partial earlier object beside a newer partial one stays too)
     fresh = {r["name"]: r for r in rows + partial}
     for was in old.get("students", []) + old.get("partial", []):
         was.setdefault("machine", EARLIER_MACHINE)
         now = fresh.get(was["name"])
-        if now is not None and (complete(now) or not complete(was)):
+        if now is not None and (now is was or complete(now) or
+                                (not complete(was) and set(was.get("ppl", {})) <= set(now.get("ppl", {})) and
+                                 set(was.get("acc", {})) <= set(now.get("acc", {})))):
             continue
         (rows if complete(was) else partial).append(was)
     res = {"what": "bench/quality.sh: SmolLM2-135M-Instruct students, scored in full", "teacher": teacher,
