@@ -17,11 +17,12 @@
 #   generate    batched generation and perplexity forward against llama.cpp on the same GGUF (MODEL
 #               converted to F32 and to BF16): llama-batched-bench vs taper bench (prompt 128,
 #               generate 128, batch GEN_BATCHES), llama-perplexity vs taper ppl (CHUNKS x 512);
-#               llama.cpp runs with its own OpenMP wait policy (spinning), taper with its PASSIVE
+#               llama.cpp runs with its own OpenMP wait policy (spinning), taper with its PASSIVE,
+#               then (GEN_SPIN=1, the default) with OMP_WAIT_POLICY=ACTIVE as well ("both spinning")
 #   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
 #               intermediate loss and gradient norm of both on the same window (about a minute)
 # Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
-# Environment: GEN_BATCHES (1,16,64), GEN_DTYPES (f32 bf16), TAPER_BIN (build/taper), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
+# Environment: GEN_BATCHES (1,16,64), GEN_DTYPES (f32 bf16), GEN_SPIN (1), TAPER_BIN (build/taper), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
 # (/tmp/taper-bench), CHUNKS (16: forward chunks and importance samples of 512 tokens), STEPS (3
 # timed steps), WARMUP (1), BATCH (2), SEQ (512), PEER_CONFIGS (fp32 bf16 compile compile-bf16:
 # any subset), COMPILE_TIMEOUT (1200 s per torch.compile run), STUDENT (an HF folder with
@@ -47,6 +48,7 @@ STUDENT_ARGS="${STUDENT_ARGS:---hidden 512 --ffn 896}"
 WORK="${WORK:-/tmp/taper-bench}"
 GEN_BATCHES="${GEN_BATCHES:-1,16,64}"
 GEN_DTYPES="${GEN_DTYPES:-f32 bf16}"
+GEN_SPIN="${GEN_SPIN:-1}"  # generate: taper also at OMP_WAIT_POLICY=ACTIVE, llama.cpp's spinning policy
 TOKJSON=tests/fixtures/tok/smollm2/tokenizer.json
 TEST_TEXT="$DATA/wikitext2/wiki.test.raw"
 VALID_TEXT="$DATA/wikitext2/wiki.valid.tokens"
@@ -357,6 +359,11 @@ generate() {
       --threads "$THREADS" --json="$WORK/gen_taper_$dt.json"
     cat "$WORK/gen_llama_$dt.out" "$WORK/gen_llama_$dt.err" >"$WORK/gen_llama_$dt.log"
     report batched "$dt" "$WORK/gen_taper_$dt.json" "$WORK/gen_llama_$dt.log" >>"$brows" || true
+    if [ "$GEN_SPIN" = 1 ]; then # taper at llama.cpp's policy too: threads spin between products
+      timed "gen_taper_${dt}_spin" env OMP_WAIT_POLICY=ACTIVE "$BIN" bench "$g" --batch "$GEN_BATCHES" --prompt 128 \
+        --gen 128 --precision "$prec" --threads "$THREADS" --json="$WORK/gen_taper_${dt}_spin.json"
+      report batched "$dt, both spinning" "$WORK/gen_taper_${dt}_spin.json" "$WORK/gen_llama_$dt.log" >>"$brows" || true
+    fi
     timed "ppl_llama_$dt" env -u OMP_WAIT_POLICY "$lbin/llama-perplexity" -m "$g" -f "$TEST_TEXT" -c 512 -b 512 --chunks "$CHUNKS" \
       -t "$THREADS" -tb "$THREADS"
     rm -f "$WORK/ppl_taper_$dt.json"
