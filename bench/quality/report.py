@@ -93,8 +93,6 @@ def main():
                         (old_t.get("items") or {}).get(t) or ITEMS.get(t), None)
             carried.append("acc." + t)
     above = [t for t in TASKS if t in t_acc and t_acc[t][2] is not None and t_acc[t][1] - CHANCE[t] > 2 * t_acc[t][2]]
-    if not above and old_t.get("above_chance"):
-        above = list(old_t["above_chance"])
     rows, partial = [], []
     teacher = {"name": "teacher", "teacher": True, "model": t_model.get("model") or old_t.get("model"),
                "params": t_model.get("params") or old_t.get("params"),
@@ -135,7 +133,7 @@ def main():
     for was in old.get("students", []) + old.get("partial", []):
         was.setdefault("machine", EARLIER_MACHINE)
         now = fresh.get(was["name"])
-        if now is not None and (now is was or complete(now) or
+        if now is not None and (complete(now) or
                                 (not complete(was) and set(was.get("ppl", {})) <= set(now.get("ppl", {})) and
                                  set(was.get("acc", {})) <= set(now.get("acc", {})))):
             continue

@@ -297,7 +297,6 @@ void tp_silu_mul(float *g, const float *u, size_t n) {
     }
 }
 
-/* First key a query at absolute position pos sees: 0, or pos-window+1 under a sliding window. */
 static void softmax_causal_rows(float *S, int T, int Tk, int p0, int window) {
     for (int i = 0; i < T; i++) {
         float *r = S + (size_t)i * Tk;

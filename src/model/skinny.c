@@ -134,8 +134,8 @@ static int total_blocks(const tp_skinny_seg *seg, int nseg) {
             const tp_skinny_seg *sg = find_block(seg, nseg, q, &j0);                                             \
             int nb = sg->N - j0 < 4 ? sg->N - j0 : 4;                                                            \
             const void *b[4];                                                                                    \
-            for (int j = 0; j < 4; j++) {                                                                        \
-                size_t r = (size_t)(j0 + (j < nb ? j : 0));                                                      \
+            for (int j = 0; j < nb; j++) {                                                                       \
+                size_t r = (size_t)(j0 + j);                                                                     \
                 b[j] = ah ? (const void *)(sg->Bh + r * K) : (const void *)(sg->B + r * sg->ldb);                \
             }                                                                                                    \
             float d[4][TP_SKINNY_MAX_M];                                                                         \
