@@ -79,6 +79,9 @@ def main():
     t_ppl, t_acc = ppls(tdir), task_metrics(tdir)
     t_model = load(os.path.join(tdir, "model.json")) or {}
     carried = []
+    # where each earlier teacher value came from: its own machine, or where it had carried it from
+    was_carried = old_t.get("carried") or {}
+    source = {k: was_carried.get("machine") for k in was_carried.get("values", [])}
     for k, v in (old_t.get("ppl") or {}).items():  # what WORK has not scored: the earlier teacher's
         if k not in t_ppl:
             t_ppl[k] = v
@@ -102,7 +105,8 @@ def main():
                "items": {t: v[3] for t, v in t_acc.items() if v[3] is not None},
                "metric": {t: v[0] for t, v in t_acc.items()}, "above_chance": above}
     if carried:
-        teacher["carried"] = {"values": carried, "machine": old_t.get("machine") or EARLIER_MACHINE}
+        machines = sorted({source.get(k) or old_t.get("machine") or EARLIER_MACHINE for k in carried})
+        teacher["carried"] = {"values": carried, "machine": "; ".join(machines)}
     complete_teacher = len(t_ppl) == len(TEXTS) and all(t in t_acc for t in TASKS)
     for d in sorted(glob.glob(os.path.join(work, "scores", "*"))):
         name = os.path.basename(d)
