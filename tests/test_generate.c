@@ -220,6 +220,44 @@ TT_TEST(kernel_attention_decode_rows_match_naive) {
     }
 }
 
+TT_TEST(kernel_attention_group_decode_matches_naive) {
+    /* nh query heads sharing one K/V head (grouped-query decoding): every head's rows against the
+     * naive kernel, K/V rows packed (stride hd, the cache's layout) or strided, up to 9 heads and
+     * T = TP_ATT_DIRECT rows; blocks of keys cut short at the start and the end */
+    const int cases[][5] = {{3, 1, 191, 64, 0}, {3, 1, 0, 64, 0}, {1, 1, 15, 64, 0}, {2, 4, 37, 128, 0},
+                            {4, 2, 300, 256, 100}, {7, 3, 17, 80, 5}, {9, 1, 64, 24, 0}, {5, 4, 1, 16, 0}};
+    tp_rng r;
+    tp_rng_seed(&r, 12);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int nh = cases[c][0], T = cases[c][1], p0 = cases[c][2], hd = cases[c][3], win = cases[c][4];
+        for (int packed = 0; packed < 2; packed++) {
+            size_t ld = (size_t)(nh + 2) * hd, ldk = packed ? (size_t)hd : 2 * (size_t)hd, Tk = (size_t)(p0 + T);
+            float *Q = malloc((size_t)T * ld * 4), *K = malloc(Tk * ldk * 4), *V = malloc(Tk * ldk * 4);
+            float *O = calloc((size_t)T * ld, 4), *Or = calloc((size_t)T * ld, 4);
+            float *S = malloc((size_t)nh * T * Tk * 4);
+            fill_uniform(Q, (size_t)T * ld, &r);
+            fill_uniform(K, Tk * ldk, &r);
+            fill_uniform(V, Tk * ldk, &r);
+            tp_attention_group(Q + hd, ld, nh, K, V, ldk, O + hd, ld, T, p0, win, hd, 0.3f, S);
+            for (int h = 0; h < nh; h++)
+                tp_attention_head_ref(Q + (size_t)(h + 1) * hd, ld, K, V, ldk, Or + (size_t)(h + 1) * hd, ld, T, p0,
+                                      win, hd, 0.3f);
+            double worst = 0;
+            int untouched = 1;
+            for (int i = 0; i < T; i++)
+                for (size_t e = 0; e < ld; e++) {
+                    size_t k = (size_t)i * ld + e;
+                    if (e >= (size_t)hd && e < (size_t)(nh + 1) * hd) worst = fmax(worst, fabs(O[k] - Or[k]));
+                    else untouched &= O[k] == 0.0f;
+                }
+            TT_CHECK(worst < 2e-6 && untouched,
+                     "%d heads, T %d p0 %d hd %d window %d packed %d: max abs diff %g, other columns untouched %d",
+                     nh, T, p0, hd, win, packed, worst, untouched);
+            free(Q); free(K); free(V); free(O); free(Or); free(S);
+        }
+    }
+}
+
 /* greedy decoding of B sequences from their prompts (B x P ids): steps tokens each into out, the
  * largest relative logit difference to ref_logits (when given) into *worst; logits kept in keep */
 static int greedy_batch(const tp_model *m, const int32_t *prompt, int B, int P, int steps, int32_t *out,

@@ -210,12 +210,19 @@ tp_status tp_model_prepare_precision(const tp_model *m, int frozen);
 tp_status tp_model_freeze_bf16(tp_model *m);
 
 /* ---- forward ---- */
-/* Key/value cache for incremental decoding of B sequences up to cap positions. */
+/* Key/value cache for incremental decoding of B sequences up to cap positions. Each K/V head's
+ * positions lie one after the other (decoding reads one head's keys as one stream). */
 typedef struct {
-    int B, cap, n_layers, kv_dim;
+    int B, cap, n_layers, kv_dim, head_dim; /* kv_dim = K/V heads * head_dim */
     int *len;           /* (B) positions filled per sequence */
-    float *k, *v;       /* (n_layers, B, cap, kv_dim) */
+    float *k, *v;       /* (n_layers, B, kv_dim / head_dim, cap, head_dim) */
 } tp_kvcache;
+/* Offset in k / v of (layer, sequence b, K/V head, position pos). */
+static inline size_t tp_kvcache_at(const tp_kvcache *kv, int layer, int b, int head, int pos) {
+    size_t heads = (size_t)(kv->kv_dim / kv->head_dim);
+    return ((((size_t)layer * (size_t)kv->B + (size_t)b) * heads + (size_t)head) * (size_t)kv->cap + (size_t)pos) *
+           (size_t)kv->head_dim;
+}
 tp_status tp_kvcache_alloc(const tp_config *c, int B, int cap, tp_kvcache **out);
 void tp_kvcache_free(tp_kvcache *kv);
 

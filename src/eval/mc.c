@@ -304,7 +304,7 @@ static tp_status cache_view(const tp_config *c, cache_buf *cb, int B, int cap) {
         cb->len = l;
         cb->lens = (size_t)B;
     }
-    cb->view = (tp_kvcache){.B = B, .cap = cap, .n_layers = c->n_layers, .kv_dim = (int)kvd, .len = cb->len,
+    cb->view = (tp_kvcache){.B = B, .cap = cap, .n_layers = c->n_layers, .kv_dim = (int)kvd, .head_dim = c->head_dim, .len = cb->len,
                             .k = cb->k, .v = cb->v};
     return TP_OK;
 }
@@ -560,16 +560,16 @@ static tp_status run_units(engine *e, unit_t *u, int nu) {
             if (u[R.row_unit[ids[r0 + b]]].shared + tb > cap) cap = u[R.row_unit[ids[r0 + b]]].shared + tb;
         if ((s = cache_view(&m->cfg, &e->sc, nb, cap))) break;
         tp_kvcache *kv = &e->sc.view;
-        size_t kvd = (size_t)kv->kv_dim;
+        size_t hd = (size_t)kv->head_dim;
         for (int b = 0; b < nb; b++) {
             int i = R.row_unit[ids[r0 + b]], L = u[i].shared;
             kv->len[b] = L;
-            for (int l = 0; L > 0 && l < m->cfg.n_layers; l++) {
-                size_t src = (((size_t)l * pc->B + i) * pc->cap) * kvd;
-                size_t dst = (((size_t)l * kv->B + b) * kv->cap) * kvd;
-                memcpy(kv->k + dst, pc->k + src, (size_t)L * kvd * sizeof(float));
-                memcpy(kv->v + dst, pc->v + src, (size_t)L * kvd * sizeof(float));
-            }
+            for (int l = 0; L > 0 && l < m->cfg.n_layers; l++)
+                for (int g = 0; g < m->cfg.n_kv_heads; g++) {
+                    size_t src = tp_kvcache_at(pc, l, i, g, 0), dst = tp_kvcache_at(kv, l, b, g, 0);
+                    memcpy(kv->k + dst, pc->k + src, (size_t)L * hd * sizeof(float));
+                    memcpy(kv->v + dst, pc->v + src, (size_t)L * hd * sizeof(float));
+                }
         }
         s = run_rows(e, u, &R, ids + r0, nb, kv);
         r0 += nb;

@@ -91,6 +91,7 @@ tp_status tp_kvcache_alloc(const tp_config *c, int B, int cap, tp_kvcache **out)
     kv->cap = cap;
     kv->n_layers = c->n_layers;
     kv->kv_dim = c->n_kv_heads * c->head_dim;
+    kv->head_dim = c->head_dim;
     size_t n;
     if (tp_mul_overflow((size_t)c->n_layers * (size_t)B, (size_t)cap * (size_t)kv->kv_dim, &n)) n = SIZE_MAX / 8;
     kv->len = calloc((size_t)B, sizeof *kv->len);
@@ -120,7 +121,8 @@ typedef struct {
     float *att;    /* (N, nh*hd) attention output before o_proj */
     float *proj;   /* (N, d) o_proj / down_proj output */
     float *g, *u;  /* (N, ff) */
-    float *scores; /* (threads, T*Tk) */
+    float *scores;            /* (threads, scores_per_thread) */
+    size_t scores_per_thread; /* T*Tk, or (heads per K/V head)*T*Tk when decoding */
     int *pos;      /* (N) */
     float *inv_freq, *inv_freq_local; /* (hd/2) each: global and sliding-layer RoPE */
     float *normw;  /* (max(d, hd)) (1 + w) norm weights under norm_plus_one */
@@ -159,29 +161,48 @@ static void attention(const tp_model *m, const tp_layer *L, int layer, fwd_buf *
     tp_rope_apply(b->q, N, nh, hd, b->pos, inv_freq);
     tp_rope_apply(b->k, N, nkv, hd, b->pos, inv_freq);
     if (cache) {
-        for (int s = 0; s < B; s++) {
-            size_t base = (((size_t)layer * cache->B + s) * cache->cap + (size_t)cache->len[s]) * kvd;
-            memcpy(cache->k + base, b->k + (size_t)s * T * kvd, (size_t)T * kvd * sizeof(float));
-            memcpy(cache->v + base, b->v + (size_t)s * T * kvd, (size_t)T * kvd * sizeof(float));
-        }
+        for (int s = 0; s < B; s++)
+            for (int g = 0; g < nkv; g++) {
+                size_t at = tp_kvcache_at(cache, layer, s, g, cache->len[s]);
+                for (int t = 0; t < T; t++) {
+                    size_t from = ((size_t)s * T + t) * kvd + (size_t)g * hd;
+                    memcpy(cache->k + at + (size_t)t * hd, b->k + from, (size_t)hd * sizeof(float));
+                    memcpy(cache->v + at + (size_t)t * hd, b->v + from, (size_t)hd * sizeof(float));
+                }
+            }
     }
     float scale = tp_attn_scale(c);
     int rep = nh / nkv, window = tp_layer_window(c, layer);
+    if (cache && T <= TP_ATT_DIRECT) { /* decoding: the heads of a K/V group together, K and V read once */
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) if ((size_t)B * T * Tk_max * nh * hd >= TP_PAR_MIN_WORK)
+        for (int s = 0; s < B; s++)
+            for (int g = 0; g < nkv; g++) {
+                size_t at = tp_kvcache_at(cache, layer, s, g, 0);
+                size_t qo = (size_t)s * T * qd + (size_t)g * rep * hd;
+                float *S = b->scores + (size_t)tp_thread_id() * b->scores_per_thread;
+                tp_attention_group(b->q + qo, qd, rep, cache->k + at, cache->v + at, (size_t)hd, b->att + qo, qd, T,
+                                   cache->len[s], window, hd, scale, S);
+            }
+        tp_matmul_wt(b->att, L->wo, NULL, b->proj, N, qd, d);
+        return;
+    }
 #pragma omp parallel for schedule(dynamic, 1) collapse(2) if ((size_t)B * T * Tk_max * nh * hd >= TP_PAR_MIN_WORK)
     for (int s = 0; s < B; s++)
         for (int h = 0; h < nh; h++) {
             int p0 = cache ? cache->len[s] : 0;
             const float *K, *V;
+            size_t ldk = kvd;
             if (cache) {
-                size_t base = (((size_t)layer * cache->B + s) * cache->cap) * kvd + (size_t)(h / rep) * hd;
-                K = cache->k + base;
-                V = cache->v + base;
+                size_t at = tp_kvcache_at(cache, layer, s, h / rep, 0);
+                K = cache->k + at;
+                V = cache->v + at;
+                ldk = (size_t)hd;
             } else {
                 K = b->k + (size_t)s * T * kvd + (size_t)(h / rep) * hd;
                 V = b->v + (size_t)s * T * kvd + (size_t)(h / rep) * hd;
             }
-            float *S = b->scores + (size_t)tp_thread_id() * (size_t)T * (size_t)Tk_max;
-            tp_attention_head(b->q + (size_t)s * T * qd + (size_t)h * hd, qd, K, V, kvd,
+            float *S = b->scores + (size_t)tp_thread_id() * b->scores_per_thread;
+            tp_attention_head(b->q + (size_t)s * T * qd + (size_t)h * hd, qd, K, V, ldk,
                               b->att + (size_t)s * T * qd + (size_t)h * hd, qd, T, p0, window, hd, scale, S);
         }
     tp_matmul_wt(b->att, L->wo, NULL, b->proj, N, qd, d);
@@ -232,7 +253,9 @@ static tp_status alloc_buf(const tp_config *c, int B, int T, int Tk_max, int own
     b->proj = malloc(N * d * sizeof(float));
     b->g = malloc(N * ff * sizeof(float));
     b->u = malloc(N * ff * sizeof(float));
-    b->scores = malloc((size_t)tp_max_threads() * (size_t)T * (size_t)Tk_max * sizeof(float));
+    int rep = T <= TP_ATT_DIRECT ? (c->n_heads + c->n_kv_heads - 1) / c->n_kv_heads : 1;
+    b->scores_per_thread = (size_t)rep * T * (size_t)Tk_max;
+    b->scores = malloc((size_t)tp_max_threads() * b->scores_per_thread * sizeof(float));
     b->pos = malloc(N * sizeof(int));
     b->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
     b->inv_freq_local = malloc((size_t)c->head_dim / 2 * sizeof(float));

@@ -309,52 +309,10 @@ static void softmax_causal_rows(float *S, int T, int Tk, int p0, int window) {
     }
 }
 
-static float dot_f32(const float *a, const float *b, int n) {
-#if defined(__AVX512F__)
-    __m512 acc = _mm512_setzero_ps();
-    for (int e = 0; e < n; e += 16) {
-        __mmask16 m = tail_mask((size_t)(n - e));
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + e), _mm512_maskz_loadu_ps(m, b + e), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-#else
-    float acc = 0;
-    for (int e = 0; e < n; e++) acc += a[e] * b[e];
-    return acc;
-#endif
-}
-
-/* out(hd) = sum over keys j in [lo, hi) of p[j] * V row j, times mul */
-static void weighted_rows(const float *p, const float *V, size_t ldk, int lo, int hi, int hd, float mul, float *out) {
-#if defined(__AVX512F__)
-    for (int e0 = 0; e0 < hd; e0 += 128) { /* up to 8 registers of the output at a time */
-        int nv = (hd - e0 + 15) / 16 < 8 ? (hd - e0 + 15) / 16 : 8;
-        __m512 acc[8];
-        __mmask16 mk[8];
-        for (int v = 0; v < nv; v++) {
-            acc[v] = _mm512_setzero_ps();
-            mk[v] = tail_mask((size_t)(hd - e0 - 16 * v));
-        }
-        for (int j = lo; j < hi; j++) {
-            __m512 pj = _mm512_set1_ps(p[j]);
-            const float *vr = V + (size_t)j * ldk + e0;
-            for (int v = 0; v < nv; v++)
-                acc[v] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mk[v], vr + 16 * v), acc[v]);
-        }
-        for (int v = 0; v < nv; v++)
-            _mm512_mask_storeu_ps(out + e0 + 16 * v, mk[v], _mm512_mul_ps(acc[v], _mm512_set1_ps(mul)));
-    }
-#else
-    for (int e = 0; e < hd; e++) {
-        float acc = 0;
-        for (int j = lo; j < hi; j++) acc += p[j] * V[(size_t)j * ldk + e];
-        out[e] = acc * mul;
-    }
-#endif
-}
-
-/* A few query rows (decoding): scores, softmax and the weighted sum of V row by row, without the
- * general product (a product call per head and row costs more than the work at T = 1). */
+#if !defined(__AVX512F__)
+/* A few query rows (decoding) without AVX-512: scores, softmax and the weighted sum of V row by
+ * row, without the general product (a product call per head and row costs more than the work at
+ * T = 1). tp_attention_group's AVX-512 kernel below replaces it where the CPU has one. */
 static void attention_rows_direct(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                                   float *out, size_t ldo, int T, int p0, int window, int hd, float scale, float *S) {
     int Tk = p0 + T;
@@ -362,18 +320,176 @@ static void attention_rows_direct(const float *Q, size_t ldq, const float *K, co
         float *r = S + (size_t)i * Tk;
         const float *q = Q + (size_t)i * ldq;
         int nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
-        for (int j = lo; j < nvis; j++) r[j] = scale * dot_f32(q, K + (size_t)j * ldk, hd);
+        for (int j = lo; j < nvis; j++) {
+            float acc = 0;
+            for (int e = 0; e < hd; e++) acc += q[e] * K[(size_t)j * ldk + e];
+            r[j] = scale * acc;
+        }
         float mx = tp_vmax(r + lo, (size_t)(nvis - lo));
         float inv = (float)(1.0 / tp_exp_shift_sum(r + lo, mx, r + lo, (size_t)(nvis - lo)));
-        weighted_rows(r, V, ldk, lo, nvis, hd, inv, out + (size_t)i * ldo);
+        for (int e = 0; e < hd; e++) {
+            float acc = 0;
+            for (int j = lo; j < nvis; j++) acc += r[j] * V[(size_t)j * ldk + e];
+            out[(size_t)i * ldo + e] = acc * inv;
+        }
     }
+}
+#endif
+
+#if defined(__AVX512F__)
+#define UNROLL4 _Pragma("GCC unroll 4")
+#define UNROLL16 _Pragma("GCC unroll 16")
+
+/* lane j of the result: the sum of the 16 lanes of a[j] (a transpose of the 16 vectors folded into
+ * their sums: 15 shuffle pairs and adds for 16 dot products, against 4 of each per _reduce_add) */
+static inline __attribute__((always_inline)) __m512 hsum16(const __m512 *a) {
+    __m512 b[8], c[4], d[2];
+    UNROLL16
+    for (int i = 0; i < 8; i++) /* per 128-bit lane: a2i's and a2i+1's pair sums, interleaved */
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    UNROLL4
+    for (int i = 0; i < 4; i++) { /* per 128-bit lane: the lane's sums of a4i .. a4i+3, in order */
+        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; i++) /* lanes 0+1 and 2+3 of c2i, then of c2i+1 */
+        d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD));
+}
+
+/* q . K row j for the nk <= 16 keys of a block (lane j; lanes from nk on are garbage: rows past
+ * the block repeat its last row, so nothing is read past the keys) */
+static inline __attribute__((always_inline)) __m512 scores16(const float *q, const float *K, size_t ldk, int nk,
+                                                            int hd) {
+    const float *row[16];
+    UNROLL16
+    for (int j = 0; j < 16; j++) row[j] = K + (size_t)(j < nk ? j : nk - 1) * ldk;
+    __m512 acc[16];
+    UNROLL16
+    for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+    for (int e = 0; e < hd; e += 16) {
+        __mmask16 m = tail_mask((size_t)(hd - e));
+        __m512 qv = _mm512_maskz_loadu_ps(m, q + e);
+        UNROLL16
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, row[j] + e), acc[j]);
+    }
+    return hsum16(acc);
+}
+
+/* out_r[e0, e0+64) = mul[r] * sum over keys j in [lo, hi) of p_r[j] V row j, for R <= 4 rows r:
+ * each V row is loaded once for the R rows; with one row, even and odd keys go to two sets of
+ * accumulators (one set would wait on the FMA latency every key). */
+static inline __attribute__((always_inline)) void pv_block(const int R, const float *const *p, const float *V,
+                                                          size_t ldk, int lo, int hi, int e0, int hd,
+                                                          const float *mul, float *const *out) {
+    __m512 acc[4][4], acc2[4];
+    __mmask16 mk[4];
+    UNROLL4
+    for (int v = 0; v < 4; v++) {
+        mk[v] = e0 + 16 * v < hd ? tail_mask((size_t)(hd - e0 - 16 * v)) : 0;
+        acc2[v] = _mm512_setzero_ps();
+        UNROLL4
+        for (int r = 0; r < R; r++) acc[r][v] = _mm512_setzero_ps();
+    }
+    int j = lo;
+    const float *vr = V + (size_t)lo * ldk + e0;
+    if (R == 1)
+        for (; j + 2 <= hi; j += 2, vr += 2 * ldk) {
+            __m512 p0 = _mm512_set1_ps(p[0][j]), p1 = _mm512_set1_ps(p[0][j + 1]);
+            UNROLL4
+            for (int v = 0; v < 4; v++) {
+                acc[0][v] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(mk[v], vr + 16 * v), acc[0][v]);
+                acc2[v] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(mk[v], vr + ldk + 16 * v), acc2[v]);
+            }
+        }
+    for (; j < hi; j++, vr += ldk) {
+        __m512 x[4];
+        UNROLL4
+        for (int v = 0; v < 4; v++) x[v] = _mm512_maskz_loadu_ps(mk[v], vr + 16 * v);
+        UNROLL4
+        for (int r = 0; r < R; r++) {
+            __m512 pj = _mm512_set1_ps(p[r][j]);
+            UNROLL4
+            for (int v = 0; v < 4; v++) acc[r][v] = _mm512_fmadd_ps(pj, x[v], acc[r][v]);
+        }
+    }
+    UNROLL4
+    for (int r = 0; r < R; r++) {
+        __m512 m = _mm512_set1_ps(mul[r]);
+        UNROLL4
+        for (int v = 0; v < 4; v++) {
+            __m512 a = R == 1 ? _mm512_add_ps(acc[0][v], acc2[v]) : acc[r][v];
+            _mm512_mask_storeu_ps(out[r] + e0 + 16 * v, mk[v], _mm512_mul_ps(a, m));
+        }
+    }
+}
+
+/* the AVX-512 body of tp_attention_group (T <= TP_ATT_DIRECT): all the group's rows' scores a block
+ * of 16 keys at a time (the block's K rows stay in L1 for every row), the softmax of each row, then
+ * the weighted sums with each V row loaded once for up to four rows */
+static void attention_group_avx512(const float *Q, size_t ldq, int nh, const float *K, const float *V, size_t ldk,
+                                   float *out, size_t ldo, int T, int p0, int window, int hd, float scale,
+                                   float *S) {
+    int Tk = p0 + T, R = nh * T, lo0 = tp_att_first_key(p0, window);
+    __m512 vs = _mm512_set1_ps(scale);
+    for (int j0 = lo0; j0 < Tk; j0 += 16) { /* keys [lo0, Tk): every row's visible keys lie inside */
+        int nk = Tk - j0 < 16 ? Tk - j0 : 16;
+        __mmask16 m = tail_mask((size_t)nk);
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < T; i++) {
+                __m512 sc = scores16(Q + (size_t)i * ldq + (size_t)h * hd, K + (size_t)j0 * ldk, ldk, nk, hd);
+                _mm512_mask_storeu_ps(S + (size_t)(h * T + i) * Tk + j0, m, _mm512_mul_ps(sc, vs));
+            }
+    }
+    float mul[TP_ATT_DIRECT * 64];
+    const float *prow[TP_ATT_DIRECT * 64];
+    float *orow[TP_ATT_DIRECT * 64];
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < T; i++) { /* softmax over the row's keys; zero on the rest of [lo0, Tk) */
+            int k = h * T + i, nvis = p0 + i + 1, lo = tp_att_first_key(p0 + i, window);
+            float *r = S + (size_t)k * Tk;
+            float mx = tp_vmax(r + lo, (size_t)(nvis - lo));
+            mul[k] = (float)(1.0 / tp_exp_shift_sum(r + lo, mx, r + lo, (size_t)(nvis - lo)));
+            for (int j = lo0; j < lo; j++) r[j] = 0;
+            for (int j = nvis; j < Tk; j++) r[j] = 0;
+            prow[k] = r;
+            orow[k] = out + (size_t)i * ldo + (size_t)h * hd;
+        }
+    for (int e0 = 0; e0 < hd; e0 += 64)
+        for (int k = 0; k < R; k += 4) {
+            int hi = Tk;
+            switch (R - k < 4 ? R - k : 4) {
+            case 1: pv_block(1, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
+            case 2: pv_block(2, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
+            case 3: pv_block(3, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
+            default: pv_block(4, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
+            }
+        }
+}
+#endif
+
+void tp_attention_group(const float *Q, size_t ldq, int nh, const float *K, const float *V, size_t ldk, float *out,
+                        size_t ldo, int T, int p0, int window, int hd, float scale, float *S) {
+#if defined(__AVX512F__)
+    if (T <= TP_ATT_DIRECT && nh <= 64 && tp_decode_kernels()) {
+        attention_group_avx512(Q, ldq, nh, K, V, ldk, out, ldo, T, p0, window, hd, scale, S);
+        return;
+    }
+#endif
+    for (int h = 0; h < nh; h++)
+        tp_attention_head(Q + (size_t)h * hd, ldq, K, V, ldk, out + (size_t)h * hd, ldo, T, p0, window, hd, scale, S);
 }
 
 void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                        size_t ldo, int T, int p0, int window, int hd, float scale, float *S) {
     int Tk = p0 + T;
     if (T <= TP_ATT_DIRECT && tp_decode_kernels()) {
+#if defined(__AVX512F__)
+        attention_group_avx512(Q, ldq, 1, K, V, ldk, out, ldo, T, p0, window, hd, scale, S);
+#else
         attention_rows_direct(Q, ldq, K, V, ldk, out, ldo, T, p0, window, hd, scale, S);
+#endif
         return;
     }
     if (T > TP_ATT_BLOCK) { /* blocks of query rows: only the causal part is computed (about half) */

@@ -139,6 +139,12 @@ void tp_attention_head(const float *Q, size_t ldq, const float *K, const float *
                        float *out, size_t ldo, int T, int p0, int window, int hd, float scale, float *scores);
 void tp_attention_head_ref(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk,
                            float *out, size_t ldo, int T, int p0, int window, int hd, float scale);
+/* tp_attention_head for nh heads that share K and V (grouped-query attention): head h's row i of Q
+ * at Q + i*ldq + h*hd, of out at out + i*ldo + h*hd. Decoding (T <= TP_ATT_DIRECT) runs them in one
+ * pass that reads each K and V row once for all nh*T rows; otherwise head by head. scores: scratch
+ * of nh*T*(p0+T) floats. */
+void tp_attention_group(const float *Q, size_t ldq, int nh, const float *K, const float *V, size_t ldk,
+                        float *out, size_t ldo, int T, int p0, int window, int hd, float scale, float *scores);
 
 /* ---- training kernels (backward pass; src/train/backward.c) ---- */
 
