@@ -136,9 +136,13 @@ static double skinny_ref(int M, int N, int K, const float *A, int lda, const flo
 }
 
 TT_TEST(kernel_skinny_products_match_naive) {
-    /* every M of the skinny path, N with and without a partial block of 4 rows, K with and without
-     * a partial vector; alpha, beta 0 / 1, a leading dimension wider than K; threads on and off */
-    const int shapes[][3] = {{1, 1536, 576}, {2, 9, 64}, {3, 4099, 37}, {4, 7, 1000}, {1, 3, 5}, {4, 49, 576}};
+    /* every M of the streaming kernel and M past it (tiles of 4 x 4 with partial tiles), N with and
+     * without a partial block of 4 rows, K with and without a partial vector; alpha, beta 0 / 1, a
+     * leading dimension wider than K; threads on and off */
+    const int shapes[][3] = {{1, 1536, 576}, {2, 9, 64}, {3, 4099, 37}, {4, 7, 1000}, {1, 3, 5}, {4, 49, 576},
+                             {5, 10, 40}, {16, 1536, 576}, {33, 7, 1000}, {64, 9, 31}, {7, 3, 5}};
+    const int nshape = (int)(sizeof shapes / sizeof *shapes);
+    (void)nshape;
     tp_rng r;
     tp_rng_seed(&r, 7);
     int ran_f32 = 0, ran_bf16 = 0;
@@ -179,10 +183,10 @@ TT_TEST(kernel_skinny_products_match_naive) {
         free(A); free(B); free(C); free(C0); free(Bh);
     }
 #if defined(__AVX512F__)
-    TT_CHECK(ran_f32 == 6 * 4, "the fp32 kernel ran every case (%d)", ran_f32);
+    TT_CHECK(ran_f32 == nshape * 4, "the fp32 kernel ran every case (%d)", ran_f32);
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-    TT_CHECK(ran_bf16 == 6 * 4, "the bf16 kernel ran every case (%d)", ran_bf16);
+    TT_CHECK(ran_bf16 == nshape * 4, "the bf16 kernel ran every case (%d)", ran_bf16);
 #endif
     tt_note("fp32 cases %d, bf16 cases %d", ran_f32, ran_bf16);
     TT_CHECK(tp_skinny_f32(TP_SKINNY_MAX_M + 1, 4, 4, 1, NULL, 4, NULL, 4, 0, NULL, 4, 0) == -1,

@@ -1,6 +1,7 @@
 /* CPU kernels (OpenMP + BLAS) and their naive twins. Numerics follow HF transformers' fp32
  * Llama: fp32 everywhere, softmax in fp32 with the max subtracted. */
 #include "kernels.h"
+#include "simd512.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -340,24 +341,6 @@ static void attention_rows_direct(const float *Q, size_t ldq, const float *K, co
 #define UNROLL4 _Pragma("GCC unroll 4")
 #define UNROLL16 _Pragma("GCC unroll 16")
 
-/* lane j of the result: the sum of the 16 lanes of a[j] (a transpose of the 16 vectors folded into
- * their sums: 15 shuffle pairs and adds for 16 dot products, against 4 of each per _reduce_add) */
-static inline __attribute__((always_inline)) __m512 hsum16(const __m512 *a) {
-    __m512 b[8], c[4], d[2];
-    UNROLL16
-    for (int i = 0; i < 8; i++) /* per 128-bit lane: a2i's and a2i+1's pair sums, interleaved */
-        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-    UNROLL4
-    for (int i = 0; i < 4; i++) { /* per 128-bit lane: the lane's sums of a4i .. a4i+3, in order */
-        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
-        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-    }
-    for (int i = 0; i < 2; i++) /* lanes 0+1 and 2+3 of c2i, then of c2i+1 */
-        d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD));
-}
-
 /* q . K row j for the nk <= 16 keys of a block (lane j; lanes from nk on are garbage: rows past
  * the block repeat its last row, so nothing is read past the keys) */
 static inline __attribute__((always_inline)) __m512 scores16(const float *q, const float *K, size_t ldk, int nk,
@@ -375,6 +358,21 @@ static inline __attribute__((always_inline)) __m512 scores16(const float *q, con
         for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, row[j] + e), acc[j]);
     }
     return hsum16(acc);
+}
+
+/* scores16 for a full block of 16 keys and hd = 16 * NV (q in NV registers): rows are one
+ * stride apart, and each pair of keys is folded into the first level of hsum16 as it completes */
+static inline __attribute__((always_inline)) __m512 scores16_full(const int NV, const __m512 *qv, const float *K,
+                                                                 size_t ldk) {
+    __m512 a[16];
+    UNROLL16
+    for (int j = 0; j < 16; j++) {
+        const float *row = K + (size_t)j * ldk;
+        __m512 x = _mm512_mul_ps(qv[0], _mm512_loadu_ps(row));
+        _Pragma("GCC unroll 8") for (int v = 1; v < NV; v++) x = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(row + 16 * v), x);
+        a[j] = x;
+    }
+    return hsum16(a);
 }
 
 /* out_r[e0, e0+64) = mul[r] * sum over keys j in [lo, hi) of p_r[j] V row j, for R <= 4 rows r:
@@ -433,12 +431,28 @@ static void attention_group_avx512(const float *Q, size_t ldq, int nh, const flo
                                    float *S) {
     int Tk = p0 + T, R = nh * T, lo0 = tp_att_first_key(p0, window);
     __m512 vs = _mm512_set1_ps(scale);
+    int nv = hd / 16, fast = hd % 16 == 0 && (nv == 4 || nv == 8) && Tk - lo0 >= 16;
     for (int j0 = lo0; j0 < Tk; j0 += 16) { /* keys [lo0, Tk): every row's visible keys lie inside */
         int nk = Tk - j0 < 16 ? Tk - j0 : 16;
         __mmask16 m = tail_mask((size_t)nk);
+        if (fast && nk < 16) { /* the last block shifted back to end at Tk: a few keys scored twice */
+            j0 = Tk - 16;
+            nk = 16;
+            m = 0xffff;
+        }
         for (int h = 0; h < nh; h++)
             for (int i = 0; i < T; i++) {
-                __m512 sc = scores16(Q + (size_t)i * ldq + (size_t)h * hd, K + (size_t)j0 * ldk, ldk, nk, hd);
+                const float *q = Q + (size_t)i * ldq + (size_t)h * hd, *kb = K + (size_t)j0 * ldk;
+                __m512 sc, qv[8];
+                if (fast && nv == 4) {
+                    for (int v = 0; v < 4; v++) qv[v] = _mm512_loadu_ps(q + 16 * v);
+                    sc = scores16_full(4, qv, kb, ldk);
+                } else if (fast) {
+                    for (int v = 0; v < 8; v++) qv[v] = _mm512_loadu_ps(q + 16 * v);
+                    sc = scores16_full(8, qv, kb, ldk);
+                } else {
+                    sc = scores16(q, kb, ldk, nk, hd);
+                }
                 _mm512_mask_storeu_ps(S + (size_t)(h * T + i) * Tk + j0, m, _mm512_mul_ps(sc, vs));
             }
     }

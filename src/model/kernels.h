@@ -63,7 +63,7 @@ void tp_bf16_convert(const float *src, size_t n, unsigned short *dst);
  * apart) and rounds A to bf16, accumulating in fp32. par: split the rows of B between the OpenMP
  * threads. Return -1 (nothing done) when the build has no AVX-512 (AVX512-BF16 for _bf16) or the
  * shape is outside these limits. */
-#define TP_SKINNY_MAX_M 4
+#define TP_SKINNY_MAX_M 64
 /* The decoding kernels (skinny products, direct attention of a few query rows) are used by
  * default; off, every product goes to the general GEMM (tests compare the two paths). */
 void tp_set_decode_kernels(int on);

@@ -13,9 +13,14 @@
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "simd512.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+
+/* Up to this many rows of A, every row of B is streamed once against all of them (dots_*); from
+ * STREAM_M + 1 to TP_SKINNY_MAX_M rows, tiles of 4 rows of B by 4 rows of A (tile_*). */
+#define STREAM_M 4
 
 #if defined(__AVX512F__)
 
@@ -28,10 +33,10 @@
  * 0.65x of this on an AMD Zen 5 at M = 1). Each row is loaded once into registers and multiplied
  * with all M rows of a, which stay in L1; two accumulators per row of a. */
 static inline __attribute__((always_inline)) void dots_f32(const int M, int nb, int K, const float *A, int lda,
-                                                          const float *const *b, float out[4][TP_SKINNY_MAX_M]) {
+                                                          const float *const *b, float out[4][STREAM_M]) {
     for (int j = 0; j < nb; j++) {
         const float *w = b[j];
-        __m512 acc[2][TP_SKINNY_MAX_M];
+        __m512 acc[2][STREAM_M];
         UNROLL
         for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
         int k = 0;
@@ -59,10 +64,10 @@ static inline __attribute__((always_inline)) void dots_f32(const int M, int nb, 
 /* the same over K bf16 values (a: M rows of bf16, K apart) */
 static inline __attribute__((always_inline)) void dots_bf16(const int M, int nb, int K, const uint16_t *a,
                                                            const uint16_t *const *b,
-                                                           float out[4][TP_SKINNY_MAX_M]) {
+                                                           float out[4][STREAM_M]) {
     for (int j = 0; j < nb; j++) {
         const uint16_t *w = b[j];
-        __m512 acc[2][TP_SKINNY_MAX_M];
+        __m512 acc[2][STREAM_M];
         UNROLL
         for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
         int k = 0;
@@ -88,8 +93,61 @@ static inline __attribute__((always_inline)) void dots_bf16(const int M, int nb,
 }
 #endif
 
+/* More rows of A (a batch of sequences decoding together): the 16 dot products of 4 rows of B and 4
+ * rows of A in 16 accumulators, 8 loads for 16 multiply-adds per step of K, summed at the end by
+ * one transpose (lane 4i + j: B row i times A row j). The caller repeats rows past the ends. */
+static inline __attribute__((always_inline)) void tile_f32(int K, const float *const *b, const float *const *a,
+                                                          const float *const *pf, float out[16]) {
+    __m512 acc[16];
+    _Pragma("GCC unroll 16") for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 16) {
+        __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+        __m512 w[4], x[4];
+        if (pf) /* the next rows of B, a cache line each per step, while these are in use */
+            UNROLL
+            for (int i = 0; i < 4; i++) _mm_prefetch((const char *)(pf[i] + k), _MM_HINT_T0);
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            w[i] = _mm512_maskz_loadu_ps(mk, b[i] + k);
+            x[i] = _mm512_maskz_loadu_ps(mk, a[i] + k);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            UNROLL
+            for (int j = 0; j < 4; j++) acc[4 * i + j] = _mm512_fmadd_ps(w[i], x[j], acc[4 * i + j]);
+        }
+    }
+    _mm512_storeu_ps(out, hsum16(acc));
+}
+
+#if defined(__AVX512BF16__)
+static inline __attribute__((always_inline)) void tile_bf16(int K, const uint16_t *const *b, const uint16_t *const *a,
+                                                           const uint16_t *const *pf, float out[16]) {
+    __m512 acc[16];
+    _Pragma("GCC unroll 16") for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 32) {
+        __mmask32 mk = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (K - k)) - 1);
+        __m512bh w[4], x[4];
+        if (pf)
+            UNROLL
+            for (int i = 0; i < 4; i++) _mm_prefetch((const char *)(pf[i] + k), _MM_HINT_T0);
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            w[i] = (__m512bh)_mm512_maskz_loadu_epi16(mk, b[i] + k);
+            x[i] = (__m512bh)_mm512_maskz_loadu_epi16(mk, a[i] + k);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            UNROLL
+            for (int j = 0; j < 4; j++) acc[4 * i + j] = _mm512_dpbf16_ps(acc[4 * i + j], w[i], x[j]);
+        }
+    }
+    _mm512_storeu_ps(out, hsum16(acc));
+}
+#endif
+
 static inline __attribute__((always_inline)) void store(int M, int nb, int j0, float alpha, float beta, float *C,
-                                                       int ldc, float d[4][TP_SKINNY_MAX_M]) {
+                                                       int ldc, float d[4][STREAM_M]) {
     for (int j = 0; j < nb; j++)
         for (int m = 0; m < M; m++) {
             float *c = C + (size_t)m * ldc + j0 + j;
@@ -138,7 +196,7 @@ static int total_blocks(const tp_skinny_seg *seg, int nseg) {
                 size_t r = (size_t)(j0 + j);                                                                     \
                 b[j] = ah ? (const void *)(sg->Bh + r * K) : (const void *)(sg->B + r * sg->ldb);                \
             }                                                                                                    \
-            float d[4][TP_SKINNY_MAX_M];                                                                         \
+            float d[4][STREAM_M];                                                                         \
             if (ah) DOTS_BF16(MM);                                                                               \
             else dots_f32(MM, nb, K, A, lda, (const float *const *)b, d);                                        \
             store(MM, nb, j0, alpha, beta, sg->C, sg->ldc, d);                                                   \
@@ -148,6 +206,55 @@ SKINNY(1)
 SKINNY(2)
 SKINNY(3)
 SKINNY(4)
+
+/* STREAM_M < M <= TP_SKINNY_MAX_M: each block of 4 rows of B (read from memory once) against every
+ * block of 4 rows of A (in cache), one tile each */
+static void skinny_tiles(int M, int nseg, const tp_skinny_seg *seg, int K, float alpha, const float *A, int lda,
+                         const uint16_t *ah, float beta, int par) {
+    int nblk = total_blocks(seg, nseg);
+#pragma omp parallel for schedule(static) if (par)
+    for (int q = 0; q < nblk; q++) {
+        int j0;
+        const tp_skinny_seg *sg = find_block(seg, nseg, q, &j0);
+        int nb = sg->N - j0 < 4 ? sg->N - j0 : 4;
+        const void *b[4], *pf[4] = {0};
+        for (int i = 0; i < 4; i++) {
+            size_t r = (size_t)(j0 + (i < nb ? i : nb - 1));
+            b[i] = ah ? (const void *)(sg->Bh + r * K) : (const void *)(sg->B + r * sg->ldb);
+        }
+        if (q + 1 < nblk) { /* the block this thread takes next (static schedule), fetched during the first tile */
+            int j1;
+            const tp_skinny_seg *s1 = find_block(seg, nseg, q + 1, &j1);
+            int n1 = s1->N - j1 < 4 ? s1->N - j1 : 4;
+            for (int i = 0; i < 4; i++) {
+                size_t r = (size_t)(j1 + (i < n1 ? i : n1 - 1));
+                pf[i] = ah ? (const void *)(s1->Bh + r * K) : (const void *)(s1->B + r * s1->ldb);
+            }
+        }
+        for (int m0 = 0; m0 < M; m0 += 4) {
+            int ma = M - m0 < 4 ? M - m0 : 4;
+            const void *a[4];
+            for (int j = 0; j < 4; j++) {
+                size_t r = (size_t)(m0 + (j < ma ? j : ma - 1));
+                a[j] = ah ? (const void *)(ah + r * K) : (const void *)(A + r * lda);
+            }
+            float out[16];
+#if defined(__AVX512BF16__)
+            if (ah)
+                tile_bf16(K, (const uint16_t *const *)b, (const uint16_t *const *)a,
+                          m0 == 0 && pf[0] ? (const uint16_t *const *)pf : NULL, out);
+            else
+#endif
+                tile_f32(K, (const float *const *)b, (const float *const *)a,
+                         m0 == 0 && pf[0] ? (const float *const *)pf : NULL, out);
+            for (int i = 0; i < nb; i++)
+                for (int j = 0; j < ma; j++) {
+                    float *c = sg->C + (size_t)(m0 + j) * sg->ldc + j0 + i;
+                    *c = alpha * out[4 * i + j] + (beta == 0.0f ? 0.0f : *c);
+                }
+        }
+    }
+}
 
 #endif /* __AVX512F__ */
 
@@ -175,7 +282,8 @@ int tp_skinny_multi(int bf16, int M, int K, float alpha, const float *A, int lda
     case 1: skinny_1(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
     case 2: skinny_2(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
     case 3: skinny_3(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
-    default: skinny_4(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
+    case 4: skinny_4(nseg, seg, K, alpha, A, lda, ah, beta, par); break;
+    default: skinny_tiles(M, nseg, seg, K, alpha, A, lda, ah, beta, par); break;
     }
     if (ah != stackbuf) free(ah);
     return 0;
