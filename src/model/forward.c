@@ -362,6 +362,10 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     /* a streamed model reads every layer on the way (the same code on the same bits) */
     if (m->stream) st = tp_model_embed_any(m, tokens, N, b.x);
     else tp_model_embed(m, tokens, N, b.x);
+    /* a decoding step (a few new tokens per sequence after a cache): products of up to
+     * TP_SKINNY_MAX_M rows take the tiled skinny kernel; elsewhere a row's result must not depend on
+     * how many rows share the product (importance and scores are the same whatever the batch) */
+    int was = tp_set_decode_step(cache && T <= TP_ATT_DIRECT);
     for (int l = 0; l < c->n_layers && !st; l++) {
         if (skip && skip[l]) continue;
         if (m->stream && (st = tp_model_layer_ready(m, l))) break;
@@ -369,6 +373,7 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
     }
     if (!st && m->stream && logits) st = tp_model_stream_head(m);
     if (st) {
+        tp_set_decode_step(was);
         free_buf(&b);
         return st;
     }
@@ -386,6 +391,7 @@ tp_status tp_forward_ex(const tp_model *m, const int32_t *tokens, int B, int T, 
         } else
             final_rows(m, b.x, N, b.h, b.normw, logits);
     }
+    tp_set_decode_step(was);
     free_buf(&b);
     return TP_OK;
 }

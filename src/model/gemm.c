@@ -55,6 +55,12 @@ static int g_prec = TP_PREC_FP32;
 static int g_decode_kernels = 1;
 
 void tp_set_decode_kernels(int on) { g_decode_kernels = on != 0; }
+static _Thread_local int g_decode_step;
+int tp_set_decode_step(int on) {
+    int was = g_decode_step;
+    g_decode_step = on != 0;
+    return was;
+}
 int tp_decode_kernels(void) { return g_decode_kernels; }
 static int g_backend = -1; /* resolved lazily: TP_GEMM_* */
 
@@ -529,7 +535,9 @@ static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha,
  * weight without its registered bf16 copy. */
 static int skinny(int bf16, int M, int K, float alpha, const float *A, int lda, float beta, int n,
                   const float *const *B, const int *N, const int *ldb, float *const *C, const int *ldc) {
-    if (!g_decode_kernels || n < 1 || n > 4 || M > TP_SKINNY_MAX_M || tp_gemm_backend() == TP_GEMM_LOOPS) return -1;
+    if (!g_decode_kernels || n < 1 || n > 4 || M > (g_decode_step ? TP_SKINNY_MAX_M : TP_SKINNY_STREAM_M) ||
+        tp_gemm_backend() == TP_GEMM_LOOPS)
+        return -1;
     tp_skinny_seg seg[4];
     size_t work = 0;
     for (int i = 0; i < n; i++) {

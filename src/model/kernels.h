@@ -64,6 +64,13 @@ void tp_bf16_convert(const float *src, size_t n, unsigned short *dst);
  * threads. Return -1 (nothing done) when the build has no AVX-512 (AVX512-BF16 for _bf16) or the
  * shape is outside these limits. */
 #define TP_SKINNY_MAX_M 64
+/* Products through the skinny path: up to TP_SKINNY_STREAM_M rows always (each row of B streamed
+ * against all of them, a row's result the same whatever M); up to TP_SKINNY_MAX_M (4 x 4 tiles)
+ * only during a decoding step, where a batch of sequences shares each product. */
+#define TP_SKINNY_STREAM_M 4
+/* Marks the calling thread as inside a decoding step (tp_forward with a KV cache and at most
+ * TP_ATT_DIRECT new tokens); returns the previous mark. */
+int tp_set_decode_step(int on);
 /* The decoding kernels (skinny products, direct attention of a few query rows) are used by
  * default; off, every product goes to the general GEMM (tests compare the two paths). */
 void tp_set_decode_kernels(int on);

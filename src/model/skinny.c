@@ -20,7 +20,7 @@
 
 /* Up to this many rows of A, every row of B is streamed once against all of them (dots_*); from
  * STREAM_M + 1 to TP_SKINNY_MAX_M rows, tiles of 4 rows of B by 4 rows of A (tile_*). */
-#define STREAM_M 4
+#define STREAM_M TP_SKINNY_STREAM_M
 
 #if defined(__AVX512F__)
 
