@@ -14,6 +14,7 @@
 #include "taper/rng.h"
 #include "taper/train.h"
 #include "taper/util.h"
+#include "model/kernels.h"
 #include "tt.h"
 
 static cJSON *load_meta(void) { return tt_fixture_json("optim/llama3.json"); }
@@ -383,6 +384,76 @@ TT_TEST(optim_rejects_bad_config) {
 /* The vectorised AdamW pass against its scalar twin (the formula of adam_span, element by element,
  * the same operations in the same order): bit for bit, with clipping and decay on and off, with a
  * learning-rate and weight-decay schedule, on a parameter count that is not a multiple of 16. */
+TT_TEST(optim_adamw_writes_bf16_copies) {
+    /* under bf16 the update writes the registered bf16 copies as it goes: after each step every
+     * copy is marked current (not converted again at its next use) and holds exactly the
+     * rounding of the new weights; the weights and moments are the bits of a run without copies */
+    tp_model *src = load_tiny("llama3"), *m = NULL, *m2 = NULL, *g = NULL;
+    if (!src) return;
+    tp_config cfg = src->cfg;
+    cfg.d_model = 24; /* tensors whose lengths leave tails of the 16-wide pass */
+    tp_model_free(src);
+    int prec = tp_gemm_precision();
+    if (!TT_CHECK(tp_model_alloc(&cfg, &m) == TP_OK && tp_model_alloc(&cfg, &m2) == TP_OK &&
+                      tp_model_alloc(&cfg, &g) == TP_OK,
+                  "models: %s", tp_errmsg()))
+        goto done;
+    tp_rng r;
+    tp_rng_seed(&r, 22);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] = 0.1f * tp_rng_normal(&r);
+    memcpy(m2->params, m->params, m->n_params * 4);
+    tp_gemm_set_precision(TP_PREC_BF16);
+    TT_CHECK(tp_model_prepare_precision(m, 0) == TP_OK, "copies: %s", tp_errmsg());
+    tp_adamw_cfg c;
+    tp_adamw_defaults(&c);
+    c.lr = 1e-2f;
+    tp_adamw o = {0}, o2 = {0};
+    TT_CHECK(tp_adamw_init(&o, m, &c) == TP_OK && tp_adamw_init(&o2, m2, &c) == TP_OK, "init");
+    size_t d = (size_t)cfg.d_model, kv = (size_t)cfg.n_kv_heads * cfg.head_dim;
+    int copies = 0;
+    for (int s = 0; s < 3; s++) {
+        for (size_t i = 0; i < g->n_params; i++) g->params[i] = 0.01f * tp_rng_normal(&r);
+        TT_CHECK(tp_adamw_step(&o, m, g, NULL) == TP_OK, "step %d", s);
+        for (int l = 0; l <= cfg.n_layers; l++) {
+            const float *w[7];
+            size_t n[7];
+            int k = 0;
+            if (l < cfg.n_layers) {
+                const tp_layer *L = &m->layers[l];
+                size_t q = (size_t)tp_config_heads(&cfg, l) * cfg.head_dim, ff = (size_t)tp_config_ff(&cfg, l);
+                const float *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+                size_t ns[7] = {q * d, kv * d, kv * d, d * q, ff * d, ff * d, d * ff};
+                for (k = 0; k < 7; k++) w[k] = ws[k], n[k] = ns[k];
+            } else {
+                w[0] = m->lm_head, n[0] = (size_t)cfg.vocab * d, k = 1;
+            }
+            for (int j = 0; j < k; j++) {
+                int cur = tp_gemm_bf16_current(w[j], n[j]);
+                const unsigned short *h = tp_gemm_bf16_find(w[j], n[j]);
+                unsigned short *want = malloc(n[j] * 2);
+                tp_bf16_convert(w[j], n[j], want);
+                TT_CHECK(cur && h && !memcmp(h, want, n[j] * 2), "step %d layer %d weight %d: copy current %d, bits %s",
+                         s, l, j, cur, h && !memcmp(h, want, n[j] * 2) ? "equal" : "differ");
+                free(want);
+                copies++;
+            }
+        }
+        /* (another model's update marks every copy stale, as tp_gemm_bf16_refresh always did) */
+        TT_CHECK(tp_adamw_step(&o2, m2, g, NULL) == TP_OK, "step %d without copies", s);
+        TT_CHECK(!memcmp(m->params, m2->params, m->n_params * 4) && !memcmp(o.m, o2.m, m->n_params * 4) &&
+                     !memcmp(o.v, o2.v, m->n_params * 4),
+                 "step %d: the same weights and moments with and without copies", s);
+    }
+    tt_note("%d copies checked over 3 updates", copies);
+    tp_adamw_free(&o);
+    tp_adamw_free(&o2);
+done:
+    tp_gemm_set_precision(prec);
+    tp_model_free(m);
+    tp_model_free(m2);
+    tp_model_free(g);
+}
+
 TT_TEST(optim_adamw_vector_pass_bitwise_scalar) {
     /* the tiny Llama's shape with a 24-wide hidden size: tensors of 24 and 97 x 24 leave tails */
     tp_model *src = load_tiny("llama3"), *m = NULL, *g = NULL;

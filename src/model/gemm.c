@@ -207,6 +207,43 @@ void tp_gemm_bf16_refresh(void) {
     pthread_mutex_unlock(&g_reg_mu);
 }
 
+static int copy_cmp(const void *a, const void *b) {
+    const tp_bf16_copy *x = a, *y = b;
+    return x->w < y->w ? -1 : x->w > y->w;
+}
+
+size_t tp_gemm_bf16_copies_in(const float *p, size_t n, tp_bf16_copy *out, size_t max) {
+    size_t k = 0;
+    pthread_mutex_lock(&g_reg_mu);
+    for (size_t i = 0; i < g_nreg; i++) {
+        const bf16_entry *e = &g_reg[i];
+        if (e->frozen || e->w < p || e->w + e->n > p + n) continue;
+        if (out && k < max) out[k] = (tp_bf16_copy){e->w, e->n, e->h};
+        k++;
+    }
+    pthread_mutex_unlock(&g_reg_mu);
+    if (out) qsort(out, k < max ? k : max, sizeof *out, copy_cmp);
+    return k;
+}
+
+void tp_gemm_bf16_refresh_except(const tp_bf16_copy *done, size_t k) {
+    pthread_mutex_lock(&g_reg_mu);
+    g_gen++;
+    for (size_t j = 0; j < k; j++)
+        for (size_t i = 0; i < g_nreg; i++)
+            if (g_reg[i].w == done[j].w && g_reg[i].n == done[j].n && g_reg[i].h == done[j].h) g_reg[i].gen = g_gen;
+    pthread_mutex_unlock(&g_reg_mu);
+}
+
+int tp_gemm_bf16_current(const float *w, size_t n) {
+    int cur = 0;
+    pthread_mutex_lock(&g_reg_mu);
+    for (size_t i = 0; i < g_nreg; i++)
+        if (g_reg[i].w == w && g_reg[i].n == n) cur = g_reg[i].frozen || g_reg[i].gen == g_gen;
+    pthread_mutex_unlock(&g_reg_mu);
+    return cur;
+}
+
 void tp_gemm_bf16_forget_range(const float *p, size_t n) {
     pthread_mutex_lock(&g_reg_mu);
     for (size_t i = 0; i < g_nreg; i++)

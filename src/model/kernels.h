@@ -47,6 +47,19 @@ void tp_gemm_bf16_refresh(void);
 void tp_gemm_bf16_forget_range(const float *p, size_t n);
 /* The registered bf16 copy of the n-element weight at w (up to date), or NULL. */
 const unsigned short *tp_gemm_bf16_find(const float *w, size_t n);
+/* For an update that writes the copies itself (AdamW): the registered, not frozen copies that lie
+ * inside [p, p+n), in address order, at most max of them into out (the count when out is NULL);
+ * then tp_gemm_bf16_refresh_except marks every copy stale (as tp_gemm_bf16_refresh) except the
+ * listed ones, which the caller has rewritten from the new weights. current: 1 when the copy of
+ * the weight at w is registered and up to date (tests). */
+typedef struct {
+    const float *w;
+    size_t n;
+    unsigned short *h;
+} tp_bf16_copy;
+size_t tp_gemm_bf16_copies_in(const float *p, size_t n, tp_bf16_copy *out, size_t max);
+void tp_gemm_bf16_refresh_except(const tp_bf16_copy *done, size_t k);
+int tp_gemm_bf16_current(const float *w, size_t n);
 /* Under bf16 precision, the n values at p converted once for the products that read them until
  * unpin (p must not change in between); a no-op in fp32 or when the few slots are taken. */
 void tp_gemm_bf16_pin(const float *p, size_t n);

@@ -193,7 +193,8 @@ typedef struct {
 
 /* torch's update of one element span: p *= decay (decayed spans only); m.lerp_(g, 1-beta1);
  * v = v*beta2 + (1-beta2)*g*g; p += -step_size * m / (sqrt(v)/sqrt(bc2) + eps). */
-static void adam_span(float *p, const float *g, float *m, float *v, size_t n, int decayed, const adam_consts *k) {
+static void adam_span(float *p, const float *g, float *m, float *v, size_t n, int decayed, const adam_consts *k,
+                      uint16_t *h) {
     const float w1 = k->w1, b2 = k->beta2, ob2 = k->one_minus_beta2, decay = k->decay, bc2 = k->bc2_sqrt,
                 eps = k->eps, ns = k->neg_step, gs = k->gscale;
     const int clipping = k->clipping;
@@ -220,7 +221,13 @@ static void adam_span(float *p, const float *g, float *m, float *v, size_t n, in
         __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), vbc2), veps);
         _mm512_storeu_ps(m + i, mi);
         _mm512_storeu_ps(v + i, vi);
-        _mm512_storeu_ps(p + i, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(vns, mi), denom)));
+        __m512 pn = _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(vns, mi), denom));
+        _mm512_storeu_ps(p + i, pn);
+#if defined(__AVX512BF16__)
+        if (h) _mm256_storeu_si256((__m256i *)(h + i), (__m256i)_mm512_cvtneps_pbh(pn));
+#else
+        if (h) tp_bf16_convert(p + i, 16, h + i);
+#endif
     }
     nv *= 16;
 #endif
@@ -236,6 +243,29 @@ static void adam_span(float *p, const float *g, float *m, float *v, size_t n, in
         m[i] = mi;
         v[i] = vi;
         p[i] = pi + ns * mi / denom;
+        if (h) h[i] = tp_f32_to_bf16(p[i]);
+    }
+}
+
+/* adam_span over params [a, b), writing the bf16 copies (cp: ncp of them in address order,
+ * *next the first not yet passed) of the weights inside it as it goes */
+static void adam_range(tp_model *m, const tp_model *grad, tp_adamw *o, size_t a, size_t b, int decayed,
+                       const adam_consts *k, const tp_bf16_copy *cp, size_t ncp, size_t *next) {
+    float *P = m->params;
+    while (a < b) {
+        while (*next < ncp && cp[*next].w + cp[*next].n <= P + a) ++*next;
+        size_t end = b;
+        uint16_t *h = NULL;
+        if (*next < ncp && cp[*next].w <= P + a) { /* inside a copy: to its end */
+            size_t ce = (size_t)(cp[*next].w - P) + cp[*next].n;
+            end = ce < b ? ce : b;
+            h = (uint16_t *)cp[*next].h + (a - (size_t)(cp[*next].w - P));
+        } else if (*next < ncp) { /* before the next copy */
+            size_t cs = (size_t)(cp[*next].w - P);
+            end = cs < b ? cs : b;
+        }
+        adam_span(P + a, grad->params + a, o->m + a, o->v + a, end - a, decayed, k, h);
+        a = end;
     }
 }
 
@@ -273,14 +303,21 @@ tp_status tp_adamw_step(tp_adamw *o, tp_model *m, const tp_model *grad, double *
         }
     }
     int wd = c->weight_decay != 0;
+    /* bf16 copies of the weights (under bf16 precision) are written with the update, instead of
+     * converted again from the new weights at their next use (one more pass over them) */
+    size_t ncp = tp_gemm_bf16_copies_in(m->params, o->n, NULL, 0), next = 0;
+    tp_bf16_copy *cp = ncp ? malloc(ncp * sizeof *cp) : NULL;
+    if (!cp) ncp = 0;
+    else ncp = tp_gemm_bf16_copies_in(m->params, o->n, cp, ncp);
     size_t pos = 0;
     for (size_t r = 0; r <= o->n_ranges; r++) {
         size_t start = r < o->n_ranges ? o->ranges[r][0] : o->n, len = r < o->n_ranges ? o->ranges[r][1] : 0;
-        if (start > pos) adam_span(m->params + pos, grad->params + pos, o->m + pos, o->v + pos, start - pos, 0, &k);
-        if (len) adam_span(m->params + start, grad->params + start, o->m + start, o->v + start, len, wd, &k);
+        if (start > pos) adam_range(m, grad, o, pos, start, 0, &k, cp, ncp, &next);
+        if (len) adam_range(m, grad, o, start, start + len, wd, &k, cp, ncp, &next);
         pos = start + len;
     }
     o->step++;
-    tp_gemm_bf16_refresh(); /* bf16 copies of the weights (if any) follow the update */
+    tp_gemm_bf16_refresh_except(cp, ncp); /* any other copy is converted again at its next use */
+    free(cp);
     return TP_OK;
 }
