@@ -472,12 +472,11 @@ static void attention_group_avx512(const float *Q, size_t ldq, int nh, const flo
         }
     for (int e0 = 0; e0 < hd; e0 += 64)
         for (int k = 0; k < R; k += 4) {
-            int hi = Tk;
             switch (R - k < 4 ? R - k : 4) {
-            case 1: pv_block(1, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
-            case 2: pv_block(2, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
-            case 3: pv_block(3, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
-            default: pv_block(4, prow + k, V, ldk, lo0, hi, e0, hd, mul + k, orow + k); break;
+            case 1: pv_block(1, prow + k, V, ldk, lo0, Tk, e0, hd, mul + k, orow + k); break;
+            case 2: pv_block(2, prow + k, V, ldk, lo0, Tk, e0, hd, mul + k, orow + k); break;
+            case 3: pv_block(3, prow + k, V, ldk, lo0, Tk, e0, hd, mul + k, orow + k); break;
+            default: pv_block(4, prow + k, V, ldk, lo0, Tk, e0, hd, mul + k, orow + k); break;
             }
         }
 }
