@@ -789,7 +789,8 @@ TT_TEST(grad_attention_kernels_match_naive) {
  * |out - ref| <= 2^-8 max|V| and lse within 1e-4. Several query blocks, p0 > 0, windows inside
  * and across blocks, strided rows, hd 64 and 128. Capped at fp32 (TAPER_ATTENTION=fp32, or a
  * build or CPU without AVX512-BF16) the kernel must decline and bf16 attention must give the fp32
- * path's bits. */
+ * path's bits. On dot products the backward also gives, bit for bit (zeros of either sign equal),
+ * the results of its form for AMX tiles run on dot products. */
 static void round_bf16(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = tp_bf16_to_f32(tp_f32_to_bf16(x[i]));
 }
@@ -853,6 +854,21 @@ static void attention_bf16_check(int cap) {
             memcpy(dVr, dV, nk * 4);
             TT_CHECK(tp_attention_head_bwd_bf16(Q, ld, K, V, ld, O, dO, ld, lse, dQ, ld, dK, dV, ld, T, p0, win, hd,
                                                 scale) == 0, "%s backward runs", name[cap]);
+            if (cap == 1) { /* the dot products' own backward gives the bits of the tiles' form */
+                float *dQt = calloc(no, 4), *dKt = malloc(nk * 4), *dVt = malloc(nk * 4);
+                memcpy(dKt, dKr, nk * 4); /* the starting values, still untouched in dKr, dVr */
+                memcpy(dVt, dVr, nk * 4);
+                tp_attention_bf16_tiles_form(1);
+                TT_CHECK(tp_attention_head_bwd_bf16(Q, ld, K, V, ld, O, dO, ld, lse, dQt, ld, dKt, dVt, ld, T, p0, win,
+                                                    hd, scale) == 0, "tiles' form runs");
+                tp_attention_bf16_tiles_form(0);
+                size_t diff = 0;
+                for (size_t i = 0; i < no; i++) diff += !(dQ[i] == dQt[i]);
+                for (size_t i = 0; i < nk; i++) diff += !(dK[i] == dKt[i]) + !(dV[i] == dVt[i]);
+                TT_CHECK(diff == 0, "hd %d T %d p0 %d window %d: %zu values differ from the tiles' form", hd, T, p0, win,
+                         diff);
+                free(dQt); free(dKt); free(dVt);
+            }
             tp_attention_head_bwd_ref(Q, ld, K, V, ld, Or, dO, ld, lser, dQr, ld, dKr, dVr, ld, T, p0, win, hd, scale);
             const char *nm[3] = {"dQ", "dK", "dV"};
             const float *a[3] = {dQ, dK, dV}, *b[3] = {dQr, dKr, dVr};

@@ -18,6 +18,7 @@
  * P rounded to bf16, O = P V. Every product is in blocks of 32 rows x 32 columns (2x2 tiles);
  * rows and keys are padded with zeros to multiples of 32. */
 #include "model/kernels.h"
+#include "model/simd512.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -41,6 +42,7 @@
 enum { K_NONE = 0, K_DOT = 1, K_AMX = 2 };
 static int g_have;         /* the best kernel this build and CPU run */
 static int g_env_cap = K_AMX, g_cap = K_AMX; /* TAPER_ATTENTION; tests change g_cap */
+static int g_tiles_form;                      /* tests: bwd_tiles on dot products too */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void probe(void) {
@@ -153,6 +155,42 @@ static void dot_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, 
 #pragma GCC unroll 8
                 for (int r = 0; r < 8; r++) {
                     const __m512bh av = pair_bcast(a + (size_t)r * lda + 2 * (size_t)p);
+                    c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
+                    c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
+                }
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                float *cr = C + (size_t)(m0 + r) * ldc + (size_t)n * 32;
+                _mm512_storeu_ps(cr, c0[r]);
+                _mm512_storeu_ps(cr + 16, c1[r]);
+            }
+        }
+    }
+}
+
+/* dot_gemm_32 with A given by pairs of its columns: A(m, pair p) = Ap[p * ldp + m], the layout
+ * pack_rows gives the matrix whose transpose A is (P and dS as pairs of query rows, read as P^T and
+ * dS^T). Each pair row of A is 8 consecutive words per 8 rows; B and C as in dot_gemm_32. */
+static void dot_gemm_32_pt(const uint32_t *Ap, int ldp, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
+                           int acc) {
+    const int np = kk * 16;
+    for (int n = 0; n < nn; n++) {
+        for (int m0 = 0; m0 < 32; m0 += 8) {
+            __m512 c0[8], c1[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                float *cr = C + (size_t)(m0 + r) * ldc + (size_t)n * 32;
+                c0[r] = acc ? _mm512_loadu_ps(cr) : _mm512_setzero_ps();
+                c1[r] = acc ? _mm512_loadu_ps(cr + 16) : _mm512_setzero_ps();
+            }
+            const uint32_t *a = Ap + m0;
+            const uint32_t *b = B + (size_t)n * 32;
+            for (int p = 0; p < np; p++, b += ldb, a += ldp) {
+                const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    const __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);
                     c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
                     c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
                 }
@@ -307,6 +345,8 @@ void tp_attention_bf16_cap(int cap) {
     g_cap = cap < 0 ? g_env_cap : cap;
 }
 
+void tp_attention_bf16_tiles_form(int on) { g_tiles_form = on != 0; }
+
 int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                                size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
     int kern = tp_attention_bf16_kernel();
@@ -363,16 +403,15 @@ int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const
     return 0;
 }
 
-/* Backward of one head (tp_attention_head_bwd's contract) with bf16 products. Per head: K and V packed
+/* Backward of one head (tp_attention_head_bwd's contract) with bf16 products, as AMX tiles take it
+ * (bwd_dot below is the AVX512-BF16 form, bit for bit the same results). Per head: K and V packed
  * as B of S = Q K^T and dP = dO V^T, K as B of dQ = dS K, Q^T and dO^T in bf16. Per query block:
  * S, P = exp(scale S - lse), dP, dS = P (dP - rowsum(dO O)) in fp32; then dV^T += dO^T P and
  * dK^T += Q^T dS (P and dS as pairs of query rows) into fp32 accumulators transposed back at the
  * end, and dQ = scale dS K. */
-int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
-                               const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
-                               size_t lddk, int T, int p0, int window, int hd, float scale) {
-    int kern = tp_attention_bf16_kernel();
-    if (hd % 32 || hd > 512 || T <= 0 || kern == K_NONE) return -1;
+static int bwd_tiles(int kern, const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                     const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                     size_t lddk, int T, int p0, int window, int hd, float scale) {
     int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK;
     /* one allocation: the per-head packs and accumulators, then the per-block buffers */
     const size_t sz[15] = {(size_t)hp * Tkp * 4,        (size_t)hp * Tkp * 4,        (size_t)(Tkp / 2) * hd * 4,
@@ -470,10 +509,153 @@ int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const
     return 0;
 }
 
+/* The backward on AVX512-BF16 dot products, with the results of bwd_tiles bit for bit (up to the
+ * sign of exact zeros) and less work:
+ * - dV and dK come out key by key: dV += P^T dO and dK += dS^T Q read P and dS as pairs of query
+ *   rows through dot_gemm_32_pt (no transposed accumulators, no transposes of Q and dO);
+ * - every product stops where causality does: S, dP and dQ per 32 query rows at the last key those
+ *   rows see, dV and dK per 32 keys from the first 32 query rows that see them. What is skipped
+ *   is products with zeros, so the sums are unchanged;
+ * - P and dS are made in one pass over two query rows at a time, straight into the bf16 forms the
+ *   products take (pairs of rows, and rows): no fp32 copies, no packing passes, no sum of P. */
+static int bwd_dot(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                   const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                   size_t lddk, int T, int p0, int window, int hd, float scale) {
+    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK, hn = hd / 32;
+    const size_t sz[15] = {(size_t)hp * Tkp * 4,       (size_t)hp * Tkp * 4,       (size_t)(Tkp / 2) * hd * 4,
+                           (size_t)(Tqp / 2) * hd * 4, (size_t)(Tqp / 2) * hd * 4, (size_t)Tkp * hd * 4,
+                           (size_t)Tkp * hd * 4,       (size_t)BQ * hd * 2,        (size_t)BQ * hd * 2,
+                           (size_t)BQ * Tkp * 4,       (size_t)BQ * Tkp * 4,       (size_t)(BQ / 2) * Tkp * 4,
+                           (size_t)(BQ / 2) * Tkp * 4, (size_t)BQ * Tkp * 2,       (size_t)BQ * hd * 4};
+    void *part[15];
+    unsigned char *mem = carve(sz, 15, part);
+    if (!mem) return -1;
+    uint32_t *Kp = part[0], *Vt = part[1], *Kv = part[2], *Qv = part[3], *dOv = part[4];
+    float *dKa = part[5], *dVa = part[6];
+    uint16_t *Qb = part[7], *dOb = part[8];
+    float *S = part[9], *dP = part[10];
+    uint32_t *Pv = part[11], *dSv = part[12];
+    uint16_t *dSb = part[13];
+    float *G = part[14];
+    pack_cols(K, ldk, Tk, hd, Kp, Tkp);
+    pack_cols(V, ldk, Tk, hd, Vt, Tkp);
+    pack_rows(K, ldk, Tk, hd, Kv, Tkp);
+    pack_rows(Q, ldq, T, hd, Qv, Tqp);
+    pack_rows(dO, ldo, T, hd, dOv, Tqp);
+    memset(dKa, 0, (size_t)Tkp * hd * 4);
+    memset(dVa, 0, (size_t)Tkp * hd * 4);
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int i0 = 0; i0 < T; i0 += BQ) {
+        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
+        int kmin = tp_att_first_key(p0 + i0, window) & ~31;
+        int nk = kmax - kmin, nkp = up32(nk), bqp = up32(bq), mp = bqp / 32;
+        for (int r = 0; r < bq; r++) {
+            tp_bf16_convert(Q + (size_t)(i0 + r) * ldq, (size_t)hd, Qb + (size_t)r * hd);
+            tp_bf16_convert(dO + (size_t)(i0 + r) * ldo, (size_t)hd, dOb + (size_t)r * hd);
+        }
+        if (bq < bqp) {
+            memset(Qb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
+            memset(dOb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
+        }
+        /* S = Q K^T and dP = dO V^T, each 32 rows up to the last key they see */
+        for (int m = 0; m < mp; m++) {
+            int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq), nn = up32(last - kmin) / 32;
+            dot_gemm_32(Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hn, nn, S + (size_t)m * 32 * nkp, nkp, 0);
+            dot_gemm_32(dOb + (size_t)m * 32 * hd, hd, Vt + kmin, Tkp, hn, nn, dP + (size_t)m * 32 * nkp, nkp, 0);
+        }
+        /* P = exp(scale S - lse) and dS = P (dP - dO.O) on the visible keys, zero elsewhere and on
+         * rows past bq, in one pass over two rows at a time: P and dS as pairs of query rows (the B
+         * of dV, dK) and dS as bf16 rows (the A of dQ), never stored in fp32 */
+        for (int r = 0; r < bqp; r += 2) {
+            int lo[2] = {0, 0}, nvis[2] = {0, 0}; /* rows past bq: nothing visible */
+            __m512 vsub[2], vd[2];
+            for (int x = 0; x < 2; x++) {
+                vsub[x] = vd[x] = _mm512_setzero_ps();
+                if (r + x >= bq) continue;
+                int qpos = p0 + i0 + r + x;
+                nvis[x] = qpos + 1 - kmin;
+                lo[x] = tp_att_first_key(qpos, window) - kmin;
+                vsub[x] = _mm512_set1_ps(lse[i0 + r + x] / scale);
+                const float *o = O + (size_t)(i0 + r + x) * ldo, *go = dO + (size_t)(i0 + r + x) * ldo;
+                __m512 acc = _mm512_setzero_ps();
+                for (int e = 0; e < hd; e += 16)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(go + e), _mm512_loadu_ps(o + e), acc);
+                vd[x] = _mm512_set1_ps(_mm512_reduce_add_ps(acc)); /* sum_j P dP = dO . O */
+            }
+            const float *s0 = S + (size_t)r * nkp, *d0 = dP + (size_t)r * nkp;
+            uint32_t *pv = Pv + (size_t)(r / 2) * nkp, *sv = dSv + (size_t)(r / 2) * nkp;
+            uint16_t *sb = dSb + (size_t)r * nkp;
+            for (int j = 0; j < nkp; j += 16) {
+                __m512i hp[2], hs[2];
+                for (int x = 0; x < 2; x++) {
+                    int a = lo[x] - j, b = nvis[x] - j; /* lanes [a, b) are visible */
+                    __mmask16 km = (__mmask16)((b >= 16 ? 0xffffu : b <= 0 ? 0u : (1u << b) - 1u) &
+                                               (a <= 0 ? 0xffffu : a >= 16 ? 0u : ~((1u << a) - 1u)));
+                    __m512 pj = _mm512_sub_ps(_mm512_maskz_loadu_ps(km, s0 + (size_t)x * nkp + j), vsub[x]);
+                    if (scale != 1.0f) pj = _mm512_mul_ps(pj, vs);
+                    pj = _mm512_maskz_mov_ps(km, v_exp(pj));
+                    __m512 dj = _mm512_maskz_mul_ps(
+                        km, pj, _mm512_sub_ps(_mm512_maskz_loadu_ps(km, d0 + (size_t)x * nkp + j), vd[x]));
+                    __m256bh bp = _mm512_cvtneps_pbh(pj), bs = _mm512_cvtneps_pbh(dj);
+                    _mm256_storeu_si256((__m256i *)(sb + (size_t)x * nkp + j), (__m256i)bs);
+                    hp[x] = _mm512_cvtepu16_epi32((__m256i)bp);
+                    hs[x] = _mm512_cvtepu16_epi32((__m256i)bs);
+                }
+                _mm512_storeu_si512(pv + j, _mm512_or_si512(hp[0], _mm512_slli_epi32(hp[1], 16)));
+                _mm512_storeu_si512(sv + j, _mm512_or_si512(hs[0], _mm512_slli_epi32(hs[1], 16)));
+            }
+        }
+        /* dV += P^T dO and dK += dS^T Q, 32 keys at a time, over the 32-row groups of queries that
+         * see any of them */
+        for (int n = 0; n < nkp / 32; n++) {
+            int kb = kmin + 32 * n, r0 = kb - (p0 + i0);
+            r0 = r0 <= 0 ? 0 : r0 & ~31;
+            int kk = (bqp - r0) / 32;
+            dot_gemm_32_pt(Pv + (size_t)(r0 / 2) * nkp + 32 * n, nkp, dOv + (size_t)((i0 + r0) / 2) * hd, hd, kk, hn,
+                           dVa + (size_t)kb * hd, hd, 1);
+            dot_gemm_32_pt(dSv + (size_t)(r0 / 2) * nkp + 32 * n, nkp, Qv + (size_t)((i0 + r0) / 2) * hd, hd, kk, hn,
+                           dKa + (size_t)kb * hd, hd, 1);
+        }
+        /* dQ = scale dS K, each 32 rows over the keys they see */
+        for (int m = 0; m < mp; m++) {
+            int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq), kk = up32(last - kmin) / 32;
+            dot_gemm_32(dSb + (size_t)m * 32 * nkp, nkp, Kv + (size_t)(kmin / 2) * hd, hd, kk, hn,
+                        G + (size_t)m * 32 * hd, hd, 0);
+        }
+        for (int r = 0; r < bq; r++) {
+            float *d = dQ + (size_t)(i0 + r) * lddq;
+            const float *g = G + (size_t)r * hd;
+            for (int e = 0; e < hd; e += 16) _mm512_storeu_ps(d + e, _mm512_mul_ps(vs, _mm512_loadu_ps(g + e)));
+        }
+    }
+    /* into dK (times scale) and dV, added */
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int j = 0; j < Tk; j++) {
+        float *dk = dK + (size_t)j * lddk, *dv = dV + (size_t)j * lddk;
+        const float *ka = dKa + (size_t)j * hd, *va = dVa + (size_t)j * hd;
+        for (int e = 0; e < hd; e += 16) {
+            _mm512_storeu_ps(dk + e, _mm512_fmadd_ps(vs, _mm512_loadu_ps(ka + e), _mm512_loadu_ps(dk + e)));
+            _mm512_storeu_ps(dv + e, _mm512_fmadd_ps(one, _mm512_loadu_ps(va + e), _mm512_loadu_ps(dv + e)));
+        }
+    }
+    free(mem);
+    return 0;
+}
+
+int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
+                               const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
+                               size_t lddk, int T, int p0, int window, int hd, float scale) {
+    int kern = tp_attention_bf16_kernel();
+    if (hd % 32 || hd > 512 || T <= 0 || kern == K_NONE) return -1;
+    if (kern == K_DOT && !g_tiles_form) return bwd_dot(Q, ldq, K, V, ldk, O, dO, ldo, lse, dQ, lddq, dK, dV, lddk, T, p0, window, hd, scale);
+    return bwd_tiles(kern, Q, ldq, K, V, ldk, O, dO, ldo, lse, dQ, lddq, dK, dV, lddk, T, p0, window, hd, scale);
+}
+
 #else /* no AVX512-BF16 in this build */
 
 int tp_attention_bf16_kernel(void) { return 0; }
 void tp_attention_bf16_cap(int cap) { (void)cap; }
+void tp_attention_bf16_tiles_form(int on) { (void)on; }
 int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,
                                size_t ldo, float *lse, int T, int p0, int window, int hd, float scale) {
     (void)Q, (void)ldq, (void)K, (void)V, (void)ldk, (void)out, (void)ldo, (void)lse, (void)T, (void)p0, (void)window,

@@ -231,6 +231,9 @@ int tp_attention_head_bwd_bf16(const float *Q, size_t ldq, const float *K, const
  * it at c instead (tests, A/B runs); -1 goes back to TAPER_ATTENTION's cap. */
 int tp_attention_bf16_kernel(void);
 void tp_attention_bf16_cap(int cap);
+/* Tests: on AVX512-BF16 dot products, run the backward in the form AMX tiles take (transposed
+ * accumulators, whole blocks) instead of its own; both give the same bits. */
+void tp_attention_bf16_tiles_form(int on);
 
 /* Backward of one causal head (flash-attention style: probabilities recomputed from lse, block
  * by block). O, dO: (T,hd; stride ldo) forward output and its gradient. dQ (T,hd; stride lddq)
