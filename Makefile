@@ -106,6 +106,11 @@ TESTING_BIN := $(BUILD)/taper-testing
 $(TESTING_BIN): $(CLI_OBJ) $(TEST_HOOKS) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+# Kernel timings no CLI command isolates (bench/kernels.c; bench/run.sh kernels).
+KBENCH := $(BUILD)/taper-kernel-bench
+$(KBENCH): $(BUILD)/bench/kernels.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
 deps:
 	@scripts/deps.sh
 
@@ -131,8 +136,8 @@ demo: deps
 
 # Speed side by side with the peer (transformers); results go into bench/RESULTS.md by hand.
 bench: deps
-	@$(MAKE) --no-print-directory all
-	@TAPER_BIN=$(abspath $(BIN)) bench/run.sh $(SECTIONS)
+	@$(MAKE) --no-print-directory all $(KBENCH)
+	@TAPER_BIN=$(abspath $(BIN)) TAPER_KERNEL_BENCH=$(abspath $(KBENCH)) bench/run.sh $(SECTIONS)
 
 # Issue 18's quality ablations (hours; resumable: run it again to go on). RUNS="kd-mix ..." picks.
 quality: deps
@@ -181,4 +186,4 @@ help:
 	@echo "make fuzz              the libFuzzer targets, FUZZ_TIME=600 s each (docs/fuzzing.md)"
 	@echo "make test STRICT=1     what CI runs: a test skipped because the model, binary, data or llama.cpp is missing fails"
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TEST_HOOKS:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TEST_HOOKS:.o=.d) $(BUILD)/bench/kernels.d

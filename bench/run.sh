@@ -3,7 +3,8 @@
 # GGUF dequantised to fp32 on both sides), same shapes, same threads — with ratio tables.
 # Prints only: copy the tables into bench/RESULTS.md with the date.
 #
-# usage: bench/run.sh [SECTION...]     SECTION: forward, importance, train, distill, mpi, check, all (default)
+# usage: bench/run.sh [SECTION...]     SECTION: forward, importance, train, distill, mpi, generate, kernels,
+#                                      check, all (default)
 #   forward     perplexity forward tok/s: taper ppl vs transformers fp32 / bf16 autocast / bf16 weights
 #   importance  taper importance pass vs taper ppl on the same tokens (same seq, same count)
 #   train       CE training step, seq 512: taper train vs PyTorch fp32, bf16 autocast, torch.compile,
@@ -19,10 +20,13 @@
 #               generate 128, batch GEN_BATCHES), llama-perplexity vs taper ppl (CHUNKS x 512);
 #               llama.cpp runs with its own OpenMP wait policy (spinning), taper with its PASSIVE,
 #               then (GEN_SPIN=1, the default) with OMP_WAIT_POLICY=ACTIVE as well ("both spinning")
+#   kernels     kernels no command isolates (bench/kernels.c, built by make bench): the bf16 attention
+#               of one head at training shapes, forward and both forms of its backward
 #   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
 #               intermediate loss and gradient norm of both on the same window (about a minute)
 # Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
-# Environment: GEN_BATCHES (1,16,64), GEN_DTYPES (f32 bf16), GEN_SPIN (1), TAPER_BIN (build/taper), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
+# Environment: GEN_BATCHES (1,16,64), GEN_DTYPES (f32 bf16), GEN_SPIN (1), TAPER_BIN (build/taper),
+# TAPER_KERNEL_BENCH (build/taper-kernel-bench), THREADS (2), TAPER_MODEL, TAPER_DATA, WORK
 # (/tmp/taper-bench), CHUNKS (16: forward chunks and importance samples of 512 tokens), STEPS (3
 # timed steps), WARMUP (1), BATCH (2), SEQ (512), PEER_CONFIGS (fp32 bf16 compile compile-bf16:
 # any subset), COMPILE_TIMEOUT (1200 s per torch.compile run), STUDENT (an HF folder with
@@ -382,13 +386,22 @@ generate() {
   cat "$prows"
 }
 
+kernels() {
+  local kb="${TAPER_KERNEL_BENCH:-build/taper-kernel-bench}"
+  echo
+  echo "## kernels (load average $(loadavg))"
+  if [ ! -x "$kb" ]; then echo "  n/a: $kb not built (make build/taper-kernel-bench)"; return 0; fi
+  echo "\$ $kb --reps 40"
+  OMP_NUM_THREADS=1 "$kb" --reps 40 || echo "  (exit $?)"
+}
+
 sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(all)
 for s in "${sections[@]}"; do
   case "$s" in
-    forward|importance|train|distill|mpi|generate|check|all) ;;
+    forward|importance|train|distill|mpi|generate|kernels|check|all) ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: bench/run.sh [forward|importance|train|distill|mpi|generate|check|all]..." >&2; exit 2 ;;
+    *) echo "usage: bench/run.sh [forward|importance|train|distill|mpi|generate|kernels|check|all]..." >&2; exit 2 ;;
   esac
 done
 for cfg in $PEER_CONFIGS; do peer_setup "$cfg" || exit 2; done
@@ -396,7 +409,7 @@ header
 t0=$SECONDS
 for s in "${sections[@]}"; do
   case "$s" in
-    all) forward; importance; train; distill; mpi; generate ;;
+    all) forward; importance; train; distill; mpi; generate; kernels ;;
     *) "$s" ;;
   esac
 done
