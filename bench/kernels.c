@@ -1,8 +1,13 @@
 /* Kernel timings that no CLI command isolates (bench/run.sh kernels, make bench).
  *
- *   taper-kernel-bench [--reps N] [--seq T] [--head-dim HD]
+ *   taper-kernel-bench [--attention | --products] [--reps N] [--seq T] [--head-dim HD]
  *
- * The bf16 attention of one head at training shapes (SmolLM2-135M: 9 query heads over 3 K/V
+ * --products: the bf16 matrix products of one SmolLM2-135M training step at 2 x 512 tokens, one
+ * of each shape, through tp_sgemm_prec as a step calls it, with both inputs already in bf16 (as a
+ * step's pinned inputs and weight copies are) and hot in cache: the rate each shape reaches when
+ * nothing else runs between two calls (bench/matmul_peer.py times PyTorch's on the same shapes).
+ *
+ * --attention: the bf16 attention of one head at training shapes (SmolLM2-135M: 9 query heads over 3 K/V
  * heads, head_dim 64, T 512), on one thread as a training step runs each head: the forward
  * (scores, softmax, P V, log-sum-exp) and the backward in its two forms, the one AVX512-BF16 dot
  * products run and the one AMX tiles run (which also runs on dot products, for this comparison).
@@ -29,13 +34,88 @@ static int arg_int(int argc, char **argv, const char *name, int def) {
     return def;
 }
 
-int main(int argc, char **argv) {
+static int has(int argc, char **argv, const char *name) {
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: taper-kernel-bench [--reps N (20)] [--seq T (512)] [--head-dim HD (64)]\n"
-                   "bf16 attention of one head, forward and both backward forms, one thread\n");
-            return 0;
+        if (!strcmp(argv[i], name)) return 1;
+    return 0;
+}
+
+/* One product shape of the step: C (M x N) = A B with A M x K (transposed in memory: ta), B K x N
+ * (tb: B is N x K, a weight), accumulating into C (beta 1) as the weight gradients do. */
+typedef struct {
+    const char *what;
+    int M, N, K, ta, tb, acc, per_step;
+} shape;
+
+static int products(int reps) {
+    static const shape sh[] = {
+        {"q, o_proj: X W^T", 1024, 576, 576, 0, 1, 0, 60},
+        {"k, v_proj: X W^T", 1024, 192, 576, 0, 1, 0, 60},
+        {"gate, up: X W^T", 1024, 1536, 576, 0, 1, 0, 60},
+        {"down: X W^T", 1024, 576, 1536, 0, 1, 0, 30},
+        {"logits, 512 rows: X E^T", 512, 49152, 576, 0, 1, 0, 2},
+        {"dX of gate, up: dY W", 1024, 576, 1536, 0, 0, 0, 60},
+        {"dX of down: dY W", 1024, 1536, 576, 0, 0, 0, 30},
+        {"dX of q, o: dY W", 1024, 576, 576, 0, 0, 0, 60},
+        {"dX of k, v: dY W", 1024, 576, 192, 0, 0, 0, 60},
+        {"dX of logits: dZ E", 512, 576, 49152, 0, 0, 0, 2},
+        {"dW of gate, up: dY^T X", 1536, 576, 1024, 1, 0, 1, 60},
+        {"dW of down: dY^T X", 576, 1536, 1024, 1, 0, 1, 30},
+        {"dW of q, o: dY^T X", 576, 576, 1024, 1, 0, 1, 60},
+        {"dW of k, v: dY^T X", 192, 576, 1024, 1, 0, 1, 60},
+        {"dE of logits: dZ^T X", 49152, 576, 512, 1, 0, 1, 2},
+    };
+    int ns = (int)(sizeof sh / sizeof sh[0]);
+    tp_gemm_set_precision(TP_PREC_BF16);
+    printf("bf16 products of one training step (SmolLM2-135M, 2 x 512 tokens), inputs in bf16 and hot, best of %d: %s\n",
+           reps, tp_gemm_describe());
+    printf("| product | M x N x K | per step | GFLOP/s |\n| --- | --- | ---: | ---: |\n");
+    double flop_all = 0, t_all = 0;
+    for (int i = 0; i < ns; i++) {
+        const shape *q = &sh[i];
+        size_t na = (size_t)q->M * q->K, nb = (size_t)q->K * q->N, nc = (size_t)q->M * q->N;
+        float *A = malloc(na * 4), *B = malloc(nb * 4), *C = calloc(nc, 4);
+        if (!A || !B || !C) {
+            fprintf(stderr, "taper-kernel-bench: out of memory\n");
+            return 1;
         }
+        for (size_t j = 0; j < na; j++) A[j] = (float)((j * 7919) % 200) / 100.0f - 1.0f;
+        for (size_t j = 0; j < nb; j++) B[j] = (float)((j * 104729) % 200) / 100.0f - 1.0f;
+        tp_gemm_bf16_pin(A, na);
+        tp_gemm_bf16_pin(B, nb);
+        int lda = q->ta ? q->M : q->K, ldb = q->tb ? q->K : q->N;
+        double best = 1e30;
+        for (int r = 0; r < reps + 2; r++) {
+            double t = now();
+            tp_sgemm_prec(q->ta, q->tb, q->M, q->N, q->K, 1.0f, A, lda, B, ldb, q->acc ? 1.0f : 0.0f, C, q->N);
+            t = now() - t;
+            if (r >= 2 && t < best) best = t; /* the first two build and warm the primitive */
+        }
+        double fl = 2.0 * q->M * q->N * q->K;
+        printf("| %s | %d x %d x %d | %d | %.1f |\n", q->what, q->M, q->N, q->K, q->per_step, fl / best / 1e9);
+        flop_all += fl * q->per_step;
+        t_all += best * q->per_step;
+        tp_gemm_bf16_unpin(A);
+        tp_gemm_bf16_unpin(B);
+        free(A), free(B), free(C);
+    }
+    printf("one step's products at these rates: %.0f GFLOP in %.0f ms, %.1f GFLOP/s\n", flop_all / 1e9, 1e3 * t_all,
+           flop_all / t_all / 1e9);
+    tp_gemm_shutdown();
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (has(argc, argv, "--help") || has(argc, argv, "-h")) {
+        printf("usage: taper-kernel-bench [--attention | --products] [--reps N (20)] [--seq T (512)] [--head-dim HD (64)]\n"
+               "--attention: bf16 attention of one head, forward and both backward forms, one thread\n"
+               "--products: the bf16 products of one SmolLM2-135M training step, inputs hot (OMP_NUM_THREADS threads)\n"
+               "neither: both\n");
+        return 0;
+    }
+    int want_p = has(argc, argv, "--products"), want_a = has(argc, argv, "--attention") || !want_p;
+    if (want_p && products(arg_int(argc, argv, "--reps", 20) > 0 ? arg_int(argc, argv, "--reps", 20) : 1)) return 1;
+    if (!want_a) return 0;
     int reps = arg_int(argc, argv, "--reps", 20), T = arg_int(argc, argv, "--seq", 512);
     int hd = arg_int(argc, argv, "--head-dim", 64), nh = 9, nkv = 3;
     if (reps < 1 || T < 1 || T > 16384 || hd < 32 || hd > 512 || hd % 32) {

@@ -34,12 +34,14 @@
       exit 1 when they differ by more than 1e-3 relative
   report.py versions
       torch / transformers versions and torch's CPU capability
+  report.py dnnl-products VERBOSE_LOG STEPS
+      the matrix products of the last of STEPS steps of a run under ONEDNN_VERBOSE=1, per shape
 """
 import argparse
 import json
-import statistics
-import re
 import math
+import re
+import statistics
 import sys
 
 MIB = 2.0 ** 20
@@ -243,6 +245,41 @@ def ppl_row(dtype, taper_json, llama_out):
           f"{lp or 'n/a'} | {r['ppl']:.4f} |")
 
 
+def dnnl_products(path, steps):
+    """Per-shape table of the last of `steps` steps from a run under ONEDNN_VERBOSE=1."""
+    ex = []
+    with open(path) as f:
+        for line in f:
+            p = line.strip().split(",")
+            if len(p) > 3 and p[0] == "onednn_verbose" and "exec" in p[:3] and "matmul" in p:
+                dims = [x for x in p if re.match(r"^\d+x\d+:\d+x\d+", x)]
+                mds = [w for x in p for w in x.split()]
+                src = "".join(w for w in mds if w.startswith("src_"))
+                wei = "".join(w for w in mds if w.startswith("wei_"))
+                if dims:
+                    ex.append((dims[0], src, wei, float(p[-1])))
+    if not ex or len(ex) % steps:
+        print(f"  n/a: {len(ex)} matmul executions in {path}, not a multiple of {steps} steps")
+        return
+    last = ex[-(len(ex) // steps):]
+    agg = {}
+    for dims, src, wei, ms in last:
+        m, k, _, n = (int(v) for v in re.match(r"(\d+)x(\d+):(\d+)x(\d+)", dims).groups())
+        key = (m, n, k, ":ba" in src, ":ba" in wei)
+        c = agg.setdefault(key, [0, 0.0])
+        c[0] += 1
+        c[1] += ms
+    print("| M x N x K | A, B stored | calls | ms | GFLOP/s |\n| --- | --- | ---: | ---: | ---: |")
+    tot = fl = 0.0
+    for (m, n, k, ta, tb), (c, ms) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+        f = 2.0 * m * n * k * c
+        lay = ("K x M" if ta else "M x K") + ", " + ("N x K" if tb else "K x N")
+        print(f"| {m} x {n} x {k} | {lay} | {c} | {ms:.1f} | {f / ms / 1e6:.1f} |")
+        tot += ms
+        fl += f
+    print(f"one step: {len(last)} products, {fl / 1e9:.0f} GFLOP in {tot:.0f} ms, {fl / tot / 1e6:.1f} GFLOP/s")
+
+
 def main():
     a = sys.argv[1:]
     if not a or a[0] in ("-h", "--help"):
@@ -275,6 +312,8 @@ def main():
         batched_table(a[1], a[2], a[3])
     elif cmd == "ppl-row" and len(a) == 4:
         ppl_row(a[1], a[2], a[3])
+    elif cmd == "dnnl-products" and len(a) == 3:
+        dnnl_products(a[1], int(a[2]))
     elif cmd == "versions" and len(a) == 1:
         print(versions())
     elif cmd == "table":

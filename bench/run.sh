@@ -21,7 +21,9 @@
 #               llama.cpp runs with its own OpenMP wait policy (spinning), taper with its PASSIVE,
 #               then (GEN_SPIN=1, the default) with OMP_WAIT_POLICY=ACTIVE as well ("both spinning")
 #   kernels     kernels no command isolates (bench/kernels.c, built by make bench): the bf16 attention
-#               of one head at training shapes, forward and both forms of its backward
+#               of one head at training shapes (forward, both forms of its backward); one training
+#               step's bf16 products alone with hot inputs, vs PyTorch's (bench/matmul_peer.py), and
+#               the same products inside a taper train step (ONEDNN_VERBOSE)
 #   check       (not in all) the distillation peer computes taper's step: the first step's KD loss,
 #               intermediate loss and gradient norm of both on the same window (about a minute)
 # Every run is under /usr/bin/time -v; peak RSS is compared with bench/rss.py's analytic minimum.
@@ -391,8 +393,24 @@ kernels() {
   echo
   echo "## kernels (load average $(loadavg))"
   if [ ! -x "$kb" ]; then echo "  n/a: $kb not built (make build/taper-kernel-bench)"; return 0; fi
-  echo "\$ $kb --reps 40"
-  OMP_NUM_THREADS=1 "$kb" --reps 40 || echo "  (exit $?)"
+  echo; echo "### the bf16 attention of one head, one thread"
+  echo "\$ OMP_NUM_THREADS=1 $kb --attention --reps 40"
+  OMP_NUM_THREADS=1 "$kb" --attention --reps 40 || echo "  (exit $?)"
+  echo; echo "### one training step's bf16 products, each alone with its inputs hot, $THREADS threads"
+  echo "\$ $kb --products --reps 20"
+  "$kb" --products --reps 20 || echo "  (exit $?)"
+  echo "\$ $PY bench/matmul_peer.py --threads $THREADS --reps 20"
+  "$PY" bench/matmul_peer.py --threads "$THREADS" --reps 20 || echo "  (exit $?)"
+  echo; echo "### the same products inside taper train's fourth step (bf16, ONEDNN_VERBOSE=1)"
+  [ -f "$WORK/wiki_valid/manifest.json" ] ||
+    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  rm -rf "$WORK/kernels_train"
+  echo "\$ ONEDNN_VERBOSE=1 $BIN train $MODEL --data $WORK/wiki_valid --steps 4 --seq $SEQ --batch $BATCH --precision bf16 ..."
+  ONEDNN_VERBOSE=1 "$BIN" train "$MODEL" --data "$WORK/wiki_valid" --steps 4 --seq "$SEQ" --batch "$BATCH" \
+    --lr 1e-4 --min-lr 1e-5 --val-every -1 --ckpt-every 0 --keep 1 --threads "$THREADS" --precision bf16 --quiet \
+    --run-dir "$WORK/kernels_train" >"$WORK/kernels_train.verbose" 2>&1 || echo "  (exit $?)"
+  report dnnl-products "$WORK/kernels_train.verbose" 4
+  rm -rf "$WORK/kernels_train" "$WORK/kernels_train.verbose"
 }
 
 sections=("$@")
