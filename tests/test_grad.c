@@ -513,6 +513,15 @@ TT_TEST(grad_fd_swiglu) {
     memcpy(dd, da, sizeof dd);
     tp_silu_mul_bwd(gu, gu + n, dd, dd, du, n);
     TT_CHECK(memcmp(dd, dg, sizeof dd) == 0, "swiglu backward in place equals out of place");
+    /* the one-pass forms (out != g) give the in-place forms' bits; g and u untouched */
+    float a2[30], gcopy[60];
+    memcpy(gcopy, gu, sizeof gcopy);
+    tp_silu_mul_to(a2, gu, gu + n, n);
+    TT_CHECK(memcmp(a2, a, sizeof a2) == 0 && memcmp(gcopy, gu, sizeof gcopy) == 0, "silu_mul_to = silu_mul");
+    memcpy(a, gu, n * sizeof *a);
+    tp_gelu_tanh_mul(a, gu + n, n);
+    tp_gelu_tanh_mul_to(a2, gu, gu + n, n);
+    TT_CHECK(memcmp(a2, a, sizeof a2) == 0 && memcmp(gcopy, gu, sizeof gcopy) == 0, "gelu_tanh_mul_to = gelu_tanh_mul");
     tt_note("swiglu vs finite differences: dg %.2e du %.2e", e1, e2);
     free(p);
 }

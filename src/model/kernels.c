@@ -258,7 +258,7 @@ void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, cons
     }
 }
 
-void tp_silu_mul(float *g, const float *u, size_t n) {
+void tp_silu_mul_to(float *out, const float *g, const float *u, size_t n) {
     size_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
     for (size_t b = 0; b < nb; b++) {
@@ -268,16 +268,18 @@ void tp_silu_mul(float *g, const float *u, size_t n) {
             __mmask16 m = tail_mask(i1 - i);
             __m512 a = _mm512_maskz_loadu_ps(m, g + i), e = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), a));
             __m512 y = _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_maskz_loadu_ps(m, u + i));
-            _mm512_mask_storeu_ps(g + i, m, y);
+            _mm512_mask_storeu_ps(out + i, m, y);
         }
 #else
         for (size_t i = i0; i < i1; i++) {
             float a = g[i];
-            g[i] = a / (1.0f + expf(-a)) * u[i];
+            out[i] = a / (1.0f + expf(-a)) * u[i];
         }
 #endif
     }
 }
+
+void tp_silu_mul(float *g, const float *u, size_t n) { tp_silu_mul_to(g, g, u, n); }
 
 static void softmax_causal_rows(float *S, int T, int Tk, int p0, int window) {
     for (int i = 0; i < T; i++) {
@@ -706,13 +708,15 @@ void tp_rope_bwd(float *dx, size_t N, int n_heads, int hd, const int *pos, const
 #define GELU_BETA 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_KAPPA 0.044715f
 
-void tp_gelu_tanh_mul(float *g, const float *u, size_t n) {
+void tp_gelu_tanh_mul_to(float *out, const float *g, const float *u, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float x = g[i], inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
-        g[i] = 0.5f * x * (1.0f + tanhf(inner)) * u[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(inner)) * u[i];
     }
 }
+
+void tp_gelu_tanh_mul(float *g, const float *u, size_t n) { tp_gelu_tanh_mul_to(g, g, u, n); }
 
 void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)

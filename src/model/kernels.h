@@ -147,8 +147,12 @@ double tp_fkl_row(const float *t, float *s, size_t V, float inv_tau, float gscal
 
 /* a(N,ff) = silu(g) * u, in place into g. */
 void tp_silu_mul(float *g, const float *u, size_t n);
+/* out = silu(g) * u (out may be g), in one pass. */
+void tp_silu_mul_to(float *out, const float *g, const float *u, size_t n);
 /* g = gelu_tanh(g) * u in place (GeGLU; PyTorch's tanh approximation, in float). */
 void tp_gelu_tanh_mul(float *g, const float *u, size_t n);
+/* out = gelu_tanh(g) * u (out may be g), in one pass. */
+void tp_gelu_tanh_mul_to(float *out, const float *g, const float *u, size_t n);
 
 /* Causal attention of one sequence and one head:
  * out(T,hd; row stride ldo) = softmax(Q K^T * scale + causal mask) V, where query row i sits at

@@ -219,11 +219,10 @@ static void add_to(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-/* act = f(g) * u with the family's gate activation. */
+/* act = f(g) * u with the family's gate activation, in one pass. */
 static void act_mul_to(const tp_config *c, float *act, const float *g, const float *u, size_t n) {
-    memcpy(act, g, n * sizeof *act);
-    if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul(act, u, n);
-    else tp_silu_mul(act, u, n);
+    if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul_to(act, g, u, n);
+    else tp_silu_mul_to(act, g, u, n);
 }
 
 /* grad->tok_emb[tokens[n]] += alpha * dx[n]: column blocks in parallel, rows in order. */
