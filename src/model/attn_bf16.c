@@ -127,17 +127,20 @@ static void tile_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb,
 
 #endif /* TP_AMX */
 
-/* The bf16 pair at p (two consecutive elements) in every 32-bit lane. */
-static inline __m512bh pair_bcast(const uint16_t *p) {
+/* The 32-bit word w of a (a bf16 pair) in every lane. */
+static inline __m512bh word_bcast(const unsigned char *a, size_t w) {
     uint32_t v;
-    memcpy(&v, p, sizeof v);
+    memcpy(&v, a + 4 * w, sizeof v);
     return (__m512bh)_mm512_set1_epi32((int)v);
 }
 
 /* tile_gemm_32's product on AVX512-BF16 (VDPBF16PS): per block of 32 columns, 8 rows at a time
- * in 16 accumulators, each pair row of B loaded once per 8 rows and every A pair broadcast. */
-static void dot_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
-                        int acc) {
+ * in 16 accumulators, each pair row of B loaded once per 8 rows and every A pair broadcast. A's
+ * pair p of row m is the 32-bit word m * ra + p * pa of A: ra = lda / 2, pa = 1 for row-major
+ * bf16 (dot_gemm_32); ra = 1, pa = ldp for A given by pairs of its columns (dot_gemm_32_pt). */
+static inline __attribute__((always_inline)) void dot_gemm_core(const void *A, size_t ra, size_t pa,
+                                                                const uint32_t *B, int ldb, int kk, int nn, float *C,
+                                                                int ldc, int acc) {
     const int np = kk * 16; /* pair rows of B */
     for (int n = 0; n < nn; n++) {
         for (int m0 = 0; m0 < 32; m0 += 8) {
@@ -148,13 +151,13 @@ static void dot_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, 
                 c0[r] = acc ? _mm512_loadu_ps(cr) : _mm512_setzero_ps();
                 c1[r] = acc ? _mm512_loadu_ps(cr + 16) : _mm512_setzero_ps();
             }
-            const uint16_t *a = A + (size_t)m0 * lda;
+            const unsigned char *a = (const unsigned char *)A + 4 * (size_t)m0 * ra;
             const uint32_t *b = B + (size_t)n * 32;
-            for (int p = 0; p < np; p++, b += ldb) {
+            for (int p = 0; p < np; p++, b += ldb, a += 4 * pa) {
                 const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 8
                 for (int r = 0; r < 8; r++) {
-                    const __m512bh av = pair_bcast(a + (size_t)r * lda + 2 * (size_t)p);
+                    const __m512bh av = word_bcast(a, (size_t)r * ra);
                     c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
                     c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
                 }
@@ -169,40 +172,18 @@ static void dot_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, 
     }
 }
 
-/* dot_gemm_32 with A given by pairs of its columns: A(m, pair p) = Ap[p * ldp + m], the layout
- * pack_rows gives the matrix whose transpose A is (P and dS as pairs of query rows, read as P^T and
- * dS^T). Each pair row of A is 8 consecutive words per 8 rows; B and C as in dot_gemm_32. */
+/* C (+)= A B, A 32 rows of bf16, lda elements apart (lda even). */
+static void dot_gemm_32(const uint16_t *A, int lda, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
+                        int acc) {
+    dot_gemm_core(A, (size_t)lda / 2, 1, B, ldb, kk, nn, C, ldc, acc);
+}
+
+/* C (+)= A B with A given by pairs of its columns: A(m, pair p) = Ap[p * ldp + m], the layout
+ * pack_rows gives the matrix whose transpose A is (P and dS as pairs of query rows, read as P^T
+ * and dS^T). */
 static void dot_gemm_32_pt(const uint32_t *Ap, int ldp, const uint32_t *B, int ldb, int kk, int nn, float *C, int ldc,
                            int acc) {
-    const int np = kk * 16;
-    for (int n = 0; n < nn; n++) {
-        for (int m0 = 0; m0 < 32; m0 += 8) {
-            __m512 c0[8], c1[8];
-#pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) {
-                float *cr = C + (size_t)(m0 + r) * ldc + (size_t)n * 32;
-                c0[r] = acc ? _mm512_loadu_ps(cr) : _mm512_setzero_ps();
-                c1[r] = acc ? _mm512_loadu_ps(cr + 16) : _mm512_setzero_ps();
-            }
-            const uint32_t *a = Ap + m0;
-            const uint32_t *b = B + (size_t)n * 32;
-            for (int p = 0; p < np; p++, b += ldb, a += ldp) {
-                const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
-#pragma GCC unroll 8
-                for (int r = 0; r < 8; r++) {
-                    const __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);
-                    c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
-                    c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
-                }
-            }
-#pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) {
-                float *cr = C + (size_t)(m0 + r) * ldc + (size_t)n * 32;
-                _mm512_storeu_ps(cr, c0[r]);
-                _mm512_storeu_ps(cr + 16, c1[r]);
-            }
-        }
-    }
+    dot_gemm_core(Ap, 1, (size_t)ldp, B, ldb, kk, nn, C, ldc, acc);
 }
 
 /* C(32 x 32*nn) (+)= A B on the kernel k chose. */
@@ -319,6 +300,43 @@ static void add_t(const float *At, int ld, int n, int hd, float s, float *D, siz
     }
 }
 
+static inline int up32(int x) { return (x + 31) & ~31; }
+
+/* The backward's query block at row i0: its rows (bq, padded to bqp = 32 mp), its keys from kmin
+ * (aligned down to 32) over nkp (a multiple of 32), and its rows of Q and dO in bf16 (Qb, dOb;
+ * rows bq .. bqp zero). */
+static void block_begin(const float *Q, size_t ldq, const float *dO, size_t ldo, int i0, int T, int p0, int window,
+                        int hd, uint16_t *Qb, uint16_t *dOb, int *bq_, int *kmin_, int *nkp_, int *bqp_, int *mp_) {
+    int bq = T - i0 < TP_ATT_BLOCK ? T - i0 : TP_ATT_BLOCK, kmin = tp_att_first_key(p0 + i0, window) & ~31;
+    int bqp = up32(bq);
+    *bq_ = bq, *kmin_ = kmin, *nkp_ = up32(p0 + i0 + bq - kmin), *bqp_ = bqp, *mp_ = bqp / 32;
+    for (int r = 0; r < bq; r++) {
+        tp_bf16_convert(Q + (size_t)(i0 + r) * ldq, (size_t)hd, Qb + (size_t)r * hd);
+        tp_bf16_convert(dO + (size_t)(i0 + r) * ldo, (size_t)hd, dOb + (size_t)r * hd);
+    }
+    if (bq < bqp) {
+        memset(Qb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
+        memset(dOb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
+    }
+}
+
+/* dO . O of one row (hd a multiple of 16) in every lane: sum_j P dP, the shift of dS. */
+static inline __m512 row_dot(const float *go, const float *o, int hd) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int e = 0; e < hd; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(go + e), _mm512_loadu_ps(o + e), acc);
+    return _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+}
+
+/* dQ rows i0 .. i0+bq = scale G. */
+static void store_dq(const float *G, int bq, int hd, float scale, float *dQ, size_t lddq, int i0) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int r = 0; r < bq; r++) {
+        float *d = dQ + (size_t)(i0 + r) * lddq;
+        const float *g = G + (size_t)r * hd;
+        for (int e = 0; e < hd; e += 16) _mm512_storeu_ps(d + e, _mm512_mul_ps(vs, _mm512_loadu_ps(g + e)));
+    }
+}
+
 /* One malloc cut into n pieces of sz[i] bytes, each 64-byte aligned (part[i]); free the return. */
 static unsigned char *carve(const size_t *sz, int n, void **part) {
     size_t total = 64;
@@ -332,8 +350,6 @@ static unsigned char *carve(const size_t *sz, int n, void **part) {
     }
     return mem;
 }
-
-static inline int up32(int x) { return (x + 31) & ~31; }
 
 int tp_attention_bf16_kernel(void) {
     pthread_once(&g_once, probe);
@@ -403,6 +419,42 @@ int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const
     return 0;
 }
 
+/* One head's backward workspace, one allocation for both forms of the backward: K and V packed as
+ * B of S = Q K^T and dP = dO V^T, K as B of dQ = dS K (all packed here); Q and dO as the other
+ * side of dV and dK (transposed for the tiles, pairs of rows for the dot products: the same
+ * bytes); fp32 accumulators of dK and dV (zeroed here); then one query block's buffers. */
+typedef struct {
+    unsigned char *mem;
+    uint32_t *Kp, *Vt, *Kv;
+    void *q2, *do2;
+    float *dKa, *dVa;
+    uint16_t *Qb, *dOb;
+    float *S, *dP;
+    uint32_t *Pv, *dSv;
+    uint16_t *dSb;
+    float *G;
+} bwd_ws;
+
+static int bwd_ws_init(bwd_ws *w, const float *K, const float *V, size_t ldk, int T, int p0, int hd) {
+    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK;
+    const size_t sz[15] = {(size_t)hp * Tkp * 4,       (size_t)hp * Tkp * 4,       (size_t)(Tkp / 2) * hd * 4,
+                           (size_t)hd * Tqp * 2,       (size_t)hd * Tqp * 2,       (size_t)Tkp * hd * 4,
+                           (size_t)Tkp * hd * 4,       (size_t)BQ * hd * 2,        (size_t)BQ * hd * 2,
+                           (size_t)BQ * Tkp * 4,       (size_t)BQ * Tkp * 4,       (size_t)(BQ / 2) * Tkp * 4,
+                           (size_t)(BQ / 2) * Tkp * 4, (size_t)BQ * Tkp * 2,       (size_t)BQ * hd * 4};
+    void *part[15];
+    if (!(w->mem = carve(sz, 15, part))) return -1;
+    w->Kp = part[0], w->Vt = part[1], w->Kv = part[2], w->q2 = part[3], w->do2 = part[4];
+    w->dKa = part[5], w->dVa = part[6], w->Qb = part[7], w->dOb = part[8], w->S = part[9], w->dP = part[10];
+    w->Pv = part[11], w->dSv = part[12], w->dSb = part[13], w->G = part[14];
+    pack_cols(K, ldk, Tk, hd, w->Kp, Tkp);
+    pack_cols(V, ldk, Tk, hd, w->Vt, Tkp);
+    pack_rows(K, ldk, Tk, hd, w->Kv, Tkp);
+    memset(w->dKa, 0, sz[5]);
+    memset(w->dVa, 0, sz[6]);
+    return 0;
+}
+
 /* Backward of one head (tp_attention_head_bwd's contract) with bf16 products, as AMX tiles take it
  * (bwd_dot below is the AVX512-BF16 form, bit for bit the same results). Per head: K and V packed
  * as B of S = Q K^T and dP = dO V^T, K as B of dQ = dS K, Q^T and dO^T in bf16. Per query block:
@@ -412,44 +464,18 @@ int tp_attention_head_lse_bf16(const float *Q, size_t ldq, const float *K, const
 static int bwd_tiles(int kern, const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
                      const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
                      size_t lddk, int T, int p0, int window, int hd, float scale) {
-    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK;
-    /* one allocation: the per-head packs and accumulators, then the per-block buffers */
-    const size_t sz[15] = {(size_t)hp * Tkp * 4,        (size_t)hp * Tkp * 4,        (size_t)(Tkp / 2) * hd * 4,
-                           (size_t)hd * Tqp * 2,        (size_t)hd * Tqp * 2,        (size_t)hd * Tkp * 4,
-                           (size_t)hd * Tkp * 4,        (size_t)BQ * hd * 2,         (size_t)BQ * hd * 2,
-                           (size_t)BQ * Tkp * 4,        (size_t)BQ * Tkp * 4,        (size_t)(BQ / 2) * Tkp * 4,
-                           (size_t)(BQ / 2) * Tkp * 4, (size_t)BQ * Tkp * 2,        (size_t)BQ * hd * 4};
-    void *part[15];
-    unsigned char *mem = carve(sz, 15, part);
-    if (!mem) return -1;
-    uint32_t *Kp = part[0], *Vt = part[1], *Kv = part[2];
-    uint16_t *Qt = part[3], *dOt = part[4];
-    float *dKt = part[5], *dVt = part[6];
-    uint16_t *Qb = part[7], *dOb = part[8];
-    float *S = part[9], *dP = part[10];
-    uint32_t *Pv = part[11], *dSv = part[12];
-    uint16_t *dSb = part[13];
-    float *G = part[14];
-    pack_cols(K, ldk, Tk, hd, Kp, Tkp);
-    pack_cols(V, ldk, Tk, hd, Vt, Tkp);
-    pack_rows(K, ldk, Tk, hd, Kv, Tkp);
+    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), BQ = TP_ATT_BLOCK;
+    bwd_ws w;
+    if (bwd_ws_init(&w, K, V, ldk, T, p0, hd)) return -1;
+    uint32_t *Kp = w.Kp, *Vt = w.Vt, *Kv = w.Kv, *Pv = w.Pv, *dSv = w.dSv;
+    uint16_t *Qt = w.q2, *dOt = w.do2, *Qb = w.Qb, *dOb = w.dOb, *dSb = w.dSb;
+    float *dKt = w.dKa, *dVt = w.dVa, *S = w.S, *dP = w.dP, *G = w.G;
     pack_t(Q, ldq, T, hd, Qt, Tqp);
     pack_t(dO, ldo, T, hd, dOt, Tqp);
-    memset(dKt, 0, (size_t)hd * Tkp * 4);
-    memset(dVt, 0, (size_t)hd * Tkp * 4);
     tiles_begin(kern);
     for (int i0 = 0; i0 < T; i0 += BQ) {
-        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
-        int kmin = tp_att_first_key(p0 + i0, window) & ~31;
-        int nk = kmax - kmin, nkp = up32(nk), bqp = up32(bq), mp = bqp / 32;
-        for (int r = 0; r < bq; r++) {
-            tp_bf16_convert(Q + (size_t)(i0 + r) * ldq, (size_t)hd, Qb + (size_t)r * hd);
-            tp_bf16_convert(dO + (size_t)(i0 + r) * ldo, (size_t)hd, dOb + (size_t)r * hd);
-        }
-        if (bq < bqp) {
-            memset(Qb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
-            memset(dOb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
-        }
+        int bq, kmin, nkp, bqp, mp;
+        block_begin(Q, ldq, dO, ldo, i0, T, p0, window, hd, Qb, dOb, &bq, &kmin, &nkp, &bqp, &mp);
         /* S = Q K^T and dP = dO V^T over the block's keys */
         for (int m = 0; m < mp; m++) {
             gemm_32(kern, Qb + (size_t)m * 32 * hd, hd, Kp + kmin, Tkp, hd / 32, nkp / 32, S + (size_t)m * 32 * nkp, nkp,
@@ -471,10 +497,7 @@ static int bwd_tiles(int kern, const float *Q, size_t ldq, const float *K, const
             tp_exp_affine_sum(pr + lo, lse[i0 + r] / scale, scale, pr + lo, (size_t)(nvis - lo));
             for (int j = 0; j < lo; j++) pr[j] = 0;
             for (int j = nvis; j < nkp; j++) pr[j] = 0;
-            const float *o = O + (size_t)(i0 + r) * ldo, *go = dO + (size_t)(i0 + r) * ldo;
-            __m512 acc = _mm512_setzero_ps();
-            for (int e = 0; e < hd; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(go + e), _mm512_loadu_ps(o + e), acc);
-            const __m512 vd = _mm512_set1_ps(_mm512_reduce_add_ps(acc)); /* sum_j P dP = dO . O */
+            const __m512 vd = row_dot(dO + (size_t)(i0 + r) * ldo, O + (size_t)(i0 + r) * ldo, hd);
             for (int j = 0; j < nkp; j += 16) {
                 __m512 pj = _mm512_loadu_ps(pr + j);
                 _mm512_storeu_ps(dr + j, _mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(dr + j), vd)));
@@ -494,18 +517,13 @@ static int bwd_tiles(int kern, const float *Q, size_t ldq, const float *K, const
         for (int m = 0; m < mp; m++)
             gemm_32(kern, dSb + (size_t)m * 32 * nkp, nkp, Kv + (size_t)(kmin / 2) * hd, hd, nkp / 32, hd / 32,
                     G + (size_t)m * 32 * hd, hd, 0);
-        const __m512 vs = _mm512_set1_ps(scale);
-        for (int r = 0; r < bq; r++) {
-            float *d = dQ + (size_t)(i0 + r) * lddq;
-            const float *g = G + (size_t)r * hd;
-            for (int e = 0; e < hd; e += 16) _mm512_storeu_ps(d + e, _mm512_mul_ps(vs, _mm512_loadu_ps(g + e)));
-        }
+        store_dq(G, bq, hd, scale, dQ, lddq, i0);
     }
     tiles_end(kern);
     /* the transposed accumulators back into dK, dV (added), 16 keys at a time */
     add_t(dKt, Tkp, Tk, hd, scale, dK, lddk);
     add_t(dVt, Tkp, Tk, hd, 1.0f, dV, lddk);
-    free(mem);
+    free(w.mem);
     return 0;
 }
 
@@ -521,42 +539,18 @@ static int bwd_tiles(int kern, const float *Q, size_t ldq, const float *K, const
 static int bwd_dot(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, const float *O,
                    const float *dO, size_t ldo, const float *lse, float *dQ, size_t lddq, float *dK, float *dV,
                    size_t lddk, int T, int p0, int window, int hd, float scale) {
-    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), hp = hd / 2, BQ = TP_ATT_BLOCK, hn = hd / 32;
-    const size_t sz[15] = {(size_t)hp * Tkp * 4,       (size_t)hp * Tkp * 4,       (size_t)(Tkp / 2) * hd * 4,
-                           (size_t)(Tqp / 2) * hd * 4, (size_t)(Tqp / 2) * hd * 4, (size_t)Tkp * hd * 4,
-                           (size_t)Tkp * hd * 4,       (size_t)BQ * hd * 2,        (size_t)BQ * hd * 2,
-                           (size_t)BQ * Tkp * 4,       (size_t)BQ * Tkp * 4,       (size_t)(BQ / 2) * Tkp * 4,
-                           (size_t)(BQ / 2) * Tkp * 4, (size_t)BQ * Tkp * 2,       (size_t)BQ * hd * 4};
-    void *part[15];
-    unsigned char *mem = carve(sz, 15, part);
-    if (!mem) return -1;
-    uint32_t *Kp = part[0], *Vt = part[1], *Kv = part[2], *Qv = part[3], *dOv = part[4];
-    float *dKa = part[5], *dVa = part[6];
-    uint16_t *Qb = part[7], *dOb = part[8];
-    float *S = part[9], *dP = part[10];
-    uint32_t *Pv = part[11], *dSv = part[12];
-    uint16_t *dSb = part[13];
-    float *G = part[14];
-    pack_cols(K, ldk, Tk, hd, Kp, Tkp);
-    pack_cols(V, ldk, Tk, hd, Vt, Tkp);
-    pack_rows(K, ldk, Tk, hd, Kv, Tkp);
+    int Tk = p0 + T, Tkp = up32(Tk), Tqp = up32(T), BQ = TP_ATT_BLOCK, hn = hd / 32;
+    bwd_ws w;
+    if (bwd_ws_init(&w, K, V, ldk, T, p0, hd)) return -1;
+    uint32_t *Kp = w.Kp, *Vt = w.Vt, *Kv = w.Kv, *Qv = w.q2, *dOv = w.do2, *Pv = w.Pv, *dSv = w.dSv;
+    uint16_t *Qb = w.Qb, *dOb = w.dOb, *dSb = w.dSb;
+    float *dKa = w.dKa, *dVa = w.dVa, *S = w.S, *dP = w.dP, *G = w.G;
     pack_rows(Q, ldq, T, hd, Qv, Tqp);
     pack_rows(dO, ldo, T, hd, dOv, Tqp);
-    memset(dKa, 0, (size_t)Tkp * hd * 4);
-    memset(dVa, 0, (size_t)Tkp * hd * 4);
     const __m512 vs = _mm512_set1_ps(scale);
     for (int i0 = 0; i0 < T; i0 += BQ) {
-        int bq = T - i0 < BQ ? T - i0 : BQ, kmax = p0 + i0 + bq;
-        int kmin = tp_att_first_key(p0 + i0, window) & ~31;
-        int nk = kmax - kmin, nkp = up32(nk), bqp = up32(bq), mp = bqp / 32;
-        for (int r = 0; r < bq; r++) {
-            tp_bf16_convert(Q + (size_t)(i0 + r) * ldq, (size_t)hd, Qb + (size_t)r * hd);
-            tp_bf16_convert(dO + (size_t)(i0 + r) * ldo, (size_t)hd, dOb + (size_t)r * hd);
-        }
-        if (bq < bqp) {
-            memset(Qb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
-            memset(dOb + (size_t)bq * hd, 0, (size_t)(bqp - bq) * hd * 2);
-        }
+        int bq, kmin, nkp, bqp, mp;
+        block_begin(Q, ldq, dO, ldo, i0, T, p0, window, hd, Qb, dOb, &bq, &kmin, &nkp, &bqp, &mp);
         /* S = Q K^T and dP = dO V^T, each 32 rows up to the last key they see */
         for (int m = 0; m < mp; m++) {
             int last = p0 + i0 + (m * 32 + 32 < bq ? m * 32 + 32 : bq), nn = up32(last - kmin) / 32;
@@ -576,11 +570,7 @@ static int bwd_dot(const float *Q, size_t ldq, const float *K, const float *V, s
                 nvis[x] = qpos + 1 - kmin;
                 lo[x] = tp_att_first_key(qpos, window) - kmin;
                 vsub[x] = _mm512_set1_ps(lse[i0 + r + x] / scale);
-                const float *o = O + (size_t)(i0 + r + x) * ldo, *go = dO + (size_t)(i0 + r + x) * ldo;
-                __m512 acc = _mm512_setzero_ps();
-                for (int e = 0; e < hd; e += 16)
-                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(go + e), _mm512_loadu_ps(o + e), acc);
-                vd[x] = _mm512_set1_ps(_mm512_reduce_add_ps(acc)); /* sum_j P dP = dO . O */
+                vd[x] = row_dot(dO + (size_t)(i0 + r + x) * ldo, O + (size_t)(i0 + r + x) * ldo, hd);
             }
             const float *s0 = S + (size_t)r * nkp, *d0 = dP + (size_t)r * nkp;
             uint32_t *pv = Pv + (size_t)(r / 2) * nkp, *sv = dSv + (size_t)(r / 2) * nkp;
@@ -622,11 +612,7 @@ static int bwd_dot(const float *Q, size_t ldq, const float *K, const float *V, s
             dot_gemm_32(dSb + (size_t)m * 32 * nkp, nkp, Kv + (size_t)(kmin / 2) * hd, hd, kk, hn,
                         G + (size_t)m * 32 * hd, hd, 0);
         }
-        for (int r = 0; r < bq; r++) {
-            float *d = dQ + (size_t)(i0 + r) * lddq;
-            const float *g = G + (size_t)r * hd;
-            for (int e = 0; e < hd; e += 16) _mm512_storeu_ps(d + e, _mm512_mul_ps(vs, _mm512_loadu_ps(g + e)));
-        }
+        store_dq(G, bq, hd, scale, dQ, lddq, i0);
     }
     /* into dK (times scale) and dV, added */
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -638,7 +624,7 @@ static int bwd_dot(const float *Q, size_t ldq, const float *K, const float *V, s
             _mm512_storeu_ps(dv + e, _mm512_fmadd_ps(one, _mm512_loadu_ps(va + e), _mm512_loadu_ps(dv + e)));
         }
     }
-    free(mem);
+    free(w.mem);
     return 0;
 }
 
