@@ -66,6 +66,11 @@ mkdir -p "$WORK"
 
 report() { "$PY" bench/report.py "$@"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+# the training sections' tokens: WikiText-2 valid, tokenized once into $WORK/wiki_valid
+wiki_valid() {
+  [ -f "$WORK/wiki_valid/manifest.json" ] ||
+    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+}
 
 # timed NAME CMD...: run CMD under /usr/bin/time -v with stdout/stderr in $WORK/NAME.{out,err,time};
 # prints the command first; sets RC (the command's exit status) instead of stopping the script
@@ -156,8 +161,7 @@ train() {
   echo "## training step: SmolLM2-135M fp32 weights, CE, seq $SEQ, batch $BATCH, AdamW + clip 1," \
        "$WARMUP warm-up + $STEPS timed steps (load average $(loadavg))"
   teacher_info
-  [ -f "$WORK/wiki_valid/manifest.json" ] ||
-    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  wiki_valid
   local rows="$WORK/train.rows"
   : >"$rows"
   local prec rep
@@ -219,8 +223,7 @@ distill() {
   teacher_info
   make_student
   echo "student: $STUDENT ($(report student "$STUDENT/prune_plan.json"))"
-  [ -f "$WORK/wiki_valid/manifest.json" ] ||
-    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  wiki_valid
   local variant
   for variant in logits inter; do
     local rows="$WORK/distill_$variant.rows" taper_extra=() peer_extra=() pairs=0 title
@@ -303,8 +306,7 @@ mpi() {
        "global batch $BATCH, $WARMUP warm-up + $STEPS timed steps (load average $(loadavg))"
   command -v mpirun >/dev/null || { echo "  n/a: mpirun not found (make deps installs Open MPI)"; return 0; }
   teacher_info
-  [ -f "$WORK/wiki_valid/manifest.json" ] ||
-    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  wiki_valid
   local common=(--data "$WORK/wiki_valid" --steps $((WARMUP + STEPS)) --seq "$SEQ" --val-every -1 --ckpt-every 0
                 --keep 1 --quiet)
   echo; echo "### taper train (CE)"
@@ -402,8 +404,7 @@ kernels() {
   echo "\$ $PY bench/matmul_peer.py --threads $THREADS --reps 20"
   "$PY" bench/matmul_peer.py --threads "$THREADS" --reps 20 || echo "  (exit $?)"
   echo; echo "### the same products inside taper train's fourth step (bf16, ONEDNN_VERBOSE=1)"
-  [ -f "$WORK/wiki_valid/manifest.json" ] ||
-    "$BIN" tokenize "$MODEL" -o "$WORK/wiki_valid" --doc-split blank --threads "$THREADS" "$VALID_TEXT" >/dev/null
+  wiki_valid
   rm -rf "$WORK/kernels_train"
   echo "\$ ONEDNN_VERBOSE=1 $BIN train $MODEL --data $WORK/wiki_valid --steps 4 --seq $SEQ --batch $BATCH --precision bf16 ..."
   ONEDNN_VERBOSE=1 "$BIN" train "$MODEL" --data "$WORK/wiki_valid" --steps 4 --seq "$SEQ" --batch "$BATCH" \

@@ -213,13 +213,17 @@ static void tiles_end(int k) {
     (void)k;
 }
 
+/* The mask of lanes [a, b) of 16 (either end may lie outside 0..16). */
+static inline __mmask16 lanes(int a, int b) {
+    return (__mmask16)((b >= 16 ? 0xffffu : b <= 0 ? 0u : (1u << b) - 1u) &
+                       (a <= 0 ? 0xffffu : a >= 16 ? 0u : ~((1u << a) - 1u)));
+}
+
 /* pb[0..n) = bf16(row[j] * inv) for lo <= j < nvis, 0 elsewhere (n a multiple of 16). */
 static inline void probs_bf16(const float *row, int lo, int nvis, int n, float inv, uint16_t *pb) {
     const __m512 vi = _mm512_set1_ps(inv);
     for (int j = 0; j < n; j += 16) {
-        int a = lo - j, b = nvis - j; /* lanes [a, b) are kept */
-        __mmask16 m = (__mmask16)((b >= 16 ? 0xffffu : b <= 0 ? 0u : (1u << b) - 1u) &
-                                  (a <= 0 ? 0xffffu : a >= 16 ? 0u : ~((1u << a) - 1u)));
+        __mmask16 m = lanes(lo - j, nvis - j);
         __m512 v = _mm512_maskz_mul_ps(m, _mm512_maskz_loadu_ps(m, row + j), vi);
         _mm256_storeu_si256((__m256i *)(pb + j), (__m256i)_mm512_cvtneps_pbh(v));
     }
@@ -578,9 +582,7 @@ static int bwd_dot(const float *Q, size_t ldq, const float *K, const float *V, s
             for (int j = 0; j < nkp; j += 16) {
                 __m512i hp[2], hs[2];
                 for (int x = 0; x < 2; x++) {
-                    int a = lo[x] - j, b = nvis[x] - j; /* lanes [a, b) are visible */
-                    __mmask16 km = (__mmask16)((b >= 16 ? 0xffffu : b <= 0 ? 0u : (1u << b) - 1u) &
-                                               (a <= 0 ? 0xffffu : a >= 16 ? 0u : ~((1u << a) - 1u)));
+                    __mmask16 km = lanes(lo[x] - j, nvis[x] - j); /* the visible keys */
                     __m512 pj = _mm512_sub_ps(_mm512_maskz_loadu_ps(km, s0 + (size_t)x * nkp + j), vsub[x]);
                     if (scale != 1.0f) pj = _mm512_mul_ps(pj, vs);
                     pj = _mm512_maskz_mov_ps(km, v_exp(pj));
