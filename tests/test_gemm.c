@@ -9,6 +9,7 @@
 #include "taper/model.h"
 #include "taper/rng.h"
 #include "taper/train.h"
+#include "train/train_internal.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -329,6 +330,97 @@ out:
     tp_model_free(m); /* also drops m's registered bf16 copies */
     tp_model_free(g1);
     tp_model_free(g2);
+}
+
+/* The bf16 product inputs the tape keeps for the backward (tape_bf16_alloc) are the values the
+ * backward would rebuild and convert otherwise: loss and every gradient the same bits, with them
+ * and without (tp_tape_keep_bf16), on a Llama-like config and on a Gemma-3-like one with
+ * per-layer widths; and the same again from a recompute tape, which keeps none. */
+TT_TEST(bf16_tape_inputs_same_bits) {
+    int backend = tp_gemm_backend();
+    for (int v = 0; v < 4; v++) { /* configs 0, 1 on the build's products, then on the plain loops */
+        if (v == 2 && tp_gemm_set_backend(TP_GEMM_LOOPS) != 0) break;
+        tp_config c;
+        memset(&c, 0, sizeof c);
+        c.vocab = 300;
+        c.d_model = 64;
+        c.n_layers = 3;
+        c.n_heads = 4;
+        c.n_kv_heads = 2;
+        c.head_dim = 16;
+        c.d_ff = 160;
+        c.max_pos = 128;
+        c.rope_theta = 10000;
+        c.norm_eps = 1e-5f;
+        c.bos_id = c.eos_id = -1;
+        if (v % 2) {
+            c.arch = TP_ARCH_GEMMA3;
+            c.qk_norm = c.sandwich_norm = c.norm_plus_one = c.embed_scale = 1;
+            c.act = TP_ACT_GELU_TANH;
+            int ff[3] = {160, 96, 128}, heads[3] = {4, 2, 4};
+            tp_config_set_widths(&c, ff, heads);
+        }
+        const char *names[4] = {"llama-like", "gemma3-like, per-layer widths", "llama-like, loops",
+                                "gemma3-like, loops"};
+        const char *name = names[v];
+        tp_model *m = NULL, *g[3] = {NULL, NULL, NULL};
+        tp_tape *tape[3] = {NULL, NULL, NULL};
+        int prec = tp_gemm_precision();
+        tp_gemm_set_precision(TP_PREC_BF16);
+        int B = 2, T = 40, ok = TT_CHECK(tp_config_validate(&c) == TP_OK, "%s: config: %s", name, tp_errmsg());
+        for (int k = 0; ok && k < 3; k++) {
+            tp_tape_keep_bf16(k == 0);
+            ok = tp_model_alloc(&c, &g[k]) == TP_OK && tp_tape_alloc(&c, B, T, k == 2, &tape[k]) == TP_OK;
+        }
+        tp_tape_keep_bf16(1);
+        ok = ok && tp_model_alloc(&c, &m) == TP_OK;
+        if (!TT_CHECK(ok, "%s: alloc: %s", name, tp_errmsg())) goto next;
+        tp_rng r;
+        tp_rng_seed(&r, 21 + (uint64_t)v);
+        fill(m->params, m->n_params, &r, 0.08f);
+        int32_t tok[80], tgt[80];
+        for (int i = 0; i < B * T; i++) {
+            tok[i] = (int32_t)(tp_rng_u64(&r) % (uint64_t)c.vocab);
+            tgt[i] = (int32_t)(tp_rng_u64(&r) % (uint64_t)c.vocab);
+        }
+        TT_CHECK(tp_model_prepare_precision(m, 0) == TP_OK, "prepare");
+        size_t kept = tp_tape_bytes(tape[0]), plain = tp_tape_bytes(tape[1]);
+        size_t per_layer = (size_t)B * T * (2 * 64 + 4 * 16 + 160) * 2; /* the widest layer's bf16 inputs */
+        TT_CHECK(kept > plain && kept - plain >= per_layer && kept - plain <= 3 * per_layer + 4096,
+                 "%s: the tape keeps %zu more bytes (expected about %zu per layer)", name, kept - plain, per_layer);
+        double loss[3] = {0, 0, 0};
+        tp_step_opts o;
+        memset(&o, 0, sizeof o);
+        o.targets = tgt;
+        for (int k = 0; k < 3; k++) {
+            tp_tape_keep_bf16(k != 1); /* a step allocates them where the tape lacks them */
+            TT_CHECK(tp_train_step(m, g[k], tape[k], tok, B, T, &o, &loss[k], NULL) == TP_OK, "%s: step %d: %s", name,
+                     k, tp_errmsg());
+        }
+        tp_tape_keep_bf16(1);
+        TT_CHECK(tp_tape_bytes(tape[1]) == plain && tp_tape_bytes(tape[2]) < plain, "%s: tape bytes after the steps",
+                 name);
+        size_t diff1 = 0, diff2 = 0, nonzero = 0;
+        for (size_t i = 0; i < m->n_params; i++) {
+            diff1 += memcmp(&g[0]->params[i], &g[1]->params[i], sizeof(float)) != 0;
+            diff2 += memcmp(&g[0]->params[i], &g[2]->params[i], sizeof(float)) != 0;
+            nonzero += g[0]->params[i] != 0.0f;
+        }
+        tt_note("%s: loss %.6f; %zu of %zu gradients nonzero; tape %zu bytes kept, %zu without", name, loss[0], nonzero,
+                m->n_params, kept, plain);
+        TT_CHECK(loss[0] == loss[1] && loss[0] == loss[2], "%s: losses %.9g %.9g %.9g", name, loss[0], loss[1], loss[2]);
+        TT_CHECK(diff1 == 0 && diff2 == 0 && nonzero > m->n_params / 2,
+                 "%s: %zu gradients differ without the kept inputs, %zu with recompute (%zu nonzero)", name, diff1, diff2,
+                 nonzero);
+    next:
+        tp_gemm_set_precision(prec);
+        for (int k = 0; k < 3; k++) {
+            tp_tape_free(tape[k]);
+            tp_model_free(g[k]);
+        }
+        tp_model_free(m);
+    }
+    tp_gemm_set_backend(backend);
 }
 
 /* ulp distance between two finite floats of the same sign (or both zero) */

@@ -288,18 +288,26 @@ const unsigned short *tp_gemm_bf16_find(const float *w, size_t n) { return bf16_
 typedef struct {
     const float *p;
     size_t n, cap;
-    uint16_t *h;
+    uint16_t *h;         /* the slot's own buffer (kept between pins) */
+    const uint16_t *use; /* what products read: h, or the caller's buffer (tp_gemm_bf16_pin_given) */
 } pin_entry;
 static pin_entry g_pins[NPIN];
 static pthread_mutex_t g_pin_mu = PTHREAD_MUTEX_INITIALIZER;
 
-void tp_gemm_bf16_pin(const float *p, size_t n) {
-    if (g_prec != TP_PREC_BF16 || !p || !n) return;
-    pthread_mutex_lock(&g_pin_mu);
+/* The slot for p: the one already pinning p, else a free one; -1 when all are taken. */
+static int pin_slot(const float *p) {
     int slot = -1;
     for (int i = 0; i < NPIN; i++)
         if (g_pins[i].p == p || (slot < 0 && !g_pins[i].p)) slot = i;
-    if (slot >= 0 && g_pins[slot].cap < n) {
+    return slot;
+}
+
+/* Pins p (n values) to its bf16 form: into buf when given, else into the slot's own buffer. */
+static int pin_convert(const float *p, size_t n, uint16_t *buf) {
+    if (g_prec != TP_PREC_BF16 || !p || !n) return -1;
+    pthread_mutex_lock(&g_pin_mu);
+    int slot = pin_slot(p);
+    if (slot >= 0 && !buf && g_pins[slot].cap < n) {
         uint16_t *h = realloc(g_pins[slot].h, n * sizeof *h);
         if (h) {
             g_pins[slot].h = h;
@@ -308,11 +316,38 @@ void tp_gemm_bf16_pin(const float *p, size_t n) {
             slot = -1; /* not pinned: the products convert it as before */
     }
     if (slot >= 0) {
-        to_bf16(p, 1, n, n, g_pins[slot].h);
+        uint16_t *dst = buf ? buf : g_pins[slot].h;
+        to_bf16(p, 1, n, n, dst);
         g_pins[slot].p = p;
         g_pins[slot].n = n;
+        g_pins[slot].use = dst;
     }
     pthread_mutex_unlock(&g_pin_mu);
+    return slot >= 0 ? 0 : -1;
+}
+
+void tp_gemm_bf16_pin(const float *p, size_t n) { (void)pin_convert(p, n, NULL); }
+
+int tp_gemm_bf16_pin_to(const float *p, size_t n, unsigned short *buf) {
+    return buf ? pin_convert(p, n, buf) : -1;
+}
+
+int tp_gemm_bf16_pin_given(const float *p, size_t n, const unsigned short *h) {
+#if !defined(TP_HAVE_BLAS) && !defined(TP_HAVE_DNNL)
+    (void)p, (void)n, (void)h;
+    return -1; /* the products (kernels.c) are the fp32 reference loops, which read p */
+#else
+    if (g_prec != TP_PREC_BF16 || !p || !n || !h) return -1;
+    pthread_mutex_lock(&g_pin_mu);
+    int slot = pin_slot(p);
+    if (slot >= 0) {
+        g_pins[slot].p = p;
+        g_pins[slot].n = n;
+        g_pins[slot].use = h;
+    }
+    pthread_mutex_unlock(&g_pin_mu);
+    return slot >= 0 ? 0 : -1;
+#endif
 }
 
 void tp_gemm_bf16_unpin(const float *p) {
@@ -327,7 +362,7 @@ static const uint16_t *pin_lookup(const float *p, size_t elems) {
     const uint16_t *h = NULL;
     pthread_mutex_lock(&g_pin_mu);
     for (int i = 0; i < NPIN && !h; i++)
-        if (g_pins[i].p == p && g_pins[i].n >= elems) h = g_pins[i].h;
+        if (g_pins[i].p == p && g_pins[i].n >= elems) h = g_pins[i].use;
     pthread_mutex_unlock(&g_pin_mu);
     return h;
 }
@@ -386,31 +421,48 @@ static void gemm_fp32(int ta, int tb, int M, int N, int K, float alpha, const fl
     gemm_loops(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* bf16 semantics without oneDNN: round both inputs to bf16 (as fp32 values), multiply in fp32. */
-static int gemm_rounded(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                        int ldb, float beta, float *C, int ldc) {
+/* Element (r, c) of a row-major matrix (leading dimension ld) as bf16 rounds it: from h, its
+ * dense bf16 copy, when it has one. */
+static inline float rounded_at(const float *X, size_t ld, const uint16_t *h, size_t cols, size_t r, size_t c) {
+    return tp_bf16_to_f32(h ? h[r * cols + c] : tp_f32_to_bf16(X[r * ld + c]));
+}
+
+/* bf16 semantics without oneDNN: round both inputs to bf16 (as fp32 values), multiply in fp32.
+ * A registered weight or a pinned input is read from its bf16 copy (the same values: the fp32
+ * rounded), since a frozen weight may have given its fp32 memory back (tp_model_freeze_bf16)
+ * and an input pinned by tp_gemm_bf16_pin_given need not hold its values. So this never falls
+ * back to the fp32 inputs: without memory for the rounded copies it multiplies element by
+ * element. */
+static void gemm_rounded(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                         int ldb, float beta, float *C, int ldc) {
     size_t ar = ta ? (size_t)K : (size_t)M, ac = ta ? (size_t)M : (size_t)K;
     size_t br = tb ? (size_t)N : (size_t)K, bc = tb ? (size_t)K : (size_t)N;
+    const uint16_t *ra = (size_t)lda == ac ? bf16_copy(A, ar * ac) : NULL;
+    const uint16_t *rb = (size_t)ldb == bc ? bf16_copy(B, br * bc) : NULL;
     float *a = malloc(ar * ac * sizeof *a), *b = malloc(br * bc * sizeof *b);
     if (!a || !b) {
         free(a);
         free(b);
-        return -1;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float acc = 0;
+                for (int k = 0; k < K; k++)
+                    acc += (ta ? rounded_at(A, (size_t)lda, ra, ac, (size_t)k, (size_t)i)
+                               : rounded_at(A, (size_t)lda, ra, ac, (size_t)i, (size_t)k)) *
+                           (tb ? rounded_at(B, (size_t)ldb, rb, bc, (size_t)j, (size_t)k)
+                               : rounded_at(B, (size_t)ldb, rb, bc, (size_t)k, (size_t)j));
+                float *c = C + (size_t)i * ldc + j;
+                *c = alpha * acc + (beta == 0.0f ? 0.0f : beta * *c);
+            }
+        return;
     }
-    /* a registered weight is read from its bf16 copy (the same values: it is the fp32 rounded),
-     * since a frozen one may have given its fp32 memory back (tp_model_freeze_bf16) */
-    const uint16_t *ra = (size_t)lda == ac ? bf16_lookup(A, ar * ac) : NULL;
-    const uint16_t *rb = (size_t)ldb == bc ? bf16_lookup(B, br * bc) : NULL;
     for (size_t r = 0; r < ar; r++)
-        for (size_t c = 0; c < ac; c++)
-            a[r * ac + c] = tp_bf16_to_f32(ra ? ra[r * ac + c] : tp_f32_to_bf16(A[r * (size_t)lda + c]));
+        for (size_t c = 0; c < ac; c++) a[r * ac + c] = rounded_at(A, (size_t)lda, ra, ac, r, c);
     for (size_t r = 0; r < br; r++)
-        for (size_t c = 0; c < bc; c++)
-            b[r * bc + c] = tp_bf16_to_f32(rb ? rb[r * bc + c] : tp_f32_to_bf16(B[r * (size_t)ldb + c]));
+        for (size_t c = 0; c < bc; c++) b[r * bc + c] = rounded_at(B, (size_t)ldb, rb, bc, r, c);
     gemm_fp32(ta, tb, M, N, K, alpha, a, (int)ac, b, (int)bc, beta, C, ldc);
     free(a);
     free(b);
-    return 0;
 }
 
 /* ------------------------------------------------------------------ oneDNN */
@@ -575,6 +627,7 @@ static int skinny(int bf16, int M, int K, float alpha, const float *A, int lda, 
     if (!g_decode_kernels || n < 1 || n > 4 || M > (g_decode_step ? TP_SKINNY_MAX_M : TP_SKINNY_STREAM_M) ||
         tp_gemm_backend() == TP_GEMM_LOOPS)
         return -1;
+    if (bf16 && pin_lookup(A, 1)) return -1; /* these kernels round A from fp32 */
     tp_skinny_seg seg[4];
     size_t work = 0;
     for (int i = 0; i < n; i++) {
@@ -608,8 +661,8 @@ static void gemm_any(int bf16, int ta, int tb, int M, int N, int K, float alpha,
         return;
 #endif
     (void)be;
-    if (bf16 && gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0) return;
-    gemm_fp32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (bf16) gemm_rounded(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else gemm_fp32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 int tp_sgemm_prec_shared(int M, int K, const float *A, int lda, int n, const float *const *B, const int *N,

@@ -63,6 +63,16 @@ int tp_gemm_bf16_current(const float *w, size_t n);
 /* Under bf16 precision, the n values at p converted once for the products that read them until
  * unpin (p must not change in between); a no-op in fp32 or when the few slots are taken. */
 void tp_gemm_bf16_pin(const float *p, size_t n);
+/* The same, converted into the caller's buffer buf (n values), which must outlive the pin and
+ * which the caller may pin again later with tp_gemm_bf16_pin_given. 0 when pinned, -1 when not
+ * (fp32, no slot free): then the products convert p themselves. */
+int tp_gemm_bf16_pin_to(const float *p, size_t n, unsigned short *buf);
+/* Pins p to h, n values already in bf16 (what tp_gemm_bf16_pin_to wrote for the same values):
+ * products that read the matrix at p whole (dense rows, as the training step's do) read h and
+ * never p, so p need not hold the values. 0 when pinned; -1 when not (fp32, no slot free, a
+ * build whose products are the reference loops), and then p must hold the values before any
+ * product reads it. */
+int tp_gemm_bf16_pin_given(const float *p, size_t n, const unsigned short *h);
 void tp_gemm_bf16_unpin(const float *p);
 void tp_gemm_shutdown(void); /* frees cached primitives and buffers (tests, leak checkers) */
 unsigned short tp_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */

@@ -40,6 +40,13 @@ typedef struct {
     /* sandwich_norm (Gemma 3): o_proj / down_proj outputs before their norms, and their 1/rms */
     float *ao, *mo;         /* (N, d) each; NULL without sandwich_norm */
     float *rstd3, *rstd4;   /* (N) each */
+    /* bf16 precision without grad hooks (tape_bf16_alloc): the products' bf16 inputs that the
+     * backward reads again, kept from the forward instead of rebuilt and converted again. *_ok:
+     * the forward pinned them there this step. */
+    uint16_t *h1b, *h2b;    /* (N, d) attention and MLP norm outputs */
+    uint16_t *attb;         /* (N, nh*hd) att */
+    uint16_t *actb;         /* (N, ff) act */
+    int h1_ok, h2_ok, att_ok, act_ok;
 } layer_tape;
 
 struct tp_tape {
@@ -71,8 +78,12 @@ struct tp_tape {
     double *row_loss;   /* (logit_chunk) */
     int *pos;           /* (N) */
     float *block;       /* the allocation every float view above points into */
+    uint16_t *bblock;   /* the layers' bf16 inputs (h1b, h2b, attb, actb); NULL when not kept */
     size_t bytes;
 };
+
+static int g_keep_bf16 = 1; /* tests: tp_tape_keep_bf16 */
+void tp_tape_keep_bf16(int on) { g_keep_bf16 = on != 0; }
 
 
 /* ---------------------------------- tape ---------------------------------- */
@@ -151,6 +162,34 @@ static void tape_layout(tp_tape *t, layout *ly) {
     t->dproj = c->sandwich_norm ? place(ly, N, d) : NULL;
 }
 
+/* Under bf16 precision, the bf16 forms of the layers' norm outputs, attention outputs and gated
+ * activations, kept from the forward for the backward's weight-gradient products: the backward
+ * then neither rebuilds them in fp32 (norm_apply, act_mul_to) nor converts them again. They are
+ * the very values the forward's products read, so every result keeps its bits. Not with
+ * recompute (which exists to save memory); a failed allocation leaves the tape without them. */
+static void tape_bf16_alloc(tp_tape *t) {
+    if (t->bblock || t->recompute || !g_keep_bf16 || tp_gemm_precision() != TP_PREC_BF16) return;
+    const tp_config *c = &t->cfg;
+    size_t N = t->N, d = (size_t)c->d_model, n = 0, sz[4];
+    for (int pass = 0; pass < 2; pass++) {
+        n = 0;
+        for (int l = 0; l < c->n_layers; l++) {
+            layer_tape *s = &t->lt[l];
+            size_t qd = (size_t)tp_config_heads(c, l) * (size_t)c->head_dim, ff = (size_t)tp_config_ff(c, l);
+            sz[0] = sz[1] = N * d;
+            sz[2] = N * qd;
+            sz[3] = N * ff;
+            uint16_t **v[4] = {&s->h1b, &s->h2b, &s->attb, &s->actb};
+            for (int i = 0; i < 4; i++) {
+                if (pass) *v[i] = t->bblock + n;
+                n += (sz[i] + 31) & ~(size_t)31; /* 64-byte aligned views */
+            }
+        }
+        if (!pass && !(t->bblock = aligned_alloc(64, n * sizeof(uint16_t)))) return;
+    }
+    t->bytes += n * sizeof(uint16_t);
+}
+
 tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape **out) {
     *out = NULL;
     tp_status s = tp_config_validate(c);
@@ -190,6 +229,7 @@ tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape
     t->bytes = nbytes + chunk * sizeof *t->row_loss + t->N * sizeof *t->pos + (size_t)c->n_layers * sizeof *t->lt;
     tp_rope_inv_freq(c, t->inv_freq);
     tp_rope_inv_freq_local(c, t->inv_freq_local);
+    tape_bf16_alloc(t);
     *out = t;
     return TP_OK;
 }
@@ -197,6 +237,7 @@ tp_status tp_tape_alloc(const tp_config *c, int B, int T, int recompute, tp_tape
 void tp_tape_free(tp_tape *t) {
     if (!t) return;
     free(t->block);
+    free(t->bblock);
     free(t->lt);
     free(t->row_loss);
     free(t->pos);
@@ -280,6 +321,7 @@ typedef struct {
     size_t N;
     float alpha;
     const tp_step_opts *o;
+    int bt; /* keep the products' bf16 inputs in the tape (tape_bf16_alloc) this step */
 } step_ctx;
 
 /* The caller's forward hook and grad hook, when set. */
@@ -310,7 +352,9 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     tp_rmsnorm_fwd(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), tp->h, s->rstd1, N, d, eps);
     if (hooks) fhook(cx, TP_HOOK_ATTN_NORM, l, tp->h, d);
     float *q = c->qk_norm ? s->qr : s->q, *k = c->qk_norm ? s->kr : s->k;
-    tp_gemm_bf16_pin(tp->h, N * d); /* bf16: converted once for the three products */
+    s->h1_ok = s->h2_ok = s->att_ok = s->act_ok = 0;
+    if (cx->bt) s->h1_ok = !tp_gemm_bf16_pin_to(tp->h, N * d, s->h1b); /* kept for the backward */
+    else tp_gemm_bf16_pin(tp->h, N * d); /* bf16: converted once for the three products */
     tp_matmul_wt(tp->h, L->wq, L->bq, q, N, d, qd);
     tp_matmul_wt(tp->h, L->wk, L->bk, k, N, d, kvd);
     tp_matmul_wt(tp->h, L->wv, L->bv, s->v, N, d, kvd);
@@ -336,15 +380,18 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
                                   tp->att_scratch + (size_t)tp_thread_id() * scr);
         }
     if (hooks) fhook(cx, TP_HOOK_ATTN_OUT, l, s->att, qd);
+    if (cx->bt) s->att_ok = !tp_gemm_bf16_pin_to(s->att, N * qd, s->attb);
     if (c->sandwich_norm) {
         tp_matmul_wt(s->att, L->wo, NULL, s->ao, N, qd, d);
         tp_rmsnorm_fwd(s->ao, tp_norm_weight(c, L->attn_post_norm, d, tp->normw), tp->proj, s->rstd3, N, d, eps);
     } else
         tp_matmul_wt(s->att, L->wo, NULL, tp->proj, N, qd, d);
+    tp_gemm_bf16_unpin(s->att);
     add_to(s->x_mid, x, tp->proj, N * d);
     tp_rmsnorm_fwd(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), tp->h, s->rstd2, N, d, eps);
     if (hooks) fhook(cx, TP_HOOK_MLP_NORM, l, tp->h, d);
-    tp_gemm_bf16_pin(tp->h, N * d);
+    if (cx->bt) s->h2_ok = !tp_gemm_bf16_pin_to(tp->h, N * d, s->h2b);
+    else tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_wt(tp->h, L->w_gate, NULL, s->g, N, d, ff);
     tp_matmul_wt(tp->h, L->w_up, NULL, s->u, N, d, ff);
     tp_gemm_bf16_unpin(tp->h);
@@ -354,11 +401,13 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     if (!x_out && !c->sandwich_norm) return;
     act_mul_to(c, tp->act, s->g, s->u, N * ff);
     if (hooks) fhook(cx, TP_HOOK_MLP_ACT, l, tp->act, ff);
+    if (cx->bt) s->act_ok = !tp_gemm_bf16_pin_to(tp->act, N * ff, s->actb);
     if (c->sandwich_norm) {
         tp_matmul_wt(tp->act, L->w_down, NULL, s->mo, N, ff, d);
         tp_rmsnorm_fwd(s->mo, tp_norm_weight(c, L->mlp_post_norm, d, tp->normw), tp->proj, s->rstd4, N, d, eps);
     } else
         tp_matmul_wt(tp->act, L->w_down, NULL, tp->proj, N, ff, d);
+    tp_gemm_bf16_unpin(tp->act);
     if (!x_out) return;
     add_to(x_out, s->x_mid, tp->proj, N * d);
     if (hooks) fhook(cx, TP_HOOK_LAYER_OUT, l, x_out, d);
@@ -425,12 +474,16 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
                        G->mlp_post_norm, a, N, d);
         dmlp = tp->dproj;
     }
-    norm_apply(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), s->rstd2, tp->h, N, d);
-    act_mul_to(c, tp->act, s->g, s->u, N * ff);
+    /* the norm output and act: from the tape's bf16 forms, else rebuilt in fp32 */
+    int h2 = s->h2_ok && !tp_gemm_bf16_pin_given(tp->h, N * d, s->h2b);
+    if (!h2) norm_apply(s->x_mid, tp_norm_weight(c, L->mlp_norm, d, tp->normw), s->rstd2, tp->h, N, d);
+    int act = s->act_ok && !tp_gemm_bf16_pin_given(tp->act, N * ff, s->actb);
+    if (!act) act_mul_to(c, tp->act, s->g, s->u, N * ff);
     tp_gemm_bf16_pin(dmlp, N * d); /* each gradient read by its dX and dW products */
     tp_matmul_dx(dmlp, L->w_down, tp->dact, N, ff, d, 0);
     tp_matmul_dw(dmlp, tp->act, G->w_down, NULL, N, ff, d, a);
     tp_gemm_bf16_unpin(dmlp);
+    tp_gemm_bf16_unpin(tp->act);
     ghook(cx, TP_HOOK_MLP_ACT, l, tp->act, tp->dact, ff);
     if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff);
     else tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
@@ -438,7 +491,7 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     ghook(cx, TP_HOOK_MLP_GATE, l, s->g, tp->dact, ff);
     tp_gemm_bf16_pin(tp->dact, N * ff);
     tp_gemm_bf16_pin(tp->du, N * ff);
-    tp_gemm_bf16_pin(tp->h, N * d);
+    if (!h2) tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_dx(tp->dact, L->w_gate, tp->dh, N, d, ff, 0);
     tp_matmul_dx(tp->du, L->w_up, tp->dh, N, d, ff, 1);
     tp_matmul_dw(tp->dact, tp->h, G->w_gate, NULL, N, d, ff, a);
@@ -460,9 +513,11 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
         datt_out = tp->dproj;
     }
     tp_gemm_bf16_pin(datt_out, N * d);
+    if (s->att_ok) (void)tp_gemm_bf16_pin_given(s->att, N * qd, s->attb); /* s->att holds the values anyway */
     tp_matmul_dx(datt_out, L->wo, tp->datt, N, qd, d, 0);
     tp_matmul_dw(datt_out, s->att, G->wo, NULL, N, qd, d, a);
     tp_gemm_bf16_unpin(datt_out);
+    tp_gemm_bf16_unpin(s->att);
     ghook(cx, TP_HOOK_ATTN_OUT, l, s->att, tp->datt, qd);
     attention_backward(cx, s, l);
     const float *inv_freq = tp_layer_rope_local(c, l) ? tp->inv_freq_local : tp->inv_freq;
@@ -479,11 +534,12 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
         dq = tp->dqn;
         dk = tp->dkn;
     }
-    norm_apply(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), s->rstd1, tp->h, N, d);
+    int h1 = s->h1_ok && !tp_gemm_bf16_pin_given(tp->h, N * d, s->h1b);
+    if (!h1) norm_apply(x, tp_norm_weight(c, L->attn_norm, d, tp->normw), s->rstd1, tp->h, N, d);
     tp_gemm_bf16_pin(dq, N * qd);
     tp_gemm_bf16_pin(dk, N * kvd);
     tp_gemm_bf16_pin(tp->dv, N * kvd);
-    tp_gemm_bf16_pin(tp->h, N * d);
+    if (!h1) tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_dx(dq, L->wq, tp->dh, N, d, qd, 0);
     tp_matmul_dx(dk, L->wk, tp->dh, N, d, kvd, 1);
     tp_matmul_dx(tp->dv, L->wv, tp->dh, N, d, kvd, 1);
@@ -565,7 +621,10 @@ tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const 
     }
     int nthr = tp_max_threads();
     if (nthr > tape->n_thr) nthr = tape->n_thr;
-    step_ctx cx = {m, tape, B, T, nthr, N, opts->grad_scale != 0.0f ? opts->grad_scale : 1.0f, opts};
+    /* the bf16 inputs kept for the backward: not under grad hooks, which read the fp32 values */
+    if (!opts->grad_hook) tape_bf16_alloc(tape);
+    int bt = tape->bblock && !opts->grad_hook && tp_gemm_precision() == TP_PREC_BF16;
+    step_ctx cx = {m, tape, B, T, nthr, N, opts->grad_scale != 0.0f ? opts->grad_scale : 1.0f, opts, bt};
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) tape->pos[(size_t)b * T + t] = t;
 

@@ -16,4 +16,8 @@ double tp_ce_rows(float *logits, const int32_t *targets, size_t nr, size_t V, do
  * tests and the fuzz harness that build checkpoint files. */
 uint64_t tp_ckpt_checksum(const void *p, size_t n);
 
+/* Tests: whether tapes allocated from now on keep the layers' bf16 product inputs for the
+ * backward (default on; backward.c, tape_bf16_alloc). Off, the backward rebuilds and converts them. */
+void tp_tape_keep_bf16(int on);
+
 #endif
