@@ -522,6 +522,22 @@ TT_TEST(grad_fd_swiglu) {
     tp_gelu_tanh_mul(a, gu + n, n);
     tp_gelu_tanh_mul_to(a2, gu, gu + n, n);
     TT_CHECK(memcmp(a2, a, sizeof a2) == 0 && memcmp(gcopy, gu, sizeof gcopy) == 0, "gelu_tanh_mul_to = gelu_tanh_mul");
+    /* the bf16 forms (n = 30: one full vector and a masked tail) are the fp32 forms' outputs
+     * rounded; nothing past n written; da untouched */
+    unsigned short ab[32], dgb[32], dub[32], want[30];
+    float dcopy[30];
+    memcpy(dcopy, da, sizeof dcopy);
+    for (int k = 0; k < 32; k++) ab[k] = dgb[k] = dub[k] = 0xabcd;
+    tp_silu_mul_to(a2, gu, gu + n, n);
+    tp_silu_mul_to_bf16(ab, gu, gu + n, n);
+    tp_bf16_convert(a2, n, want);
+    TT_CHECK(memcmp(ab, want, sizeof want) == 0 && ab[30] == 0xabcd && ab[31] == 0xabcd, "silu_mul_to_bf16");
+    tp_silu_mul_bwd_bf16(gu, gu + n, da, dgb, dub, n);
+    tp_bf16_convert(dg, n, want);
+    TT_CHECK(memcmp(dgb, want, sizeof want) == 0 && dgb[30] == 0xabcd, "silu_mul_bwd_bf16: dg");
+    tp_bf16_convert(du, n, want);
+    TT_CHECK(memcmp(dub, want, sizeof want) == 0 && dub[30] == 0xabcd && memcmp(dcopy, da, sizeof dcopy) == 0,
+             "silu_mul_bwd_bf16: du, da untouched");
     tt_note("swiglu vs finite differences: dg %.2e du %.2e", e1, e2);
     free(p);
 }

@@ -258,25 +258,51 @@ void tp_rope_apply(float *x, size_t N, int n_heads, int hd, const int *pos, cons
     }
 }
 
+#if defined(__AVX512F__)
+/* The lanes of m of y, rounded to bf16 as tp_bf16_convert rounds them, into dst. */
+static inline void store_bf16(uint16_t *dst, __mmask16 m, __m512 y) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    _mm256_mask_storeu_epi16(dst, m, (__m256i)_mm512_cvtneps_pbh(y));
+#else
+    float t[16];
+    _mm512_storeu_ps(t, y);
+    for (int k = 0; k < 16; k++)
+        if ((m >> k) & 1) dst[k] = tp_f32_to_bf16(t[k]);
+#endif
+}
+#endif
+
+/* silu(g) * u over [i0, i1): into out, or into outb in bf16 when outb is set (the values out
+ * would hold, rounded). */
+static inline __attribute__((always_inline)) void silu_mul_span(float *out, uint16_t *outb, const float *g,
+                                                                const float *u, size_t i0, size_t i1) {
+#if defined(__AVX512F__)
+    for (size_t i = i0; i < i1; i += 16) {
+        __mmask16 m = tail_mask(i1 - i);
+        __m512 a = _mm512_maskz_loadu_ps(m, g + i), e = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), a));
+        __m512 y = _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_maskz_loadu_ps(m, u + i));
+        if (outb) store_bf16(outb + i, m, y);
+        else _mm512_mask_storeu_ps(out + i, m, y);
+    }
+#else
+    for (size_t i = i0; i < i1; i++) {
+        float a = g[i], y = a / (1.0f + expf(-a)) * u[i];
+        if (outb) outb[i] = tp_f32_to_bf16(y);
+        else out[i] = y;
+    }
+#endif
+}
+
 void tp_silu_mul_to(float *out, const float *g, const float *u, size_t n) {
     size_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
-    for (size_t b = 0; b < nb; b++) {
-        size_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
-#if defined(__AVX512F__)
-        for (size_t i = i0; i < i1; i += 16) {
-            __mmask16 m = tail_mask(i1 - i);
-            __m512 a = _mm512_maskz_loadu_ps(m, g + i), e = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), a));
-            __m512 y = _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_maskz_loadu_ps(m, u + i));
-            _mm512_mask_storeu_ps(out + i, m, y);
-        }
-#else
-        for (size_t i = i0; i < i1; i++) {
-            float a = g[i];
-            out[i] = a / (1.0f + expf(-a)) * u[i];
-        }
-#endif
-    }
+    for (size_t b = 0; b < nb; b++) silu_mul_span(out, NULL, g, u, b * 4096, b * 4096 + 4096 < n ? b * 4096 + 4096 : n);
+}
+
+void tp_silu_mul_to_bf16(unsigned short *out, const float *g, const float *u, size_t n) {
+    size_t nb = (n + 4095) / 4096;
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
+    for (size_t b = 0; b < nb; b++) silu_mul_span(NULL, out, g, u, b * 4096, b * 4096 + 4096 < n ? b * 4096 + 4096 : n);
 }
 
 void tp_silu_mul(float *g, const float *u, size_t n) { tp_silu_mul_to(g, g, u, n); }
@@ -730,31 +756,56 @@ void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float
     }
 }
 
+/* The backward of silu(g) * u over [i0, i1): dg and du in fp32, or in bf16 into dgb and dub when
+ * those are set (the values dg and du would hold, rounded). */
+static inline __attribute__((always_inline)) void silu_mul_bwd_span(const float *g, const float *u, const float *da,
+                                                                    float *dg, float *du, uint16_t *dgb,
+                                                                    uint16_t *dub, size_t i0, size_t i1) {
+#if defined(__AVX512F__)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = i0; i < i1; i += 16) {
+        __mmask16 m = tail_mask(i1 - i);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i), d = _mm512_maskz_loadu_ps(m, da + i);
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        __m512 gu = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_maskz_loadu_ps(m, u + i)),
+                                  _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one)));
+        __m512 vu = _mm512_mul_ps(d, _mm512_mul_ps(x, s));
+        if (dgb) {
+            store_bf16(dub + i, m, vu);
+            store_bf16(dgb + i, m, gu);
+        } else {
+            _mm512_mask_storeu_ps(du + i, m, vu);
+            _mm512_mask_storeu_ps(dg + i, m, gu); /* after du: dg may alias da */
+        }
+    }
+#else
+    for (size_t i = i0; i < i1; i++) {
+        float x = g[i], s = 1.0f / (1.0f + expf(-x)), d = da[i];
+        float gu = d * u[i] * (s * (1.0f + x * (1.0f - s))), vu = d * (x * s);
+        if (dgb) {
+            dub[i] = tp_f32_to_bf16(vu);
+            dgb[i] = tp_f32_to_bf16(gu);
+        } else {
+            du[i] = vu;
+            dg[i] = gu;
+        }
+    }
+#endif
+}
+
 void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n) {
     size_t nb = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
-    for (size_t b = 0; b < nb; b++) {
-        size_t i0 = b * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
-#if defined(__AVX512F__)
-        const __m512 one = _mm512_set1_ps(1.0f);
-        for (size_t i = i0; i < i1; i += 16) {
-            __mmask16 m = tail_mask(i1 - i);
-            __m512 x = _mm512_maskz_loadu_ps(m, g + i), d = _mm512_maskz_loadu_ps(m, da + i);
-            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-            __m512 gu = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_maskz_loadu_ps(m, u + i)),
-                                      _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one)));
-            _mm512_mask_storeu_ps(du + i, m, _mm512_mul_ps(d, _mm512_mul_ps(x, s)));
-            _mm512_mask_storeu_ps(dg + i, m, gu); /* after du: dg may alias da */
-        }
-#else
-        for (size_t i = i0; i < i1; i++) {
-            float x = g[i], s = 1.0f / (1.0f + expf(-x)), d = da[i];
-            float gu = d * u[i] * (s * (1.0f + x * (1.0f - s)));
-            du[i] = d * (x * s);
-            dg[i] = gu;
-        }
-#endif
-    }
+    for (size_t b = 0; b < nb; b++)
+        silu_mul_bwd_span(g, u, da, dg, du, NULL, NULL, b * 4096, b * 4096 + 4096 < n ? b * 4096 + 4096 : n);
+}
+
+void tp_silu_mul_bwd_bf16(const float *g, const float *u, const float *da, unsigned short *dg, unsigned short *du,
+                          size_t n) {
+    size_t nb = (n + 4095) / 4096;
+#pragma omp parallel for schedule(static) if (n >= TP_PAR_MIN_WORK)
+    for (size_t b = 0; b < nb; b++)
+        silu_mul_bwd_span(g, u, da, NULL, NULL, dg, du, b * 4096, b * 4096 + 4096 < n ? b * 4096 + 4096 : n);
 }
 
 void tp_attention_head_lse(const float *Q, size_t ldq, const float *K, const float *V, size_t ldk, float *out,

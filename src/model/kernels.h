@@ -159,6 +159,8 @@ double tp_fkl_row(const float *t, float *s, size_t V, float inv_tau, float gscal
 void tp_silu_mul(float *g, const float *u, size_t n);
 /* out = silu(g) * u (out may be g), in one pass. */
 void tp_silu_mul_to(float *out, const float *g, const float *u, size_t n);
+/* The same values rounded to bf16 (as tp_bf16_convert of tp_silu_mul_to's output), into out. */
+void tp_silu_mul_to_bf16(unsigned short *out, const float *g, const float *u, size_t n);
 /* g = gelu_tanh(g) * u in place (GeGLU; PyTorch's tanh approximation, in float). */
 void tp_gelu_tanh_mul(float *g, const float *u, size_t n);
 /* out = gelu_tanh(g) * u (out may be g), in one pass. */
@@ -208,6 +210,9 @@ void tp_rope_bwd(float *dx, size_t N, int n_heads, int hd, const int *pos, const
 /* Backward of a = silu(g) * u given da: dg = da * u * silu'(g), du = da * silu(g). dg may alias
  * da (element by element). */
 void tp_silu_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n);
+/* The same, dg and du rounded to bf16 (as tp_bf16_convert of tp_silu_mul_bwd's), da untouched. */
+void tp_silu_mul_bwd_bf16(const float *g, const float *u, const float *da, unsigned short *dg, unsigned short *du,
+                          size_t n);
 /* The same for a = gelu_tanh(g) * u. */
 void tp_gelu_tanh_mul_bwd(const float *g, const float *u, const float *da, float *dg, float *du, size_t n);
 

@@ -78,7 +78,8 @@ struct tp_tape {
     double *row_loss;   /* (logit_chunk) */
     int *pos;           /* (N) */
     float *block;       /* the allocation every float view above points into */
-    uint16_t *bblock;   /* the layers' bf16 inputs (h1b, h2b, attb, actb); NULL when not kept */
+    uint16_t *bblock;   /* the layers' bf16 inputs (h1b, h2b, attb, actb) and dgb, dub; NULL when not kept */
+    uint16_t *dgb, *dub; /* (N, ff) the gate and up gradients in bf16 (SwiGLU's backward writes them so) */
     size_t bytes;
 };
 
@@ -165,8 +166,10 @@ static void tape_layout(tp_tape *t, layout *ly) {
 /* Under bf16 precision, the bf16 forms of the layers' norm outputs, attention outputs and gated
  * activations, kept from the forward for the backward's weight-gradient products: the backward
  * then neither rebuilds them in fp32 (norm_apply, act_mul_to) nor converts them again. They are
- * the very values the forward's products read, so every result keeps its bits. Not with
- * recompute (which exists to save memory); a failed allocation leaves the tape without them. */
+ * the very values the forward's products read, so every result keeps its bits. With SwiGLU the
+ * activation, and in the backward the gate and up gradients, are written in bf16 only (to actb,
+ * dgb, dub). Not with recompute (which exists to save memory); a failed allocation leaves the
+ * tape without them. */
 static void tape_bf16_alloc(tp_tape *t) {
     if (t->bblock || t->recompute || !g_keep_bf16 || tp_gemm_precision() != TP_PREC_BF16) return;
     const tp_config *c = &t->cfg;
@@ -184,6 +187,11 @@ static void tape_bf16_alloc(tp_tape *t) {
                 if (pass) *v[i] = t->bblock + n;
                 n += (sz[i] + 31) & ~(size_t)31; /* 64-byte aligned views */
             }
+        }
+        uint16_t **w[2] = {&t->dgb, &t->dub};
+        for (int i = 0; i < 2; i++) {
+            if (pass) *w[i] = t->bblock + n;
+            n += (N * (size_t)c->d_ff + 31) & ~(size_t)31;
         }
         if (!pass && !(t->bblock = aligned_alloc(64, n * sizeof(uint16_t)))) return;
     }
@@ -399,9 +407,17 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     if (hooks) fhook(cx, TP_HOOK_MLP_UP, l, s->u, ff);
     /* recomputing: the rest is rebuilt by the backward itself, except the MLP output's norm */
     if (!x_out && !c->sandwich_norm) return;
-    act_mul_to(c, tp->act, s->g, s->u, N * ff);
-    if (hooks) fhook(cx, TP_HOOK_MLP_ACT, l, tp->act, ff);
-    if (cx->bt) s->act_ok = !tp_gemm_bf16_pin_to(tp->act, N * ff, s->actb);
+    int act_fp32 = 1;
+    if (cx->bt && !cx->o->hook && c->act == TP_ACT_SILU) { /* act straight to bf16: only products read it */
+        tp_silu_mul_to_bf16(s->actb, s->g, s->u, N * ff);
+        s->act_ok = 1;
+        act_fp32 = tp_gemm_bf16_pin_given(tp->act, N * ff, s->actb) != 0;
+    }
+    if (act_fp32) {
+        act_mul_to(c, tp->act, s->g, s->u, N * ff);
+        if (hooks) fhook(cx, TP_HOOK_MLP_ACT, l, tp->act, ff);
+        if (cx->bt && !s->act_ok) s->act_ok = !tp_gemm_bf16_pin_to(tp->act, N * ff, s->actb);
+    }
     if (c->sandwich_norm) {
         tp_matmul_wt(tp->act, L->w_down, NULL, s->mo, N, ff, d);
         tp_rmsnorm_fwd(s->mo, tp_norm_weight(c, L->mlp_post_norm, d, tp->normw), tp->proj, s->rstd4, N, d, eps);
@@ -485,12 +501,25 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     tp_gemm_bf16_unpin(dmlp);
     tp_gemm_bf16_unpin(tp->act);
     ghook(cx, TP_HOOK_MLP_ACT, l, tp->act, tp->dact, ff);
-    if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff);
-    else tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
-    ghook(cx, TP_HOOK_MLP_UP, l, s->u, tp->du, ff);
-    ghook(cx, TP_HOOK_MLP_GATE, l, s->g, tp->dact, ff);
-    tp_gemm_bf16_pin(tp->dact, N * ff);
-    tp_gemm_bf16_pin(tp->du, N * ff);
+    /* dg and du: straight to bf16 where only products read them (no grad hooks: act came from
+     * the tape), else in fp32 into dact (which becomes dg) and du */
+    int dgu = 0;
+    if (act && c->act == TP_ACT_SILU && tp->dgb) {
+        tp_silu_mul_bwd_bf16(s->g, s->u, tp->dact, tp->dgb, tp->dub, N * ff);
+        dgu = !tp_gemm_bf16_pin_given(tp->dact, N * ff, tp->dgb) && !tp_gemm_bf16_pin_given(tp->du, N * ff, tp->dub);
+        if (!dgu) {
+            tp_gemm_bf16_unpin(tp->dact);
+            tp_gemm_bf16_unpin(tp->du);
+        }
+    }
+    if (!dgu) {
+        if (c->act == TP_ACT_GELU_TANH) tp_gelu_tanh_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff);
+        else tp_silu_mul_bwd(s->g, s->u, tp->dact, tp->dact, tp->du, N * ff); /* dact becomes dg */
+        ghook(cx, TP_HOOK_MLP_UP, l, s->u, tp->du, ff);
+        ghook(cx, TP_HOOK_MLP_GATE, l, s->g, tp->dact, ff);
+        tp_gemm_bf16_pin(tp->dact, N * ff);
+        tp_gemm_bf16_pin(tp->du, N * ff);
+    }
     if (!h2) tp_gemm_bf16_pin(tp->h, N * d);
     tp_matmul_dx(tp->dact, L->w_gate, tp->dh, N, d, ff, 0);
     tp_matmul_dx(tp->du, L->w_up, tp->dh, N, d, ff, 1);
