@@ -269,12 +269,13 @@ TT_TEST(gemm_bf16_pinned_inputs_same_bits) {
     free(C2);
 }
 
-TT_TEST(gemm_bf16_training_step_close_to_fp32) {
+/* A tiny Llama-like config (vocab 300, d 64, 4/2 heads of 16, FFN 160) of n_layers layers. */
+static tp_config tiny_config(int n_layers) {
     tp_config c;
     memset(&c, 0, sizeof c);
     c.vocab = 300;
     c.d_model = 64;
-    c.n_layers = 2;
+    c.n_layers = n_layers;
     c.n_heads = 4;
     c.n_kv_heads = 2;
     c.head_dim = 16;
@@ -283,6 +284,11 @@ TT_TEST(gemm_bf16_training_step_close_to_fp32) {
     c.rope_theta = 10000;
     c.norm_eps = 1e-5f;
     c.bos_id = c.eos_id = -1;
+    return c;
+}
+
+TT_TEST(gemm_bf16_training_step_close_to_fp32) {
+    tp_config c = tiny_config(2);
     tp_model *m = NULL, *g1 = NULL, *g2 = NULL;
     tp_tape *tape = NULL;
     TT_CHECK(tp_config_validate(&c) == TP_OK, "config: %s", tp_errmsg());
@@ -340,19 +346,7 @@ TT_TEST(bf16_tape_inputs_same_bits) {
     int backend = tp_gemm_backend();
     for (int v = 0; v < 4; v++) { /* configs 0, 1 on the build's products, then on the plain loops */
         if (v == 2 && tp_gemm_set_backend(TP_GEMM_LOOPS) != 0) break;
-        tp_config c;
-        memset(&c, 0, sizeof c);
-        c.vocab = 300;
-        c.d_model = 64;
-        c.n_layers = 3;
-        c.n_heads = 4;
-        c.n_kv_heads = 2;
-        c.head_dim = 16;
-        c.d_ff = 160;
-        c.max_pos = 128;
-        c.rope_theta = 10000;
-        c.norm_eps = 1e-5f;
-        c.bos_id = c.eos_id = -1;
+        tp_config c = tiny_config(3);
         if (v % 2) {
             c.arch = TP_ARCH_GEMMA3;
             c.qk_norm = c.sandwich_norm = c.norm_plus_one = c.embed_scale = 1;
