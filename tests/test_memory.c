@@ -129,12 +129,16 @@ static double num(const cJSON *j, const char *k) {
 TT_TEST(memory_cli_limits_and_streaming) {
     const char *m = tt_model_path();
     const char *data = tt_data_dir();
-    if (!m || !data) {
-        tt_skip("needs the default model (make deps) and TAPER_DATA");
+    if (!m) {
+        tt_skip("the default model (SmolLM2 GGUF) is missing: run make deps");
         return;
     }
     char wiki[1024], a[4096];
     snprintf(wiki, sizeof wiki, "%s/wikitext2/wiki.valid.tokens", data);
+    if (access(wiki, R_OK) != 0) {
+        tt_skip("%s not found (TAPER_DATA)", wiki);
+        return;
+    }
     char *dir = tt_path(tt_tmp_dir(), "memory-cli");
     tt_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir);
     char *s1 = tt_path(dir, "s1.json"), *s2 = tt_path(dir, "s2.json"), *j1 = tt_path(dir, "j1.json"),
@@ -224,12 +228,16 @@ TT_TEST(memory_cli_limits_and_streaming) {
 TT_TEST(memory_streamed_perplexity) {
     const char *m = tt_model_path();
     const char *data = tt_data_dir();
-    if (!m || !data) {
-        tt_skip("needs the default model (make deps) and TAPER_DATA");
+    if (!m) {
+        tt_skip("the default model (SmolLM2 GGUF) is missing: run make deps");
         return;
     }
     char wiki[1024];
     snprintf(wiki, sizeof wiki, "%s/wikitext2/wiki.test.raw", data);
+    if (access(wiki, R_OK) != 0) {
+        tt_skip("%s not found (TAPER_DATA)", wiki);
+        return;
+    }
     char *la = tt_path(tt_tmp_dir(), "logits-loaded.f32"), *lb = tt_path(tt_tmp_dir(), "logits-streamed.f32");
     tp_ppl_job j;
     tp_ppl_job_default(&j);
