@@ -342,6 +342,21 @@ out:
  * backward would rebuild and convert otherwise: loss and every gradient the same bits, with them
  * and without (tp_tape_keep_bf16), on a Llama-like config and on a Gemma-3-like one with
  * per-layer widths; and the same again from a recompute tape, which keeps none. */
+/* A grad hook that adds 0.01 x to the gradient of every layer output, and counts its calls at the
+ * points inside a layer (which the bf16 tape leaves unbuilt in fp32). */
+typedef struct {
+    int inner_calls;
+} resid_hook_state;
+static void resid_grad_hook(void *user, tp_hook_point p, int layer, const float *x, float *dx, int B, int T,
+                            int width) {
+    (void)layer;
+    resid_hook_state *st = user;
+    if (p == TP_HOOK_LAYER_OUT)
+        for (size_t i = 0; i < (size_t)B * T * (size_t)width; i++) dx[i] += 0.01f * x[i];
+    else if (p != TP_HOOK_LAYER_IN && p != TP_HOOK_FINAL_NORM)
+        st->inner_calls++;
+}
+
 TT_TEST(bf16_tape_inputs_same_bits) {
     int backend = tp_gemm_backend();
     for (int v = 0; v < 4; v++) { /* configs 0, 1 on the build's products, then on the plain loops */
@@ -412,6 +427,45 @@ TT_TEST(bf16_tape_inputs_same_bits) {
         TT_CHECK(diff1 == 0 && diff2 == 0 && nonzero > m->n_params / 2,
                  "%s: %zu gradients differ without the kept inputs, %zu with recompute (%zu nonzero)", name, diff1, diff2,
                  nonzero);
+        /* a grad hook on the residual stream only (hook_points): the step keeps its bf16 tape (a fresh
+         * tape gets the buffers) and gives the bits of the same hook called at every point, which
+         * turns the tape off */
+        {
+            tp_tape *fresh = NULL;
+            tp_tape_keep_bf16(0); /* allocated without the buffers: the step adds them if it keeps them */
+            int fok = tp_tape_alloc(&c, B, T, 0, &fresh) == TP_OK;
+            tp_tape_keep_bf16(1);
+            if (!TT_CHECK(fok && tp_tape_bytes(fresh) == plain, "%s: tape: %s", name, tp_errmsg())) goto next;
+            resid_hook_state hs[2] = {{0}, {0}};
+            tp_model *gg[2] = {g[0], g[1]};
+            tp_tape *tt[2] = {fresh, tape[1]};
+            for (int k = 0; k < 2; k++) {
+                memset(gg[k]->params, 0, gg[k]->n_params * sizeof(float));
+                tp_step_opts oh;
+                memset(&oh, 0, sizeof oh);
+                oh.targets = tgt;
+                oh.grad_hook = resid_grad_hook;
+                oh.grad_hook_user = &hs[k];
+                oh.hook_points = k == 0 ? TP_HOOK_RESIDUAL : 0;
+                TT_CHECK(tp_train_step(m, gg[k], tt[k], tok, B, T, &oh, &loss[k], NULL) == TP_OK, "%s: hooked step %d: %s",
+                         name, k, tp_errmsg());
+            }
+            TT_CHECK(tp_tape_bytes(fresh) == kept && tp_tape_bytes(tape[1]) == plain,
+                     "%s: residual hooks: tape %zu bytes (kept %zu), every point: %zu (plain %zu)", name,
+                     tp_tape_bytes(fresh), kept, tp_tape_bytes(tape[1]), plain);
+            TT_CHECK(hs[0].inner_calls == 0 && hs[1].inner_calls == 6 * c.n_layers,
+                     "%s: hook calls inside layers: %d with hook_points, %d without", name, hs[0].inner_calls,
+                     hs[1].inner_calls);
+            size_t diffh = 0, moved = 0;
+            for (size_t i = 0; i < m->n_params; i++) {
+                diffh += memcmp(&g[0]->params[i], &g[1]->params[i], sizeof(float)) != 0;
+                moved += g[0]->params[i] != g[2]->params[i];
+            }
+            TT_CHECK(loss[0] == loss[1] && diffh == 0 && moved > m->n_params / 2,
+                     "%s: residual grad hook: losses %.9g %.9g, %zu gradients differ, %zu moved by the hook", name,
+                     loss[0], loss[1], diffh, moved);
+            tp_tape_free(fresh);
+        }
     next:
         tp_gemm_set_precision(prec);
         for (int k = 0; k < 3; k++) {

@@ -46,7 +46,14 @@ typedef struct {
     tp_grad_hook_fn grad_hook;   /* may be NULL */
     void *grad_hook_user;
     float grad_scale;            /* multiplies every gradient (1/accum for accumulation); 0 = 1 */
+    unsigned hook_points;        /* the points (bits 1u << TP_HOOK_*) where hook and grad_hook are
+                                    called; 0: every point. Hooks on the residual stream only
+                                    (TP_HOOK_RESIDUAL) leave a bf16 step its bf16 tape (faster);
+                                    hooks inside a layer make it rebuild those values in fp32 */
 } tp_step_opts;
+
+/* The residual-stream points: what intermediate-state distillation reads. */
+#define TP_HOOK_RESIDUAL ((1u << TP_HOOK_LAYER_IN) | (1u << TP_HOOK_LAYER_OUT) | (1u << TP_HOOK_FINAL_NORM))
 
 /* One forward (activations into tape) + loss + backward of B sequences of T tokens from
  * position 0. Gradients are ADDED into grad, a model of the same config used as gradient

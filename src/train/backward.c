@@ -40,9 +40,9 @@ typedef struct {
     /* sandwich_norm (Gemma 3): o_proj / down_proj outputs before their norms, and their 1/rms */
     float *ao, *mo;         /* (N, d) each; NULL without sandwich_norm */
     float *rstd3, *rstd4;   /* (N) each */
-    /* bf16 precision without grad hooks (tape_bf16_alloc): the products' bf16 inputs that the
-     * backward reads again, kept from the forward instead of rebuilt and converted again. *_ok:
-     * the forward pinned them there this step. */
+    /* bf16 precision without grad hooks inside a layer (tape_bf16_alloc): the products' bf16
+     * inputs that the backward reads again, kept from the forward instead of rebuilt and converted
+     * again. *_ok: the forward pinned them there this step. */
     uint16_t *h1b, *h2b;    /* (N, d) attention and MLP norm outputs */
     uint16_t *attb;         /* (N, nh*hd) att */
     uint16_t *actb;         /* (N, ff) act */
@@ -332,12 +332,24 @@ typedef struct {
     int bt; /* keep the products' bf16 inputs in the tape (tape_bf16_alloc) this step */
 } step_ctx;
 
-/* The caller's forward hook and grad hook, when set. */
+/* Whether the caller's hooks are called at point p (tp_step_opts.hook_points). */
+static int at_point(const tp_step_opts *o, tp_hook_point p) {
+    return !o->hook_points || (o->hook_points >> p & 1u);
+}
+/* The caller's forward hook and grad hook, when set and asked for at p. */
 static void fhook(const step_ctx *cx, tp_hook_point p, int layer, const float *x, size_t width) {
-    if (cx->o->hook) cx->o->hook(cx->o->hook_user, p, layer, x, cx->B, cx->T, (int)width);
+    if (cx->o->hook && at_point(cx->o, p)) cx->o->hook(cx->o->hook_user, p, layer, x, cx->B, cx->T, (int)width);
 }
 static void ghook(const step_ctx *cx, tp_hook_point p, int layer, const float *x, float *dx, size_t width) {
-    if (cx->o->grad_hook) cx->o->grad_hook(cx->o->grad_hook_user, p, layer, x, dx, cx->B, cx->T, (int)width);
+    if (cx->o->grad_hook && at_point(cx->o, p))
+        cx->o->grad_hook(cx->o->grad_hook_user, p, layer, x, dx, cx->B, cx->T, (int)width);
+}
+/* The bf16 tape leaves the norm outputs, the activation and the MLP's inner gradients unbuilt in
+ * fp32 in the backward: only without grad hooks at those points. */
+static int bf16_tape_allowed(const tp_step_opts *o) {
+    unsigned inner = (1u << TP_HOOK_ATTN_NORM) | (1u << TP_HOOK_MLP_NORM) | (1u << TP_HOOK_MLP_GATE) |
+                     (1u << TP_HOOK_MLP_UP) | (1u << TP_HOOK_MLP_ACT);
+    return !o->grad_hook || (o->hook_points && !(o->hook_points & inner));
 }
 
 static float *layer_x(const step_ctx *cx, int l) {
@@ -408,7 +420,8 @@ static void layer_forward(const step_ctx *cx, int l, float *x_out, int hooks) {
     /* recomputing: the rest is rebuilt by the backward itself, except the MLP output's norm */
     if (!x_out && !c->sandwich_norm) return;
     int act_fp32 = 1;
-    if (cx->bt && !cx->o->hook && c->act == TP_ACT_SILU) { /* act straight to bf16: only products read it */
+    if (cx->bt && !(cx->o->hook && at_point(cx->o, TP_HOOK_MLP_ACT)) && c->act == TP_ACT_SILU) {
+        /* act straight to bf16: only products read it */
         tp_silu_mul_to_bf16(s->actb, s->g, s->u, N * ff);
         s->act_ok = 1;
         act_fp32 = tp_gemm_bf16_pin_given(tp->act, N * ff, s->actb) != 0;
@@ -501,8 +514,8 @@ static void layer_backward(const step_ctx *cx, tp_layer *G, int l) {
     tp_gemm_bf16_unpin(dmlp);
     tp_gemm_bf16_unpin(tp->act);
     ghook(cx, TP_HOOK_MLP_ACT, l, tp->act, tp->dact, ff);
-    /* dg and du: straight to bf16 where only products read them (no grad hooks: act came from
-     * the tape), else in fp32 into dact (which becomes dg) and du */
+    /* dg and du: straight to bf16 where only products read them (no grad hooks there: act came
+     * from the tape), else in fp32 into dact (which becomes dg) and du */
     int dgu = 0;
     if (act && c->act == TP_ACT_SILU && tp->dgb) {
         tp_silu_mul_bwd_bf16(s->g, s->u, tp->dact, tp->dgb, tp->dub, N * ff);
@@ -650,9 +663,11 @@ tp_status tp_train_step(const tp_model *m, tp_model *grad, tp_tape *tape, const 
     }
     int nthr = tp_max_threads();
     if (nthr > tape->n_thr) nthr = tape->n_thr;
-    /* the bf16 inputs kept for the backward: not under grad hooks, which read the fp32 values */
-    if (!opts->grad_hook) tape_bf16_alloc(tape);
-    int bt = tape->bblock && !opts->grad_hook && tp_gemm_precision() == TP_PREC_BF16;
+    /* the bf16 inputs kept for the backward: not under grad hooks inside a layer, which read the
+     * fp32 values */
+    int bt_ok = bf16_tape_allowed(opts);
+    if (bt_ok) tape_bf16_alloc(tape);
+    int bt = tape->bblock && bt_ok && tp_gemm_precision() == TP_PREC_BF16;
     step_ctx cx = {m, tape, B, T, nthr, N, opts->grad_scale != 0.0f ? opts->grad_scale : 1.0f, opts, bt};
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) tape->pos[(size_t)b * T + t] = t;

@@ -496,6 +496,7 @@ static tp_status prepare(void *user, const tp_train_micro *mb, tp_step_opts *o) 
         o->hook_user = d;
         o->grad_hook = student_grad_hook;
         o->grad_hook_user = d;
+        o->hook_points = TP_HOOK_RESIDUAL; /* state_of: layer outputs and the embedding */
     }
     return TP_OK;
 }
