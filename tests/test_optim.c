@@ -15,6 +15,7 @@
 #include "taper/train.h"
 #include "taper/util.h"
 #include "model/kernels.h"
+#include "train/train_internal.h"
 #include "tt.h"
 
 static cJSON *load_meta(void) { return tt_fixture_json("optim/llama3.json"); }
@@ -516,4 +517,46 @@ TT_TEST(optim_adamw_vector_pass_bitwise_scalar) {
     free(p); free(mm); free(vv);
     tp_model_free(g);
     tp_model_free(m);
+}
+
+/* The distiller's projections go through tp_adamw_span: the student's kernel on plain arrays (a
+ * vector body and a scalar tail), weight decay on every value, the gradient scaled by 1/accum. */
+TT_TEST(optim_adamw_span_bitwise_scalar) {
+    size_t n = 16 * 40 + 7;
+    float *p = malloc(n * 4), *g = malloc(n * 4), *m = calloc(n, 4), *v = calloc(n, 4);
+    float *rp = malloc(n * 4), *rm = calloc(n, 4), *rv = calloc(n, 4);
+    tp_rng r;
+    tp_rng_seed(&r, 5);
+    for (size_t i = 0; i < n; i++) p[i] = rp[i] = 0.1f * tp_rng_normal(&r);
+    tp_adamw_cfg c;
+    tp_adamw_defaults(&c);
+    c.lr = 1e-2f;
+    c.warmup_steps = 1;
+    c.total_steps = 4;
+    int same = 1;
+    size_t moved = 0;
+    for (long t = 1; t <= 3; t++) {
+        float gs = t == 2 ? 1.0f : 1.0f / 3.0f; /* accum 1, then 3 */
+        for (size_t i = 0; i < n; i++) g[i] = 0.01f * tp_rng_normal(&r);
+        double lr = tp_lr_at(&c, t - 1);
+        float w1 = (float)(1.0 - c.beta1), b2 = c.beta2, ob2 = (float)(1.0 - c.beta2);
+        float decay = (float)(1.0 - lr * (double)c.weight_decay), bc2 = (float)pow(1.0 - pow(c.beta2, (double)t), 0.5);
+        float ns = (float)(-(lr / (1.0 - pow(c.beta1, (double)t))));
+        for (size_t i = 0; i < n; i++) {
+            float gi = gs != 1.0f ? g[i] * gs : g[i], pi = rp[i] * decay, mi = rm[i];
+            mi = w1 < 0.5f ? mi + w1 * (gi - mi) : gi - (gi - mi) * (1.0f - w1);
+            float vi = rv[i] * b2;
+            vi = vi + ob2 * gi * gi;
+            float denom = sqrtf(vi) / bc2 + c.eps;
+            rm[i] = mi;
+            rv[i] = vi;
+            rp[i] = pi + ns * mi / denom;
+        }
+        float before = p[0];
+        tp_adamw_span(&c, lr, t, gs, p, g, m, v, n);
+        moved += p[0] != before;
+        same &= !memcmp(p, rp, n * 4) && !memcmp(m, rm, n * 4) && !memcmp(v, rv, n * 4);
+    }
+    TT_CHECK(same && moved == 3, "three updates of %zu values: bit for bit the scalar AdamW (%zu moved)", n, moved);
+    free(p); free(g); free(m); free(v); free(rp); free(rm); free(rv);
 }

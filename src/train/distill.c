@@ -19,6 +19,7 @@
 
 #include "model/kernels.h"
 #include "taper/distill.h"
+#include "train_internal.h"
 
 struct tp_distiller {
     const tp_model *teacher, *student;
@@ -507,17 +508,9 @@ static void step_projections(tp_distiller *d, long step, int accum) {
     if (!d->P) return;
     const tp_adamw_cfg *c = &d->opt;
     size_t n = (size_t)d->n_states * d->dt * d->ds;
-    double lr = tp_lr_at(c, step - 1);
     long t = ++d->p_step;
-    double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
-    for (size_t i = 0; i < n; i++) {
-        float g = d->dP[i] / (float)accum;
-        d->P[i] *= (float)(1.0 - lr * c->weight_decay);
-        d->Pm[i] = c->beta1 * d->Pm[i] + (1 - c->beta1) * g;
-        d->Pv[i] = c->beta2 * d->Pv[i] + (1 - c->beta2) * g * g;
-        double den = sqrt(d->Pv[i]) / sqrt(bc2) + c->eps;
-        d->P[i] -= (float)(lr / bc1 * d->Pm[i] / den);
-    }
+    /* the student's AdamW kernel (vectorised, threaded): the mean of the micro-batches' gradients */
+    tp_adamw_span(c, tp_lr_at(c, step - 1), t, 1.0f / (float)accum, d->P, d->dP, d->Pm, d->Pv, n);
     memset(d->dP, 0, n * sizeof(float));
 }
 

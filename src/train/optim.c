@@ -247,6 +247,30 @@ static void adam_span(float *p, const float *g, float *m, float *v, size_t n, in
     }
 }
 
+/* the constants of update t (1-based) at learning rate lr, without clipping */
+static adam_consts consts_at(const tp_adamw_cfg *c, double lr, long step) {
+    double t = (double)step, b1 = c->beta1, b2 = c->beta2;
+    adam_consts k;
+    k.w1 = (float)(1.0 - b1);
+    k.beta2 = c->beta2;
+    k.one_minus_beta2 = (float)(1.0 - b2);
+    k.decay = (float)(1.0 - lr * (double)c->weight_decay);
+    k.bc2_sqrt = (float)pow(1.0 - pow(b2, t), 0.5); /* python: bias_correction2 ** 0.5 */
+    k.eps = c->eps;
+    k.neg_step = (float)(-(lr / (1.0 - pow(b1, t))));
+    k.clipping = 0;
+    k.gscale = 1.0f;
+    return k;
+}
+
+void tp_adamw_span(const tp_adamw_cfg *c, double lr, long step, float gscale, float *p, const float *g, float *m,
+                   float *v, size_t n) {
+    adam_consts k = consts_at(c, lr, step);
+    k.clipping = gscale != 1.0f;
+    k.gscale = gscale;
+    adam_span(p, g, m, v, n, c->weight_decay != 0, &k, NULL);
+}
+
 /* adam_span over params [a, b), writing the bf16 copies (cp: ncp of them in address order,
  * *next the first not yet passed) of the weights inside it as it goes */
 static void adam_range(tp_model *m, const tp_model *grad, tp_adamw *o, size_t a, size_t b, int decayed,
@@ -281,18 +305,7 @@ tp_status tp_adamw_step(tp_adamw *o, tp_model *m, const tp_model *grad, double *
         return tp_fail(TP_ERR_NUMERIC, "adamw: the gradient holds NaN or inf (norm %g) at update %ld; nothing changed",
                        norm, o->step);
     const tp_adamw_cfg *c = &o->cfg;
-    double lr = tp_lr_at(c, o->step), t = (double)(o->step + 1);
-    double b1 = c->beta1, b2 = c->beta2;
-    adam_consts k;
-    k.w1 = (float)(1.0 - b1);
-    k.beta2 = c->beta2;
-    k.one_minus_beta2 = (float)(1.0 - b2);
-    k.decay = (float)(1.0 - lr * (double)c->weight_decay);
-    k.bc2_sqrt = (float)pow(1.0 - pow(b2, t), 0.5); /* python: bias_correction2 ** 0.5 */
-    k.eps = c->eps;
-    k.neg_step = (float)(-(lr / (1.0 - pow(b1, t))));
-    k.clipping = 0;
-    k.gscale = 1.0f;
+    adam_consts k = consts_at(c, tp_lr_at(c, o->step), o->step + 1);
     if (c->clip > 0) {
         /* clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1 (torch does
          * this in fp32 on the fp32 norm) */
