@@ -135,6 +135,26 @@ TT_TEST(kd_hidden_losses_vs_torch) {
             free(rdP);
         }
         tt_note("%s%s: loss rel %.1e, dxs rel %.1e", kn, proj ? " + projection" : "", el, eg);
+        /* the two halves (the distiller's path): at scale 1 the bits of the whole; at another scale,
+         * the scaled gradient within float rounding */
+        const float *tx = proj ? xt : xts, *PP = proj ? P : NULL;
+        size_t w = proj ? dt : ds;
+        for (int sc = 0; sc < 2; sc++) {
+            float scale = sc ? 0.3f : 1.0f;
+            float *a = calloc(N * ds, 4), *b = calloc(N * ds, 4), *pa = calloc(dt * ds, 4), *pb = calloc(dt * ds, 4);
+            float *ybuf = malloc(N * w * 4), *gy = malloc(N * w * 4);
+            double la = tp_hidden_loss(kind, xs, ds, tx, w, N, PP, a, proj ? pa : NULL, scale);
+            double lb = tp_hidden_loss_fwd(kind, xs, ds, tx, w, N, PP, ybuf, gy);
+            tp_hidden_loss_bwd(xs, ds, w, N, PP, gy, b, proj ? pb : NULL, scale);
+            if (!sc)
+                TT_CHECK(la == lb && !memcmp(a, b, N * ds * 4) && !memcmp(pa, pb, dt * ds * 4),
+                         "%s proj %d: the halves differ from the whole (loss %.9g vs %.9g)", kn, proj, la, lb);
+            else
+                TT_CHECK(la == lb && rel_err(b, a, N * ds) < 1e-6 && (!proj || rel_err(pb, pa, dt * ds) < 1e-6),
+                         "%s proj %d, scale 0.3: dxs rel %.2e, dP rel %.2e", kn, proj, rel_err(b, a, N * ds),
+                         proj ? rel_err(pb, pa, dt * ds) : 0.0);
+            free(a); free(b); free(pa); free(pb); free(ybuf); free(gy);
+        }
         free(rdx);
         free(dx);
         free(dP);

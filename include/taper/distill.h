@@ -84,6 +84,15 @@ typedef enum { TP_HID_COSINE = 0, TP_HID_MSE } tp_hid_kind;
  * gradients). dxs (N, ds): scale * d/dxs ADDED; dP (dt, ds): scale * d/dP ADDED (when P and dP). */
 double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
                       const float *P, float *dxs, float *dP, float scale);
+/* The same in two halves, for a caller that learns its gradient scale between them (the
+ * distiller: the forward, then the logits' loss, then the backward) and so computes y once.
+ * _fwd: the loss; y into ybuf (N, dt) when P (ybuf unused otherwise); with gy set, the gradient of
+ * the loss with respect to y (N, dt), unscaled, WRITTEN into gy. _bwd: from that gy, scale * d/dxs
+ * ADDED into dxs and scale * d/dP ADDED into dP (each when set; dP only with P). */
+double tp_hidden_loss_fwd(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
+                          const float *P, float *ybuf, float *gy);
+void tp_hidden_loss_bwd(const float *xs, size_t ds, size_t dt, size_t N, const float *P, const float *gy, float *dxs,
+                        float *dP, float scale);
 
 /* ---- the distillation step (src/train/distill.c) ----
  * A teacher forward per micro-batch (no gradients; only its final-norm output and the mapped

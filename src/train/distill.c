@@ -43,6 +43,8 @@ struct tp_distiller {
     float *nbuf;           /* (N, ds) scratch for normalised student states */
     float *nbuf_t;         /* (N, dt) scratch for normalised teacher states */
     float *ngrad;          /* (N, ds) */
+    float *gy;             /* cosine: (n_states, N, dt) each state's gradient with respect to its
+                              projected state, unscaled, from the forward hook for the backward */
     /* projections, one per state when ds != dt: (dt, ds) each, with gradients and Adam moments */
     float *P, *dP, *Pm, *Pv;
     long p_step;
@@ -108,7 +110,7 @@ void tp_distiller_free(tp_distiller *d) {
     if (!d) return;
     free(d->t_h); free(d->t_states); free(d->tlog); free(d->ce_grad); free(d->topk_idx); free(d->topk_lp);
     free(d->c_idx); free(d->c_lp); free(d->cand); free(d->cgrad);
-    free(d->nbuf); free(d->nbuf_t); free(d->ngrad); free(d->P); free(d->dP); free(d->Pm); free(d->Pv);
+    free(d->nbuf); free(d->nbuf_t); free(d->ngrad); free(d->gy); free(d->P); free(d->dP); free(d->Pm); free(d->Pv);
     free(d);
 }
 
@@ -197,9 +199,10 @@ tp_status tp_distiller_new(const tp_model *teacher, const tp_model *student, con
         d->nbuf = malloc(d->N * d->ds * sizeof(float));
         d->nbuf_t = malloc(d->N * d->dt * sizeof(float));
         d->ngrad = malloc(d->N * d->ds * sizeof(float));
+        if (c->hid == TP_HID_COSINE) d->gy = malloc((size_t)d->n_states * d->N * d->dt * sizeof(float));
     }
     int ok = (c->cache ? d->c_idx && d->c_lp : d->t_h != NULL) &&
-             (!inter || (d->t_states && d->nbuf && d->nbuf_t && d->ngrad));
+             (!inter || (d->t_states && d->nbuf && d->nbuf_t && d->ngrad && (c->hid != TP_HID_COSINE || d->gy)));
     if (inter && d->ds != d->dt) {
         if (!opt) {
             tp_distiller_free(d);
@@ -379,15 +382,21 @@ static void rms_normalise(const float *x, float *y, size_t N, size_t w) {
     }
 }
 
-/* the loss of state s (mean over rows), and with dx != NULL its gradient * scale added to dx */
+/* the loss of state s (mean over rows), and with dx != NULL its gradient * scale added to dx.
+ * Cosine: the forward (dx NULL) computes the loss and the state's gradient into gy, the backward
+ * (dx set) takes it from there: y = xs P^T is computed once. */
 static double state_loss(tp_distiller *d, int s, const float *xs, float *dx, double scale) {
     size_t N = d->N, ds = d->ds, dt = d->dt;
     const float *xt = d->t_states + (size_t)s * N * dt;
     const float *P = d->P ? d->P + (size_t)s * dt * ds : NULL;
     float *dP = d->P && dx ? d->dP + (size_t)s * dt * ds : NULL;
     double invN = 1.0 / (double)N;
-    if (d->cfg.hid == TP_HID_COSINE) /* scale-invariant: no normalisation needed */
-        return tp_hidden_loss(TP_HID_COSINE, xs, ds, xt, dt, N, P, dx, dP, (float)(scale * invN)) * invN;
+    if (d->cfg.hid == TP_HID_COSINE) { /* scale-invariant: no normalisation needed */
+        float *gy = d->gy + (size_t)s * N * dt;
+        if (!dx) return tp_hidden_loss_fwd(TP_HID_COSINE, xs, ds, xt, dt, N, P, d->nbuf_t, gy) * invN;
+        tp_hidden_loss_bwd(xs, ds, dt, N, P, gy, dx, dP, (float)(scale * invN));
+        return 0;
+    }
     /* MSE between RMS-normalised states: y = x / rms(x); dx = (dy - y mean(dy . y)) / rms(x) */
     rms_normalise(xs, d->nbuf, N, ds);
     rms_normalise(xt, d->nbuf_t, N, dt);

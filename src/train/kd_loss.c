@@ -209,32 +209,16 @@ double tp_kd_rows_topk(const tp_kd_cfg *c, float *s, const int32_t *idx, const f
 
 /* ---- hidden-state losses ---- */
 
-/* C(M,N) (+)= A(M,K) B(K,N), row-major; trans_a: A stored (K,M) */
-static void gemm(int trans_a, size_t M, size_t N, size_t K, const float *A, const float *B, float *C, float beta) {
-    tp_sgemm_prec(trans_a, 0, (int)M, (int)N, (int)K, 1.0f, A, trans_a ? (int)M : (int)K, B, (int)N, beta, C, (int)N);
+/* C(M,N) = alpha A(M,K) B(K,N) + beta C, row-major; trans_a: A stored (K,M) */
+static void gemm(int trans_a, size_t M, size_t N, size_t K, float alpha, const float *A, const float *B, float *C,
+                 float beta) {
+    tp_sgemm_prec(trans_a, 0, (int)M, (int)N, (int)K, alpha, A, trans_a ? (int)M : (int)K, B, (int)N, beta, C, (int)N);
 }
 
-double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
-                      const float *P, float *dxs, float *dP, float scale) {
-    const float *y = xs;
-    float *ybuf = NULL, *dy = NULL;
-    if (P) {
-        ybuf = malloc(N * dt * sizeof(float));
-        if (!ybuf) return NAN;
-        /* y(N,dt) = xs(N,ds) P^T: P is (dt, ds) */
-        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt);
-        y = ybuf;
-    } else if (ds != dt) {
-        return NAN;
-    }
-    if (P && (dxs || dP)) {
-        dy = malloc(N * dt * sizeof(float));
-        if (!dy) {
-            free(ybuf);
-            return NAN;
-        }
-    }
-    float *g = P ? dy : dxs; /* NULL: loss only; without P the gradient of y is the gradient of xs: add directly */
+/* The loss of rows y (N, dt) against xt, summed over rows; with g set, the gradient of the loss
+ * times scale with respect to y written (add 0) or added (add 1) into g (N, dt). */
+static double hid_rows(tp_hid_kind kind, const float *y, const float *xt, size_t dt, size_t N, float *g, int add,
+                       float scale) {
     double total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total) if (N * dt >= 65536)
     for (size_t n = 0; n < N; n++) {
@@ -249,7 +233,7 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
             }
             if (yy <= 0 || tt <= 0) {
                 total += 1.0;
-                if (gr && P)
+                if (gr && !add)
                     for (size_t i = 0; i < dt; i++) gr[i] = 0.0f;
                 continue;
             }
@@ -258,7 +242,7 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
             if (gr)
                 for (size_t i = 0; i < dt; i++) {
                     double d = -(tr[i] / (ny * nt) - cs * yr[i] / yy) * scale;
-                    gr[i] = P ? (float)d : gr[i] + (float)d;
+                    gr[i] = add ? gr[i] + (float)d : (float)d;
                 }
         } else {
             double acc = 0;
@@ -267,17 +251,59 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
                 acc += e * e;
                 if (gr) {
                     double d = 2.0 * e / (double)dt * scale;
-                    gr[i] = P ? (float)d : gr[i] + (float)d;
+                    gr[i] = add ? gr[i] + (float)d : (float)d;
                 }
             }
             total += acc / (double)dt;
         }
     }
-    if (dy && dxs) gemm(0, N, ds, dt, dy, P, dxs, 1.0f); /* dxs(N,ds) += dy(N,dt) P(dt,ds) */
-    if (dy && dP) gemm(1, dt, ds, N, dy, xs, dP, 1.0f);   /* dP(dt,ds) += dy^T(dt,N) xs(N,ds) */
+    return total;
+}
+
+double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
+                      const float *P, float *dxs, float *dP, float scale) {
+    if (!P && ds != dt) return NAN;
+    float *ybuf = P ? malloc(N * dt * sizeof(float)) : NULL;
+    float *dy = P && (dxs || dP) ? malloc(N * dt * sizeof(float)) : NULL;
+    if ((P && !ybuf) || (P && (dxs || dP) && !dy)) {
+        free(ybuf);
+        free(dy);
+        return NAN;
+    }
+    const float *y = xs;
+    if (P) {
+        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt); /* y(N,dt) = xs(N,ds) P^T: P is (dt, ds) */
+        y = ybuf;
+    }
+    /* without P the gradient of y is the gradient of xs: added directly */
+    double total = hid_rows(kind, y, xt, dt, N, P ? dy : dxs, !P, scale);
+    if (dy) tp_hidden_loss_bwd(xs, ds, dt, N, P, dy, dxs, dP, 1.0f);
     free(ybuf);
     free(dy);
     return total;
+}
+
+double tp_hidden_loss_fwd(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
+                          const float *P, float *ybuf, float *gy) {
+    if (!P && ds != dt) return NAN;
+    const float *y = xs;
+    if (P) {
+        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt);
+        y = ybuf;
+    }
+    return hid_rows(kind, y, xt, dt, N, gy, 0, 1.0f);
+}
+
+void tp_hidden_loss_bwd(const float *xs, size_t ds, size_t dt, size_t N, const float *P, const float *gy, float *dxs,
+                        float *dP, float scale) {
+    if (!P) {
+        if (!dxs) return;
+#pragma omp parallel for schedule(static) if (N * ds >= 65536)
+        for (size_t i = 0; i < N * ds; i++) dxs[i] += scale == 1.0f ? gy[i] : scale * gy[i];
+        return;
+    }
+    if (dxs) gemm(0, N, ds, dt, scale, gy, P, dxs, 1.0f); /* dxs(N,ds) += scale gy(N,dt) P(dt,ds) */
+    if (dP) gemm(1, dt, ds, N, scale, gy, xs, dP, 1.0f);  /* dP(dt,ds) += scale gy^T(dt,N) xs(N,ds) */
 }
 
 /* ---- contrastive loss ---- */
