@@ -129,6 +129,10 @@ static double num(const cJSON *j, const char *k) {
 TT_TEST(memory_cli_limits_and_streaming) {
     const char *m = tt_model_path();
     const char *data = tt_data_dir();
+    if (!tt_bin()) {
+        tt_skip("TAPER_BIN not set (run through make test)");
+        return;
+    }
     if (!m) {
         tt_skip("the default model (SmolLM2 GGUF) is missing: run make deps");
         return;

@@ -357,6 +357,10 @@ TT_TEST(per_layer_config_validation) {
  * folder refuses it (exit 1, the reason named). */
 TT_TEST(per_layer_cli) {
     const char *mp = tt_model_path();
+    if (!tt_bin()) {
+        tt_skip("TAPER_BIN not set (run through make test)");
+        return;
+    }
     if (!mp) {
         tt_skip("SmolLM2 GGUF not present");
         return;
