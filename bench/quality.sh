@@ -71,8 +71,8 @@ sdg() { # resumable: generate-data continues after its last complete part
 }
 
 # ---- the ablations: name -> taper compress flags (besides size, tokens, schedule) ----
-RUNS="kd-general kd-sdg kd-mix kd-mix-inter kd-mix-inter-emb kd-mix-iter3 kd-mix-agg-mean-l2 kd-mix-agg-l2-l2
-kd-mix-correct fam70-direct fam70-iter2"
+RUNS="kd-general kd-sdg kd-mix kd-mix-inter kd-mix-lr6e-4 kd-mix-inter-emb kd-mix-iter3 kd-mix-agg-mean-l2
+kd-mix-agg-l2-l2 kd-mix-correct fam70-direct fam70-iter2 kd-mix-2m"
 # Iterated runs split the same tokens over their rounds (--steps per round).
 flags() {
   local mix="--data $GEN,$SDG"
@@ -81,6 +81,8 @@ flags() {
     kd-sdg) echo "--data $SDG" ;;                        # KD on the teacher's synthetic text only
     kd-mix) echo "$mix" ;;                               # both (windows drawn from the union); today's defaults
     kd-mix-inter) echo "$mix --inter cosine" ;;          # + intermediate states (cosine, mapped by the plan)
+    kd-mix-lr6e-4) echo "$mix --lr 6e-4" ;;              # lever: 3x the learning rate (min lr stays lr/10)
+    kd-mix-2m) echo "$mix" ;;                            # lever: twice the tokens (run_tokens), the goal's budget
     kd-mix-inter-emb) echo "$mix --inter cosine --emb-loss" ;; # + the embedding output too
     kd-mix-iter3) echo "$mix --iterate 3 --steps $((STEPS / 3))" ;; # importance recomputed, 3 prune/distill rounds
     kd-mix-agg-mean-l2) echo "$mix --agg mean,l2" ;;     # aggregation (batch, seq) after retraining
@@ -92,6 +94,8 @@ flags() {
   esac
 }
 needs_sdg() { flags "$1" | grep -q "$SDG"; }
+# the distillation tokens of a run: TOKENS, twice that for the *-2m runs (2M: the goal's budget)
+run_tokens() { case $1 in *-2m) echo $((TOKENS * 2)) ;; *) echo "$TOKENS" ;; esac; }
 
 # ---- scoring: perplexity on two texts, every task, one file each (resumable per task) ----
 score() { # score NAME MODEL
@@ -115,7 +119,10 @@ score() { # score NAME MODEL
 }
 
 one_run() { # one_run NAME
-  local name=$1 out="$WORK/runs/$1" f
+  local name=$1 out="$WORK/runs/$1" f t
+  t=$(run_tokens "$name")
+  local TOKENS=$t STEPS=$((t / (SEQ * BATCH))) # seen by flags (iterated runs split STEPS)
+  local WARMUP=$((STEPS / 10 > 0 ? STEPS / 10 : 1))
   f=$(flags "$name")
   if [ ! -f "$out/.trained" ]; then
     needs_sdg "$name" && sdg
