@@ -455,6 +455,28 @@ done:
     tp_model_free(g);
 }
 
+/* torch's AdamW on one element in float, in the order of optim.c's scalar loop: the reference of
+ * the two bitwise tests below. Constants of update t (1-based) at learning rate lr. */
+typedef struct {
+    float w1, b2, ob2, decay, bc2, ns, eps;
+} ref_adam;
+static ref_adam ref_adam_at(const tp_adamw_cfg *c, double lr, double t) {
+    ref_adam k = {(float)(1.0 - c->beta1), c->beta2, (float)(1.0 - c->beta2),
+                  (float)(1.0 - lr * (double)c->weight_decay), (float)pow(1.0 - pow(c->beta2, t), 0.5),
+                  (float)(-(lr / (1.0 - pow(c->beta1, t)))), c->eps};
+    return k;
+}
+static void ref_adam_elem(const ref_adam *k, float gi, int decayed, float *p, float *m, float *v) {
+    float pi = decayed ? *p * k->decay : *p, mi = *m;
+    mi = k->w1 < 0.5f ? mi + k->w1 * (gi - mi) : gi - (gi - mi) * (1.0f - k->w1);
+    float vi = *v * k->b2;
+    vi = vi + k->ob2 * gi * gi;
+    float denom = sqrtf(vi) / k->bc2 + k->eps;
+    *m = mi;
+    *v = vi;
+    *p = pi + k->ns * mi / denom;
+}
+
 TT_TEST(optim_adamw_vector_pass_bitwise_scalar) {
     /* the tiny Llama's shape with a 24-wide hidden size: tensors of 24 and 97 x 24 leave tails */
     tp_model *src = load_tiny("llama3"), *m = NULL, *g = NULL;
@@ -483,10 +505,9 @@ TT_TEST(optim_adamw_vector_pass_bitwise_scalar) {
     for (int s = 0; s < 6 && same; s++) {
         float scale = s % 2 ? 3.0f : 1e-3f; /* clipped on odd updates, not on even ones */
         for (size_t i = 0; i < n; i++) g->params[i] = scale * tp_rng_normal(&r);
-        double lr = tp_lr_at(&c, s), t = s + 1, norm = tp_grad_norm(g->params, n);
-        float w1 = (float)(1.0 - c.beta1), b2 = c.beta2, ob2 = (float)(1.0 - c.beta2);
-        float decay = (float)(1.0 - lr * (double)c.weight_decay), bc2 = (float)pow(1.0 - pow(c.beta2, t), 0.5);
-        float ns = (float)(-(lr / (1.0 - pow(c.beta1, t)))), coef = (float)c.clip / ((float)norm + 1e-6f);
+        double lr = tp_lr_at(&c, s), norm = tp_grad_norm(g->params, n);
+        ref_adam k = ref_adam_at(&c, lr, s + 1);
+        float coef = (float)c.clip / ((float)norm + 1e-6f);
         int clip = coef < 1.0f;
         clipped += clip;
         unclipped += !clip;
@@ -494,14 +515,7 @@ TT_TEST(optim_adamw_vector_pass_bitwise_scalar) {
             int decayed = 0;
             for (size_t q = 0; q < o.n_ranges; q++)
                 decayed |= i >= o.ranges[q][0] && i < o.ranges[q][0] + o.ranges[q][1];
-            float gi = clip ? g->params[i] * coef : g->params[i], pi = decayed ? p[i] * decay : p[i], mi = mm[i];
-            mi = w1 < 0.5f ? mi + w1 * (gi - mi) : gi - (gi - mi) * (1.0f - w1);
-            float vi = vv[i] * b2;
-            vi = vi + ob2 * gi * gi;
-            float denom = sqrtf(vi) / bc2 + c.eps;
-            mm[i] = mi;
-            vv[i] = vi;
-            p[i] = pi + ns * mi / denom;
+            ref_adam_elem(&k, clip ? g->params[i] * coef : g->params[i], decayed, &p[i], &mm[i], &vv[i]);
         }
         TT_CHECK(tp_adamw_step(&o, m, g, NULL) == TP_OK, "step %d", s);
         same = !memcmp(p, m->params, n * 4) && !memcmp(mm, o.m, n * 4) && !memcmp(vv, o.v, n * 4);
@@ -539,19 +553,8 @@ TT_TEST(optim_adamw_span_bitwise_scalar) {
         float gs = t == 2 ? 1.0f : 1.0f / 3.0f; /* accum 1, then 3 */
         for (size_t i = 0; i < n; i++) g[i] = 0.01f * tp_rng_normal(&r);
         double lr = tp_lr_at(&c, t - 1);
-        float w1 = (float)(1.0 - c.beta1), b2 = c.beta2, ob2 = (float)(1.0 - c.beta2);
-        float decay = (float)(1.0 - lr * (double)c.weight_decay), bc2 = (float)pow(1.0 - pow(c.beta2, (double)t), 0.5);
-        float ns = (float)(-(lr / (1.0 - pow(c.beta1, (double)t))));
-        for (size_t i = 0; i < n; i++) {
-            float gi = gs != 1.0f ? g[i] * gs : g[i], pi = rp[i] * decay, mi = rm[i];
-            mi = w1 < 0.5f ? mi + w1 * (gi - mi) : gi - (gi - mi) * (1.0f - w1);
-            float vi = rv[i] * b2;
-            vi = vi + ob2 * gi * gi;
-            float denom = sqrtf(vi) / bc2 + c.eps;
-            rm[i] = mi;
-            rv[i] = vi;
-            rp[i] = pi + ns * mi / denom;
-        }
+        ref_adam k = ref_adam_at(&c, lr, (double)t);
+        for (size_t i = 0; i < n; i++) ref_adam_elem(&k, gs != 1.0f ? g[i] * gs : g[i], 1, &rp[i], &rm[i], &rv[i]);
         float before = p[0];
         tp_adamw_span(&c, lr, t, gs, p, g, m, v, n);
         moved += p[0] != before;
