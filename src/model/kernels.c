@@ -974,36 +974,65 @@ void tp_attention_head_bwd_ref(const float *Q, size_t ldq, const float *K, const
 }
 
 double tp_fkl_row(const float *t, float *s, size_t V, float inv_tau, float gscale) {
-    float ms = tp_vmax(s, V), mt = tp_vmax(t, V);
-    double Ss = tp_exp_affine_sum(s, ms, inv_tau, NULL, V), St = tp_exp_affine_sum(t, mt, inv_tau, NULL, V);
-    double ls = (double)ms * inv_tau + log(Ss), lt = (double)mt * inv_tau + log(St); /* log-sum-exp of z = x/tau */
-    float ls0 = (float)log(Ss), lt0 = (float)log(St);
-    double dl = ls - lt, loss = 0;
+    /* three passes, three exponentials per position: the two maxima; then e_s = exp((s - ms)/tau)
+     * kept in s, the two sums and A = sum e_t (z_t - z_s); then the gradient. With p = e_t / St,
+     * the loss sum p (z_t - z_s + ls - lt) is A / St + ls - lt. */
+    double Ss = 0, St = 0, A = 0;
+    float ms, mt;
 #if defined(__AVX512F__)
-    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd(), vdl = _mm512_set1_pd(dl);
-    __m512 vit = _mm512_set1_ps(inv_tau), vg = _mm512_set1_ps(gscale);
-    __m512 vms = _mm512_set1_ps(ms), vmt = _mm512_set1_ps(mt), vls = _mm512_set1_ps(ls0), vlt = _mm512_set1_ps(lt0);
+    __m512 mxs = _mm512_set1_ps(-INFINITY), mxt = mxs;
+    for (size_t i = 0; i < V; i += 16) {
+        __mmask16 m = tail_mask(V - i);
+        mxs = _mm512_mask_max_ps(mxs, m, mxs, _mm512_maskz_loadu_ps(m, s + i));
+        mxt = _mm512_mask_max_ps(mxt, m, mxt, _mm512_maskz_loadu_ps(m, t + i));
+    }
+    ms = _mm512_reduce_max_ps(mxs);
+    mt = _mm512_reduce_max_ps(mxt);
+    __m512 vit = _mm512_set1_ps(inv_tau), vms = _mm512_set1_ps(ms), vmt = _mm512_set1_ps(mt);
+    __m512d ss0 = _mm512_setzero_pd(), ss1 = ss0, st0 = ss0, st1 = ss0, a0 = ss0, a1 = ss0;
+#define LO_PD(x) _mm512_cvtps_pd(_mm512_castps512_ps256(x))
+#define HI_PD(x) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)))
     for (size_t i = 0; i < V; i += 16) {
         __mmask16 m = tail_mask(V - i);
         __m512 xs = _mm512_maskz_loadu_ps(m, s + i), xt = _mm512_maskz_loadu_ps(m, t + i);
-        __m512 q = v_exp(_mm512_fmsub_ps(_mm512_sub_ps(xs, vms), vit, vls));
-        __m512 p = _mm512_maskz_mov_ps(m, v_exp(_mm512_fmsub_ps(_mm512_sub_ps(xt, vmt), vit, vlt)));
-        __m512 d = _mm512_mul_ps(_mm512_sub_ps(xt, xs), vit); /* z_t - z_s; + (ls - lt) in double below */
-        __m512d p0 = _mm512_cvtps_pd(_mm512_castps512_ps256(p)),
-                p1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
-        __m512d d0 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(d)), vdl),
-                d1 = _mm512_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1))), vdl);
-        acc0 = _mm512_fmadd_pd(p0, d0, acc0);
-        acc1 = _mm512_fmadd_pd(p1, d1, acc1);
+        __m512 es = _mm512_maskz_mov_ps(m, v_exp(_mm512_mul_ps(_mm512_sub_ps(xs, vms), vit)));
+        __m512 et = _mm512_maskz_mov_ps(m, v_exp(_mm512_mul_ps(_mm512_sub_ps(xt, vmt), vit)));
+        __m512 d = _mm512_mul_ps(_mm512_sub_ps(xt, xs), vit); /* z_t - z_s */
+        ss0 = _mm512_add_pd(ss0, LO_PD(es));
+        ss1 = _mm512_add_pd(ss1, HI_PD(es));
+        st0 = _mm512_add_pd(st0, LO_PD(et));
+        st1 = _mm512_add_pd(st1, HI_PD(et));
+        a0 = _mm512_fmadd_pd(LO_PD(et), LO_PD(d), a0);
+        a1 = _mm512_fmadd_pd(HI_PD(et), HI_PD(d), a1);
+        _mm512_mask_storeu_ps(s + i, m, es);
+    }
+#undef LO_PD
+#undef HI_PD
+    Ss = _mm512_reduce_add_pd(_mm512_add_pd(ss0, ss1));
+    St = _mm512_reduce_add_pd(_mm512_add_pd(st0, st1));
+    A = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    /* q and p by the same operations, so that equal rows give a gradient of exactly 0 */
+    __m512 rs = _mm512_set1_ps((float)(1.0 / Ss)), rt = _mm512_set1_ps((float)(1.0 / St)),
+           vg = _mm512_set1_ps(gscale);
+    for (size_t i = 0; i < V; i += 16) {
+        __mmask16 m = tail_mask(V - i);
+        __m512 q = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), rs);
+        __m512 p = _mm512_mul_ps(v_exp(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, t + i), vmt), vit)), rt);
         _mm512_mask_storeu_ps(s + i, m, _mm512_mul_ps(_mm512_sub_ps(q, p), vg));
     }
-    loss = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
 #else
+    ms = tp_vmax(s, V);
+    mt = tp_vmax(t, V);
     for (size_t j = 0; j < V; j++) {
-        float q = expf((s[j] - ms) * inv_tau - ls0), p = expf((t[j] - mt) * inv_tau - lt0);
-        loss += (double)p * ((double)((t[j] - s[j]) * inv_tau) + dl);
-        s[j] = (q - p) * gscale;
+        float es = expf((s[j] - ms) * inv_tau), et = expf((t[j] - mt) * inv_tau);
+        Ss += es;
+        St += et;
+        A += (double)et * (double)((t[j] - s[j]) * inv_tau);
+        s[j] = es;
     }
+    float rs = (float)(1.0 / Ss), rt = (float)(1.0 / St);
+    for (size_t j = 0; j < V; j++) s[j] = (s[j] * rs - expf((t[j] - mt) * inv_tau) * rt) * gscale;
 #endif
-    return loss;
+    double ls = (double)ms * inv_tau + log(Ss), lt = (double)mt * inv_tau + log(St); /* log-sum-exp of z = x/tau */
+    return A / St + (ls - lt);
 }
