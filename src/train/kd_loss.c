@@ -260,6 +260,17 @@ static double hid_rows(tp_hid_kind kind, const float *y, const float *xt, size_t
     return total;
 }
 
+/* y = xs P^T into ybuf when P (else y = xs), then hid_rows on it */
+static double hid_fwd(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
+                      const float *P, float *ybuf, float *g, int add, float scale) {
+    const float *y = xs;
+    if (P) {
+        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt); /* y(N,dt) = xs(N,ds) P^T: P is (dt, ds) */
+        y = ybuf;
+    }
+    return hid_rows(kind, y, xt, dt, N, g, add, scale);
+}
+
 double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
                       const float *P, float *dxs, float *dP, float scale) {
     if (!P && ds != dt) return NAN;
@@ -270,13 +281,8 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
         free(dy);
         return NAN;
     }
-    const float *y = xs;
-    if (P) {
-        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt); /* y(N,dt) = xs(N,ds) P^T: P is (dt, ds) */
-        y = ybuf;
-    }
     /* without P the gradient of y is the gradient of xs: added directly */
-    double total = hid_rows(kind, y, xt, dt, N, P ? dy : dxs, !P, scale);
+    double total = hid_fwd(kind, xs, ds, xt, dt, N, P, ybuf, P ? dy : dxs, !P, scale);
     if (dy) tp_hidden_loss_bwd(xs, ds, dt, N, P, dy, dxs, dP, 1.0f);
     free(ybuf);
     free(dy);
@@ -286,12 +292,7 @@ double tp_hidden_loss(tp_hid_kind kind, const float *xs, size_t ds, const float 
 double tp_hidden_loss_fwd(tp_hid_kind kind, const float *xs, size_t ds, const float *xt, size_t dt, size_t N,
                           const float *P, float *ybuf, float *gy) {
     if (!P && ds != dt) return NAN;
-    const float *y = xs;
-    if (P) {
-        tp_matmul_wt(xs, P, NULL, ybuf, N, ds, dt);
-        y = ybuf;
-    }
-    return hid_rows(kind, y, xt, dt, N, gy, 0, 1.0f);
+    return hid_fwd(kind, xs, ds, xt, dt, N, P, ybuf, gy, 0, 1.0f);
 }
 
 void tp_hidden_loss_bwd(const float *xs, size_t ds, size_t dt, size_t N, const float *P, const float *gy, float *dxs,
@@ -299,7 +300,7 @@ void tp_hidden_loss_bwd(const float *xs, size_t ds, size_t dt, size_t N, const f
     if (!P) {
         if (!dxs) return;
 #pragma omp parallel for schedule(static) if (N * ds >= 65536)
-        for (size_t i = 0; i < N * ds; i++) dxs[i] += scale == 1.0f ? gy[i] : scale * gy[i];
+        for (size_t i = 0; i < N * ds; i++) dxs[i] += scale * gy[i];
         return;
     }
     if (dxs) gemm(0, N, ds, dt, scale, gy, P, dxs, 1.0f); /* dxs(N,ds) += scale gy(N,dt) P(dt,ds) */
