@@ -100,7 +100,9 @@ def main():
     ap.add_argument("--teacher-config", help="distill: the teacher")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=256, help="rows of logits at a time (default 256, as taper)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="rows of logits at a time (default: taper's rule, 512 while 512 rows of fp32 logits "
+                         "fit in 128 MiB, else 256)")
     ap.add_argument("--pairs", type=int, default=0, help="distill: mapped intermediate states")
     ap.add_argument("--no-lm-head", action="store_true", help="forward: no logits (the importance pass)")
     ap.add_argument("--measured", action="append", default=[], metavar="NAME=MIB",
@@ -115,6 +117,8 @@ def main():
         t = load_cfg(a.teacher_config) if a.teacher_config else None
     except (OSError, ValueError, KeyError, TypeError) as e:
         ap.error(f"reading the model config: {type(e).__name__}: {e}")
+    if a.chunk is None:  # taper's logit_chunk (src/train/backward.c)
+        a.chunk = 512 if F32 * c["V"] * 512 <= 128 * MIB else 256
     if a.batch < 1 or a.seq < 1 or a.chunk < 1 or a.pairs < 0:
         ap.error("--batch, --seq, --chunk must be >= 1 and --pairs >= 0")
     N = a.batch * a.seq
