@@ -225,6 +225,59 @@ TT_TEST(gemm_bf16_registered_weights_follow_updates) {
     free(Y2);
 }
 
+/* A frozen weight read as W^T gets oneDNN's blocked layout once (gemm.c): the products give the
+ * bits of the row-major copy, padded shapes (K odd, N not a multiple of 64) included, with and
+ * without accumulation; a budget below one copy, and a weight that is not frozen, get none;
+ * forgetting the weight frees its copy. */
+TT_TEST(gemm_blocked_weights_same_bits) {
+    if (tp_gemm_backend() != TP_GEMM_DNNL) {
+        tt_skip("oneDNN is not this build's backend: no blocked weights");
+        return;
+    }
+    tp_rng r;
+    tp_rng_seed(&r, 15);
+    int prec = tp_gemm_precision();
+    tp_gemm_set_precision(TP_PREC_BF16);
+    size_t budget = tp_gemm_set_blocked_weights(0), base = tp_gemm_blocked_weights_bytes();
+    const int shapes[3][2] = {{160, 200}, {161, 200}, {576, 192}}, Ms[3] = {37, 96, 256};
+    for (int s = 0; s < 3; s++) {
+        int K = shapes[s][0], N = shapes[s][1];
+        size_t nw = (size_t)N * K, ny = (size_t)256 * N;
+        float *W = malloc(nw * 4), *X = malloc((size_t)256 * K * 4), *ref = malloc(3 * ny * 4), *Y = malloc(ny * 4);
+        fill(W, nw, &r, 0.1f);
+        fill(X, (size_t)256 * K, &r, 1);
+        for (int v = 0; v < 4; v++) { /* 0: plain, 1: blocked, 2: budget below one copy, 3: not frozen */
+            const char *what[4] = {"plain", "blocked", "over budget", "not frozen"};
+            tp_gemm_set_blocked_weights(v == 0 ? 0 : v == 2 ? nw * 2 - 1 : SIZE_MAX);
+            tp_gemm_bf16_register(W, nw, v != 3);
+            for (int m = 0; m < 3; m++) {
+                int M = Ms[m];
+                tp_matmul_wt(X, W, NULL, Y, (size_t)M, (size_t)K, (size_t)N);
+                tp_sgemm_prec(0, 1, M, N, K, 0.5f, X, K, W, K, 1.0f, Y, N); /* C = 0.5 X W^T + C */
+                if (v == 0)
+                    memcpy(ref + (size_t)m * ny, Y, (size_t)M * N * 4);
+                else
+                    TT_CHECK(!memcmp(ref + (size_t)m * ny, Y, (size_t)M * N * 4), "K %d N %d M %d, %s: other bits",
+                             K, N, M, what[v]);
+            }
+            size_t held = tp_gemm_blocked_weights_bytes() - base;
+            if (v == 1)
+                TT_CHECK(held >= nw * 2, "K %d N %d: the blocked copy holds %zu bytes (the weight %zu)", K, N, held,
+                         nw * 2);
+            else
+                TT_CHECK(held == 0, "K %d N %d, %s: %zu bytes of blocked copies", K, N, what[v], held);
+            tp_gemm_bf16_forget_range(W, nw);
+            TT_CHECK(tp_gemm_blocked_weights_bytes() == base, "forgetting the weight frees its blocked copy");
+        }
+        free(W);
+        free(X);
+        free(ref);
+        free(Y);
+    }
+    tp_gemm_set_blocked_weights(budget);
+    tp_gemm_set_precision(prec);
+}
+
 /* A training step of a tiny random model: bf16 loss and gradient close to fp32 (bf16 has 8 bits
  * of mantissa: ~0.4 % per input), and not identical (the path is really taken). */
 /* A pinned input (converted once for several products) gives the bits of converting it per

@@ -20,6 +20,7 @@
  * anything else is converted on the fly into scratch. */
 #include "kernels.h"
 #include "taper/status.h"
+#include "taper/util.h"
 
 #include <pthread.h>
 #if defined(__AVX512BF16__)
@@ -165,11 +166,18 @@ typedef struct {
     uint16_t *h;
     int frozen;
     uint64_t gen; /* g_gen when h was made */
+    void *blk;    /* frozen weights: h in oneDNN's blocked layout (blocked_weights), or NULL */
+    size_t blk_bytes;
+    int blk_tried; /* made or refused once: not tried again */
+#ifdef TP_HAVE_DNNL
+    dnnl_memory_desc_t blk_md;
+#endif
 } bf16_entry;
 
 static uint64_t g_gen = 1; /* bumped whenever registered weights may have changed */
 
 static bf16_entry *g_reg;
+static size_t g_blk_total; /* bytes of the blocked copies (bf16_entry.blk) */
 static size_t g_nreg, g_capreg;
 static pthread_mutex_t g_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -196,7 +204,13 @@ int tp_gemm_bf16_register(const float *w, size_t n, int frozen) {
         return -1;
     }
     to_bf16(w, 1, n, n, h);
-    g_reg[g_nreg++] = (bf16_entry){w, n, h, frozen, g_gen};
+    memset(&g_reg[g_nreg], 0, sizeof g_reg[g_nreg]);
+    g_reg[g_nreg].w = w;
+    g_reg[g_nreg].n = n;
+    g_reg[g_nreg].h = h;
+    g_reg[g_nreg].frozen = frozen;
+    g_reg[g_nreg].gen = g_gen;
+    g_nreg++;
     pthread_mutex_unlock(&g_reg_mu);
     return 0;
 }
@@ -249,6 +263,8 @@ void tp_gemm_bf16_forget_range(const float *p, size_t n) {
     for (size_t i = 0; i < g_nreg; i++)
         if (!p || (g_reg[i].w >= p && g_reg[i].w < p + n)) {
             free(g_reg[i].h);
+            free(g_reg[i].blk);
+            g_blk_total -= g_reg[i].blk_bytes;
             g_reg[i] = g_reg[--g_nreg];
             i--;
         }
@@ -258,6 +274,59 @@ void tp_gemm_bf16_forget_range(const float *p, size_t n) {
         g_capreg = 0;
     }
     pthread_mutex_unlock(&g_reg_mu);
+}
+
+/* Frozen weights' blocked copies (gemm_dnnl below): the most bytes they may take in all. */
+static size_t g_blk_cap = (size_t)2048 << 20;
+static int g_blk_env_read;
+
+size_t tp_gemm_blocked_weights_bytes(void) {
+    pthread_mutex_lock(&g_reg_mu);
+    size_t b = g_blk_total;
+    pthread_mutex_unlock(&g_reg_mu);
+    return b;
+}
+
+/* The budget of the blocked copies: TAPER_BLOCKED_WEIGHTS (MiB) read at the first call unless set. */
+static size_t blk_cap(void) {
+    pthread_mutex_lock(&g_reg_mu);
+    if (!g_blk_env_read) {
+        g_blk_env_read = 1;
+        const char *e = getenv("TAPER_BLOCKED_WEIGHTS"); /* MiB; 0: off (A/B timings) */
+        if (e && *e) {
+            char *end;
+            double mib = strtod(e, &end);
+            if (*end || !(mib >= 0))
+                fprintf(stderr, "taper: TAPER_BLOCKED_WEIGHTS=%s is not a number of MiB: ignored\n", e);
+            else
+                g_blk_cap = mib >= 1e12 ? SIZE_MAX : (size_t)(mib * (1 << 20));
+        }
+    }
+    size_t cap = g_blk_cap;
+    pthread_mutex_unlock(&g_reg_mu);
+    return cap;
+}
+
+size_t tp_gemm_set_blocked_weights(size_t max_bytes) {
+    size_t was = blk_cap();
+    pthread_mutex_lock(&g_reg_mu);
+    g_blk_cap = max_bytes;
+    pthread_mutex_unlock(&g_reg_mu);
+    return was;
+}
+
+/* Whether w (registered copy h, elems values) is a frozen weight that has, or may still get, a
+ * blocked copy: the blocked primitive is built only for those. */
+static int blocked_candidate(const float *w, const uint16_t *h, size_t elems) {
+    int c = 0;
+    pthread_mutex_lock(&g_reg_mu);
+    for (size_t i = 0; i < g_nreg; i++)
+        if (g_reg[i].w == w && g_reg[i].h == h && g_reg[i].n == elems) {
+            c = g_reg[i].frozen && (g_reg[i].blk || !g_reg[i].blk_tried);
+            break;
+        }
+    pthread_mutex_unlock(&g_reg_mu);
+    return c;
 }
 
 /* The registered bf16 copy of the whole matrix starting at p (rows x ld elements), or NULL. */
@@ -471,6 +540,7 @@ static void gemm_rounded(int ta, int tb, int M, int N, int K, float alpha, const
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc, bf16, accumulate;
     float alpha;
+    int blocked_b; /* B in the layout oneDNN prefers (format "any"): a frozen weight's blocked copy */
     dnnl_primitive_t prim;
     uint64_t used;
 } prim_entry;
@@ -509,7 +579,8 @@ static dnnl_primitive_t build(const prim_entry *k) {
     dnnl_primitive_t p = NULL;
     dnnl_matmul_desc_t md;
     if (dnnl_memory_desc_init_by_strides(&a, 2, ad, dt, as) != dnnl_success ||
-        dnnl_memory_desc_init_by_strides(&b, 2, bd, dt, bs) != dnnl_success ||
+        (k->blocked_b ? dnnl_memory_desc_init_by_tag(&b, 2, bd, dt, dnnl_format_tag_any)
+                      : dnnl_memory_desc_init_by_strides(&b, 2, bd, dt, bs)) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) != dnnl_success ||
         dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) != dnnl_success || dnnl_primitive_attr_create(&attr) != dnnl_success)
         goto out;
@@ -533,7 +604,7 @@ static dnnl_primitive_t prim_get(const prim_entry *key) {
         prim_entry *e = &g_prims[i];
         if (e->ta == key->ta && e->tb == key->tb && e->M == key->M && e->N == key->N && e->K == key->K &&
             e->lda == key->lda && e->ldb == key->ldb && e->ldc == key->ldc && e->bf16 == key->bf16 &&
-            e->accumulate == key->accumulate && e->alpha == key->alpha) {
+            e->accumulate == key->accumulate && e->alpha == key->alpha && e->blocked_b == key->blocked_b) {
             e->used = ++g_tick;
             return e->prim;
         }
@@ -577,9 +648,81 @@ static int exec(dnnl_primitive_t p, const prim_entry *k, const void *A, const vo
     return rc;
 }
 
+/* ---- blocked copies of frozen weights
+ * oneDNN's brgemm matmul reads B in its own blocked layout (for bf16 on AVX512-BF16: pairs of K
+ * rows in 16 x 64 blocks, whatever M is); given the row-major weight it copies B into that layout
+ * on every call. A frozen weight (a teacher's, a scored or generating model's) read as the B of
+ * Y = X W^T gets that layout once: a second copy beside h, made at its first product. Same
+ * kernel, same bits (test gemm_blocked_weights_same_bits); 5-20 % faster products on the AMD EPYC
+ * (bench/RESULTS.md). At most g_blk_cap bytes in all (TAPER_BLOCKED_WEIGHTS=MiB, 0 switches them
+ * off; default 2048), and only while a copy is under a quarter of the memory available. */
+
+/* h (K x N as B, i.e. the row-major N x K weight read transposed) reordered into the layout qb. */
+static void *make_blocked(const uint16_t *h, int K, int N, const dnnl_memory_desc_t *qb, size_t bytes) {
+    dnnl_memory_desc_t plain;
+    dnnl_dims_t d = {K, N}, st = {1, K};
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t from = NULL, to = NULL;
+    void *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    int ok = 0;
+    if (buf && dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_bf16, st) == dnnl_success &&
+        dnnl_reorder_primitive_desc_create(&rpd, &plain, g_eng, qb, g_eng, NULL) == dnnl_success &&
+        dnnl_primitive_create(&r, rpd) == dnnl_success &&
+        dnnl_memory_create(&from, &plain, g_eng, (void *)h) == dnnl_success &&
+        dnnl_memory_create(&to, qb, g_eng, buf) == dnnl_success) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+        ok = dnnl_primitive_execute(r, g_stream, 2, args) == dnnl_success && dnnl_stream_wait(g_stream) == dnnl_success;
+    }
+    if (to) dnnl_memory_destroy(to);
+    if (from) dnnl_memory_destroy(from);
+    if (r) dnnl_primitive_destroy(r);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (!ok) {
+        free(buf);
+        buf = NULL;
+    }
+    return buf;
+}
+
+/* The blocked copy of the frozen weight w (registered copy h, K x N as B) in primitive p's layout:
+ * made here at its first use when the budget allows; NULL when there is none (use h). Called with
+ * g_prim_mu held. */
+static const void *blocked_weights(dnnl_primitive_t p, const float *w, const uint16_t *h, int K, int N) {
+    const_dnnl_primitive_desc_t pd;
+    if (dnnl_primitive_get_primitive_desc(p, &pd) != dnnl_success) return NULL;
+    const dnnl_memory_desc_t *qb = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (!qb) return NULL;
+    size_t bytes = dnnl_memory_desc_get_size(qb);
+    const void *out = NULL;
+    pthread_mutex_lock(&g_reg_mu);
+    bf16_entry *e = NULL;
+    for (size_t i = 0; i < g_nreg && !e; i++)
+        if (g_reg[i].w == w && g_reg[i].h == h && g_reg[i].n == (size_t)K * N && g_reg[i].frozen) e = &g_reg[i];
+    if (e && e->blk) {
+        if (e->blk_bytes == bytes && dnnl_memory_desc_equal(&e->blk_md, qb)) out = e->blk;
+    } else if (e && !e->blk_tried) {
+        e->blk_tried = 1;
+        double avail = tp_mem_available();
+        if (g_blk_total + bytes <= g_blk_cap && (avail < 0 || (double)bytes < avail / 4)) {
+            void *b = make_blocked(h, K, N, qb, bytes);
+            if (b) {
+                e->blk = b;
+                e->blk_bytes = bytes;
+                e->blk_md = *qb;
+                g_blk_total += bytes;
+                out = b;
+            }
+        }
+    }
+    pthread_mutex_unlock(&g_reg_mu);
+    return out;
+}
+
 static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                      int ldb, float beta, float *C, int ldc) {
     const void *a = A, *b = B;
+    const uint16_t *wb = NULL; /* B's registered bf16 copy */
     pthread_mutex_lock(&g_prim_mu);
     if (!dnnl_ready()) {
         pthread_mutex_unlock(&g_prim_mu);
@@ -601,12 +744,24 @@ static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha,
         if (sb) to_bf16(B, br, bc, (size_t)ldb, sb);
         a = ra ? (const void *)ra : sa;
         b = rb ? (const void *)rb : sb;
+        wb = rb;
         lda = (int)ac;
         ldb = (int)bc;
     }
-    prim_entry key = {ta, tb, M, N, K, lda, ldb, ldc, bf16, beta != 0.0f, alpha, NULL, 0};
-    dnnl_primitive_t p = prim_get(&key);
-    int rc = p ? exec(p, &key, a, b, C) : -1;
+    prim_entry key = {ta, tb, M, N, K, lda, ldb, ldc, bf16, beta != 0.0f, alpha, 0, NULL, 0};
+    int rc = -1, done = 0;
+    if (wb && tb && blk_cap() > 0 && blocked_candidate(B, wb, (size_t)N * K)) {
+        key.blocked_b = 1; /* a registered weight as W^T: its blocked copy when it is frozen */
+        dnnl_primitive_t pb = prim_get(&key);
+        const void *blk = pb ? blocked_weights(pb, B, wb, K, N) : NULL;
+        if (blk) {
+            rc = exec(pb, &key, a, blk, C);
+            done = 1;
+        }
+        key.blocked_b = 0;
+    }
+    dnnl_primitive_t p = done ? NULL : prim_get(&key);
+    if (!done) rc = p ? exec(p, &key, a, b, C) : -1;
     if (bf16) pthread_mutex_unlock(&g_scratch_mu);
     pthread_mutex_unlock(&g_prim_mu);
     return rc;

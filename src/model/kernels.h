@@ -47,6 +47,11 @@ void tp_gemm_bf16_refresh(void);
 void tp_gemm_bf16_forget_range(const float *p, size_t n);
 /* The registered bf16 copy of the n-element weight at w (up to date), or NULL. */
 const unsigned short *tp_gemm_bf16_find(const float *w, size_t n);
+/* Frozen registered weights read as W^T by oneDNN get a second copy in its blocked layout at
+ * their first product (same bits, faster products): at most max_bytes in all (0: none; the
+ * default 2 GiB, or TAPER_BLOCKED_WEIGHTS in MiB); the bytes they hold now. */
+size_t tp_gemm_set_blocked_weights(size_t max_bytes); /* returns the budget before */
+size_t tp_gemm_blocked_weights_bytes(void);
 /* For an update that writes the copies itself (AdamW): the registered, not frozen copies that lie
  * inside [p, p+n), in address order, at most max of them into out (the count when out is NULL);
  * then tp_gemm_bf16_refresh_except marks every copy stale (as tp_gemm_bf16_refresh) except the
