@@ -703,8 +703,12 @@ static const void *blocked_weights(dnnl_primitive_t p, const float *w, const uin
         if (e->blk_bytes == bytes && dnnl_memory_desc_equal(&e->blk_md, qb)) out = e->blk;
     } else if (e && !e->blk_tried) {
         e->blk_tried = 1;
+        dnnl_memory_desc_t plain; /* where oneDNN takes the row-major form as it is: no copy */
+        dnnl_dims_t d = {K, N}, st = {1, K};
+        int same = dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_bf16, st) == dnnl_success &&
+                   dnnl_memory_desc_equal(&plain, qb);
         double avail = tp_mem_available();
-        if (g_blk_total + bytes <= g_blk_cap && (avail < 0 || (double)bytes < avail / 4)) {
+        if (!same && g_blk_total + bytes <= g_blk_cap && (avail < 0 || (double)bytes < avail / 4)) {
             void *b = make_blocked(h, K, N, qb, bytes);
             if (b) {
                 e->blk = b;
