@@ -657,19 +657,17 @@ static int exec(dnnl_primitive_t p, const prim_entry *k, const void *A, const vo
  * (bench/RESULTS.md). At most g_blk_cap bytes in all (TAPER_BLOCKED_WEIGHTS=MiB, 0 switches them
  * off; default 2048), and only while a copy is under a quarter of the memory available. */
 
-/* h (K x N as B, i.e. the row-major N x K weight read transposed) reordered into the layout qb. */
-static void *make_blocked(const uint16_t *h, int K, int N, const dnnl_memory_desc_t *qb, size_t bytes) {
-    dnnl_memory_desc_t plain;
-    dnnl_dims_t d = {K, N}, st = {1, K};
+/* h (plain: K x N as B, i.e. the row-major N x K weight read transposed) reordered into qb. */
+static void *make_blocked(const uint16_t *h, const dnnl_memory_desc_t *plain, const dnnl_memory_desc_t *qb,
+                          size_t bytes) {
     dnnl_primitive_desc_t rpd = NULL;
     dnnl_primitive_t r = NULL;
     dnnl_memory_t from = NULL, to = NULL;
     void *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     int ok = 0;
-    if (buf && dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_bf16, st) == dnnl_success &&
-        dnnl_reorder_primitive_desc_create(&rpd, &plain, g_eng, qb, g_eng, NULL) == dnnl_success &&
+    if (buf && dnnl_reorder_primitive_desc_create(&rpd, plain, g_eng, qb, g_eng, NULL) == dnnl_success &&
         dnnl_primitive_create(&r, rpd) == dnnl_success &&
-        dnnl_memory_create(&from, &plain, g_eng, (void *)h) == dnnl_success &&
+        dnnl_memory_create(&from, plain, g_eng, (void *)h) == dnnl_success &&
         dnnl_memory_create(&to, qb, g_eng, buf) == dnnl_success) {
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
         ok = dnnl_primitive_execute(r, g_stream, 2, args) == dnnl_success && dnnl_stream_wait(g_stream) == dnnl_success;
@@ -700,7 +698,7 @@ static const void *blocked_weights(dnnl_primitive_t p, const float *w, const uin
     for (size_t i = 0; i < g_nreg && !e; i++)
         if (g_reg[i].w == w && g_reg[i].h == h && g_reg[i].n == (size_t)K * N && g_reg[i].frozen) e = &g_reg[i];
     if (e && e->blk) {
-        if (e->blk_bytes == bytes && dnnl_memory_desc_equal(&e->blk_md, qb)) out = e->blk;
+        if (dnnl_memory_desc_equal(&e->blk_md, qb)) out = e->blk;
     } else if (e && !e->blk_tried) {
         e->blk_tried = 1;
         dnnl_memory_desc_t plain; /* where oneDNN takes the row-major form as it is: no copy */
@@ -709,7 +707,7 @@ static const void *blocked_weights(dnnl_primitive_t p, const float *w, const uin
                    dnnl_memory_desc_equal(&plain, qb);
         double avail = tp_mem_available();
         if (!same && g_blk_total + bytes <= g_blk_cap && (avail < 0 || (double)bytes < avail / 4)) {
-            void *b = make_blocked(h, K, N, qb, bytes);
+            void *b = make_blocked(h, &plain, qb, bytes);
             if (b) {
                 e->blk = b;
                 e->blk_bytes = bytes;
@@ -753,19 +751,18 @@ static int gemm_dnnl(int bf16, int ta, int tb, int M, int N, int K, float alpha,
         ldb = (int)bc;
     }
     prim_entry key = {ta, tb, M, N, K, lda, ldb, ldc, bf16, beta != 0.0f, alpha, 0, NULL, 0};
-    int rc = -1, done = 0;
+    dnnl_primitive_t p = NULL;
+    const void *blk = NULL;
     if (wb && tb && blk_cap() > 0 && blocked_candidate(B, wb, (size_t)N * K)) {
         key.blocked_b = 1; /* a registered weight as W^T: its blocked copy when it is frozen */
-        dnnl_primitive_t pb = prim_get(&key);
-        const void *blk = pb ? blocked_weights(pb, B, wb, K, N) : NULL;
-        if (blk) {
-            rc = exec(pb, &key, a, blk, C);
-            done = 1;
-        }
-        key.blocked_b = 0;
+        p = prim_get(&key);
+        blk = p ? blocked_weights(p, B, wb, K, N) : NULL;
     }
-    dnnl_primitive_t p = done ? NULL : prim_get(&key);
-    if (!done) rc = p ? exec(p, &key, a, b, C) : -1;
+    if (!blk) {
+        key.blocked_b = 0;
+        p = prim_get(&key);
+    }
+    int rc = p ? exec(p, &key, a, blk ? blk : b, C) : -1;
     if (bf16) pthread_mutex_unlock(&g_scratch_mu);
     pthread_mutex_unlock(&g_prim_mu);
     return rc;
