@@ -653,7 +653,7 @@ static int exec(dnnl_primitive_t p, const prim_entry *k, const void *A, const vo
  * rows in 16 x 64 blocks, whatever M is); given the row-major weight it copies B into that layout
  * on every call. A frozen weight (a teacher's, a scored or generating model's) read as the B of
  * Y = X W^T gets that layout once: a second copy beside h, made at its first product. Same
- * kernel, same bits (test gemm_blocked_weights_same_bits); 5-20 % faster products on the AMD EPYC
+ * kernel, same bits (test gemm_blocked_weights_same_bits); 7-24 % faster products on the AMD EPYC
  * (bench/RESULTS.md). At most g_blk_cap bytes in all (TAPER_BLOCKED_WEIGHTS=MiB, 0 switches them
  * off; default 2048), and only while a copy is under a quarter of the memory available. */
 
