@@ -225,10 +225,10 @@ TT_TEST(gemm_bf16_registered_weights_follow_updates) {
     free(Y2);
 }
 
-/* A frozen weight read as W^T gets oneDNN's blocked layout once (gemm.c): the products give the
- * bits of the row-major copy, padded shapes (K odd, N not a multiple of 64) included, with and
- * without accumulation; a budget below one copy, and a weight that is not frozen, get none;
- * forgetting the weight frees its copy. */
+/* A frozen weight read as W^T gets oneDNN's blocked layout once, at its second product (gemm.c),
+ * none after its first: the products give the bits of the row-major copy, padded shapes (K odd, N
+ * not a multiple of 64) included, with and without accumulation; a budget below one copy, and a
+ * weight that is not frozen, get none; forgetting the weight frees its copy. */
 TT_TEST(gemm_blocked_weights_same_bits) {
     if (tp_gemm_backend() != TP_GEMM_DNNL) {
         tt_skip("oneDNN is not this build's backend: no blocked weights");
@@ -253,6 +253,9 @@ TT_TEST(gemm_blocked_weights_same_bits) {
             for (int m = 0; m < 3; m++) {
                 int M = Ms[m];
                 tp_matmul_wt(X, W, NULL, Y, (size_t)M, (size_t)K, (size_t)N);
+                if (v == 1 && m == 0) /* made at a weight's second product, not its first */
+                    TT_CHECK(tp_gemm_blocked_weights_bytes() == base, "K %d N %d: a blocked copy after one product",
+                             K, N);
                 tp_sgemm_prec(0, 1, M, N, K, 0.5f, X, K, W, K, 1.0f, Y, N); /* C = 0.5 X W^T + C */
                 if (v == 0)
                     memcpy(ref + (size_t)m * ny, Y, (size_t)M * N * 4);

@@ -169,6 +169,7 @@ typedef struct {
     void *blk;    /* frozen weights: h in oneDNN's blocked layout (blocked_weights), or NULL */
     size_t blk_bytes;
     int blk_tried; /* made or refused once: not tried again */
+    int blk_seen;  /* read once as W^T: the next product may make the copy */
 #ifdef TP_HAVE_DNNL
     dnnl_memory_desc_t blk_md;
 #endif
@@ -315,14 +316,19 @@ size_t tp_gemm_set_blocked_weights(size_t max_bytes) {
     return was;
 }
 
-/* Whether w (registered copy h, elems values) is a frozen weight that has, or may still get, a
- * blocked copy: the blocked primitive is built only for those. */
+/* Whether w (registered copy h, elems values) is a frozen weight that has, or may now get, a
+ * blocked copy: the blocked primitive is built only for those. The copy is made at the weight's
+ * second product, not its first: a weight read once (one prompt of `taper generate`) would pay the
+ * reorder and the memory for nothing; one read again (every step of a teacher, every chunk of a
+ * perplexity) pays it once. */
 static int blocked_candidate(const float *w, const uint16_t *h, size_t elems) {
     int c = 0;
     pthread_mutex_lock(&g_reg_mu);
     for (size_t i = 0; i < g_nreg; i++)
         if (g_reg[i].w == w && g_reg[i].h == h && g_reg[i].n == elems) {
-            c = g_reg[i].frozen && (g_reg[i].blk || !g_reg[i].blk_tried);
+            bf16_entry *e = &g_reg[i];
+            c = e->frozen && (e->blk || (!e->blk_tried && e->blk_seen));
+            if (e->frozen) e->blk_seen = 1;
             break;
         }
     pthread_mutex_unlock(&g_reg_mu);
@@ -652,7 +658,7 @@ static int exec(dnnl_primitive_t p, const prim_entry *k, const void *A, const vo
  * oneDNN's brgemm matmul reads B in its own blocked layout (for bf16 on AVX512-BF16: pairs of K
  * rows in 16 x 64 blocks, whatever M is); given the row-major weight it copies B into that layout
  * on every call. A frozen weight (a teacher's, a scored or generating model's) read as the B of
- * Y = X W^T gets that layout once: a second copy beside h, made at its first product. Same
+ * Y = X W^T gets that layout once: a second copy beside h, made at its second product. Same
  * kernel, same bits (test gemm_blocked_weights_same_bits); 7-24 % faster products on the AMD EPYC
  * (bench/RESULTS.md). At most g_blk_cap bytes in all (TAPER_BLOCKED_WEIGHTS=MiB, 0 switches them
  * off; default 2048), and only while a copy is under a quarter of the memory available. */
