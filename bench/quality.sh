@@ -71,7 +71,7 @@ sdg() { # resumable: generate-data continues after its last complete part
 }
 
 # ---- the ablations: name -> taper compress flags (besides size, tokens, schedule) ----
-RUNS="kd-general kd-sdg kd-mix kd-mix-inter kd-mix-lr6e-4 kd-mix-lr1.2e-3 kd-mix-inter-emb kd-mix-iter3 kd-mix-agg-mean-l2
+RUNS="kd-general kd-sdg kd-mix kd-mix-inter kd-mix-lr6e-4 kd-mix-lr1.2e-3 kd-mix-lr6e-4-2m kd-mix-inter-emb kd-mix-iter3 kd-mix-agg-mean-l2
 kd-mix-agg-l2-l2 kd-mix-correct fam70-direct fam70-iter2 kd-mix-2m"
 # Iterated runs split the same tokens over their rounds (--steps per round).
 flags() {
@@ -84,6 +84,7 @@ flags() {
     kd-mix-lr6e-4) echo "$mix --lr 6e-4" ;;              # lever: 3x the learning rate (min lr stays lr/10)
     kd-mix-lr1.2e-3) echo "$mix --lr 1.2e-3" ;;          # lever: 6x (6e-4 beat 2e-4 at every validation)
     kd-mix-2m) echo "$mix" ;;                            # lever: twice the tokens (run_tokens), the goal's budget
+    kd-mix-lr6e-4-2m) echo "$mix --lr 6e-4" ;;           # both levers: the best rate of the 1M runs, 2M tokens
     kd-mix-inter-emb) echo "$mix --inter cosine --emb-loss" ;; # + the embedding output too
     kd-mix-iter3) echo "$mix --iterate 3 --steps $((STEPS / 3))" ;; # importance recomputed, 3 prune/distill rounds
     kd-mix-agg-mean-l2) echo "$mix --agg mean,l2" ;;     # aggregation (batch, seq) after retraining
