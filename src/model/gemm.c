@@ -160,6 +160,8 @@ static void to_bf16(const float *src, size_t rows, size_t cols, size_t ld, uint1
 
 /* ------------------------------------------------------------------ registered bf16 weights */
 
+enum { BLK_UNREAD, BLK_READ_ONCE, BLK_TRIED }; /* bf16_entry.blk_stage: made or refused once, never again */
+
 typedef struct {
     const float *w;
     size_t n;
@@ -168,8 +170,7 @@ typedef struct {
     uint64_t gen; /* g_gen when h was made */
     void *blk;    /* frozen weights: h in oneDNN's blocked layout (blocked_weights), or NULL */
     size_t blk_bytes;
-    int blk_tried; /* made or refused once: not tried again */
-    int blk_seen;  /* read once as W^T: the next product may make the copy */
+    int blk_stage; /* BLK_UNREAD, BLK_READ_ONCE (the next product may make the copy), BLK_TRIED */
 #ifdef TP_HAVE_DNNL
     dnnl_memory_desc_t blk_md;
 #endif
@@ -327,8 +328,8 @@ static int blocked_candidate(const float *w, const uint16_t *h, size_t elems) {
     for (size_t i = 0; i < g_nreg; i++)
         if (g_reg[i].w == w && g_reg[i].h == h && g_reg[i].n == elems) {
             bf16_entry *e = &g_reg[i];
-            c = e->frozen && (e->blk || (!e->blk_tried && e->blk_seen));
-            if (e->frozen) e->blk_seen = 1;
+            c = e->frozen && (e->blk || e->blk_stage == BLK_READ_ONCE);
+            if (e->frozen && e->blk_stage == BLK_UNREAD) e->blk_stage = BLK_READ_ONCE;
             break;
         }
     pthread_mutex_unlock(&g_reg_mu);
@@ -705,8 +706,8 @@ static const void *blocked_weights(dnnl_primitive_t p, const float *w, const uin
         if (g_reg[i].w == w && g_reg[i].h == h && g_reg[i].n == (size_t)K * N && g_reg[i].frozen) e = &g_reg[i];
     if (e && e->blk) {
         if (dnnl_memory_desc_equal(&e->blk_md, qb)) out = e->blk;
-    } else if (e && !e->blk_tried) {
-        e->blk_tried = 1;
+    } else if (e && e->blk_stage != BLK_TRIED) {
+        e->blk_stage = BLK_TRIED;
         dnnl_memory_desc_t plain; /* where oneDNN takes the row-major form as it is: no copy */
         dnnl_dims_t d = {K, N}, st = {1, K};
         int same = dnnl_memory_desc_init_by_strides(&plain, 2, d, dnnl_bf16, st) == dnnl_success &&
